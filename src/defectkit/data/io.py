@@ -1,0 +1,130 @@
+"""Reading pixels: images and masks from disk, and filling index samples with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from defectkit.data.masks import rle_decode
+from defectkit.data.sample import Sample
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+
+
+class ImageReadError(ValueError):
+    """An image or mask that cannot be decoded; the message names the file and the reason."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+    """Decode ``path`` fully to uint8 HxW (1 channel) or HxWx3.
+
+    ``channels=None`` keeps the file's own layout, except that an RGB file whose three channels are
+    equal (NEU's JPEGs) is returned as grayscale. Truncated files raise :class:`ImageReadError`:
+    Pillow's lazy ``open`` would otherwise accept them.
+    """
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            image = handle
+            if image.mode in ("P", "PA"):
+                image = image.convert("RGB" if channels == 3 else "L")
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float64)
+                array = (255.0 * array / max(array.max(), 1.0)).astype(np.uint8)
+            elif image.mode not in ("L", "RGB"):
+                array = np.asarray(image.convert("RGB"))
+            else:
+                array = np.asarray(image)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: cannot decode image ({error})") from None
+    return convert_channels(array, channels)
+
+
+def convert_channels(array: np.ndarray, channels: int | None) -> np.ndarray:
+    """uint8 HxW or HxWx3 with the requested channel count (None: grayscale when channels are equal)."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if channels is None:
+        if array.ndim == 3 and _channels_equal(array):
+            return np.ascontiguousarray(array[..., 0])
+        return array
+    if channels == 1:
+        if array.ndim == 2:
+            return array
+        weights = np.asarray([0.299, 0.587, 0.114])
+        return np.clip(array[..., :3] @ weights + 0.5, 0, 255).astype(np.uint8)
+    if channels == 3:
+        return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
+    raise ValueError(f"channels must be 1, 3 or None, got {channels}")
+
+
+def _channels_equal(array: np.ndarray) -> bool:
+    return bool(np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]))
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A label image as an HxW uint8 class-id map.
+
+    Palette images keep their indices (KolektorSDD's masks are palette BMPs); 8-bit images with
+    only 0 and 255 (or 0 and one other value) become binary 0/1 so "any non-zero pixel is defect"
+    holds for every reader.
+    """
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            array = np.asarray(handle if handle.mode in ("P", "L") else handle.convert("L"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: mask file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(f"{path}: cannot decode mask ({error})") from None
+    values = np.unique(array)
+    nonzero = values[values != 0]
+    if len(nonzero) == 1 or (len(nonzero) and nonzero.min() >= 128):
+        # A binary mask stored as 0/255 (or 0/1, or antialiased near-white): defect = 1.
+        return (array != 0).astype(np.uint8) if len(nonzero) == 1 else (array >= 128).astype(np.uint8)
+    return array.astype(np.uint8)
+
+
+def load_mask(sample: Sample, height: int, width: int) -> np.ndarray | None:
+    """The sample's mask as an array (HxW ids or KxHxW bool), reading a reference if needed."""
+    if sample.mask is not None:
+        return np.asarray(sample.mask)
+    if "mask_path" in sample.meta:
+        mask = read_mask(sample.meta["mask_path"])
+        binary = sample.meta.get("mask_binary", False)
+        return (mask != 0).astype(np.uint8) if binary else mask
+    if "mask_rle" in sample.meta:
+        # {class_id: rle} -> KxHxW bool (multi-label; classes may overlap in one pixel).
+        depth = int(sample.meta.get("mask_depth", max(sample.meta["mask_rle"], default=0)))
+        stack = np.zeros((depth, height, width), dtype=bool)
+        for class_id, rle in sample.meta["mask_rle"].items():
+            stack[int(class_id) - 1] |= rle_decode(rle, height, width)
+        return stack
+    return None
+
+
+def load_sample(sample: Sample, channels: int | None = None) -> Sample:
+    """A copy of ``sample`` with ``image`` (uint8) and any known ``mask`` read from disk."""
+    image = sample.image if sample.image is not None else read_image(sample.path, channels)
+    image = np.asarray(image)
+    if channels is not None and sample.image is not None:
+        image = convert_channels(image, channels)
+    height, width = image.shape[:2]
+    mask = load_mask(sample, height, width)
+    if mask is not None and tuple(mask.shape[-2:]) != (height, width):
+        source = sample.meta.get("mask_path", sample.path)
+        raise ImageReadError(
+            f"{source}: mask is {mask.shape[-1]}x{mask.shape[-2]} but image {sample.path} is {width}x{height}"
+        )
+    meta = {k: v for k, v in sample.meta.items() if k not in ("mask_path", "mask_rle")}
+    if "mask_path" in sample.meta:
+        meta["mask_source"] = sample.meta["mask_path"]
+    return sample.replace(image=image, mask=mask, meta=meta)
