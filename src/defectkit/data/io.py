@@ -31,7 +31,7 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as handle:
             handle.load()
-            image = handle
+            image: Image.Image = handle
             if image.mode in ("P", "PA"):
                 image = image.convert("RGB" if channels == 3 else "L")
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -99,8 +99,13 @@ def load_mask(sample: Sample, height: int, width: int) -> np.ndarray | None:
         return np.asarray(sample.mask)
     if "mask_path" in sample.meta:
         mask = read_mask(sample.meta["mask_path"])
-        binary = sample.meta.get("mask_binary", False)
-        return (mask != 0).astype(np.uint8) if binary else mask
+        # Formats whose mask files are binary but whose defects have a type (MVTec, the folder
+        # layout) name the class in meta so the loaded map carries the class id, not just 1.
+        if "mask_class" in sample.meta:
+            return (mask != 0).astype(np.uint8) * np.uint8(sample.meta["mask_class"])
+        return (mask != 0).astype(np.uint8) if sample.meta.get("mask_binary", False) else mask
+    if sample.meta.get("mask_empty"):
+        return np.zeros((height, width), dtype=np.uint8)
     if "mask_rle" in sample.meta:
         # {class_id: rle} -> KxHxW bool (multi-label; classes may overlap in one pixel).
         depth = int(sample.meta.get("mask_depth", max(sample.meta["mask_rle"], default=0)))
@@ -124,7 +129,7 @@ def load_sample(sample: Sample, channels: int | None = None) -> Sample:
         raise ImageReadError(
             f"{source}: mask is {mask.shape[-1]}x{mask.shape[-2]} but image {sample.path} is {width}x{height}"
         )
-    meta = {k: v for k, v in sample.meta.items() if k not in ("mask_path", "mask_rle")}
+    meta = {k: v for k, v in sample.meta.items() if k not in ("mask_path", "mask_rle", "mask_empty")}
     if "mask_path" in sample.meta:
         meta["mask_source"] = sample.meta["mask_path"]
     return sample.replace(image=image, mask=mask, meta=meta)

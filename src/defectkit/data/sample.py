@@ -8,7 +8,8 @@ Label conventions (see DESIGN.md, "Contracts"):
   ``Batch.classes`` puts class ``k`` in column ``k - 1``.
 * Readers return *index* samples: ``image`` (and usually ``mask``) are ``None`` until
   :func:`defectkit.data.io.load_sample` reads the pixels. A mask that is known but not yet read is
-  referenced by ``meta["mask_path"]`` (a file) or ``meta["mask_rle"]`` (run-length strings), so
+  referenced by ``meta["mask_path"]`` (a file), ``meta["mask_rle"]`` (run-length strings) or
+  ``meta["mask_empty"]`` (known to be all background, e.g. a good MVTec image), so
   :attr:`Sample.has_mask` is true before loading. This keeps a 12k-image Severstal index in a few
   MB instead of 15 GB.
 """
@@ -42,7 +43,7 @@ class Sample:
     @property
     def has_mask(self) -> bool:
         """True when the pixel mask is known (loaded or referenced)."""
-        return self.mask is not None or "mask_path" in self.meta or "mask_rle" in self.meta
+        return self.mask is not None or any(k in self.meta for k in ("mask_path", "mask_rle", "mask_empty"))
 
     @property
     def has_boxes(self) -> bool:
@@ -136,13 +137,10 @@ class Batch:
         return int(self.images.shape[0])
 
     def to(self, device: torch.device | str) -> Batch:
-        moved = {
-            name: (value.to(device) if isinstance(value, Tensor) else value)
-            for name, value in self.__dict__.items()
-        }
+        moved: dict[str, Any] = {k: v.to(device) for k, v in self.__dict__.items() if isinstance(v, Tensor)}
         moved["boxes"] = [b.to(device) for b in self.boxes]
         moved["box_classes"] = [c.to(device) for c in self.box_classes]
-        return Batch(**moved)
+        return replace(self, **moved)
 
 
 def _as_tensor(value: ArrayLike) -> Tensor:

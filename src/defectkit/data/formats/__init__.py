@@ -48,7 +48,12 @@ def register_format(
 
 def _load_all() -> None:
     for module in _MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as error:
+            # Only a reader that is absent is skipped; a reader whose own imports fail still fails loudly.
+            if error.name != f"{__name__}.{module}":
+                raise
 
 
 def available_formats() -> list[FormatSpec]:

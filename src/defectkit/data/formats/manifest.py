@@ -135,6 +135,9 @@ def read(root: Path) -> Dataset:
             meta["part"] = str(row["part"])
         if not _empty(row.get("mask")):
             meta["mask_path"] = str(base / str(row["mask"]))
+            if names is not None and len(names) == 1:
+                # Binary mask files of a one-class image still load as that class's id.
+                meta["mask_class"] = ids[names[0]]
         for key, value in row.items():
             if key not in COLUMNS and not _empty(value):
                 meta[key] = value

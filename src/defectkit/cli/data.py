@@ -1,0 +1,130 @@
+"""``defectkit data``: check a dataset, generate a synthetic one, convert between layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from defectkit.cli.errors import UsageError, user_errors
+from defectkit.data.check import CheckReport, check_dataset
+
+app = typer.Typer(help="Inspect, generate and convert datasets.", no_args_is_help=True)
+console = Console(highlight=False)
+
+
+def progress_bar(description: str) -> Progress:
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+def _print_report(report: CheckReport, max_problems: int) -> None:
+    info = report.info
+    summary = Table(title=f"{info.name} ({info.format}) at {info.root}", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("images", str(report.n_images))
+    summary.add_row("labels", ", ".join(f"{k} {v}" for k, v in sorted(report.labels.items())))
+    summary.add_row("parts", str(report.parts))
+    summary.add_row("label levels", ", ".join(f"{k} ({v})" for k, v in report.label_levels.items()) or "none")
+    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
+    if len(report.sizes) > 5:
+        sizes += f", ... {len(report.sizes)} sizes in all"
+    summary.add_row("image sizes", sizes)
+    summary.add_row("boxes", str(sum(report.boxes.values())))
+    summary.add_row("duplicate groups", str(len(report.duplicates)))
+    console.print(summary)
+
+    if info.class_names:
+        classes = Table(title="defect classes")
+        for column in ("id", "class", "images", "boxes"):
+            classes.add_column(column, justify="right" if column != "class" else "left")
+        for class_id, name in enumerate(info.class_names, start=1):
+            classes.add_row(str(class_id), name, str(report.classes[name]), str(report.boxes[name]))
+        console.print(classes)
+    if len(report.surfaces) > 1 or "unknown" not in report.surfaces:
+        surfaces = Table(title="surfaces")
+        surfaces.add_column("surface")
+        surfaces.add_column("images", justify="right")
+        for name, count in sorted(report.surfaces.items()):
+            surfaces.add_row(name, str(count))
+        console.print(surfaces)
+
+    errors, warnings = len(report.errors), len(report.problems) - len(report.errors)
+    for problem in report.problems[:max_problems]:
+        style = "red" if problem.severity == "error" else "yellow"
+        console.print(f"[{style}]{problem.severity}[/]: {problem.path}: {problem.reason}", soft_wrap=True)
+    if len(report.problems) > max_problems:
+        console.print(f"... {len(report.problems) - max_problems} more (raise --max-problems to see them)")
+    verdict = "[green]no errors[/]" if report.ok else f"[red]{errors} error(s)[/]"
+    console.print(f"{verdict}, {warnings} warning(s)")
+
+
+@app.command()
+@user_errors
+def check(
+    path: Path = typer.Argument(..., help="Dataset folder (or manifest file)."),
+    format: str | None = typer.Option(None, "--format", "-f", help="Reader to use; detected when omitted."),
+    max_problems: int = typer.Option(200, help="Print at most this many problems."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
+) -> None:
+    """Count images, labels, classes and surfaces, decode every file and list every problem.
+
+    Exits with status 1 when any error was found (warnings alone exit 0).
+    """
+    with progress_bar("checking") as bar:
+        task = bar.add_task("check", total=None)
+        report = check_dataset(path, format, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    _print_report(report, max_problems)
+    if json_out is not None:
+        payload = {
+            "dataset": report.info.name,
+            "format": report.info.format,
+            "root": report.info.root,
+            "images": report.n_images,
+            "labels": dict(report.labels),
+            "classes": dict(report.classes),
+            "boxes": dict(report.boxes),
+            "surfaces": dict(report.surfaces),
+            "parts": report.parts,
+            "sizes": {f"{w}x{h}": n for (w, h), n in report.sizes.items()},
+            "label_levels": report.label_levels,
+            "duplicates": report.duplicates,
+            "problems": [{"path": p.path, "reason": p.reason, "severity": p.severity} for p in report.problems],
+        }
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def convert(
+    path: Path = typer.Argument(..., help="Dataset folder in any supported format."),
+    out: Path = typer.Argument(..., help="Output: a folder, or a .csv / .jsonl manifest path."),
+    to: str = typer.Option("manifest", "--to", help="Target layout (manifest)."),
+    format: str | None = typer.Option(None, "--format", "-f", help="Source reader; detected when omitted."),
+) -> None:
+    """Convert any supported dataset to the generic manifest (images stay where they are)."""
+    from defectkit.data.convert import to_manifest
+
+    if to != "manifest":
+        raise UsageError(f"--to {to!r}: only 'manifest' is supported")
+    with progress_bar("converting") as bar:
+        task = bar.add_task("convert", total=None)
+        manifest, dataset = to_manifest(
+            path, out, format, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    for problem in dataset.problems:
+        console.print(f"[yellow]{problem.severity}[/]: {problem.path}: {problem.reason}", soft_wrap=True)
+    console.print(f"wrote {len(dataset.samples)} rows to {manifest}")

@@ -1,0 +1,47 @@
+"""One-line errors for users' mistakes: no traceback, the file and the reason, exit 1 (data) or 2 (usage)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from defectkit.data.formats import FormatError
+from defectkit.data.io import ImageReadError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+stderr = Console(stderr=True, highlight=False)
+
+EXIT_BAD_DATA = 1
+EXIT_BAD_USAGE = 2
+
+
+class UsageError(ValueError):
+    """Arguments that make no sense together (exit status 2)."""
+
+
+def fail(message: str, code: int = EXIT_BAD_DATA) -> typer.Exit:
+    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn the errors a user can cause into one line on stderr and the documented exit status."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except UsageError as error:
+            raise fail(str(error), EXIT_BAD_USAGE) from None
+        except (FormatError, ImageReadError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+            raise fail(str(error)) from None
+        except KeyError as error:
+            raise fail(str(error.args[0]) if error.args else repr(error), EXIT_BAD_USAGE) from None
+
+    return wrapper

@@ -1,0 +1,39 @@
+"""The ``defectkit`` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from defectkit import __version__
+from defectkit.cli import data, methods
+
+app = typer.Typer(
+    name="defectkit",
+    help="Visual surface-defect inspection: datasets, training, evaluation and deployment.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data.app, name="data")
+app.command("methods")(methods.methods)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"defectkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Visual surface-defect inspection."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

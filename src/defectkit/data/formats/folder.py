@@ -1,0 +1,121 @@
+"""A user's own folders: the layout a quality engineer makes by hand.
+
+::
+
+    root/
+      good/            *.png|jpg|bmp...   label 0 (also ``ok/``, ``normal/``, ``pass/``)
+      defect/          ...                label 1, defect type not known (also ``ng/``, ``bad/``, ``fail/``)
+      <class name>/    ...                label 1, defect class <class name> (one id per folder, sorted)
+      masks/           <stem>.png or <stem>_mask.png   optional pixel masks, matched by image stem
+      annotations.json optional COCO boxes, matched by ``file_name`` (relative path or base name)
+
+Images may sit in nested sub-folders of a class folder (the class is the top folder). A binary
+mask of a class-folder image is read as that class's id; a mask in ``masks/`` whose image is
+missing is reported. Where a folder has only classes and no ``good/``, every image is defective:
+that is a defect-classification set (X-SDD's layout).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectkit.data.formats import FormatError, register_format
+from defectkit.data.io import is_image_file
+from defectkit.data.sample import Dataset, DatasetInfo, Problem, Sample
+
+GOOD_NAMES = frozenset({"good", "ok", "normal", "pass", "non-defective", "nondefective"})
+DEFECT_NAMES = frozenset({"defect", "defective", "ng", "bad", "fail", "nok"})
+MASK_DIRS = frozenset({"masks", "mask", "ground_truth", "labels"})
+COCO_NAMES = ("annotations.json", "coco.json", "instances.json")
+
+
+def _class_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() not in MASK_DIRS)
+
+
+def _detect(root: Path) -> bool:
+    if not root.is_dir():
+        return False
+    return any(any(is_image_file(f) for f in d.rglob("*")) for d in _class_dirs(root))
+
+
+def _coco_boxes(path: Path, problems: list[Problem]) -> tuple[dict[str, list[tuple[list[float], str]]], list[str]]:
+    """COCO ``[x, y, w, h]`` boxes per file name (full relative path and base name both keyed)."""
+    try:
+        coco: dict[str, Any] = json.loads(path.read_text())
+        categories = {int(c["id"]): str(c["name"]) for c in coco.get("categories", [])}
+        files = {int(im["id"]): str(im["file_name"]) for im in coco.get("images", [])}
+        by_file: dict[str, list[tuple[list[float], str]]] = {name: [] for name in files.values()}
+        for ann in coco.get("annotations", []):
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            by_file[files[int(ann["image_id"])]].append(([x, y, x + w, y + h], categories[int(ann["category_id"])]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        problems.append(Problem(str(path), f"unreadable COCO annotations: {error}"))
+        return {}, []
+    keyed = dict(by_file)
+    for name, boxes in by_file.items():
+        keyed.setdefault(Path(name).name, boxes)
+    return keyed, [categories[k] for k in sorted(categories)]
+
+
+@register_format(
+    "folder",
+    detect=_detect,
+    description="generic folders: good/ + defect/ or one folder per class, optional masks/ and COCO JSON",
+    priority=90,
+)
+def read(root: Path) -> Dataset:
+    root = Path(root)
+    if not _detect(root):
+        raise FormatError(f"{root}: expected sub-folders of images (good/, defect/ or one per class)")
+    problems: list[Problem] = []
+    class_dirs = _class_dirs(root)
+    defect_classes = [d.name for d in class_dirs if d.name.lower() not in GOOD_NAMES | DEFECT_NAMES]
+
+    coco_file = next((root / n for n in COCO_NAMES if (root / n).is_file()), None)
+    coco, coco_classes = _coco_boxes(coco_file, problems) if coco_file else ({}, [])
+    class_names = defect_classes + [c for c in coco_classes if c not in defect_classes]
+    if not class_names and any(d.name.lower() in DEFECT_NAMES for d in class_dirs):
+        class_names = ["defect"]
+    ids = {name: i + 1 for i, name in enumerate(class_names)}
+
+    masks: dict[str, Path] = {}
+    for mask_dir in (p for p in root.iterdir() if p.is_dir() and p.name.lower() in MASK_DIRS):
+        for mask in sorted(mask_dir.rglob("*")):
+            if is_image_file(mask):
+                stem = mask.stem[: -len("_mask")] if mask.stem.lower().endswith("_mask") else mask.stem
+                masks[stem.lower()] = mask
+
+    samples: list[Sample] = []
+    used_masks: set[str] = set()
+    for folder in class_dirs:
+        kind = folder.name.lower()
+        for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f)):
+            sample = Sample(path=str(image), meta={"part": image.relative_to(root).with_suffix("").as_posix()})
+            if kind in GOOD_NAMES:
+                sample.label, sample.classes = 0, []
+            elif kind in DEFECT_NAMES:
+                sample.label = 1
+            else:
+                sample.label, sample.classes = 1, [ids[folder.name]]
+            mask_file = masks.get(image.stem.lower())
+            if mask_file is not None:
+                used_masks.add(image.stem.lower())
+                sample.meta["mask_path"] = str(mask_file)
+                sample.meta["mask_class"] = sample.classes[0] if sample.classes else 1
+            rel = image.relative_to(root).as_posix()
+            boxes = coco.get(rel, coco.get(image.name))
+            if boxes is not None:
+                sample.boxes = np.asarray([b for b, _ in boxes], dtype=np.float32).reshape(-1, 4)
+                sample.box_classes = np.asarray([ids[c] for _, c in boxes], dtype=np.int64)
+            samples.append(sample)
+    problems += [Problem(str(m), "mask without image") for s, m in masks.items() if s not in used_masks]
+    for name in defect_classes:
+        if not any(s.classes == [ids[name]] for s in samples):
+            problems.append(Problem(str(root / name), "empty class (folder holds no images)"))
+    info = DatasetInfo(name=root.name, format="folder", root=str(root), class_names=class_names)
+    return Dataset(samples, info, problems)

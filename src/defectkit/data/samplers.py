@@ -1,0 +1,66 @@
+"""Training samplers: class-balanced draws and strict positive/negative alternation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler, WeightedRandomSampler
+
+
+def class_balanced_sampler(
+    targets: Sequence[int], num_samples: int | None = None, seed: int = 0
+) -> WeightedRandomSampler:
+    """Draw with replacement so every class is equally likely (weights 1 / class count).
+
+    ``targets`` are class ids (or image labels); ``num_samples`` defaults to the dataset size.
+    """
+    values = np.asarray(targets)
+    if values.size == 0:
+        raise ValueError("class-balanced sampling needs at least one target")
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    weights = (1.0 / counts[inverse]).tolist()
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights, num_samples or len(values), replacement=True, generator=generator)
+
+
+class AlternatingSampler(Sampler[int]):
+    """Indices alternating strictly positive, negative, positive, ... (positive first).
+
+    Each epoch has ``2 * max(n_pos, n_neg)`` indices unless ``epoch_size`` is given: the larger class
+    is seen once in a shuffled order, the smaller one is reshuffled and repeated as often as needed.
+    Samples with an unknown label (``None`` / -1) are never drawn. Call :meth:`set_epoch` (Lightning
+    does for distributed samplers; recipes call it themselves) for a fresh, reproducible order.
+    """
+
+    def __init__(self, labels: Sequence[int | None], seed: int = 0, epoch_size: int | None = None) -> None:
+        values = [-1 if v is None else int(v) for v in labels]
+        self.positives = [i for i, v in enumerate(values) if v == 1]
+        self.negatives = [i for i, v in enumerate(values) if v == 0]
+        if not self.positives or not self.negatives:
+            raise ValueError(
+                f"alternating sampling needs both classes; got {len(self.positives)} positive "
+                f"and {len(self.negatives)} negative images"
+            )
+        self.seed = seed
+        self.epoch = 0
+        default = 2 * max(len(self.positives), len(self.negatives))
+        self.epoch_size = default if epoch_size is None else epoch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.epoch_size
+
+    def _stream(self, pool: list[int], rng: np.random.Generator) -> Iterator[int]:
+        while True:
+            for position in rng.permutation(len(pool)):
+                yield pool[position]
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        positives, negatives = self._stream(self.positives, rng), self._stream(self.negatives, rng)
+        for step in range(self.epoch_size):
+            yield next(positives) if step % 2 == 0 else next(negatives)

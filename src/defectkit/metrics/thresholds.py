@@ -1,0 +1,72 @@
+"""Decision thresholds for image-level scores (positive = defective).
+
+Conventions (DESIGN.md, "Scores, thresholds"):
+
+- A score is probability-like, higher = more defective; an image is called
+  defective when ``score >= threshold``.
+- The decision threshold is chosen on *validation* data by best F1, ties going
+  to the higher threshold, and stored in the model; FP / FN on a test set are
+  then counted at that stored threshold (`fp_fn_at_threshold`), never at a
+  threshold re-chosen on the test set.
+- A validation set without defective images cannot define a threshold: that is
+  a `ValueError` naming the problem, never a silent threshold of 0.
+
+scikit-learn has no "best-F1 threshold" selector, so `best_f1_threshold` is
+written here by hand (a sort and two cumulative sums).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from defectkit.metrics._utils import ArrayLike, binary_labels_scores
+
+__all__ = ["best_f1_threshold", "fp_fn_at_threshold"]
+
+
+def best_f1_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Threshold with the best F1 on (validation) ``labels`` / ``scores``.
+
+    Candidates are the distinct score values (``score >= t`` is defective), so the
+    returned threshold is always one of the scores: the highest threshold that
+    still makes exactly the best-F1 calls on this data. Among thresholds with
+    equal F1 the higher one wins (fewer false alarms for the same F1).
+
+    Raises:
+        ValueError: empty input, or no defective images (label 1) in ``labels``.
+    """
+    y, s = binary_labels_scores(labels, scores)
+    if y.size == 0:
+        raise ValueError("cannot choose a decision threshold: the validation set is empty")
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        raise ValueError(
+            "cannot choose a decision threshold: the validation set has no defective images "
+            "(no label 1); F1 is undefined without positives"
+        )
+    order = np.argsort(-s, kind="stable")
+    s_sorted = s[order]
+    y_sorted = y[order]
+    # Last index of each run of equal scores: thresholding at that score calls
+    # every image up to and including the run defective.
+    run_ends = np.r_[np.flatnonzero(np.diff(s_sorted) != 0), s_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[run_ends]
+    fp = (run_ends + 1) - tp
+    fn = n_pos - tp
+    # F1 = 2TP / (2TP + FP + FN) from integer counts: equal rationals give the
+    # identical double, so ties are detected exactly (no epsilon needed).
+    f1 = (2.0 * tp) / (2.0 * tp + fp + fn)
+    best = f1.max()
+    # Thresholds are in decreasing order: the first index reaching the best F1
+    # is the highest threshold.
+    idx = int(np.flatnonzero(f1 == best)[0])
+    return float(s_sorted[run_ends[idx]])
+
+
+def fp_fn_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -> tuple[int, int]:
+    """(false positives, false negatives) when ``score >= threshold`` is called defective."""
+    y, s = binary_labels_scores(labels, scores)
+    pred = s >= threshold
+    fp = int(np.count_nonzero(pred & (y == 0)))
+    fn = int(np.count_nonzero(~pred & (y == 1)))
+    return fp, fn

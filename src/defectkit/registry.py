@@ -1,0 +1,88 @@
+"""The method registry: each published method registers one :class:`MethodSpec` subclass.
+
+A method bundles a model builder (a plain ``nn.Module``), a training recipe (a LightningModule
+class), its default config file under ``configs/`` and named profiles (``cpu``, ``paper``) that
+override that config. ``defectkit methods`` lists what is registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+# Modules that register methods when imported; each method issue appends its module here.
+METHOD_MODULES: tuple[str, ...] = ()
+
+
+class MethodSpec:
+    """Base class of a registered method. Subclasses fill the class attributes and ``build_model``."""
+
+    name: ClassVar[str] = ""
+    supervision: ClassVar[tuple[str, ...]] = ()
+    tasks: ClassVar[tuple[str, ...]] = ()
+    paper: ClassVar[str | None] = None
+    default_config: ClassVar[str | None] = None
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    recipe: ClassVar[type | None] = None
+
+    @classmethod
+    def build_model(cls, config: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"method {cls.name!r} does not define build_model")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    tasks: tuple[str, ...]
+    supervision: tuple[str, ...]
+    profiles: tuple[str, ...]
+    paper: str | None
+    spec: type[MethodSpec]
+
+
+_METHODS: dict[str, type[MethodSpec]] = {}
+SpecT = TypeVar("SpecT", bound=type[MethodSpec])
+
+SUPERVISION_LEVELS = ("zero-shot", "few-shot", "weak", "mixed", "full")
+
+
+def register_method(
+    name: str, *, supervision: tuple[str, ...], tasks: tuple[str, ...], paper: str | None = None
+) -> Callable[[SpecT], SpecT]:
+    unknown = set(supervision) - set(SUPERVISION_LEVELS)
+    if unknown:
+        raise ValueError(f"method {name!r}: unknown supervision levels {sorted(unknown)}; use {SUPERVISION_LEVELS}")
+
+    def decorator(spec: SpecT) -> SpecT:
+        if name in _METHODS and _METHODS[name] is not spec:
+            raise ValueError(f"method {name!r} is registered twice ({_METHODS[name].__qualname__}, {spec.__qualname__})")
+        spec.name, spec.supervision, spec.tasks = name, supervision, tasks
+        if paper is not None:
+            spec.paper = paper
+        _METHODS[name] = spec
+        return spec
+
+    return decorator
+
+
+def _load_all() -> None:
+    for module in METHOD_MODULES:
+        importlib.import_module(module)
+
+
+def list_methods() -> list[MethodInfo]:
+    _load_all()
+    return [
+        MethodInfo(name, spec.tasks, spec.supervision, tuple(spec.profiles), spec.paper, spec)
+        for name, spec in sorted(_METHODS.items())
+    ]
+
+
+def get_method(name: str) -> type[MethodSpec]:
+    _load_all()
+    if name not in _METHODS:
+        known = ", ".join(sorted(_METHODS)) or "none registered yet"
+        raise KeyError(f"unknown method {name!r}; known methods: {known}")
+    return _METHODS[name]

@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny datasets written in each format's real layout, and real-data locations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def save(path: Path, array: np.ndarray, palette: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array.astype(np.uint8))
+    if palette:
+        image = image.convert("P")
+    image.save(path)
+    return path
+
+
+def texture(seed: int, height: int = 64, width: int = 48, channels: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    return rng.integers(60, 200, size=shape, dtype=np.uint8)
+
+
+@pytest.fixture
+def ksdd_root(tmp_path: Path) -> Path:
+    """Three parts of KolektorSDD: kos01 (one defective of two), kos02 (good), kos03 (duplicate of kos01)."""
+    root = tmp_path / "kolektorsdd"
+    for part, seeds in (("kos01", (1, 2)), ("kos02", (3, 4)), ("kos03", (1, 5))):
+        for index, seed in enumerate(seeds):
+            save(root / part / f"Part{index}.jpg", texture(seed))
+            mask = np.zeros((64, 48), dtype=np.uint8)
+            if part == "kos01" and index == 1:
+                mask[10:20, 5:15] = 255
+            save(root / part / f"Part{index}_label.bmp", mask, palette=True)
+    return root
+
+
+@pytest.fixture
+def neu_det_root(tmp_path: Path) -> Path:
+    root = tmp_path / "NEU-DET"
+    boxes = {"crazing_1": [("crazing", 1, 1, 40, 30)], "scratches_2": [("scratches", 5, 5, 20, 64), ("inclusion", 30, 30, 48, 48)]}
+    for index, (stem, objects) in enumerate(boxes.items()):
+        save(root / "IMAGES" / f"{stem}.jpg", texture(index, 64, 64, 3))
+        xml = "".join(
+            f"<object><name>{n}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
+            for n, a, b, c, d in objects
+        )
+        (root / "ANNOTATIONS").mkdir(parents=True, exist_ok=True)
+        (root / "ANNOTATIONS" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><size><width>64</width><height>64</height><depth>1</depth></size>{xml}</annotation>"
+        )
+    return root
+
+
+@pytest.fixture
+def real_data() -> Callable[[str], Path]:
+    """``real_data("kolektorsdd")``: the unpacked dataset, or skip with the reason."""
+
+    def locate(name: str) -> Path:
+        base = os.environ.get("DEFECTKIT_DATA")
+        if not base:
+            pytest.skip(f"DEFECTKIT_DATA is not set; {name} tests need the real dataset (see shared/data/unpack.sh)")
+        root = Path(base) / name
+        if not root.is_dir():
+            pytest.skip(f"{root} is missing; unpack the datasets with shared/data/unpack.sh")
+        return root
+
+    return locate

@@ -1,0 +1,55 @@
+"""Decision threshold selection (best F1 on validation, ties -> higher threshold)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from defectkit.metrics import best_f1_threshold, fp_fn_at_threshold
+
+
+def test_best_f1_separable() -> None:
+    assert best_f1_threshold([0, 0, 1, 1], [0.1, 0.3, 0.7, 0.8]) == 0.7
+
+
+def test_best_f1_tie_goes_to_higher_threshold() -> None:
+    # t=0.8 -> TP1 FP0 FN1: F1 = 2/3. t=0.4 -> TP2 FP2 FN0: F1 = 4/6 = 2/3. Tie -> 0.8.
+    y = [1, 0, 0, 1]
+    s = [0.8, 0.6, 0.5, 0.4]
+    assert best_f1_threshold(y, s) == 0.8
+    # Same F1 at both candidates, checked with scikit-learn.
+    assert f1_score(y, np.array(s) >= 0.8) == pytest.approx(f1_score(y, np.array(s) >= 0.4))
+
+
+def test_best_f1_tied_scores_form_one_candidate() -> None:
+    # Scores 0.5 tie: the threshold 0.5 calls both, never just one of them.
+    y = [1, 0, 1]
+    s = [0.5, 0.5, 0.2]
+    t = best_f1_threshold(y, s)
+    assert t in (0.5, 0.2)
+    assert t == 0.2  # F1(0.5) = 2/4 = 0.5; F1(0.2) = 4/5 = 0.8
+
+
+def test_best_f1_matches_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        y = rng.integers(0, 2, 40)
+        y[0] = 1
+        s = np.round(rng.random(40), 1)
+        best = max(np.unique(s), key=lambda t: (f1_score(y, s >= t), t))
+        assert best_f1_threshold(y, s) == pytest.approx(best)
+
+
+def test_no_defective_validation_images_is_clear_error() -> None:
+    with pytest.raises(ValueError, match="no defective images"):
+        best_f1_threshold([0, 0, 0], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="empty"):
+        best_f1_threshold([], [])
+
+
+def test_fp_fn_at_threshold_uses_ge() -> None:
+    y = [1, 0, 1, 0]
+    s = [0.5, 0.5, 0.49, 0.2]
+    assert fp_fn_at_threshold(y, s, 0.5) == (1, 1)
+    assert fp_fn_at_threshold(torch.tensor(y), torch.tensor(s, dtype=torch.float64), 0.5) == (1, 1)
+    assert fp_fn_at_threshold(y, s, 0.0) == (2, 0)
