@@ -114,7 +114,9 @@ class SampleTransform:
     def __call__(self, sample: Sample) -> Sample:
         if sample.image is None:
             raise ValueError(f"{sample.path}: load the sample before transforming it")
-        image = convert_channels(np.asarray(sample.image), self.config.channels)
+        image = np.asarray(sample.image)
+        if self.config.channels is not None:
+            image = convert_channels(image, self.config.channels)
         image_t = torch.from_numpy(np.ascontiguousarray(image))
         image_t = image_t.unsqueeze(0) if image_t.ndim == 2 else image_t.permute(2, 0, 1)
         height, width = image_t.shape[-2:]

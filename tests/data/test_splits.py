@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from defectkit.data.samplers import AlternatingSampler, class_balanced_sampler
+from defectkit.data.sample import Sample
+from defectkit.data.splits import few_shot, group_ids, kfold, split_fractions
+
+
+def _samples(n_parts: int = 30, per_part: int = 4) -> list[Sample]:
+    samples = []
+    for part in range(n_parts):
+        for index in range(per_part):
+            label = int(part % 5 == 0 and index == 0)
+            samples.append(
+                Sample(f"p{part}_{index}", label=label, classes=[1 + part % 3] if label else [],
+                       meta={"part": f"part{part}", "sha1": f"h{part}_{index}"})
+            )
+    # Two byte-identical images in different parts: parts 1 and 2 must travel together.
+    samples[4].meta["sha1"] = samples[8].meta["sha1"] = "same"
+    return samples
+
+
+def _side(indices: list[int], samples: list[Sample]) -> set[str]:
+    return {samples[i].part or "" for i in indices}
+
+
+def test_groups_join_parts_and_duplicates() -> None:
+    samples = _samples()
+    groups = group_ids(samples)
+    assert groups[0] == groups[3]  # same part
+    assert groups[4] == groups[8]  # duplicate content across parts 1 and 2
+    assert groups[4] == groups[11]  # ... which pulls the whole of part 2 in
+    assert len(np.unique(groups)) == 29
+
+
+def test_split_fractions_is_deterministic_disjoint_and_grouped() -> None:
+    samples = _samples()
+    first = split_fractions(samples, (0.6, 0.2, 0.2), seed=4)
+    assert first == split_fractions(samples, (0.6, 0.2, 0.2), seed=4)
+    assert first != split_fractions(samples, (0.6, 0.2, 0.2), seed=5)
+    assert sorted(i for s in first for i in s) == list(range(len(samples)))
+    parts = [_side(s, samples) for s in first]
+    assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
+    assert any(4 in s and 8 in s for s in first)
+    assert all(any(samples[i].label == 1 for i in s) for s in first)  # stratified: positives everywhere
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_fractions(samples, (0.5, 0.2))
+
+
+def test_kfold_tests_every_group_once() -> None:
+    samples = _samples()
+    folds = kfold(samples, 3, seed=0)
+    tested = sorted(i for _, test in folds for i in test)
+    assert tested == list(range(len(samples)))
+    for train, test in folds:
+        assert not _side(train, samples) & _side(test, samples)
+        assert any(samples[i].label == 1 for i in test)
+    assert folds == kfold(samples, 3, seed=0)
+    with pytest.raises(ValueError, match="folds"):
+        kfold(samples[:8], 3)
+
+
+def test_few_shot_draws_n_per_class_with_a_seed() -> None:
+    samples = [Sample(f"c{c}_{i}", label=1, classes=[c], meta={"sha1": f"{c}-{i}"}) for c in (1, 2, 3) for i in range(20)]
+    samples.append(Sample("dup", label=1, classes=[1], meta={"sha1": "1-0"}))  # duplicate of c1_0
+    support, rest = few_shot(samples, 5, seed=1)
+    assert len(support) == 15 and len(rest) == len(samples) - 15
+    assert sorted(samples[i].classes[0] for i in support) == [1] * 5 + [2] * 5 + [3] * 5  # type: ignore[index]
+    assert few_shot(samples, 5, seed=1) == (support, rest)
+    assert few_shot(samples, 5, seed=2)[0] != support
+    # c1_0 and its duplicate are on one side.
+    assert (0 in support) == (len(samples) - 1 in support)
+    with pytest.raises(ValueError, match="only 2[01] images can be drawn, 25 requested"):
+        few_shot(samples, 25, seed=0)
+
+
+def test_class_balanced_sampler_evens_out_classes() -> None:
+    targets = [0] * 90 + [1] * 10
+    sampler = class_balanced_sampler(targets, num_samples=4000, seed=0)
+    drawn = np.asarray(targets)[list(sampler)]
+    assert 0.45 < drawn.mean() < 0.55
+    assert list(class_balanced_sampler(targets, seed=3)) == list(class_balanced_sampler(targets, seed=3))
+
+
+def test_alternating_sampler() -> None:
+    labels = [1, 0, 0, 0, None, 0, 1, 0]
+    sampler = AlternatingSampler(labels, seed=0)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 10
+    assert [labels[i] for i in order] == [1, 0] * 5
+    assert 4 not in order
+    assert {order[i] for i in range(1, 10, 2)} == {1, 2, 3, 5, 7}  # each negative once per epoch
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+    with pytest.raises(ValueError, match="both classes"):
+        AlternatingSampler([0, 0, None])
