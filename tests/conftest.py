@@ -46,7 +46,10 @@ def ksdd_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def neu_det_root(tmp_path: Path) -> Path:
     root = tmp_path / "NEU-DET"
-    boxes = {"crazing_1": [("crazing", 1, 1, 40, 30)], "scratches_2": [("scratches", 5, 5, 20, 64), ("inclusion", 30, 30, 48, 48)]}
+    boxes = {
+        "crazing_1": [("crazing", 1, 1, 40, 30)],
+        "scratches_2": [("scratches", 5, 5, 20, 64), ("inclusion", 30, 30, 48, 48)],
+    }
     for index, (stem, objects) in enumerate(boxes.items()):
         save(root / "IMAGES" / f"{stem}.jpg", texture(index, 64, 64, 3))
         xml = "".join(
@@ -67,7 +70,9 @@ def real_data() -> Callable[[str], Path]:
     def locate(name: str) -> Path:
         base = os.environ.get("DEFECTKIT_DATA")
         if not base:
-            pytest.skip(f"DEFECTKIT_DATA is not set; {name} tests need the real dataset (see shared/data/unpack.sh)")
+            pytest.skip(
+                f"DEFECTKIT_DATA is not set; {name} tests need the real dataset (see shared/data/unpack.sh)"
+            )
         root = Path(base) / name
         if not root.is_dir():
             pytest.skip(f"{root} is missing; unpack the datasets with shared/data/unpack.sh")

@@ -53,11 +53,15 @@ def register_method(
 ) -> Callable[[SpecT], SpecT]:
     unknown = set(supervision) - set(SUPERVISION_LEVELS)
     if unknown:
-        raise ValueError(f"method {name!r}: unknown supervision levels {sorted(unknown)}; use {SUPERVISION_LEVELS}")
+        raise ValueError(
+            f"method {name!r}: unknown supervision levels {sorted(unknown)}; use {SUPERVISION_LEVELS}"
+        )
 
     def decorator(spec: SpecT) -> SpecT:
         if name in _METHODS and _METHODS[name] is not spec:
-            raise ValueError(f"method {name!r} is registered twice ({_METHODS[name].__qualname__}, {spec.__qualname__})")
+            raise ValueError(
+                f"method {name!r} is registered twice ({_METHODS[name].__qualname__}, {spec.__qualname__})"
+            )
         spec.name, spec.supervision, spec.tasks = name, supervision, tasks
         if paper is not None:
             spec.paper = paper

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from defectkit.data.samplers import AlternatingSampler, class_balanced_sampler
 from defectkit.data.sample import Sample
+from defectkit.data.samplers import AlternatingSampler, class_balanced_sampler
 from defectkit.data.splits import few_shot, group_ids, kfold, split_fractions
 
 
@@ -14,8 +14,12 @@ def _samples(n_parts: int = 30, per_part: int = 4) -> list[Sample]:
         for index in range(per_part):
             label = int(part % 5 == 0 and index == 0)
             samples.append(
-                Sample(f"p{part}_{index}", label=label, classes=[1 + part % 3] if label else [],
-                       meta={"part": f"part{part}", "sha1": f"h{part}_{index}"})
+                Sample(
+                    f"p{part}_{index}",
+                    label=label,
+                    classes=[1 + part % 3] if label else [],
+                    meta={"part": f"part{part}", "sha1": f"h{part}_{index}"},
+                )
             )
     # Two byte-identical images in different parts: parts 1 and 2 must travel together.
     samples[4].meta["sha1"] = samples[8].meta["sha1"] = "same"
@@ -63,7 +67,11 @@ def test_kfold_tests_every_group_once() -> None:
 
 
 def test_few_shot_draws_n_per_class_with_a_seed() -> None:
-    samples = [Sample(f"c{c}_{i}", label=1, classes=[c], meta={"sha1": f"{c}-{i}"}) for c in (1, 2, 3) for i in range(20)]
+    samples = [
+        Sample(f"c{c}_{i}", label=1, classes=[c], meta={"sha1": f"{c}-{i}"})
+        for c in (1, 2, 3)
+        for i in range(20)
+    ]
     samples.append(Sample("dup", label=1, classes=[1], meta={"sha1": "1-0"}))  # duplicate of c1_0
     support, rest = few_shot(samples, 5, seed=1)
     assert len(support) == 15 and len(rest) == len(samples) - 15
@@ -72,7 +80,7 @@ def test_few_shot_draws_n_per_class_with_a_seed() -> None:
     assert few_shot(samples, 5, seed=2)[0] != support
     # c1_0 and its duplicate are on one side.
     assert (0 in support) == (len(samples) - 1 in support)
-    with pytest.raises(ValueError, match="only 2[01] images can be drawn, 25 requested"):
+    with pytest.raises(ValueError, match=r"only 2[01] images can be drawn, 25 requested"):
         few_shot(samples, 25, seed=0)
 
 

@@ -47,7 +47,9 @@ def test_random_geometry_moves_image_mask_and_boxes_together(channels: int) -> N
 def test_rot90_is_exact_and_boxes_follow() -> None:
     transform = build_transform({"rot90": 1.0}, train=True)
     sample = _sample()
-    sample = sample.replace(image=sample.image[:, :64], mask=np.asarray(sample.mask)[:, :64], boxes=None, box_classes=None)
+    sample = sample.replace(
+        image=sample.image[:, :64], mask=np.asarray(sample.mask)[:, :64], boxes=None, box_classes=None
+    )
     mask = np.asarray(sample.mask)
     sample = sample.replace(boxes=mask_to_boxes(mask)[0], box_classes=mask_to_boxes(mask)[1])
     torch.manual_seed(1)
@@ -61,7 +63,9 @@ def test_rot90_is_exact_and_boxes_follow() -> None:
 
 
 def test_multilabel_masks_and_eval_transform_are_deterministic() -> None:
-    transform = build_transform(AugmentConfig(size=(32, 48), channels=3, mean=(0.5,) * 3, std=(0.5,) * 3), train=False)
+    transform = build_transform(
+        AugmentConfig(size=(32, 48), channels=3, mean=(0.5,) * 3, std=(0.5,) * 3), train=False
+    )
     first, second = transform(_sample(1, multilabel=True)), transform(_sample(1, multilabel=True))
     assert first.image.shape == (3, 32, 48) and float(first.image.min()) == -1.0
     assert first.mask.shape == (2, 32, 48) and torch.equal(first.mask, second.mask)

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from defectkit.cli.errors import UsageError, user_errors
 from defectkit.data.check import CheckReport, check_dataset
+
+
+class SynthMode(str, Enum):
+    dagm = "dagm"
+    multiclass = "multiclass"
+
+
+class SynthLayout(str, Enum):
+    dagm = "dagm"
+    manifest = "manifest"
+
 
 app = typer.Typer(help="Inspect, generate and convert datasets.", no_args_is_help=True)
 console = Console(highlight=False)
@@ -30,7 +43,7 @@ def progress_bar(description: str) -> Progress:
 
 def _print_report(report: CheckReport, max_problems: int) -> None:
     info = report.info
-    summary = Table(title=f"{info.name} ({info.format}) at {info.root}", show_header=False)
+    summary = Table(title=escape(f"{info.name} ({info.format}) at {info.root}"), show_header=False)
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("images", str(report.n_images))
@@ -50,20 +63,23 @@ def _print_report(report: CheckReport, max_problems: int) -> None:
         for column in ("id", "class", "images", "boxes"):
             classes.add_column(column, justify="right" if column != "class" else "left")
         for class_id, name in enumerate(info.class_names, start=1):
-            classes.add_row(str(class_id), name, str(report.classes[name]), str(report.boxes[name]))
+            classes.add_row(str(class_id), escape(name), str(report.classes[name]), str(report.boxes[name]))
         console.print(classes)
     if len(report.surfaces) > 1 or "unknown" not in report.surfaces:
         surfaces = Table(title="surfaces")
         surfaces.add_column("surface")
         surfaces.add_column("images", justify="right")
         for name, count in sorted(report.surfaces.items()):
-            surfaces.add_row(name, str(count))
+            surfaces.add_row(escape(name), str(count))
         console.print(surfaces)
 
     errors, warnings = len(report.errors), len(report.problems) - len(report.errors)
     for problem in report.problems[:max_problems]:
         style = "red" if problem.severity == "error" else "yellow"
-        console.print(f"[{style}]{problem.severity}[/]: {problem.path}: {problem.reason}", soft_wrap=True)
+        console.print(
+            f"[{style}]{problem.severity}[/]: {escape(problem.path)}: {escape(problem.reason)}",
+            soft_wrap=True,
+        )
     if len(report.problems) > max_problems:
         console.print(f"... {len(report.problems) - max_problems} more (raise --max-problems to see them)")
     verdict = "[green]no errors[/]" if report.ok else f"[red]{errors} error(s)[/]"
@@ -84,7 +100,9 @@ def check(
     """
     with progress_bar("checking") as bar:
         task = bar.add_task("check", total=None)
-        report = check_dataset(path, format, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        report = check_dataset(
+            path, format, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     _print_report(report, max_problems)
     if json_out is not None:
         payload = {
@@ -100,7 +118,9 @@ def check(
             "sizes": {f"{w}x{h}": n for (w, h), n in report.sizes.items()},
             "label_levels": report.label_levels,
             "duplicates": report.duplicates,
-            "problems": [{"path": p.path, "reason": p.reason, "severity": p.severity} for p in report.problems],
+            "problems": [
+                {"path": p.path, "reason": p.reason, "severity": p.severity} for p in report.problems
+            ],
         }
         json_out.write_text(json.dumps(payload, indent=2) + "\n")
     if not report.ok:
@@ -126,5 +146,54 @@ def convert(
             path, out, format, progress=lambda done, total: bar.update(task, completed=done, total=total)
         )
     for problem in dataset.problems:
-        console.print(f"[yellow]{problem.severity}[/]: {problem.path}: {problem.reason}", soft_wrap=True)
-    console.print(f"wrote {len(dataset.samples)} rows to {manifest}")
+        console.print(
+            f"[yellow]{problem.severity}[/]: {escape(problem.path)}: {escape(problem.reason)}", soft_wrap=True
+        )
+    console.print(escape(f"wrote {len(dataset.samples)} rows to {manifest}"))
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Path = typer.Argument(..., help="Output folder."),
+    surfaces: int = typer.Option(10, help="Number of surfaces (Class1..ClassN)."),
+    per_surface: int = typer.Option(100, "--per-surface", help="Images per surface."),
+    size: int = typer.Option(512, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Same seed and options give byte-identical files."),
+    mode: SynthMode = typer.Option(
+        SynthMode.dagm, help="dagm: one defect type per surface; multiclass: Severstal-like."
+    ),
+    layout: SynthLayout = typer.Option(
+        SynthLayout.dagm, help="dagm: DAGM 2007 folders; manifest: images/ + masks/ + JSONL."
+    ),
+    defect_fraction: float = typer.Option(0.25, "--defect-fraction", help="Share of defective images."),
+) -> None:
+    """Generate a DAGM-style synthetic dataset with masks, boxes, classes and surface attributes."""
+    from defectkit.data.synthetic import SynthConfig, generate
+
+    try:
+        config = SynthConfig(
+            surfaces=surfaces,
+            per_surface=per_surface,
+            size=size,
+            seed=seed,
+            mode=mode.value,
+            defect_fraction=defect_fraction,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    with progress_bar("generating") as bar:
+        task = bar.add_task("synth", total=surfaces * per_surface)
+        dataset = generate(
+            out,
+            config,
+            layout=layout.value,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    defective = sum(s.label == 1 for s in dataset.samples)
+    console.print(
+        escape(
+            f"wrote {len(dataset.samples)} images ({defective} defective) of {surfaces} surfaces, "
+            f"{size}x{size}, mode {mode.value}, layout {layout.value}, to {out}"
+        )
+    )

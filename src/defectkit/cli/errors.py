@@ -8,8 +8,9 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from defectkit.data.formats import FormatError
+from defectkit.data.formats import FormatError, UnknownFormatError
 from defectkit.data.io import ImageReadError
 
 P = ParamSpec("P")
@@ -26,7 +27,7 @@ class UsageError(ValueError):
 
 
 def fail(message: str, code: int = EXIT_BAD_DATA) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -37,7 +38,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except UsageError as error:
+        except (UsageError, UnknownFormatError) as error:
             raise fail(str(error), EXIT_BAD_USAGE) from None
         except (FormatError, ImageReadError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
             raise fail(str(error)) from None

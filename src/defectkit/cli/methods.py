@@ -16,7 +16,11 @@ def methods() -> None:
     registered = list_methods()
     for info in registered:
         table.add_row(
-            info.name, ", ".join(info.tasks), ", ".join(info.supervision), ", ".join(info.profiles), info.paper or ""
+            info.name,
+            ", ".join(info.tasks),
+            ", ".join(info.supervision),
+            ", ".join(info.profiles),
+            info.paper or "",
         )
     console = Console()
     console.print(table)

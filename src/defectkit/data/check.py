@@ -78,7 +78,10 @@ def check_sample(sample: Sample) -> SampleReport:
             inside &= -BOX_TOLERANCE_PX <= y0 < y1 <= height + BOX_TOLERANCE_PX
             if not inside:
                 report.problems.append(
-                    Problem(sample.path, f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) outside the {width}x{height} image")
+                    Problem(
+                        sample.path,
+                        f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) outside the {width}x{height} image",
+                    )
                 )
     if loaded.mask is not None:
         report.mask_sha1 = hashlib.sha1(np.ascontiguousarray(loaded.mask).tobytes()).hexdigest()
@@ -128,7 +131,9 @@ def check_dataset(
         names = ", ".join(s.path for s, _ in group[1:])
         first = group[0][0].path
         if len(keys) > 1:
-            problems.append(Problem(first, f"duplicate images across classes ({' / '.join(sorted(keys))}): {names}"))
+            problems.append(
+                Problem(first, f"duplicate images across classes ({' / '.join(sorted(keys))}): {names}")
+            )
         else:
             masks_differ = len({r.mask_sha1 for _, r in group if r.mask_sha1}) > 1
             note = " (their masks differ)" if masks_differ else ""

@@ -40,9 +40,7 @@ def mask_to_boxes(mask: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, np.n
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(classes, dtype=np.int64)
 
 
-def boxes_to_mask(
-    boxes: np.ndarray, box_classes: np.ndarray | None, height: int, width: int
-) -> np.ndarray:
+def boxes_to_mask(boxes: np.ndarray, box_classes: np.ndarray | None, height: int, width: int) -> np.ndarray:
     """A coarse HxW class-id mask with each box filled by its class (1 when classes are not given).
 
     Boxes are painted in order, so where boxes overlap the later one wins. Coordinates are clipped.

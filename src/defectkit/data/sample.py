@@ -87,7 +87,9 @@ class DatasetInfo:
         try:
             return self.class_names.index(name) + 1
         except ValueError:
-            raise KeyError(f"unknown class {name!r} for dataset {self.name}; known: {self.class_names}") from None
+            raise KeyError(
+                f"unknown class {name!r} for dataset {self.name}; known: {self.class_names}"
+            ) from None
 
 
 @dataclass
@@ -186,7 +188,9 @@ def collate(samples: list[Sample], num_classes: int = 0, surface_names: list[str
         if m is None:
             continue
         if tuple(m.shape[-2:]) != (height, width):
-            raise ValueError(f"{samples[i].path}: mask {tuple(m.shape)} does not match image {(height, width)}")
+            raise ValueError(
+                f"{samples[i].path}: mask {tuple(m.shape)} does not match image {(height, width)}"
+            )
         if multilabel and m.ndim == 2:
             raise ValueError(f"{samples[i].path}: cannot mix class-id masks with multi-label KxHxW masks")
         mask[i] = m.bool() if multilabel else m.long().unsqueeze(0)

@@ -103,7 +103,9 @@ def split_fractions(
     return [sorted(s) for s in subsets]
 
 
-def kfold(samples: Sequence[Sample], k: int, seed: int = 0, stratify: bool = True) -> list[tuple[list[int], list[int]]]:
+def kfold(
+    samples: Sequence[Sample], k: int, seed: int = 0, stratify: bool = True
+) -> list[tuple[list[int], list[int]]]:
     """``k`` (train, test) index pairs; every group is tested exactly once, labels stratified."""
     if k < 2:
         raise ValueError(f"k-fold needs k >= 2, got {k}")
@@ -114,7 +116,9 @@ def kfold(samples: Sequence[Sample], k: int, seed: int = 0, stratify: bool = Tru
     y = labels if labels is not None else np.zeros(len(samples), dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     index = np.arange(len(samples))
-    return [(sorted(train.tolist()), sorted(test.tolist())) for train, test in splitter.split(index, y, groups)]
+    return [
+        (sorted(train.tolist()), sorted(test.tolist())) for train, test in splitter.split(index, y, groups)
+    ]
 
 
 def sample_class(sample: Sample) -> int | None:
@@ -159,7 +163,9 @@ def few_shot(
             if len(taken) == n_per_class:
                 break
         if len(taken) < n_per_class:
-            raise ValueError(f"class {class_id}: only {len(taken)} images can be drawn, {n_per_class} requested")
+            raise ValueError(
+                f"class {class_id}: only {len(taken)} images can be drawn, {n_per_class} requested"
+            )
         support.extend(taken)
     chosen = set(support)
     return sorted(support), [i for i in range(len(samples)) if i not in chosen]

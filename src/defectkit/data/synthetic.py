@@ -76,7 +76,8 @@ Layouts written by :func:`generate`
     ``dataset.json`` written by :func:`defectkit.data.formats.manifest.write_manifest`; rows carry
     extra ``split`` and ``family`` keys (the manifest reader puts them in ``meta``).
 
-Speed: vectorised numpy / scipy only (no torch); about 30-40 images/s at 256x256 on one core.
+Speed: vectorised numpy / scipy only (no torch in the hot path); about 60 images/s at 256x256 on
+one core, PNG writing included (1,000 images in ~16 s), about 4x slower at 512x512.
 """
 
 from __future__ import annotations
@@ -94,12 +95,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from defectkit.data.formats.manifest import write_manifest
 from defectkit.data.masks import mask_to_boxes
 from defectkit.data.sample import Dataset, DatasetInfo, Sample
 
 Mode = Literal["dagm", "multiclass"]
 Layout = Literal["dagm", "manifest"]
-FloatArray = np.ndarray
 
 SURFACE_FAMILIES: tuple[str, ...] = (
     "grain",
@@ -345,8 +346,9 @@ def _surface(seed: int, surface: int, mode: Mode) -> _Surface:
     polarity = 1.0 if rng.random() < 0.5 else -1.0
     strength = rng.uniform(0.9, 1.3)
     defect_type = surface_defect_type(surface) if mode == "dagm" else None
-    if defect_type is not None and _DEFECTS[defect_type].polarity is not None:
-        polarity = float(_DEFECTS[defect_type].polarity)  # type: ignore[arg-type]
+    fixed = None if defect_type is None else _DEFECTS[defect_type].polarity
+    if fixed is not None:
+        polarity = fixed
     return _Surface(
         name=surface_name(surface),
         family=family,
@@ -437,7 +439,9 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     return values / max(float(values.std()), 1e-6)
 
 
-def _noise(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, cell_u: float, cell_v: float = 0.0) -> np.ndarray:
+def _noise(
+    rng: np.random.Generator, u: np.ndarray, v: np.ndarray, cell_u: float, cell_v: float = 0.0
+) -> np.ndarray:
     """Smooth value noise with feature size ``cell_u`` x ``cell_v`` pixels along u / v, unit std.
 
     A random lattice sampled with cubic B-spline weights (``prefilter=False``: smoothing, not
@@ -451,7 +455,9 @@ def _noise(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, cell_u: float
     shape = (math.ceil(float(b.max())) - b0 + 3, math.ceil(float(a.max())) - a0 + 3)
     lattice = rng.standard_normal(shape, dtype=np.float32)
     coords = np.stack([b - b0, a - a0])
-    out = ndimage.map_coordinates(lattice, coords, order=3, prefilter=False, mode="nearest", output=np.float32)
+    out = ndimage.map_coordinates(
+        lattice, coords, order=3, prefilter=False, mode="nearest", output=np.float32
+    )
     return _standardise(out)
 
 
@@ -542,7 +548,9 @@ def _tex_cells(rng: np.random.Generator, c: _Coords) -> np.ndarray:
 
 def _fbm(rng: np.random.Generator, c: _Coords, cell: float) -> np.ndarray:
     return (
-        _noise(rng, c.u, c.v, cell) + 0.5 * _noise(rng, c.u, c.v, cell / 2) + 0.25 * _noise(rng, c.u, c.v, cell / 4)
+        _noise(rng, c.u, c.v, cell)
+        + 0.5 * _noise(rng, c.u, c.v, cell / 2)
+        + 0.25 * _noise(rng, c.u, c.v, cell / 4)
     )
 
 
@@ -586,7 +594,7 @@ def _tex_dots(rng: np.random.Generator, c: _Coords) -> np.ndarray:
 
 def _tex_wood(rng: np.random.Generator, c: _Coords) -> np.ndarray:
     period = 20.0
-    warp = 4.0 * period * _noise(rng, c.u, c.v, 150.0, 40.0) / 4.0
+    warp = period * _noise(rng, c.u, c.v, 150.0, 40.0)  # rings bend around slow knots
     rings = np.mod((c.v + warp) / period, 1.0) ** 2.5
     return rings + 0.25 * _noise(rng, c.u, c.v, 40.0, 1.2)
 
@@ -650,13 +658,17 @@ def _soften(hard: np.ndarray, sigma: float) -> np.ndarray:
     return alpha
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float, jitter: np.ndarray | None = None) -> list[tuple[float, float]]:
+def _ellipse(
+    cx: float, cy: float, rx: float, ry: float, angle: float, jitter: np.ndarray | None = None
+) -> list[tuple[float, float]]:
     steps = 32 if jitter is None else len(jitter)
     t = np.linspace(0.0, TWO_PI, steps, endpoint=False)
     radius = np.ones(steps) if jitter is None else 1.0 + jitter
     ex, ey = rx * radius * np.cos(t), ry * radius * np.sin(t)
     ca, sa = math.cos(angle), math.sin(angle)
-    return [(float(cx + ca * px - sa * py), float(cy + sa * px + ca * py)) for px, py in zip(ex, ey, strict=True)]
+    return [
+        (float(cx + ca * px - sa * py), float(cy + sa * px + ca * py)) for px, py in zip(ex, ey, strict=True)
+    ]
 
 
 def _centre(rng: np.random.Generator, size: int, margin: float = 0.15) -> tuple[float, float]:
@@ -678,7 +690,9 @@ def _scratch(rng: np.random.Generator, t: np.ndarray, s: _Surface, size: int) ->
     points = []
     for q in np.linspace(-0.5, 0.5, 24):
         sag = bend * (1.0 - 4.0 * q * q)  # a gentle arc through both ends
-        points.append((float(cx + d[0] * length * q + n[0] * sag), float(cy + d[1] * length * q + n[1] * sag)))
+        points.append(
+            (float(cx + d[0] * length * q + n[0] * sag), float(cy + d[1] * length * q + n[1] * sag))
+        )
     image, draw = _canvas(size)
     draw.line(points, fill=255, width=_line_width(rng, size, 1.0, 2.5), joint="curve")
     hard = _hard(image)
@@ -706,7 +720,9 @@ def _crack(rng: np.random.Generator, t: np.ndarray, s: _Surface, size: int) -> n
     draw.line(trunk, fill=255, width=_line_width(rng, size, 1.0, 2.2), joint="curve")
     if rng.random() < 0.6:
         bx, by = trunk[len(trunk) // 2]
-        branch = walk(bx, by, heading + rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.2), int(rng.integers(5, 12)))
+        branch = walk(
+            bx, by, heading + rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.2), int(rng.integers(5, 12))
+        )
         draw.line(branch, fill=255, width=1, joint="curve")
     hard = _hard(image)
     alpha = _soften(hard, 0.7)
@@ -776,8 +792,9 @@ def _missing_texture(rng: np.random.Generator, t: np.ndarray, s: _Surface, size:
     hard = _hard(image)
     alpha = _soften(hard, 2.0)
     washed = ndimage.gaussian_filter(t, 4.0)
-    t *= 1.0 - alpha
-    t += alpha * (0.5 * washed + s.polarity * 0.3 * s.strength)
+    # Keep a quarter of the texture: a worn patch, not a painted-over disk.
+    t *= 1.0 - 0.75 * alpha
+    t += alpha * (0.4 * washed + s.polarity * 0.3 * s.strength)
     return hard
 
 
@@ -804,7 +821,9 @@ def _dent(rng: np.random.Generator, t: np.ndarray, s: _Surface, size: int) -> np
     x, y = _grid(size)
     light = rng.uniform(0.0, TWO_PI)
     # A dish lit from one side: the wall facing the light is bright, the other dark.
-    shade = np.clip(((x + (size - 1) / 2 - cx) * math.cos(light) + (y + (size - 1) / 2 - cy) * math.sin(light)) / r, -1, 1)
+    shade = np.clip(
+        ((x + (size - 1) / 2 - cx) * math.cos(light) + (y + (size - 1) / 2 - cy) * math.sin(light)) / r, -1, 1
+    )
     t += alpha * shade * (s.strength * 1.6)
     return hard
 
@@ -840,16 +859,19 @@ def synthesize(config: SynthConfig, surface: int, index: int) -> SynthImage:
     _check_index(config, surface, index)
     surf = _surface(config.seed, surface, config.mode)
     defective, test = _plan(config, surface)
-    rng = _rng(config.seed, surface, index, _IMAGE_STREAM)
+    # Separate streams for texture, defects and lighting: a defective image is exactly its good
+    # twin (same surface, index and seed, defect_fraction 0) plus the defect.
+    streams = np.random.SeedSequence([config.seed, surface, index, _IMAGE_STREAM]).spawn(3)
+    texture_rng, defect_rng, light_rng = (np.random.Generator(np.random.PCG64(seq)) for seq in streams)
     size = config.size
 
     x, y = _grid(size)
-    theta = surf.orientation + rng.normal(0.0, math.radians(2.0))
-    scale = surf.scale * math.exp(rng.normal(0.0, 0.04))
+    theta = surf.orientation + texture_rng.normal(0.0, math.radians(2.0))
+    scale = surf.scale * math.exp(texture_rng.normal(0.0, 0.04))
     ct, st = math.cos(theta) / scale, math.sin(theta) / scale
-    shift = rng.uniform(0.0, 1000.0, size=2).astype(np.float32)
+    shift = texture_rng.uniform(0.0, 1000.0, size=2).astype(np.float32)
     coords = _Coords(x=x, y=y, u=x * ct + y * st + shift[0], v=y * ct - x * st + shift[1], size=size)
-    texture = _standardise(_TEXTURES[surf.family](rng, coords).astype(np.float32, copy=False))
+    texture = _standardise(_TEXTURES[surf.family](texture_rng, coords).astype(np.float32, copy=False))
 
     mask = np.zeros((size, size), dtype=np.uint8)
     names = class_names(config)
@@ -859,23 +881,23 @@ def synthesize(config: SynthConfig, surface: int, index: int) -> SynthImage:
             assert surf.defect_type is not None
             types = [surf.defect_type]
         else:
-            count = int(rng.choice(4, p=[0.55, 0.27, 0.12, 0.06])) + 1
-            types = [MULTICLASS_TYPES[i] for i in sorted(rng.choice(4, size=count, replace=False))]
+            count = int(defect_rng.choice(4, p=[0.55, 0.27, 0.12, 0.06])) + 1
+            types = [MULTICLASS_TYPES[i] for i in sorted(defect_rng.choice(4, size=count, replace=False))]
         # Painted in increasing class id: where two overlap, the later (higher id) wins the mask.
         for name in types:
-            hard = _DEFECT_PAINTERS[name](rng, texture, surf, size)
+            hard = _DEFECT_PAINTERS[name](defect_rng, texture, surf, size)
             mask[hard] = names.index(name) + 1
 
     # Lighting acts on the whole surface, defects included: gradient, vignetting, slow variation.
-    direction = rng.uniform(0.0, TWO_PI)
-    gradient = rng.uniform(0.3, 1.0) * surf.illumination
+    direction = light_rng.uniform(0.0, TWO_PI)
+    gradient = light_rng.uniform(0.3, 1.0) * surf.illumination
     gain = 1.0 + gradient * (x * math.cos(direction) + y * math.sin(direction)) / size
-    gain += 0.5 * surf.illumination * 0.3 * _lowfreq(rng, size, size / 2.0)
-    gain -= rng.uniform(0.0, 0.12) * (x * x + y * y) / (size * size / 2.0)
-    mean = surf.mean + rng.normal(0.0, 4.0)
-    contrast = surf.contrast * math.exp(rng.normal(0.0, 0.05))
+    gain += 0.15 * surf.illumination * _lowfreq(light_rng, size, size / 2.0)
+    gain -= light_rng.uniform(0.0, 0.12) * (x * x + y * y) / (size * size / 2.0)
+    mean = surf.mean + light_rng.normal(0.0, 4.0)
+    contrast = surf.contrast * math.exp(light_rng.normal(0.0, 0.05))
     pixels = (mean + contrast * texture) * gain
-    pixels += rng.standard_normal((size, size), dtype=np.float32) * 1.5
+    pixels += light_rng.standard_normal((size, size), dtype=np.float32) * 1.5
     image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
     boxes, box_classes = mask_to_boxes(mask)
@@ -901,7 +923,9 @@ def synthesize(config: SynthConfig, surface: int, index: int) -> SynthImage:
 # Datasets: in memory and on disk
 
 
-def _info(config: SynthConfig, name: str, format: str, root: str, extra: dict[str, Any] | None = None) -> DatasetInfo:
+def _info(
+    config: SynthConfig, name: str, format: str, root: str, extra: dict[str, Any] | None = None
+) -> DatasetInfo:
     names, vectors = surface_attributes(config)
     return DatasetInfo(
         name=name,
@@ -1040,7 +1064,8 @@ def generate(
                 text = "\n".join([str(s + 1), *lines]) + "\n"
                 _write_text(out / name / split.capitalize() / "Label" / "Labels.txt", text)
 
-    info = _info(config, out.name, layout, str(out), {"layout": layout})
+    # The name must not come from the folder: the same config gives the same bytes wherever written.
+    info = _info(config, f"synthetic-{config.mode}", layout, str(out), {"layout": layout})
     attribute_names, vectors = surface_attributes(config)
     _write_json(out / ATTRIBUTES_NAME, {"attribute_names": attribute_names, "surfaces": vectors})
     dataset = Dataset(samples, info)
@@ -1062,23 +1087,8 @@ def generate(
             },
         )
     else:
-        _write_manifest(dataset, out)
+        write_manifest(dataset, out, meta_columns=("split", "family"))
     return dataset
-
-
-def _write_manifest(dataset: Dataset, out: Path) -> None:
-    from defectkit.data.formats.manifest import write_manifest
-
-    manifest = write_manifest(dataset, out)
-    # write_manifest keeps only the standard columns; add split and family (they land in meta).
-    lines = manifest.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for line, sample in zip(lines, dataset.samples, strict=True):
-        row = json.loads(line)
-        row["split"] = sample.meta["split"]
-        row["family"] = sample.meta["family"]
-        rows.append(json.dumps(row))
-    _write_text(manifest, "\n".join(rows) + "\n")
 
 
 __all__ = [

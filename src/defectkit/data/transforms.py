@@ -26,7 +26,9 @@ class AugmentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    size: tuple[int, int] | None = Field(None, description="(height, width) after resizing; None keeps the size")
+    size: tuple[int, int] | None = Field(
+        None, description="(height, width) after resizing; None keeps the size"
+    )
     channels: int | None = Field(None, description="1 or 3; None keeps what the file has")
     hflip: float = Field(0.0, ge=0, le=1)
     vflip: float = Field(0.0, ge=0, le=1)
@@ -93,7 +95,9 @@ class SampleTransform:
         steps: list[v2.Transform] = []
         if config.size is not None:
             if train and config.resized_crop_scale is not None:
-                steps.append(v2.RandomResizedCrop(config.size, scale=config.resized_crop_scale, antialias=True))
+                steps.append(
+                    v2.RandomResizedCrop(config.size, scale=config.resized_crop_scale, antialias=True)
+                )
             else:
                 steps.append(v2.Resize(config.size, antialias=True))
         if train:
@@ -127,7 +131,9 @@ class SampleTransform:
         if sample.boxes is not None:
             boxes = torch.as_tensor(np.asarray(sample.boxes), dtype=torch.float32).reshape(-1, 4)
             inputs["boxes"] = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
-            classes = sample.box_classes if sample.box_classes is not None else np.ones(len(boxes), dtype=np.int64)
+            classes = (
+                sample.box_classes if sample.box_classes is not None else np.ones(len(boxes), dtype=np.int64)
+            )
             inputs["labels"] = torch.as_tensor(np.asarray(classes), dtype=torch.long).reshape(-1)
         out = self.pipeline(inputs)
         if "boxes" in out:

@@ -21,6 +21,10 @@ class FormatError(ValueError):
     """The folder is not in the expected layout; the message says which path and why."""
 
 
+class UnknownFormatError(FormatError):
+    """A format name that no reader has (a usage error, not a data error)."""
+
+
 @dataclass(frozen=True)
 class FormatSpec:
     name: str
@@ -67,7 +71,7 @@ def get_format(name: str) -> FormatSpec:
     aliases = {spec.name.replace("-", "_"): spec for spec in _FORMATS.values()}
     if key not in aliases:
         known = ", ".join(sorted(_FORMATS))
-        raise FormatError(f"unknown format {name!r}; known formats: {known}")
+        raise UnknownFormatError(f"unknown format {name!r}; known formats: {known}")
     return aliases[key]
 
 
@@ -93,6 +97,7 @@ def read_dataset(root: str | Path, format: str | None = None) -> Dataset:
 __all__ = [
     "FormatError",
     "FormatSpec",
+    "UnknownFormatError",
     "available_formats",
     "detect_format",
     "get_format",

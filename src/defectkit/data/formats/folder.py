@@ -43,7 +43,9 @@ def _detect(root: Path) -> bool:
     return any(any(is_image_file(f) for f in d.rglob("*")) for d in _class_dirs(root))
 
 
-def _coco_boxes(path: Path, problems: list[Problem]) -> tuple[dict[str, list[tuple[list[float], str]]], list[str]]:
+def _coco_boxes(
+    path: Path, problems: list[Problem]
+) -> tuple[dict[str, list[tuple[list[float], str]]], list[str]]:
     """COCO ``[x, y, w, h]`` boxes per file name (full relative path and base name both keyed)."""
     try:
         coco: dict[str, Any] = json.loads(path.read_text())
@@ -52,7 +54,9 @@ def _coco_boxes(path: Path, problems: list[Problem]) -> tuple[dict[str, list[tup
         by_file: dict[str, list[tuple[list[float], str]]] = {name: [] for name in files.values()}
         for ann in coco.get("annotations", []):
             x, y, w, h = (float(v) for v in ann["bbox"])
-            by_file[files[int(ann["image_id"])]].append(([x, y, x + w, y + h], categories[int(ann["category_id"])]))
+            by_file[files[int(ann["image_id"])]].append(
+                ([x, y, x + w, y + h], categories[int(ann["category_id"])])
+            )
     except (OSError, ValueError, KeyError, TypeError) as error:
         problems.append(Problem(str(path), f"unreadable COCO annotations: {error}"))
         return {}, []
@@ -95,7 +99,9 @@ def read(root: Path) -> Dataset:
     for folder in class_dirs:
         kind = folder.name.lower()
         for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f)):
-            sample = Sample(path=str(image), meta={"part": image.relative_to(root).with_suffix("").as_posix()})
+            sample = Sample(
+                path=str(image), meta={"part": image.relative_to(root).with_suffix("").as_posix()}
+            )
             if kind in GOOD_NAMES:
                 sample.label, sample.classes = 0, []
             elif kind in DEFECT_NAMES:

@@ -49,13 +49,18 @@ def read(root: Path) -> Dataset:
         files = sorted(folder.iterdir())
         stems = {f.stem.lower() for f in files if _IMAGE.match(f.name)}
         for file in files:
-            if file.stem.lower().endswith(_LABEL_SUFFIX) and file.stem.lower()[: -len(_LABEL_SUFFIX)] not in stems:
+            if (
+                file.stem.lower().endswith(_LABEL_SUFFIX)
+                and file.stem.lower()[: -len(_LABEL_SUFFIX)] not in stems
+            ):
                 problems.append(Problem(str(file), "mask without image"))
         for image in (f for f in files if _IMAGE.match(f.name)):
             sample = Sample(path=str(image), surface="commutator", meta={"part": folder.name})
             label_file = _find_label(folder, image.stem)
             if label_file is None:
-                problems.append(Problem(str(image), f"image without its label ({image.stem}{_LABEL_SUFFIX}.bmp)"))
+                problems.append(
+                    Problem(str(image), f"image without its label ({image.stem}{_LABEL_SUFFIX}.bmp)")
+                )
             else:
                 try:
                     defective = bool(np.any(read_mask(label_file)))

@@ -150,7 +150,9 @@ def read(root: Path) -> Dataset:
         )
         if boxes is not None:
             sample.boxes = np.asarray([b[:4] for b in boxes], dtype=np.float32).reshape(-1, 4)
-            sample.box_classes = np.asarray([ids[str(b[4])] if len(b) == 5 else 1 for b in boxes], dtype=np.int64)
+            sample.box_classes = np.asarray(
+                [ids[str(b[4])] if len(b) == 5 else 1 for b in boxes], dtype=np.int64
+            )
         samples.append(sample)
 
     surfaces = stored.get("surface_names") or sorted({s.surface for s in samples if s.surface})
@@ -179,7 +181,9 @@ def sample_row(sample: Sample, info: DatasetInfo, base: Path, mask_path: str | N
     boxes: list[list[Any]] | None = None
     if sample.boxes is not None:
         ids = (
-            np.ones(len(sample.boxes), dtype=np.int64) if sample.box_classes is None else np.asarray(sample.box_classes)
+            np.ones(len(sample.boxes), dtype=np.int64)
+            if sample.box_classes is None
+            else np.asarray(sample.box_classes)
         )
         boxes = [
             [*(round(float(v), 2) for v in box), info.class_name(int(c))]
@@ -199,21 +203,30 @@ def sample_row(sample: Sample, info: DatasetInfo, base: Path, mask_path: str | N
     }
 
 
-def write_manifest(dataset: Dataset, out: str | Path, extra_info: dict[str, Any] | None = None) -> Path:
+def write_manifest(
+    dataset: Dataset,
+    out: str | Path,
+    extra_info: dict[str, Any] | None = None,
+    meta_columns: tuple[str, ...] = (),
+) -> Path:
     """Write ``dataset`` as ``out`` (``.csv`` or ``.jsonl``, or a folder: ``out/manifest.jsonl``).
 
     Masks must already be files (``meta["mask_path"]``); paths are written relative to the manifest.
+    ``meta_columns`` are ``meta`` keys written as extra columns (the reader puts them back in meta).
     Writes to a temporary name first, so an interrupted run leaves no half-written manifest.
     """
     out = Path(out)
     manifest = out if out.suffix.lower() in (".csv", ".jsonl") else out / "manifest.jsonl"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     base = manifest.parent
-    rows = [sample_row(s, dataset.info, base) for s in dataset.samples]
+    rows = [
+        {**sample_row(s, dataset.info, base), **{k: s.meta.get(k) for k in meta_columns}}
+        for s in dataset.samples
+    ]
     tmp = manifest.with_name(manifest.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         if manifest.suffix.lower() == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
+            writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, *meta_columns])
             writer.writeheader()
             for row in rows:
                 writer.writerow({k: _csv_cell(k, v) for k, v in row.items()})

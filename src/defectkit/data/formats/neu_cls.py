@@ -32,7 +32,9 @@ def _detect(root: Path) -> bool:
     return bool(images) and sum(_prefix(p) in PREFIXES for p in images) >= 0.9 * len(images)
 
 
-@register_format("neu-cls", detect=_detect, description="NEU-CLS: flat folder, class = file prefix (Cr_, In_, ...)")
+@register_format(
+    "neu-cls", detect=_detect, description="NEU-CLS: flat folder, class = file prefix (Cr_, In_, ...)"
+)
 def read(root: Path) -> Dataset:
     root = Path(root)
     if not root.is_dir():
@@ -42,7 +44,9 @@ def read(root: Path) -> Dataset:
     for image in _images(root):
         class_id = PREFIXES.get(_prefix(image))
         if class_id is None:
-            problems.append(Problem(str(image), f"image without its label (unknown class prefix {_prefix(image)!r})"))
+            problems.append(
+                Problem(str(image), f"image without its label (unknown class prefix {_prefix(image)!r})")
+            )
             continue
         samples.append(
             Sample(

@@ -67,7 +67,9 @@ def read(root: Path) -> Dataset:
         raise FormatError(f"{root}: no Pascal VOC .xml annotations found")
     class_names = list(CLASS_NAMES)
     samples: list[Sample] = []
-    problems = [Problem(str(xml), "annotation without image") for stem, xml in xmls.items() if stem not in images]
+    problems = [
+        Problem(str(xml), "annotation without image") for stem, xml in xmls.items() if stem not in images
+    ]
     for stem, image in images.items():
         sample = Sample(path=str(image), surface="hot-rolled steel", meta={"part": image.stem})
         xml = xmls.get(stem)

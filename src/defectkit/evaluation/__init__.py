@@ -1,0 +1,1 @@
+"""Evaluation runs, plots, contact sheets and reports shared by every method."""
