@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     multi_captions = ["+".join(multi_set.info.class_name(c) for c in s.classes or []) for s in multi_picks]
     save_contact_sheet(multi_picks, options.out / "multiclass.png", multi_captions, columns=5, tile=160)
     console.rule("[bold]done")
-    console.print(f"contact sheets: {sheet} and {options.out / 'multiclass.png'} (defects tinted and outlined)")
+    console.print(f"contact sheets: {sheet}, {options.out / 'multiclass.png'} (defects tinted)")
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s")
     return 0
 
