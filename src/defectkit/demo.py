@@ -26,11 +26,9 @@ console = Console(highlight=False)
 def _run(args: list[str]) -> int:
     """Run a ``defectkit`` command as a user would and return its exit status."""
     console.rule(f"[bold]defectkit {' '.join(args)}")
-    try:
-        app(args, standalone_mode=False)
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
+    # Without standalone mode, Click returns a command's exit code instead of raising SystemExit.
+    status = app(args, standalone_mode=False)
+    return status if isinstance(status, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     picks = []
     for surface in dataset.info.surface_names:
         of_surface = [s for s in dataset.samples if s.surface == surface]
-        picks += [next(s for s in of_surface if s.label == 0), next(s for s in of_surface if s.label == 1)]
+        picks += [s for s in of_surface if s.label == 0][:1] + [s for s in of_surface if s.label == 1][:1]
     captions = [f"{s.surface} {'defect' if s.label else 'good'}" for s in picks]
     sheet = save_contact_sheet(picks, options.out / "surfaces.png", captions, columns=10, tile=160)
     multi_set = read_dataset(multi)

@@ -185,3 +185,61 @@ def test_unknown_layout_is_a_clear_error(tmp_path: Path) -> None:
         read_dataset(tmp_path)
     with pytest.raises(FormatError, match="no such file"):
         read_dataset(tmp_path / "absent")
+
+
+def test_folder_defect_masks_stay_binary_and_ambiguous_stems_are_reported(tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    save(root / "crack" / "c1.png", texture(1))
+    save(root / "defect" / "d1.png", texture(2))
+    save(root / "defect" / "x" / "c1.png", texture(3))
+    (root / "__MACOSX").mkdir()
+    save(root / "__MACOSX" / "junk.png", texture(4))
+    mask = np.zeros((64, 48), np.uint8)
+    mask[1:5, 1:5] = 255
+    save(root / "masks" / "d1.png", mask)
+    save(root / "masks" / "c1.png", mask)
+    dataset = read_dataset(root, "folder")
+    assert dataset.info.class_names == ["crack"]
+    d1 = next(s for s in dataset.samples if s.path.endswith("d1.png"))
+    assert d1.classes is None and set(np.unique(np.asarray(load_sample(d1).mask))) == {0, 1}
+    assert d1.meta.get("mask_binary") and "mask_class" not in d1.meta
+    assert any("ambiguous mask" in p.reason for p in dataset.problems)
+
+
+def test_manifest_bad_cells_become_problems(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", texture(0))
+    (tmp_path / "dataset.json").write_text(json.dumps({"class_names": ["crack"]}))
+    rows = [
+        {"path": "a.png", "label": "yes"},
+        {"path": "a.png", "label": 0.7},
+        {"path": "a.png", "label": 1, "boxes": [["x", 0, 4, 4]]},
+        {"path": "a.png", "label": 1, "boxes": [[0, 0, 4, 4, "crack"], [1, 1, 2, 2]]},
+        {"path": "a.png", "label": 1, "boxes": [[0, 0, 4, 4]]},
+        {"path": "a.png", "label": 1, "class": ["dent"]},
+        {"path": "a.png", "label": 1, "mask": "empty"},
+    ]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    dataset = read_dataset(tmp_path)
+    reasons = [p.reason for p in dataset.problems]
+    assert sum("label must be 0, 1 or empty" in r for r in reasons) == 2
+    assert any("coordinates must be numbers" in r for r in reasons)
+    assert any("some boxes name a class" in r for r in reasons)
+    assert any("'dent' is used but not in class_names" in r for r in reasons)
+    unknown_class_box, dent, empty = dataset.samples
+    assert unknown_class_box.boxes is not None and unknown_class_box.box_classes is None
+    assert dent.classes == [2] and dataset.info.class_names == ["crack", "dent"]
+    assert empty.has_mask and not np.asarray(load_sample(empty).mask).any()
+
+
+def test_convert_keeps_known_empty_masks_and_splits(tmp_path: Path) -> None:
+    from defectkit.data.convert import to_manifest
+    from defectkit.data.synthetic import SynthConfig, generate
+
+    generate(tmp_path / "syn", SynthConfig(surfaces=2, per_surface=4, size=64, defect_fraction=0.5))
+    original = read_dataset(tmp_path / "syn")
+    to_manifest(tmp_path / "syn", tmp_path / "conv")
+    copy = read_dataset(tmp_path / "conv")
+    assert [s.has_mask for s in copy.samples] == [s.has_mask for s in original.samples]
+    assert all(s.has_mask for s in copy.samples)
+    assert [s.meta["split"] for s in copy.samples] == [s.meta["split"] for s in original.samples]
+    assert copy.info.class_names == original.info.class_names

@@ -70,3 +70,9 @@ def test_load_sample_reads_mask_references_and_checks_sizes(tmp_path: Path) -> N
 def test_convert_channels_rejects_bad_counts() -> None:
     with pytest.raises(ValueError, match="channels"):
         convert_channels(np.zeros((2, 2), np.uint8), 2)
+
+
+def test_read_mask_keeps_a_lone_class_id(tmp_path: Path) -> None:
+    ids = np.zeros((8, 8), np.uint8)
+    ids[2:4, 2:4] = 3
+    assert set(np.unique(read_mask(save(tmp_path / "three.png", ids)))) == {0, 3}

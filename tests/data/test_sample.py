@@ -71,3 +71,8 @@ def test_dataset_info_names() -> None:
     assert info.class_name(2) == "spot" and info.class_name(0) == "good" and info.class_id("scratch") == 1
     with pytest.raises(KeyError):
         info.class_name(3)
+
+
+def test_collate_rejects_class_ids_outside_1_to_k() -> None:
+    with pytest.raises(ValueError, match=r"x: class ids \[0\]"):
+        collate([Sample("x", image=_image(), classes=[0])], num_classes=3)

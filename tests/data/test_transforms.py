@@ -90,3 +90,32 @@ def test_config_validation() -> None:
         AugmentConfig(size=(32, 64), rot90=0.5)
     with pytest.raises(ValidationError):
         AugmentConfig(unknown=1)  # type: ignore[call-arg]
+
+
+def test_crop_that_removes_the_only_box_keeps_the_mask_and_relabels() -> None:
+    ids = np.zeros((64, 64), np.uint8)
+    ids[0:3, 0:3] = 1
+    boxes, classes = mask_to_boxes(ids)
+    sample = Sample("s", image=ids * 255, label=1, classes=[1], mask=ids, boxes=boxes, box_classes=classes)
+    transform = build_transform(AugmentConfig(size=(64, 64), resized_crop_scale=(0.2, 0.5)), train=True)
+    torch.manual_seed(0)
+    lost = 0
+    for _ in range(30):
+        out = transform(sample)
+        assert out.mask is not None and out.mask.shape == (64, 64)
+        assert out.label == int(bool(out.mask.any())) and out.classes == ([1] if out.mask.any() else [])
+        lost += int(out.label == 0)
+        assert out.boxes is not None and len(out.boxes) == int(out.label == 1)
+    assert lost > 0  # the test really exercised a crop that cut the defect away
+
+
+def test_multilabel_mask_survives_when_boxes_equal_channels() -> None:
+    stack = np.zeros((2, 64, 64), bool)
+    stack[0, 10:20, 10:20] = stack[1, 40:50, 40:50] = True
+    boxes = np.array([[10, 10, 20, 20], [40, 40, 50, 50]], np.float32)
+    sample = Sample(
+        "s", image=np.zeros((64, 64), np.uint8), mask=stack, boxes=boxes, box_classes=np.array([1, 2])
+    )
+    out = build_transform({"hflip": 1.0}, train=True)(sample)
+    assert out.mask is not None and out.mask.shape == (2, 64, 64)
+    assert bool(out.mask[0, 10:20, 44:54].all()) and bool(out.mask[1, 40:50, 14:24].all())

@@ -12,8 +12,8 @@ from defectkit.metrics import classification_metrics, multilabel_accuracy, multi
 
 
 def test_classification_hand_case() -> None:
-    y = [0, 0, 1, 1, 2, 2]
-    p = [0, 1, 1, 1, 2, 0]
+    y = [1, 1, 2, 2, 3, 3]  # defect class ids are 1..K
+    p = [1, 2, 2, 2, 3, 1]
     m = classification_metrics(y, p, num_classes=3, class_names=["crazing", "inclusion", "patches"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["per_class_accuracy"] == {"crazing": 0.5, "inclusion": 1.0, "patches": 0.5}
@@ -24,22 +24,24 @@ def test_classification_hand_case() -> None:
 
 def test_classification_torch_equals_numpy_and_missing_class() -> None:
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 50)
-    p = rng.integers(0, 4, 50)  # class 3 never true
+    y = rng.integers(1, 4, 50)
+    p = rng.integers(1, 5, 50)  # class 4 never true
     a = classification_metrics(y, p, num_classes=4)
     b = classification_metrics(torch.from_numpy(y), torch.from_numpy(p), num_classes=4)
     assert a.keys() == b.keys()
     assert (
-        a["confusion_matrix"] == b["confusion_matrix"] == confusion_matrix(y, p, labels=[0, 1, 2, 3]).tolist()
+        a["confusion_matrix"] == b["confusion_matrix"] == confusion_matrix(y, p, labels=[1, 2, 3, 4]).tolist()
     )
-    assert math.isnan(a["per_class_accuracy"]["3"])
-    assert math.isnan(b["per_class_accuracy"]["3"])
+    assert math.isnan(a["per_class_accuracy"]["4"])
+    assert math.isnan(b["per_class_accuracy"]["4"])
     assert a["macro_f1"] == b["macro_f1"]
 
 
 def test_classification_bad_input() -> None:
     with pytest.raises(ValueError, match="outside"):
-        classification_metrics([0, 5], [0, 1], num_classes=2)
+        classification_metrics([1, 5], [1, 2], num_classes=2)
+    with pytest.raises(ValueError, match="outside"):
+        classification_metrics([0, 1], [0, 1], num_classes=2)  # 0 is "good", not a defect class
     with pytest.raises(ValueError, match="length"):
         classification_metrics([0, 1], [0], num_classes=2)
 

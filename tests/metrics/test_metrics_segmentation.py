@@ -149,3 +149,9 @@ def test_shape_errors() -> None:
         segmentation_metrics(np.full((1, 2, 2), 5), np.zeros((1, 2, 2), dtype=int), num_classes=2)
     with pytest.raises(ValueError, match="integer class-id map"):
         segmentation_metrics(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), dtype=int), num_classes=2)
+
+
+def test_pixel_auroc_accepts_negative_zero() -> None:
+    meter = PixelAUROC()
+    meter.update(np.array([-0.0, 0.2, 0.9, 0.1], dtype=np.float32), np.array([0, 0, 1, 1]))
+    assert meter.compute() == pytest.approx(roc_auc_score([0, 0, 1, 1], [0.0, 0.2, 0.9, 0.1]))

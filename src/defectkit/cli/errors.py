@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -36,13 +37,20 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if os.environ.get("DEFECTKIT_DEBUG"):
+            return command(*args, **kwargs)  # full tracebacks for developers
         try:
             return command(*args, **kwargs)
         except (UsageError, UnknownFormatError) as error:
             raise fail(str(error), EXIT_BAD_USAGE) from None
-        except (FormatError, ImageReadError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        except (FormatError, ImageReadError) as error:
             raise fail(str(error)) from None
-        except KeyError as error:
-            raise fail(str(error.args[0]) if error.args else repr(error), EXIT_BAD_USAGE) from None
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            raise fail(f"{where}{error.strerror or error}") from None
+        except (ValueError, KeyError) as error:
+            # Bad content deep inside a file; DEFECTKIT_DEBUG=1 shows where it was raised.
+            message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+            raise fail(f"{message} (set DEFECTKIT_DEBUG=1 for a traceback)") from None
 
     return wrapper

@@ -6,7 +6,6 @@ reason, and the report says whether any was an error (``data check`` then exits 
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,7 @@ import numpy as np
 
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import ImageReadError, load_sample
-from defectkit.data.masks import content_hash
+from defectkit.data.masks import array_hash, content_hash
 from defectkit.data.sample import DatasetInfo, Problem, Sample
 
 # Boxes may touch the far edge (pixel-edge coordinates); allow half a pixel for rounding.
@@ -55,7 +54,7 @@ class CheckReport:
         return not self.errors
 
 
-def check_sample(sample: Sample) -> SampleReport:
+def check_sample(sample: Sample, num_classes: int = 0) -> SampleReport:
     """Decode the image and mask of ``sample`` and check its annotations against the pixels."""
     report = SampleReport()
     try:
@@ -84,9 +83,15 @@ def check_sample(sample: Sample) -> SampleReport:
                     )
                 )
     if loaded.mask is not None:
-        report.mask_sha1 = hashlib.sha1(np.ascontiguousarray(loaded.mask).tobytes()).hexdigest()
+        report.mask_sha1 = array_hash(np.asarray(loaded.mask))
     if loaded.mask is not None and sample.label == 0 and np.any(loaded.mask):
         report.problems.append(Problem(sample.path, "labelled good but its mask marks defect pixels"))
+    if num_classes and loaded.mask is not None and np.asarray(loaded.mask).ndim == 2:
+        top = int(np.asarray(loaded.mask).max())
+        if top > num_classes:
+            report.problems.append(
+                Problem(sample.path, f"mask holds class id {top}, dataset has {num_classes}")
+            )
     return report
 
 
@@ -94,7 +99,7 @@ def _class_key(sample: Sample, info: DatasetInfo) -> str:
     if sample.label == 0:
         return "good"
     if sample.classes:
-        return "+".join(info.class_name(c) for c in sample.classes)
+        return "+".join(info.safe_class_name(c) for c in sample.classes)
     return "defect (type unknown)" if sample.label == 1 else "unlabelled"
 
 
@@ -108,10 +113,19 @@ def check_dataset(
     dataset = read_dataset(root, format)
     samples, info = dataset.samples, dataset.info
     problems: list[Problem] = list(dataset.problems)
+    for sample in samples:
+        ids = [
+            *(sample.classes or []),
+            *np.asarray(sample.box_classes if sample.box_classes is not None else []),
+        ]
+        undefined = sorted({int(c) for c in ids if not 1 <= int(c) <= info.num_classes})
+        if undefined:
+            problems.append(Problem(sample.path, f"class ids {undefined} not defined by the dataset"))
 
     reports: list[SampleReport] = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for done, report in enumerate(pool.map(check_sample, samples), start=1):
+        checks = pool.map(lambda s: check_sample(s, info.num_classes), samples)
+        for done, report in enumerate(checks, start=1):
             reports.append(report)
             if progress is not None:
                 progress(done, len(samples))
@@ -142,7 +156,7 @@ def check_dataset(
     classes: Counter[str] = Counter()
     for sample in samples:
         for class_id in sample.classes or []:
-            classes[info.class_name(class_id)] += 1
+            classes[info.safe_class_name(class_id)] += 1
     for position, name in enumerate(info.class_names, start=1):
         if classes[name] == 0 and not any(
             s.box_classes is not None and position in np.asarray(s.box_classes) for s in samples
@@ -152,7 +166,7 @@ def check_dataset(
     boxes: Counter[str] = Counter()
     for sample in samples:
         if sample.box_classes is not None:
-            boxes.update(info.class_name(int(c)) for c in np.asarray(sample.box_classes).reshape(-1))
+            boxes.update(info.safe_class_name(int(c)) for c in np.asarray(sample.box_classes).reshape(-1))
     label_names = {0: "good", 1: "defective", None: "unknown"}
     levels = {
         "label": sum(s.label is not None for s in samples),

@@ -11,17 +11,8 @@ from PIL import Image
 from defectkit.data.formats import read_dataset
 from defectkit.data.formats.manifest import write_manifest
 from defectkit.data.io import ImageReadError, load_mask
+from defectkit.data.masks import stack_to_ids
 from defectkit.data.sample import Dataset, Problem, Sample
-
-
-def _class_map(mask: np.ndarray) -> np.ndarray:
-    """HxW class ids from a mask; a KxHxW multi-label stack keeps the highest class where classes overlap."""
-    if mask.ndim == 2:
-        return mask.astype(np.uint8)
-    ids = np.zeros(mask.shape[1:], dtype=np.uint8)
-    for k in range(mask.shape[0]):
-        ids[mask[k].astype(bool)] = k + 1
-    return ids
 
 
 def _materialise_mask(sample: Sample, mask_dir: Path, index: int) -> Sample:
@@ -35,7 +26,7 @@ def _materialise_mask(sample: Sample, mask_dir: Path, index: int) -> Sample:
         return sample
     mask_dir.mkdir(parents=True, exist_ok=True)
     target = mask_dir / f"{index:06d}_{Path(sample.path).stem}.png"
-    Image.fromarray(_class_map(np.asarray(mask))).save(target)
+    Image.fromarray(stack_to_ids(np.asarray(mask))).save(target)
     meta = {k: v for k, v in sample.meta.items() if k not in ("mask_rle", "mask_depth")}
     meta["mask_path"] = str(target)
     return sample.replace(mask=None, meta=meta)

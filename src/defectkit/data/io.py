@@ -35,15 +35,17 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
             if image.mode in ("P", "PA"):
                 image = image.convert("RGB" if channels == 3 else "L")
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64)
-                array = (255.0 * array / max(array.max(), 1.0)).astype(np.uint8)
+                # A fixed 16-bit to 8-bit scale, so brightness means the same in every image.
+                array = (np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0 + 0.5).astype(
+                    np.uint8
+                )
             elif image.mode not in ("L", "RGB"):
                 array = np.asarray(image.convert("RGB"))
             else:
                 array = np.asarray(image)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: cannot decode image ({error})") from None
     return convert_channels(array, channels)
 
@@ -73,9 +75,9 @@ def _channels_equal(array: np.ndarray) -> bool:
 def read_mask(path: str | Path) -> np.ndarray:
     """A label image as an HxW uint8 class-id map.
 
-    Palette images keep their indices (KolektorSDD's masks are palette BMPs); 8-bit images with
-    only 0 and 255 (or 0 and one other value) become binary 0/1 so "any non-zero pixel is defect"
-    holds for every reader.
+    Values are kept as class ids, except that a mask whose only non-zero value is 255 (the usual
+    binary 0/255 file) becomes 0/1. Readers of binary formats also set ``meta["mask_binary"]`` or
+    ``meta["mask_class"]`` so that :func:`load_mask` maps every non-zero pixel to one class.
     """
     try:
         with Image.open(path) as handle:
@@ -83,13 +85,11 @@ def read_mask(path: str | Path) -> np.ndarray:
             array = np.asarray(handle if handle.mode in ("P", "L") else handle.convert("L"))
     except FileNotFoundError:
         raise ImageReadError(f"{path}: mask file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"{path}: cannot decode mask ({error})") from None
-    values = np.unique(array)
-    nonzero = values[values != 0]
-    if len(nonzero) == 1 or (len(nonzero) and nonzero.min() >= 128):
-        # A binary mask stored as 0/255 (or 0/1, or antialiased near-white): defect = 1.
-        return (array != 0).astype(np.uint8) if len(nonzero) == 1 else (array >= 128).astype(np.uint8)
+    nonzero = np.unique(array[array != 0])
+    if len(nonzero) == 1 and nonzero[0] == 255:
+        return (array != 0).astype(np.uint8)
     return array.astype(np.uint8)
 
 

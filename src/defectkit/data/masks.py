@@ -86,6 +86,25 @@ def rle_decode(rle: str, height: int, width: int) -> np.ndarray:
     return flat.reshape((height, width), order="F")
 
 
+def stack_to_ids(mask: np.ndarray) -> np.ndarray:
+    """An HxW uint8 class-id map from an HxW map (unchanged) or a KxHxW multi-label stack.
+
+    Where classes of a stack overlap in a pixel, the highest class id is kept.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        return mask.astype(np.uint8)
+    ids = np.zeros(mask.shape[1:], dtype=np.uint8)
+    for k in range(mask.shape[0]):
+        ids[mask[k].astype(bool)] = k + 1
+    return ids
+
+
+def array_hash(array: np.ndarray) -> str:
+    """SHA-1 of an array's bytes (C order), for in-memory images and masks."""
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
 def content_hash(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """SHA-1 of a file's bytes: two files with the same hash are the same image."""
     digest = hashlib.sha1()

@@ -76,6 +76,13 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def safe_class_name(self, class_id: int) -> str:
+        """:meth:`class_name`, or a readable placeholder for an id the dataset does not define."""
+        try:
+            return self.class_name(class_id)
+        except KeyError:
+            return f"<undefined class {class_id}>"
+
     def class_name(self, class_id: int) -> str:
         if class_id == 0:
             return "good"
@@ -197,6 +204,10 @@ def collate(samples: list[Sample], num_classes: int = 0, surface_names: list[str
 
     ids_seen = [c for s in samples for c in (s.classes or [])]
     width_k = max([num_classes, *ids_seen]) if ids_seen or num_classes else 0
+    for s in samples:
+        bad = [c for c in s.classes or [] if not 1 <= c <= width_k]
+        if bad:
+            raise ValueError(f"{s.path}: class ids {bad} outside 1..{width_k} (0 is background, not a class)")
     classes = torch.zeros(batch_size, width_k)
     for i, s in enumerate(samples):
         for c in s.classes or []:

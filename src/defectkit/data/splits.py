@@ -8,7 +8,6 @@ the same side. Stratification uses each group's image label (1 if any image in i
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from defectkit.data.masks import content_hash
+from defectkit.data.masks import array_hash, content_hash
 from defectkit.data.sample import Sample
 
 
@@ -27,7 +26,7 @@ def sample_hash(sample: Sample) -> str:
     if sample.image is None or Path(sample.path).is_file():
         digest = content_hash(sample.path)
     else:
-        digest = hashlib.sha1(np.ascontiguousarray(np.asarray(sample.image)).tobytes()).hexdigest()
+        digest = array_hash(np.asarray(sample.image))
     sample.meta["sha1"] = digest
     return digest
 

@@ -3,7 +3,9 @@
 A :class:`SampleTransform` takes a loaded sample (uint8 HxW or HxWxC image, HxW class-id or
 KxHxW bool mask, Nx4 xyxy boxes) and returns it with a float CxHxW image in [0, 1] (optionally
 normalised), a tensor mask and tensor boxes, all moved by the same random geometry. Masks are
-resampled nearest-neighbour by torchvision, so class ids survive resizing.
+resampled nearest-neighbour by torchvision, so class ids survive resizing. Boxes that a crop
+leaves smaller than a pixel are dropped; when a random crop is used and the mask is known, the
+image label and classes are recomputed from the cropped mask (a crop can cut a defect away).
 """
 
 from __future__ import annotations
@@ -137,15 +139,28 @@ class SampleTransform:
             inputs["labels"] = torch.as_tensor(np.asarray(classes), dtype=torch.long).reshape(-1)
         out = self.pipeline(inputs)
         if "boxes" in out:
-            out = self.sanitize(out)
+            # Only boxes and their labels: given the whole dict, torchvision would also index a mask
+            # whose first dimension happens to equal the number of boxes.
+            out.update(self.sanitize({"boxes": out["boxes"], "labels": out["labels"]}))
         changes: dict[str, Any] = {"image": out["image"].as_subclass(Tensor)}
         if "mask" in out:
             mask_out = out["mask"].as_subclass(Tensor)
             changes["mask"] = mask_out if np.asarray(sample.mask).ndim == 3 else mask_out[0].long()
+            if self.train and self.config.resized_crop_scale is not None:
+                changes.update(_labels_from_mask(changes["mask"]))
         if "boxes" in out:
             changes["boxes"] = out["boxes"].as_subclass(Tensor).float()
             changes["box_classes"] = out["labels"]
         return sample.replace(**changes)
+
+
+def _labels_from_mask(mask: Tensor) -> dict[str, Any]:
+    """Image label and classes of what a random crop kept: a crop can cut a defect away."""
+    if mask.ndim == 3:
+        present = [k + 1 for k in range(mask.shape[0]) if bool(mask[k].any())]
+    else:
+        present = [int(c) for c in mask.unique().tolist() if c != 0]
+    return {"label": int(bool(present)), "classes": present}
 
 
 def build_transform(config: AugmentConfig | dict[str, Any], train: bool) -> SampleTransform:

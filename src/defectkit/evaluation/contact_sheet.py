@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from defectkit.data.io import load_sample
+from defectkit.data.io import convert_channels, load_sample
+from defectkit.data.masks import stack_to_ids
 from defectkit.data.sample import Sample
 
 # Distinct, colour-blind-friendly overlay colours (Okabe-Ito), cycled by class id.
@@ -24,29 +25,13 @@ CLASS_COLOURS = (
 CAPTION_PX = 14
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    return image[..., :3]
-
-
-def _class_map(mask: np.ndarray) -> np.ndarray:
-    if mask.ndim == 2:
-        return mask
-    ids = np.zeros(mask.shape[1:], dtype=np.int64)
-    for k in range(mask.shape[0]):
-        ids[mask[k].astype(bool)] = k + 1
-    return ids
-
-
 def render_tile(sample: Sample, tile: int, alpha: float = 0.45) -> Image.Image:
     """One loaded sample as an RGB tile: mask tinted by class, boxes outlined, aspect kept."""
     if sample.image is None:
         sample = load_sample(sample)
-    rgb = _rgb(np.asarray(sample.image)).astype(np.float32)
+    rgb = convert_channels(np.asarray(sample.image), 3).astype(np.float32)
     if sample.mask is not None:
-        ids = _class_map(np.asarray(sample.mask))
+        ids = stack_to_ids(np.asarray(sample.mask))
         for class_id in np.unique(ids[ids > 0]):
             tint = np.asarray(CLASS_COLOURS[(int(class_id) - 1) % len(CLASS_COLOURS)], dtype=np.float32)
             region = ids == class_id

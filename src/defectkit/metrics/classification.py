@@ -46,7 +46,8 @@ def classification_metrics(
 ) -> dict[str, Any]:
     """Accuracy, per-class accuracy, macro F1 and confusion matrix of class-id predictions.
 
-    The class set is ``labels`` if given, else ``0..num_classes-1``, else the
+    The class set is ``labels`` if given, else ``1..num_classes`` (defectkit's class ids; pass
+    ``labels`` to include 0 = good), else the
     sorted union of ids in ``y_true`` and ``y_pred``. ``class_names`` (one per
     class, same order) keys ``per_class_accuracy``; otherwise the ids do, as strings.
     """
@@ -59,7 +60,7 @@ def classification_metrics(
     if labels is not None:
         classes = [int(c) for c in labels]
     elif num_classes is not None:
-        classes = list(range(num_classes))
+        classes = list(range(1, num_classes + 1))
     else:
         classes = sorted(set(yt.tolist()) | set(yp.tolist()))
     outside = sorted(set(yt.tolist()) - set(classes))

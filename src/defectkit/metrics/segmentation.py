@@ -118,7 +118,8 @@ class PixelAUROC:
             self._scores.append(s.astype(np.float64))
             self._targets.append(t.copy())
             return
-        s32 = s.astype(np.float32)
+        # + 0.0 turns -0.0 into +0.0, whose bit pattern is the bottom bin.
+        s32 = s.astype(np.float32) + np.float32(0.0)
         if not ((s32 >= 0) & (s32 <= 1)).all():
             raise ValueError("pixel scores must lie in [0, 1] (NaN is not allowed) for binned pixel AUROC")
         bins = s32.view(np.uint32) >> self._shift

@@ -34,7 +34,12 @@ COCO_NAMES = ("annotations.json", "coco.json", "instances.json")
 
 
 def _class_dirs(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.lower() not in MASK_DIRS)
+    # Hidden and tool folders (.git, __MACOSX) are never classes.
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.lower() not in MASK_DIRS and not p.name.startswith((".", "__"))
+    )
 
 
 def _detect(root: Path) -> bool:
@@ -92,10 +97,16 @@ def read(root: Path) -> Dataset:
         for mask in sorted(mask_dir.rglob("*")):
             if is_image_file(mask):
                 stem = mask.stem[: -len("_mask")] if mask.stem.lower().endswith("_mask") else mask.stem
+                if stem.lower() in masks:
+                    problems.append(
+                        Problem(str(mask), f"ambiguous mask: {masks[stem.lower()]} has the same stem")
+                    )
+                    continue
                 masks[stem.lower()] = mask
 
     samples: list[Sample] = []
     used_masks: set[str] = set()
+    mask_users: dict[str, list[Path]] = {}
     for folder in class_dirs:
         kind = folder.name.lower()
         for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f)):
@@ -111,8 +122,13 @@ def read(root: Path) -> Dataset:
             mask_file = masks.get(image.stem.lower())
             if mask_file is not None:
                 used_masks.add(image.stem.lower())
+                mask_users.setdefault(image.stem.lower(), []).append(image)
                 sample.meta["mask_path"] = str(mask_file)
-                sample.meta["mask_class"] = sample.classes[0] if sample.classes else 1
+                if sample.classes and len(sample.classes) == 1:
+                    sample.meta["mask_class"] = sample.classes[0]
+                else:
+                    # Type unknown (defect/) or good: any non-zero pixel is "defect", no class implied.
+                    sample.meta["mask_binary"] = True
             rel = image.relative_to(root).as_posix()
             boxes = coco.get(rel, coco.get(image.name))
             if boxes is not None:
@@ -120,6 +136,10 @@ def read(root: Path) -> Dataset:
                 sample.box_classes = np.asarray([ids[c] for _, c in boxes], dtype=np.int64)
             samples.append(sample)
     problems += [Problem(str(m), "mask without image") for s, m in masks.items() if s not in used_masks]
+    for stem, users in mask_users.items():
+        if len(users) > 1:
+            names = ", ".join(str(u) for u in users)
+            problems.append(Problem(str(masks[stem]), f"ambiguous mask: images {names} share its stem"))
     for name in defect_classes:
         if not any(s.classes == [ids[name]] for s in samples):
             problems.append(Problem(str(root / name), "empty class (folder holds no images)"))

@@ -7,7 +7,8 @@ Columns / keys (all but ``path`` optional; paths are relative to the manifest's 
 ``label``   1 defective, 0 good; empty = not known
 ``class``   defect class names, ``;``-separated in CSV, a list in JSONL; empty = not known
             (a good image with an empty cell has no classes); ``none`` = annotated, no classes
-``mask``    mask image (0 background, k class id, or binary 0/255); empty = not known
+``mask``    mask image (0 background, k class id, or binary 0/255); ``empty`` = known to be all
+            background (no file); an empty cell = not known
 ``boxes``   JSON list of ``[x0, y0, x1, y1, "class"]`` in pixels; ``[]`` = annotated, no boxes
 ``part``    physical part id (grouped splits)
 ``surface`` surface / material / product type
@@ -22,7 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from defectkit.data.sample import Dataset, DatasetInfo, Problem, Sample
 COLUMNS = ("path", "label", "class", "mask", "boxes", "part", "surface")
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
 INFO_NAME = "dataset.json"
+EMPTY_MASK = "empty"  # mask cell: known to be all background, no file needed
 
 
 def _find_manifest(root: Path) -> Path | None:
@@ -52,14 +54,14 @@ def _detect(root: Path) -> bool:
 
 def _rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     if manifest.suffix.lower() == ".csv":
-        with open(manifest, newline="", encoding="utf-8") as handle:
+        with open(manifest, newline="", encoding="utf-8", errors="replace") as handle:
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise FormatError(f"{manifest}: CSV manifest needs a header with a 'path' column")
             for line, row in enumerate(reader, start=2):
                 yield line, dict(row)
     else:
-        with open(manifest, encoding="utf-8") as handle:
+        with open(manifest, encoding="utf-8", errors="replace") as handle:
             for line, text in enumerate(handle, start=1):
                 if not text.strip():
                     continue
@@ -93,6 +95,23 @@ def _boxes(value: Any) -> list[list[Any]] | None:
     return parsed
 
 
+def _label(value: Any) -> int | None:
+    if _empty(value):
+        return None
+    text = str(value).strip()
+    if text in ("0", "1", "0.0", "1.0") or value in (0, 1):
+        return int(float(text))
+    raise ValueError(f"label must be 0, 1 or empty, got {text!r}")
+
+
+def _box_rows(boxes: list[list[Any]]) -> tuple[np.ndarray, list[str | None]]:
+    try:
+        coordinates = np.asarray([[float(v) for v in b[:4]] for b in boxes], dtype=np.float32).reshape(-1, 4)
+    except (TypeError, ValueError):
+        raise ValueError("box coordinates must be numbers") from None
+    return coordinates, [str(b[4]) if len(b) == 5 else None for b in boxes]
+
+
 @register_format("manifest", detect=_detect, description="generic CSV / JSONL manifest", priority=10)
 def read(root: Path) -> Dataset:
     manifest = _find_manifest(Path(root))
@@ -100,10 +119,14 @@ def read(root: Path) -> Dataset:
         raise FormatError(f"{root}: no manifest.csv or manifest.jsonl found")
     base = manifest.parent
     info_file = base / INFO_NAME
-    stored: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    try:
+        stored: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise FormatError(f"{info_file}: unreadable dataset description ({error})") from None
 
     problems: list[Problem] = []
-    parsed: list[tuple[dict[str, Any], list[str] | None, list[list[Any]] | None]] = []
+    Row = tuple[str, dict[str, Any], int | None, list[str] | None, np.ndarray | None, list[str | None]]
+    parsed: list[Row] = []
     for line, row in _rows(manifest):
         where = f"{manifest}:{line}"
         if "_error" in row:
@@ -113,28 +136,41 @@ def read(root: Path) -> Dataset:
             problems.append(Problem(where, "row has no path"))
             continue
         try:
-            parsed.append((row, _names(row.get("class")), _boxes(row.get("boxes"))))
+            label = _label(row.get("label"))
+            names = _names(row.get("class"))
+            boxes = _boxes(row.get("boxes"))
+            coordinates, box_names = _box_rows(boxes) if boxes is not None else (None, [])
         except (ValueError, json.JSONDecodeError) as error:
-            problems.append(Problem(where, f"bad boxes cell: {error}"))
+            problems.append(Problem(where, f"bad row: {error}"))
+            continue
+        if any(n is None for n in box_names) and any(n is not None for n in box_names):
+            problems.append(Problem(where, "some boxes name a class and some do not"))
+            continue
+        if label == 0 and (names or box_names):
+            problems.append(Problem(where, "labelled good (0) but lists defect classes or boxes", "warning"))
+        parsed.append((where, row, label, names, coordinates, box_names))
 
-    seen = sorted({n for _, names, boxes in parsed for n in [*(names or []), *_box_names(boxes)]})
-    class_names: list[str] = list(stored.get("class_names") or seen)
+    known: list[str] = list(stored.get("class_names") or [])
+    seen = sorted({n for *_, names, _, box_names in parsed for n in [*(names or []), *box_names] if n})
     for name in seen:
-        if name not in class_names:
-            class_names.append(name)
-    ids = {name: i + 1 for i, name in enumerate(class_names)}
+        if name not in known:
+            if stored.get("class_names"):
+                problems.append(Problem(str(info_file), f"class {name!r} is used but not in class_names"))
+            known.append(name)
+    ids = {name: i + 1 for i, name in enumerate(known)}
 
     samples: list[Sample] = []
-    for row, names, boxes in parsed:
-        path = base / str(row["path"])
-        label = None if _empty(row.get("label")) else int(float(row["label"]))
+    for _where, row, label, names, coordinates, box_names in parsed:
         if names is None and label == 0:
             names = []
         meta: dict[str, Any] = {"source": "manifest"}
         if not _empty(row.get("part")):
             meta["part"] = str(row["part"])
-        if not _empty(row.get("mask")):
-            meta["mask_path"] = str(base / str(row["mask"]))
+        mask_cell = row.get("mask")
+        if isinstance(mask_cell, str) and mask_cell.strip().lower() == EMPTY_MASK:
+            meta["mask_empty"] = True
+        elif not _empty(mask_cell):
+            meta["mask_path"] = str(base / str(mask_cell))
             if names is not None and len(names) == 1:
                 # Binary mask files of a one-class image still load as that class's id.
                 meta["mask_class"] = ids[names[0]]
@@ -142,17 +178,19 @@ def read(root: Path) -> Dataset:
             if key not in COLUMNS and not _empty(value):
                 meta[key] = value
         sample = Sample(
-            path=str(path),
+            path=str(base / str(row["path"])),
             label=label,
             classes=None if names is None else sorted({ids[n] for n in names}),
             surface=None if _empty(row.get("surface")) else str(row["surface"]),
             meta=meta,
         )
-        if boxes is not None:
-            sample.boxes = np.asarray([b[:4] for b in boxes], dtype=np.float32).reshape(-1, 4)
-            sample.box_classes = np.asarray(
-                [ids[str(b[4])] if len(b) == 5 else 1 for b in boxes], dtype=np.int64
-            )
+        if coordinates is not None:
+            sample.boxes = coordinates
+            # Boxes without classes keep box_classes unknown rather than claiming class 1.
+            if box_names and box_names[0] is not None:
+                sample.box_classes = np.asarray([ids[str(n)] for n in box_names], dtype=np.int64)
+            elif not box_names:
+                sample.box_classes = np.zeros(0, dtype=np.int64)
         samples.append(sample)
 
     surfaces = stored.get("surface_names") or sorted({s.surface for s in samples if s.surface})
@@ -160,7 +198,7 @@ def read(root: Path) -> Dataset:
         name=str(stored.get("name", base.name)),
         format="manifest",
         root=str(base),
-        class_names=class_names,
+        class_names=known,
         surface_names=list(surfaces),
         extra={k: v for k, v in stored.items() if k not in ("name", "class_names", "surface_names")},
     )
@@ -178,17 +216,15 @@ def _relative(path: str, base: Path) -> str:
 def sample_row(sample: Sample, info: DatasetInfo, base: Path, mask_path: str | None = None) -> dict[str, Any]:
     """One manifest row for ``sample``; ``mask_path`` overrides where its mask lives on disk."""
     mask_ref = mask_path or sample.meta.get("mask_path") or sample.meta.get("mask_source")
+    mask_cell = EMPTY_MASK if sample.meta.get("mask_empty") and not mask_ref else None
     boxes: list[list[Any]] | None = None
     if sample.boxes is not None:
-        ids = (
-            np.ones(len(sample.boxes), dtype=np.int64)
-            if sample.box_classes is None
-            else np.asarray(sample.box_classes)
-        )
-        boxes = [
-            [*(round(float(v), 2) for v in box), info.class_name(int(c))]
-            for box, c in zip(np.asarray(sample.boxes).reshape(-1, 4), ids, strict=True)
-        ]
+        coordinates = [[round(float(v), 2) for v in box] for box in np.asarray(sample.boxes).reshape(-1, 4)]
+        if sample.box_classes is None:
+            boxes = coordinates
+        else:
+            names = [info.class_name(int(c)) for c in np.asarray(sample.box_classes).reshape(-1)]
+            boxes = [[*box, name] for box, name in zip(coordinates, names, strict=True)]
     classes: list[str] | str | None = None
     if sample.classes is not None:
         classes = [info.class_name(c) for c in sample.classes] or ("none" if sample.label != 0 else [])
@@ -196,25 +232,43 @@ def sample_row(sample: Sample, info: DatasetInfo, base: Path, mask_path: str | N
         "path": _relative(sample.path, base),
         "label": sample.label,
         "class": classes,
-        "mask": _relative(str(mask_ref), base) if mask_ref else None,
+        "mask": _relative(str(mask_ref), base) if mask_ref else mask_cell,
         "boxes": boxes,
         "part": sample.part,
         "surface": sample.surface,
     }
 
 
+# Meta keys that describe how a reader found the data, not the data: never written as columns.
+_READER_KEYS = frozenset({"part", "source", "sha1", "mask_path", "mask_source", "mask_class", "mask_binary",
+                          "mask_rle", "mask_depth", "mask_empty"})  # fmt: skip
+
+
+def portable_meta_keys(samples: Sequence[Sample]) -> tuple[str, ...]:
+    """Meta keys with plain scalar values (split, defect_probability, ...) worth keeping as columns."""
+    keys = {
+        key
+        for sample in samples
+        for key, value in sample.meta.items()
+        if key not in _READER_KEYS and isinstance(value, str | int | float | bool)
+    }
+    return tuple(sorted(keys))
+
+
 def write_manifest(
     dataset: Dataset,
     out: str | Path,
     extra_info: dict[str, Any] | None = None,
-    meta_columns: tuple[str, ...] = (),
+    meta_columns: Sequence[str] | None = None,
 ) -> Path:
     """Write ``dataset`` as ``out`` (``.csv`` or ``.jsonl``, or a folder: ``out/manifest.jsonl``).
 
-    Masks must already be files (``meta["mask_path"]``); paths are written relative to the manifest.
-    ``meta_columns`` are ``meta`` keys written as extra columns (the reader puts them back in meta).
+    Masks must already be files (``meta["mask_path"]``) or known empty (written ``empty``); paths
+    are written relative to the manifest. ``meta_columns`` are ``meta`` keys written as extra
+    columns, which the reader puts back in meta (default: every :func:`portable_meta_keys` key).
     Writes to a temporary name first, so an interrupted run leaves no half-written manifest.
     """
+    meta_columns = portable_meta_keys(dataset.samples) if meta_columns is None else tuple(meta_columns)
     out = Path(out)
     manifest = out if out.suffix.lower() in (".csv", ".jsonl") else out / "manifest.jsonl"
     manifest.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ NEW_HEADER = ("ImageId", "ClassId", "EncodedPixels")
 
 def _header(csv_path: Path) -> tuple[str, ...] | None:
     try:
-        with open(csv_path, encoding="utf-8-sig") as handle:
+        with open(csv_path, encoding="utf-8-sig", errors="replace") as handle:
             first = handle.readline()
     except (OSError, UnicodeDecodeError):
         return None
@@ -120,7 +120,7 @@ class _ImageLabels:
 
 
 def _rows(csv_path: Path) -> list[tuple[int, list[str]]]:
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as handle:
         reader = csv.reader(handle)
         next(reader, None)
         return [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
