@@ -38,6 +38,9 @@ class AugmentConfig(BaseModel):
     resized_crop_scale: tuple[float, float] | None = Field(
         None, description="area fraction range of a random resized crop (needs size); None = plain resize"
     )
+    antialias: bool = Field(
+        True, description="antialiased resizing; False matches the ONNX/torch inference pre-processor exactly"
+    )
     brightness: float = Field(0.0, ge=0)
     contrast: float = Field(0.0, ge=0)
     mean: tuple[float, ...] | None = None

@@ -1,0 +1,1 @@
+"""Loading saved models and inspecting images (torch or onnxruntime); no training code here."""

@@ -1,0 +1,43 @@
+"""The result of inspecting one image (DESIGN.md, "Inspection"): a pydantic model, JSON out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Verdict = Literal["ok", "defect", "unknown"]
+
+
+class Region(BaseModel):
+    """One connected defect region of the thresholded heat map, in original-image pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 (pixel edges)")
+    score: float = Field(description="highest heat-map value inside the region")
+    class_: str | None = Field(None, alias="class", serialization_alias="class")
+    area_px: int
+
+
+class Inspection(BaseModel):
+    """Verdict for one image. ``unknown`` goes to a person; it is never silently called ok."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    image: str
+    model: str
+    verdict: Verdict
+    score: float = Field(description="probability-like defect score in [0, 1]")
+    threshold: float = Field(description="the decision threshold the verdict was judged by")
+    defect_class: str | None = None
+    class_scores: dict[str, float] = Field(default_factory=dict)
+    surface: str | None = None
+    surface_score: float | None = None
+    regions: list[Region] = Field(default_factory=list)
+    heatmap: str | None = None
+    mask: str | None = None
+    latency_ms: float
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)

@@ -1,0 +1,136 @@
+"""The saved-model directory (DESIGN.md, "Saved model"): ``model.yaml`` + ``weights.safetensors``.
+
+Weights are safetensors, never pickle: loading a model runs no code. The model is rebuilt from
+the registered model family named in ``model.yaml`` and the resolved config stored beside it.
+A directory is written under a temporary name and renamed, so an interrupted save leaves
+either the old model or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from defectkit import __version__
+from defectkit.models import create_model
+
+CARD_NAME = "model.yaml"
+WEIGHTS_NAME = "weights.safetensors"
+ONNX_NAME = "model.onnx"
+
+
+class SavedModelError(ValueError):
+    """A model directory that cannot be loaded; the message names the file and the reason."""
+
+
+class InputSpec(BaseModel):
+    """What the network expects: ``size`` (height, width), channels, and normalisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[int, int]
+    channels: int = 1
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+class Thresholds(BaseModel):
+    """Chosen on validation data by ``rule``; nothing downstream re-chooses them on reported data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: float = Field(description="image score >= decision -> verdict 'defect'")
+    pixel: float = Field(0.5, description="heat-map value >= pixel -> defect pixel (regions, masks)")
+    unknown: float | None = Field(None, description="out-of-distribution score >= unknown -> 'unknown'")
+    rule: str = "best_f1"
+
+
+class ModelCard(BaseModel):
+    """Contents of ``model.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    model: str = Field(description="registered model family (defectkit.models)")
+    model_options: dict[str, Any] = Field(default_factory=dict)
+    defectkit_version: str = __version__
+    commit: str | None = None
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    config: dict[str, Any] = Field(default_factory=dict, description="resolved training config")
+    class_names: list[str] = Field(default_factory=list)
+    surface_names: list[str] = Field(default_factory=list)
+    input: InputSpec
+    thresholds: Thresholds
+    validation_metrics: dict[str, Any] = Field(default_factory=dict)
+    data_fingerprint: str | None = None
+    init: str = "random"
+
+
+def git_commit(root: str | Path | None = None) -> str | None:
+    """Short commit of the working tree (with ``+dirty`` when it has changes), or None outside git."""
+    cwd = Path(root) if root else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit
+
+
+def save_model(directory: str | Path, model: nn.Module, card: ModelCard) -> Path:
+    """Write ``card`` and ``model``'s weights to ``directory`` atomically (replacing it)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = directory.with_name(f".{directory.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(staging / WEIGHTS_NAME))
+    payload = card.model_dump(mode="json")
+    (staging / CARD_NAME).write_text(yaml.safe_dump(payload, sort_keys=False))
+    if directory.exists():
+        # Keep files that belong with the model but are not rewritten here (evaluation reports).
+        for extra in directory.iterdir():
+            if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME):
+                shutil.move(str(extra), staging / extra.name)
+        shutil.rmtree(directory)
+    staging.rename(directory)
+    return directory
+
+
+def read_card(directory: str | Path) -> ModelCard:
+    path = Path(directory) / CARD_NAME
+    if not path.is_file():
+        raise SavedModelError(f"{path}: not found ({directory} is not a saved defectkit model)")
+    try:
+        return ModelCard.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValueError) as error:
+        raise SavedModelError(f"{path}: invalid model card ({error})") from None
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network named in ``model.yaml`` and load its weights (eval mode)."""
+    card = read_card(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise SavedModelError(f"{weights}: not found")
+    model = create_model(card.model, **card.model_options)
+    try:
+        model.load_state_dict(load_file(str(weights), device=str(device)))
+    except (RuntimeError, OSError) as error:
+        raise SavedModelError(f"{weights}: does not fit model {card.model!r} ({error})") from None
+    return model.to(device).eval(), card

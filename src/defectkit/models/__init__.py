@@ -1,0 +1,55 @@
+"""Model families (plain ``nn.Module`` s) and their registry.
+
+A model family registers a builder with :func:`register_model`; :func:`create_model` builds one from
+the ``model`` section of a resolved config. Inference code loads models through this registry
+only, so it never imports training code (and never Lightning).
+
+Every model that an :class:`~defectkit.inference.inspector.Inspector` runs implements
+``inspect(images) -> (scores, heatmaps)``: ``scores`` B probabilities of "defective" in [0, 1],
+``heatmaps`` Bx1xhxw per-pixel defect probabilities at the model's own resolution (or ``None``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from torch import Tensor, nn
+
+# Modules whose import registers model families; each method issue appends its own.
+MODEL_MODULES: tuple[str, ...] = ("defectkit.models.segdec",)
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+class InspectionModel(Protocol):
+    def inspect(self, images: Tensor) -> tuple[Tensor, Tensor | None]: ...
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _BUILDERS and _BUILDERS[name] is not builder:
+            raise ValueError(f"model {name!r} is registered twice")
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def _load_all() -> None:
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build model family ``name`` with ``options`` (the config's ``model`` section)."""
+    _load_all()
+    if name not in _BUILDERS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS)) or 'none'}")
+    return _BUILDERS[name](**options)
+
+
+def list_models() -> list[str]:
+    _load_all()
+    return sorted(_BUILDERS)

@@ -1,0 +1,65 @@
+"""Small layers used by several model families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class FeatureNorm(nn.Module):
+    """Per-sample, per-channel standardisation over the spatial dimensions, with learnt scale/bias.
+
+    This is the "feature normalisation" of Bozic et al. (2021): like instance normalisation, but
+    kept as its own layer so its epsilon and its optional bias match the paper's network. The
+    reference implementation divides by ``sqrt(std + eps)``; we divide by ``sqrt(var + eps)``
+    (true standardisation), as the paper describes it.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-3, bias: bool = True) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, num_features, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1)) if bias else None
+        self.eps = eps
+
+    def forward(self, features: Tensor) -> Tensor:
+        mean = features.mean(dim=(2, 3), keepdim=True)
+        var = features.var(dim=(2, 3), keepdim=True, unbiased=False)
+        normalised = self.scale * (features - mean) / torch.sqrt(var + self.eps)
+        return normalised if self.bias is None else normalised + self.bias
+
+
+class _GradientMultiplyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, inputs: Tensor, factor: float) -> Tensor:
+        ctx.factor = factor
+        return inputs.view_as(inputs)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        return grad_output * ctx.factor, None
+
+
+class GradientMultiply(nn.Module):
+    """Identity forward; multiplies the gradient by ``factor`` backward (0 stops it entirely).
+
+    Used for Bozic et al.'s gradient-flow adjustment: the decision loss must not train the
+    segmentation subnetwork. ``factor`` is a plain attribute so the recipe can change it.
+    """
+
+    def __init__(self, factor: float = 1.0) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        if self.factor == 1.0 or not torch.is_grad_enabled():
+            return inputs
+        return _GradientMultiplyFunction.apply(inputs, self.factor)  # type: ignore[no-any-return]
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    """Convolution ("same" padding, no bias: the norm has one) -> FeatureNorm -> ReLU."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
+    nn.init.xavier_normal_(conv.weight)
+    return nn.Sequential(conv, FeatureNorm(out_channels), nn.ReLU(inplace=True))
