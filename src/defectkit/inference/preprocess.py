@@ -40,6 +40,8 @@ class Preprocess(nn.Module):
         channels = spec.channels
         mean = torch.tensor(list(spec.mean) * (channels if len(spec.mean) == 1 else 1)).view(1, -1, 1, 1)
         std = torch.tensor(list(spec.std) * (channels if len(spec.std) == 1 else 1)).view(1, -1, 1, 1)
+        self.mean: Tensor
+        self.std: Tensor
         self.register_buffer("mean", mean.float(), persistent=False)
         self.register_buffer("std", std.float(), persistent=False)
 

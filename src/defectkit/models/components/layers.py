@@ -55,7 +55,7 @@ class GradientMultiply(nn.Module):
     def forward(self, inputs: Tensor) -> Tensor:
         if self.factor == 1.0 or not torch.is_grad_enabled():
             return inputs
-        return _GradientMultiplyFunction.apply(inputs, self.factor)  # type: ignore[no-any-return]
+        return _GradientMultiplyFunction.apply(inputs, self.factor)
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:

@@ -57,7 +57,7 @@ class SegmentationNet(nn.Module):
         )
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.trunk(images)  # type: ignore[no-any-return]
+        return self.trunk(images)
 
 
 class MaskHead(nn.Module):
@@ -68,7 +68,7 @@ class MaskHead(nn.Module):
         self.norm = FeatureNorm(1, bias=False) if normalise else nn.Identity()
 
     def forward(self, volume: Tensor) -> Tensor:
-        return self.norm(self.conv(volume))  # type: ignore[no-any-return]
+        return self.norm(self.conv(volume))
 
 
 class DecisionNet(nn.Module):
@@ -93,7 +93,7 @@ class DecisionNet(nn.Module):
             mask_logits.amax(dim=(2, 3)),
             mask_logits.mean(dim=(2, 3)),
         ]
-        return self.classifier(torch.cat(pooled, dim=1)).squeeze(1)  # type: ignore[no-any-return]
+        return self.classifier(torch.cat(pooled, dim=1)).squeeze(1)
 
 
 class SegDecNet(nn.Module):
