@@ -12,7 +12,7 @@ Verdict = Literal["ok", "defect", "unknown"]
 class Region(BaseModel):
     """One connected defect region of the thresholded heat map, in original-image pixels."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_by_name=True)
 
     box: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 (pixel edges)")
     score: float = Field(description="highest heat-map value inside the region")
