@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 # Modules that register methods when imported; each method issue appends its module here.
-METHOD_MODULES: tuple[str, ...] = ()
+METHOD_MODULES: tuple[str, ...] = ("defectkit.training.segdec",)
 
 
 class MethodSpec:
@@ -23,13 +24,24 @@ class MethodSpec:
     supervision: ClassVar[tuple[str, ...]] = ()
     tasks: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str | None] = None
-    default_config: ClassVar[str | None] = None
-    profiles: ClassVar[dict[str, dict[str, Any]]] = {}
-    recipe: ClassVar[type | None] = None
+    default_config: ClassVar[str | None] = None  # configs/<method>/<dataset>.yaml, with its profiles
+    model_name: ClassVar[str] = ""  # model family in defectkit.models
+
+    @classmethod
+    def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Options of the model family from a resolved config (its ``model`` section by default)."""
+        return dict(config.get("model", {}))
 
     @classmethod
     def build_model(cls, config: dict[str, Any]) -> Any:
-        raise NotImplementedError(f"method {cls.name!r} does not define build_model")
+        from defectkit.models import create_model
+
+        return create_model(cls.model_name or cls.name, **cls.model_options(config))
+
+    @classmethod
+    def build_recipe(cls, model: Any, config: dict[str, Any]) -> Any:
+        """The LightningModule that trains ``model`` under ``config``."""
+        raise NotImplementedError(f"method {cls.name!r} defines no training recipe")
 
 
 @dataclass(frozen=True)
@@ -79,9 +91,18 @@ def _load_all() -> None:
 def list_methods() -> list[MethodInfo]:
     _load_all()
     return [
-        MethodInfo(name, spec.tasks, spec.supervision, tuple(spec.profiles), spec.paper, spec)
+        MethodInfo(name, spec.tasks, spec.supervision, _profiles(spec), spec.paper, spec)
         for name, spec in sorted(_METHODS.items())
     ]
+
+
+def _profiles(spec: type[MethodSpec]) -> tuple[str, ...]:
+    if not spec.default_config:
+        return ()
+    from defectkit.config import config_profiles
+
+    path = Path(__file__).resolve().parents[2] / spec.default_config
+    return tuple(config_profiles(path)) if path.is_file() else ()
 
 
 def get_method(name: str) -> type[MethodSpec]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from defectkit import __version__
-from defectkit.cli import data, methods
+from defectkit.cli import bench, data, evaluate, export, methods, predict, train
 
 app = typer.Typer(
     name="defectkit",
@@ -16,6 +16,11 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.command("methods")(methods.methods)
+app.command("train")(train.train)
+app.command("bench")(bench.bench)
+app.command("eval")(evaluate.evaluate)
+app.command("predict")(predict.predict)
+app.command("export")(export.export)
 
 
 def _version(value: bool) -> None:

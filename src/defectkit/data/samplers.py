@@ -64,3 +64,45 @@ class AlternatingSampler(Sampler[int]):
         positives, negatives = self._stream(self.positives, rng), self._stream(self.negatives, rng)
         for step in range(self.epoch_size):
             yield next(positives) if step % 2 == 0 else next(negatives)
+
+
+class FrequencyNegativeSampler(Sampler[int]):
+    """Bozic et al.'s sampling for segdec: each epoch every positive once and as many negatives,
+    the negatives seen least often so far first (ties broken by a seeded shuffle), in a shuffled order.
+
+    Over several epochs this walks through all negatives while keeping classes balanced. The
+    counts live in the sampler, so one sampler must serve the whole fit (Lightning keeps it).
+    Samples with unknown labels are never drawn.
+    """
+
+    def __init__(self, labels: Sequence[int | None], seed: int = 0) -> None:
+        values = [-1 if v is None else int(v) for v in labels]
+        self.positives = [i for i, v in enumerate(values) if v == 1]
+        self.negatives = [i for i, v in enumerate(values) if v == 0]
+        if not self.positives or not self.negatives:
+            raise ValueError(
+                f"frequency sampling needs both classes; got {len(self.positives)} positive "
+                f"and {len(self.negatives)} negative images"
+            )
+        self.seen = np.zeros(len(self.negatives), dtype=np.int64)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 2 * len(self.positives)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        count = min(len(self.positives), len(self.negatives))
+        order = np.lexsort((rng.random(len(self.negatives)), self.seen))[:count]
+        self.seen[order] += 1
+        chosen = self.positives + [self.negatives[i] for i in order]
+        if count < len(self.positives):
+            # Fewer negatives than positives: repeat the least-seen ones to keep the epoch balanced.
+            extra = rng.choice(self.negatives, len(self.positives) - count)
+            chosen += [int(i) for i in extra]
+        self.epoch += 1
+        yield from (chosen[i] for i in rng.permutation(len(chosen)))

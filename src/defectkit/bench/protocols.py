@@ -1,0 +1,67 @@
+"""Paper protocols: ``defectkit bench NAME`` runs one and writes its results file.
+
+A protocol registers with :func:`register_protocol`. It must write each finished cell (a fold, a
+seed) to a :class:`~defectkit.bench.results.CellCache` and skip cells already there, so a grid
+can span sessions; the pooled results file is written once every cell is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    profile: str
+    supervision: str
+    command: str
+    results_root: Path
+    work_root: Path  # cache and trained models (not committed)
+    progress: bool = True
+
+
+ProtocolRunner = Callable[[BenchRequest], Path]
+_PROTOCOLS: dict[str, tuple[ProtocolRunner, str]] = {}
+
+
+def register_protocol(name: str, description: str) -> Callable[[ProtocolRunner], ProtocolRunner]:
+    def decorator(runner: ProtocolRunner) -> ProtocolRunner:
+        _PROTOCOLS[name] = (runner, description)
+        return runner
+
+    return decorator
+
+
+def _load_all() -> None:
+    from defectkit.bench import ksdd  # noqa: F401  (registers its protocols)
+
+
+def list_protocols() -> dict[str, str]:
+    _load_all()
+    return {name: description for name, (_, description) in sorted(_PROTOCOLS.items())}
+
+
+def run_protocol(name: str, request: BenchRequest) -> Path:
+    _load_all()
+    if name not in _PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
+    return _PROTOCOLS[name][0](request)
+
+
+def supervision_overrides(supervision: str) -> tuple[dict[str, Any], list[str]]:
+    """``full`` | ``weak`` | ``mixed:N`` -> (variant, config overrides)."""
+    if supervision == "full":
+        return {"supervision": "full"}, ["data.supervision=full"]
+    if supervision == "weak":
+        return {"supervision": "weak"}, ["data.supervision=weak"]
+    if supervision.startswith("mixed:"):
+        count = supervision.split(":", 1)[1]
+        if not count.isdigit():
+            raise ValueError(f"--supervision {supervision!r}: expected mixed:N with N a number of masks")
+        return {"supervision": supervision}, ["data.supervision=mixed", f"data.num_segmented={count}"]
+    raise ValueError(f"--supervision {supervision!r}: use full, weak or mixed:N")

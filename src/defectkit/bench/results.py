@@ -1,0 +1,234 @@
+"""Benchmark results files (DESIGN.md, "Results file") and the per-cell cache of long grids.
+
+A results file is the unit BENCHMARKS.md is rendered from: one JSON per protocol x variant x
+profile under ``benchmarks/results/``, committed, carrying the commit, the machine and the exact
+command so anyone can rerun the row. Files are written atomically (temporary name, then rename):
+an interrupted benchmark never leaves a half-written file for the renderer to choke on.
+
+:class:`CellCache` stores each finished cell of a multi-fold protocol (one fold, one seed, one
+reference draw) as its own JSON file, so a grid interrupted after hours resumes by skipping the
+cells already done. The cache folder (``benchmarks/cache/``) is scratch space, not committed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from defectkit.evaluation.evaluate import json_ready, write_atomic
+from defectkit.inference.saved_model import git_commit
+
+__all__ = [
+    "DEFAULT_ROOT",
+    "SCHEMA",
+    "CellCache",
+    "machine_info",
+    "read_results",
+    "results_path",
+    "variant_slug",
+    "write_results",
+]
+
+SCHEMA = 1
+DEFAULT_ROOT = "benchmarks/results"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return platform.processor() or None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        # x86 says "model name"; some ARM kernels only give "Hardware" or "Processor".
+        if key.strip() in ("model name", "Hardware", "Processor") and value.strip():
+            return value.strip()
+    return platform.processor() or None
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine a figure was measured on: cpu model, cores, gpu name (or None), torch, python."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _slug(text: str) -> str:
+    return _UNSAFE.sub("-", text.replace(":", "-").replace("/", "-")).strip("-")
+
+
+def variant_slug(variant: Mapping[str, Any]) -> str:
+    """Variant values joined by ``-`` in key order (``{"supervision": "mixed:5"}`` -> ``mixed-5``).
+
+    Keys are sorted so the same variant always gives the same name, however it was built.
+    """
+    parts = [_slug(str(variant[key])) for key in sorted(variant)]
+    return "-".join(part for part in parts if part)
+
+
+def results_path(
+    protocol: str, variant: Mapping[str, Any], profile: str, root: str | Path = DEFAULT_ROOT
+) -> Path:
+    """``root/<protocol-with-dashes>-<variant>-<profile>.json``, e.g. ``ksdd-segdec-full-cpu.json``.
+
+    An empty variant leaves its part out (``<protocol>-<profile>.json``).
+    """
+    if not protocol.strip() or not profile.strip():
+        raise ValueError("a results file needs a protocol and a profile")
+    parts = [_slug(protocol), variant_slug(variant), _slug(profile)]
+    return Path(root) / ("-".join(part for part in parts if part) + ".json")
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_results(
+    *,
+    protocol: str,
+    method: str,
+    dataset: str,
+    variant: Mapping[str, Any],
+    profile: str,
+    metrics: Mapping[str, Any],
+    n_images: int,
+    command: str,
+    per_fold: Sequence[Mapping[str, Any]] = (),
+    paper: Mapping[str, Any] | None = None,
+    wall_time_s: float | None = None,
+    infer_ms_per_image: float | None = None,
+    commit: str | None = None,
+    machine: Mapping[str, Any] | None = None,
+    created: str | None = None,
+    init: str | None = None,
+    notes: str | None = None,
+    root: str | Path = DEFAULT_ROOT,
+) -> Path:
+    """Write one results file in DESIGN.md's schema (keys in that order) atomically; return its path.
+
+    ``commit`` defaults to the working tree's (:func:`~defectkit.inference.saved_model.git_commit`,
+    ``+dirty`` when uncommitted changes could have shaped the figure), ``machine`` to
+    :func:`machine_info`, ``created`` to now (UTC). ``init`` ("random" when a backbone started
+    without pretrained weights) and ``notes`` are written only when given. NaN becomes null.
+    """
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "protocol": protocol,
+        "method": method,
+        "dataset": dataset,
+        "variant": dict(variant),
+        "profile": profile,
+        "metrics": dict(metrics),
+        "per_fold": [dict(fold) for fold in per_fold],
+        "n_images": int(n_images),
+        "paper": dict(paper or {}),
+        "wall_time_s": wall_time_s,
+        "infer_ms_per_image": infer_ms_per_image,
+        "commit": commit if commit is not None else git_commit(),
+        "machine": dict(machine) if machine is not None else machine_info(),
+        "command": command,
+        "created": created or _now(),
+    }
+    if init is not None:
+        record["init"] = init
+    if notes is not None:
+        record["notes"] = notes
+    path = results_path(protocol, variant, profile, root)
+    write_atomic(path, json.dumps(json_ready(record), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def read_results(root: str | Path = DEFAULT_ROOT) -> list[dict[str, Any]]:
+    """Every ``*.json`` results file under ``root``, sorted by file name; ``[]`` when none.
+
+    Each record gets ``"_file"`` (its file name) added, for messages and a stable order.
+
+    A file that is not valid JSON or not schema 1 is a ``ValueError`` naming it: a renderer that
+    silently dropped a row would publish a table with a figure missing.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    results = []
+    for path in sorted(root.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable results file ({error})") from None
+        if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+            found = record.get("schema") if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{path}: results schema {found!r}, expected {SCHEMA}")
+        missing = [key for key in ("protocol", "variant", "profile", "metrics") if key not in record]
+        if missing:
+            raise ValueError(f"{path}: results file lacks {', '.join(missing)}")
+        record["_file"] = path.name
+        results.append(record)
+    return results
+
+
+class CellCache:
+    """One JSON file per finished cell of a grid (``get`` / ``put`` by a string key).
+
+    Keys are free text (``"fold=2"``, ``"seed=1/shots=5"``); the file name is a readable slug
+    plus a short hash of the exact key, so distinct keys never share a file. A cell file is
+    written atomically, so it either holds a whole result or does not exist. A file that cannot
+    be read back (edited by hand, disk trouble) counts as missing: the cell is simply recomputed.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def path(self, key: str) -> Path:
+        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10]
+        return self.directory / f"{_slug(key)[:80]}-{digest}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored result of cell ``key``, or None when it has not finished."""
+        path = self.path(key)
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        if (
+            not isinstance(stored, dict)
+            or stored.get("key") != key
+            or not isinstance(stored.get("value"), dict)
+        ):
+            return None
+        value: dict[str, Any] = stored["value"]
+        return value
+
+    def put(self, key: str, value: Mapping[str, Any]) -> Path:
+        """Store the result of finished cell ``key`` (NaN stored as null)."""
+        payload = {"key": key, "value": dict(value)}
+        return write_atomic(self.path(key), json.dumps(json_ready(payload), indent=2, allow_nan=False) + "\n")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def keys(self) -> list[str]:
+        """Keys of every finished cell, sorted."""
+        found = []
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(stored, dict) and isinstance(stored.get("key"), str):
+                found.append(stored["key"])
+        return sorted(found)

@@ -1,0 +1,61 @@
+"""``defectkit bench PROTOCOL``: run a paper protocol, write its results file, re-render BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from defectkit.cli.errors import UsageError, user_errors
+
+console = Console(highlight=False)
+
+
+def _list_protocols() -> None:
+    from defectkit.bench.protocols import list_protocols
+
+    table = Table("protocol", "what")
+    for name, description in list_protocols().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@user_errors
+def bench(
+    protocol: str | None = typer.Argument(None, help="Protocol, e.g. ksdd/segdec (--list shows them)."),
+    profile: str = typer.Option("cpu", "--profile", "-p", help="cpu or paper."),
+    supervision: str = typer.Option("full", "--supervision", "-s", help="full, weak or mixed:N."),
+    results: Path = typer.Option(Path("benchmarks/results"), help="Where results files go."),
+    work: Path = typer.Option(Path("runs/bench"), help="Cache of finished cells (folds) and trained models."),
+    list_: bool = typer.Option(False, "--list", help="List the protocols and exit."),
+    render_only: bool = typer.Option(False, "--render", help="Only regenerate BENCHMARKS.md from results."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run PROTOCOL. Finished cells are cached in WORK and skipped when run again, so a long grid
+    can be stopped and resumed; the results file is written when every cell is done."""
+    from defectkit.bench.render import render_benchmarks
+
+    if list_:
+        _list_protocols()
+        return
+    if not render_only:
+        from defectkit.bench.protocols import BenchRequest, run_protocol
+
+        if protocol is None:
+            raise UsageError("name a protocol (defectkit bench --list shows them)")
+        tail = sys.argv[sys.argv.index(protocol) :] if protocol in sys.argv else [protocol]
+        command = "defectkit bench " + shlex.join(tail)
+        try:
+            path = run_protocol(
+                protocol, BenchRequest(profile, supervision, command, results, work, not quiet)
+            )
+        except KeyError as error:
+            raise UsageError(str(error.args[0])) from None
+        console.print(escape(f"wrote {path}"))
+    render_benchmarks(results, Path("BENCHMARKS.md"))
+    console.print("BENCHMARKS.md regenerated")

@@ -1,0 +1,92 @@
+"""``defectkit predict``: inspect images with a saved model and write one result per image."""
+
+from __future__ import annotations
+
+from collections import Counter
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from defectkit.cli.data import progress_bar
+from defectkit.cli.errors import fail, user_errors
+
+console = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+
+
+class BackendName(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
+@user_errors
+def predict(
+    model_dir: Path = typer.Argument(..., help="Saved model directory (with model.yaml)."),
+    paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for results."),
+    backend: BackendName = typer.Option(
+        BackendName.torch, help="torch, or onnx (needs `defectkit export` first)."
+    ),
+    save_heatmaps: bool = typer.Option(
+        False, "--save-heatmaps", help="Also write each heat map as <name>.heatmap.png."
+    ),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write <name>.png overlays."),
+) -> None:
+    """Inspect every image in PATHS with the model and thresholds stored in MODEL_DIR.
+
+    Writes to OUT, per image: NAME.json (the inspection), NAME.png (an overlay),
+    NAME.heatmap.png (with --save-heatmaps); NAME is the image's file stem, with a
+    short hash added where two images share a stem. summary.csv: one row per input.
+
+    Unreadable files are reported (one line each) and skipped; the rest go on.
+    Exit status: 0 all inspected; 1 some file failed or none was inspected (after
+    writing every other result); 2 bad usage.
+    """
+    from defectkit.inference.inspector import load_inspector
+    from defectkit.inference.predict import Failure, predict_paths
+    from defectkit.inference.saved_model import SavedModelError
+
+    try:
+        inspector = load_inspector(model_dir, backend=backend.value)
+    except SavedModelError as error:
+        raise fail(str(error)) from None
+
+    with progress_bar("inspecting") as bar:
+        task = bar.add_task("predict", total=None)
+
+        def report_failure(failure: Failure) -> None:
+            bar.console.print(
+                f"[red]failed[/]: {escape(failure.path)}: {escape(failure.reason)}", soft_wrap=True
+            )
+
+        report = predict_paths(
+            inspector,
+            paths,
+            out,
+            save_heatmaps=save_heatmaps,
+            overlays=overlays,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            on_failure=report_failure,
+        )
+
+    verdicts = Counter(inspection.verdict for _, inspection in report.results)
+    counts = ", ".join(f"{verdicts[v]} {v}" for v in ("ok", "defect", "unknown") if verdicts[v])
+    console.print(
+        escape(
+            f"inspected {len(report.results)} image(s) ({counts or 'none'}) with {inspector.name} "
+            f"[{backend.value}]; results in {report.out}"
+        ),
+        soft_wrap=True,
+    )
+    if not report.results:
+        raise fail("no image was inspected (see the errors above)")
+    if report.failures:
+        failed = len(report.failures)
+        stderr.print(
+            f"[red]{failed} file(s) failed[/]; listed above and in {escape(str(report.summary))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)

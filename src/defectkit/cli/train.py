@@ -1,0 +1,48 @@
+"""``defectkit train``: one config in, one saved-model directory out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from defectkit.cli.errors import UsageError, user_errors
+from defectkit.config import ConfigError, load_config
+
+console = Console(highlight=False)
+
+
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="Training config (configs/<method>/<dataset>.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory; the model lands in OUT/model."),
+    profile: str | None = typer.Option(None, "--profile", "-p", help="Config profile, e.g. cpu or paper."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: a.b=c (repeatable)."),
+    devices: str | None = typer.Option(None, help="Devices per node: a number, or auto."),
+    strategy: str | None = typer.Option(None, help="Lightning strategy, e.g. ddp (gloo on CPU)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a method; the decision threshold is chosen on the validation split and saved with it."""
+    from defectkit.training.engine import train as run
+
+    try:
+        run_config = load_config(config, profile, overrides)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    chosen_devices: int | str | None = int(devices) if devices and devices.isdigit() else devices
+    model_dir = run(run_config, out, devices=chosen_devices, strategy=strategy, progress=not quiet)
+    if model_dir is None:
+        return  # a non-zero DDP rank: rank 0 reports
+    from defectkit.inference.saved_model import read_card
+
+    card = read_card(model_dir)
+    metrics = card.validation_metrics
+    console.print(
+        escape(
+            f"saved {model_dir}: threshold {card.thresholds.decision:.4f} (best F1 on validation), "
+            f"validation AP {metrics.get('ap', float('nan')):.4f}, "
+            f"FP {metrics.get('fp')}, FN {metrics.get('fn')} on {metrics.get('n_images')} images"
+        )
+    )

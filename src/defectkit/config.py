@@ -1,0 +1,170 @@
+"""Training configs: YAML files validated by pydantic, with profiles and ``--set a.b=c`` overrides.
+
+A config file (``configs/<method>/<dataset>.yaml``) holds the full settings of one method on one
+dataset plus named ``profiles`` (``cpu``, ``paper``) that override parts of it. Resolution order:
+file, then the chosen profile, then ``--set`` overrides. The resolved config is saved beside
+every trained model, so a model always says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Supervision = Literal["weak", "mixed", "full"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the field."""
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str | None = Field(None, description="dataset folder ($VARS expanded); None with synthetic")
+    format: str | None = Field(None, description="reader name; detected when omitted")
+    synthetic: dict[str, Any] | None = Field(
+        None, description="SynthConfig fields: generate the data instead"
+    )
+    train_split: str | None = Field("train", description="use only samples whose meta split is this, if any")
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of training parts held out for validation"
+    )
+    split_seed: int = 0
+    supervision: Supervision = "full"
+    num_segmented: int | None = Field(None, ge=0, description="mixed: positives that keep their masks")
+
+    @model_validator(mode="after")
+    def _source(self) -> DataConfig:
+        if (self.root is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data.root and data.synthetic")
+        if self.supervision == "mixed" and self.num_segmented is None:
+            raise ValueError("supervision 'mixed' needs data.num_segmented")
+        return self
+
+    def resolved_root(self) -> Path | None:
+        return None if self.root is None else Path(os.path.expandvars(os.path.expanduser(self.root)))
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[int, int] = Field(description="(height, width) of the network input")
+    channels: int = Field(1, ge=1, le=3)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+class TrainerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(50, ge=1)
+    max_steps: int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
+    batch_size: int = Field(1, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    val_every: int = Field(5, ge=1, description="validate every N epochs")
+    early_stopping_patience: int | None = Field(
+        None, description="validations without val AP gain; None: off"
+    )
+    num_workers: int = 0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+
+
+class RunConfig(BaseModel):
+    """One training run, fully resolved."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    seed: int = 0
+    data: DataConfig
+    input: InputConfig
+    augment: dict[str, Any] = Field(default_factory=dict, description="AugmentConfig fields for training")
+    model: dict[str, Any] = Field(default_factory=dict, description="options of the model family")
+    method_options: dict[str, Any] = Field(default_factory=dict, description="loss / sampling options")
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig())
+    profile: str | None = None
+    weights: str | None = Field(None, description="pretrained backbone weights file; None: random init")
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=c`` -> (``a.b``, YAML-parsed ``c``), so numbers, lists and booleans keep their type."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. trainer.epochs=10")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(
+    source: str | Path | dict[str, Any], profile: str | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Read a config file (or dict), apply ``profile`` then ``overrides``, and validate it."""
+    where = str(source) if not isinstance(source, dict) else "<config>"
+    if isinstance(source, dict):
+        tree = copy.deepcopy(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: a config must be a mapping")
+    profiles = tree.pop("profiles", {}) or {}
+    if profile is not None:
+        if profile not in profiles:
+            raise ConfigError(f"{where}: no profile {profile!r}; profiles: {', '.join(profiles) or 'none'}")
+        tree = _merge(tree, profiles[profile])
+        tree["profile"] = profile
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None
+
+
+def config_profiles(source: str | Path) -> list[str]:
+    tree = yaml.safe_load(Path(source).read_text()) or {}
+    return sorted((tree.get("profiles") or {}).keys())

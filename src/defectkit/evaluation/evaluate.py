@@ -1,0 +1,450 @@
+"""Evaluate a saved model on a labelled dataset: metrics, plots, worst cases, per-image scores.
+
+Two layers, so the benchmark protocols can reuse the core without the CLI or any files:
+
+- :func:`score_dataset` runs an :class:`~defectkit.inference.inspector.Inspector` over index
+  samples and keeps only what metrics need (score, label, per-image Dice); heat maps are folded
+  into a :class:`~defectkit.metrics.SegmentationMeter` image by image and dropped, so a large test
+  set never holds its heat maps in memory. Unreadable images are recorded and skipped.
+- :func:`evaluate_scores` turns a :class:`ScoredSet` into DESIGN.md's metric names at a *given*
+  decision threshold. Callers pass the threshold stored in the model card: nothing here chooses a
+  threshold on the data it reports on (DESIGN.md, "Scores, thresholds, reproducibility").
+
+:func:`evaluate_model` is what ``defectkit eval`` runs: read the dataset, pick the split, score,
+and write ``metrics.json``, ``scores.csv``, ``pr_curve.png``, ``score_histogram.png`` and
+``worst.png`` (each atomically) to the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectkit import __version__
+from defectkit.data.formats import read_dataset
+from defectkit.data.io import ImageReadError, load_sample
+from defectkit.data.sample import Problem, Sample
+from defectkit.evaluation.plots import (
+    SheetSection,
+    heat_tile,
+    pr_curve_png,
+    score_histogram_png,
+    sectioned_sheet,
+)
+from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
+
+__all__ = [
+    "SPLITS",
+    "EvaluationReport",
+    "ScoredSet",
+    "evaluate_model",
+    "evaluate_scores",
+    "json_ready",
+    "score_dataset",
+    "select_split",
+    "write_atomic",
+    "write_report",
+]
+
+SPLITS = ("test", "val", "train", "all")
+# Names datasets use for the validation split; ``--split val`` accepts any of them.
+_SPLIT_ALIASES = {"val": {"val", "valid", "validation"}}
+WORST_PER_KIND = 8
+
+Progress = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------------------------
+# small IO helpers (shared with defectkit.bench.results)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to a temporary name beside ``path`` and rename it over ``path``.
+
+    An interrupted run leaves either the old file or the new one, never half of one
+    (DESIGN.md, "Errors and bad input"). Text is written as UTF-8 with ``\\n`` line ends.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with numpy scalars made plain and NaN / inf made ``None``.
+
+    ``json.dumps`` would write ``NaN``, which is not JSON: other tools (and browsers) reject it.
+    An undefined metric (AUROC of a one-class split) is therefore ``null`` on disk.
+    """
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _dump_json(value: Any) -> str:
+    return json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# scoring
+
+
+@dataclass
+class ScoredSet:
+    """What :func:`score_dataset` keeps per image: enough for every metric, no pixels.
+
+    ``labels`` are -1 where the image label is unknown; ``dice`` is NaN where no ground-truth mask
+    or no heat map exists. ``segmentation`` holds the accumulated Dice / IoU / pixel-AUROC state
+    (``None`` when no image had both a mask and a heat map). ``samples`` are the index samples
+    (paths and label references, no pixels) so worst cases can be re-loaded for pictures.
+    """
+
+    paths: list[str]
+    labels: np.ndarray
+    scores: np.ndarray
+    dice: np.ndarray
+    pixel_threshold: float
+    segmentation: SegmentationMeter | None = None
+    samples: list[Sample] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+    infer_ms: list[float] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def infer_ms_per_image(self) -> float:
+        """Mean ``Inspector.score`` time per image after one warm-up call (model load excluded)."""
+        return float(np.mean(self.infer_ms)) if self.infer_ms else float("nan")
+
+
+def _binary_truth(mask: np.ndarray | None) -> np.ndarray | None:
+    """Any defect class -> True: the inspector's heat map is one "defect anywhere" channel."""
+    if mask is None:
+        return None
+    array = np.asarray(mask)
+    return np.asarray(array.any(axis=0) if array.ndim == 3 else array > 0)
+
+
+def _reason(error: Exception, path: str) -> str:
+    message = str(error)
+    return message.removeprefix(f"{path}: ")
+
+
+def score_dataset(
+    inspector: Inspector, samples: Sequence[Sample], progress: Progress | None = None
+) -> ScoredSet:
+    """Score every sample with ``inspector``; bad images are recorded in ``skipped``, never raised.
+
+    The predicted mask of an image is its full-size heat map ``>= card.thresholds.pixel`` (the
+    stored pixel threshold), compared with the sample's ground-truth mask where one is known.
+    ``progress(done, total)`` is called after each image.
+    """
+    pixel = float(inspector.card.thresholds.pixel)
+    meter = SegmentationMeter(pixel_threshold=pixel)
+    paths: list[str] = []
+    labels: list[int] = []
+    scores: list[float] = []
+    dice: list[float] = []
+    kept: list[Sample] = []
+    skipped: list[Problem] = []
+    timings: list[float] = []
+    segmented = 0
+    warmed_up = False
+    total = len(samples)
+    for index, sample in enumerate(samples):
+        try:
+            loaded = load_sample(sample)
+            image = np.asarray(loaded.image)
+            if not warmed_up:
+                inspector.score(image)  # first call pays for allocations / lazy init; not timed
+                warmed_up = True
+            started = time.perf_counter()
+            scored = inspector.score(image)
+            timings.append((time.perf_counter() - started) * 1000.0)
+            heatmap = inspector.full_size_heatmap(scored)
+        except (ImageReadError, ValueError, OSError) as error:
+            skipped.append(Problem(sample.path, _reason(error, sample.path)))
+        else:
+            truth = _binary_truth(None if loaded.mask is None else np.asarray(loaded.mask))
+            value = float("nan")
+            if heatmap is not None and truth is not None:
+                meter.update([heatmap], [truth])
+                value = dice_score(heatmap >= pixel, truth)
+                segmented += 1
+            paths.append(sample.path)
+            labels.append(-1 if sample.label is None else int(sample.label))
+            scores.append(scored.score)
+            dice.append(value)
+            kept.append(sample)
+        if progress is not None:
+            progress(index + 1, total)
+    return ScoredSet(
+        paths=paths,
+        labels=np.asarray(labels, dtype=np.int64),
+        scores=np.asarray(scores, dtype=np.float64),
+        dice=np.asarray(dice, dtype=np.float64),
+        pixel_threshold=pixel,
+        segmentation=meter if segmented else None,
+        samples=kept,
+        skipped=skipped,
+        infer_ms=timings,
+    )
+
+
+def evaluate_scores(scored: ScoredSet, threshold: float) -> dict[str, Any]:
+    """DESIGN.md's metrics for ``scored`` with FP / FN counted at ``threshold``.
+
+    Pass the decision threshold stored in the model (``inspector.threshold``); this function never
+    chooses one. Image-level metrics use the images whose label is known. Keys: ``ap``, ``auroc``,
+    ``fp``, ``fn``, ``false_calls``, ``fp_at_full_recall``, ``threshold``, ``precision``,
+    ``recall``, ``f1``, ``n_images``, ``n_pos``, ``n_neg``; with masks also ``dice``, ``dice_pos``,
+    ``iou``, ``iou_pos``, ``pixel_auroc``, ``pixel_threshold``, ``n_masks``; then
+    ``n_unlabelled``, ``n_skipped`` and ``infer_ms_per_image``. Undefined values are NaN.
+    """
+    if not math.isfinite(threshold):
+        raise ValueError(f"decision threshold must be a finite number, got {threshold}")
+    known = scored.labels >= 0
+    image = image_metrics(scored.labels[known], scored.scores[known], threshold)
+    out: dict[str, Any] = {
+        key: image[key]
+        for key in (
+            "ap",
+            "auroc",
+            "fp",
+            "fn",
+            "false_calls",
+            "fp_at_full_recall",
+            "threshold",
+            "precision",
+            "recall",
+            "f1",
+            "n_images",
+            "n_pos",
+            "n_neg",
+        )
+    }
+    if scored.segmentation is not None:
+        seg = scored.segmentation.compute()
+        out.update(
+            {
+                "dice": seg["dice"],
+                "dice_pos": seg["dice_pos"],
+                "iou": seg["iou"],
+                "iou_pos": seg["iou_pos"],
+                "pixel_auroc": seg.get("pixel_auroc", float("nan")),
+                "pixel_threshold": scored.pixel_threshold,
+                "n_masks": seg["n_images"],
+            }
+        )
+    out["n_unlabelled"] = int((~known).sum())
+    out["n_skipped"] = len(scored.skipped)
+    out["infer_ms_per_image"] = scored.infer_ms_per_image
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# splits and reports
+
+
+def select_split(samples: Sequence[Sample], split: str) -> tuple[list[Sample], str]:
+    """The samples of ``split`` and a sentence saying how they were chosen.
+
+    Formats with a published train / test split (DAGM, MVTec, the synthetic generator) put it in
+    ``meta["split"]``; ``split`` picks those. A dataset without splits (KolektorSDD, NEU, a user's
+    folder) is evaluated whole: its benchmark protocols use cross-validation folds, which
+    :mod:`defectkit.bench` handles itself. ``"all"`` always takes every image.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    if split == "all":
+        return list(samples), f"all {len(samples)} images"
+    present = sorted({str(s.meta["split"]) for s in samples if "split" in s.meta})
+    if not present:
+        return list(samples), f"the dataset defines no splits: all {len(samples)} images evaluated"
+    names = _SPLIT_ALIASES.get(split, {split})
+    chosen = [s for s in samples if str(s.meta.get("split", "")).lower() in names]
+    if not chosen:
+        raise ValueError(f"no images in split {split!r}; the dataset's splits are: {', '.join(present)}")
+    return chosen, f"split {split!r}: {len(chosen)} of {len(samples)} images"
+
+
+def _worst_sections(scored: ScoredSet, inspector: Inspector, threshold: float) -> list[SheetSection]:
+    """Worst false positives (good, highest scores) and false negatives (defective, lowest)."""
+    good = np.flatnonzero(scored.labels == 0)
+    bad = np.flatnonzero(scored.labels == 1)
+    # Stable sorts on (score, path order): the same data always picks the same images.
+    worst_fp = good[np.argsort(-scored.scores[good], kind="stable")][:WORST_PER_KIND]
+    worst_fn = bad[np.argsort(scored.scores[bad], kind="stable")][:WORST_PER_KIND]
+    sections = []
+    for title, picks in (
+        (f"good images with the highest scores (false positive when >= {threshold:.3g})", worst_fp),
+        (f"defective images with the lowest scores (false negative when < {threshold:.3g})", worst_fn),
+    ):
+        tiles: list[Sample] = []
+        captions: list[str] = []
+        for index in picks:
+            try:
+                loaded = load_sample(scored.samples[int(index)])
+            except (ImageReadError, ValueError, OSError):
+                continue  # readable a moment ago; a file changing under us is not worth a crash
+            image = np.asarray(loaded.image)
+            # Only these few heat maps are recomputed; the scoring pass kept none.
+            heatmap = inspector.full_size_heatmap(inspector.score(image))
+            # Stems repeat across surfaces (DAGM's 0001.PNG in every class): name the surface too.
+            stem = Path(loaded.path).stem
+            name = f"{loaded.surface}/{stem}" if loaded.surface else stem
+            tiles.append(loaded)
+            captions.append(f"{scored.scores[index]:.3f} {name}")
+            if heatmap is not None:
+                tiles.append(Sample(path=loaded.path, image=heat_tile(image, heatmap)))
+                captions.append("heat map")
+        sections.append(SheetSection(title, tiles, captions))
+    return sections
+
+
+def _scores_csv(scored: ScoredSet, threshold: float) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "label", "score", "verdict", "dice"])
+    for path, label, score, dice in zip(scored.paths, scored.labels, scored.scores, scored.dice, strict=True):
+        writer.writerow(
+            [
+                path,
+                "" if label < 0 else int(label),
+                f"{score:.6f}",
+                "defect" if score >= threshold else "ok",
+                "" if math.isnan(dice) else f"{dice:.4f}",
+            ]
+        )
+    return buffer.getvalue()
+
+
+def write_report(
+    scored: ScoredSet,
+    metrics: dict[str, Any],
+    inspector: Inspector,
+    out: str | Path,
+    context: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write metrics.json, scores.csv, pr_curve.png, score_histogram.png and worst.png to ``out``.
+
+    ``context`` (model, data, split, ...) goes into metrics.json beside the metrics. Returns the
+    written files by name.
+    """
+    out = Path(out)
+    threshold = float(metrics["threshold"])
+    known = scored.labels >= 0
+    labels, scores = scored.labels[known], scored.scores[known]
+    title = inspector.name
+    files = {
+        "scores.csv": write_atomic(out / "scores.csv", _scores_csv(scored, threshold)),
+        "pr_curve.png": write_atomic(out / "pr_curve.png", pr_curve_png(labels, scores, threshold, title)),
+        "score_histogram.png": write_atomic(
+            out / "score_histogram.png", score_histogram_png(labels, scores, threshold, title)
+        ),
+    }
+    sheet = sectioned_sheet(_worst_sections(scored, inspector, threshold))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    files["worst.png"] = write_atomic(out / "worst.png", buffer.getvalue())
+    card = inspector.card
+    payload = {
+        **(context or {}),
+        "model": (context or {}).get("model", inspector.name),
+        "thresholds": card.thresholds.model_dump(mode="json"),
+        "metrics": metrics,
+        "skipped": [{"path": p.path, "reason": p.reason} for p in scored.skipped],
+        "files": sorted([*files, "metrics.json"]),
+        "defectkit_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    files["metrics.json"] = write_atomic(out / "metrics.json", _dump_json(payload))
+    return files
+
+
+@dataclass
+class EvaluationReport:
+    """Result of :func:`evaluate_model`: the metrics, written files and every problem met."""
+
+    metrics: dict[str, Any]
+    files: dict[str, Path]
+    problems: list[Problem]
+    split_note: str
+    out: Path
+
+
+def evaluate_model(
+    model_dir: str | Path,
+    data: str | Path,
+    format: str | None = None,
+    split: str = "test",
+    out: str | Path | None = None,
+    device: str = "cpu",
+    progress: Progress | None = None,
+) -> EvaluationReport:
+    """``defectkit eval``: score the ``split`` of the dataset at ``data`` and write the report.
+
+    The model is loaded first so a wrong model path fails before the dataset is indexed. Reader
+    problems and unreadable images are returned in ``problems`` (and listed in metrics.json);
+    the run fails only when no image at all could be scored. ``out`` defaults to
+    ``MODEL_DIR/eval-<split>``.
+    """
+    model_dir = Path(model_dir)
+    inspector = load_inspector(model_dir, device=device)
+    dataset = read_dataset(data, format)
+    samples, note = select_split(dataset.samples, split)
+    if not samples:
+        raise ValueError(f"{data}: no images to evaluate")
+    scored = score_dataset(inspector, samples, progress)
+    problems = [*dataset.problems, *scored.skipped]
+    if not len(scored):
+        raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {problems[0]})")
+    metrics = evaluate_scores(scored, inspector.threshold)
+    target = Path(out) if out is not None else model_dir / f"eval-{split}"
+    context = {
+        "model": str(model_dir),
+        "data": str(data),
+        "dataset": dataset.info.name,
+        "format": dataset.info.format,
+        "split": split,
+        "split_note": note,
+        "reader_problems": [str(p) for p in dataset.problems],
+    }
+    files = write_report(scored, metrics, inspector, target, context)
+    return EvaluationReport(metrics, files, problems, note, target)

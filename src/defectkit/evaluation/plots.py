@@ -1,0 +1,152 @@
+"""Pictures of an evaluation: precision-recall curve, score histogram, worst-case contact sheet.
+
+Every function here returns PNG bytes or a Pillow image and writes nothing: the caller
+(:mod:`defectkit.evaluation.evaluate`) writes them atomically. Figures use matplotlib's
+object-oriented API on the Agg canvas, never ``pyplot``: no global figure state, no display
+needed, and safe to call from a server or a worker thread. PNGs carry no "Software" metadata so
+the same data gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from sklearn.metrics import precision_recall_curve
+
+from defectkit.data.io import convert_channels
+from defectkit.data.sample import Sample
+from defectkit.evaluation.contact_sheet import contact_sheet
+from defectkit.metrics import average_precision, image_metrics
+
+__all__ = ["SheetSection", "heat_tile", "pr_curve_png", "score_histogram_png", "sectioned_sheet"]
+
+HEADER_PX = 18
+# A histogram switches to a log y axis when its tallest bin holds at least LOG_Y_MIN images and
+# LOG_Y_RATIO times its lowest non-empty one: with a confident model most good images pile into
+# the first bin and would flatten every other bar (the interesting ones) on a linear axis.
+LOG_Y_RATIO = 20
+LOG_Y_MIN = 50
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def pr_curve_png(labels: np.ndarray, scores: np.ndarray, threshold: float, title: str = "") -> bytes:
+    """Precision-recall curve (AP in the title) with the operating point at ``threshold`` marked.
+
+    ``threshold`` is the one stored in the model: the marker shows where the deployed model
+    actually works on this data, which a curve alone hides.
+    """
+    figure = Figure(figsize=(5.0, 4.2), dpi=100)
+    axes = figure.add_subplot()
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    ap = average_precision(y, s)
+    if 0 < int(y.sum()) < y.size:
+        precision, recall, _ = precision_recall_curve(y, s)
+        # Step-wise, as scikit-learn's AP integrates it (no interpolation).
+        axes.plot(recall, precision, drawstyle="steps-post", color="tab:blue", label="precision-recall")
+        point = image_metrics(y, s, threshold)
+        axes.plot(
+            [point["recall"]],
+            [point["precision"]],
+            "o",
+            color="tab:red",
+            label=f"stored threshold {threshold:.3g} (FP {point['fp']}, FN {point['fn']})",
+        )
+        axes.legend(loc="lower left", fontsize=8)
+        heading = f"AP = {ap:.4f}"
+    else:
+        axes.text(0.5, 0.5, "needs good and defective images", ha="center", va="center")
+        heading = "AP undefined (one class)"
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.grid(alpha=0.3)
+    axes.set_title(f"{title}: {heading}" if title else heading, fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def score_histogram_png(labels: np.ndarray, scores: np.ndarray, threshold: float, title: str = "") -> bytes:
+    """Scores of good vs defective images with the stored threshold as a vertical line."""
+    figure = Figure(figsize=(5.5, 3.8), dpi=100)
+    axes = figure.add_subplot()
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    low = min(0.0, float(s.min())) if s.size else 0.0
+    high = max(1.0, float(s.max())) if s.size else 1.0
+    bins = np.linspace(low, high, 41)
+    counts: list[np.ndarray] = []
+    for value, name, colour in ((0, "good", "tab:green"), (1, "defective", "tab:red")):
+        group = s[y == value]
+        if group.size:
+            counts.append(np.histogram(group, bins)[0])
+            axes.hist(group, bins=bins.tolist(), alpha=0.55, color=colour, label=f"{name} ({group.size})")
+    axes.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3g}")
+    nonzero = np.concatenate(counts)[np.concatenate(counts) > 0] if counts else np.zeros(0)
+    if nonzero.size and nonzero.max() >= max(LOG_Y_MIN, LOG_Y_RATIO * nonzero.min()):
+        axes.set_yscale("log")
+    axes.set_xlabel("defect score")
+    axes.set_ylabel("images")
+    axes.legend(fontsize=8)
+    axes.set_title(f"{title}: image scores" if title else "image scores", fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def heat_tile(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The image (grey) under the heat map in the ``inferno`` colour map, uint8 HxWx3.
+
+    Blended rather than shown alone so a reviewer sees *where* on the part the model looked.
+    """
+    grey = convert_channels(np.asarray(image), 3).astype(np.float32)
+    colours = colormaps["inferno"](np.clip(heatmap, 0.0, 1.0))[..., :3].astype(np.float32) * 255.0
+    return ((1.0 - alpha) * grey + alpha * colours).clip(0, 255).astype(np.uint8)
+
+
+@dataclass
+class SheetSection:
+    """One titled block of a :func:`sectioned_sheet`: loaded samples and a caption for each."""
+
+    title: str
+    samples: Sequence[Sample]
+    captions: Sequence[str]
+
+
+def sectioned_sheet(sections: Sequence[SheetSection], columns: int = 8, tile: int = 160) -> Image.Image:
+    """Contact sheets (:func:`~defectkit.evaluation.contact_sheet.contact_sheet`) stacked under headers.
+
+    An empty section still gets its header and a "(none)" line, so "no false negatives" is
+    visible rather than a silently missing block.
+    """
+    blocks: list[Image.Image] = []
+    width = columns * tile
+    for section in sections:
+        header = Image.new("RGB", (width, HEADER_PX), (16, 16, 16))
+        ImageDraw.Draw(header).text((4, 3), section.title, fill=(255, 255, 255))
+        blocks.append(header)
+        if section.samples:
+            blocks.append(contact_sheet(section.samples, section.captions, columns=columns, tile=tile))
+        else:
+            empty = Image.new("RGB", (width, HEADER_PX), (32, 32, 32))
+            ImageDraw.Draw(empty).text((4, 3), "(none)", fill=(200, 200, 200))
+            blocks.append(empty)
+    sheet = Image.new("RGB", (width, sum(b.height for b in blocks)), (32, 32, 32))
+    y = 0
+    for block in blocks:
+        sheet.paste(block, (0, y))
+        y += block.height
+    return sheet

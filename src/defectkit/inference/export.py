@@ -1,0 +1,117 @@
+"""Export a saved model to ONNX: ``export_onnx(model_dir) -> model_dir / "model.onnx"``.
+
+What is exported is :class:`~defectkit.inference.inspector.InspectionGraph`, i.e. the shared
+:class:`~defectkit.inference.preprocess.Preprocess` *and* the model. The graph therefore takes the
+raw uint8 image (1 x C x H x W, any H and W) and resizes and normalises it itself, so a station
+that runs only onnxruntime cannot feed the network differently from the PyTorch path.
+
+Every export is checked before it is kept: the new graph runs under onnxruntime on two images
+(one at the model's input size, one of an odd size that exercises the in-graph resize) and must
+agree with PyTorch within :data:`PARITY_TOLERANCE`; otherwise nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from defectkit.inference.inspector import InspectionGraph
+from defectkit.inference.saved_model import ONNX_NAME, SavedModelError, load_model
+
+FORMATS = ("onnx",)
+OPSET = 18
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("scores", "heatmaps")
+# Scores are probabilities; 1e-3 is far below any decision margin, far above float32 noise.
+PARITY_TOLERANCE = 1e-3
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported (or whose export does not match PyTorch); one line."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    max_score_diff: float
+    max_heatmap_diff: float
+
+
+def _check_directory(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        raise SavedModelError(f"{model_dir}: no such model directory")
+
+
+def export_onnx(model_dir: str | Path) -> Path:
+    """Write ``model_dir/model.onnx`` (replacing any older one atomically); returns its path."""
+    return export_onnx_checked(model_dir).path
+
+
+def export_onnx_checked(model_dir: str | Path) -> ExportResult:
+    """:func:`export_onnx`, also returning the measured torch/onnxruntime differences."""
+    model_dir = Path(model_dir)
+    _check_directory(model_dir)
+    model, card = load_model(model_dir)
+    graph = InspectionGraph(model, card).eval()
+    height, width = card.input.size
+    channels = card.input.channels
+    # The example must not have a side of 1 (torch.export would specialise it) and should differ
+    # from the model's size, so that the traced resize is the general one.
+    example = torch.randint(0, 256, (1, channels, height + 3, width + 5), dtype=torch.uint8)
+    target = model_dir / ONNX_NAME
+    staging = model_dir / f".{ONNX_NAME}.tmp"
+    dynamic = {"raw": {2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)}}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for users
+            torch.onnx.export(
+                graph,
+                (example,),
+                str(staging),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=OPSET,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                external_data=False,  # one file, so the rename below is the whole write
+                verbose=False,
+            )
+        score_diff, heatmap_diff = _parity(graph, staging, channels, (height, width))
+    except Exception as error:
+        staging.unlink(missing_ok=True)
+        if isinstance(error, ExportError):
+            raise
+        summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ExportError(f"{model_dir}: ONNX export of model {card.model!r} failed ({summary})") from error
+    if score_diff > PARITY_TOLERANCE or heatmap_diff > PARITY_TOLERANCE:
+        staging.unlink(missing_ok=True)
+        raise ExportError(
+            f"{model_dir}: exported graph disagrees with PyTorch (max score diff {score_diff:.2e}, "
+            f"heat map {heatmap_diff:.2e} > {PARITY_TOLERANCE:g}); nothing written"
+        )
+    os.replace(staging, target)
+    return ExportResult(target, score_diff, heatmap_diff)
+
+
+def _parity(
+    graph: InspectionGraph, onnx_path: Path, channels: int, size: tuple[int, int]
+) -> tuple[float, float]:
+    """Largest |torch - onnxruntime| of scores and heat maps on two deterministic images."""
+    from defectkit.inference.onnx_backend import create_session
+
+    session = create_session(onnx_path)
+    rng = np.random.default_rng(0)
+    score_diff = heatmap_diff = 0.0
+    for height, width in (size, (size[0] * 2 + 7, size[1] + 13)):
+        raw = rng.integers(0, 256, (1, channels, height, width), dtype=np.uint8)
+        with torch.no_grad():
+            scores, heatmaps = graph(torch.from_numpy(raw))
+        onnx_scores, onnx_heatmaps = session.run(list(OUTPUT_NAMES), {INPUT_NAME: raw})
+        score_diff = max(score_diff, float(np.abs(scores.numpy() - onnx_scores).max()))
+        heatmap_diff = max(heatmap_diff, float(np.abs(heatmaps.numpy() - onnx_heatmaps).max()))
+    return score_diff, heatmap_diff

@@ -1,0 +1,50 @@
+"""The onnxruntime back-end: runs ``model.onnx`` written by ``defectkit export``.
+
+The exported graph contains the shared pre-processing, so this back-end takes exactly what
+:class:`~defectkit.inference.inspector.TorchBackend` takes (raw uint8 1 x C x H x W) and needs
+neither torch nor the model code at run time: only onnxruntime and numpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectkit.inference.saved_model import ONNX_NAME, SavedModelError
+
+
+def create_session(path: str | Path) -> Any:
+    """An onnxruntime CPU session for ``path`` (a clear error when onnxruntime is missing)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SavedModelError(
+            "onnxruntime is not installed; install defectkit[export] to use the onnx back-end"
+        ) from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers are noise for users
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types for bad files
+        raise SavedModelError(f"{path}: cannot load ONNX graph ({str(error).strip()[:200]})") from None
+
+
+class OnnxBackend:
+    """``run(raw uint8 1xCxHxW) -> (scores B, heat maps Bx1xhxw)`` with onnxruntime on the CPU."""
+
+    name = "onnx"
+
+    def __init__(self, model_dir: str | Path) -> None:
+        path = Path(model_dir) / ONNX_NAME
+        if not path.is_file():
+            raise SavedModelError(f"{path}: not found; run `defectkit export {model_dir}` first")
+        self.path = path
+        self.session = create_session(path)
+        self.input_name: str = self.session.get_inputs()[0].name
+        self.output_names: list[str] = [output.name for output in self.session.get_outputs()]
+
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        scores, heatmaps = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(raw)})
+        return np.asarray(scores, dtype=np.float32), np.asarray(heatmaps, dtype=np.float32)

@@ -1,0 +1,115 @@
+"""Overlay pictures of one inspection, for the person who checks the machine's call.
+
+The image is shown in grey so that the colours all mean something: the heat map as a translucent
+colour map (opacity grows with the defect probability, so clean areas stay readable), the outline
+of the pixels at or above the model's pixel threshold, the boxes of the reported regions, and a
+banner with the verdict, the score and the threshold it was judged by (green OK, red DEFECT,
+amber UNKNOWN). Pillow and numpy only, plus a matplotlib colour map (no pyplot): this runs once
+per image in ``defectkit predict`` and must stay cheap.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from defectkit.data.io import convert_channels
+from defectkit.inference.inspection import Inspection
+
+VERDICT_COLOURS: dict[str, tuple[int, int, int]] = {
+    "ok": (0, 150, 60),
+    "defect": (200, 30, 30),
+    "unknown": (230, 150, 0),
+}
+CONTOUR_COLOUR = (0, 230, 255)
+BOX_COLOUR = (255, 40, 40)
+MIN_WIDTH = 320  # narrower images are enlarged (nearest neighbour) so the banner text fits
+MAX_SIDE = 2048  # ... but never beyond this
+COLOURMAP = "inferno"
+
+
+@lru_cache(maxsize=4)
+def _colour_table(name: str) -> np.ndarray:
+    """256x3 float lookup table of a matplotlib colour map (indexing beats calling it per pixel)."""
+    import matplotlib
+
+    return np.asarray(matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255.0, np.float32)
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, ImportError):  # Pillow built without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def heatmap_image(heatmap: np.ndarray) -> Image.Image:
+    """The heat map in [0, 1] as an 8-bit grey PNG-ready image (255 = certainly defective)."""
+    return Image.fromarray((np.clip(heatmap, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
+
+
+def _display_scale(height: int, width: int) -> int:
+    """Integer enlargement for small images (banner legible), never past :data:`MAX_SIDE`."""
+    wanted = -(-MIN_WIDTH // width)
+    return max(1, min(wanted, MAX_SIDE // max(height, width)))
+
+
+def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
+    return array if scale == 1 else np.repeat(np.repeat(array, scale, axis=0), scale, axis=1)
+
+
+def render_overlay(
+    image: np.ndarray,
+    inspection: Inspection,
+    heatmap: np.ndarray | None,
+    pixel_threshold: float,
+    alpha: float = 0.6,
+    colourmap: str = COLOURMAP,
+) -> Image.Image:
+    """RGB picture of ``image`` (uint8 HxW or HxWxC) with ``heatmap`` (HxW in [0, 1]) and verdict.
+
+    Small images are enlarged by an integer factor (nearest neighbour, so pixels stay pixels)
+    before drawing, so that contours are one display pixel wide and the banner text fits.
+    """
+    grey = convert_channels(np.asarray(image), 1)
+    height, width = grey.shape
+    scale = _display_scale(height, width)
+    shown = _enlarge(grey, scale).astype(np.float32)
+    rgb = np.repeat(shown[..., None], 3, axis=2)
+    if heatmap is not None:
+        if heatmap.shape != (height, width):
+            raise ValueError(f"heat map is {heatmap.shape} but the image is {(height, width)}")
+        heat = _enlarge(np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0), scale)
+        colours = _colour_table(colourmap)[(heat * 255.0 + 0.5).astype(np.uint8)]
+        opacity = (alpha * heat)[..., None]
+        rgb = (1.0 - opacity) * rgb + opacity * colours
+        mask = heat >= pixel_threshold
+        edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+        rgb[edge] = CONTOUR_COLOUR
+    picture = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    line = max(1, picture.width // 300)
+    for region in inspection.regions:
+        x0, y0, x1, y1 = (v * scale for v in region.box)
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_COLOUR, width=line)
+
+    relation = ">=" if inspection.score >= inspection.threshold else "<"
+    text = f"{inspection.verdict.upper()}  score {inspection.score:.3f} {relation} {inspection.threshold:.3f}"
+    if inspection.regions:
+        text += f"  ({len(inspection.regions)} region{'s' if len(inspection.regions) != 1 else ''})"
+    font_size = max(10, min(48, picture.width // 22))
+    font = _font(font_size)
+    while font_size > 10 and font.getlength(text) > picture.width - font_size:
+        font_size -= 1  # shrink to fit a narrow image rather than cut the threshold off
+        font = _font(font_size)
+    banner_height = int(font_size * 1.6)
+    canvas = Image.new("RGB", (picture.width, picture.height + banner_height), (20, 20, 20))
+    canvas.paste(picture, (0, banner_height))
+    banner = ImageDraw.Draw(canvas)
+    colour = VERDICT_COLOURS.get(inspection.verdict, VERDICT_COLOURS["unknown"])
+    banner.rectangle([0, 0, canvas.width - 1, banner_height - 1], fill=colour)
+    banner.text((font_size // 3, (banner_height - font_size) // 2), text, fill=(255, 255, 255), font=font)
+    return canvas

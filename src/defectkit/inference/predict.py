@@ -1,0 +1,214 @@
+"""Batch prediction: inspect every image under some paths and write one result per image.
+
+``predict_paths(inspector, paths, out)`` writes, for each image, ``<name>.json`` (the
+:class:`~defectkit.inference.inspection.Inspection`), ``<name>.png`` (an overlay for a person to
+look at) and optionally ``<name>.heatmap.png``, then ``summary.csv`` with one row per input file.
+A file that cannot be decoded is recorded as a failure and skipped; the others still get their
+results (DESIGN.md, "Errors and bad input"). Every file is written under a temporary name and
+renamed, so an interrupted run never leaves half a file.
+
+The CLI (``defectkit predict``) and the service call this; it holds the logic, they hold the words.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from defectkit.data.io import ImageReadError, is_image_file, read_image
+from defectkit.inference.inspection import Inspection
+from defectkit.inference.inspector import Inspector, Scored
+from defectkit.inference.overlay import heatmap_image, render_overlay
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ("image", "verdict", "score", "threshold", "n_regions", "latency_ms", "output", "error")
+GLOB_CHARACTERS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that produced no result: the file (or pattern) and why, for a one-line report."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class PredictReport:
+    out: Path
+    results: list[tuple[Path, Inspection]] = field(default_factory=list)  # (JSON written, result)
+    failures: list[Failure] = field(default_factory=list)
+    summary: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Failure]]:
+    """Image files named by ``paths``: files, folders (searched recursively) and glob patterns.
+
+    Patterns are expanded here because a shell passes them through unchanged when they are quoted
+    or match nothing. Inside folders and patterns only image suffixes are taken (a README beside
+    the images is not an error); a file named explicitly is always tried, so a mistake surfaces.
+    Duplicates (the same file reached twice) are inspected once; order is kept.
+    """
+    found: list[Path] = []
+    failures: list[Failure] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+        elif path.is_file():
+            found.append(path)
+        elif GLOB_CHARACTERS & set(str(entry)):
+            matches = sorted(Path(m) for m in glob.glob(str(entry), recursive=True))
+            images = [m for m in matches if m.is_file() and is_image_file(m)]
+            for folder in (m for m in matches if m.is_dir()):
+                images.extend(sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)))
+            if not images:
+                failures.append(Failure(str(entry), "no image files match this pattern"))
+            found.extend(images)
+        else:
+            failures.append(Failure(str(entry), "no such file or folder"))
+    seen: set[Path] = set()
+    unique: list[Path] = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique, failures
+
+
+def output_names(images: Sequence[Path]) -> list[str]:
+    """One file-name stem per image: the image's stem, plus a short path hash where stems repeat.
+
+    Stems are compared case-insensitively (two names that differ only in case are one file on
+    some file systems). The hash is of the resolved path, so a rerun gives the same names.
+    """
+    groups: dict[str, int] = defaultdict(int)
+    for image in images:
+        groups[image.stem.lower()] += 1
+    names = []
+    for image in images:
+        if groups[image.stem.lower()] > 1 or image.stem.lower() == Path(SUMMARY_NAME).stem:
+            digest = hashlib.sha1(str(image.resolve()).encode("utf-8")).hexdigest()[:8]
+            names.append(f"{image.stem}-{digest}")
+        else:
+            names.append(image.stem)
+    return names
+
+
+class _KeepScores(Inspector):
+    """The caller's inspector, remembering the last raw scores so the heat map is not recomputed."""
+
+    last: Scored | None = None
+
+    def score(self, image: np.ndarray) -> Scored:
+        self.last = super().score(image)
+        return self.last
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        staging.write_bytes(payload)
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def _png_bytes(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)  # speed over size: one per image
+    return buffer.getvalue()
+
+
+def _reason(error: Exception, path: Path) -> str:
+    """The error message without a leading ``<path>: `` (the report names the file itself)."""
+    message = str(error)
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def predict_paths(
+    inspector: Inspector,
+    paths: Iterable[str | Path],
+    out: str | Path,
+    *,
+    save_heatmaps: bool = False,
+    overlays: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    on_failure: Callable[[Failure], None] | None = None,
+) -> PredictReport:
+    """Inspect every image under ``paths`` and write results to ``out`` (see the module doc)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images, failures = collect_images(paths)
+    report = PredictReport(out=out)
+    rows: list[dict[str, object]] = []
+
+    def failed(failure: Failure) -> None:
+        report.failures.append(failure)
+        rows.append({"image": failure.path, "error": failure.reason})
+        if on_failure is not None:
+            on_failure(failure)
+
+    for failure in failures:
+        failed(failure)
+    keeper = _KeepScores(inspector.card, inspector.backend, inspector.name)
+    pixel_threshold = inspector.card.thresholds.pixel
+    total = len(images)
+    if progress is not None:
+        progress(0, total)
+    for done, (image_path, name) in enumerate(zip(images, output_names(images), strict=True), start=1):
+        try:
+            pixels = read_image(image_path)
+            keeper.last = None
+            inspection = keeper.inspect(pixels, name=str(image_path))
+        except (ImageReadError, ValueError) as error:
+            failed(Failure(str(image_path), _reason(error, image_path)))
+        else:
+            heatmap = keeper.full_size_heatmap(keeper.last) if keeper.last is not None else None
+            if save_heatmaps and heatmap is not None:
+                heatmap_path = out / f"{name}.heatmap.png"
+                _write_atomic(heatmap_path, _png_bytes(heatmap_image(heatmap)))
+                inspection.heatmap = str(heatmap_path)
+            if overlays:
+                overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
+                _write_atomic(out / f"{name}.png", _png_bytes(overlay))
+            json_path = out / f"{name}.json"
+            _write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
+            report.results.append((json_path, inspection))
+            rows.append(
+                {
+                    "image": str(image_path),
+                    "verdict": inspection.verdict,
+                    "score": f"{inspection.score:.6f}",
+                    "threshold": f"{inspection.threshold:.6f}",
+                    "n_regions": len(inspection.regions),
+                    "latency_ms": f"{inspection.latency_ms:.2f}",
+                    "output": json_path.name,
+                }
+            )
+        if progress is not None:
+            progress(done, total)
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    report.summary = out / SUMMARY_NAME
+    _write_atomic(report.summary, buffer.getvalue().encode("utf-8"))
+    return report

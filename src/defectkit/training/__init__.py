@@ -1,0 +1,1 @@
+"""Training: LightningModules ("recipes") per method, the shared DataModule and the train engine."""

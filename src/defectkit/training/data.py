@@ -1,0 +1,163 @@
+"""From a run config to training and validation samples, datasets and loaders.
+
+Supervision levels are applied here, once, by removing what the model may not see: ``weak``
+drops the masks of defective images (good images keep their known-empty masks), ``mixed`` keeps
+masks for ``num_segmented`` defective images drawn with the split seed, ``full`` keeps them all.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from defectkit.config import RunConfig
+from defectkit.data.formats import read_dataset
+from defectkit.data.io import load_sample
+from defectkit.data.sample import Batch, DatasetInfo, Sample, collate
+from defectkit.data.samplers import FrequencyNegativeSampler
+from defectkit.data.splits import split_fractions
+from defectkit.data.synthetic import SynthConfig, synthetic_dataset
+from defectkit.data.transforms import AugmentConfig, SampleTransform, build_transform
+
+_MASK_KEYS = ("mask_path", "mask_rle", "mask_depth", "mask_class", "mask_binary")
+
+
+def without_mask(sample: Sample) -> Sample:
+    meta = {k: v for k, v in sample.meta.items() if k not in _MASK_KEYS}
+    return sample.replace(mask=None, meta=meta)
+
+
+def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
+    """Hide the masks the chosen supervision level does not allow (positives only)."""
+    level = config.data.supervision
+    if level == "full":
+        return list(samples)
+    positives = [i for i, s in enumerate(samples) if s.label == 1]
+    keep: set[int] = set()
+    if level == "mixed":
+        count = min(int(config.data.num_segmented or 0), len(positives))
+        rng = np.random.default_rng(config.data.split_seed)
+        keep = {positives[i] for i in rng.choice(len(positives), size=count, replace=False)}
+    return [without_mask(s) if s.label == 1 and i not in keep else s for i, s in enumerate(samples)]
+
+
+@dataclass
+class PreparedData:
+    info: DatasetInfo
+    train: list[Sample]
+    val: list[Sample]
+
+
+def load_samples(config: RunConfig) -> tuple[list[Sample], DatasetInfo]:
+    """All samples of the configured dataset (read, or generated in memory)."""
+    if config.data.synthetic is not None:
+        dataset = synthetic_dataset(SynthConfig(**config.data.synthetic))
+    else:
+        root = config.data.resolved_root()
+        assert root is not None
+        dataset = read_dataset(root, config.data.format)
+    usable = [s for s in dataset.samples if s.label is not None]
+    return usable, dataset.info
+
+
+def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> PreparedData:
+    """Training and validation samples: the train split (if the data has one), then a grouped,
+    stratified hold-out of ``val_fraction`` for validation and threshold choice."""
+    if samples is None:
+        samples, info = load_samples(config)
+    else:
+        info = DatasetInfo(name="samples", format="memory", root="")
+    wanted = config.data.train_split
+    if wanted is not None and any("split" in s.meta for s in samples):
+        samples = [s for s in samples if s.meta.get("split") == wanted]
+    train_idx, val_idx = split_fractions(
+        samples, (1.0 - config.data.val_fraction, config.data.val_fraction), seed=config.data.split_seed
+    )
+    train = apply_supervision([samples[i] for i in train_idx], config)
+    return PreparedData(info, train, [samples[i] for i in val_idx])
+
+
+class SampleDataset(Dataset[Sample]):
+    """Loads and transforms samples on access; images are read once and kept when ``cache``."""
+
+    def __init__(
+        self, samples: Sequence[Sample], transform: SampleTransform, channels: int, cache: bool
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.channels = channels
+        self.cache: dict[int, Sample] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        if self.cache is not None and index in self.cache:
+            loaded = self.cache[index]
+        else:
+            loaded = load_sample(self.samples[index], self.channels)
+            if self.cache is not None:
+                self.cache[index] = loaded
+        return self.transform(loaded)
+
+
+def augment_config(config: RunConfig, train: bool) -> AugmentConfig:
+    """The input geometry always comes from ``input``; random augmentation only for training."""
+    fields: dict[str, Any] = (
+        dict(config.augment) if train else {"antialias": config.augment.get("antialias", True)}
+    )
+    fields.update(
+        size=config.input.size, channels=config.input.channels, mean=config.input.mean, std=config.input.std
+    )
+    if len(config.input.mean) == 1 and config.input.channels > 1:
+        fields.update(
+            mean=config.input.mean * config.input.channels, std=config.input.std * config.input.channels
+        )
+    return AugmentConfig(**fields)
+
+
+class InspectionDataModule(L.LightningDataModule):
+    def __init__(self, config: RunConfig, data: PreparedData, cache: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.data = data
+        channels = config.input.channels
+        self.train_set = SampleDataset(
+            data.train, build_transform(augment_config(config, True), True), channels, cache
+        )
+        self.val_set = SampleDataset(
+            data.val, build_transform(augment_config(config, False), False), channels, cache
+        )
+        self.collate = functools.partial(collate, num_classes=len(data.info.class_names))
+
+    def train_dataloader(self) -> DataLoader[Batch]:
+        options = self.config.method_options
+        labels = [s.label for s in self.data.train]
+        sampler = (
+            FrequencyNegativeSampler(labels, seed=self.config.seed)
+            if options.get("frequency_sampling")
+            else None
+        )
+        return DataLoader(
+            self.train_set,  # type: ignore[arg-type]
+            batch_size=self.config.trainer.batch_size,
+            sampler=sampler,
+            shuffle=sampler is None,
+            collate_fn=self.collate,
+            num_workers=self.config.trainer.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader[Batch]:
+        return DataLoader(
+            self.val_set,  # type: ignore[arg-type]
+            batch_size=self.config.trainer.batch_size,
+            shuffle=False,
+            collate_fn=self.collate,
+            num_workers=self.config.trainer.num_workers,
+        )

@@ -1,0 +1,140 @@
+"""``train``: one run from a resolved config to a saved-model directory.
+
+Lightning does the loop (device choice, DDP, checkpoints, early stopping, progress, CSV logs).
+After fitting, the decision threshold is chosen on the validation split with the named rule
+(best F1, ties -> higher) by scoring it through the same path deployment uses (Inspector), and
+stored in the model; a validation split without defective images is an error, never a silent 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from defectkit.config import RunConfig
+from defectkit.data.io import load_sample
+from defectkit.data.sample import Sample
+from defectkit.inference.inspector import Inspector, TorchBackend
+from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, git_commit, save_model
+from defectkit.metrics import best_f1_threshold, image_metrics
+from defectkit.registry import get_method
+from defectkit.training.data import InspectionDataModule, PreparedData, prepare_data
+
+MODEL_DIR = "model"
+
+
+class ThresholdError(ValueError):
+    """The validation data cannot support a threshold choice."""
+
+
+def data_fingerprint(samples: Sequence[Sample]) -> str:
+    """A short hash of which images (by name and label) a model was trained and validated on."""
+    digest = hashlib.sha1()
+    for sample in sorted(samples, key=lambda s: s.path):
+        digest.update(f"{Path(sample.path).name}\t{sample.label}\t{sample.has_mask}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def score_samples(inspector: Inspector, samples: Sequence[Sample], channels: int) -> list[float]:
+    return [inspector.score(load_sample(s, channels).image).score for s in samples]  # type: ignore[arg-type]
+
+
+def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
+    if not any(label == 1 for label in labels):
+        raise ThresholdError(
+            "the validation split has no defective images, so no decision threshold can be chosen; "
+            "raise data.val_fraction or add defective images"
+        )
+    return best_f1_threshold(labels, scores)
+
+
+def _trainer(config: RunConfig, out: Path, progress: bool, devices: Any, strategy: str | None) -> L.Trainer:
+    callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)]
+    if progress:
+        callbacks.append(RichProgressBar())
+    if config.trainer.early_stopping_patience is not None:
+        callbacks.append(
+            EarlyStopping(monitor="val/ap", mode="max", patience=config.trainer.early_stopping_patience)
+        )
+    return L.Trainer(
+        max_epochs=config.trainer.epochs,
+        max_steps=config.trainer.max_steps,
+        accelerator=config.trainer.accelerator,
+        devices=devices if devices is not None else config.trainer.devices,
+        strategy=strategy or config.trainer.strategy,
+        precision=config.trainer.precision,  # type: ignore[arg-type]
+        check_val_every_n_epoch=config.trainer.val_every,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(out, name="logs", version=""),
+        callbacks=callbacks,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        default_root_dir=out,
+    )
+
+
+def train(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    devices: Any = None,
+    strategy: str | None = None,
+    progress: bool = True,
+    data: PreparedData | None = None,
+) -> Path | None:
+    """Train ``config``; returns ``out/model`` (None on non-zero DDP ranks, which save nothing)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    spec = get_method(config.method)
+    resolved = config.model_dump(mode="json")
+    data = data or prepare_data(config)
+    model = spec.build_model(resolved)
+    recipe = spec.build_recipe(model, resolved)
+    trainer = _trainer(config, out, progress, devices, strategy)
+    with warnings.catch_warnings():
+        # Lightning's hints about worker counts and tiny logging intervals are noise on 2-core machines.
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+        trainer.fit(recipe, datamodule=InspectionDataModule(config, data))
+    if not trainer.is_global_zero:
+        return None
+
+    card = ModelCard(
+        method=config.method,
+        model=spec.model_name or spec.name,
+        model_options=spec.model_options(resolved),
+        config=resolved,
+        class_names=list(data.info.class_names),
+        surface_names=list(data.info.surface_names),
+        input=InputSpec(
+            size=config.input.size,
+            channels=config.input.channels,
+            mean=config.input.mean,
+            std=config.input.std,
+        ),
+        thresholds=Thresholds(decision=0.5),
+        init=config.weights or "random",
+    )
+    model = model.cpu().eval()
+    inspector = Inspector(card, TorchBackend(model, card), MODEL_DIR)
+    labels = [int(s.label or 0) for s in data.val]
+    scores = score_samples(inspector, data.val, config.input.channels)
+    threshold = choose_threshold(labels, scores)
+    card = card.model_copy(
+        update={
+            "thresholds": Thresholds(decision=threshold),
+            "validation_metrics": image_metrics(labels, scores, threshold),
+            "commit": git_commit(),
+            "data_fingerprint": data_fingerprint([*data.train, *data.val]),
+        }
+    )
+    return save_model(out / MODEL_DIR, model, card)

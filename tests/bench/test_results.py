@@ -1,0 +1,190 @@
+"""Results files, the per-cell cache and the BENCHMARKS.md renderer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from defectkit.bench.render import render_benchmarks, render_markdown
+from defectkit.bench.results import CellCache, machine_info, read_results, results_path, write_results
+
+KEYS = [
+    "schema",
+    "protocol",
+    "method",
+    "dataset",
+    "variant",
+    "profile",
+    "metrics",
+    "per_fold",
+    "n_images",
+    "paper",
+    "wall_time_s",
+    "infer_ms_per_image",
+    "commit",
+    "machine",
+    "command",
+    "created",
+]
+MACHINE = {"cpu": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "cores": 2, "gpu": None, "torch": "2.14.1"}
+
+
+def _write(root: Path, **changes: Any) -> Path:
+    fields: dict[str, Any] = {
+        "protocol": "ksdd/segdec",
+        "method": "segdec",
+        "dataset": "kolektorsdd",
+        "variant": {"supervision": "full"},
+        "profile": "cpu",
+        "metrics": {"ap": 0.9981, "auroc": 0.999, "fp": 0, "fn": 1, "dice_pos": float("nan")},
+        "per_fold": [{"fold": 0, "metrics": {"ap": 0.99}}],
+        "n_images": 399,
+        "paper": {"ap": 1.0, "fn": 0},
+        "wall_time_s": 1820.5,
+        "infer_ms_per_image": 12.3,
+        "commit": "abc1234",
+        "machine": MACHINE,
+        "command": "defectkit bench ksdd/segdec --profile cpu --supervision full",
+        "created": "2026-11-25T12:00:00Z",
+        "root": root,
+    }
+    fields.update(changes)
+    return write_results(**fields)
+
+
+def test_results_path_rules(tmp_path: Path) -> None:
+    assert results_path("ksdd/segdec", {"supervision": "full"}, "cpu").as_posix() == (
+        "benchmarks/results/ksdd-segdec-full-cpu.json"
+    )
+    assert results_path("ksdd/segdec", {"supervision": "mixed:5"}, "paper", tmp_path).name == (
+        "ksdd-segdec-mixed-5-paper.json"
+    )
+    # Keys are sorted, so the name does not depend on how the dict was built.
+    a = results_path("neu/x", {"shots": 5, "backbone": "r18"}, "cpu")
+    b = results_path("neu/x", {"backbone": "r18", "shots": 5}, "cpu")
+    assert a == b and a.name == "neu-x-r18-5-cpu.json"
+    assert results_path("p", {}, "cpu").name == "p-cpu.json"
+
+
+def test_write_results_schema_and_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _write(tmp_path, init="random")
+    assert path == tmp_path / "ksdd-segdec-full-cpu.json"
+    record = json.loads(path.read_text())  # strict JSON: NaN became null
+    assert list(record) == [*KEYS, "init"] and record["schema"] == 1
+    assert record["metrics"]["dice_pos"] is None and record["paper"] == {"ap": 1.0, "fn": 0}
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+    # An interrupted write leaves the previous file intact.
+    before = path.read_bytes()
+
+    def crash(src: object, dst: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path, n_images=1)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_defaults_and_read_results(tmp_path: Path) -> None:
+    path = write_results(
+        protocol="neu-cls/scl",
+        method="scl_arcface",
+        dataset="neu-cls",
+        variant={"shots": 10},
+        profile="cpu",
+        metrics={"accuracy": 0.9},
+        n_images=1800,
+        command="defectkit bench neu-cls/scl",
+        root=tmp_path,
+    )
+    record = json.loads(path.read_text())
+    assert "init" not in record and "notes" not in record
+    assert set(record["machine"]) >= {"cpu", "cores", "gpu", "torch", "python"}
+    assert record["created"].endswith("Z")
+    info = machine_info()
+    assert info["cores"] == os.cpu_count() and isinstance(info["torch"], str)
+    _write(tmp_path)
+    assert [r["_file"] for r in read_results(tmp_path)] == [
+        "ksdd-segdec-full-cpu.json",
+        "neu-cls-scl-10-cpu.json",
+    ]
+    assert read_results(tmp_path / "missing") == []
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match=r"broken\.json"):
+        read_results(tmp_path)
+
+
+def test_cell_cache_resumes(tmp_path: Path) -> None:
+    cache = CellCache(tmp_path / "cache")
+    computed: list[int] = []
+
+    def run_grid(stop_after: int | None = None) -> list[float]:
+        results = []
+        for fold in range(3):
+            key = f"fold={fold}"
+            cell = cache.get(key)
+            if cell is None:
+                if stop_after is not None and len(computed) >= stop_after:
+                    raise KeyboardInterrupt
+                computed.append(fold)
+                cell = {"ap": 0.5 + fold / 10, "dice": float("nan")}
+                cache.put(key, cell)
+            results.append(cell["ap"])
+        return results
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(stop_after=2)
+    assert computed == [0, 1] and cache.keys() == ["fold=0", "fold=1"]
+    assert run_grid() == [0.5, 0.6, 0.7] and computed == [0, 1, 2]  # only the missing cell ran
+    assert run_grid() == [0.5, 0.6, 0.7] and computed == [0, 1, 2]
+    assert cache.get("fold=0") == {"ap": 0.5, "dice": None} and "fold=2" in cache
+    assert cache.path("a/b") != cache.path("a-b")  # distinct keys never share a file
+    cache.path("fold=9").write_text("{truncated")
+    assert cache.get("fold=9") is None
+
+
+def test_render_is_deterministic_and_shows_ours_vs_paper(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _write(root)
+    _write(
+        root,
+        variant={"supervision": "weak"},
+        metrics={"ap": 0.93, "fn": 4},
+        paper={"ap": 0.96},
+        init="random",
+    )
+    _write(
+        root,
+        protocol="neu-cls/scl",
+        method="scl_arcface",
+        dataset="neu-cls",
+        variant={},
+        paper={},
+        metrics={"accuracy": 0.91, "macro_f1": 0.9},
+        notes="10 repeats",
+        machine={**MACHINE, "gpu": "NVIDIA H100 80GB HBM3"},
+    )
+    out = render_benchmarks(root, tmp_path / "BENCHMARKS.md")
+    text = out.read_text()
+    assert text.startswith("<!-- Generated by") and "Do not edit by hand" in text.splitlines()[0]
+    assert text.index("## ksdd/segdec") < text.index("## neu-cls/scl")
+    header = next(line for line in text.splitlines() if line.startswith("| variant") and "ap (ours)" in line)
+    assert "| ap (ours) | ap (paper) | fn (ours) | fn (paper) |" in header
+    full = next(line for line in text.splitlines() if line.startswith("| supervision=full"))
+    assert "| 0.998 | 1.000 | 1 | 0 |" in full and "30.3 min" in full and "12.3" in full
+    assert "Xeon Platinum 8375C ×2" in full and "abc1234" in full
+    assert "`defectkit bench ksdd/segdec --profile cpu --supervision full`" in full
+    weak = next(line for line in text.splitlines() if line.startswith("| supervision=weak"))
+    assert "(random init)" in weak and "| 0.930 | 0.960 | 4 | – |" in weak
+    assert "+ H100 80GB HBM3" in text and "10 repeats" in text and "accuracy" in text
+    # Same files, same bytes (and unchanged files are not rewritten).
+    mtime = out.stat().st_mtime_ns
+    assert render_benchmarks(root, out).read_bytes() == text.encode() and out.stat().st_mtime_ns == mtime
+    shuffled = list(reversed(read_results(root)))
+    assert render_markdown(shuffled) == text
+    assert "No results yet" in render_markdown([])

@@ -1,0 +1,168 @@
+"""defectkit eval: scoring, metrics at the STORED threshold, report files, bad images, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from defectkit.cli.main import app
+from defectkit.data.formats import read_dataset
+from defectkit.data.synthetic import SynthConfig, generate
+from defectkit.evaluation.evaluate import (
+    ScoredSet,
+    evaluate_model,
+    evaluate_scores,
+    score_dataset,
+    select_split,
+)
+from defectkit.inference.inspector import load_inspector
+from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, save_model
+from defectkit.models import create_model
+
+OPTIONS = {"volume_channels": 16, "widths": [8, 8, 8], "decision_widths": [4, 4, 4]}
+REPORT_FILES = {"metrics.json", "scores.csv", "pr_curve.png", "score_histogram.png", "worst.png"}
+runner = CliRunner()
+
+
+def _save(directory: Path, decision: float) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    model = create_model("segdec", **OPTIONS)
+    card = ModelCard(
+        method="segdec",
+        model="segdec",
+        model_options=OPTIONS,
+        input=InputSpec(size=(64, 64)),  # segdec needs sides >= 64 (8x stride, 3 pools)
+        thresholds=Thresholds(decision=decision),
+        class_names=["defect"],
+    )
+    return save_model(directory, model, card)
+
+
+def _set_threshold(model_dir: Path, decision: float) -> None:
+    card = yaml.safe_load((model_dir / "model.yaml").read_text())
+    card["thresholds"]["decision"] = decision
+    (model_dir / "model.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny convolutions run far slower with several threads fighting over 2 busy cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save(tmp_path_factory.mktemp("model") / "segdec", 0.5)
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "synth"
+    generate(root, SynthConfig(surfaces=1, per_surface=12, size=64, defect_fraction=0.5))
+    return root
+
+
+def test_select_split_uses_meta_or_everything(data_root: Path) -> None:
+    samples = read_dataset(data_root).samples
+    test, note = select_split(samples, "test")
+    assert 0 < len(test) < len(samples) and all(s.meta["split"] == "test" for s in test) and "test" in note
+    assert len(select_split(samples, "all")[0]) == len(samples)
+    unsplit = [s.replace(meta={}) for s in samples]
+    assert len(select_split(unsplit, "test")[0]) == len(samples)
+    with pytest.raises(ValueError, match="no images in split 'val'"):
+        select_split(samples, "val")
+
+
+def test_eval_writes_report_at_stored_threshold(
+    model_dir: Path, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def forbidden(*args: object, **kwargs: object) -> float:
+        raise AssertionError("evaluation must never choose a threshold on the evaluated data")
+
+    import defectkit.metrics
+    import defectkit.metrics.thresholds
+
+    monkeypatch.setattr(defectkit.metrics, "best_f1_threshold", forbidden)
+    monkeypatch.setattr(defectkit.metrics.thresholds, "best_f1_threshold", forbidden)
+
+    report = evaluate_model(model_dir, data_root, split="test", out=tmp_path / "eval")
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == REPORT_FILES
+    metrics = report.metrics
+    for key in ("ap", "auroc", "fp", "fn", "false_calls", "fp_at_full_recall", "dice", "dice_pos", "iou_pos"):
+        assert key in metrics
+    assert metrics["n_images"] == 6 and metrics["n_pos"] == 3 and metrics["threshold"] == 0.5
+    assert metrics["infer_ms_per_image"] > 0 and metrics["n_masks"] == 6
+
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["thresholds"]["decision"] == 0.5 and saved["split"] == "test"
+    rows = list(csv.DictReader((tmp_path / "eval" / "scores.csv").open()))
+    assert len(rows) == 6 and set(rows[0]) >= {"path", "label", "score", "verdict"}
+    scores = np.asarray([float(r["score"]) for r in rows])
+    labels = np.asarray([int(r["label"]) for r in rows])
+    assert all((r["verdict"] == "defect") == (float(r["score"]) >= 0.5) for r in rows)
+    assert metrics["fp"] == int(((scores >= 0.5) & (labels == 0)).sum())
+
+    # Changing only the stored threshold changes FP / FN: everything called defective, then nothing.
+    copy = tmp_path / "model-copy"
+    shutil.copytree(model_dir, copy)
+    _set_threshold(copy, float(scores.min()) - 1e-5)  # scores.csv rounds to 6 places
+    low = evaluate_model(copy, data_root, out=tmp_path / "low").metrics
+    _set_threshold(copy, float(scores.max()) + 1e-5)
+    high = evaluate_model(copy, data_root, out=tmp_path / "high").metrics
+    assert (low["fp"], low["fn"]) == (3, 0)
+    assert (high["fp"], high["fn"]) == (0, 3)
+    assert low["ap"] == high["ap"] == metrics["ap"]  # ranking metrics do not depend on it
+
+
+def test_corrupt_image_is_reported_and_skipped(model_dir: Path, data_root: Path, tmp_path: Path) -> None:
+    test_samples, _ = select_split(read_dataset(data_root).samples, "test")
+    broken = Path(test_samples[0].path)
+    broken.write_bytes(b"not an image at all")
+    report = evaluate_model(model_dir, data_root, out=tmp_path / "eval")
+    assert [p.path for p in report.problems] == [str(broken)]
+    assert "cannot decode" in report.problems[0].reason
+    assert report.metrics["n_skipped"] == 1 and report.metrics["n_images"] == 5
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["skipped"][0]["path"] == str(broken)
+
+
+def test_score_dataset_and_unlabelled_images(model_dir: Path, data_root: Path) -> None:
+    inspector = load_inspector(model_dir)
+    samples = read_dataset(data_root).samples[:4]
+    samples[0] = samples[0].replace(label=None)
+    calls: list[tuple[int, int]] = []
+    scored = score_dataset(inspector, samples, progress=lambda done, total: calls.append((done, total)))
+    assert isinstance(scored, ScoredSet) and len(scored) == 4 and calls[-1] == (4, 4)
+    assert scored.labels[0] == -1 and np.all((scored.scores >= 0) & (scored.scores <= 1))
+    metrics = evaluate_scores(scored, inspector.threshold)
+    assert metrics["n_images"] == 3 and metrics["n_unlabelled"] == 1
+    with pytest.raises(ValueError, match="finite"):
+        evaluate_scores(scored, float("nan"))
+
+
+def test_cli_eval(model_dir: Path, data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli-eval"
+    result = runner.invoke(app, ["eval", str(model_dir), "--data", str(data_root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "fp_at_full_recall" in result.output and {p.name for p in out.iterdir()} == REPORT_FILES
+
+    missing = runner.invoke(app, ["eval", str(tmp_path / "nope"), "--data", str(data_root)])
+    assert missing.exit_code == 1 and "not a saved defectkit model" in missing.output
+    assert "Traceback" not in missing.output
+    no_data = runner.invoke(app, ["eval", str(model_dir), "--data", str(tmp_path / "absent")])
+    assert no_data.exit_code == 1 and "no such file or directory" in no_data.output

@@ -1,0 +1,104 @@
+"""ONNX export: the exported graph (pre-processing included) matches PyTorch on any image size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import texture
+from defectkit.cli.main import app
+from defectkit.inference.inspector import load_inspector
+from defectkit.inference.saved_model import (
+    ONNX_NAME,
+    InputSpec,
+    ModelCard,
+    SavedModelError,
+    Thresholds,
+    save_model,
+)
+from defectkit.models import create_model
+
+runner = CliRunner()
+TINY = {"volume_channels": 16, "widths": (8, 8, 8), "decision_widths": (4, 4, 4)}
+# segdec needs input sides divisible by 64 (8 in the segmentation net, 8 more in the decision net).
+SIZE = (96, 64)
+# (height, width, channels of the image file): smaller and larger than the model, odd, both layouts.
+IMAGES = [
+    (100, 40, 1), (257, 131, 1), (64, 32, 1), (96, 64, 1), (31, 17, 1),
+    (513, 77, 1), (128, 128, 1), (9, 300, 1), (200, 97, 1), (96, 65, 1),
+    (100, 40, 3), (257, 131, 3), (64, 32, 3), (96, 64, 3), (31, 17, 3),
+    (513, 77, 3), (128, 128, 3), (9, 300, 3), (200, 97, 3), (2, 2, 3),
+]  # fmt: skip
+
+
+def tiny_model(directory: Path, channels: int = 1) -> Path:
+    """A random-weight segdec saved like a trained one (fast to build, export and run)."""
+    torch.manual_seed(channels)
+    options = {**TINY, "in_channels": channels}
+    model = create_model("segdec", **options)
+    spec = InputSpec(size=SIZE, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
+    card = ModelCard(
+        method="segdec",
+        model="segdec",
+        model_options=options,
+        input=spec,
+        thresholds=Thresholds(decision=0.5),
+        class_names=["defect"],
+    )
+    return save_model(directory, model, card)
+
+
+@pytest.fixture(scope="module", params=[1, 3], ids=["grey-model", "rgb-model"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tiny_model(tmp_path_factory.mktemp("models") / "tiny", request.param)
+    result = runner.invoke(app, ["export", str(directory), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    assert (directory / ONNX_NAME).is_file() and "wrote" in result.output
+    assert not list(directory.glob(".*tmp"))
+    return directory
+
+
+def test_onnx_matches_torch_on_any_size(exported: Path) -> None:
+    torch_inspector = load_inspector(exported)
+    onnx_inspector = load_inspector(exported, backend="onnx")
+    assert onnx_inspector.backend.name == "onnx"
+    # All 20 sizes through the grey model; a spread of them through the RGB one (its own export).
+    images = IMAGES if torch_inspector.card.input.channels == 1 else IMAGES[::3]
+    score_diff = heatmap_diff = 0.0
+    for seed, (height, width, channels) in enumerate(images):
+        image = texture(seed, height, width, channels)
+        expected, got = torch_inspector.score(image), onnx_inspector.score(image)
+        assert expected.heatmap is not None and got.heatmap is not None
+        assert got.heatmap.shape == expected.heatmap.shape == (SIZE[0] // 8, SIZE[1] // 8)
+        score_diff = max(score_diff, abs(expected.score - got.score))
+        heatmap_diff = max(heatmap_diff, float(np.abs(expected.heatmap - got.heatmap).max()))
+    assert score_diff < 1e-4, score_diff
+    assert heatmap_diff < 1e-4, heatmap_diff
+    image = texture(99, 140, 70)
+    a, b = torch_inspector.inspect(image), onnx_inspector.inspect(image)
+    assert (a.verdict, a.threshold) == (b.verdict, b.threshold) and abs(a.score - b.score) < 1e-4
+
+
+def test_onnx_backend_needs_export(tmp_path: Path) -> None:
+    directory = tiny_model(tmp_path / "plain")
+    with pytest.raises(SavedModelError, match="defectkit export"):
+        load_inspector(directory, backend="onnx")
+    result = runner.invoke(
+        app, ["predict", str(directory), str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "onnx"]
+    )
+    assert result.exit_code == 1 and "defectkit export" in result.output and "Traceback" not in result.output
+
+
+def test_export_errors_are_one_line(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["export", str(tmp_path / "nope")])
+    assert missing.exit_code == 1, missing.output
+    assert "nope" in missing.output and "Traceback" not in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    directory = tiny_model(tmp_path / "model")
+    unknown = runner.invoke(app, ["export", str(directory), "--format", "tflite"])
+    assert unknown.exit_code == 2 and "tflite" in unknown.output
+    assert not (directory / ONNX_NAME).exists()

@@ -1,0 +1,130 @@
+"""Batch prediction: results for the good files, one line for each bad one, documented exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_onnx import tiny_model  # the shared tiny segdec builder
+from typer.testing import CliRunner
+
+import defectkit
+from conftest import save, texture
+from defectkit.cli.main import app
+from defectkit.inference.inspection import Inspection, Region
+from defectkit.inference.overlay import VERDICT_COLOURS, render_overlay
+from defectkit.inference.predict import collect_images, output_names
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """Three good images (two share the stem 'part'), a truncated PNG and a text file."""
+    root = tmp_path / "images"
+    save(root / "part.png", texture(1, 100, 40))
+    save(root / "other.jpg", texture(2, 80, 120, channels=3))
+    save(root / "line2" / "part.png", texture(3, 257, 131))
+    good = save(root / "corrupt.png", texture(4, 64, 64)).read_bytes()
+    (root / "corrupt.png").write_bytes(good[: len(good) // 2])
+    (root / "notes.txt").write_text("not an image\n")
+    return root
+
+
+def _summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predict_folder_with_a_bad_file(model_dir: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["predict", str(model_dir), str(images), "--out", str(out), "--save-heatmaps"]
+    )
+    # Exit 1 because one file failed, but only after every other result was written.
+    assert result.exit_code == 1, result.output
+    assert "corrupt.png" in result.output and "Traceback" not in result.output
+    assert "notes.txt" not in result.output  # folder search takes image files only
+    written = sorted(p.name for p in out.glob("*.json"))
+    assert len(written) == 3 and "other.json" in written
+    assert sum(name.startswith("part-") for name in written) == 2  # repeated stem -> hashed names
+    for json_path in out.glob("*.json"):
+        inspection = Inspection.model_validate_json(json_path.read_text())
+        assert inspection.verdict in ("ok", "defect") and inspection.threshold == 0.5
+        assert inspection.heatmap is not None and Path(inspection.heatmap).is_file()
+        assert (out / f"{json_path.stem}.png").is_file()
+        assert json.loads(json_path.read_text())["image"].startswith(str(images))
+    rows = _summary(out)
+    assert len(rows) == 4
+    failed = [row for row in rows if row["error"]]
+    assert len(failed) == 1 and failed[0]["image"].endswith("corrupt.png") and not failed[0]["verdict"]
+    good = [row for row in rows if not row["error"]]
+    assert {row["verdict"] for row in good} <= {"ok", "defect"}
+    assert all(float(row["threshold"]) == 0.5 and int(row["n_regions"]) >= 0 for row in good)
+    assert not list(out.glob(".*tmp"))
+
+
+def test_predict_glob_and_exit_zero(model_dir: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    pattern = str(images / "**" / "part.png")  # quoted: the command expands it
+    result = runner.invoke(app, ["predict", str(model_dir), pattern, "--out", str(out), "--no-overlays"])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.json"))) == 2 and not list(out.glob("*.png"))
+    assert len(_summary(out)) == 2
+
+
+def test_predict_nothing_readable(model_dir: Path, images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = [
+        str(images / "corrupt.png"),
+        str(images / "notes.txt"),
+        str(images / "*.bmp"),
+        str(tmp_path / "x"),
+    ]
+    result = runner.invoke(app, ["predict", str(model_dir), *args, "--out", str(out)])
+    assert result.exit_code == 1 and "no image was inspected" in result.output
+    assert len(_summary(out)) == 4 and all(row["error"] for row in _summary(out))
+    missing = runner.invoke(app, ["predict", str(tmp_path / "nomodel"), str(images), "--out", str(out)])
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+
+
+def test_collect_images_and_names(images: Path, tmp_path: Path) -> None:
+    found, failures = collect_images([images, images / "part.png", images / "notes.txt", tmp_path / "gone"])
+    assert len(found) == 5  # 4 images under the folder (the same part.png once) + the named text file
+    assert [f.reason for f in failures] == ["no such file or folder"]
+    names = output_names(found)
+    assert len(set(names)) == len(names) and "other" in names
+
+
+def test_python_api_inspects_a_path(model_dir: Path, images: Path) -> None:
+    inspection = defectkit.load_inspector(model_dir).inspect(images / "other.jpg")
+    assert inspection.image == str(images / "other.jpg") and inspection.model == "tiny"
+    assert inspection.verdict == ("defect" if inspection.score >= 0.5 else "ok")
+
+
+def test_overlay_marks_verdict_contour_and_boxes() -> None:
+    image = texture(5, 40, 60)
+    heatmap = np.zeros((40, 60), dtype=np.float32)
+    heatmap[10:20, 30:50] = 0.9
+    region = Region(box=(30, 10, 50, 20), score=0.9, area_px=200)
+    inspection = Inspection(
+        image="x", model="m", verdict="defect", score=0.8, threshold=0.5, regions=[region], latency_ms=1.0
+    )
+    picture = np.asarray(render_overlay(image, inspection, heatmap, pixel_threshold=0.5))
+    scale = -(-320 // 60)  # small images are enlarged so the banner is legible
+    banner = picture.shape[0] - 40 * scale
+    assert picture.shape[1] == 60 * scale and banner > 0
+    assert tuple(picture[1, 1]) == VERDICT_COLOURS["defect"]
+    body = picture[banner:]
+    assert (body[..., 0] > 200).any()  # box outline
+    assert tuple(body[15 * scale, 30 * scale + 1]) != tuple(body[2, 2])  # contour / heat visible
+    ok = inspection.model_copy(update={"verdict": "ok", "regions": []})
+    assert tuple(np.asarray(render_overlay(image, ok, None, 0.5))[1, 1]) == VERDICT_COLOURS["ok"]
