@@ -79,3 +79,32 @@ def real_data() -> Callable[[str], Path]:
         return root
 
     return locate
+
+
+TINY_SEGDEC = {"volume_channels": 16, "widths": [8, 8, 8], "decision_widths": [4, 4, 4]}
+
+
+def tiny_segdec(
+    directory: Path, channels: int = 1, decision: float = 0.5, size: tuple[int, int] = (96, 64), seed: int = 0
+) -> Path:
+    """A random-weight segdec saved like a trained one: fast to build, export and run.
+
+    Sides must be multiples of 64: segdec halves them three times in each subnetwork.
+    """
+    import torch
+
+    from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, save_model
+    from defectkit.models import create_model
+
+    torch.manual_seed(seed)
+    options = {**TINY_SEGDEC, "in_channels": channels}
+    norm = (0.5,) * channels, (0.25,) * channels
+    card = ModelCard(
+        method="segdec",
+        model="segdec",
+        model_options=options,
+        input=InputSpec(size=size, channels=channels, mean=norm[0], std=norm[1]),
+        thresholds=Thresholds(decision=decision),
+        class_names=["defect"],
+    )
+    return save_model(directory, create_model("segdec", **options), card)

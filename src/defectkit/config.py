@@ -32,6 +32,9 @@ class DataConfig(BaseModel):
         None, description="SynthConfig fields: generate the data instead"
     )
     train_split: str | None = Field("train", description="use only samples whose meta split is this, if any")
+    surface: str | None = Field(
+        None, description="use only this surface (one detector per surface, paper 002)"
+    )
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of training parts held out for validation"
     )

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import tiny_segdec
 from defectkit.cli.main import app
 from defectkit.data.formats import read_dataset
 from defectkit.data.synthetic import SynthConfig, generate
@@ -24,28 +25,13 @@ from defectkit.evaluation.evaluate import (
     select_split,
 )
 from defectkit.inference.inspector import load_inspector
-from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, save_model
-from defectkit.models import create_model
 
-OPTIONS = {"volume_channels": 16, "widths": [8, 8, 8], "decision_widths": [4, 4, 4]}
 REPORT_FILES = {"metrics.json", "scores.csv", "pr_curve.png", "score_histogram.png", "worst.png"}
 runner = CliRunner()
 
 
 def _save(directory: Path, decision: float) -> Path:
-    import torch
-
-    torch.manual_seed(0)
-    model = create_model("segdec", **OPTIONS)
-    card = ModelCard(
-        method="segdec",
-        model="segdec",
-        model_options=OPTIONS,
-        input=InputSpec(size=(64, 64)),  # segdec needs sides >= 64 (8x stride, 3 pools)
-        thresholds=Thresholds(decision=decision),
-        class_names=["defect"],
-    )
-    return save_model(directory, model, card)
+    return tiny_segdec(directory, decision=decision, size=(64, 64))
 
 
 def _set_threshold(model_dir: Path, decision: float) -> None:

@@ -6,24 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from conftest import texture
+from conftest import texture, tiny_segdec
 from defectkit.cli.main import app
 from defectkit.inference.inspector import load_inspector
 from defectkit.inference.saved_model import (
     ONNX_NAME,
-    InputSpec,
-    ModelCard,
     SavedModelError,
-    Thresholds,
-    save_model,
 )
-from defectkit.models import create_model
 
 runner = CliRunner()
-TINY = {"volume_channels": 16, "widths": (8, 8, 8), "decision_widths": (4, 4, 4)}
 # segdec needs input sides divisible by 64 (8 in the segmentation net, 8 more in the decision net).
 SIZE = (96, 64)
 # (height, width, channels of the image file): smaller and larger than the model, odd, both layouts.
@@ -36,20 +29,7 @@ IMAGES = [
 
 
 def tiny_model(directory: Path, channels: int = 1) -> Path:
-    """A random-weight segdec saved like a trained one (fast to build, export and run)."""
-    torch.manual_seed(channels)
-    options = {**TINY, "in_channels": channels}
-    model = create_model("segdec", **options)
-    spec = InputSpec(size=SIZE, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels)
-    card = ModelCard(
-        method="segdec",
-        model="segdec",
-        model_options=options,
-        input=spec,
-        thresholds=Thresholds(decision=0.5),
-        class_names=["defect"],
-    )
-    return save_model(directory, model, card)
+    return tiny_segdec(directory, channels, size=SIZE, seed=channels)
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["grey-model", "rgb-model"])

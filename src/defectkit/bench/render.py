@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from defectkit.bench.results import DEFAULT_ROOT, read_results
-from defectkit.evaluation.evaluate import write_atomic
+from defectkit.files import write_atomic
 
 __all__ = ["render_benchmarks", "render_markdown"]
 

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from defectkit.evaluation.evaluate import json_ready, write_atomic
+from defectkit.evaluation.evaluate import json_ready
+from defectkit.files import write_atomic
 from defectkit.inference.saved_model import git_commit
 
 __all__ = [

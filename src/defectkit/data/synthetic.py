@@ -98,6 +98,7 @@ from scipy import ndimage
 from defectkit.data.formats.manifest import write_manifest
 from defectkit.data.masks import mask_to_boxes
 from defectkit.data.sample import Dataset, DatasetInfo, Sample
+from defectkit.files import write_atomic
 
 Mode = Literal["dagm", "multiclass"]
 Layout = Literal["dagm", "manifest"]
@@ -975,10 +976,7 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, text, durable=False)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -126,7 +126,7 @@ class SampleTransform:
         image = np.asarray(sample.image)
         if self.config.channels is not None:
             image = convert_channels(image, self.config.channels)
-        image_t = torch.from_numpy(np.ascontiguousarray(image))
+        image_t = torch.from_numpy(np.array(image, order="C", copy=True))  # writable: torch warns otherwise
         image_t = image_t.unsqueeze(0) if image_t.ndim == 2 else image_t.permute(2, 0, 1)
         height, width = image_t.shape[-2:]
         inputs: dict[str, Any] = {"image": tv_tensors.Image(image_t)}

@@ -22,7 +22,6 @@ import datetime as _dt
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from defectkit.evaluation.plots import (
     score_histogram_png,
     sectioned_sheet,
 )
+from defectkit.files import write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
 
@@ -54,7 +54,6 @@ __all__ = [
     "json_ready",
     "score_dataset",
     "select_split",
-    "write_atomic",
     "write_report",
 ]
 
@@ -68,28 +67,6 @@ Progress = Callable[[int, int], None]
 
 # --------------------------------------------------------------------------------------------
 # small IO helpers (shared with defectkit.bench.results)
-
-
-def write_atomic(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary name beside ``path`` and rename it over ``path``.
-
-    An interrupted run leaves either the old file or the new one, never half of one
-    (DESIGN.md, "Errors and bad input"). Text is written as UTF-8 with ``\\n`` line ends.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def json_ready(value: Any) -> Any:

@@ -118,6 +118,12 @@ class Inspector:
 
     def inspect(self, image: np.ndarray | str | Path, name: str | None = None) -> Inspection:
         """Verdict, score, threshold and defect regions for one image (array or path)."""
+        return self.inspect_with_heatmap(image, name)[0]
+
+    def inspect_with_heatmap(
+        self, image: np.ndarray | str | Path, name: str | None = None
+    ) -> tuple[Inspection, np.ndarray | None]:
+        """:meth:`inspect`, also returning the full-size heat map (for overlays, saved masks)."""
         label = name or (str(image) if isinstance(image, str | Path) else "<array>")
         pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
         started = time.perf_counter()
@@ -126,18 +132,18 @@ class Inspector:
         regions = self.regions(heatmap)
         latency = (time.perf_counter() - started) * 1000.0
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
-        return Inspection(
+        single_class = self.card.class_names[0] if len(self.card.class_names) == 1 else None
+        inspection = Inspection(
             image=label,
             model=self.name,
             verdict=verdict,
             score=scored.score,
             threshold=self.threshold,
-            defect_class=(
-                self.card.class_names[0] if verdict == "defect" and len(self.card.class_names) == 1 else None
-            ),
+            defect_class=single_class if verdict == "defect" else None,
             regions=regions if verdict == "defect" else [],
             latency_ms=latency,
         )
+        return inspection, heatmap
 
 
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:

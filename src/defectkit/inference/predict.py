@@ -16,18 +16,17 @@ import csv
 import glob
 import hashlib
 import io
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from defectkit.data.io import ImageReadError, is_image_file, read_image
+from defectkit.files import write_atomic
 from defectkit.inference.inspection import Inspection
-from defectkit.inference.inspector import Inspector, Scored
+from defectkit.inference.inspector import Inspector
 from defectkit.inference.overlay import heatmap_image, render_overlay
 
 SUMMARY_NAME = "summary.csv"
@@ -110,25 +109,6 @@ def output_names(images: Sequence[Path]) -> list[str]:
     return names
 
 
-class _KeepScores(Inspector):
-    """The caller's inspector, remembering the last raw scores so the heat map is not recomputed."""
-
-    last: Scored | None = None
-
-    def score(self, image: np.ndarray) -> Scored:
-        self.last = super().score(image)
-        return self.last
-
-
-def _write_atomic(path: Path, payload: bytes) -> None:
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        staging.write_bytes(payload)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
 def _png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", compress_level=1)  # speed over size: one per image
@@ -167,7 +147,6 @@ def predict_paths(
 
     for failure in failures:
         failed(failure)
-    keeper = _KeepScores(inspector.card, inspector.backend, inspector.name)
     pixel_threshold = inspector.card.thresholds.pixel
     total = len(images)
     if progress is not None:
@@ -175,21 +154,19 @@ def predict_paths(
     for done, (image_path, name) in enumerate(zip(images, output_names(images), strict=True), start=1):
         try:
             pixels = read_image(image_path)
-            keeper.last = None
-            inspection = keeper.inspect(pixels, name=str(image_path))
+            inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=str(image_path))
         except (ImageReadError, ValueError) as error:
             failed(Failure(str(image_path), _reason(error, image_path)))
         else:
-            heatmap = keeper.full_size_heatmap(keeper.last) if keeper.last is not None else None
             if save_heatmaps and heatmap is not None:
                 heatmap_path = out / f"{name}.heatmap.png"
-                _write_atomic(heatmap_path, _png_bytes(heatmap_image(heatmap)))
+                write_atomic(heatmap_path, _png_bytes(heatmap_image(heatmap)))
                 inspection.heatmap = str(heatmap_path)
             if overlays:
                 overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
-                _write_atomic(out / f"{name}.png", _png_bytes(overlay))
+                write_atomic(out / f"{name}.png", _png_bytes(overlay))
             json_path = out / f"{name}.json"
-            _write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
+            write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
             report.results.append((json_path, inspection))
             rows.append(
                 {
@@ -210,5 +187,5 @@ def predict_paths(
     writer.writeheader()
     writer.writerows(rows)
     report.summary = out / SUMMARY_NAME
-    _write_atomic(report.summary, buffer.getvalue().encode("utf-8"))
+    write_atomic(report.summary, buffer.getvalue().encode("utf-8"))
     return report

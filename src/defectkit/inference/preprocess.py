@@ -23,7 +23,8 @@ def to_network_layout(image: np.ndarray, channels: int) -> np.ndarray:
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {array.dtype}")
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return np.ascontiguousarray(array[None])
+    # A fresh, writable copy: decoded images can be read-only views, which torch warns about.
+    return np.array(array[None], order="C", copy=True)
 
 
 class Preprocess(nn.Module):

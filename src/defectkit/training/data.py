@@ -73,6 +73,10 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
         samples, info = load_samples(config)
     else:
         info = DatasetInfo(name="samples", format="memory", root="")
+    if config.data.surface is not None:
+        samples = [s for s in samples if s.surface == config.data.surface]
+        if not samples:
+            raise ValueError(f"no images of surface {config.data.surface!r} in the training data")
     wanted = config.data.train_split
     if wanted is not None and any("split" in s.meta for s in samples):
         samples = [s for s in samples if s.meta.get("split") == wanted]

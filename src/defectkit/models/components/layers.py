@@ -9,24 +9,34 @@ from torch import Tensor, nn
 
 
 class FeatureNorm(nn.Module):
-    """Per-sample, per-channel standardisation over the spatial dimensions, with learnt scale/bias.
+    """Per-sample, per-channel normalisation over the spatial dimensions, with learnt scale/bias.
 
-    This is the "feature normalisation" of Bozic et al. (2021): like instance normalisation, but
-    kept as its own layer so its epsilon and its optional bias match the paper's network. The
-    reference implementation divides by ``sqrt(std + eps)``; we divide by ``sqrt(var + eps)``
-    (true standardisation), as the paper describes it.
+    The "feature normalisation" of Bozic et al. (2021). Their reference implementation divides
+    the centred features by ``sqrt(std + eps)`` rather than ``sqrt(var + eps)``; the result keeps
+    some of the input's spread (output std = sqrt(input std)), which lets the 1-channel mask head
+    reach confident logits. ``divisor="sqrt_std"`` (default) follows the reference, which produced
+    the paper's figures; ``divisor="std"`` is plain standardisation (instance norm).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-3, bias: bool = True) -> None:
+    def __init__(
+        self, num_features: int, eps: float = 1e-3, bias: bool = True, divisor: str = "sqrt_std"
+    ) -> None:
         super().__init__()
+        if divisor not in ("sqrt_std", "std"):
+            raise ValueError(f"divisor must be 'sqrt_std' or 'std', got {divisor!r}")
         self.scale = nn.Parameter(torch.ones(1, num_features, 1, 1))
         self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1)) if bias else None
         self.eps = eps
+        self.divisor = divisor
 
     def forward(self, features: Tensor) -> Tensor:
         mean = features.mean(dim=(2, 3), keepdim=True)
-        var = features.var(dim=(2, 3), keepdim=True, unbiased=False)
-        normalised = self.scale * (features - mean) / torch.sqrt(var + self.eps)
+        if self.divisor == "sqrt_std":
+            # Population std (the reference uses the sample std): defined for a 1x1 map too.
+            spread = torch.sqrt(features.std(dim=(2, 3), keepdim=True, correction=0) + self.eps)
+        else:
+            spread = torch.sqrt(features.var(dim=(2, 3), keepdim=True, unbiased=False) + self.eps)
+        normalised = self.scale * (features - mean) / spread
         return normalised if self.bias is None else normalised + self.bias
 
 
