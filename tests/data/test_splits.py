@@ -104,3 +104,18 @@ def test_alternating_sampler() -> None:
     assert list(sampler) != order
     with pytest.raises(ValueError, match="both classes"):
         AlternatingSampler([0, 0, None])
+
+
+def test_frequency_sampler_balances_and_visits_rare_negatives_first() -> None:
+    from defectkit.data.samplers import FrequencyNegativeSampler
+
+    labels = [1, 1, 0, 0, 0, 0, 0, 0, None]
+    sampler = FrequencyNegativeSampler(labels, seed=0)
+    seen: list[int] = []
+    for _ in range(3):
+        epoch = list(sampler)
+        assert len(epoch) == len(sampler) == 4
+        assert sorted(labels[i] for i in epoch) == [0, 0, 1, 1]  # type: ignore[type-var]
+        seen += [i for i in epoch if labels[i] == 0]
+    assert sorted(seen) == [2, 3, 4, 5, 6, 7]  # three epochs of two negatives: each negative once
+    assert 8 not in seen

@@ -46,6 +46,7 @@ def evaluate(
         None, "--out", "-o", help="Report folder (default: MODEL_DIR/eval-SPLIT)."
     ),
     device: str = typer.Option("cpu", help="torch device (cpu, cuda, cuda:1, ...)."),
+    surface: str | None = typer.Option(None, help="Only images of this surface (per-surface detectors)."),
 ) -> None:
     """Score every image, compute metrics at the model's STORED threshold and write a report.
 
@@ -69,6 +70,7 @@ def evaluate(
                 out,
                 device,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                surface=surface,
             )
     except SavedModelError as error:
         raise fail(str(error)) from None

@@ -394,18 +394,23 @@ def evaluate_model(
     out: str | Path | None = None,
     device: str = "cpu",
     progress: Progress | None = None,
+    surface: str | None = None,
 ) -> EvaluationReport:
     """``defectkit eval``: score the ``split`` of the dataset at ``data`` and write the report.
 
     The model is loaded first so a wrong model path fails before the dataset is indexed. Reader
     problems and unreadable images are returned in ``problems`` (and listed in metrics.json);
     the run fails only when no image at all could be scored. ``out`` defaults to
-    ``MODEL_DIR/eval-<split>``.
+    ``MODEL_DIR/eval-<split>``. ``surface`` keeps only that surface's images (a per-surface
+    detector is judged on its own surface, as in paper 002's two-stage line).
     """
     model_dir = Path(model_dir)
     inspector = load_inspector(model_dir, device=device)
     dataset = read_dataset(data, format)
     samples, note = select_split(dataset.samples, split)
+    if surface is not None:
+        samples = [s for s in samples if s.surface == surface]
+        note += f", surface {surface}"
     if not samples:
         raise ValueError(f"{data}: no images to evaluate")
     scored = score_dataset(inspector, samples, progress)
@@ -421,6 +426,7 @@ def evaluate_model(
         "format": dataset.info.format,
         "split": split,
         "split_note": note,
+        "surface": surface,
         "reader_problems": [str(p) for p in dataset.problems],
     }
     files = write_report(scored, metrics, inspector, target, context)

@@ -4,6 +4,8 @@ Lightning does the loop (device choice, DDP, checkpoints, early stopping, progre
 After fitting, the decision threshold is chosen on the validation split with the named rule
 (best F1, ties -> higher) by scoring it through the same path deployment uses (Inspector), and
 stored in the model; a validation split without defective images is an error, never a silent 0.
+The pixel threshold (heat map -> defect regions) is chosen on the same validation images by
+pooled pixel F1 where their masks are known (0.5 when none is).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -43,7 +48,45 @@ def data_fingerprint(samples: Sequence[Sample]) -> str:
 
 
 def score_samples(inspector: Inspector, samples: Sequence[Sample], channels: int) -> list[float]:
-    return [inspector.score(load_sample(s, channels).image).score for s in samples]  # type: ignore[arg-type]
+    return [score for score, _ in score_with_masks(inspector, samples, channels)]
+
+
+def score_with_masks(
+    inspector: Inspector, samples: Sequence[Sample], channels: int
+) -> list[tuple[float, tuple[np.ndarray, np.ndarray] | None]]:
+    """Each sample's score and, where its mask is known, (heat map, truth) at heat-map resolution."""
+    results: list[tuple[float, tuple[np.ndarray, np.ndarray] | None]] = []
+    for sample in samples:
+        loaded = load_sample(sample, channels)
+        scored = inspector.score(np.asarray(loaded.image))
+        pair = None
+        if scored.heatmap is not None and loaded.mask is not None:
+            truth = torch.as_tensor(np.asarray(loaded.mask) > 0).float()
+            truth = truth.amax(dim=0) if truth.ndim == 3 else truth
+            height, width = scored.heatmap.shape
+            # A heat-map cell is defective when any pixel it covers is (as the training targets).
+            pooled = F.adaptive_max_pool2d(truth[None, None], (height, width))[0, 0].numpy() > 0
+            pair = (scored.heatmap, pooled)
+        results.append((scored.score, pair))
+    return results
+
+
+def choose_pixel_threshold(pairs: Sequence[tuple[np.ndarray, np.ndarray]], default: float = 0.5) -> float:
+    """Best pixel-level F1 over the validation heat maps (pooled), ties -> higher; ``default``
+    when no validation image has a defect pixel."""
+    heat = np.concatenate([h.ravel() for h, _ in pairs]) if pairs else np.zeros(0)
+    truth = np.concatenate([t.ravel() for _, t in pairs]) if pairs else np.zeros(0, bool)
+    if not truth.any():
+        return default
+    candidates = np.unique(np.quantile(heat[truth], np.linspace(0.0, 1.0, 101)))
+    best, best_f1 = default, -1.0
+    for threshold in candidates:
+        predicted = heat >= threshold
+        tp = float(np.sum(predicted & truth))
+        f1 = 2 * tp / (float(predicted.sum()) + float(truth.sum())) if tp else 0.0
+        if f1 >= best_f1:
+            best, best_f1 = float(threshold), f1
+    return best
 
 
 def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -127,11 +170,13 @@ def train(
     model = model.cpu().eval()
     inspector = Inspector(card, TorchBackend(model, card), MODEL_DIR)
     labels = [int(s.label or 0) for s in data.val]
-    scores = score_samples(inspector, data.val, config.input.channels)
+    scored = score_with_masks(inspector, data.val, config.input.channels)
+    scores = [score for score, _ in scored]
     threshold = choose_threshold(labels, scores)
+    pixel = choose_pixel_threshold([pair for _, pair in scored if pair is not None])
     card = card.model_copy(
         update={
-            "thresholds": Thresholds(decision=threshold),
+            "thresholds": Thresholds(decision=threshold, pixel=pixel),
             "validation_metrics": image_metrics(labels, scores, threshold),
             "commit": git_commit(),
             "data_fingerprint": data_fingerprint([*data.train, *data.val]),

@@ -1,0 +1,188 @@
+"""segdec end to end on generated data: train, threshold on validation only, save, load, predict."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import defectkit.training.engine as engine
+from defectkit import load_inspector
+from defectkit.config import load_config
+from defectkit.data.sample import Sample
+from defectkit.inference.saved_model import load_model, read_card
+from defectkit.training.data import apply_supervision, prepare_data
+from defectkit.training.segdec import distance_weights, segmentation_targets
+
+SYNTH = {"surfaces": 1, "per_surface": 40, "size": 64, "defect_fraction": 0.5, "seed": 3}
+
+
+def tiny_config(**changes: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "method": "segdec",
+        "seed": 0,
+        "data": {"synthetic": SYNTH, "val_fraction": 0.3},
+        "input": {"size": [64, 64], "channels": 1},
+        "augment": {"antialias": False},
+        "model": {"widths": [8, 8, 8], "volume_channels": 16, "decision_widths": [4, 4, 4]},
+        "method_options": {"delta": 1.0, "dilate": 3},
+        "trainer": {"epochs": 2, "lr": 0.05, "val_every": 1, "batch_size": 2},
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    # Tests share two cores with other work; one thread is faster than two fighting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_save_load_predict(tmp_path: Path) -> None:
+    config = load_config(tiny_config())
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None and (model_dir / "weights.safetensors").is_file()
+    card = read_card(model_dir)
+    assert card.method == "segdec" and 0.0 <= card.thresholds.decision <= 1.0
+    assert card.validation_metrics["n_pos"] > 0 and card.data_fingerprint
+    assert card.config["trainer"]["epochs"] == 2  # the resolved config travels with the model
+
+    model, _ = load_model(model_dir)
+    output = model(torch.rand(1, 1, 64, 64))
+    assert output.decision_logit.shape == (1,) and output.mask_logits.shape == (1, 1, 8, 8)
+
+    inspection = load_inspector(model_dir).inspect(np.full((90, 70), 128, np.uint8))
+    assert inspection.verdict in ("ok", "defect") and inspection.threshold == card.thresholds.decision
+    assert (tmp_path / "run" / "logs" / "metrics.csv").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_backward_reaches_both_subnetworks_but_decision_loss_spares_segmentation() -> None:
+    from defectkit.registry import get_method
+
+    resolved = load_config(tiny_config()).model_dump(mode="json")
+    spec = get_method("segdec")
+    model = spec.build_model(resolved)
+    recipe = spec.build_recipe(model, resolved)
+    from defectkit.data.sample import collate
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:30, 20:30] = 1
+    batch = collate(
+        [Sample("a", image=torch.rand(1, 64, 64), label=1, classes=[1], mask=torch.from_numpy(mask))]
+    )
+    _, dec_loss = recipe.losses(batch)
+    dec_loss.backward()
+    seg_grads = [p.grad for p in model.segmentation.parameters() if p.grad is not None]
+    assert all(float(g.abs().sum()) == 0.0 for g in seg_grads)  # gradient-flow adjustment
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.decision_head.parameters())
+    model.zero_grad()
+    seg_loss, _ = recipe.losses(batch)
+    seg_loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.segmentation.parameters())
+
+
+def test_threshold_comes_from_validation_never_from_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(tiny_config())
+    data = prepare_data(config)
+    seen: list[Sample] = []
+
+    original = engine.score_with_masks
+
+    def recording(inspector: Any, samples: list[Sample], channels: int) -> Any:
+        seen.extend(samples)
+        return original(inspector, samples, channels)
+
+    monkeypatch.setattr(engine, "score_with_masks", recording)
+    engine.train(config, tmp_path / "run", progress=False, data=data)
+    assert [s.path for s in seen] == [s.path for s in data.val]
+    assert all(s.meta["split"] == "train" for s in seen)  # the generator's test split is never touched
+    assert not {s.path for s in seen} & {s.path for s in data.train}
+
+
+def test_validation_without_defects_is_a_clear_error(tmp_path: Path) -> None:
+    config = load_config(tiny_config())
+    data = prepare_data(config)
+    data.val = [s for s in data.val if s.label == 0]
+    with pytest.raises(engine.ThresholdError, match="no defective images"):
+        engine.train(config, tmp_path / "run", progress=False, data=data)
+
+
+def test_supervision_levels_hide_masks_of_positives() -> None:
+    samples = [Sample(f"p{i}", label=1, meta={"mask_path": f"m{i}"}) for i in range(6)]
+    samples += [Sample(f"n{i}", label=0, meta={"mask_path": f"z{i}"}) for i in range(3)]
+    weak = apply_supervision(samples, load_config(tiny_config(data__supervision="weak")))
+    assert [s.has_mask for s in weak] == [False] * 6 + [True] * 3  # good images keep empty masks
+    mixed = apply_supervision(
+        samples, load_config(tiny_config(data__supervision="mixed", data__num_segmented=2))
+    )
+    assert sum(s.has_mask for s in mixed[:6]) == 2
+    full = apply_supervision(samples, load_config(tiny_config()))
+    assert all(s.has_mask for s in full)
+
+
+def test_segmentation_targets_and_distance_weights() -> None:
+    mask = torch.zeros(1, 1, 32, 32, dtype=torch.long)
+    mask[0, 0, 10, 10] = 1
+    target = segmentation_targets(mask, dilate=1)
+    assert target.shape == (1, 1, 4, 4) and float(target.sum()) == 1.0
+    dilated = segmentation_targets(mask, dilate=7)
+    assert float(dilated.sum()) > 1.0  # dilation reaches the neighbouring cells
+    block = torch.zeros(1, 1, 9, 9)
+    block[0, 0, 2:7, 2:7] = 1
+    weights = distance_weights(block, p=2.0, max_weight=1.0)
+    assert float(weights[0, 0, 0, 0]) == 1.0 and float(weights[0, 0, 4, 4]) == 1.0
+    assert float(weights[0, 0, 2, 2]) < 1.0  # defect edge pixels weigh less than the centre
+
+
+def test_input_sides_must_be_divisible_by_8() -> None:
+    from defectkit.models import create_model
+
+    model = create_model("segdec", widths=[4, 4, 4], volume_channels=8, decision_widths=[4, 4, 4])
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.rand(1, 1, 68, 64))
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_train_two_steps(tmp_path: Path) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(trainer__max_steps=2, trainer__batch_size=1)))
+    command = [
+        sys.executable,
+        "-m",
+        "defectkit.cli.main",
+        "train",
+        str(config),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    command += ["--devices", "2", "--strategy", "ddp", "--quiet", "--set", "trainer.accelerator=cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "run" / "model" / "weights.safetensors").is_file()
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+
+
+def test_pixel_threshold_best_f1_on_validation_heatmaps() -> None:
+    heat = np.array([[0.1, 0.2], [0.8, 0.9]])
+    truth = np.array([[False, False], [True, True]])
+    assert engine.choose_pixel_threshold([(heat, truth)]) == pytest.approx(0.8)  # both defect cells, nothing else
+    assert engine.choose_pixel_threshold([(heat, np.zeros((2, 2), bool))]) == 0.5
