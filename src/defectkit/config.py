@@ -76,6 +76,10 @@ class TrainerConfig(BaseModel):
     early_stopping_patience: int | None = Field(
         None, description="validations without val AP gain; None: off"
     )
+    restore_best: bool = Field(
+        False, description="end with the weights of the best validation AP (else the last epoch's)"
+    )
+    gradient_clip_val: float | None = Field(None, description="clip the gradient norm; None: off")
     num_workers: int = 0
     precision: str = "32-true"
     accelerator: str = "auto"

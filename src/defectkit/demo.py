@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     train += ["--set", f"data.surface={SURFACE}"]
     if options.epochs:
         train += ["--set", f"trainer.epochs={options.epochs}"]
-    test_images = data / SURFACE / "Test"
+    test_images = data / SURFACE / "Test" / "*.PNG"  # a glob: the Label/ folder beside them holds masks
     predictions = out / "predictions"
     steps = [
         ["data", "synth", str(data), "--surfaces", "4", "--per-surface", "240", "--size", "128",

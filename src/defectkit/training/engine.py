@@ -98,8 +98,18 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
     return best_f1_threshold(labels, scores)
 
 
-def _trainer(config: RunConfig, out: Path, progress: bool, devices: Any, strategy: str | None) -> L.Trainer:
-    callbacks: list[Callback] = [ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)]
+def _trainer(
+    config: RunConfig, out: Path, progress: bool, devices: Any, strategy: str | None
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        save_last=True,
+        monitor="val/ap" if config.trainer.restore_best else None,
+        mode="max",
+        save_top_k=1 if config.trainer.restore_best else 0,
+        filename="best",
+    )
+    callbacks: list[Callback] = [checkpoint]
     if progress:
         callbacks.append(RichProgressBar())
     if config.trainer.early_stopping_patience is not None:
@@ -113,6 +123,7 @@ def _trainer(config: RunConfig, out: Path, progress: bool, devices: Any, strateg
         devices=devices if devices is not None else config.trainer.devices,
         strategy=strategy or config.trainer.strategy,
         precision=config.trainer.precision,  # type: ignore[arg-type]
+        gradient_clip_val=config.trainer.gradient_clip_val,
         check_val_every_n_epoch=config.trainer.val_every,
         num_sanity_val_steps=0,
         logger=CSVLogger(out, name="logs", version=""),
@@ -121,7 +132,7 @@ def _trainer(config: RunConfig, out: Path, progress: bool, devices: Any, strateg
         enable_model_summary=False,
         log_every_n_steps=10,
         default_root_dir=out,
-    )
+    ), checkpoint
 
 
 def train(
@@ -142,7 +153,7 @@ def train(
     data = data or prepare_data(config)
     model = spec.build_model(resolved)
     recipe = spec.build_recipe(model, resolved)
-    trainer = _trainer(config, out, progress, devices, strategy)
+    trainer, checkpoint = _trainer(config, out, progress, devices, strategy)
     with warnings.catch_warnings():
         # Lightning's hints about worker counts and tiny logging intervals are noise on 2-core machines.
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -150,6 +161,13 @@ def train(
         trainer.fit(recipe, datamodule=InspectionDataModule(config, data))
     if not trainer.is_global_zero:
         return None
+    best = checkpoint.best_model_path if config.trainer.restore_best else ""
+    if best:
+        # The weights of the best validation AP; ties keep the earliest such epoch.
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(
+            {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        )
 
     card = ModelCard(
         method=config.method,
