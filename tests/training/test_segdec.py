@@ -184,5 +184,14 @@ def test_ddp_two_cpu_processes_train_two_steps(tmp_path: Path) -> None:
 def test_pixel_threshold_best_f1_on_validation_heatmaps() -> None:
     heat = np.array([[0.1, 0.2], [0.8, 0.9]])
     truth = np.array([[False, False], [True, True]])
-    assert engine.choose_pixel_threshold([(heat, truth)]) == pytest.approx(0.8)  # both defect cells, nothing else
+    assert engine.choose_pixel_threshold([(heat, truth)]) == pytest.approx(
+        0.8
+    )  # both defect cells, nothing else
     assert engine.choose_pixel_threshold([(heat, np.zeros((2, 2), bool))]) == 0.5
+
+
+def test_restore_best_keeps_the_best_validation_weights(tmp_path: Path) -> None:
+    config = load_config(tiny_config(trainer__restore_best=True, trainer__epochs=3))
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None and (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    assert read_card(model_dir).config["trainer"]["restore_best"] is True
