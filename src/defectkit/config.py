@@ -77,7 +77,8 @@ class TrainerConfig(BaseModel):
         None, description="validations without val AP gain; None: off"
     )
     restore_best: bool = Field(
-        False, description="end with the weights of the best validation AP (else the last epoch's)"
+        False,
+        description="end with the best validation AP's weights, ties -> lower val loss (else last epoch)",
     )
     gradient_clip_val: float | None = Field(None, description="clip the gradient norm; None: off")
     num_workers: int = 0

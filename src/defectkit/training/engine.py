@@ -104,7 +104,7 @@ def _trainer(
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
         save_last=True,
-        monitor="val/ap" if config.trainer.restore_best else None,
+        monitor="val/selection" if config.trainer.restore_best else None,
         mode="max",
         save_top_k=1 if config.trainer.restore_best else 0,
         filename="best",
