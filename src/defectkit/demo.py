@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     test_images = data / SURFACE / "Test" / "*.PNG"  # a glob: the Label/ folder beside them holds masks
     predictions = out / "predictions"
     steps = [
-        ["data", "synth", str(data), "--surfaces", "4", "--per-surface", "240", "--size", "128",
+        ["data", "synth", str(data), "--surfaces", "4", "--per-surface", "320", "--size", "128",
          "--seed", "0"],
         ["data", "check", str(data), "--max-problems", "10"],
         train,
