@@ -16,7 +16,8 @@ def test_profiles_and_overrides_resolve_in_order() -> None:
     assert cpu.input.size == (704, 256) and cpu.profile == "cpu"
     assert cpu.trainer.epochs == 3 and cpu.model["widths"] == [8, 8, 8]
     assert cpu.model["volume_channels"] == 128  # the profile's, not the file's
-    assert cpu.trainer.lr == 1.0  # untouched by the profile
+    assert cpu.trainer.lr == 0.1 and paper.trainer.lr == 1.0
+    assert cpu.method_options["delta"] == 0.01  # untouched by the profile
 
 
 def test_parse_override_keeps_types() -> None:
