@@ -158,6 +158,8 @@ def test_input_sides_must_be_divisible_by_8() -> None:
     model = create_model("segdec", widths=[4, 4, 4], volume_channels=8, decision_widths=[4, 4, 4])
     with pytest.raises(ValueError, match="divisible by 8"):
         model(torch.rand(1, 1, 68, 64))
+    with pytest.raises(ValueError, match="at least 64"):
+        model(torch.rand(1, 1, 56, 64))
 
 
 @pytest.mark.slow

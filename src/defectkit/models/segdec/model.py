@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from defectkit.models.components import FeatureNorm, GradientMultiply, conv_block
 
 STRIDE = 8
+MIN_SIDE = 64
 
 
 @dataclass
@@ -118,6 +119,9 @@ class SegDecNet(nn.Module):
         height, width = images.shape[-2:]
         if height % STRIDE or width % STRIDE:
             raise ValueError(f"segdec input sides must be divisible by {STRIDE}, got {height}x{width}")
+        if min(height, width) < MIN_SIDE:
+            # Three pools in each subnetwork: a smaller side would pool away to nothing.
+            raise ValueError(f"segdec input sides must be at least {MIN_SIDE} pixels, got {height}x{width}")
         volume = self.segmentation(images)
         mask_logits = self.mask_head(volume)
         decision = self.decision_head(self.decision_gradient(volume), self.decision_gradient(mask_logits))
