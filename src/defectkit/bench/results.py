@@ -12,7 +12,6 @@ cells already done. The cache folder (``benchmarks/cache/``) is scratch space, n
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -24,7 +23,7 @@ from typing import Any
 
 from defectkit.evaluation.evaluate import json_ready
 from defectkit.files import write_atomic
-from defectkit.inference.saved_model import git_commit
+from defectkit.inference.saved_model import git_commit, utc_timestamp
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -95,10 +94,6 @@ def results_path(
     return Path(root) / ("-".join(part for part in parts if part) + ".json")
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def write_results(
     *,
     protocol: str,
@@ -143,7 +138,7 @@ def write_results(
         "commit": commit if commit is not None else git_commit(),
         "machine": dict(machine) if machine is not None else machine_info(),
         "command": command,
-        "created": created or _now(),
+        "created": created or utc_timestamp(),
     }
     if init is not None:
         record["init"] = init

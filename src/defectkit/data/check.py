@@ -64,8 +64,7 @@ def check_sample(sample: Sample, num_classes: int = 0) -> SampleReport:
         report.problems.append(Problem(sample.path, f"unreadable file ({error.strerror or error})"))
         return report
     except ImageReadError as error:
-        path, _, reason = str(error).partition(": ")
-        report.problems.append(Problem(path, reason or str(error)))
+        report.problems.append(Problem(error.path, error.reason))
         return report
     assert loaded.image is not None
     height, width = np.asarray(loaded.image).shape[:2]

@@ -8,13 +8,26 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from defectkit.data.masks import rle_decode
-from defectkit.data.sample import Sample
+from defectkit.data.sample import MASK_REFERENCE_KEYS, Sample
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
 
 
 class ImageReadError(ValueError):
-    """An image or mask that cannot be decoded; the message names the file and the reason."""
+    """An image or mask that cannot be decoded: ``path`` names the file, ``reason`` says why."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def error_reason(error: Exception, path: str | Path) -> str:
+    """What went wrong with ``path``, for a report that names ``path`` already: the bare reason
+    when the error is about that file, else the whole message (it names the other file, e.g. a mask)."""
+    if isinstance(error, ImageReadError) and error.path == str(path):
+        return error.reason
+    return str(error)
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -44,9 +57,9 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
             else:
                 array = np.asarray(image)
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
+        raise ImageReadError(path, "file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"{path}: cannot decode image ({error})") from None
+        raise ImageReadError(path, f"cannot decode image ({error})") from None
     return convert_channels(array, channels)
 
 
@@ -84,9 +97,9 @@ def read_mask(path: str | Path) -> np.ndarray:
             handle.load()
             array = np.asarray(handle if handle.mode in ("P", "L") else handle.convert("L"))
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: mask file not found") from None
+        raise ImageReadError(path, "mask file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageReadError(f"{path}: cannot decode mask ({error})") from None
+        raise ImageReadError(path, f"cannot decode mask ({error})") from None
     nonzero = np.unique(array[array != 0])
     if len(nonzero) == 1 and nonzero[0] == 255:
         return (array != 0).astype(np.uint8)
@@ -127,9 +140,9 @@ def load_sample(sample: Sample, channels: int | None = None) -> Sample:
     if mask is not None and tuple(mask.shape[-2:]) != (height, width):
         source = sample.meta.get("mask_path", sample.path)
         raise ImageReadError(
-            f"{source}: mask is {mask.shape[-1]}x{mask.shape[-2]} but image {sample.path} is {width}x{height}"
+            source, f"mask is {mask.shape[-1]}x{mask.shape[-2]} but image {sample.path} is {width}x{height}"
         )
-    meta = {k: v for k, v in sample.meta.items() if k not in ("mask_path", "mask_rle", "mask_empty")}
+    meta = {k: v for k, v in sample.meta.items() if k not in MASK_REFERENCE_KEYS}
     if "mask_path" in sample.meta:
         meta["mask_source"] = sample.meta["mask_path"]
     return sample.replace(image=image, mask=mask, meta=meta)

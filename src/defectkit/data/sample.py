@@ -25,6 +25,11 @@ from torch import Tensor
 
 ArrayLike = np.ndarray | Tensor
 
+# Meta keys that stand for a known mask not yet read (see the module docstring) ...
+MASK_REFERENCE_KEYS = ("mask_path", "mask_rle", "mask_empty")
+# ... and every meta key that describes how to read a mask; dropping them all forgets the mask.
+MASK_KEYS = (*MASK_REFERENCE_KEYS, "mask_depth", "mask_class", "mask_binary")
+
 
 @dataclass
 class Sample:
@@ -43,7 +48,7 @@ class Sample:
     @property
     def has_mask(self) -> bool:
         """True when the pixel mask is known (loaded or referenced)."""
-        return self.mask is not None or any(k in self.meta for k in ("mask_path", "mask_rle", "mask_empty"))
+        return self.mask is not None or any(k in self.meta for k in MASK_REFERENCE_KEYS)
 
     @property
     def has_boxes(self) -> bool:

@@ -18,7 +18,6 @@ and write ``metrics.json``, ``scores.csv``, ``pr_curve.png``, ``score_histogram.
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import json
 import math
@@ -32,7 +31,7 @@ import numpy as np
 
 from defectkit import __version__
 from defectkit.data.formats import read_dataset
-from defectkit.data.io import ImageReadError, load_sample
+from defectkit.data.io import ImageReadError, error_reason, load_sample
 from defectkit.data.sample import Problem, Sample
 from defectkit.evaluation.plots import (
     SheetSection,
@@ -43,6 +42,7 @@ from defectkit.evaluation.plots import (
 )
 from defectkit.files import write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.inference.saved_model import utc_timestamp
 from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
 
 __all__ = [
@@ -138,11 +138,6 @@ def _binary_truth(mask: np.ndarray | None) -> np.ndarray | None:
     return np.asarray(array.any(axis=0) if array.ndim == 3 else array > 0)
 
 
-def _reason(error: Exception, path: str) -> str:
-    message = str(error)
-    return message.removeprefix(f"{path}: ")
-
-
 def score_dataset(
     inspector: Inspector, samples: Sequence[Sample], progress: Progress | None = None
 ) -> ScoredSet:
@@ -176,7 +171,7 @@ def score_dataset(
             timings.append((time.perf_counter() - started) * 1000.0)
             heatmap = inspector.full_size_heatmap(scored)
         except (ImageReadError, ValueError, OSError) as error:
-            skipped.append(Problem(sample.path, _reason(error, sample.path)))
+            skipped.append(Problem(sample.path, error_reason(error, sample.path)))
         else:
             truth = _binary_truth(None if loaded.mask is None else np.asarray(loaded.mask))
             value = float("nan")
@@ -369,7 +364,7 @@ def write_report(
         "skipped": [{"path": p.path, "reason": p.reason} for p in scored.skipped],
         "files": sorted([*files, "metrics.json"]),
         "defectkit_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_timestamp(),
     }
     files["metrics.json"] = write_atomic(out / "metrics.json", _dump_json(payload))
     return files

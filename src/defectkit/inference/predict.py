@@ -23,7 +23,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from defectkit.data.io import ImageReadError, is_image_file, read_image
+from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_image
 from defectkit.files import write_atomic
 from defectkit.inference.inspection import Inspection
 from defectkit.inference.inspector import Inspector
@@ -115,13 +115,6 @@ def _png_bytes(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _reason(error: Exception, path: Path) -> str:
-    """The error message without a leading ``<path>: `` (the report names the file itself)."""
-    message = str(error)
-    prefix = f"{path}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
-
-
 def predict_paths(
     inspector: Inspector,
     paths: Iterable[str | Path],
@@ -156,7 +149,7 @@ def predict_paths(
             pixels = read_image(image_path)
             inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=str(image_path))
         except (ImageReadError, ValueError) as error:
-            failed(Failure(str(image_path), _reason(error, image_path)))
+            failed(Failure(str(image_path), error_reason(error, image_path)))
         else:
             if save_heatmaps and heatmap is not None:
                 heatmap_path = out / f"{name}.heatmap.png"

@@ -28,6 +28,11 @@ WEIGHTS_NAME = "weights.safetensors"
 ONNX_NAME = "model.onnx"
 
 
+def utc_timestamp() -> str:
+    """Now, in UTC, as written in model cards, reports and results files."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class SavedModelError(ValueError):
     """A model directory that cannot be loaded; the message names the file and the reason."""
 
@@ -64,7 +69,7 @@ class ModelCard(BaseModel):
     model_options: dict[str, Any] = Field(default_factory=dict)
     defectkit_version: str = __version__
     commit: str | None = None
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    created: str = Field(default_factory=lambda: utc_timestamp())
     config: dict[str, Any] = Field(default_factory=dict, description="resolved training config")
     class_names: list[str] = Field(default_factory=list)
     surface_names: list[str] = Field(default_factory=list)

@@ -19,17 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 from defectkit.config import RunConfig
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import load_sample
-from defectkit.data.sample import Batch, DatasetInfo, Sample, collate
+from defectkit.data.sample import MASK_KEYS, Batch, DatasetInfo, Sample, collate
 from defectkit.data.samplers import FrequencyNegativeSampler
 from defectkit.data.splits import split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.data.transforms import AugmentConfig, SampleTransform, build_transform
 
-_MASK_KEYS = ("mask_path", "mask_rle", "mask_depth", "mask_class", "mask_binary")
-
 
 def without_mask(sample: Sample) -> Sample:
-    meta = {k: v for k, v in sample.meta.items() if k not in _MASK_KEYS}
+    meta = {k: v for k, v in sample.meta.items() if k not in MASK_KEYS}
     return sample.replace(mask=None, meta=meta)
 
 

@@ -65,7 +65,7 @@ def read(root: Path) -> Dataset:
                 try:
                     defective = bool(np.any(read_mask(label_file)))
                 except ImageReadError as error:
-                    problems.append(Problem(str(label_file), str(error).split(": ", 1)[-1]))
+                    problems.append(Problem(error.path, error.reason))
                 else:
                     sample.label = int(defective)
                     sample.classes = [1] if defective else []

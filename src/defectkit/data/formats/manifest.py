@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from defectkit.data.formats import FormatError, register_format
-from defectkit.data.sample import Dataset, DatasetInfo, Problem, Sample
+from defectkit.data.sample import MASK_KEYS, Dataset, DatasetInfo, Problem, Sample
 
 COLUMNS = ("path", "label", "class", "mask", "boxes", "part", "surface")
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
@@ -240,8 +240,7 @@ def sample_row(sample: Sample, info: DatasetInfo, base: Path, mask_path: str | N
 
 
 # Meta keys that describe how a reader found the data, not the data: never written as columns.
-_READER_KEYS = frozenset({"part", "source", "sha1", "mask_path", "mask_source", "mask_class", "mask_binary",
-                          "mask_rle", "mask_depth", "mask_empty"})  # fmt: skip
+_READER_KEYS = frozenset({"part", "source", "sha1", "mask_source", *MASK_KEYS})
 
 
 def portable_meta_keys(samples: Sequence[Sample]) -> tuple[str, ...]:
