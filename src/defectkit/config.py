@@ -81,6 +81,11 @@ class TrainerConfig(BaseModel):
         description="end with the best validation AP's weights, ties -> lower val loss (else last epoch)",
     )
     gradient_clip_val: float | None = Field(None, description="clip the gradient norm; None: off")
+    threshold_placement: Literal["score", "midpoint"] = Field(
+        "midpoint",
+        description="where the best-F1 decision threshold sits in its gap on validation scores "
+        "(defectkit.metrics.best_f1_threshold)",
+    )
     num_workers: int = 0
     precision: str = "32-true"
     accelerator: str = "auto"

@@ -51,3 +51,19 @@ def test_fp_fn_at_threshold_uses_ge() -> None:
     assert fp_fn_at_threshold(y, s, 0.5) == (1, 1)
     assert fp_fn_at_threshold(torch.tensor(y), torch.tensor(s, dtype=torch.float64), 0.5) == (1, 1)
     assert fp_fn_at_threshold(y, s, 0.0) == (2, 0)
+
+
+def test_midpoint_placement_keeps_the_calls_and_centres_the_gap() -> None:
+    y, s = [0, 0, 1, 1], [0.1, 0.3, 0.7, 0.8]
+    threshold = best_f1_threshold(y, s, placement="midpoint")
+    assert threshold == pytest.approx(0.5)
+    assert fp_fn_at_threshold(y, s, threshold) == fp_fn_at_threshold(y, s, best_f1_threshold(y, s))
+
+
+def test_midpoint_placement_without_a_lower_score_is_the_score() -> None:
+    assert best_f1_threshold([1, 1], [0.4, 0.9], placement="midpoint") == 0.4
+
+
+def test_unknown_placement_is_an_error() -> None:
+    with pytest.raises(ValueError, match="placement"):
+        best_f1_threshold([0, 1], [0.1, 0.9], placement="middle")  # type: ignore[arg-type]

@@ -17,6 +17,8 @@ written here by hand (a sort and two cumulative sums).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from defectkit.metrics._utils import ArrayLike, binary_labels_scores
@@ -24,17 +26,29 @@ from defectkit.metrics._utils import ArrayLike, binary_labels_scores
 __all__ = ["best_f1_threshold", "fp_fn_at_threshold"]
 
 
-def best_f1_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
+Placement = Literal["score", "midpoint"]
+
+
+def best_f1_threshold(labels: ArrayLike, scores: ArrayLike, placement: Placement = "score") -> float:
     """Threshold with the best F1 on (validation) ``labels`` / ``scores``.
 
-    Candidates are the distinct score values (``score >= t`` is defective), so the
-    returned threshold is always one of the scores: the highest threshold that
-    still makes exactly the best-F1 calls on this data. Among thresholds with
-    equal F1 the higher one wins (fewer false alarms for the same F1).
+    Candidates are the distinct score values (``score >= t`` is defective). Among
+    thresholds with equal F1 the higher one wins (fewer false alarms for the same
+    F1). Every threshold in the gap between that score and the next lower distinct
+    score makes the same calls on this data; ``placement`` picks one:
+
+    - ``"score"``: the chosen score itself, the highest such threshold. On a small
+      validation set that separates perfectly it sits exactly on the weakest
+      validation defect, so a slightly weaker unseen defect is missed.
+    - ``"midpoint"``: halfway across the gap (the largest margin to both sides,
+      as a max-margin classifier would place it); the chosen score when no lower
+      score exists.
 
     Raises:
         ValueError: empty input, or no defective images (label 1) in ``labels``.
     """
+    if placement not in ("score", "midpoint"):
+        raise ValueError(f"placement must be 'score' or 'midpoint', not {placement!r}")
     y, s = binary_labels_scores(labels, scores)
     if y.size == 0:
         raise ValueError("cannot choose a decision threshold: the validation set is empty")
@@ -60,7 +74,10 @@ def best_f1_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     # Thresholds are in decreasing order: the first index reaching the best F1
     # is the highest threshold.
     idx = int(np.flatnonzero(f1 == best)[0])
-    return float(s_sorted[run_ends[idx]])
+    chosen = float(s_sorted[run_ends[idx]])
+    if placement == "midpoint" and idx + 1 < run_ends.size:
+        return (chosen + float(s_sorted[run_ends[idx + 1]])) / 2.0
+    return chosen
 
 
 def fp_fn_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -> tuple[int, int]:

@@ -2,7 +2,8 @@
 
 Lightning does the loop (device choice, DDP, checkpoints, early stopping, progress, CSV logs).
 After fitting, the decision threshold is chosen on the validation split with the named rule
-(best F1, ties -> higher) by scoring it through the same path deployment uses (Inspector), and
+(best F1, ties -> higher; placed mid-gap by default, `trainer.threshold_placement`) by scoring it
+through the same path deployment uses (Inspector), and
 stored in the model; a validation split without defective images is an error, never a silent 0.
 The pixel threshold (heat map -> defect regions) is chosen on the same validation images by
 pooled pixel F1 where their masks are known (0.5 when none is).
@@ -29,6 +30,7 @@ from defectkit.data.sample import Sample
 from defectkit.inference.inspector import Inspector, TorchBackend
 from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, git_commit, save_model
 from defectkit.metrics import best_f1_threshold, image_metrics
+from defectkit.metrics.thresholds import Placement
 from defectkit.registry import get_method
 from defectkit.training.data import InspectionDataModule, PreparedData, prepare_data
 
@@ -89,13 +91,15 @@ def choose_pixel_threshold(pairs: Sequence[tuple[np.ndarray, np.ndarray]], defau
     return best
 
 
-def choose_threshold(labels: Sequence[int], scores: Sequence[float]) -> float:
+def choose_threshold(
+    labels: Sequence[int], scores: Sequence[float], placement: Placement = "midpoint"
+) -> float:
     if not any(label == 1 for label in labels):
         raise ThresholdError(
             "the validation split has no defective images, so no decision threshold can be chosen; "
             "raise data.val_fraction or add defective images"
         )
-    return best_f1_threshold(labels, scores)
+    return best_f1_threshold(labels, scores, placement)
 
 
 def _trainer(
@@ -190,11 +194,13 @@ def train(
     labels = [int(s.label or 0) for s in data.val]
     scored = score_with_masks(inspector, data.val, config.input.channels)
     scores = [score for score, _ in scored]
-    threshold = choose_threshold(labels, scores)
+    threshold = choose_threshold(labels, scores, config.trainer.threshold_placement)
     pixel = choose_pixel_threshold([pair for _, pair in scored if pair is not None])
     card = card.model_copy(
         update={
-            "thresholds": Thresholds(decision=threshold, pixel=pixel),
+            "thresholds": Thresholds(
+                decision=threshold, pixel=pixel, rule=f"best_f1/{config.trainer.threshold_placement}"
+            ),
             "validation_metrics": image_metrics(labels, scores, threshold),
             "commit": git_commit(),
             "data_fingerprint": data_fingerprint([*data.train, *data.val]),
