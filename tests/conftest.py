@@ -82,14 +82,27 @@ def real_data() -> Callable[[str], Path]:
 
 
 TINY_SEGDEC = {"volume_channels": 16, "widths": [8, 8, 8], "decision_widths": [4, 4, 4]}
+TINY_WEAK_LNET = {
+    "shared_widths": [4, 4, 8, 8],
+    "lnet_widths": [4, 4],
+    "lnet_volume": 8,
+    "dnet_widths": [4, 4, 4, 8, 8],
+    "fc_width": 8,
+}
+TINY_MODELS = {"segdec": TINY_SEGDEC, "weak_lnet": TINY_WEAK_LNET}
 
 
-def tiny_segdec(
-    directory: Path, channels: int = 1, decision: float = 0.5, size: tuple[int, int] = (96, 64), seed: int = 0
+def tiny_model(
+    directory: Path,
+    method: str,
+    channels: int = 1,
+    decision: float = 0.5,
+    size: tuple[int, int] = (96, 64),
+    seed: int = 0,
 ) -> Path:
-    """A random-weight segdec saved like a trained one: fast to build, export and run.
+    """A random-weight model of ``method`` saved like a trained one: fast to build, export and run.
 
-    Sides must be multiples of 64: segdec halves them three times in each subnetwork.
+    Sides must be multiples of 64: both methods halve them three times in each subnetwork.
     """
     import torch
 
@@ -97,14 +110,27 @@ def tiny_segdec(
     from defectkit.models import create_model
 
     torch.manual_seed(seed)
-    options = {**TINY_SEGDEC, "in_channels": channels}
+    options = {**TINY_MODELS[method], "in_channels": channels}
     norm = (0.5,) * channels, (0.25,) * channels
     card = ModelCard(
-        method="segdec",
-        model="segdec",
+        method=method,
+        model=method,
         model_options=options,
         input=InputSpec(size=size, channels=channels, mean=norm[0], std=norm[1]),
         thresholds=Thresholds(decision=decision),
         class_names=["defect"],
     )
-    return save_model(directory, create_model("segdec", **options), card)
+    model = create_model(method, **options).eval()
+    if method == "weak_lnet":
+        # Fresh BatchNorm statistics are the identity; make them non-trivial so export must carry them.
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return save_model(directory, model, card)
+
+
+def tiny_segdec(
+    directory: Path, channels: int = 1, decision: float = 0.5, size: tuple[int, int] = (96, 64), seed: int = 0
+) -> Path:
+    return tiny_model(directory, "segdec", channels, decision, size, seed)

@@ -41,6 +41,12 @@ class DataConfig(BaseModel):
     split_seed: int = 0
     supervision: Supervision = "full"
     num_segmented: int | None = Field(None, ge=0, description="mixed: positives that keep their masks")
+    train_positives: int | None = Field(
+        None,
+        ge=1,
+        description="train on at most this many defective images (drawn with split_seed after the "
+        "validation hold-out, which keeps its own); None: all",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> DataConfig:
@@ -85,6 +91,13 @@ class TrainerConfig(BaseModel):
         "midpoint",
         description="where the best-F1 decision threshold sits in its gap on validation scores "
         "(defectkit.metrics.best_f1_threshold)",
+    )
+    pixel_quantile: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="without validation masks: pixel threshold = this quantile of the good "
+        "validation images' heat values",
     )
     num_workers: int = 0
     precision: str = "32-true"

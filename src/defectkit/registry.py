@@ -11,10 +11,15 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+if TYPE_CHECKING:
+    from torch.utils.data import Sampler
+
+    from defectkit.config import RunConfig
 
 # Modules that register methods when imported; each method issue appends its module here.
-METHOD_MODULES: tuple[str, ...] = ("defectkit.training.segdec",)
+METHOD_MODULES: tuple[str, ...] = ("defectkit.training.segdec", "defectkit.training.weak_lnet")
 
 
 class MethodSpec:
@@ -26,6 +31,8 @@ class MethodSpec:
     paper: ClassVar[str | None] = None
     default_config: ClassVar[str | None] = None  # configs/<method>/<dataset>.yaml, with its profiles
     model_name: ClassVar[str] = ""  # model family in defectkit.models
+    # False: the method learns from image labels only; the data layer then hides every mask.
+    uses_masks: ClassVar[bool] = True
 
     @classmethod
     def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +44,11 @@ class MethodSpec:
         from defectkit.models import create_model
 
         return create_model(cls.model_name or cls.name, **cls.model_options(config))
+
+    @classmethod
+    def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
+        """The order training images are drawn in; ``None``: a plain shuffle each epoch."""
+        return None
 
     @classmethod
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> Any:

@@ -66,7 +66,7 @@ def test_results_path_rules(tmp_path: Path) -> None:
     # Keys are sorted, so the name does not depend on how the dict was built.
     a = results_path("neu/x", {"shots": 5, "backbone": "r18"}, "cpu")
     b = results_path("neu/x", {"backbone": "r18", "shots": 5}, "cpu")
-    assert a == b and a.name == "neu-x-r18-5-cpu.json"
+    assert a == b and a.name == "neu-x-backbone-r18_shots-5-cpu.json"  # several keys: named pairs
     assert results_path("p", {}, "cpu").name == "p-cpu.json"
 
 

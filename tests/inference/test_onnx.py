@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import texture, tiny_segdec
+from conftest import texture, tiny_model, tiny_segdec
 from defectkit.cli.main import app
 from defectkit.inference.inspector import load_inspector
 from defectkit.inference.saved_model import (
@@ -17,7 +17,7 @@ from defectkit.inference.saved_model import (
 )
 
 runner = CliRunner()
-# segdec needs input sides divisible by 64 (8 in the segmentation net, 8 more in the decision net).
+# Both methods need input sides divisible by 64 (8 in the trunk, 8 more in the decision net).
 SIZE = (96, 64)
 # (height, width, channels of the image file): smaller and larger than the model, odd, both layouts.
 IMAGES = [
@@ -28,13 +28,16 @@ IMAGES = [
 ]  # fmt: skip
 
 
-def tiny_model(directory: Path, channels: int = 1) -> Path:
-    return tiny_segdec(directory, channels, size=SIZE, seed=channels)
-
-
-@pytest.fixture(scope="module", params=[1, 3], ids=["grey-model", "rgb-model"])
+@pytest.fixture(
+    scope="module",
+    params=[("segdec", 1), ("segdec", 3), ("weak_lnet", 1)],
+    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey"],
+)
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tiny_model(tmp_path_factory.mktemp("models") / "tiny", request.param)
+    method, channels = request.param
+    directory = tiny_model(
+        tmp_path_factory.mktemp("models") / "tiny", method, channels, size=SIZE, seed=channels
+    )
     result = runner.invoke(app, ["export", str(directory), "--format", "onnx"])
     assert result.exit_code == 0, result.output
     assert (directory / ONNX_NAME).is_file() and "wrote" in result.output
@@ -64,7 +67,7 @@ def test_onnx_matches_torch_on_any_size(exported: Path) -> None:
 
 
 def test_onnx_backend_needs_export(tmp_path: Path) -> None:
-    directory = tiny_model(tmp_path / "plain")
+    directory = tiny_segdec(tmp_path / "plain")
     with pytest.raises(SavedModelError, match="defectkit export"):
         load_inspector(directory, backend="onnx")
     result = runner.invoke(
@@ -78,7 +81,7 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
     assert missing.exit_code == 1, missing.output
     assert "nope" in missing.output and "Traceback" not in missing.output
     assert len(missing.output.strip().splitlines()) == 1
-    directory = tiny_model(tmp_path / "model")
+    directory = tiny_segdec(tmp_path / "model")
     unknown = runner.invoke(app, ["export", str(directory), "--format", "tflite"])
     assert unknown.exit_code == 2 and "tflite" in unknown.output
     assert not (directory / ONNX_NAME).exists()

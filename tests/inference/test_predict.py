@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_onnx import tiny_model  # the shared tiny segdec builder
 from typer.testing import CliRunner
 
 import defectkit
-from conftest import save, texture
+from conftest import save, texture, tiny_segdec
 from defectkit.cli.main import app
 from defectkit.inference.inspection import Inspection, Region
 from defectkit.inference.overlay import VERDICT_COLOURS, render_overlay
@@ -23,7 +22,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+    return tiny_segdec(tmp_path_factory.mktemp("models") / "tiny", size=(96, 64), seed=1)
 
 
 @pytest.fixture

@@ -192,6 +192,14 @@ def test_pixel_threshold_best_f1_on_validation_heatmaps() -> None:
     assert engine.choose_pixel_threshold([(heat, np.zeros((2, 2), bool))]) == 0.5
 
 
+def test_pixel_threshold_without_masks_keeps_good_validation_images_clean() -> None:
+    good, defective = np.array([[0.1, 0.3]]), np.array([[0.2, 0.9]])
+    scored = [(0.1, good, None), (0.9, defective, None)]
+    threshold, rule = engine.pixel_threshold(scored, [0, 1], quantile=1.0)
+    assert rule == "good_quantile:1" and 0.3 < threshold < 0.9
+    assert not (good >= threshold).any() and (defective >= threshold).sum() == 1
+
+
 def test_restore_best_keeps_the_best_validation_weights(tmp_path: Path) -> None:
     config = load_config(tiny_config(trainer__restore_best=True, trainer__epochs=3))
     model_dir = engine.train(config, tmp_path / "run", progress=False)

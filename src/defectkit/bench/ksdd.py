@@ -4,14 +4,22 @@ Folds come from :func:`defectkit.data.splits.kfold` (k=3, seed 0): grouped by ph
 (``kosNN``) and by image content, so the duplicated images of kos01/kos26 and kos27/kos34 never
 straddle train and test. Inside each training fold, a grouped 20 % hold-out (``data.val_fraction``)
 chooses the decision threshold; the fold's test images are scored once by that fold's model.
-Pooled over the three folds, all 399 images are scored exactly once: AP / AUROC over the pooled
-scores, FP / FN as the sum of each fold's errors at its own threshold.
+Pooled over the three folds, all 399 images are scored exactly once: AP / AUROC / FP at 100 %
+recall over the pooled scores, FP / FN as the sum of each fold's errors at its own threshold.
+Heat-map figures (Dice on defective images, pixel AUROC) are means over the folds' test images.
+
+Each fold is one cached cell keyed by the fold and a hash of its resolved config, so a rerun
+after a config change retrains instead of reusing a stale fold.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +27,9 @@ import numpy as np
 
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, register_protocol, supervision_overrides
 from defectkit.bench.results import CellCache, variant_slug, write_results
-from defectkit.config import load_config
+from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
+from defectkit.data.sample import Sample
 from defectkit.data.splits import kfold
 from defectkit.evaluation.evaluate import score_dataset
 from defectkit.inference.inspector import load_inspector
@@ -33,7 +42,7 @@ FOLD_SEED = 0
 
 # Paper 002, Table 6 (SBDD on KSDD): AUC 0.99, AP 0.99, FP 0, FN 0. For weak supervision the
 # segdec paper (Bozic et al. 2021) reports about 0.93 AP at full resolution with image labels only.
-PAPER = {
+SEGDEC_PAPER = {
     "full": {"ap": 0.99, "auroc": 0.99, "fp": 0, "fn": 0},
     "weak": {"ap": 0.93},
 }
@@ -41,10 +50,52 @@ PAPER = {
 # The segdec paper's KolektorSDD run without masks (N=0) used other optimiser settings.
 WEAK_OVERRIDES = ["trainer.lr=0.01", "method_options.delta=1.0", "method_options.dyn_balance=false"]
 
+# Paper 004, Table 6 ("Our approach" with 33 and with 10 positives; "Pre-trained ResNet"), and the
+# text of IV.D for 5 positives (AP 97.96 %). Fig. 5's other cells are bar charts without numbers.
+WEAK_LNET_PAPER = {
+    "all": {"ap": 0.995, "fn": 0, "fp": 1, "false_calls": 1, "fp_at_full_recall": 5},
+    "10": {"ap": 0.980, "fn": 1, "fp": 2, "false_calls": 3, "fp_at_full_recall": 51},
+    "5": {"ap": 0.9796},
+}
+RESNET_PAPER = {"ap": 0.978, "fn": 0, "fp": 2, "false_calls": 2, "fp_at_full_recall": 40}
+WEAK_LNET_DEFAULTS = {"positives": "all", "lnet_trained": True, "frozen": True, "rotation": False}
+# Paper 004 evaluates rotations by 0/90/180/270 degrees: each equally likely.
+ROTATION_PROBABILITY = 0.75
 
-def _fold_cell(config_overrides: list[str], request: BenchRequest, fold: int, train_idx: list[int],
-               test_idx: list[int], samples: list[Any], work: Path) -> dict[str, Any]:  # fmt: skip
-    config = load_config(REPO_ROOT / "configs/segdec/kolektorsdd.yaml", request.profile, config_overrides)
+
+@dataclass(frozen=True)
+class KsddRun:
+    """One KolektorSDD cross-validation: which method and config, and how its results are named."""
+
+    protocol: str
+    method: str
+    config: Path
+    variant: Mapping[str, Any]
+    overrides: list[str] = field(default_factory=list)
+    paper: Mapping[str, Any] = field(default_factory=dict)
+    notes: str | None = None
+
+    @property
+    def name(self) -> str:
+        return "-".join(
+            part for part in (self.protocol.replace("/", "-"), variant_slug(self.variant)) if part
+        )
+
+
+def ksdd_samples() -> list[Sample]:
+    root = Path(os.path.expandvars("$DEFECTKIT_DATA/kolektorsdd"))
+    if "DEFECTKIT_DATA" not in os.environ or not root.is_dir():
+        raise FileNotFoundError(f"{root}: KolektorSDD not found; unpack it and set DEFECTKIT_DATA")
+    return list(read_dataset(root, "kolektorsdd").samples)
+
+
+def config_hash(config: RunConfig) -> str:
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+
+
+def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: list[int],
+               test_idx: list[int], samples: list[Sample], work: Path) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
     data = prepare_data(config, [samples[i] for i in train_idx])
     model_dir = train(config, work / f"fold{fold}", progress=request.progress, data=data)
@@ -54,18 +105,22 @@ def _fold_cell(config_overrides: list[str], request: BenchRequest, fold: int, tr
     scored = score_dataset(inspector, [samples[i] for i in test_idx])
     threshold = inspector.threshold
     metrics = image_metrics(scored.labels, scored.scores, threshold)
+    segmentation = scored.segmentation.compute() if scored.segmentation is not None else {}
     wall_s = time.perf_counter() - started
     return {
         "wall_s": wall_s,
         "fold": fold,
         "threshold": threshold,
+        "pixel_threshold": inspector.card.thresholds.pixel,
         "train_images": len(data.train),
+        "train_positives": sum(1 for s in data.train if s.label == 1),
         "val_images": len(data.val),
         "train_s": train_s,
         "paths": scored.paths,
         "labels": scored.labels.tolist(),
         "scores": scored.scores.tolist(),
         "dice": [None if np.isnan(d) else float(d) for d in scored.dice],
+        "pixel_auroc": segmentation.get("pixel_auroc"),
         "infer_ms": scored.infer_ms_per_image,
         "skipped": [str(p) for p in scored.skipped],
         "metrics": metrics,
@@ -73,26 +128,20 @@ def _fold_cell(config_overrides: list[str], request: BenchRequest, fold: int, tr
     }
 
 
-@register_protocol("ksdd/segdec", "segdec on KolektorSDD, 3-fold CV by commutator (paper 002, SBDD)")
-def ksdd_segdec(request: BenchRequest) -> Path:
-    variant, overrides = supervision_overrides(request.supervision)
-    if request.supervision == "weak":
-        overrides += WEAK_OVERRIDES
-    root = Path(os.path.expandvars("$DEFECTKIT_DATA/kolektorsdd"))
-    if "DEFECTKIT_DATA" not in os.environ or not root.is_dir():
-        raise FileNotFoundError(f"{root}: KolektorSDD not found; unpack it and set DEFECTKIT_DATA")
-    samples = read_dataset(root, "kolektorsdd").samples
+def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
+    """Train and score every fold of ``run`` (cached cells skipped), then write its results file."""
+    samples = ksdd_samples()
     folds = kfold(samples, FOLDS, seed=FOLD_SEED)
-    name = f"ksdd-segdec-{variant_slug(variant)}-{request.profile}"
+    config = load_config(REPO_ROOT / run.config, request.profile, [*run.overrides, *request.overrides])
+    name = f"{run.name}-{request.profile}"
     cache = CellCache(request.work_root / "cache" / name)
     cells = []
     for fold, (train_idx, test_idx) in enumerate(folds):
-        key = f"fold{fold}"
+        key = f"fold{fold}/config-{config_hash(config)}"
         cell = cache.get(key)
         if cell is None:
-            cell = _fold_cell(
-                overrides, request, fold, train_idx, test_idx, samples, request.work_root / name
-            )
+            work = request.work_root / name
+            cell = _fold_cell(config, request, fold, train_idx, test_idx, samples, work)
             cache.put(key, cell)
         cells.append(cell)
 
@@ -104,6 +153,7 @@ def ksdd_segdec(request: BenchRequest) -> Path:
     dice_pos = [
         d for c in cells for d, y in zip(c["dice"], c["labels"], strict=True) if y == 1 and d is not None
     ]
+    pixel_auroc = [c["pixel_auroc"] for c in cells if c.get("pixel_auroc") is not None]
     metrics = {
         "ap": pooled["ap"],
         "auroc": pooled["auroc"],
@@ -112,23 +162,127 @@ def ksdd_segdec(request: BenchRequest) -> Path:
         "false_calls": fp + fn,
         "fp_at_full_recall": pooled["fp_at_full_recall"],
         "dice_pos": float(np.mean(dice_pos)) if dice_pos else None,
+        "pixel_auroc": float(np.mean(pixel_auroc)) if pixel_auroc else None,
     }
-    per_fold = [{"fold": c["fold"], "threshold": c["threshold"], "metrics": c["metrics"]} for c in cells]
-    infer = float(np.mean([c["infer_ms"] for c in cells]))
-    wall = sum(c["wall_s"] for c in cells)  # training + scoring of every fold, even across sessions
+    per_fold = [
+        {
+            "fold": c["fold"],
+            "threshold": c["threshold"],
+            "train_positives": c.get("train_positives"),
+            "pixel_auroc": c.get("pixel_auroc"),
+            "metrics": c["metrics"],
+        }
+        for c in cells
+    ]
     return write_results(
-        protocol="ksdd/segdec",
-        method="segdec",
+        protocol=run.protocol,
+        method=run.method,
         dataset="kolektorsdd",
-        variant=variant,
+        variant=run.variant,
         profile=request.profile,
         metrics=metrics,
         per_fold=per_fold,
         n_images=len(labels),
-        paper=PAPER.get(request.supervision.split(":")[0], {}),
-        wall_time_s=wall,
-        infer_ms_per_image=infer,
+        paper=run.paper,
+        wall_time_s=sum(c["wall_s"] for c in cells),  # training + scoring of every fold, across sessions
+        infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
         command=request.command,
-        init="random",
+        init="random" if config.weights is None else Path(config.weights).name,
+        notes=run.notes,
         root=request.results_root,
     )
+
+
+def _flag(options: Mapping[str, str], key: str, default: bool) -> bool:
+    value = str(options.get(key, default)).lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"--variant {key}={options[key]}: expected true or false")
+    return value in ("true", "1", "yes")
+
+
+def _check_keys(options: Mapping[str, str], known: Mapping[str, Any], protocol: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"{protocol}: unknown --variant keys {unknown}; known: {sorted(known)}")
+
+
+@register_protocol("ksdd/segdec", "segdec on KolektorSDD, 3-fold CV by commutator (paper 002, SBDD)")
+def ksdd_segdec(request: BenchRequest) -> Path:
+    _check_keys(request.variant, {}, "ksdd/segdec")
+    variant, overrides = supervision_overrides(request.supervision)
+    if request.supervision == "weak":
+        overrides += WEAK_OVERRIDES
+    run = KsddRun(
+        protocol="ksdd/segdec",
+        method="segdec",
+        config=Path("configs/segdec/kolektorsdd.yaml"),
+        variant=variant,
+        overrides=overrides,
+        paper=SEGDEC_PAPER.get(request.supervision.split(":")[0], {}),
+    )
+    return run_ksdd(run, request)
+
+
+def _positives(options: Mapping[str, str]) -> str:
+    value = str(options.get("positives", "all"))
+    if value != "all" and not (value.isdigit() and int(value) > 0):
+        raise ValueError(f"--variant positives={value}: expected all or a positive number")
+    return value
+
+
+@register_protocol(
+    "ksdd/weak_lnet",
+    "weak_lnet on KolektorSDD from image labels, 3-fold CV by commutator (paper 004); "
+    "--variant positives=all|N lnet_trained=true|false frozen=true|false rotation=true|false",
+)
+def ksdd_weak_lnet(request: BenchRequest) -> Path:
+    options = request.variant
+    _check_keys(options, WEAK_LNET_DEFAULTS, "ksdd/weak_lnet")
+    positives = _positives(options)
+    lnet_trained = _flag(options, "lnet_trained", True)
+    frozen = _flag(options, "frozen", True)
+    rotation = _flag(options, "rotation", False)
+    overrides = [
+        f"method_options.lnet_trained={str(lnet_trained).lower()}",
+        f"method_options.freeze_stage2={str(frozen).lower()}",
+        f"augment.rot90={ROTATION_PROBABILITY if rotation else 0.0}",
+    ]
+    if positives != "all":
+        overrides.append(f"data.train_positives={positives}")
+    default_switches = lnet_trained and frozen and not rotation
+    run = KsddRun(
+        protocol="ksdd/weak_lnet",
+        method="weak_lnet",
+        config=Path("configs/weak_lnet/kolektorsdd.yaml"),
+        variant={
+            "positives": positives,
+            "lnet_trained": lnet_trained,
+            "frozen": frozen,
+            "rotation": rotation,
+        },
+        overrides=overrides,
+        # The paper's numbered figures are for its default switches (frozen, no rotation).
+        paper=WEAK_LNET_PAPER.get(positives, {}) if default_switches else {},
+    )
+    return run_ksdd(run, request)
+
+
+@register_protocol(
+    "ksdd/imagenet_classifier",
+    "ImageNet-initialised ResNet-18 fine-tuned on image labels, KolektorSDD 3-fold CV "
+    "(paper 004 Table 6 baseline); --variant positives=all|N",
+)
+def ksdd_imagenet_classifier(request: BenchRequest) -> Path:
+    options = request.variant
+    _check_keys(options, {"positives": "all"}, "ksdd/imagenet_classifier")
+    positives = _positives(options)
+    overrides = [] if positives == "all" else [f"data.train_positives={positives}"]
+    run = KsddRun(
+        protocol="ksdd/imagenet_classifier",
+        method="imagenet_classifier",
+        config=Path("configs/imagenet_classifier/kolektorsdd.yaml"),
+        variant={"positives": positives},
+        overrides=overrides,
+        paper=RESNET_PAPER if positives == "all" else {},
+    )
+    return run_ksdd(run, request)

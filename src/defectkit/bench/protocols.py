@@ -8,7 +8,7 @@ can span sessions; the pooled results file is written once every cell is done.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ class BenchRequest:
     results_root: Path
     work_root: Path  # cache and trained models (not committed)
     progress: bool = True
+    variant: dict[str, str] = field(default_factory=dict)  # protocol options (--variant key=value)
+    # Extra config overrides (--set a.b=c): smoke runs and experiments; the command records them.
+    overrides: list[str] = field(default_factory=list)
 
 
 ProtocolRunner = Callable[[BenchRequest], Path]

@@ -73,12 +73,21 @@ def _slug(text: str) -> str:
 
 
 def variant_slug(variant: Mapping[str, Any]) -> str:
-    """Variant values joined by ``-`` in key order (``{"supervision": "mixed:5"}`` -> ``mixed-5``).
+    """A file-name part for ``variant``, keys sorted so one variant always gives one name.
 
-    Keys are sorted so the same variant always gives the same name, however it was built.
+    One key: its value (``{"supervision": "mixed:5"}`` -> ``mixed-5``). Several keys: ``key-value``
+    pairs joined by ``_`` (``{"positives": 10, "rotation": False}`` -> ``positives-10_rotation-false``),
+    since bare values (``true-false``) would not say which switch is which.
     """
-    parts = [_slug(str(variant[key])) for key in sorted(variant)]
-    return "-".join(part for part in parts if part)
+
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    if len(variant) == 1:
+        (value,) = variant.values()
+        return _slug(text(value))
+    parts = [f"{_slug(key)}-{_slug(text(variant[key]))}" for key in sorted(variant)]
+    return "_".join(parts)
 
 
 def results_path(

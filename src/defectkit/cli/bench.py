@@ -30,6 +30,12 @@ def bench(
     protocol: str | None = typer.Argument(None, help="Protocol, e.g. ksdd/segdec (--list shows them)."),
     profile: str = typer.Option("cpu", "--profile", "-p", help="cpu or paper."),
     supervision: str = typer.Option("full", "--supervision", "-s", help="full, weak or mixed:N."),
+    variant: list[str] = typer.Option(
+        [], "--variant", "-V", help="Protocol option KEY=VALUE, repeatable (--list names each protocol's)."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Config override KEY=VALUE for every cell, repeatable (recorded in the command)."
+    ),
     results: Path = typer.Option(Path("benchmarks/results"), help="Where results files go."),
     work: Path = typer.Option(Path("runs/bench"), help="Cache of finished cells (folds) and trained models."),
     list_: bool = typer.Option(False, "--list", help="List the protocols and exit."),
@@ -50,12 +56,21 @@ def bench(
             raise UsageError("name a protocol (defectkit bench --list shows them)")
         tail = sys.argv[sys.argv.index(protocol) :] if protocol in sys.argv else [protocol]
         command = "defectkit bench " + shlex.join(tail)
+        options = {}
+        for item in variant:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise UsageError(f"--variant {item!r}: expected KEY=VALUE, e.g. positives=10")
+            options[key.strip()] = value.strip()
+        request = BenchRequest(
+            profile, supervision, command, results, work, not quiet, options, list(overrides)
+        )
         try:
-            path = run_protocol(
-                protocol, BenchRequest(profile, supervision, command, results, work, not quiet)
-            )
+            path = run_protocol(protocol, request)
         except KeyError as error:
             raise UsageError(str(error.args[0])) from None
         console.print(escape(f"wrote {path}"))
-    render_benchmarks(results, Path("BENCHMARKS.md"))
-    console.print("BENCHMARKS.md regenerated")
+    # Only the project's own results feed BENCHMARKS.md; other folders get their own page.
+    default = results.resolve() == Path("benchmarks/results").resolve()
+    page = render_benchmarks(results, Path("BENCHMARKS.md") if default else results / "BENCHMARKS.md")
+    console.print(escape(f"{page} regenerated"))

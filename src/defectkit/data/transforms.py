@@ -41,6 +41,11 @@ class AugmentConfig(BaseModel):
     antialias: bool = Field(
         True, description="antialiased resizing; False matches the ONNX/torch inference pre-processor exactly"
     )
+    allow_transpose: bool = Field(
+        False,
+        description="let rot90 turn a non-square size into its transpose (fully convolutional models "
+        "trained with batch size 1 only: images of both orientations cannot be stacked)",
+    )
     brightness: float = Field(0.0, ge=0)
     contrast: float = Field(0.0, ge=0)
     mean: tuple[float, ...] | None = None
@@ -54,8 +59,11 @@ class AugmentConfig(BaseModel):
             raise ValueError("resized_crop_scale needs size")
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither")
-        if self.rot90 and self.size is not None and self.size[0] != self.size[1]:
-            raise ValueError("rot90 swaps height and width: use it only with square sizes")
+        if self.rot90 and self.size is not None and self.size[0] != self.size[1] and not self.allow_transpose:
+            raise ValueError(
+                "rot90 swaps height and width: use it only with square sizes, or set allow_transpose "
+                "(batch size 1)"
+            )
         return self
 
 

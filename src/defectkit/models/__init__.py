@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 # Modules whose import registers model families; each method issue appends its own.
-MODEL_MODULES: tuple[str, ...] = ("defectkit.models.segdec",)
+MODEL_MODULES: tuple[str, ...] = ("defectkit.models.segdec", "defectkit.models.weak_lnet")
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -3,6 +3,9 @@
 Supervision levels are applied here, once, by removing what the model may not see: ``weak``
 drops the masks of defective images (good images keep their known-empty masks), ``mixed`` keeps
 masks for ``num_segmented`` defective images drawn with the split seed, ``full`` keeps them all.
+A method that learns from image labels alone (``MethodSpec.uses_masks`` false) gets no mask at
+all, in training or validation, so no pixel label can reach it. ``train_positives`` keeps a
+seeded subset of the training positives (the paper-004 "number of defect samples" studies).
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from defectkit.config import RunConfig
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import load_sample
 from defectkit.data.sample import MASK_KEYS, Batch, DatasetInfo, Sample, collate
-from defectkit.data.samplers import FrequencyNegativeSampler
 from defectkit.data.splits import split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.data.transforms import AugmentConfig, SampleTransform, build_transform
+from defectkit.registry import get_method
 
 
 def without_mask(sample: Sample) -> Sample:
@@ -81,8 +84,22 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
     train_idx, val_idx = split_fractions(
         samples, (1.0 - config.data.val_fraction, config.data.val_fraction), seed=config.data.split_seed
     )
-    train = apply_supervision([samples[i] for i in train_idx], config)
-    return PreparedData(info, train, [samples[i] for i in val_idx])
+    train = limit_positives([samples[i] for i in train_idx], config)
+    val = [samples[i] for i in val_idx]
+    if not get_method(config.method).uses_masks:
+        return PreparedData(info, [without_mask(s) for s in train], [without_mask(s) for s in val])
+    return PreparedData(info, apply_supervision(train, config), val)
+
+
+def limit_positives(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
+    """At most ``data.train_positives`` defective images (seeded draw); every other image kept."""
+    count = config.data.train_positives
+    positives = [i for i, s in enumerate(samples) if s.label == 1]
+    if count is None or count >= len(positives):
+        return list(samples)
+    rng = np.random.default_rng(config.data.split_seed)
+    dropped = set(np.asarray(positives)[rng.permutation(len(positives))[count:]].tolist())
+    return [s for i, s in enumerate(samples) if i not in dropped]
 
 
 class SampleDataset(Dataset[Sample]):
@@ -139,13 +156,8 @@ class InspectionDataModule(L.LightningDataModule):
         self.collate = functools.partial(collate, num_classes=len(data.info.class_names))
 
     def train_dataloader(self) -> DataLoader[Batch]:
-        options = self.config.method_options
         labels = [s.label for s in self.data.train]
-        sampler = (
-            FrequencyNegativeSampler(labels, seed=self.config.seed)
-            if options.get("frequency_sampling")
-            else None
-        )
+        sampler = get_method(self.config.method).train_sampler(labels, self.config)
         return DataLoader(
             self.train_set,  # type: ignore[arg-type]
             batch_size=self.config.trainer.batch_size,

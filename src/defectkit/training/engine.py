@@ -6,7 +6,8 @@ After fitting, the decision threshold is chosen on the validation split with the
 through the same path deployment uses (Inspector), and
 stored in the model; a validation split without defective images is an error, never a silent 0.
 The pixel threshold (heat map -> defect regions) is chosen on the same validation images by
-pooled pixel F1 where their masks are known (0.5 when none is).
+pooled pixel F1 where their masks show defects; a model that never sees a mask gets the highest
+heat value of the good validation images instead (``trainer.pixel_quantile``), 0.5 when neither.
 """
 
 from __future__ import annotations
@@ -50,26 +51,25 @@ def data_fingerprint(samples: Sequence[Sample]) -> str:
 
 
 def score_samples(inspector: Inspector, samples: Sequence[Sample], channels: int) -> list[float]:
-    return [score for score, _ in score_with_masks(inspector, samples, channels)]
+    return [score for score, _, _ in score_with_masks(inspector, samples, channels)]
 
 
 def score_with_masks(
     inspector: Inspector, samples: Sequence[Sample], channels: int
-) -> list[tuple[float, tuple[np.ndarray, np.ndarray] | None]]:
-    """Each sample's score and, where its mask is known, (heat map, truth) at heat-map resolution."""
-    results: list[tuple[float, tuple[np.ndarray, np.ndarray] | None]] = []
+) -> list[tuple[float, np.ndarray | None, np.ndarray | None]]:
+    """(score, heat map, truth pooled to the heat map's cells or None) per sample."""
+    results: list[tuple[float, np.ndarray | None, np.ndarray | None]] = []
     for sample in samples:
         loaded = load_sample(sample, channels)
         scored = inspector.score(np.asarray(loaded.image))
-        pair = None
+        pooled = None
         if scored.heatmap is not None and loaded.mask is not None:
             truth = torch.as_tensor(np.asarray(loaded.mask) > 0).float()
             truth = truth.amax(dim=0) if truth.ndim == 3 else truth
             height, width = scored.heatmap.shape
             # A heat-map cell is defective when any pixel it covers is (as the training targets).
             pooled = F.adaptive_max_pool2d(truth[None, None], (height, width))[0, 0].numpy() > 0
-            pair = (scored.heatmap, pooled)
-        results.append((scored.score, pair))
+        results.append((scored.score, scored.heatmap, pooled))
     return results
 
 
@@ -89,6 +89,31 @@ def choose_pixel_threshold(pairs: Sequence[tuple[np.ndarray, np.ndarray]], defau
         if f1 >= best_f1:
             best, best_f1 = float(threshold), f1
     return best
+
+
+def good_image_pixel_threshold(heatmaps: Sequence[np.ndarray], quantile: float = 1.0) -> float:
+    """Pixel threshold from image labels alone: the ``quantile`` of every heat value on the good
+    validation images, nudged just above it, so (at 1.0) no good validation image shows a region.
+    For models that never see a mask (weak supervision), where pixel F1 cannot be computed."""
+    values = np.concatenate([np.asarray(h, dtype=np.float64).ravel() for h in heatmaps])
+    return float(np.nextafter(np.quantile(values, quantile), np.inf))
+
+
+def pixel_threshold(
+    scored: Sequence[tuple[float, np.ndarray | None, np.ndarray | None]],
+    labels: Sequence[int],
+    quantile: float,
+) -> tuple[float, str]:
+    """(threshold, rule): pixel F1 where validation masks show defects, else the good-image rule."""
+    pairs = [(heat, truth) for _, heat, truth in scored if heat is not None and truth is not None]
+    if any(truth.any() for _, truth in pairs):
+        return choose_pixel_threshold(pairs), "pixel_f1"
+    good = [
+        heat for (_, heat, _), label in zip(scored, labels, strict=True) if heat is not None and label == 0
+    ]
+    if good:
+        return good_image_pixel_threshold(good, quantile), f"good_quantile:{quantile:g}"
+    return 0.5, "default"
 
 
 def choose_threshold(
@@ -193,13 +218,15 @@ def train(
     inspector = Inspector(card, TorchBackend(model, card), MODEL_DIR)
     labels = [int(s.label or 0) for s in data.val]
     scored = score_with_masks(inspector, data.val, config.input.channels)
-    scores = [score for score, _ in scored]
+    scores = [score for score, _, _ in scored]
     threshold = choose_threshold(labels, scores, config.trainer.threshold_placement)
-    pixel = choose_pixel_threshold([pair for _, pair in scored if pair is not None])
+    pixel, pixel_rule = pixel_threshold(scored, labels, config.trainer.pixel_quantile)
     card = card.model_copy(
         update={
             "thresholds": Thresholds(
-                decision=threshold, pixel=pixel, rule=f"best_f1/{config.trainer.threshold_placement}"
+                decision=threshold,
+                pixel=pixel,
+                rule=f"best_f1/{config.trainer.threshold_placement}; pixel {pixel_rule}",
             ),
             "validation_metrics": image_metrics(labels, scores, threshold),
             "commit": git_commit(),

@@ -25,11 +25,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
+from torch.utils.data import Sampler
 
+from defectkit.config import RunConfig
 from defectkit.data.sample import Batch
-from defectkit.metrics import average_precision
+from defectkit.data.samplers import FrequencyNegativeSampler
 from defectkit.models.segdec import STRIDE, SegDecNet
 from defectkit.registry import MethodSpec, register_method
+from defectkit.training.recipe import DecisionRecipe
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "delta": 0.01,
@@ -67,7 +70,7 @@ def distance_weights(target: Tensor, p: float, max_weight: float) -> Tensor:
     return weights
 
 
-class SegDecRecipe(L.LightningModule):
+class SegDecRecipe(DecisionRecipe):
     """LightningModule wrapping a :class:`SegDecNet` with the paper's losses and schedule."""
 
     def __init__(
@@ -78,8 +81,6 @@ class SegDecRecipe(L.LightningModule):
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.options = {**DEFAULT_OPTIONS, **options}
         self.model.decision_gradient.factor = 0.0 if self.options["gradient_adjustment"] else 1.0
-        self._val_scores: list[Tensor] = []
-        self._val_labels: list[Tensor] = []
 
     def loss_weights(self) -> tuple[float, float]:
         delta = float(self.options["delta"])
@@ -120,30 +121,8 @@ class SegDecRecipe(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
 
-    def validation_step(self, batch: Batch, batch_index: int) -> None:
-        output = self.model(batch.images)
-        self._val_scores.append(output.decision_logit.detach())
-        self._val_labels.append(batch.label.detach())
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_scores:
-            return
-        logits = torch.cat(self._val_scores)
-        labels = torch.cat(self._val_labels)
-        self._val_scores.clear()
-        self._val_labels.clear()
-        if self.trainer.world_size > 1:
-            logits = cast(Tensor, self.all_gather(logits)).reshape(-1)
-            labels = cast(Tensor, self.all_gather(labels)).reshape(-1)
-        known = labels >= 0
-        logits, labels = logits[known], labels[known]
-        ap = float(np.nan_to_num(average_precision(labels.cpu().numpy(), logits.cpu().numpy()), nan=0.0))
-        loss = float(F.binary_cross_entropy_with_logits(logits, labels.float()))
-        self.log("val/ap", ap, prog_bar=True, rank_zero_only=True)
-        self.log("val/dec_loss", loss, rank_zero_only=True)
-        # Model selection: AP saturates at 1.0 on small validation sets, so ties are broken by the
-        # lower decision loss (a better-separated model) instead of keeping the earliest epoch.
-        self.log("val/selection", ap - 1e-3 * min(loss, 100.0), rank_zero_only=True)
+    def decision_logits(self, images: Tensor) -> Tensor:
+        return cast(Tensor, self.model(images).decision_logit)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(
@@ -163,6 +142,11 @@ class SegDec(MethodSpec):
     @classmethod
     def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
         return {"in_channels": config["input"]["channels"], **config.get("model", {})}
+
+    @classmethod
+    def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
+        options = {**DEFAULT_OPTIONS, **config.method_options}
+        return FrequencyNegativeSampler(labels, seed=config.seed) if options["frequency_sampling"] else None
 
     @classmethod
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> L.LightningModule:

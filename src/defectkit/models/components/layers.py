@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 
 class FeatureNorm(nn.Module):
@@ -73,3 +75,31 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
     conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
     nn.init.xavier_normal_(conv.weight)
     return nn.Sequential(conv, FeatureNorm(out_channels), nn.ReLU(inplace=True))
+
+
+def conv_bn_relu(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding_mode: PaddingMode = "zeros",
+    activation: bool = True,
+) -> nn.Sequential:
+    """Convolution ("same" padding for stride 1, no bias: the norm has one) -> BatchNorm -> ReLU.
+
+    ``padding_mode="reflect"`` mirrors the border instead of padding zeros, so a network trained
+    without pixel labels has no artificial edge to mistake for an anomaly (paper 004, IV.C).
+    """
+    conv = nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        padding_mode=padding_mode,
+        bias=False,
+    )
+    layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_channels)]
+    if activation:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)

@@ -1,0 +1,224 @@
+"""Training recipe for ``weak_lnet`` (Xu, Lv, Deng & Li, IEEE Access 2020; paper 004).
+
+The network learns from image labels only (``uses_masks = False``: the data layer hides every
+mask). Training is one pass over a strictly alternating positive, negative, positive, ... stream
+(``AlternatingSampler``; one *iteration* = one positive and one negative image) in three stages:
+
+1. **LNet collaborative learning** (Algorithm 1): shared layers + LNet minimise the weak loss
+   (equations 3-5) of each image's mean heat value ``Q``: ``Q log Q + (1 - Q) log(1 - Q)`` for a
+   defective image (maximum entropy: some of it must light up), ``-alpha log(1 - Q)`` for a good
+   one (all of it must stay dark). ``alpha`` follows equation 6, ``alpha_init (cos(2 pi i / k) +
+   3) / 4`` with ``i`` the number of updates so far (one every ``alpha_every`` iterations) and
+   ``k = round(N / alpha_every)``: from ``alpha_init`` down to half of it and back.
+   Paper: SGD lr 0.1, 750 iterations, ``alpha_init`` 8, updated every 30 iterations.
+2. **DNet**: shared layers and LNet frozen (``freeze_stage2``; BatchNorm statistics frozen too),
+   the DNet minimises BCE on the image label. Paper: lr 0.01, 0.001 after 600 of 1200 iterations.
+3. **Fine-tuning**: everything trains on ``BCE + stage3_weak_weight * weak loss`` with ``alpha``
+   fixed at ``alpha_init``. Paper: lr 0.001, 300 iterations.
+
+``lnet_trained`` false skips stage 1 (paper IV.F's "LNet not trained" ablation: stages 2 and 3
+unchanged). The paper trains with batch size 1 and updates after every image; with a larger batch
+one update covers the whole batch. Momentum and weight decay are not given in the paper (0).
+Every count, learning rate and switch is an option (``method_options``); defaults are the paper's.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from defectkit.config import RunConfig
+from defectkit.data.sample import Batch
+from defectkit.data.samplers import AlternatingSampler
+from defectkit.models.weak_lnet import WeakLNet
+from defectkit.registry import MethodSpec, register_method
+from defectkit.training.recipe import DecisionRecipe
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "lnet_trained": True,
+    "stage1_iterations": 750,
+    "stage1_lr": 0.1,
+    "alpha_init": 8.0,
+    "alpha_every": 30,
+    "stage2_iterations": 1200,
+    "stage2_lr": 0.01,
+    "stage2_lr_drop_at": 600,
+    "stage2_lr_late": 0.001,
+    "freeze_stage2": True,
+    "stage3_iterations": 300,
+    "stage3_lr": 0.001,
+    "stage3_weak_weight": 1.0,
+}
+
+EPS = 1e-6
+
+
+def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"weak_lnet: unknown method_options {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}"
+        )
+    return {**DEFAULT_OPTIONS, **options}
+
+
+def stage_lengths(options: dict[str, Any]) -> tuple[int, int, int]:
+    """Iterations of stages 1-3 (stage 1 is empty when the LNet is not trained)."""
+    first = int(options["stage1_iterations"]) if options["lnet_trained"] else 0
+    return first, int(options["stage2_iterations"]), int(options["stage3_iterations"])
+
+
+def collaborative_alpha(iteration: int, total: int, alpha_init: float, every: int) -> float:
+    """Equation 6 at 1-based ``iteration`` of ``total``: updated once every ``every`` iterations."""
+    updates = max(round(total / every), 1)
+    i = min(iteration // every, updates)
+    return alpha_init * (math.cos(i / updates * 2.0 * math.pi) + 3.0) / 4.0
+
+
+def weak_loss(heatmap: Tensor, labels: Tensor, alpha: float) -> Tensor:
+    """Equations 3-5 per image, averaged over the batch; only the mean heat value ``Q`` is used.
+
+    ``heatmap`` Bx1xhxw in (0, 1); ``labels`` B in {0, 1}. Defective images: ``Q log Q + (1 - Q)
+    log(1 - Q)`` (the negative binary entropy of ``Q``); good images: ``-alpha log(1 - Q)``.
+    """
+    q = heatmap.mean(dim=(1, 2, 3)).clamp(EPS, 1.0 - EPS)
+    positive = labels.float()
+    loss_positive = q * torch.log(q) + (1.0 - q) * torch.log(1.0 - q)
+    loss_negative = -torch.log(1.0 - q)
+    return (positive * loss_positive + alpha * (1.0 - positive) * loss_negative).mean()
+
+
+class WeakLNetRecipe(DecisionRecipe):
+    """Three-stage training of a :class:`WeakLNet` with manual optimisation (the stage decides
+    the loss, the learning rate and what is frozen, batch by batch)."""
+
+    def __init__(
+        self, model: WeakLNet, momentum: float, weight_decay: float, options: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.options = resolved_options(options)
+        self.stages = stage_lengths(self.options)
+        self.images_seen = 0
+        self.current_stage = 0
+
+    @property
+    def total_iterations(self) -> int:
+        return sum(self.stages)
+
+    def stage_at(self, iteration: int) -> tuple[int, int]:
+        """(stage 1-3, 0-based iteration inside it) of a 0-based global iteration; stage 0 = done."""
+        for stage, length in enumerate(self.stages, start=1):
+            if iteration < length:
+                return stage, iteration
+            iteration -= length
+        return 0, 0
+
+    def learning_rate(self, stage: int, within: int) -> float:
+        if stage == 1:
+            return float(self.options["stage1_lr"])
+        if stage == 2:
+            late = within >= int(self.options["stage2_lr_drop_at"])
+            return float(self.options["stage2_lr_late" if late else "stage2_lr"])
+        return float(self.options["stage3_lr"])
+
+    def alpha(self, stage: int, within: int) -> float:
+        alpha_init = float(self.options["alpha_init"])
+        if stage != 1:
+            return alpha_init
+        return collaborative_alpha(within + 1, self.stages[0], alpha_init, int(self.options["alpha_every"]))
+
+    def _set_mode(self, stage: int) -> None:
+        frozen = stage == 2 and bool(self.options["freeze_stage2"])
+        for part in (self.model.shared, self.model.lnet):
+            part.train(not frozen)
+            part.requires_grad_(not frozen)
+        self.model.dnet.train(True)
+        self.model.dnet.requires_grad_(stage != 1)
+
+    def training_step(self, batch: Batch, batch_index: int) -> Tensor | None:
+        iteration = self.images_seen // 2
+        self.images_seen += len(batch)
+        stage, within = self.stage_at(iteration)
+        if stage == 0:
+            return None  # the stream is longer than the schedule (more than one epoch configured)
+        optimizer = cast(LightningOptimizer, self.optimizers())
+        if stage != self.current_stage:
+            optimizer.optimizer.state.clear()  # a new stage starts without the previous one's momentum
+            self.current_stage = stage
+        self._set_mode(stage)
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate(stage, within)
+
+        output = self.model(batch.images)
+        labels = batch.label
+        alpha = self.alpha(stage, within)
+        losses: dict[str, Tensor] = {}
+        if stage in (1, 3):
+            weight = 1.0 if stage == 1 else float(self.options["stage3_weak_weight"])
+            losses["weak"] = weight * weak_loss(output.heatmap, labels, alpha)
+        if stage in (2, 3):
+            losses["dec"] = F.binary_cross_entropy_with_logits(output.decision_logit, labels.float())
+        loss = sum(losses.values(), torch.zeros((), device=batch.images.device))
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        optimizer.step()
+
+        size = len(batch)
+        q = output.heatmap.detach().mean(dim=(1, 2, 3))
+        for name, value in losses.items():
+            self.log(f"train/{name}_loss", value, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/stage", float(stage), prog_bar=True, batch_size=size)
+        self.log("train/alpha", alpha, batch_size=size)
+        if bool((labels == 1).any()):
+            self.log("train/q_defective", q[labels == 1].mean(), batch_size=size)
+        if bool((labels == 0).any()):
+            self.log("train/q_good", q[labels == 0].mean(), batch_size=size)
+        return loss.detach()
+
+    def decision_logits(self, images: Tensor) -> Tensor:
+        return cast(Tensor, self.model(images).decision_logit)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # One optimiser; the stage sets its learning rate and which parameters get gradients.
+        return torch.optim.SGD(
+            self.model.parameters(),
+            lr=float(self.options["stage1_lr"]),
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+
+
+@register_method("weak_lnet", supervision=("weak",), tasks=("decision", "localisation"), paper="004")
+class WeakLNetMethod(MethodSpec):
+    """Weakly supervised localisation + decision network (paper 004): image labels only."""
+
+    default_config = "configs/weak_lnet/kolektorsdd.yaml"
+    model_name = "weak_lnet"
+    uses_masks = False
+
+    @classmethod
+    def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"in_channels": config["input"]["channels"], **config.get("model", {})}
+
+    @classmethod
+    def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
+        # Exactly the schedule's images: two per iteration over all three stages, in one epoch.
+        iterations = sum(stage_lengths(resolved_options(config.method_options)))
+        return AlternatingSampler(labels, seed=config.seed, epoch_size=2 * iterations)
+
+    @classmethod
+    def build_recipe(cls, model: Any, config: dict[str, Any]) -> WeakLNetRecipe:
+        trainer = config["trainer"]
+        return WeakLNetRecipe(
+            model, trainer["momentum"], trainer["weight_decay"], config.get("method_options", {})
+        )

@@ -1,0 +1,232 @@
+"""weak_lnet (paper 004): layers, the weak loss and its schedule, three-stage training from image
+labels only (a mask read anywhere in training fails the test), save, predict with regions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+import defectkit.data.io as data_io
+import defectkit.training.engine as engine
+from conftest import TINY_WEAK_LNET
+from defectkit import load_inspector
+from defectkit.config import load_config
+from defectkit.inference.saved_model import load_model, read_card
+from defectkit.models import create_model
+from defectkit.registry import get_method
+from defectkit.training.data import prepare_data
+from defectkit.training.weak_lnet import (
+    WeakLNetRecipe,
+    collaborative_alpha,
+    resolved_options,
+    stage_lengths,
+    weak_loss,
+)
+
+SYNTH = {"surfaces": 1, "per_surface": 40, "size": 128, "defect_fraction": 0.5, "seed": 3}
+SCHEDULE = {
+    "stage1_iterations": 6,
+    "alpha_every": 2,
+    "stage2_iterations": 6,
+    "stage2_lr_drop_at": 3,
+    "stage3_iterations": 4,
+}
+
+
+def tiny_config(**changes: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "method": "weak_lnet",
+        "seed": 0,
+        "data": {"synthetic": SYNTH, "val_fraction": 0.3, "supervision": "weak"},
+        "input": {"size": [128, 128], "channels": 1},
+        "augment": {"antialias": False},
+        "model": dict(TINY_WEAK_LNET),
+        "method_options": dict(SCHEDULE),
+        "trainer": {"epochs": 1, "val_every": 1, "batch_size": 1},
+    }
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def masks_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to read a pixel label fails: image labels are all weak_lnet may use."""
+    original = data_io.load_mask
+
+    def forbidden(sample: Any, *args: Any, **kwargs: Any) -> Any:
+        if sample.has_mask:
+            raise AssertionError(f"{sample.path}: a mask was read while training weak_lnet")
+        return original(sample, *args, **kwargs)
+
+    monkeypatch.setattr(data_io, "load_mask", forbidden)
+
+
+# ---------------------------------------------------------------------------------------------
+# the network
+
+
+def test_layer_shapes_follow_the_tables() -> None:
+    model = create_model("weak_lnet")
+    assert [m.out_channels for m in model.shared.modules() if isinstance(m, torch.nn.Conv2d)] == [
+        32, 32, 64, 64, 128, 128, 128
+    ]  # fmt: skip
+    lnet = [m for m in model.lnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size[0]) for m in lnet] == [(64, 5), (64, 5), (512, 15), (1, 1)]
+    assert all(m.padding_mode == "reflect" for m in lnet[:3])
+    dnet = [m.out_channels for m in model.dnet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert dnet == [64, 64, 64, 128, 256]
+    assert model.dnet.classifier[0].in_features == 257 and model.dnet.classifier[0].out_features == 266
+
+
+@pytest.mark.parametrize(("stride", "cells"), [(1, (12, 8)), (2, (6, 4))])
+def test_forward_gives_a_decision_and_a_heatmap(stride: int, cells: tuple[int, int]) -> None:
+    model = create_model("weak_lnet", **TINY_WEAK_LNET, lnet_stride=stride).eval()
+    with torch.no_grad():
+        scores, heatmaps = model.inspect(torch.rand(2, 1, 96, 64))
+    assert scores.shape == (2,) and heatmaps.shape == (2, 1, *cells)
+    assert float(heatmaps.min()) >= 0.0 and float(heatmaps.max()) <= 1.0
+
+
+def test_lse_pooling_lies_between_mean_and_max() -> None:
+    model = create_model("weak_lnet", **TINY_WEAK_LNET, pooling="lse", lse_r=5.0)
+    x = torch.rand(1, 3, 4, 4)
+    pooled = model.dnet.pool(x)
+    assert bool((pooled >= x.mean(dim=(2, 3)) - 1e-6).all()) and bool((pooled <= x.amax(dim=(2, 3))).all())
+
+
+def test_input_sides_are_checked() -> None:
+    model = create_model("weak_lnet", **TINY_WEAK_LNET)
+    with pytest.raises(ValueError, match="divisible by 8"):
+        model(torch.rand(1, 1, 100, 64))
+    with pytest.raises(ValueError, match="at least 64"):
+        model(torch.rand(1, 1, 56, 64))
+    with pytest.raises(ValueError, match="BatchNorm at 1/64 scale"):
+        model.train()(torch.rand(1, 1, 64, 64))
+    model(torch.rand(1, 1, 64, 128))  # two cells at 1/64 are enough
+
+
+# ---------------------------------------------------------------------------------------------
+# the weak loss and the schedule
+
+
+def test_weak_loss_uses_only_the_mean_heat_value() -> None:
+    flat = torch.full((1, 1, 4, 4), 0.25)
+    spotty = torch.zeros((1, 1, 4, 4))
+    spotty[..., :1, :] = 1.0  # same mean 0.25, very different pixels
+    for label in (0, 1):
+        labels = torch.tensor([label])
+        assert float(weak_loss(flat, labels, 8.0)) == pytest.approx(float(weak_loss(spotty, labels, 8.0)))
+    # Defective image: the negative entropy of Q, lowest (-log 2) at Q = 0.5.
+    half = torch.full((1, 1, 2, 2), 0.5)
+    assert float(weak_loss(half, torch.tensor([1]), 8.0)) == pytest.approx(-math.log(2.0))
+    assert float(weak_loss(flat, torch.tensor([1]), 8.0)) > -math.log(2.0)
+    # Good image: -alpha log(1 - Q).
+    assert float(weak_loss(flat, torch.tensor([0]), 8.0)) == pytest.approx(-8.0 * math.log(0.75))
+
+
+def test_collaborative_alpha_follows_equation_6() -> None:
+    values = [collaborative_alpha(step, 750, 8.0, 30) for step in range(1, 751)]
+    assert values[0] == 8.0 and values[28] == 8.0  # no update before step 30
+    assert values[29] == pytest.approx(8.0 * (math.cos(2 * math.pi / 25) + 3) / 4)  # first update
+    # Half way down to alpha_init / 2 (k = 25 updates is odd: the lowest is update 12 or 13).
+    assert min(values) == pytest.approx(8.0 * (math.cos(2 * math.pi * 12 / 25) + 3) / 4) and min(values) > 4.0
+    assert values[-1] == pytest.approx(8.0)
+    assert len(set(values[29:59])) == 1  # constant between updates
+
+
+def test_stages_learning_rates_and_skipping_the_lnet() -> None:
+    options = resolved_options({})
+    assert stage_lengths(options) == (750, 1200, 300)
+    assert stage_lengths({**options, "lnet_trained": False}) == (0, 1200, 300)
+    model = create_model("weak_lnet", **TINY_WEAK_LNET)
+    recipe = WeakLNetRecipe(model, 0.0, 0.0, {})
+    assert recipe.stage_at(0) == (1, 0) and recipe.stage_at(750) == (2, 0) and recipe.stage_at(1950) == (3, 0)
+    assert recipe.stage_at(2250) == (0, 0)
+    assert [recipe.learning_rate(*recipe.stage_at(i)) for i in (0, 750, 1349, 1350, 1950)] == [
+        0.1, 0.01, 0.01, 0.001, 0.001
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown method_options"):
+        resolved_options({"stage_one_iterations": 5})
+
+
+# ---------------------------------------------------------------------------------------------
+# training from image labels only
+
+
+def test_train_from_image_labels_only_then_predict_regions(tmp_path: Path, masks_forbidden: None) -> None:
+    config = load_config(tiny_config())
+    data = prepare_data(config)
+    assert not any(s.has_mask for s in [*data.train, *data.val])  # hidden by the data layer
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    card = read_card(model_dir)
+    assert card.method == "weak_lnet" and "good_quantile" in card.thresholds.rule
+    assert card.validation_metrics["n_pos"] > 0
+
+    metrics = (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+    assert "train/weak_loss" in metrics and "train/dec_loss" in metrics and "val/ap" in metrics
+
+    inspector = load_inspector(model_dir)
+    image = np.full((128, 128), 100, np.uint8)
+    image[40:80, 60:66] = 250
+    inspection, heatmap = inspector.inspect_with_heatmap(image)
+    assert heatmap is not None and heatmap.shape == (128, 128)
+    assert inspection.verdict in ("ok", "defect")
+    # Regions are the connected components above the stored pixel threshold (none below it).
+    assert all(region.score >= card.thresholds.pixel for region in inspection.regions)
+
+
+def _state(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(part)}
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_stage_two_freezes_shared_layers_and_lnet(tmp_path: Path, frozen: bool) -> None:
+    only_stage_two = {**SCHEDULE, "lnet_trained": False, "stage3_iterations": 0, "freeze_stage2": frozen}
+    config = load_config(tiny_config(method_options=only_stage_two))
+    L.seed_everything(config.seed, verbose=False)
+    initial = get_method("weak_lnet").build_model(config.model_dump(mode="json"))  # what train() builds
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    trained, _ = load_model(model_dir)
+    for part in ("shared.", "lnet."):
+        before, after = _state(initial, part), _state(trained, part)
+        unchanged = all(torch.equal(before[k], after[k]) for k in before)
+        assert unchanged == frozen, part  # BatchNorm statistics included
+    assert not all(torch.equal(v, _state(trained, "dnet.")[k]) for k, v in _state(initial, "dnet.").items())
+
+
+def test_train_positives_limits_training_defects_only() -> None:
+    full = prepare_data(load_config(tiny_config()))
+    limited = prepare_data(load_config(tiny_config(data__train_positives=3)))
+    assert sum(s.label == 1 for s in limited.train) == 3
+    assert [s.path for s in limited.val] == [s.path for s in full.val]
+    assert {s.path for s in full.train if s.label == 0} == {s.path for s in limited.train if s.label == 0}
+
+
+def test_cpu_and_paper_profiles_resolve() -> None:
+    config_path = Path(__file__).resolve().parents[2] / "configs/weak_lnet/kolektorsdd.yaml"
+    paper = load_config(config_path, profile="paper")
+    cpu = load_config(config_path, profile="cpu")
+    assert paper.input.size == (1408, 512) and paper.model["lnet_volume"] == 512
+    assert cpu.input.size[0] < 1408 and cpu.trainer.epochs == 1
+    assert paper.method_options["stage1_iterations"] == 750 and paper.method_options["alpha_init"] == 8.0
