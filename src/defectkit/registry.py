@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from defectkit.config import RunConfig
 
 # Modules that register methods when imported; each method issue appends its module here.
-METHOD_MODULES: tuple[str, ...] = ("defectkit.training.segdec", "defectkit.training.weak_lnet")
+METHOD_MODULES: tuple[str, ...] = (
+    "defectkit.training.segdec",
+    "defectkit.training.weak_lnet",
+    "defectkit.training.classifier",
+)
 
 
 class MethodSpec:

