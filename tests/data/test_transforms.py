@@ -119,3 +119,29 @@ def test_multilabel_mask_survives_when_boxes_equal_channels() -> None:
     out = build_transform({"hflip": 1.0}, train=True)(sample)
     assert out.mask is not None and out.mask.shape == (2, 64, 64)
     assert bool(out.mask[0, 10:20, 44:54].all()) and bool(out.mask[1, 40:50, 14:24].all())
+
+
+def test_training_resize_without_antialias_gives_the_inference_pixels() -> None:
+    from defectkit.inference.preprocess import Preprocess, to_network_layout
+    from defectkit.inference.saved_model import InputSpec
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (250, 130), dtype=np.uint8)  # downscaled: antialiasing would blur it
+    sample = Sample("s", image=image, label=0)
+    spec = InputSpec(size=(96, 64), channels=1)
+    inference = Preprocess(spec)(torch.from_numpy(to_network_layout(image, 1)))[0]
+    plain = build_transform(AugmentConfig(size=(96, 64), channels=1, antialias=False), train=False)(sample)
+    blurred = build_transform(AugmentConfig(size=(96, 64), channels=1, antialias=True), train=False)(sample)
+    # Resizing uint8 rounds to whole grey levels; the inference path resizes floats.
+    assert float((torch.as_tensor(plain.image) - inference).abs().max()) <= 1.0 / 255 + 1e-6
+    assert float((torch.as_tensor(blurred.image) - inference).abs().max()) > 0.05
+
+
+def test_rot90_on_a_non_square_size_needs_allow_transpose() -> None:
+    with pytest.raises(ValidationError, match="allow_transpose"):
+        AugmentConfig(size=(96, 64), rot90=0.5)
+    config = AugmentConfig(size=(96, 64), rot90=1.0, allow_transpose=True)
+    transform = build_transform(config, train=True)
+    torch.manual_seed(0)
+    shapes = {tuple(torch.as_tensor(transform(_sample()).image).shape[-2:]) for _ in range(20)}
+    assert shapes == {(96, 64), (64, 96)}  # 180 degrees keeps the size, 90 and 270 transpose it

@@ -195,24 +195,64 @@ def test_train_from_image_labels_only_then_predict_regions(tmp_path: Path, masks
     assert all(region.score >= card.thresholds.pixel for region in inspection.regions)
 
 
+def _params(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if k.startswith(part)}
+
+
 def _state(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(part)}
 
 
-@pytest.mark.parametrize("frozen", [True, False])
-def test_stage_two_freezes_shared_layers_and_lnet(tmp_path: Path, frozen: bool) -> None:
-    only_stage_two = {**SCHEDULE, "lnet_trained": False, "stage3_iterations": 0, "freeze_stage2": frozen}
-    config = load_config(tiny_config(method_options=only_stage_two))
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train_schedule(tmp_path: Path, **options: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the model train() starts from, the trained model) for a schedule of ``options``."""
+    config = load_config(tiny_config(method_options={**SCHEDULE, **options}))
     L.seed_everything(config.seed, verbose=False)
     initial = get_method("weak_lnet").build_model(config.model_dump(mode="json"))  # what train() builds
     model_dir = engine.train(config, tmp_path / "run", progress=False)
     assert model_dir is not None
     trained, _ = load_model(model_dir)
+    return initial, trained
+
+
+def test_stage_one_trains_shared_layers_and_lnet_only(tmp_path: Path) -> None:
+    initial, trained = _train_schedule(tmp_path, stage2_iterations=0, stage3_iterations=0)
+    assert _same(_state(initial, "dnet."), _state(trained, "dnet."))  # not even BatchNorm statistics
+    assert not _same(_params(initial, "shared."), _params(trained, "shared."))
+    assert not _same(_params(initial, "lnet."), _params(trained, "lnet."))
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_stage_two_freezes_shared_layers_and_lnet(tmp_path: Path, frozen: bool) -> None:
+    initial, trained = _train_schedule(
+        tmp_path, lnet_trained=False, stage3_iterations=0, freeze_stage2=frozen
+    )
     for part in ("shared.", "lnet."):
-        before, after = _state(initial, part), _state(trained, part)
-        unchanged = all(torch.equal(before[k], after[k]) for k in before)
-        assert unchanged == frozen, part  # BatchNorm statistics included
-    assert not all(torch.equal(v, _state(trained, "dnet.")[k]) for k, v in _state(initial, "dnet.").items())
+        assert _same(_params(initial, part), _params(trained, part)) == frozen, part
+    assert not _same(_params(initial, "dnet."), _params(trained, "dnet."))
+
+
+@pytest.mark.parametrize(("lnet_trained", "fixed_statistics"), [(True, True), (False, False)])
+def test_frozen_layers_use_statistics_only_once_estimated(lnet_trained: bool, fixed_statistics: bool) -> None:
+    recipe = WeakLNetRecipe(
+        create_model("weak_lnet", **TINY_WEAK_LNET), 0.0, 0.0, {"lnet_trained": lnet_trained}
+    )
+    recipe._set_mode(2)
+    model = recipe.model
+    assert not any(p.requires_grad for p in [*model.shared.parameters(), *model.lnet.parameters()])
+    assert model.shared.training is not fixed_statistics and model.lnet.training is not fixed_statistics
+    assert all(p.requires_grad for p in model.dnet.parameters()) and model.dnet.training
+    recipe._set_mode(3)
+    assert all(p.requires_grad for p in model.parameters()) and model.training
+
+
+def test_more_than_one_epoch_is_refused() -> None:
+    config = load_config(tiny_config(trainer={"epochs": 2, "val_every": 1, "batch_size": 1}))
+    with pytest.raises(ValueError, match=r"trainer\.epochs: 1"):
+        get_method("weak_lnet").train_sampler([0, 1, 0, 1], config)
 
 
 def test_train_positives_limits_training_defects_only() -> None:

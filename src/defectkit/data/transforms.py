@@ -109,10 +109,12 @@ class SampleTransform:
         if config.size is not None:
             if train and config.resized_crop_scale is not None:
                 steps.append(
-                    v2.RandomResizedCrop(config.size, scale=config.resized_crop_scale, antialias=True)
+                    v2.RandomResizedCrop(
+                        config.size, scale=config.resized_crop_scale, antialias=config.antialias
+                    )
                 )
             else:
-                steps.append(v2.Resize(config.size, antialias=True))
+                steps.append(v2.Resize(config.size, antialias=config.antialias))
         if train:
             if config.hflip:
                 steps.append(v2.RandomHorizontalFlip(config.hflip))

@@ -31,8 +31,8 @@ class Preprocess(nn.Module):
     """uint8 or float (0..255) Bx C x H x W of any size -> normalised float at ``spec.size``.
 
     Bilinear resizing with antialiasing off: it is what ONNX ``Resize`` computes identically, so
-    both back-ends see the same pixels (training resizes with torchvision's antialiased resize; the
-    difference is below what changes a decision, and the parity test pins the two back-ends).
+    both back-ends see the same pixels. Training configs set ``augment.antialias: false`` so the
+    network is trained on the pixels it will be judged on (a test pins the two resizes together).
     """
 
     def __init__(self, spec: InputSpec) -> None:

@@ -11,14 +11,18 @@ mask). Training is one pass over a strictly alternating positive, negative, posi
    3) / 4`` with ``i`` the number of updates so far (one every ``alpha_every`` iterations) and
    ``k = round(N / alpha_every)``: from ``alpha_init`` down to half of it and back.
    Paper: SGD lr 0.1, 750 iterations, ``alpha_init`` 8, updated every 30 iterations.
-2. **DNet**: shared layers and LNet frozen (``freeze_stage2``; BatchNorm statistics frozen too),
-   the DNet minimises BCE on the image label. Paper: lr 0.01, 0.001 after 600 of 1200 iterations.
+2. **DNet**: shared layers and LNet frozen (``freeze_stage2``), the DNet minimises BCE on the
+   image label. Paper: lr 0.01, 0.001 after 600 of 1200 iterations. Frozen layers normalise with
+   their BatchNorm statistics from stage 1 (eval mode, as at inference); when stage 1 was skipped
+   those statistics were never estimated, so the frozen layers use batch statistics instead.
 3. **Fine-tuning**: everything trains on ``BCE + stage3_weak_weight * weak loss`` with ``alpha``
    fixed at ``alpha_init``. Paper: lr 0.001, 300 iterations.
 
 ``lnet_trained`` false skips stage 1 (paper IV.F's "LNet not trained" ablation: stages 2 and 3
 unchanged). The paper trains with batch size 1 and updates after every image; with a larger batch
-one update covers the whole batch. Momentum and weight decay are not given in the paper (0).
+one update covers the whole batch. The schedule counts the images of one process, so training runs
+on one device (the paper's: batch size 1 leaves nothing to split across devices). Momentum and
+weight decay are not given in the paper (0).
 Every count, learning rate and switch is an option (``method_options``); defaults are the paper's.
 """
 
@@ -136,12 +140,21 @@ class WeakLNetRecipe(DecisionRecipe):
             return alpha_init
         return collaborative_alpha(within + 1, self.stages[0], alpha_init, int(self.options["alpha_every"]))
 
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:
+            raise ValueError(
+                "weak_lnet trains on one device: its three-stage schedule counts the images of one "
+                f"process (got {self.trainer.world_size} processes)"
+            )
+
     def _set_mode(self, stage: int) -> None:
         frozen = stage == 2 and bool(self.options["freeze_stage2"])
+        # Statistics estimated in stage 1 stay fixed with the weights; untrained ones are not used.
+        frozen_stats = frozen and bool(self.options["lnet_trained"])
         for part in (self.model.shared, self.model.lnet):
-            part.train(not frozen)
+            part.train(not frozen_stats)
             part.requires_grad_(not frozen)
-        self.model.dnet.train(True)
+        self.model.dnet.train(stage != 1)
         self.model.dnet.requires_grad_(stage != 1)
 
     def training_step(self, batch: Batch, batch_index: int) -> Tensor | None:
@@ -149,7 +162,7 @@ class WeakLNetRecipe(DecisionRecipe):
         self.images_seen += len(batch)
         stage, within = self.stage_at(iteration)
         if stage == 0:
-            return None  # the stream is longer than the schedule (more than one epoch configured)
+            return None  # past the schedule (a resumed run whose stream was already consumed)
         optimizer = cast(LightningOptimizer, self.optimizers())
         if stage != self.current_stage:
             optimizer.optimizer.state.clear()  # a new stage starts without the previous one's momentum
@@ -158,22 +171,25 @@ class WeakLNetRecipe(DecisionRecipe):
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate(stage, within)
 
-        output = self.model(batch.images)
         labels = batch.label
         alpha = self.alpha(stage, within)
         losses: dict[str, Tensor] = {}
+        if stage == 1:  # the DNet is not part of stage 1: neither run nor updated
+            heatmap = torch.sigmoid(self.model.localise(batch.images))
+        else:
+            output = self.model(batch.images)
+            heatmap = output.heatmap
+            losses["dec"] = F.binary_cross_entropy_with_logits(output.decision_logit, labels.float())
         if stage in (1, 3):
             weight = 1.0 if stage == 1 else float(self.options["stage3_weak_weight"])
-            losses["weak"] = weight * weak_loss(output.heatmap, labels, alpha)
-        if stage in (2, 3):
-            losses["dec"] = F.binary_cross_entropy_with_logits(output.decision_logit, labels.float())
+            losses["weak"] = weight * weak_loss(heatmap, labels, alpha)
         loss = sum(losses.values(), torch.zeros((), device=batch.images.device))
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()
 
         size = len(batch)
-        q = output.heatmap.detach().mean(dim=(1, 2, 3))
+        q = heatmap.detach().mean(dim=(1, 2, 3))
         for name, value in losses.items():
             self.log(f"train/{name}_loss", value, batch_size=size)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
@@ -187,6 +203,13 @@ class WeakLNetRecipe(DecisionRecipe):
 
     def decision_logits(self, images: Tensor) -> Tensor:
         return cast(Tensor, self.model(images).decision_logit)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["weak_lnet_images_seen"] = self.images_seen
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming continues the schedule where it stopped instead of restarting stage 1.
+        self.images_seen = int(checkpoint.get("weak_lnet_images_seen", 0))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One optimiser; the stage sets its learning rate and which parameters get gradients.
@@ -213,6 +236,11 @@ class WeakLNetMethod(MethodSpec):
     @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
         # Exactly the schedule's images: two per iteration over all three stages, in one epoch.
+        if config.trainer.epochs != 1:
+            raise ValueError(
+                f"weak_lnet runs its whole three-stage schedule in one epoch; set trainer.epochs: 1 "
+                f"(got {config.trainer.epochs}) and change the method_options iteration counts instead"
+            )
         iterations = sum(stage_lengths(resolved_options(config.method_options)))
         return AlternatingSampler(labels, seed=config.seed, epoch_size=2 * iterations)
 

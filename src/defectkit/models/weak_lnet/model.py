@@ -220,6 +220,10 @@ class WeakLNet(nn.Module):
         decision = self.dnet(shared, torch.sigmoid(heat_logits))
         return WeakLNetOutput(decision, heat_logits)
 
+    def localise(self, images: Tensor) -> Tensor:
+        """Heat-map logits only (shared layers + LNet): all that LNet training needs."""
+        return self.lnet(self.shared(images))
+
     def inspect(self, images: Tensor) -> tuple[Tensor, Tensor]:
         output = self(images)
         return torch.sigmoid(output.decision_logit), output.heatmap
