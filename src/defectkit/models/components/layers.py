@@ -77,15 +77,33 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequ
     return nn.Sequential(conv, FeatureNorm(out_channels), nn.ReLU(inplace=True))
 
 
-def conv_bn_relu(
+Norm = Literal["batch", "instance"]
+
+
+def norm_layer(kind: Norm, channels: int) -> nn.Module:
+    """BatchNorm, or InstanceNorm with a learnt scale and shift.
+
+    With batch size 1, training-mode BatchNorm *is* instance normalisation (statistics over one
+    image's pixels), but at inference it switches to running averages that no single image
+    matches; ``"instance"`` keeps the per-image statistics at inference too.
+    """
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+    raise ValueError(f"norm must be 'batch' or 'instance', got {kind!r}")
+
+
+def conv_norm_relu(
     in_channels: int,
     out_channels: int,
     kernel_size: int,
     stride: int = 1,
     padding_mode: PaddingMode = "zeros",
+    norm: Norm = "batch",
     activation: bool = True,
 ) -> nn.Sequential:
-    """Convolution ("same" padding for stride 1, no bias: the norm has one) -> BatchNorm -> ReLU.
+    """Convolution ("same" padding for stride 1, no bias: the norm has one) -> norm -> ReLU.
 
     ``padding_mode="reflect"`` mirrors the border instead of padding zeros, so a network trained
     without pixel labels has no artificial edge to mistake for an anomaly (paper 004, IV.C).
@@ -99,7 +117,7 @@ def conv_bn_relu(
         padding_mode=padding_mode,
         bias=False,
     )
-    layers: list[nn.Module] = [conv, nn.BatchNorm2d(out_channels)]
+    layers: list[nn.Module] = [conv, norm_layer(norm, out_channels)]
     if activation:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from defectkit.models import register_model
-from defectkit.models.components.layers import PaddingMode
+from defectkit.models.components.layers import Norm, PaddingMode
 from defectkit.models.weak_lnet.model import (
     STRIDE,
     DecisionNet,
@@ -25,12 +25,13 @@ def weak_lnet(
     lnet_volume: int = 512,
     lnet_kernel: int = 15,
     lnet_stride: int = 1,
-    heat_norm: bool = True,
+    heat_norm: bool = False,
     dnet_widths: Sequence[int] = (64, 64, 64, 128, 256),
     fc_width: int = 266,
     pooling: str = "avg",
     lse_r: float = 5.0,
     padding_mode: PaddingMode = "reflect",
+    norm: Norm = "instance",
 ) -> WeakLNet:
     return WeakLNet(
         in_channels,
@@ -45,6 +46,7 @@ def weak_lnet(
         pooling,
         lse_r,
         padding_mode,
+        norm,
     )
 
 
