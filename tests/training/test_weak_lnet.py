@@ -48,7 +48,7 @@ def tiny_config(**changes: Any) -> dict[str, Any]:
         "augment": {"antialias": False},
         "model": dict(TINY_WEAK_LNET),
         "method_options": dict(SCHEDULE),
-        "trainer": {"epochs": 1, "val_every": 1, "batch_size": 1},
+        "trainer": {"epochs": 1, "val_every": 1, "batch_size": 2},
     }
     for dotted, value in changes.items():
         node = config
@@ -270,3 +270,9 @@ def test_cpu_and_paper_profiles_resolve() -> None:
     assert paper.input.size == (1408, 512) and paper.model["lnet_volume"] == 512
     assert cpu.input.size[0] < 1408 and cpu.trainer.epochs == 1
     assert paper.method_options["stage1_iterations"] == 750 and paper.method_options["alpha_init"] == 8.0
+
+
+def test_rotation_turns_whole_pairs_of_non_square_images(tmp_path: Path) -> None:
+    options = {**SCHEDULE, "rotation": True, "stage1_iterations": 8, "stage2_iterations": 2}
+    config = load_config(tiny_config(input={"size": [128, 64], "channels": 1}, method_options=options))
+    assert engine.train(config, tmp_path / "run", progress=False) is not None

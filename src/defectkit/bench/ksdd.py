@@ -65,8 +65,6 @@ PROTOCOL_NOTE = (
     "most likely on the test scores, ours at the validation threshold"
 )
 WEAK_LNET_DEFAULTS = {"positives": "all", "lnet_trained": True, "frozen": True, "rotation": False}
-# Paper 004 evaluates rotations by 0/90/180/270 degrees: each equally likely.
-ROTATION_PROBABILITY = 0.75
 
 
 @dataclass(frozen=True)
@@ -251,7 +249,7 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
     overrides = [
         f"method_options.lnet_trained={str(lnet_trained).lower()}",
         f"method_options.freeze_stage2={str(frozen).lower()}",
-        f"augment.rot90={ROTATION_PROBABILITY if rotation else 0.0}",
+        f"method_options.rotation={str(rotation).lower()}",
     ]
     if positives != "all":
         overrides.append(f"data.train_positives={positives}")

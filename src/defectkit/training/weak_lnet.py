@@ -18,10 +18,14 @@ mask). Training is one pass over a strictly alternating positive, negative, posi
 3. **Fine-tuning**: everything trains on ``BCE + stage3_weak_weight * weak loss`` with ``alpha``
    fixed at ``alpha_init``. Paper: lr 0.001, 300 iterations.
 
-``lnet_trained`` false skips stage 1 (paper IV.F's "LNet not trained" ablation: stages 2 and 3
-unchanged). The paper trains with batch size 1 and updates after every image; with a larger batch
-one update covers the whole batch. The schedule counts the images of one process, so training runs
-on one device (the paper's: batch size 1 leaves nothing to split across devices). Momentum and
+``rotation`` turns each training batch by a random multiple of 90 degrees (paper IV.D's
+rotation study; off by default, as in the paper's best results). ``lnet_trained`` false skips
+stage 1 (paper IV.F's "LNet not trained" ablation: stages 2 and 3 unchanged).
+
+The paper updates after every image (``trainer.batch_size: 1``); the configs use batches of 2,
+one positive and one negative, so an iteration is one update on the pair and its BatchNorm
+statistics are shared by both images (why: ``norm`` in ``defectkit.models.weak_lnet.model``).
+The schedule counts the images of one process, so training runs on one device. Momentum and
 weight decay are not given in the paper (0).
 Every count, learning rate and switch is an option (``method_options``); defaults are the paper's.
 """
@@ -58,6 +62,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "stage3_iterations": 300,
     "stage3_lr": 0.001,
     "stage3_weak_weight": 1.0,
+    "rotation": False,
 }
 
 EPS = 1e-6
@@ -171,19 +176,23 @@ class WeakLNetRecipe(DecisionRecipe):
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate(stage, within)
 
-        labels = batch.label
+        images, labels = batch.images, batch.label
+        if self.options["rotation"]:
+            # Paper IV.D: random rotations by 0, 90, 180 or 270 degrees. One draw per batch keeps
+            # a positive/negative pair stackable whatever the aspect ratio.
+            images = torch.rot90(images, int(torch.randint(0, 4, ()).item()), dims=(-2, -1))
         alpha = self.alpha(stage, within)
         losses: dict[str, Tensor] = {}
         if stage == 1:  # the DNet is not part of stage 1: neither run nor updated
-            heatmap = torch.sigmoid(self.model.localise(batch.images))
+            heatmap = torch.sigmoid(self.model.localise(images))
         else:
-            output = self.model(batch.images)
+            output = self.model(images)
             heatmap = output.heatmap
             losses["dec"] = F.binary_cross_entropy_with_logits(output.decision_logit, labels.float())
         if stage in (1, 3):
             weight = 1.0 if stage == 1 else float(self.options["stage3_weak_weight"])
             losses["weak"] = weight * weak_loss(heatmap, labels, alpha)
-        loss = sum(losses.values(), torch.zeros((), device=batch.images.device))
+        loss = sum(losses.values(), torch.zeros((), device=images.device))
         optimizer.zero_grad()
         self.manual_backward(loss)
         optimizer.step()

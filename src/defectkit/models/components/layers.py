@@ -84,8 +84,8 @@ def norm_layer(kind: Norm, channels: int) -> nn.Module:
     """BatchNorm, or InstanceNorm with a learnt scale and shift.
 
     With batch size 1, training-mode BatchNorm *is* instance normalisation (statistics over one
-    image's pixels), but at inference it switches to running averages that no single image
-    matches; ``"instance"`` keeps the per-image statistics at inference too.
+    image's pixels) but switches to running averages at inference; ``"instance"`` keeps the
+    per-image statistics at inference too.
     """
     if kind == "batch":
         return nn.BatchNorm2d(channels)

@@ -31,7 +31,7 @@ def weak_lnet(
     pooling: str = "avg",
     lse_r: float = 5.0,
     padding_mode: PaddingMode = "reflect",
-    norm: Norm = "instance",
+    norm: Norm = "batch",
 ) -> WeakLNet:
     return WeakLNet(
         in_channels,
