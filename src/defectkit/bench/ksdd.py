@@ -274,8 +274,8 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
 
 @register_protocol(
     "ksdd/imagenet_classifier",
-    "ImageNet-initialised ResNet-18 fine-tuned on image labels, KolektorSDD 3-fold CV "
-    "(paper 004 Table 6 baseline); --variant positives=all|N",
+    "ImageNet-initialised classifier (EfficientNet-Lite0; no ResNet weights offline) fine-tuned on "
+    "image labels, KolektorSDD 3-fold CV (paper 004 Table 6 baseline); --variant positives=all|N",
 )
 def ksdd_imagenet_classifier(request: BenchRequest) -> Path:
     options = request.variant
