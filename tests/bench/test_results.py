@@ -188,3 +188,12 @@ def test_render_is_deterministic_and_shows_ours_vs_paper(tmp_path: Path) -> None
     shuffled = list(reversed(read_results(root)))
     assert render_markdown(shuffled) == text
     assert "No results yet" in render_markdown([])
+
+
+def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _write(root, metrics={"ap": 0.99, "fn": 1, "pixel_auroc": 0.81, "dice_pos": None}, paper={"ap": 0.995})
+    text = render_benchmarks(root, tmp_path / "BENCHMARKS.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| variant"))
+    assert "| ap (ours) | ap (paper) | pixel_auroc |" in header and "dice_pos" not in header  # all None
+    assert "| 0.990 | 0.995 | 0.810 |" in text
