@@ -112,7 +112,7 @@ def _machine(machine: Any) -> str:
 
 def _variant(record: Mapping[str, Any]) -> str:
     variant = record.get("variant") or {}
-    text = ", ".join(f"{key}={variant[key]}" for key in sorted(variant)) or "default"
+    text = ", ".join(f"{key}={_number(variant[key])}" for key in sorted(variant)) or "default"
     if record.get("init") == "random":
         text += " (random init)"
     return _cell(text)
