@@ -298,9 +298,11 @@ def _worst_sections(scored: ScoredSet, inspector: Inspector, threshold: float) -
             image = np.asarray(loaded.image)
             # Only these few heat maps are recomputed; the scoring pass kept none.
             heatmap = inspector.full_size_heatmap(inspector.score(image))
-            # Stems repeat across surfaces (DAGM's 0001.PNG in every class): name the surface too.
+            # Stems repeat across parts and surfaces (KolektorSDD's Part0.jpg in every kosNN, DAGM's
+            # 0001.PNG in every class): name the part, else the surface, too.
             stem = Path(loaded.path).stem
-            name = f"{loaded.surface}/{stem}" if loaded.surface else stem
+            group = loaded.part or loaded.surface
+            name = f"{group}/{stem}" if group else stem
             tiles.append(loaded)
             captions.append(f"{scored.scores[index]:.3f} {name}")
             if heatmap is not None:
