@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -134,3 +135,25 @@ def tiny_segdec(
     directory: Path, channels: int = 1, decision: float = 0.5, size: tuple[int, int] = (96, 64), seed: int = 0
 ) -> Path:
     return tiny_model(directory, "segdec", channels, decision, size, seed)
+
+
+def with_changes(config: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """``config`` with each ``section__key=value`` set (``trainer__epochs=3``); returns ``config``."""
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """torch on one thread: tests share two cores with other work, and two fighting is slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -40,8 +40,9 @@ class MethodSpec:
 
     @classmethod
     def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """Options of the model family from a resolved config (its ``model`` section by default)."""
-        return dict(config.get("model", {}))
+        """Options of the model family from a resolved config: the input's channel count as
+        ``in_channels``, then the ``model`` section."""
+        return {"in_channels": config["input"]["channels"], **config.get("model", {})}
 
     @classmethod
     def build_model(cls, config: dict[str, Any]) -> Any:

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 import defectkit.data.io as data_io
 import defectkit.training.engine as engine
@@ -15,13 +14,7 @@ from defectkit import load_inspector
 from defectkit.config import load_config
 from defectkit.inference.saved_model import read_card
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_train_from_image_labels_and_inspect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

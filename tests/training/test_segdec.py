@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import defectkit.training.engine as engine
+from conftest import with_changes
 from defectkit import load_inspector
 from defectkit.config import load_config
 from defectkit.data.sample import Sample
@@ -22,6 +23,8 @@ from defectkit.training.data import apply_supervision, prepare_data
 from defectkit.training.segdec import distance_weights, segmentation_targets
 
 SYNTH = {"surfaces": 1, "per_surface": 40, "size": 64, "defect_fraction": 0.5, "seed": 3}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**changes: Any) -> dict[str, Any]:
@@ -35,22 +38,7 @@ def tiny_config(**changes: Any) -> dict[str, Any]:
         "method_options": {"delta": 1.0, "dilate": 3},
         "trainer": {"epochs": 2, "lr": 0.05, "val_every": 1, "batch_size": 2},
     }
-    for dotted, value in changes.items():
-        node = config
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # Tests share two cores with other work; one thread is faster than two fighting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return with_changes(config, **changes)
 
 
 def test_train_save_load_predict(tmp_path: Path) -> None:

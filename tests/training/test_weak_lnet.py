@@ -14,7 +14,7 @@ import torch
 
 import defectkit.data.io as data_io
 import defectkit.training.engine as engine
-from conftest import TINY_WEAK_LNET
+from conftest import TINY_WEAK_LNET, with_changes
 from defectkit import load_inspector
 from defectkit.config import load_config
 from defectkit.inference.saved_model import load_model, read_card
@@ -38,6 +38,8 @@ SCHEDULE = {
     "stage3_iterations": 4,
 }
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny_config(**changes: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
@@ -50,21 +52,7 @@ def tiny_config(**changes: Any) -> dict[str, Any]:
         "method_options": dict(SCHEDULE),
         "trainer": {"epochs": 1, "val_every": 1, "batch_size": 2},
     }
-    for dotted, value in changes.items():
-        node = config
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return with_changes(config, **changes)
 
 
 @pytest.fixture

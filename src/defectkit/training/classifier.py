@@ -55,10 +55,6 @@ class ImageNetClassifier(MethodSpec):
     uses_masks = False
 
     @classmethod
-    def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return {"in_channels": config["input"]["channels"], **config.get("model", {})}
-
-    @classmethod
     def build_model(cls, config: dict[str, Any]) -> ImageClassifier:
         model = cast(ImageClassifier, super().build_model(config))
         if config.get("weights"):

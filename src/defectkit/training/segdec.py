@@ -140,10 +140,6 @@ class SegDec(MethodSpec):
     model_name = "segdec"
 
     @classmethod
-    def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return {"in_channels": config["input"]["channels"], **config.get("model", {})}
-
-    @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
         options = {**DEFAULT_OPTIONS, **config.method_options}
         return FrequencyNegativeSampler(labels, seed=config.seed) if options["frequency_sampling"] else None

@@ -172,7 +172,7 @@ class WeakLNetRecipe(DecisionRecipe):
         if stage != self.current_stage:
             optimizer.optimizer.state.clear()  # a new stage starts without the previous one's momentum
             self.current_stage = stage
-        self._set_mode(stage)
+            self._set_mode(stage)  # freezing and norm modes change only between stages
         for group in optimizer.param_groups:
             group["lr"] = self.learning_rate(stage, within)
 
@@ -237,10 +237,6 @@ class WeakLNetMethod(MethodSpec):
     default_config = "configs/weak_lnet/kolektorsdd.yaml"
     model_name = "weak_lnet"
     uses_masks = False
-
-    @classmethod
-    def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return {"in_channels": config["input"]["channels"], **config.get("model", {})}
 
     @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
