@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,export,weights]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev,export,weights,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -157,3 +157,41 @@ def one_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def png_bytes(seed: int = 0, height: int = 96, width: int = 64, channels: int = 1) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(texture(seed, height, width, channels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny segdec exported to ONNX, as ``defectkit serve`` would serve it."""
+    from defectkit.inference.export import export_onnx
+
+    directory = tiny_segdec(tmp_path_factory.mktemp("serve") / "tiny-segdec")
+    export_onnx(directory)
+    return directory
+
+
+@pytest.fixture
+def serve_settings(served_model: Path, tmp_path: Path) -> Any:
+    pytest.importorskip("fastapi", reason="the service needs the serve extra")
+    pytest.importorskip("sqlalchemy", reason="the service needs the serve extra")
+    from defectkit.serve import ServeSettings
+
+    return ServeSettings(model_dir=served_model, data_dir=tmp_path / "serve", max_wait_ms=2.0, durable=False)
+
+
+@pytest.fixture
+def client(serve_settings: Any) -> Any:
+    """A TestClient of the service (lifespan run, so the batcher stops at the end)."""
+    from fastapi.testclient import TestClient
+
+    from defectkit.serve import create_app
+
+    with TestClient(create_app(serve_settings)) as test_client:
+        yield test_client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -14,7 +15,8 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per process and thread: two writers of one path must not share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with open(tmp, "wb") as handle:

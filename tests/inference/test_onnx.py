@@ -67,6 +67,23 @@ def test_onnx_matches_torch_on_any_size(exported: Path) -> None:
     assert (a.verdict, a.threshold) == (b.verdict, b.threshold) and abs(a.score - b.score) < 1e-4
 
 
+def test_batches_score_like_single_images(exported: Path) -> None:
+    """A micro-batch (the service's) gives each image the score it gets alone, on both back-ends."""
+    channels = load_inspector(exported).card.input.channels
+    # Two sizes interleaved: the inspector groups same-size images into one back-end call.
+    images = [texture(seed, 80 + 40 * (seed % 2), 60, channels) for seed in range(5)]
+    names = [f"image{i}" for i in range(5)]
+    for backend in ("torch", "onnx"):
+        inspector = load_inspector(exported, backend=backend)
+        together = inspector.inspect_batch(images, names)
+        for image, name, (inspection, heatmap) in zip(images, names, together, strict=True):
+            alone, alone_heatmap = inspector.inspect_with_heatmap(image, name)
+            assert inspection.image == name and abs(inspection.score - alone.score) < 1e-5
+            assert heatmap is not None and alone_heatmap is not None
+            assert heatmap.shape == image.shape[:2]
+            assert float(np.abs(heatmap - alone_heatmap).max()) < 1e-5
+
+
 def test_onnx_backend_needs_export(tmp_path: Path) -> None:
     directory = tiny_segdec(tmp_path / "plain")
     with pytest.raises(SavedModelError, match="defectkit export"):

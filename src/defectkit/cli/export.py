@@ -20,7 +20,7 @@ def export(
 ) -> None:
     """Export MODEL_DIR to MODEL_DIR/model.onnx, pre-processing included.
 
-    The graph takes the raw uint8 image (1 x C x H x W, any height and width) and
+    The graph takes raw uint8 images (B x C x H x W, any batch, height and width) and
     resizes and normalises it itself, exactly as the PyTorch path does; the export
     is checked against PyTorch before it is kept. Use it with
     `defectkit predict --backend onnx` or any onnxruntime client.

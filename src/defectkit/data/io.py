@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,24 +45,66 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     """
     try:
         with Image.open(path) as handle:
-            handle.load()
-            image: Image.Image = handle
-            if image.mode in ("P", "PA"):
-                image = image.convert("RGB" if channels == 3 else "L")
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # A fixed 16-bit to 8-bit scale, so brightness means the same in every image.
-                array = (np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0 + 0.5).astype(
-                    np.uint8
-                )
-            elif image.mode not in ("L", "RGB"):
-                array = np.asarray(image.convert("RGB"))
-            else:
-                array = np.asarray(image)
+            array = _decode(handle, channels)
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"cannot decode image ({error})") from None
     return convert_channels(array, channels)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Pixels decoded from bytes, with the container format Pillow recognised (``"png"``, ...)."""
+
+    pixels: np.ndarray
+    format: str
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image whose header declares more pixels than allowed (a decompression bomb, or a mistake)."""
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = None) -> DecodedImage:
+    """:func:`read_image` for bytes received from elsewhere (an upload), refusing before decoding.
+
+    The header is read first: an image declaring more than ``max_pixels`` pixels is refused
+    without allocating its pixels, so a small file cannot make the reader decode gigabytes.
+    """
+    if not data:
+        raise ImageReadError(name, "empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as handle:
+            width, height = handle.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    name,
+                    f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+                )
+            image_format = (handle.format or "unknown").lower()
+            array = _decode(handle, None)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(name, "not an image in a format Pillow reads") from None
+    except Image.DecompressionBombError as error:  # Pillow's own limit, met before ours can be checked
+        raise ImageTooLargeError(name, str(error)) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(name, f"cannot decode image ({error})") from None
+    return DecodedImage(convert_channels(array, None), image_format)
+
+
+def _decode(handle: Image.Image, channels: int | None) -> np.ndarray:
+    handle.load()
+    image: Image.Image = handle
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGB" if channels == 3 else "L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # A fixed 16-bit to 8-bit scale, so brightness means the same in every image.
+        return (np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0 + 0.5).astype(np.uint8)
+    if image.mode not in ("L", "RGB"):
+        return np.asarray(image.convert("RGB"))
+    return np.asarray(image)
 
 
 def convert_channels(array: np.ndarray, channels: int | None) -> np.ndarray:

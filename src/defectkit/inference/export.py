@@ -2,7 +2,7 @@
 
 What is exported is :class:`~defectkit.inference.inspector.InspectionGraph`, i.e. the shared
 :class:`~defectkit.inference.preprocess.Preprocess` *and* the model. The graph therefore takes the
-raw uint8 image (1 x C x H x W, any H and W) and resizes and normalises it itself, so a station
+raw uint8 images (B x C x H x W, any B, H and W) and resizes and normalises it itself, so a station
 that runs only onnxruntime cannot feed the network differently from the PyTorch path.
 
 Every export is checked before it is kept: the new graph runs under onnxruntime on two images
@@ -60,12 +60,19 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
     graph = InspectionGraph(model, card).eval()
     height, width = card.input.size
     channels = card.input.channels
-    # The example must not have a side of 1 (torch.export would specialise it) and should differ
-    # from the model's size, so that the traced resize is the general one.
-    example = torch.randint(0, 256, (1, channels, height + 3, width + 5), dtype=torch.uint8)
+    # The example must not have a dimension of 1 (torch.export would specialise it) and should
+    # differ from the model's size, so that the traced resize is the general one. The batch axis
+    # is dynamic too: the service scores micro-batches in one call.
+    example = torch.randint(0, 256, (2, channels, height + 3, width + 5), dtype=torch.uint8)
     target = model_dir / ONNX_NAME
     staging = model_dir / f".{ONNX_NAME}.tmp"
-    dynamic = {"raw": {2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)}}
+    dynamic = {
+        "raw": {
+            0: torch.export.Dim("batch", min=1, max=1024),
+            2: torch.export.Dim("height", min=2),
+            3: torch.export.Dim("width", min=2),
+        }
+    }
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for users
@@ -101,14 +108,14 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
 def _parity(
     graph: InspectionGraph, onnx_path: Path, channels: int, size: tuple[int, int]
 ) -> tuple[float, float]:
-    """Largest |torch - onnxruntime| of scores and heat maps on two deterministic images."""
+    """Largest |torch - onnxruntime| of scores and heat maps on deterministic batches of 1 and 3."""
     from defectkit.inference.onnx_backend import create_session
 
     session = create_session(onnx_path)
     rng = np.random.default_rng(0)
     score_diff = heatmap_diff = 0.0
-    for height, width in (size, (size[0] * 2 + 7, size[1] + 13)):
-        raw = rng.integers(0, 256, (1, channels, height, width), dtype=np.uint8)
+    for batch, (height, width) in ((1, size), (3, (size[0] * 2 + 7, size[1] + 13))):
+        raw = rng.integers(0, 256, (batch, channels, height, width), dtype=np.uint8)
         with torch.no_grad():
             scores, heatmaps = graph(torch.from_numpy(raw))
         onnx_scores, onnx_heatmaps = session.run(list(OUTPUT_NAMES), {INPUT_NAME: raw})

@@ -1,7 +1,7 @@
 """Inspect images with a saved model: ``load_inspector(dir).inspect(image_or_path) -> Inspection``.
 
 An :class:`Inspector` owns the model card (thresholds, input spec, names) and one back-end that
-maps a raw uint8 1xCxHxW batch to (scores, heat maps): :class:`TorchBackend` here, the
+maps a raw uint8 BxCxHxW batch to (scores, heat maps): :class:`TorchBackend` here, the
 onnxruntime back-end in :mod:`defectkit.inference.onnx_backend`. Both run the same
 :class:`~defectkit.inference.preprocess.Preprocess`, so their scores agree.
 """
@@ -9,6 +9,7 @@ onnxruntime back-end in :mod:`defectkit.inference.onnx_backend`. Both run the sa
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +30,7 @@ class Backend(Protocol):
     name: str
 
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 1xCxHxW -> (scores B, heat maps Bx1xhxw at model resolution or None)."""
+        """uint8 BxCxHxW -> (scores B, heat maps Bx1xhxw at model resolution or None)."""
         ...
 
 
@@ -84,10 +85,27 @@ class Inspector:
 
     def score(self, image: np.ndarray) -> Scored:
         """Score one decoded image (uint8 HxW or HxWxC); the heat map stays at model resolution."""
-        raw = to_network_layout(image, self.card.input.channels)
-        scores, heatmaps = self.backend.run(raw)
-        heatmap = None if heatmaps is None or heatmaps.shape[-1] == 1 else heatmaps[0, 0]
-        return Scored(float(scores[0]), heatmap, (int(raw.shape[2]), int(raw.shape[3])))
+        return self.score_batch([image])[0]
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[Scored]:
+        """Score several decoded images with as few back-end calls as their sizes allow.
+
+        Images of one size share a call (the graph resizes inside, so a batch must be uniform);
+        results come back in input order.
+        """
+        raws = [to_network_layout(image, self.card.input.channels) for image in images]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, raw in enumerate(raws):
+            by_size.setdefault(raw.shape, []).append(index)
+        scored: list[Scored | None] = [None] * len(raws)
+        for indices in by_size.values():
+            scores, heatmaps = self.backend.run(np.concatenate([raws[i] for i in indices]))
+            has_heatmap = heatmaps is not None and heatmaps.shape[-1] > 1
+            for row, index in enumerate(indices):
+                heatmap = heatmaps[row, 0] if has_heatmap and heatmaps is not None else None
+                size = (int(raws[index].shape[2]), int(raws[index].shape[3]))
+                scored[index] = Scored(float(scores[row]), heatmap, size)
+        return [s for s in scored if s is not None]
 
     def full_size_heatmap(self, scored: Scored) -> np.ndarray | None:
         """The heat map resized (bilinear) to the original image, values in [0, 1]."""
@@ -126,14 +144,32 @@ class Inspector:
         """:meth:`inspect`, also returning the full-size heat map (for overlays, saved masks)."""
         label = name or (str(image) if isinstance(image, str | Path) else "<array>")
         pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
+        return self.inspect_batch([pixels], [label])[0]
+
+    def inspect_batch(
+        self, images: Sequence[np.ndarray], names: Sequence[str]
+    ) -> list[tuple[Inspection, np.ndarray | None]]:
+        """Inspections and full-size heat maps of several decoded images, scored together.
+
+        ``latency_ms`` of each is the wall time of the whole batch: what the caller waited for it.
+        """
+        if len(images) != len(names):
+            raise ValueError(f"{len(images)} images but {len(names)} names")
         started = time.perf_counter()
-        scored = self.score(pixels)
-        heatmap = self.full_size_heatmap(scored)
-        regions = self.regions(heatmap)
+        scored = self.score_batch(images)
+        judged = []
+        for one, label in zip(scored, names, strict=True):
+            heatmap = self.full_size_heatmap(one)
+            judged.append((self._judge(one, label, self.regions(heatmap)), heatmap))
         latency = (time.perf_counter() - started) * 1000.0
+        for inspection, _ in judged:
+            inspection.latency_ms = latency
+        return judged
+
+    def _judge(self, scored: Scored, label: str, regions: list[Region]) -> Inspection:
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
         single_class = self.card.class_names[0] if len(self.card.class_names) == 1 else None
-        inspection = Inspection(
+        return Inspection(
             image=label,
             model=self.name,
             verdict=verdict,
@@ -141,9 +177,8 @@ class Inspector:
             threshold=self.threshold,
             defect_class=single_class if verdict == "defect" else None,
             regions=regions if verdict == "defect" else [],
-            latency_ms=latency,
+            latency_ms=0.0,
         )
-        return inspection, heatmap
 
 
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:

@@ -1,7 +1,7 @@
 """The onnxruntime back-end: runs ``model.onnx`` written by ``defectkit export``.
 
 The exported graph contains the shared pre-processing, so this back-end takes exactly what
-:class:`~defectkit.inference.inspector.TorchBackend` takes (raw uint8 1 x C x H x W) and needs
+:class:`~defectkit.inference.inspector.TorchBackend` takes (raw uint8 B x C x H x W) and needs
 neither torch nor the model code at run time: only onnxruntime and numpy.
 """
 
@@ -32,7 +32,7 @@ def create_session(path: str | Path) -> Any:
 
 
 class OnnxBackend:
-    """``run(raw uint8 1xCxHxW) -> (scores B, heat maps Bx1xhxw)`` with onnxruntime on the CPU."""
+    """``run(raw uint8 BxCxHxW) -> (scores B, heat maps Bx1xhxw)`` with onnxruntime on the CPU."""
 
     name = "onnx"
 
@@ -44,7 +44,15 @@ class OnnxBackend:
         self.session = create_session(path)
         self.input_name: str = self.session.get_inputs()[0].name
         self.output_names: list[str] = [output.name for output in self.session.get_outputs()]
+        # Graphs exported before the batch axis became dynamic take one image per call.
+        self.batched = not isinstance(self.session.get_inputs()[0].shape[0], int)
 
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        scores, heatmaps = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(raw)})
-        return np.asarray(scores, dtype=np.float32), np.asarray(heatmaps, dtype=np.float32)
+        chunks = [raw] if self.batched else [raw[i : i + 1] for i in range(raw.shape[0])]
+        outputs = [
+            self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(chunk)})
+            for chunk in chunks
+        ]
+        scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s, _ in outputs])
+        heatmaps = np.concatenate([np.asarray(h, dtype=np.float32) for _, h in outputs])
+        return scores, heatmaps

@@ -1,0 +1,108 @@
+"""``defectkit serve MODEL_DIR`` and ``defectkit reviews export``: the service and its feedback loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from defectkit.cli.errors import UsageError, user_errors
+
+console = Console(highlight=False, stderr=True)
+reviews_app = typer.Typer(help="Operators' reviews recorded by the service.", no_args_is_help=True)
+
+
+def _need_serve_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import sqlalchemy  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise UsageError(
+            f"the service needs the serve extra: pip install 'defectkit[serve]' ({error})"
+        ) from None
+
+
+@user_errors
+def serve(
+    model_dir: Path = typer.Argument(..., help="Saved model directory (exported to ONNX for speed)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the service."),
+    port: int = typer.Option(8000, help="TCP port."),
+    backend: str = typer.Option("auto", help="auto (onnx when exported), onnx or torch."),
+    data_dir: Path = typer.Option(Path("runs/serve"), help="Default home of the database and images."),
+    db: str | None = typer.Option(
+        None, help="SQLAlchemy URL (default sqlite in DATA_DIR; postgresql://...)."
+    ),
+    store: Path | None = typer.Option(None, help="Image store folder (default DATA_DIR/images)."),
+    station: str | None = typer.Option(None, help="Station name recorded with each inspection."),
+    max_batch: int = typer.Option(8, help="Most images per model call (micro-batching)."),
+    max_wait_ms: float = typer.Option(5.0, help="Longest wait for a batch to fill, in ms."),
+    max_body_mb: float = typer.Option(32.0, help="Largest request body, in MiB (413 above)."),
+    max_pixels: int = typer.Option(64_000_000, help="Largest image, in pixels (413 above)."),
+    api_key: list[str] = typer.Option(
+        [], "--api-key", envvar="DEFECTKIT_API_KEYS", help="Key required by review and export (repeatable)."
+    ),
+    cors_origin: list[str] = typer.Option(
+        [], help="Allow browser calls from this origin (CORS off by default)."
+    ),
+    fast_commit: bool = typer.Option(
+        False, help="Skip fsync at each commit: survives a killed process, not a power cut."
+    ),
+) -> None:
+    """Serve MODEL_DIR over HTTP: POST /v1/inspect, the review page at /, OpenAPI at /docs."""
+    _need_serve_extra()
+    import uvicorn
+
+    from defectkit.serve import ServeSettings, create_app
+
+    settings = ServeSettings(
+        model_dir=model_dir,
+        backend=backend,
+        data_dir=data_dir,
+        db_url=db,
+        store_dir=store,
+        station=station,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        api_keys=[k for key in api_key for k in key.split(",") if k],
+        cors_origins=cors_origin,
+        durable=not fast_commit,
+    )
+    app = create_app(settings)
+    console.print(
+        escape(f"serving {model_dir} on http://{host}:{port} (records: {settings.resolved_db_url()})")
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+@reviews_app.command("export")
+@user_errors
+def export(
+    out: Path = typer.Argument(..., help="Folder to write manifest.jsonl, dataset.json and images/ to."),
+    db: str | None = typer.Option(None, help="SQLAlchemy URL of the service's database."),
+    data_dir: Path = typer.Option(Path("runs/serve"), help="The service's data dir (default db and images)."),
+    store: Path | None = typer.Option(None, help="Image store folder (default DATA_DIR/images)."),
+) -> None:
+    """Write every reviewed inspection as a training set (`defectkit train` reads it)."""
+    _need_serve_extra()
+    from defectkit.serve.records import RecordStore
+    from defectkit.serve.reviews import ExportError, export_reviews
+    from defectkit.serve.settings import ServeSettings
+    from defectkit.serve.store import ContentStore
+
+    settings = ServeSettings(model_dir=Path("."), data_dir=data_dir, db_url=db, store_dir=store)
+    url = settings.resolved_db_url()
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise UsageError(f"{url.removeprefix('sqlite:///')}: no such database (use --db or --data-dir)")
+    records = RecordStore(url)
+    try:
+        manifest = export_reviews(records, ContentStore(settings.resolved_store_dir()), out)
+    except ExportError as error:
+        raise UsageError(str(error)) from None
+    finally:
+        records.close()
+    console.print(escape(f"wrote {manifest}"))

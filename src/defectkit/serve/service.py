@@ -1,0 +1,183 @@
+"""The inspection service's core, apart from HTTP: decode, score in micro-batches, store, record.
+
+:class:`InspectionService` is what the routes call. Its order of work is the durability contract:
+the image is stored (atomically, under its hash), then scored, then its record is committed, and
+only then does the caller get an answer. A request that fails at any step leaves no record, and
+no half-written file (at most an unreferenced image, which a later identical upload reuses).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from defectkit import __version__
+from defectkit.data.io import DecodedImage, decode_image
+from defectkit.inference.inspection import Inspection
+from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.inference.overlay import render_overlay
+from defectkit.inference.saved_model import ONNX_NAME, SavedModelError
+from defectkit.serve.batcher import MicroBatcher
+from defectkit.serve.metrics import ServiceMetrics
+from defectkit.serve.records import InspectionRecord, RecordStore, new_id, utcnow
+from defectkit.serve.settings import ServeSettings
+from defectkit.serve.store import SUFFIXES, ContentStore
+
+LINE_FILE = "line.yaml"
+MAX_NAME = 300
+
+
+@dataclass(frozen=True)
+class Received:
+    """An accepted upload: decoded pixels and where its bytes are stored."""
+
+    name: str
+    decoded: DecodedImage
+    sha256: str
+    suffix: str
+
+
+def open_inspector(settings: ServeSettings) -> Inspector:
+    """The model to serve, on ONNX when exported (``backend: auto``), with one-line errors."""
+    directory = Path(settings.model_dir)
+    if (directory / LINE_FILE).is_file():
+        raise SavedModelError(
+            f"{directory}: a line directory; serving whole lines arrives with `defectkit line`, "
+            "serve one model directory for now"
+        )
+    backend = settings.backend
+    if backend == "auto":
+        backend = "onnx" if (directory / ONNX_NAME).is_file() else "torch"
+    return load_inspector(directory, backend=backend)
+
+
+def clean_name(name: str | None) -> str:
+    """The client's file name, kept only as a label: no folders, no control characters, bounded."""
+    base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
+    printable = "".join(c for c in base if c.isprintable()).strip()
+    return (printable or "upload")[:MAX_NAME]
+
+
+def png_bytes(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+class InspectionService:
+    def __init__(self, settings: ServeSettings, inspector: Inspector | None = None) -> None:
+        self.settings = settings
+        self.inspector = inspector or open_inspector(settings)
+        self.metrics = ServiceMetrics()
+        self.records = RecordStore(settings.resolved_db_url(), durable=settings.durable)
+        self.store = ContentStore(settings.resolved_store_dir(), durable=settings.durable)
+        self.batcher: MicroBatcher[np.ndarray, tuple[Inspection, np.ndarray | None]] = MicroBatcher(
+            self._score_batch,
+            max_batch=settings.max_batch,
+            max_wait_ms=settings.max_wait_ms,
+            on_batch=self.metrics.batch_size.observe,
+        )
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.records.close()
+
+    @property
+    def model_name(self) -> str:
+        return self.inspector.name
+
+    def describe_model(self) -> dict[str, object]:
+        card = self.inspector.card
+        return {
+            "name": self.inspector.name,
+            "method": card.method,
+            "model": card.model,
+            "backend": self.inspector.backend.name,
+            "thresholds": card.thresholds.model_dump(),
+            "class_names": list(card.class_names),
+            "input": card.input.model_dump(mode="json"),
+            "version": {
+                "defectkit": __version__,
+                "trained_with": card.defectkit_version,
+                "commit": card.commit,
+            },
+            "created": card.created,
+        }
+
+    def _score_batch(self, images: Sequence[np.ndarray]) -> list[tuple[Inspection, np.ndarray | None]]:
+        # Names are filled in by the caller; the batch only scores.
+        return self.inspector.inspect_batch(list(images), [""] * len(images))
+
+    def receive(self, data: bytes, name: str | None) -> Received:
+        """Decode (refusing bombs before decoding), then store the bytes under their hash."""
+        label = clean_name(name)
+        decoded = decode_image(data, label, self.settings.max_pixels)
+        suffix = decoded.format if decoded.format in SUFFIXES else "png"
+        if decoded.format not in SUFFIXES:
+            # Formats outside the store's list (rare: PPM, ICO, ...) are kept as lossless PNG.
+            data = png_bytes(Image.fromarray(decoded.pixels))
+        sha256 = self.store.put(data, suffix)
+        return Received(label, decoded, sha256, suffix)
+
+    async def inspect(self, data: bytes, name: str | None, overlay: bool) -> InspectionRecord:
+        received = await run_in_threadpool(self.receive, data, name)
+        inspection, heatmap = await self.batcher.submit(received.decoded.pixels)
+        inspection.image = received.name
+        record = await run_in_threadpool(self._commit, received, inspection, heatmap, overlay)
+        self.metrics.verdicts.labels(inspection.verdict).inc()
+        if inspection.verdict == "unknown":
+            self.metrics.unknown_alerts.inc()
+        return record
+
+    def _commit(
+        self, received: Received, inspection: Inspection, heatmap: np.ndarray | None, overlay: bool
+    ) -> InspectionRecord:
+        overlay_sha = self._store_overlay(received.decoded.pixels, inspection, heatmap) if overlay else None
+        height, width = received.decoded.pixels.shape[:2]
+        record = InspectionRecord(
+            id=new_id(),
+            created=utcnow(),
+            station=self.settings.station,
+            model=self.model_name,
+            image_name=received.name,
+            image_sha256=received.sha256,
+            image_format=received.suffix,
+            width=int(width),
+            height=int(height),
+            verdict=inspection.verdict,
+            score=inspection.score,
+            threshold=inspection.threshold,
+            defect_class=inspection.defect_class,
+            surface=inspection.surface,
+            result=inspection.model_dump(mode="json", by_alias=True),
+            overlay_sha256=overlay_sha,
+            reviewed=False,
+        )
+        return self.records.add(record)
+
+    def _store_overlay(self, pixels: np.ndarray, inspection: Inspection, heatmap: np.ndarray | None) -> str:
+        picture = render_overlay(pixels, inspection, heatmap, self.inspector.card.thresholds.pixel)
+        return self.store.put(png_bytes(picture), "png")
+
+    async def overlay_for(self, record: InspectionRecord) -> str | None:
+        """The record's overlay, rendering (and keeping) it now if it was not asked for at the time.
+
+        Re-scoring is exact only with the model that judged it, so records of another model get none.
+        """
+        if record.overlay_sha256 is not None:
+            return record.overlay_sha256
+        if record.model != self.model_name:
+            return None
+        data = await run_in_threadpool(self.store.get, record.image_sha256, record.image_format)
+        decoded = await run_in_threadpool(decode_image, data, record.image_name, None)
+        _, heatmap = await self.batcher.submit(decoded.pixels)
+        inspection = Inspection.model_validate(record.result)
+        sha256 = await run_in_threadpool(self._store_overlay, decoded.pixels, inspection, heatmap)
+        await run_in_threadpool(self.records.set_overlay, record.id, sha256)
+        return sha256
