@@ -32,16 +32,22 @@ ProtocolRunner = Callable[[BenchRequest], Path]
 _PROTOCOLS: dict[str, tuple[ProtocolRunner, str]] = {}
 
 
-def register_protocol(name: str, description: str) -> Callable[[ProtocolRunner], ProtocolRunner]:
+def register_protocol(
+    name: str, description: str, aliases: tuple[str, ...] = ()
+) -> Callable[[ProtocolRunner], ProtocolRunner]:
+    """Register ``runner`` as protocol ``name`` (and under each short ``alias``, e.g. ``service``)."""
+
     def decorator(runner: ProtocolRunner) -> ProtocolRunner:
         _PROTOCOLS[name] = (runner, description)
+        for alias in aliases:
+            _PROTOCOLS[alias] = (runner, f"same as {name}")
         return runner
 
     return decorator
 
 
 def _load_all() -> None:
-    from defectkit.bench import ksdd  # noqa: F401  (registers its protocols)
+    from defectkit.bench import ksdd, service  # noqa: F401  (they register their protocols)
 
 
 def list_protocols() -> dict[str, str]:

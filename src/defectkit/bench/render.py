@@ -46,9 +46,18 @@ METRIC_ORDER = (
     "h",
     "s",
     "u",
+    "throughput_ratio",
+    "service_rps",
+    "bare_rps",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "errors",
+    "records_minus_accepted",
+    "kill_lost_records",
 )
 # Without any paper figure a protocol still shows this many of our metrics.
-MAX_OWN_METRICS = 8
+MAX_OWN_METRICS = 10
 # Shown beside the paper's figures whenever a row has them (localisation quality, for information).
 INFO_METRICS = ("auroc", "dice_pos", "pixel_auroc")
 MISSING = "–"
