@@ -1,4 +1,4 @@
-"""The review page in a real browser (headless Chromium via Playwright): upload -> verdict -> review -> export.
+"""The review page in a real browser (headless Chromium, Playwright): upload, verdict, review, export.
 
 Needs Debian's chromium (``.ci/run`` installs it) and the playwright package (dev extra); skips with
 the reason otherwise. The service runs in-process under uvicorn on a free loopback port.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import socket
 import threading
@@ -107,9 +108,7 @@ def test_upload_review_and_export_in_a_browser(live_service: str, tmp_path: Path
         assert exported.read(rows[0]["path"]) == image.read_bytes()
 
 
-def _verdicts() -> Any:
-    import re
-
+def _verdicts() -> re.Pattern[str]:
     return re.compile(r"^(ok|defect|unknown)$", re.IGNORECASE)
 
 

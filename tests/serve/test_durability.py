@@ -15,7 +15,7 @@ from conftest import png_bytes
 pytest.importorskip("fastapi", reason="the service needs the serve extra")
 pytest.importorskip("httpx", reason="the load client needs httpx (serve extra)")
 
-from defectkit.bench.service import ServerProcess, count_records, kill_and_verify, run_load  # noqa: E402
+from defectkit.bench.service import ServerProcess, count_records, kill_and_verify, run_load
 
 
 @pytest.mark.slow
