@@ -8,6 +8,7 @@ import os
 import struct
 import zipfile
 import zlib
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from defectkit.inference.inspector import load_inspector
 from defectkit.serve import ServeSettings, create_app
 from defectkit.serve.records import InspectionRecord, new_id, utcnow
 
+STRANGER = {"Origin": "http://elsewhere.example"}
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 
 
@@ -99,6 +101,12 @@ def test_filters_paging_and_review(client: TestClient) -> None:
     assert client.get("/v1/inspections", params={"until": "2000-01-01T00:00:00Z"}).json()["total"] == 0
     assert client.get("/v1/inspections", params={"since": "2000-01-01T00:00:00Z"}).json()["total"] == 6
     assert client.get("/v1/inspections", params={"surface": "nowhere"}).json()["total"] == 0
+    # Time filters mean instants: the same moment written with another offset selects the same.
+    newest = datetime.fromisoformat(everything.json()["items"][0]["created"])
+    for zone in (UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=9))):
+        after = newest.astimezone(zone) + timedelta(microseconds=1)
+        assert client.get("/v1/inspections", params={"since": after.isoformat()}).json()["total"] == 0
+        assert client.get("/v1/inspections", params={"until": after.isoformat()}).json()["total"] == 6
 
 
 def test_review_queue_puts_unknowns_then_near_threshold_first(client: TestClient) -> None:
@@ -173,10 +181,11 @@ def test_api_keys_guard_review_and_export(serve_settings: ServeSettings) -> None
         assert client.get("/v1/reviews/export").status_code == 401
         assert client.post(review, json={"verdict": "ok"}, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/v1/reviews/export", headers={"X-API-Key": "s3cret"}).status_code == 200
-        assert (
-            "access-control-allow-origin"
-            not in client.get("/v1/health", headers={"Origin": "http://x"}).headers
-        )
+        assert "access-control-allow-origin" not in client.get("/v1/health", headers=STRANGER).headers
+    with TestClient(create_app(settings.model_copy(update={"cors_origins": ["http://hmi.local"]}))) as client:
+        allowed = client.get("/v1/health", headers={"Origin": "http://hmi.local"})
+        assert allowed.headers["access-control-allow-origin"] == "http://hmi.local"
+        assert "access-control-allow-origin" not in client.get("/v1/health", headers=STRANGER).headers
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:

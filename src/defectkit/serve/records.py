@@ -84,8 +84,12 @@ def utcnow() -> datetime:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes for what was stored as UTC; make them aware again."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    """``moment`` as an aware UTC datetime; naive ones are taken to be UTC already.
+
+    SQLite keeps no offset (SQLAlchemy writes the wall time), so every datetime is converted to
+    UTC before it is stored or compared, and naive ones read back are UTC.
+    """
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class RecordStore:
@@ -163,9 +167,9 @@ class RecordStore:
         if where.reviewed is not None:
             statement = statement.where(InspectionRecord.reviewed == where.reviewed)
         if where.since is not None:
-            statement = statement.where(InspectionRecord.created >= where.since)
+            statement = statement.where(InspectionRecord.created >= as_utc(where.since))
         if where.until is not None:
-            statement = statement.where(InspectionRecord.created < where.until)
+            statement = statement.where(InspectionRecord.created < as_utc(where.until))
         with self._sessions() as session:
             total = session.scalar(select(func.count()).select_from(statement.subquery())) or 0
             page = statement.order_by(InspectionRecord.created.desc(), InspectionRecord.id)
