@@ -16,10 +16,10 @@ from conftest import png_bytes
 
 pytest.importorskip("fastapi", reason="the service needs the serve extra")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from defectkit.serve import ServeSettings, create_app  # noqa: E402
-from defectkit.serve.records import Base, RecordStore  # noqa: E402
+from defectkit.serve import ServeSettings, create_app
+from defectkit.serve.records import Base, RecordStore
 
 URL = os.environ.get("DEFECTKIT_TEST_POSTGRES")
 
