@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -25,7 +26,21 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:
+            _sync_directory(path.parent)  # the rename itself survives a power cut only once synced
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _sync_directory(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms that cannot open folders (Windows): nothing to sync
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse to sync folders
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -8,6 +8,7 @@ import os
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,16 @@ def test_inspect_returns_the_inspectors_verdict_and_records_it(
     assert raw.status_code == 200 and raw.json()["score"] == body["score"] and raw.json()["image"] == "raw"
     assert raw.json()["image_sha256"] == body["image_sha256"]  # same bytes, one stored file
     assert client.get("/v1/inspections").json()["total"] == 2
+
+
+def test_missing_files_are_410_not_500(client: TestClient, serve_settings: ServeSettings) -> None:
+    body = upload(client, png_bytes(4)).json()
+    assert body["overlay_stored"] is False
+    for stored in serve_settings.resolved_store_dir().rglob("*.png"):
+        stored.unlink()  # someone cleaned the disk
+    assert client.get(body["image_url"]).status_code == 410
+    gone = client.get(body["overlay_url"])
+    assert gone.status_code == 410 and "no longer stored" in gone.json()["detail"]
 
 
 def test_batch_judges_each_file_on_its_own(client: TestClient) -> None:
@@ -181,11 +192,17 @@ def test_api_keys_guard_review_and_export(serve_settings: ServeSettings) -> None
         assert client.get("/v1/reviews/export").status_code == 401
         assert client.post(review, json={"verdict": "ok"}, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert client.get("/v1/reviews/export", headers={"X-API-Key": "s3cret"}).status_code == 200
+        accented = {"X-API-Key": "clé".encode("latin-1")}  # non-ASCII: refused, not a 500
+        assert client.post(review, json={"verdict": "ok"}, headers=accented).status_code == 401
         assert "access-control-allow-origin" not in client.get("/v1/health", headers=STRANGER).headers
     with TestClient(create_app(settings.model_copy(update={"cors_origins": ["http://hmi.local"]}))) as client:
         allowed = client.get("/v1/health", headers={"Origin": "http://hmi.local"})
         assert allowed.headers["access-control-allow-origin"] == "http://hmi.local"
         assert "access-control-allow-origin" not in client.get("/v1/health", headers=STRANGER).headers
+
+
+def as_png_header() -> dict[str, str]:
+    return {"content-type": "image/png"}
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -246,10 +263,23 @@ def test_bad_input_gets_a_one_line_4xx_and_records_nothing(serve_settings: Serve
             assert client.get(path).status_code in (404, 422)
         assert client.get("/v1/inspections/" + "a" * 32).status_code == 404
         assert client.get("/v1/inspections", params={"limit": 0}).status_code == 422
+        assert client.get("/v1/inspections", params={"offset": 10**20}).status_code == 422
+        far_future = {"since": "9999-12-31T23:00:00-05:00"}  # past the last representable UTC instant
+        assert client.get("/v1/inspections", params=far_future).status_code == 422
+        for name in ("..", ".", "../etc", "a/b"):
+            assert client.get("/v1/reviews/export", params={"name": name}).status_code == 422
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the limit must hold while streaming
+            for _ in range(10):
+                yield os.urandom(10_000)
+
+        streamed = client.post("/v1/inspect", content=chunks(), headers=as_png_header())
+        assert streamed.status_code == 413 and "\n" not in streamed.json()["detail"]
         assert client.get("/v1/inspections").json()["total"] == 0  # nothing half-recorded
         assert upload(client, png_bytes(1)).status_code == 200  # and it still serves
         metrics = client.get("/metrics").text
         assert 'defectkit_rejected_inputs_total{reason="undecodable"}' in metrics
+        assert 'defectkit_rejected_inputs_total{reason="body_too_large"}' in metrics
         assert 'status="5' not in metrics
 
 

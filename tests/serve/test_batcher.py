@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from defectkit.serve.batcher import MicroBatcher
+from defectkit.serve.batcher import BatcherClosedError, MicroBatcher
 
 
 def test_batches_fill_under_load_and_results_stay_in_order() -> None:
@@ -73,3 +73,14 @@ def test_item_errors_fail_one_caller_and_batch_errors_fail_all() -> None:
         assert asyncio.run(main())[0] == 1  # the worker survived the crash
     finally:
         batcher.close()
+
+
+def test_submit_after_close_fails_fast() -> None:
+    batcher: MicroBatcher[int, int] = MicroBatcher(lambda items: list(items))
+    batcher.close()
+
+    async def late() -> int:
+        return await batcher.submit(1)
+
+    with pytest.raises(BatcherClosedError):
+        asyncio.run(late())

@@ -143,12 +143,14 @@ class ServerProcess:
             sys.executable, "-m", "defectkit.cli.main", "serve", str(self.model_dir),
             "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra,
         ]  # fmt: skip
-        log = open(self.data_dir.parent / f"server-{self.port}.log", "ab")  # noqa: SIM115 (child owns it)
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = self.data_dir.parent / f"server-{self.port}.log"
+        with open(log, "ab") as output:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited at start-up (see {log.name})")
+                raise RuntimeError(f"the service exited at start-up (see {log})")
             try:
                 if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
                     return self
@@ -268,7 +270,7 @@ def kill_and_verify(
     """Load a fresh service, SIGKILL it after ``kill_after`` 2xx, restart, check every 2xx survived."""
     import httpx
 
-    from defectkit.serve.store import ContentStore
+    from defectkit.serve.store import SUFFIXES, ContentStore
 
     server = ServerProcess(model_dir, data_dir).start()
     killed = threading.Event()
@@ -278,8 +280,10 @@ def kill_and_verify(
             killed.set()
             server.kill()
 
-    report = run_load(server.url, images, count, concurrency, on_ack=maybe_kill)
-    server.kill()
+    try:
+        report = run_load(server.url, images, count, concurrency, on_ack=maybe_kill)
+    finally:
+        server.kill()
     restarted = ServerProcess(model_dir, data_dir).start()
     try:
         store = ContentStore(data_dir / "images")
@@ -287,11 +291,8 @@ def kill_and_verify(
         with httpx.Client(base_url=restarted.url, timeout=30.0) as client:
             for record_id, body in report.acknowledged.items():
                 response = client.get(f"/v1/inspections/{record_id}")
-                if (
-                    response.status_code != 200
-                    or response.json() != body
-                    or not store.verify(body["image_sha256"], _suffix(client, record_id))
-                ):
+                intact = response.status_code == 200 and response.json() == body
+                if not intact or not any(store.verify(body["image_sha256"], s) for s in SUFFIXES):
                     lost += 1
             served = client.post(
                 "/v1/inspect", content=images[0], headers={"content-type": "image/png"}
@@ -300,11 +301,6 @@ def kill_and_verify(
     finally:
         restarted.stop()
     return KillReport(report.ok, lost, records, served)
-
-
-def _suffix(client: Any, record_id: str) -> str:
-    response = client.get(f"/v1/inspections/{record_id}/image")
-    return str(response.headers.get("content-type", "image/png")).removeprefix("image/")
 
 
 def _options(request: BenchRequest) -> dict[str, str]:
@@ -370,9 +366,11 @@ def service_load(request: BenchRequest) -> Path:
         notes = notes.replace(
             "segdec at the KolektorSDD cpu profile (704x256 input, random weights)", "the model given"
         )
+    from defectkit.inference.saved_model import read_card
+
     return write_results(
         protocol=PROTOCOL,
-        method="segdec",
+        method=read_card(model_dir).method,
         dataset="generated",
         variant={"concurrency": concurrency},
         profile=request.profile,

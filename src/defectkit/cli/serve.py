@@ -40,7 +40,8 @@ def serve(
     max_batch: int = typer.Option(8, help="Most images per model call (micro-batching)."),
     max_wait_ms: float = typer.Option(5.0, help="Longest wait for a batch to fill, in ms."),
     max_body_mb: float = typer.Option(32.0, help="Largest request body, in MiB (413 above)."),
-    max_pixels: int = typer.Option(64_000_000, help="Largest image, in pixels (413 above)."),
+    max_pixels: int = typer.Option(36_000_000, help="Largest image, in pixels (413 above)."),
+    max_in_flight: int = typer.Option(16, help="Images decoded or scored at once (bounds memory)."),
     api_key: list[str] = typer.Option(
         [], "--api-key", envvar="DEFECTKIT_API_KEYS", help="Key required by review and export (repeatable)."
     ),
@@ -68,14 +69,16 @@ def serve(
         max_wait_ms=max_wait_ms,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
         max_pixels=max_pixels,
+        max_in_flight=max_in_flight,
         api_keys=[k for key in api_key for k in key.split(",") if k],
         cors_origins=cors_origin,
         durable=not fast_commit,
     )
     app = create_app(settings)
-    console.print(
-        escape(f"serving {model_dir} on http://{host}:{port} (records: {settings.resolved_db_url()})")
-    )
+    from sqlalchemy.engine import make_url
+
+    records = make_url(settings.resolved_db_url()).render_as_string(hide_password=True)
+    console.print(escape(f"serving {model_dir} on http://{host}:{port} (records: {records})"))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -89,8 +89,10 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int | None = No
         raise ImageReadError(name, "not an image in a format Pillow reads") from None
     except Image.DecompressionBombError as error:  # Pillow's own limit, met before ours can be checked
         raise ImageTooLargeError(name, str(error)) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(name, f"cannot decode image ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # decoders of crafted files raise EOFError, struct.error, IndexError...
+        raise ImageReadError(name, f"cannot decode image ({type(error).__name__}: {error})") from None
     return DecodedImage(convert_channels(array, None), image_format)
 
 

@@ -97,15 +97,14 @@ class Inspector:
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, raw in enumerate(raws):
             by_size.setdefault(raw.shape, []).append(index)
-        scored: list[Scored | None] = [None] * len(raws)
+        scored: dict[int, Scored] = {}
         for indices in by_size.values():
             scores, heatmaps = self.backend.run(np.concatenate([raws[i] for i in indices]))
-            has_heatmap = heatmaps is not None and heatmaps.shape[-1] > 1
             for row, index in enumerate(indices):
-                heatmap = heatmaps[row, 0] if has_heatmap and heatmaps is not None else None
+                heatmap = heatmaps[row, 0] if heatmaps is not None and heatmaps.shape[-1] > 1 else None
                 size = (int(raws[index].shape[2]), int(raws[index].shape[3]))
                 scored[index] = Scored(float(scores[row]), heatmap, size)
-        return [s for s in scored if s is not None]
+        return [scored[index] for index in range(len(raws))]
 
     def full_size_heatmap(self, scored: Scored) -> np.ndarray | None:
         """The heat map resized (bilinear) to the original image, values in [0, 1]."""

@@ -13,7 +13,7 @@ import hmac
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from importlib import resources
@@ -30,15 +30,17 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from defectkit import __version__
 from defectkit.data.io import ImageReadError, ImageTooLargeError
 from defectkit.inference.inspection import Inspection
+from defectkit.serve.batcher import BatcherClosedError
+from defectkit.serve.metrics import ServiceMetrics
 from defectkit.serve.records import InspectionRecord, RecordFilter, ReviewVerdict, as_utc
 from defectkit.serve.reviews import ExportError, export_reviews, zip_folder
-from defectkit.serve.service import InspectionService
+from defectkit.serve.service import InspectionService, OverlayUnavailableError
 from defectkit.serve.settings import ServeSettings
 
 API_KEY_HEADER = "X-API-Key"
@@ -76,6 +78,7 @@ class InspectionOut(Inspection):
     image_sha256: str
     image_url: str
     overlay_url: str
+    overlay_stored: bool = Field(description="false: the overlay is rendered (and kept) on first request")
     review: Review | None = None
 
 
@@ -116,6 +119,7 @@ def record_out(record: InspectionRecord) -> InspectionOut:
         image_sha256=record.image_sha256,
         image_url=f"/v1/inspections/{record.id}/image",
         overlay_url=f"/v1/inspections/{record.id}/overlay",
+        overlay_stored=record.overlay_sha256 is not None,
         review=review,
     )
 
@@ -126,9 +130,10 @@ class BodyLimit:
     Pure ASGI, so the limit holds before FastAPI or the multipart parser buffer anything.
     """
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, on_refuse: Callable[[], None] | None = None) -> None:
         self.app = app
         self.limit = limit
+        self.on_refuse = on_refuse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,6 +167,8 @@ class BodyLimit:
                 await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.on_refuse is not None:
+            self.on_refuse()
         response = JSONResponse(
             {"detail": f"request body is larger than the limit of {self.limit} bytes"}, status_code=413
         )
@@ -170,6 +177,40 @@ class BodyLimit:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class RequestMetrics:
+    """Count and time every request by route template; mark every response ``nosniff``.
+
+    Pure ASGI rather than ``@app.middleware``: Starlette's BaseHTTPMiddleware wraps exceptions
+    raised while reading the body in an ExceptionGroup, which would hide the body limit's signal.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app dies before answering
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                # Stored images are served as received: never let a browser sniff them into HTML.
+                MutableHeaders(scope=message).setdefault("X-Content-Type-Options", "nosniff")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
 
 
 def create_app(settings: ServeSettings, service: InspectionService | None = None) -> FastAPI:
@@ -193,7 +234,9 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
     def require_key(x_api_key: Annotated[str | None, Depends(api_key_header)] = None) -> None:
         if not settings.api_keys:
             return
-        if x_api_key is None or not any(hmac.compare_digest(x_api_key, key) for key in settings.api_keys):
+        given = (x_api_key or "").encode("utf-8", "replace")
+        # Bytes: compare_digest refuses non-ASCII str, and a stray header must not become a 500.
+        if not given or not any(hmac.compare_digest(given, key.encode("utf-8")) for key in settings.api_keys):
             raise HTTPException(401, f"this endpoint needs a valid {API_KEY_HEADER} header")
 
     def refuse(reason: str, status: int, detail: str) -> HTTPException:
@@ -207,15 +250,8 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
             raise refuse("too_many_pixels", 413, str(error)) from None
         except ImageReadError as error:
             raise refuse("undecodable", 400, str(error)) from None
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
+        except BatcherClosedError as error:
+            raise HTTPException(503, str(error)) from None
 
     @app.exception_handler(RequestValidationError)
     async def one_line_validation(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -253,11 +289,12 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
     ) -> InspectionOut:
         content_type = request.headers.get("content-type", "").lower()
         if content_type.startswith("multipart/form-data"):
-            files = await _form_files(request, settings.max_batch_files, "file")
-            if len(files) != 1:
-                raise refuse("bad_form", 400, "send exactly one image in the multipart field 'file'")
-            upload = files[0]
-            record = await inspect_bytes(await upload.read(), upload.filename, overlay)
+            async with request.form(max_files=2, max_fields=8) as form:  # closes the spooled files
+                files = _files(form, "file")
+                if len(files) != 1:
+                    raise refuse("bad_form", 400, "send exactly one image in the multipart field 'file'")
+                data, filename = await files[0].read(), files[0].filename
+            record = await inspect_bytes(data, filename, overlay)
         elif content_type.startswith(RAW_TYPES):
             record = await inspect_bytes(await request.body(), name, overlay)
         else:
@@ -295,19 +332,20 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
     ) -> BatchOut:
         if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             raise refuse("content_type", 415, "send multipart/form-data with the images in fields 'files'")
-        files = await _form_files(request, settings.max_batch_files, "files")
+        async with request.form(max_files=settings.max_batch_files, max_fields=16) as form:
+            files = [(await upload.read(), upload.filename) for upload in _files(form, "files")]
         if not files:
             raise refuse("bad_form", 400, "no files: send the images in multipart fields named 'files'")
 
-        async def one(upload: UploadFile) -> BatchItem:
-            label = upload.filename or "upload"
+        async def one(data: bytes, filename: str | None) -> BatchItem:
+            label = filename or "upload"
             try:
-                record = await inspect_bytes(await upload.read(), upload.filename, overlay)
+                record = await inspect_bytes(data, filename, overlay)
             except HTTPException as error:
                 return BatchItem(file=label, status=error.status_code, error=str(error.detail))
             return BatchItem(file=label, status=200, inspection=record_out(record))
 
-        return BatchOut(items=list(await asyncio.gather(*(one(f) for f in files))))
+        return BatchOut(items=list(await asyncio.gather(*(one(*f) for f in files))))
 
     @app.get("/v1/inspections", response_model=InspectionPage, summary="Recorded inspections, newest first")
     async def list_inspections(
@@ -316,10 +354,15 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
         reviewed: bool | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> InspectionPage:
-        where = RecordFilter(verdict, surface, reviewed, since, until)
+        try:
+            where = RecordFilter(
+                verdict, surface, reviewed, *(as_utc(t) if t else None for t in (since, until))
+            )
+        except OverflowError:
+            raise HTTPException(422, "since/until: out of the representable range of times") from None
         records, total = await run_in_threadpool(core.records.query, where, offset, limit)
         return InspectionPage(items=[record_out(r) for r in records], total=total, offset=offset, limit=limit)
 
@@ -352,11 +395,10 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
     )
     async def get_overlay(record_id: RecordId) -> FileResponse:
         record = await find(record_id)
-        sha256 = await core.overlay_for(record)
-        if sha256 is None:
-            raise HTTPException(
-                404, f"inspection {record_id} was judged by model {record.model!r}, which is not served now"
-            )
+        try:
+            sha256 = await core.overlay_for(record)
+        except OverlayUnavailableError as error:
+            raise HTTPException(410, str(error)) from None
         return FileResponse(core.store.path(sha256, "png"), media_type="image/png")
 
     @app.post(
@@ -389,19 +431,23 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
         summary="The reviewed images as a training set: a zip of manifest.jsonl, dataset.json, images/",
     )
     async def export(
-        name: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.-]{1,80}$")] = "reviews",
+        name: Annotated[str, Query(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$")] = "reviews",
     ) -> FileResponse:
         work = Path(tempfile.mkdtemp(prefix="defectkit-export-"))
 
         def build() -> Path:
-            export_reviews(core.records, core.store, work / name, name=name)
-            return zip_folder(work / name, work / f"{name}.zip")
+            # Fixed names on disk: ``name`` only labels the dataset and the download.
+            export_reviews(core.records, core.store, work / "export", name=name)
+            return zip_folder(work / "export", work / "export.zip")
 
         try:
             archive = await run_in_threadpool(build)
         except ExportError as error:
             _remove(work)
             raise HTTPException(409, str(error)) from None
+        except BaseException:
+            _remove(work)
+            raise
         return FileResponse(
             archive,
             media_type="application/zip",
@@ -426,6 +472,11 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    # Outermost last: CORS, then metrics (which so see the body limit's 413s), then the limit.
+    app.add_middleware(
+        BodyLimit, limit=settings.max_body_bytes, on_refuse=metrics.rejected.labels("body_too_large").inc
+    )
+    app.add_middleware(RequestMetrics, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -433,13 +484,11 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "Content-Type"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
 
 
-async def _form_files(request: Request, max_files: int, field: str) -> list[UploadFile]:
-    # Starlette answers a malformed body or too many parts with its own 400.
-    form = await request.form(max_files=max_files, max_fields=16)
+def _files(form: FormData, field: str) -> list[UploadFile]:
+    # Starlette has already answered a malformed body or too many parts with its own 400.
     return [value for value in form.getlist(field) if isinstance(value, UploadFile)]
 
 

@@ -11,6 +11,7 @@ FastAPI nor Starlette offers request batching).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -53,20 +54,25 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch
         self._queue: queue.Queue[object] = queue.Queue()
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
         self._thread.start()
 
     async def submit(self, item: Item) -> Result:
+        if self._closed.is_set():
+            raise BatcherClosedError("the inference worker has stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._queue.put(_Pending(item, future, loop))
         return await future
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stop after the batch in hand; items still queued fail with :class:`BatcherClosedError`."""
+        self._closed.set()
         self._queue.put(_STOP)
         self._thread.join(timeout)
 
-    def _gather(self, first: _Pending[Item, Result]) -> tuple[list[_Pending[Item, Result]], bool]:
+    def _gather(self, first: _Pending[Item, Result]) -> list[_Pending[Item, Result]]:
         batch = [first]
         deadline = time.monotonic() + self.max_wait
         while len(batch) < self.max_batch:
@@ -76,28 +82,47 @@ class MicroBatcher(Generic[Item, Result]):
             except queue.Empty:
                 break
             if entry is _STOP:
-                return batch, True
+                self._queue.put(_STOP)  # seen again by the loop once this batch is done
+                break
             batch.append(entry)  # type: ignore[arg-type]
-        return batch, False
+        return batch
 
     def _work(self) -> None:
         while True:
             entry = self._queue.get()
             if entry is _STOP:
+                self._drain()
                 return
-            batch, stopping = self._gather(entry)  # type: ignore[arg-type]
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
+            batch = self._gather(entry)  # type: ignore[arg-type]
             try:
+                if self.on_batch is not None:
+                    self.on_batch(len(batch))
                 results: Sequence[Result | BaseException] = self.run_batch([p.item for p in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
-            except BaseException as error:  # the batch failed as a whole: every caller hears why
+            except Exception as error:  # the batch failed as a whole: every caller hears why
                 results = [error] * len(batch)
             for pending, result in zip(batch, results, strict=True):
-                pending.loop.call_soon_threadsafe(_settle, pending.future, result)
-            if stopping:
+                _deliver(pending, result)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
                 return
+            if entry is not _STOP:
+                _deliver(entry, BatcherClosedError("the service is shutting down"))  # type: ignore[arg-type]
+
+
+class BatcherClosedError(RuntimeError):
+    """Submitted after (or while) the batcher stopped: the service is shutting down."""
+
+
+def _deliver(pending: _Pending[Item, Result], result: Result | BaseException) -> None:
+    # RuntimeError: the caller's event loop has closed, so nobody is waiting any more.
+    with contextlib.suppress(RuntimeError):
+        pending.loop.call_soon_threadsafe(_settle, pending.future, result)
 
 
 def _settle(future: asyncio.Future[Result], result: Result | BaseException) -> None:

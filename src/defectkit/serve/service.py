@@ -8,6 +8,7 @@ no half-written file (at most an unreferenced image, which a later identical upl
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,11 +36,11 @@ MAX_NAME = 300
 
 @dataclass(frozen=True)
 class Received:
-    """An accepted upload: decoded pixels and where its bytes are stored."""
+    """A decoded upload and the bytes that will be stored (under their hash) if it is judged."""
 
     name: str
     decoded: DecodedImage
-    sha256: str
+    data: bytes
     suffix: str
 
 
@@ -70,6 +71,10 @@ def png_bytes(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+class OverlayUnavailableError(LookupError):
+    """No overlay can be shown: none was kept and the record cannot be re-scored now."""
+
+
 class InspectionService:
     def __init__(self, settings: ServeSettings, inspector: Inspector | None = None) -> None:
         self.settings = settings
@@ -83,6 +88,7 @@ class InspectionService:
             max_wait_ms=settings.max_wait_ms,
             on_batch=self.metrics.batch_size.observe,
         )
+        self._in_flight = asyncio.Semaphore(settings.max_in_flight)
 
     def close(self) -> None:
         self.batcher.close()
@@ -110,26 +116,41 @@ class InspectionService:
             "created": card.created,
         }
 
-    def _score_batch(self, images: Sequence[np.ndarray]) -> list[tuple[Inspection, np.ndarray | None]]:
+    def _score_batch(
+        self, images: Sequence[np.ndarray]
+    ) -> list[tuple[Inspection, np.ndarray | None] | BaseException]:
         # Names are filled in by the caller; the batch only scores.
-        return self.inspector.inspect_batch(list(images), [""] * len(images))
+        try:
+            return list(self.inspector.inspect_batch(list(images), [""] * len(images)))
+        except Exception:
+            if len(images) == 1:
+                raise
+        # One image spoilt the batch (an odd shape, say): judge each alone so only it fails.
+        results: list[tuple[Inspection, np.ndarray | None] | BaseException] = []
+        for image in images:
+            try:
+                results.append(self.inspector.inspect_batch([image], [""])[0])
+            except Exception as error:
+                results.append(error)
+        return results
 
     def receive(self, data: bytes, name: str | None) -> Received:
-        """Decode (refusing bombs before decoding), then store the bytes under their hash."""
+        """Decode, refusing bombs before decoding; nothing is stored until the image is judged."""
         label = clean_name(name)
         decoded = decode_image(data, label, self.settings.max_pixels)
         suffix = decoded.format if decoded.format in SUFFIXES else "png"
         if decoded.format not in SUFFIXES:
             # Formats outside the store's list (rare: PPM, ICO, ...) are kept as lossless PNG.
             data = png_bytes(Image.fromarray(decoded.pixels))
-        sha256 = self.store.put(data, suffix)
-        return Received(label, decoded, sha256, suffix)
+        return Received(label, decoded, data, suffix)
 
     async def inspect(self, data: bytes, name: str | None, overlay: bool) -> InspectionRecord:
-        received = await run_in_threadpool(self.receive, data, name)
-        inspection, heatmap = await self.batcher.submit(received.decoded.pixels)
-        inspection.image = received.name
-        record = await run_in_threadpool(self._commit, received, inspection, heatmap, overlay)
+        # A bounded number of images in flight bounds memory: each holds its pixels and heat map.
+        async with self._in_flight:
+            received = await run_in_threadpool(self.receive, data, name)
+            inspection, heatmap = await self.batcher.submit(received.decoded.pixels)
+            inspection.image = received.name
+            record = await run_in_threadpool(self._commit, received, inspection, heatmap, overlay)
         self.metrics.verdicts.labels(inspection.verdict).inc()
         if inspection.verdict == "unknown":
             self.metrics.unknown_alerts.inc()
@@ -138,6 +159,8 @@ class InspectionService:
     def _commit(
         self, received: Received, inspection: Inspection, heatmap: np.ndarray | None, overlay: bool
     ) -> InspectionRecord:
+        """Image, then overlay, then the record: a record never points at a file not yet written."""
+        sha256 = self.store.put(received.data, received.suffix)
         overlay_sha = self._store_overlay(received.decoded.pixels, inspection, heatmap) if overlay else None
         height, width = received.decoded.pixels.shape[:2]
         record = InspectionRecord(
@@ -146,7 +169,7 @@ class InspectionService:
             station=self.settings.station,
             model=self.model_name,
             image_name=received.name,
-            image_sha256=received.sha256,
+            image_sha256=sha256,
             image_format=received.suffix,
             width=int(width),
             height=int(height),
@@ -165,18 +188,27 @@ class InspectionService:
         picture = render_overlay(pixels, inspection, heatmap, self.inspector.card.thresholds.pixel)
         return self.store.put(png_bytes(picture), "png")
 
-    async def overlay_for(self, record: InspectionRecord) -> str | None:
+    async def overlay_for(self, record: InspectionRecord) -> str:
         """The record's overlay, rendering (and keeping) it now if it was not asked for at the time.
 
-        Re-scoring is exact only with the model that judged it, so records of another model get none.
+        Re-scoring is exact only with the model that judged it: records of another model, or whose
+        image is gone, raise :class:`OverlayUnavailableError`.
         """
-        if record.overlay_sha256 is not None:
+        if record.overlay_sha256 is not None and self.store.path(record.overlay_sha256, "png").is_file():
             return record.overlay_sha256
         if record.model != self.model_name:
-            return None
-        data = await run_in_threadpool(self.store.get, record.image_sha256, record.image_format)
+            raise OverlayUnavailableError(
+                f"inspection {record.id} was judged by model {record.model!r}, which is not served now"
+            )
+        try:
+            data = await run_in_threadpool(self.store.get, record.image_sha256, record.image_format)
+        except FileNotFoundError:
+            raise OverlayUnavailableError(
+                f"the image of inspection {record.id} is no longer stored"
+            ) from None
         decoded = await run_in_threadpool(decode_image, data, record.image_name, None)
-        _, heatmap = await self.batcher.submit(decoded.pixels)
+        async with self._in_flight:
+            _, heatmap = await self.batcher.submit(decoded.pixels)
         inspection = Inspection.model_validate(record.result)
         sha256 = await run_in_threadpool(self._store_overlay, decoded.pixels, inspection, heatmap)
         await run_in_threadpool(self.records.set_overlay, record.id, sha256)

@@ -31,7 +31,10 @@ class ServeSettings(BaseModel):
         5.0, ge=0.0, le=1000.0, description="how long the first image of a batch waits for company"
     )
     max_body_bytes: int = Field(32 * MIB, ge=1024, description="larger request bodies get 413")
-    max_pixels: int = Field(64_000_000, ge=1, description="images declaring more pixels get 413 (bombs)")
+    max_pixels: int = Field(36_000_000, ge=1, description="images declaring more pixels get 413 (bombs)")
+    max_in_flight: int = Field(
+        16, ge=1, description="images decoded or scored at once; more wait (bounds memory under load)"
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /v1/inspect/batch request")
     api_keys: list[str] = Field(default_factory=list, description="when set, review and export need one")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are named")

@@ -32,7 +32,8 @@ function card(item, index) {
   div.dataset.id = item.id;
   const img = document.createElement("img");
   img.loading = "lazy";
-  img.src = item.overlay_url;
+  // A kept overlay, else the image itself: listing must not make the server render 100 overlays.
+  img.src = item.overlay_stored ? item.overlay_url : item.image_url;
   img.alt = item.image;
   const caption = document.createElement("div");
   caption.className = "caption";
@@ -114,9 +115,9 @@ function showDetail() {
     return li;
   }));
   if (!item.regions.length) regions.replaceChildren(Object.assign(document.createElement("li"), { textContent: "none" }));
-  const attributes = item.attributes || [];
-  $("detail-attributes").hidden = !(item.verdict === "unknown" && attributes.length);
-  $("detail-attribute-list").replaceChildren(...attributes.map((text) => Object.assign(document.createElement("li"), { textContent: String(text) })));
+  const scores = Object.entries(item.class_scores || {}).sort((a, b) => b[1] - a[1]);
+  $("detail-class-scores").hidden = !scores.length;
+  $("detail-class-score-list").replaceChildren(...scores.map(([name, p]) => Object.assign(document.createElement("li"), { textContent: `${name}: ${p.toFixed(3)}` })));
   $("review-class").value = (item.review && item.review.defect_class) || item.defect_class || "";
   $("review-note").value = (item.review && item.review.note) || "";
   $("review-status").textContent = "";
@@ -131,14 +132,18 @@ function openDetail(index) {
 async function submitReview(verdict) {
   const item = state.items[state.index];
   if (!item) return;
-  const chosen = verdict || (item.verdict === "defect" ? "defect" : "ok");
+  if (!verdict && item.verdict === "unknown") {
+    // An unknown is never quietly confirmed as ok: the operator must say which it is.
+    $("review-status").textContent = "unknown: press o (ok) or d (defect)";
+    return;
+  }
+  const chosen = verdict || item.verdict;
   const body = { verdict: chosen, defect_class: chosen === "defect" ? ($("review-class").value || null) : null, note: $("review-note").value || null };
   try {
     const response = await api(`/v1/inspections/${item.id}/review`, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     state.items[state.index] = await response.json();
-    $("review-status").textContent = `saved: ${chosen}`;
     showDetail();
     $("review-status").textContent = `saved: ${chosen}`;
     const cardNode = document.querySelector(`.card[data-id="${item.id}"]`);
