@@ -23,6 +23,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "defectkit.training.segdec",
     "defectkit.training.weak_lnet",
     "defectkit.training.classifier",
+    "defectkit.training.scl_arcface",
 )
 
 

@@ -47,7 +47,7 @@ def register_protocol(
 
 
 def _load_all() -> None:
-    from defectkit.bench import ksdd, service  # noqa: F401  (they register their protocols)
+    from defectkit.bench import ksdd, neu_cls, service  # noqa: F401  (they register their protocols)
 
 
 def list_protocols() -> dict[str, str]:

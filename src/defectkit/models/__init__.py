@@ -22,6 +22,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "defectkit.models.segdec",
     "defectkit.models.weak_lnet",
     "defectkit.models.classifier",
+    "defectkit.models.scl_arcface",
 )
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}

@@ -1,0 +1,433 @@
+"""NEU-CLS protocols of paper 003: defect-type recognition from few images, and new types from k.
+
+``neu-cls/small-data`` (Table III): ``shots`` images per class drawn with a seed (repeat r uses
+seed r, the same draw for every method), every other image tested; mean and std of accuracy
+over the repeats. The scl_arcface reference database is every training image (k = shots).
+
+``neu-cls/few-shot`` (Table IV): train on all 900 images of patches, inclusion and rolled-in
+scale; recognise crazing, pitted surface and scratches from k = 1, 3, 5 references per class
+(k drawn per class, the class's other images tested), over ``draws`` random reference draws.
+Open set, beyond the paper: for every draw and every novel class h, the other two are enrolled
+and h is unseen; the AUROC of "known" (enrolled classes' test images) against h's images, by the
+best mean similarity, is ``unknown_auroc``.
+
+Baselines in the same runs, on the same draws: ``ce_baseline`` (the backbone fine-tuned with
+cross-entropy, the paper's "ResNet-50 (Backbone)"; in few-shot, its pooled features are the
+embedding) and ``linear_probe`` (the frozen ImageNet backbone's pooled features, logistic
+regression; in few-shot, fit on the k references).
+
+Each (method, shots, repeat) is one cached cell, so the grid resumes across sessions; a results
+file per (method, shots) is written once all its repeats are done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from defectkit.bench.protocols import REPO_ROOT, BenchRequest, register_protocol
+from defectkit.bench.results import CellCache, write_results
+from defectkit.config import RunConfig, load_config
+
+CONFIG = "configs/scl_arcface/neu-cls.yaml"
+METHODS = ("scl_arcface", "ce_baseline", "linear_probe")
+BASE_CLASSES = ("inclusion", "patches", "rolled-in_scale")
+NOVEL_CLASSES = ("crazing", "pitted_surface", "scratches")
+PAPER_SMALL = {
+    "scl_arcface": {10: 0.9839, 20: 0.9883, 50: 0.9972},
+    "ce_baseline": {10: 0.9389, 20: 0.9772, 50: 0.9906},
+}
+PAPER_FEWSHOT = {"scl_arcface": {1: 0.8216, 3: 0.8453, 5: 0.8629}}
+
+
+@dataclass(frozen=True)
+class NeuCls:
+    images: np.ndarray  # N x H x W uint8 (grey)
+    labels: np.ndarray  # N class indices in [0, 6)
+    class_names: list[str]
+
+
+def load_neu_cls() -> NeuCls:
+    """All of NEU-CLS decoded once (1,800 grey 200x200 images: 72 MB)."""
+    import os
+
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.io import read_image
+
+    base = os.environ.get("DEFECTKIT_DATA")
+    if not base:
+        raise FileNotFoundError("DEFECTKIT_DATA is not set; unpack the datasets with shared/data/unpack.sh")
+    dataset = read_dataset(Path(base) / "neu-cls")
+    samples = [s for s in dataset.samples if s.classes]
+    images = np.stack([read_image(s.path, channels=1) for s in samples])
+    labels = np.asarray([s.classes[0] - 1 for s in samples if s.classes], dtype=np.int64)
+    return NeuCls(images, labels, list(dataset.info.class_names))
+
+
+def per_class_draw(
+    labels: np.ndarray, count: int, seed: int, classes: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` indices per class in ``classes`` (train) and the rest of those classes (test)."""
+    rng = np.random.default_rng(seed)
+    chosen, rest = [], []
+    for label in classes:
+        members = rng.permutation(np.flatnonzero(labels == label))
+        chosen.append(members[:count])
+        rest.append(members[count:])
+    return np.concatenate(chosen), np.concatenate(rest)
+
+
+def _hash(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:10]
+
+
+class Runner:
+    """Trains and scores one method on one draw; all three methods share this data handling."""
+
+    def __init__(self, config: RunConfig, data: NeuCls, progress: bool) -> None:
+        self.config = config
+        self.data = data
+        self.progress = progress
+        self.options = dict(config.method_options)
+        self.size = int(config.input.size[0])
+        self.channels = int(config.input.channels)
+
+    def tensor(self, indices: np.ndarray) -> torch.Tensor:
+        from defectkit.training.scl_arcface import as_channels
+
+        return as_channels(self.data.images[indices], self.channels)
+
+    def _views(self, indices: np.ndarray, labels: np.ndarray, n_views: int) -> Any:
+        from defectkit.training.scl_arcface import ViewsDataset
+
+        crop = tuple(float(v) for v in self.options.get("crop_scale", (0.35, 1.0)))
+        return ViewsDataset(self.tensor(indices), labels.tolist(), self.size, (crop[0], crop[1]), n_views)
+
+    def train_scl(
+        self, indices: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int, seed: int
+    ) -> Any:
+        from defectkit.training.scl_arcface import SclArcFaceRecipe, build_embedding_net, fit
+
+        torch.manual_seed(seed)
+        network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
+        keys = ("temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight")
+        recipe = SclArcFaceRecipe(
+            network,
+            n_classes,
+            lr=self.config.trainer.lr,
+            **{k: float(self.options[k]) for k in keys if k in self.options},
+        )
+        fit(
+            recipe,
+            self._views(indices, labels, 2),
+            epochs,
+            self.config.trainer.batch_size,
+            seed,
+            self.progress,
+        )
+        return network
+
+    def train_ce(
+        self, indices: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int, seed: int
+    ) -> Any:
+        from defectkit.training.scl_arcface import CrossEntropyRecipe, build_ce_classifier, fit
+
+        torch.manual_seed(seed)
+        network, _ = build_ce_classifier(
+            str(self.config.model.get("backbone", "tf_efficientnet_lite0")),
+            self.channels,
+            n_classes,
+            self.config.weights,
+        )
+        recipe = CrossEntropyRecipe(network, lr=self.config.trainer.lr)
+        fit(
+            recipe,
+            self._views(indices, labels, 1),
+            epochs,
+            self.config.trainer.batch_size,
+            seed,
+            self.progress,
+        )
+        return network
+
+    def frozen_features(self, indices: np.ndarray) -> np.ndarray:
+        from defectkit.training.scl_arcface import build_embedding_net, embed_all
+
+        network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
+        return embed_all(network, self.tensor(indices), self.size, features=True).numpy()
+
+    def embeddings(self, network: Any, indices: np.ndarray, pooled: bool = False) -> np.ndarray:
+        from defectkit.training.scl_arcface import embed_all
+
+        if pooled:  # a timm classifier: its pooled features, before the linear layer
+            return _pooled(network, self.tensor(indices), self.size)
+        return embed_all(network, self.tensor(indices), self.size).numpy()
+
+
+def _pooled(network: Any, images: torch.Tensor, size: int) -> np.ndarray:
+    import torch.nn.functional as F
+    from torchvision.transforms import v2
+
+    from defectkit.training.scl_arcface import normalise
+
+    network.eval()
+    resize = v2.Resize((size, size), antialias=True)
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            batch = normalise(resize(images[start : start + 64]))
+            outputs.append(
+                F.normalize(network.forward_head(network.forward_features(batch), pre_logits=True), dim=1)
+            )
+    return torch.cat(outputs).numpy()
+
+
+def prototype_scores(
+    queries: np.ndarray, references: np.ndarray, reference_labels: np.ndarray, classes: Sequence[int]
+) -> np.ndarray:
+    """Q x len(classes) mean cosine similarity (unit vectors) to each class's references."""
+    similarity = queries @ references.T
+    return np.stack([similarity[:, reference_labels == c].mean(axis=1) for c in classes], axis=1)
+
+
+def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.mean(truth == predicted))
+
+
+def small_data_cell(runner: Runner, method: str, shots: int, repeat: int) -> dict[str, Any]:
+    labels = runner.data.labels
+    classes = list(range(len(runner.data.class_names)))
+    train_idx, test_idx = per_class_draw(labels, shots, seed=repeat, classes=classes)
+    epochs = runner.config.trainer.epochs
+    started = time.perf_counter()
+    if method == "scl_arcface":
+        network = runner.train_scl(train_idx, labels[train_idx], len(classes), epochs, seed=repeat)
+        train_s = time.perf_counter() - started
+        tic = time.perf_counter()
+        queries = runner.embeddings(network, test_idx)
+        references = runner.embeddings(network, train_idx)
+        predicted = np.asarray(classes)[
+            prototype_scores(queries, references, labels[train_idx], classes).argmax(1)
+        ]
+    elif method == "ce_baseline":
+        from defectkit.training.scl_arcface import predict_logits
+
+        network = runner.train_ce(train_idx, labels[train_idx], len(classes), epochs, seed=repeat)
+        train_s = time.perf_counter() - started
+        tic = time.perf_counter()
+        predicted = predict_logits(network, runner.tensor(test_idx), runner.size).argmax(1).numpy()
+    elif method == "linear_probe":
+        train_features = runner.frozen_features(train_idx)
+        train_s = time.perf_counter() - started
+        tic = time.perf_counter()
+        test_features = runner.frozen_features(test_idx)
+        probe = LogisticRegression(max_iter=5000).fit(train_features, labels[train_idx])
+        predicted = probe.predict(test_features)
+    else:
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    infer_ms = 1000.0 * (time.perf_counter() - tic) / len(test_idx)
+    return {
+        "method": method,
+        "shots": shots,
+        "repeat": repeat,
+        "accuracy": _accuracy(labels[test_idx], predicted),
+        "n_test": len(test_idx),
+        "train_s": train_s,
+        "wall_s": time.perf_counter() - started,
+        "infer_ms": infer_ms,
+    }
+
+
+def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) -> dict[str, Any]:
+    names = runner.data.class_names
+    labels = runner.data.labels
+    base = [names.index(n) for n in BASE_CLASSES]
+    novel = [names.index(n) for n in NOVEL_CLASSES]
+    base_idx = np.flatnonzero(np.isin(labels, base))
+    novel_idx = np.flatnonzero(np.isin(labels, novel))
+    relabel = {c: i for i, c in enumerate(base)}
+    base_labels = np.asarray([relabel[int(c)] for c in labels[base_idx]])
+    epochs = int(runner.options.get("fewshot_epochs", runner.config.trainer.epochs))
+    started = time.perf_counter()
+    if method == "scl_arcface":
+        network = runner.train_scl(base_idx, base_labels, len(base), epochs, seed=0)
+        features = runner.embeddings(network, novel_idx)
+    elif method == "ce_baseline":
+        network = runner.train_ce(base_idx, base_labels, len(base), epochs, seed=0)
+        features = runner.embeddings(network, novel_idx, pooled=True)
+    elif method == "linear_probe":
+        features = runner.frozen_features(novel_idx)
+    else:
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    train_s = time.perf_counter() - started
+    novel_labels = labels[novel_idx]
+    per_k: dict[str, dict[str, list[float]]] = {}
+    for k in ks:
+        accuracies, aurocs = [], []
+        for draw in range(draws):
+            refs, tests = per_class_draw(novel_labels, k, seed=1000 * k + draw, classes=novel)
+            accuracies.append(_classify(method, features, novel_labels, refs, tests, novel)[0])
+            for held_out in novel:
+                enrolled = [c for c in novel if c != held_out]
+                known_refs = refs[np.isin(novel_labels[refs], enrolled)]
+                known_tests = tests[np.isin(novel_labels[tests], enrolled)]
+                unseen = np.flatnonzero(novel_labels == held_out)
+                queries = np.concatenate([known_tests, unseen])
+                _, best = _classify(method, features, novel_labels, known_refs, queries, enrolled)
+                truth = np.concatenate([np.ones(len(known_tests)), np.zeros(len(unseen))])
+                aurocs.append(float(roc_auc_score(truth, best)))
+        per_k[str(k)] = {"accuracy": accuracies, "unknown_auroc": aurocs}
+    return {"method": method, "per_k": per_k, "train_s": train_s, "wall_s": time.perf_counter() - started}
+
+
+def _classify(
+    method: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    refs: np.ndarray,
+    queries: np.ndarray,
+    classes: Sequence[int],
+) -> tuple[float, np.ndarray]:
+    """(accuracy on ``queries``, best-class confidence of each query) from the references."""
+    if method == "linear_probe":
+        probe = LogisticRegression(max_iter=5000).fit(features[refs], labels[refs])
+        probabilities = probe.predict_proba(features[queries])
+        predicted = probe.classes_[probabilities.argmax(1)]
+        return _accuracy(labels[queries], predicted), probabilities.max(1)
+    scores = prototype_scores(features[queries], features[refs], labels[refs], classes)
+    predicted = np.asarray(classes)[scores.argmax(1)]
+    return _accuracy(labels[queries], predicted), scores.max(1)
+
+
+def _list(options: Mapping[str, str], key: str, default: str) -> list[str]:
+    return [v.strip() for v in options.get(key, default).split(",") if v.strip()]
+
+
+def _check(options: Mapping[str, str], known: Sequence[str], protocol: str) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise KeyError(f"{protocol}: unknown option(s) {unknown}; known: {sorted(known)}")
+
+
+def _machine_cache(request: BenchRequest, name: str) -> CellCache:
+    return CellCache(request.work_root / "cache" / name)
+
+
+def _run_cells(
+    cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]]
+) -> list[dict[str, Any]]:
+    cells = []
+    for key, compute in keys:
+        cell = cache.get(key)
+        if cell is None:
+            cell = compute()
+            cache.put(key, cell)
+        cells.append(cell)
+    return cells
+
+
+@register_protocol("neu-cls/small-data", "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods")
+def small_data(request: BenchRequest) -> Path:
+    _check(request.variant, ("shots", "repeats", "methods"), "neu-cls/small-data")
+    shots_list = [int(s) for s in _list(request.variant, "shots", "10,20,50")]
+    repeats = int(request.variant.get("repeats", "5"))
+    methods = _list(request.variant, "methods", ",".join(METHODS))
+    config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
+    runner = Runner(config, load_neu_cls(), request.progress)
+    cache = _machine_cache(request, f"neu-cls-small-data-{request.profile}")
+    digest = _hash(config.model_dump(mode="json"))
+    written = None
+    # Repeat-major order: a session that stops early has every (method, shots) at some repeats.
+    for method in methods:
+        for shots in shots_list:
+            keys = [
+                (
+                    f"{method}/shots-{shots}/repeat-{r}/config-{digest}",
+                    _bind(small_data_cell, runner, method, shots, r),
+                )
+                for r in range(repeats)
+            ]
+            cells = _run_cells(cache, keys)
+            accuracies = np.asarray([c["accuracy"] for c in cells])
+            paper = PAPER_SMALL.get(method, {}).get(shots)
+            written = write_results(
+                protocol=f"neu-cls/{method}/small-data",
+                method=method,
+                dataset="neu-cls",
+                variant={"shots": shots},
+                profile=request.profile,
+                metrics={"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(ddof=0))},
+                per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
+                n_images=int(cells[0]["n_test"]),
+                paper=None if paper is None else {"accuracy": paper},
+                wall_time_s=sum(c["wall_s"] for c in cells),
+                infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
+                command=request.command,
+                init="random" if config.weights is None else str(config.weights),
+                notes=f"{repeats} repeats (seed = repeat); {config.input.size[0]} px; backbone "
+                f"{config.model.get('backbone')}; accuracy as a fraction",
+                root=request.results_root,
+            )
+    assert written is not None
+    return written
+
+
+def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], dict[str, Any]]:
+    return lambda: function(*args)
+
+
+@register_protocol(
+    "neu-cls/few-shot", "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC"
+)
+def few_shot(request: BenchRequest) -> Path:
+    _check(request.variant, ("ks", "draws", "methods"), "neu-cls/few-shot")
+    ks = [int(k) for k in _list(request.variant, "ks", "1,3,5")]
+    draws = int(request.variant.get("draws", "20"))
+    methods = _list(request.variant, "methods", ",".join(METHODS))
+    config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
+    runner = Runner(config, load_neu_cls(), request.progress)
+    cache = _machine_cache(request, f"neu-cls-few-shot-{request.profile}")
+    digest = _hash({"config": config.model_dump(mode="json"), "ks": ks, "draws": draws})
+    epochs = config.method_options.get("fewshot_epochs", config.trainer.epochs)
+    written = None
+    for method in methods:
+        (cell,) = _run_cells(
+            cache, [(f"{method}/config-{digest}", _bind(few_shot_cell, runner, method, ks, draws))]
+        )
+        for k in ks:
+            accuracies = np.asarray(cell["per_k"][str(k)]["accuracy"])
+            aurocs = np.asarray(cell["per_k"][str(k)]["unknown_auroc"])
+            paper = PAPER_FEWSHOT.get(method, {}).get(k)
+            written = write_results(
+                protocol=f"neu-cls/{method}/few-shot",
+                method=method,
+                dataset="neu-cls",
+                variant={"k": k},
+                profile=request.profile,
+                metrics={
+                    "accuracy": float(accuracies.mean()),
+                    "accuracy_std": float(accuracies.std(ddof=0)),
+                    "unknown_auroc": float(aurocs.mean()),
+                },
+                n_images=900,
+                paper=None if paper is None else {"accuracy": paper},
+                wall_time_s=float(cell["wall_s"]),
+                command=request.command,
+                init="random" if config.weights is None else str(config.weights),
+                notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
+                f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
+                "leave-one-novel-class-out, best mean similarity",
+                root=request.results_root,
+            )
+    assert written is not None
+    return written

@@ -1,0 +1,109 @@
+"""Embedding networks for defect-type recognition from few images (paper 003).
+
+:class:`EmbeddingNet` is a timm backbone with global average pooling and a two-layer MLP
+projection to a 128-d embedding (SimCLR's projection head, Fig. 1). The losses that train it (a
+self-contrastive NT-Xent over three views and ArcFace) live in the recipe; what is saved and served
+is this network plus a reference database of class embeddings (:class:`ReferenceClassifier`):
+an image goes to the class whose k reference embeddings it is, on average, most similar to
+(cosine), as the paper's test phase does. Adding a class is adding references, no retraining.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ProjectionHead(nn.Module):
+    """Linear -> ReLU -> Linear, as SimCLR's head (the paper: "a linear projection head MLP")."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features)
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        out: Tensor = self.layers(features)
+        return out
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone -> global average pool -> projection: ``forward(images) -> B x embedding_dim``.
+
+    ``backbone`` is any timm name; ImageNet weights are loaded into ``self.backbone`` (built with
+    its 1000-class head, removed after loading) by the method, not here.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        in_channels: int = 3,
+        embedding_dim: int = 128,
+        projection_hidden: int | None = None,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.backbone: nn.Module = timm.create_model(
+            backbone, pretrained=False, in_chans=in_channels, drop_rate=drop_rate
+        )
+        # Pooled width: some families (MobileNetV3) add a layer after pooling, hence head_hidden_size.
+        features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)  # type: ignore[arg-type]
+        self.projection = ProjectionHead(features, projection_hidden or features, embedding_dim)
+        self.embedding_dim = embedding_dim
+
+    def drop_imagenet_head(self) -> None:
+        """After loading ImageNet weights: the backbone then returns pooled features."""
+        self.backbone.reset_classifier(0)  # type: ignore[operator]
+
+    def features(self, images: Tensor) -> Tensor:
+        """Pooled backbone features (what a linear probe reads)."""
+        # pre_logits: pooled features whether or not the ImageNet head is still attached.
+        features = self.backbone.forward_features(images)  # type: ignore[operator]
+        out: Tensor = self.backbone.forward_head(features, pre_logits=True)  # type: ignore[operator]
+        return out
+
+    def forward(self, images: Tensor) -> Tensor:
+        out: Tensor = self.projection(self.features(images))
+        return out
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Unit-length embeddings: cosine similarity is then a dot product."""
+        return F.normalize(self(images), dim=1)
+
+
+class ReferenceClassifier(nn.Module):
+    """Mean cosine similarity to each class's reference embeddings (the paper's test phase).
+
+    ``references`` is R x D (unit rows) with ``reference_labels`` R class indices in ``[0, C)``;
+    ``forward(images)`` returns B x C mean similarities in [-1, 1]. A class with no reference
+    scores -inf, so it is never predicted. Exported with the network, the database travels
+    inside the ONNX graph as constants.
+    """
+
+    def __init__(
+        self, network: EmbeddingNet, references: Tensor, reference_labels: Tensor, n_classes: int
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.n_classes = n_classes
+        self.references: Tensor
+        self.reference_labels: Tensor
+        self.register_buffer("references", F.normalize(references.float(), dim=1))
+        self.register_buffer("reference_labels", reference_labels.long())
+
+    def forward(self, images: Tensor) -> Tensor:
+        return class_similarities(
+            self.network.embed(images), self.references, self.reference_labels, self.n_classes
+        )
+
+
+def class_similarities(embeddings: Tensor, references: Tensor, labels: Tensor, n_classes: int) -> Tensor:
+    """B x C mean cosine similarity of unit ``embeddings`` to each class's unit ``references``."""
+    similarity = embeddings @ references.T  # B x R
+    one_hot = F.one_hot(labels, n_classes).to(similarity.dtype)  # R x C
+    counts = one_hot.sum(0)
+    means = similarity @ one_hot / counts.clamp(min=1)
+    return torch.where(counts > 0, means, torch.full_like(means, float("-inf")))

@@ -1,0 +1,100 @@
+"""scl_arcface (paper 003): the losses train, references classify, the protocol's draws are clean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defectkit.bench.neu_cls import per_class_draw, prototype_scores
+from defectkit.models.scl_arcface import EmbeddingNet, ReferenceClassifier, class_similarities
+from defectkit.training.scl_arcface import SclArcFaceRecipe, ViewsDataset, fit
+
+TINY = {"backbone": "mobilenetv3_small_050", "in_channels": 3, "embedding_dim": 16}
+
+
+def stripes(label: int, seed: int, size: int = 40) -> np.ndarray:
+    """Class 0: horizontal stripes; class 1: vertical; class 2: a blob. Plus noise."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(120, 10, (size, size))
+    if label == 0:
+        image[::6] += 80
+    elif label == 1:
+        image[:, ::6] += 80
+    else:
+        image[12:28, 12:28] += 80
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_class_similarities_average_each_class_and_skip_empty_ones() -> None:
+    references = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=1)
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[1.0, 0.0]])
+    scores = class_similarities(query, references, labels, n_classes=3)
+    assert torch.allclose(scores[0, :2], torch.tensor([1.0, (0.0 + 2**-0.5) / 2]))
+    assert scores[0, 2] == float("-inf")  # no references: never predicted
+
+
+def test_per_class_draw_is_disjoint_balanced_and_seeded() -> None:
+    labels = np.repeat(np.arange(3), 10)
+    train, test = per_class_draw(labels, 4, seed=7, classes=[0, 1, 2])
+    assert len(set(train) & set(test)) == 0 and len(train) + len(test) == 30
+    assert np.bincount(labels[train]).tolist() == [4, 4, 4]
+    again, _ = per_class_draw(labels, 4, seed=7, classes=[0, 1, 2])
+    assert np.array_equal(train, again)
+    assert not np.array_equal(train, per_class_draw(labels, 4, seed=8, classes=[0, 1, 2])[0])
+
+
+def test_training_separates_classes_and_references_classify(one_thread: None) -> None:
+    labels = [i % 3 for i in range(24)]
+    images = torch.from_numpy(np.stack([stripes(y, i) for i, y in enumerate(labels)]))[:, None].expand(
+        -1, 3, -1, -1
+    )
+    torch.manual_seed(0)
+    network = EmbeddingNet(**TINY)
+    network.drop_imagenet_head()
+    recipe = SclArcFaceRecipe(network, n_classes=3, lr=2e-3)
+    dataset = ViewsDataset(images.contiguous(), labels, size=32, crop_scale=(0.6, 1.0), n_views=2)
+    original, view_i, view_j, label = dataset[0]
+    assert original.shape == view_i.shape == view_j.shape == (3, 32, 32) and int(label) == 0
+    whole = next(iter(torch.utils.data.DataLoader(dataset, batch_size=24)))  # one fixed set of views
+    network.eval()
+    with torch.no_grad():
+        before = float(recipe.losses(whole)["loss"])
+    fit(recipe, dataset, epochs=15, batch_size=12, seed=0, progress=False)
+    network.eval()
+    with torch.no_grad():
+        after = float(recipe.losses(whole)["loss"])
+    assert after < before
+
+    network.eval()
+    queries = torch.from_numpy(np.stack([stripes(y, 100 + y) for y in range(3)]))[:, None].expand(
+        -1, 3, -1, -1
+    )
+    with torch.no_grad():
+        references = network.embed(
+            torch.nn.functional.interpolate(dataset.images.float(), size=32) / 127.5 - 1
+        )
+        classifier = ReferenceClassifier(network, references, torch.tensor(labels), n_classes=3).eval()
+        scores = classifier(torch.nn.functional.interpolate(queries.float(), size=32) / 127.5 - 1)
+    assert scores.shape == (3, 3) and scores.argmax(1).tolist() == [0, 1, 2]
+    numpy_scores = prototype_scores(
+        torch.nn.functional.normalize(
+            network(torch.nn.functional.interpolate(queries.float(), size=32) / 127.5 - 1), dim=1
+        )
+        .detach()
+        .numpy(),
+        references.numpy(),
+        np.asarray(labels),
+        [0, 1, 2],
+    )
+    assert np.allclose(numpy_scores, scores.numpy(), atol=1e-5)
+
+
+@pytest.mark.realdata
+def test_neu_cls_loads_all_classes(real_data) -> None:  # type: ignore[no-untyped-def]
+    real_data("neu-cls")
+    from defectkit.bench.neu_cls import load_neu_cls
+
+    data = load_neu_cls()
+    assert data.images.shape == (1800, 200, 200) and np.bincount(data.labels).tolist() == [300] * 6
