@@ -47,6 +47,7 @@ PAPER_SMALL = {
     "scl_arcface": {10: 0.9839, 20: 0.9883, 50: 0.9972},
     "ce_baseline": {10: 0.9389, 20: 0.9772, 50: 0.9906},
 }
+PAPER_SPLIT = {"scl_arcface": {0.6: 0.9958, 0.7: 0.9981, 0.8: 1.0}}
 PAPER_FEWSHOT = {"scl_arcface": {1: 0.8216, 3: 0.8453, 5: 0.8629}}
 
 
@@ -205,13 +206,30 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def small_data_cell(runner: Runner, method: str, shots: int, repeat: int) -> dict[str, Any]:
+    classes = list(range(len(runner.data.class_names)))
+    train_idx, test_idx = per_class_draw(runner.data.labels, shots, seed=repeat, classes=classes)
+    cell = train_and_test(runner, method, train_idx, test_idx, runner.config.trainer.epochs, seed=repeat)
+    return {**cell, "shots": shots, "repeat": repeat}
+
+
+def split_cell(runner: Runner, method: str, fraction: float, repeat: int) -> dict[str, Any]:
+    classes = list(range(len(runner.data.class_names)))
+    per_class = round(fraction * int(np.bincount(runner.data.labels).min()))
+    train_idx, test_idx = per_class_draw(runner.data.labels, per_class, seed=repeat, classes=classes)
+    epochs = int(runner.options.get("split_epochs", runner.config.trainer.epochs))
+    cell = train_and_test(runner, method, train_idx, test_idx, epochs, seed=repeat)
+    return {**cell, "train_fraction": fraction, "repeat": repeat}
+
+
+def train_and_test(
+    runner: Runner, method: str, train_idx: np.ndarray, test_idx: np.ndarray, epochs: int, seed: int
+) -> dict[str, Any]:
+    """Train ``method`` on ``train_idx`` and report its accuracy on ``test_idx``."""
     labels = runner.data.labels
     classes = list(range(len(runner.data.class_names)))
-    train_idx, test_idx = per_class_draw(labels, shots, seed=repeat, classes=classes)
-    epochs = runner.config.trainer.epochs
     started = time.perf_counter()
     if method == "scl_arcface":
-        network = runner.train_scl(train_idx, labels[train_idx], len(classes), epochs, seed=repeat)
+        network = runner.train_scl(train_idx, labels[train_idx], len(classes), epochs, seed=seed)
         train_s = time.perf_counter() - started
         tic = time.perf_counter()
         queries = runner.embeddings(network, test_idx)
@@ -222,7 +240,7 @@ def small_data_cell(runner: Runner, method: str, shots: int, repeat: int) -> dic
     elif method == "ce_baseline":
         from defectkit.training.scl_arcface import predict_logits
 
-        network = runner.train_ce(train_idx, labels[train_idx], len(classes), epochs, seed=repeat)
+        network = runner.train_ce(train_idx, labels[train_idx], len(classes), epochs, seed=seed)
         train_s = time.perf_counter() - started
         tic = time.perf_counter()
         predicted = predict_logits(network, runner.tensor(test_idx), runner.size).argmax(1).numpy()
@@ -238,8 +256,7 @@ def small_data_cell(runner: Runner, method: str, shots: int, repeat: int) -> dic
     infer_ms = 1000.0 * (time.perf_counter() - tic) / len(test_idx)
     return {
         "method": method,
-        "shots": shots,
-        "repeat": repeat,
+        "epochs": epochs,
         "accuracy": _accuracy(labels[test_idx], predicted),
         "n_test": len(test_idx),
         "train_s": train_s,
@@ -427,6 +444,51 @@ def few_shot(request: BenchRequest) -> Path:
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
                 "leave-one-novel-class-out, best mean similarity",
+                root=request.results_root,
+            )
+    assert written is not None
+    return written
+
+
+@register_protocol("neu-cls/split", "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods")
+def split(request: BenchRequest) -> Path:
+    _check(request.variant, ("fractions", "repeats", "methods"), "neu-cls/split")
+    fractions = [float(f) for f in _list(request.variant, "fractions", "0.6,0.7,0.8")]
+    repeats = int(request.variant.get("repeats", "1"))
+    methods = _list(request.variant, "methods", ",".join(METHODS))
+    config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
+    runner = Runner(config, load_neu_cls(), request.progress)
+    cache = _machine_cache(request, f"neu-cls-split-{request.profile}")
+    digest = _hash(config.model_dump(mode="json"))
+    written = None
+    for method in methods:
+        for fraction in fractions:
+            keys = [
+                (
+                    f"{method}/fraction-{fraction}/repeat-{r}/config-{digest}",
+                    _bind(split_cell, runner, method, fraction, r),
+                )
+                for r in range(repeats)
+            ]
+            cells = _run_cells(cache, keys)
+            accuracies = np.asarray([c["accuracy"] for c in cells])
+            paper = PAPER_SPLIT.get(method, {}).get(fraction)
+            written = write_results(
+                protocol=f"neu-cls/{method}/split",
+                method=method,
+                dataset="neu-cls",
+                variant={"train_fraction": fraction},
+                profile=request.profile,
+                metrics={"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(ddof=0))},
+                per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
+                n_images=int(cells[0]["n_test"]),
+                paper=None if paper is None else {"accuracy": paper},
+                wall_time_s=sum(c["wall_s"] for c in cells),
+                infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
+                command=request.command,
+                init="random" if config.weights is None else str(config.weights),
+                notes=f"{repeats} repeat(s); {cells[0]['epochs']} epochs; {config.input.size[0]} px; "
+                f"backbone {config.model.get('backbone')}; accuracy as a fraction",
                 root=request.results_root,
             )
     assert written is not None
