@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, register_protocol, supervision_overrides
-from defectkit.bench.results import CellCache, variant_slug, write_results
+from defectkit.bench.results import variant_slug, write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.sample import Sample
@@ -138,7 +138,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
     folds = kfold(samples, FOLDS, seed=FOLD_SEED)
     config = load_config(REPO_ROOT / run.config, request.profile, [*run.overrides, *request.overrides])
     name = f"{run.name}-{request.profile}"
-    cache = CellCache(request.work_root / "cache" / name)
+    cache = request.cells(name)
     cells = []
     for fold, (train_idx, test_idx) in enumerate(folds):
         key = f"fold{fold}/config-{config_hash(config)}"

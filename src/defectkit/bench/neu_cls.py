@@ -336,10 +336,6 @@ def _check(options: Mapping[str, str], known: Sequence[str], protocol: str) -> N
         raise KeyError(f"{protocol}: unknown option(s) {unknown}; known: {sorted(known)}")
 
 
-def _machine_cache(request: BenchRequest, name: str) -> CellCache:
-    return CellCache(request.work_root / "cache" / name)
-
-
 def _run_cells(
     cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]]
 ) -> list[dict[str, Any]]:
@@ -361,7 +357,7 @@ def small_data(request: BenchRequest) -> Path:
     methods = _list(request.variant, "methods", ",".join(METHODS))
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
-    cache = _machine_cache(request, f"neu-cls-small-data-{request.profile}")
+    cache = request.cells(f"neu-cls-small-data-{request.profile}")
     digest = _hash(config.model_dump(mode="json"))
     written = None
     # Repeat-major order: a session that stops early has every (method, shots) at some repeats.
@@ -413,7 +409,7 @@ def few_shot(request: BenchRequest) -> Path:
     methods = _list(request.variant, "methods", ",".join(METHODS))
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
-    cache = _machine_cache(request, f"neu-cls-few-shot-{request.profile}")
+    cache = request.cells(f"neu-cls-few-shot-{request.profile}")
     digest = _hash({"config": config.model_dump(mode="json"), "ks": ks, "draws": draws})
     epochs = config.method_options.get("fewshot_epochs", config.trainer.epochs)
     written = None
@@ -458,7 +454,7 @@ def split(request: BenchRequest) -> Path:
     methods = _list(request.variant, "methods", ",".join(METHODS))
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
-    cache = _machine_cache(request, f"neu-cls-split-{request.profile}")
+    cache = request.cells(f"neu-cls-split-{request.profile}")
     digest = _hash(config.model_dump(mode="json"))
     written = None
     for method in methods:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from defectkit.bench.results import CellCache
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -21,11 +23,16 @@ class BenchRequest:
     supervision: str
     command: str
     results_root: Path
-    work_root: Path  # cache and trained models (not committed)
+    work_root: Path  # trained models and scratch files (not committed)
     progress: bool = True
     variant: dict[str, str] = field(default_factory=dict)  # protocol options (--variant key=value)
     # Extra config overrides (--set a.b=c): smoke runs and experiments; the command records them.
     overrides: list[str] = field(default_factory=list)
+    # Finished cells (small JSON, committed): a grid resumes on a fresh checkout in a later session.
+    cells_root: Path = Path("benchmarks/cells")
+
+    def cells(self, name: str) -> CellCache:
+        return CellCache(self.cells_root / name)
 
 
 ProtocolRunner = Callable[[BenchRequest], Path]

@@ -7,7 +7,8 @@ an interrupted benchmark never leaves a half-written file for the renderer to ch
 
 :class:`CellCache` stores each finished cell of a multi-fold protocol (one fold, one seed, one
 reference draw) as its own JSON file, so a grid interrupted after hours resumes by skipping the
-cells already done. The cache folder (``benchmarks/cache/``) is scratch space, not committed.
+cells already done. The cells (``benchmarks/cells/``, small JSON) are committed, so a grid
+resumes on a fresh checkout in a later session; trained models stay in the uncommitted work folder.
 """
 
 from __future__ import annotations

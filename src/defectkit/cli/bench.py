@@ -37,13 +37,17 @@ def bench(
         [], "--set", help="Config override KEY=VALUE for every cell, repeatable (recorded in the command)."
     ),
     results: Path = typer.Option(Path("benchmarks/results"), help="Where results files go."),
-    work: Path = typer.Option(Path("runs/bench"), help="Cache of finished cells (folds) and trained models."),
+    work: Path = typer.Option(Path("runs/bench"), help="Trained models and scratch files (not committed)."),
+    cells: Path = typer.Option(
+        Path("benchmarks/cells"), help="Finished cells (folds, repeats): committed, so grids span sessions."
+    ),
     list_: bool = typer.Option(False, "--list", help="List the protocols and exit."),
     render_only: bool = typer.Option(False, "--render", help="Only regenerate BENCHMARKS.md from results."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run PROTOCOL. Finished cells are cached in WORK and skipped when run again, so a long grid
-    can be stopped and resumed; the results file is written when every cell is done."""
+    """Run PROTOCOL. Finished cells are kept in CELLS and skipped when run again, so a long grid
+    can be stopped and resumed (commit CELLS to resume on another checkout); the results file is
+    written when every cell is done."""
     from defectkit.bench.render import render_benchmarks
 
     if list_:
@@ -63,7 +67,7 @@ def bench(
                 raise UsageError(f"--variant {item!r}: expected KEY=VALUE, e.g. positives=10")
             options[key.strip()] = value.strip()
         request = BenchRequest(
-            profile, supervision, command, results, work, not quiet, options, list(overrides)
+            profile, supervision, command, results, work, not quiet, options, list(overrides), cells
         )
         try:
             path = run_protocol(protocol, request)
