@@ -38,6 +38,13 @@ class MethodSpec:
     model_name: ClassVar[str] = ""  # model family in defectkit.models
     # False: the method learns from image labels only; the data layer then hides every mask.
     uses_masks: ClassVar[bool] = True
+    # True: ``train`` is the method's own (not the decision engine's), e.g. a reference database.
+    own_training: ClassVar[bool] = False
+
+    @classmethod
+    def train(cls, config: RunConfig, out: str | Path, progress: bool = True) -> Path:
+        """The method's own training, for methods whose output is not an OK/NG decision."""
+        raise NotImplementedError(f"method {cls.name!r} trains with the decision engine")
 
     @classmethod
     def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:

@@ -177,19 +177,16 @@ class Runner:
 
 def _pooled(network: Any, images: torch.Tensor, size: int) -> np.ndarray:
     import torch.nn.functional as F
-    from torchvision.transforms import v2
 
-    from defectkit.training.scl_arcface import normalise
+    from defectkit.training.scl_arcface import preprocessor
 
     network.eval()
-    resize = v2.Resize((size, size), antialias=True)
+    preprocess = preprocessor(size, int(images.shape[1]))
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(images), 64):
-            batch = normalise(resize(images[start : start + 64]))
-            outputs.append(
-                F.normalize(network.forward_head(network.forward_features(batch), pre_logits=True), dim=1)
-            )
+            features = network.forward_features(preprocess(images[start : start + 64]))
+            outputs.append(F.normalize(network.forward_head(features, pre_logits=True), dim=1))
     return torch.cat(outputs).numpy()
 
 

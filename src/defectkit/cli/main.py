@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from defectkit import __version__
-from defectkit.cli import bench, data, evaluate, export, methods, predict, serve, train
+from defectkit.cli import bench, data, enroll, evaluate, export, methods, predict, serve, train
 
 app = typer.Typer(
     name="defectkit",
@@ -21,6 +21,7 @@ app.command("bench")(bench.bench)
 app.command("eval")(evaluate.evaluate)
 app.command("predict")(predict.predict)
 app.command("export")(export.export)
+app.command("enroll")(enroll.enroll)
 app.command("serve")(serve.serve)
 app.add_typer(serve.reviews_app, name="reviews")
 

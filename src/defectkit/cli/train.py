@@ -39,6 +39,15 @@ def train(
 
     card = read_card(model_dir)
     metrics = card.validation_metrics
+    if "accuracy" in metrics and "ap" not in metrics:  # a defect-type classifier
+        console.print(
+            escape(
+                f"saved {model_dir}: {len(card.class_names)} classes, validation accuracy "
+                f"{metrics['accuracy']:.4f} on {metrics.get('n_images')} images; unknown below "
+                f"similarity {1.0 - (card.thresholds.unknown or 1.0):.4f}"
+            )
+        )
+        return
     console.print(
         escape(
             f"saved {model_dir}: threshold {card.thresholds.decision:.4f} (best F1 on validation), "

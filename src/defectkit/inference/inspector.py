@@ -64,11 +64,16 @@ class TorchBackend:
 
 @dataclass
 class Scored:
-    """One image's raw outputs: score, heat map at model resolution (or None), original size."""
+    """One image's raw outputs: score, heat map at model resolution (or None), original size.
+
+    A classification model (a reference database) gives ``class_scores`` (one per class name) and
+    its best class score as ``score``.
+    """
 
     score: float
     heatmap: np.ndarray | None
     size: tuple[int, int]  # height, width of the original image
+    class_scores: np.ndarray | None = None
 
 
 class Inspector:
@@ -82,6 +87,32 @@ class Inspector:
     @property
     def threshold(self) -> float:
         return self.card.thresholds.decision
+
+    def _judge_class(self, scored: Scored, label: str) -> Inspection:
+        """A defect-type classifier: the best class, or ``unknown`` when even it is too dissimilar.
+
+        Scores are mean cosine similarities; the stored ``unknown`` threshold is on the
+        out-of-distribution score ``1 - best similarity`` (DESIGN.md: OOD score >= unknown ->
+        unknown), so the Inspection's threshold is the similarity ``1 - unknown`` it was judged by.
+        """
+        assert scored.class_scores is not None
+        names = self.card.class_names
+        best = int(np.argmax(scored.class_scores))
+        similarity = float(scored.class_scores[best])
+        unknown = self.card.thresholds.unknown
+        threshold = -1.0 if unknown is None else 1.0 - unknown
+        verdict: Verdict = "unknown" if similarity < threshold else "defect"
+        finite = {n: float(v) for n, v in zip(names, scored.class_scores, strict=False) if np.isfinite(v)}
+        return Inspection(
+            image=label,
+            model=self.name,
+            verdict=verdict,
+            score=min(1.0, max(0.0, similarity)),
+            threshold=min(1.0, max(0.0, threshold)),
+            defect_class=names[best] if verdict == "defect" and best < len(names) else None,
+            class_scores=finite,
+            latency_ms=0.0,
+        )
 
     def score(self, image: np.ndarray) -> Scored:
         """Score one decoded image (uint8 HxW or HxWxC); the heat map stays at model resolution."""
@@ -103,7 +134,10 @@ class Inspector:
             for row, index in enumerate(indices):
                 heatmap = heatmaps[row, 0] if heatmaps is not None and heatmaps.shape[-1] > 1 else None
                 size = (int(raws[index].shape[2]), int(raws[index].shape[3]))
-                scored[index] = Scored(float(scores[row]), heatmap, size)
+                if scores.ndim == 2:  # B x C: class scores of a classification model
+                    scored[index] = Scored(float(scores[row].max()), heatmap, size, scores[row])
+                else:
+                    scored[index] = Scored(float(scores[row]), heatmap, size)
         return [scored[index] for index in range(len(raws))]
 
     def full_size_heatmap(self, scored: Scored) -> np.ndarray | None:
@@ -166,6 +200,8 @@ class Inspector:
         return judged
 
     def _judge(self, scored: Scored, label: str, regions: list[Region]) -> Inspection:
+        if scored.class_scores is not None:
+            return self._judge_class(scored, label)
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
         single_class = self.card.class_names[0] if len(self.card.class_names) == 1 else None
         return Inspection(

@@ -53,6 +53,6 @@ class OnnxBackend:
             self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(chunk)})
             for chunk in chunks
         ]
-        scores = np.concatenate([np.asarray(s, dtype=np.float32).reshape(-1) for s, _ in outputs])
+        scores = np.concatenate([np.asarray(s, dtype=np.float32) for s, _ in outputs])  # B, or B x C
         heatmaps = np.concatenate([np.asarray(h, dtype=np.float32) for _, h in outputs])
         return scores, heatmaps

@@ -97,7 +97,10 @@ def render_overlay(
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_COLOUR, width=line)
 
     relation = ">=" if inspection.score >= inspection.threshold else "<"
-    text = f"{inspection.verdict.upper()}  score {inspection.score:.3f} {relation} {inspection.threshold:.3f}"
+    verdict = inspection.verdict.upper()
+    if inspection.class_scores and inspection.defect_class:  # a defect-type classifier names the type
+        verdict = f"{verdict}: {inspection.defect_class}"
+    text = f"{verdict}  score {inspection.score:.3f} {relation} {inspection.threshold:.3f}"
     if inspection.regions:
         text += f"  ({len(inspection.regions)} region{'s' if len(inspection.regions) != 1 else ''})"
     font_size = max(10, min(48, picture.width // 22))

@@ -12,7 +12,7 @@ import datetime as _dt
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -25,6 +25,7 @@ from defectkit.models import create_model
 
 CARD_NAME = "model.yaml"
 WEIGHTS_NAME = "weights.safetensors"
+REFERENCES_NAME = "references.safetensors"  # few-shot reference database (embeddings + labels)
 ONNX_NAME = "model.onnx"
 
 
@@ -95,8 +96,13 @@ def git_commit(root: str | Path | None = None) -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
-def save_model(directory: str | Path, model: nn.Module, card: ModelCard) -> Path:
-    """Write ``card`` and ``model``'s weights to ``directory`` atomically (replacing it)."""
+def save_model(
+    directory: str | Path,
+    model: nn.Module,
+    card: ModelCard,
+    references: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``card`` and ``model``'s weights (and a reference database) to ``directory`` atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = directory.with_name(f".{directory.name}.tmp")
@@ -105,12 +111,16 @@ def save_model(directory: str | Path, model: nn.Module, card: ModelCard) -> Path
     staging.mkdir()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(staging / WEIGHTS_NAME))
+    if references is not None:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in references.items()}, str(staging / REFERENCES_NAME)
+        )
     payload = card.model_dump(mode="json")
     (staging / CARD_NAME).write_text(yaml.safe_dump(payload, sort_keys=False))
     if directory.exists():
         # Keep files that belong with the model but are not rewritten here (evaluation reports).
         for extra in directory.iterdir():
-            if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME):
+            if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
                 shutil.move(str(extra), staging / extra.name)
         shutil.rmtree(directory)
     staging.rename(directory)
@@ -138,4 +148,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         model.load_state_dict(load_file(str(weights), device=str(device)))
     except (RuntimeError, OSError) as error:
         raise SavedModelError(f"{weights}: does not fit model {card.model!r} ({error})") from None
+    references = Path(directory) / REFERENCES_NAME
+    if hasattr(model, "set_references"):
+        if not references.is_file():
+            raise SavedModelError(
+                f"{references}: not found (model {card.model!r} needs its reference database)"
+            )
+        stored = load_file(str(references))
+        cast(Any, model).set_references(stored["embeddings"], stored["labels"])
     return model.to(device).eval(), card

@@ -178,6 +178,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     spec = get_method(config.method)
+    if spec.own_training:
+        return spec.train(config, out, progress=progress)
     resolved = config.model_dump(mode="json")
     data = data or prepare_data(config)
     model = spec.build_model(resolved)

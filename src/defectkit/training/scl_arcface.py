@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -35,6 +36,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from defectkit.config import RunConfig
+from defectkit.inference.preprocess import Preprocess
+from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 from defectkit.models.scl_arcface import EmbeddingNet
 from defectkit.registry import MethodSpec, register_method
@@ -54,7 +58,8 @@ def view_transform(size: int, crop_scale: tuple[float, float]) -> nn.Module:
     """The paper's augmentations: random resized crop, rotation by k * 90 degrees, both flips."""
     return v2.Compose(
         [
-            v2.RandomResizedCrop((size, size), scale=crop_scale, antialias=True),
+            # Antialiasing off, as the inference pre-processor (and ONNX) resizes.
+            v2.RandomResizedCrop((size, size), scale=crop_scale, antialias=False),
             RandomRot90(),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
@@ -65,6 +70,12 @@ def view_transform(size: int, crop_scale: tuple[float, float]) -> nn.Module:
 def normalise(images: Tensor) -> Tensor:
     """uint8 (or 0..255 float) images -> the network's input scale."""
     return (images.float() / 255.0 - NORMAL_MEAN) / NORMAL_STD
+
+
+def preprocessor(size: int, channels: int) -> Preprocess:
+    """The inference pre-processor itself: what training's originals and evaluation go through."""
+    spec = InputSpec(size=(size, size), channels=channels, mean=(NORMAL_MEAN,), std=(NORMAL_STD,))
+    return Preprocess(spec)
 
 
 def as_channels(images: np.ndarray, channels: int) -> Tensor:
@@ -79,11 +90,16 @@ class ViewsDataset(Dataset[tuple[Tensor, ...]]):
     """Each item: the resized original, ``n_views`` augmented views (normalised floats) and the class."""
 
     def __init__(
-        self, images: Tensor, labels: Sequence[int], size: int, crop_scale: tuple[float, float], n_views: int
+        self,
+        images: Tensor | Sequence[Tensor],
+        labels: Sequence[int],
+        size: int,
+        crop_scale: tuple[float, float],
+        n_views: int,
     ) -> None:
         self.images = images
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
-        self.resize = v2.Resize((size, size), antialias=True)
+        self.preprocess = preprocessor(size, int(images[0].shape[0]))
         self.augment = view_transform(size, crop_scale)
         self.n_views = n_views
 
@@ -93,7 +109,7 @@ class ViewsDataset(Dataset[tuple[Tensor, ...]]):
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         image = self.images[index]
         views = [self.augment(image) for _ in range(self.n_views)]
-        return (normalise(self.resize(image)), *(normalise(v) for v in views), self.labels[index])
+        return (self.preprocess(image[None])[0], *(normalise(v) for v in views), self.labels[index])
 
 
 def load_imagenet(backbone: nn.Module, weights: str | None) -> str:
@@ -194,14 +210,24 @@ def fit(
 
 @torch.inference_mode()
 def embed_all(
-    network: nn.Module, images: Tensor, size: int, batch_size: int = 64, features: bool = False
+    network: nn.Module,
+    images: Tensor | Sequence[Tensor],
+    size: int,
+    batch_size: int = 64,
+    features: bool = False,
 ) -> Tensor:
-    """Unit embeddings (or pooled backbone features) of uint8 N x C x H x W images, resized."""
+    """Unit embeddings (or pooled backbone features) of uint8 C x H x W images (stacked or a list)."""
     network.eval()
-    resize = v2.Resize((size, size), antialias=True)
+    preprocess = preprocessor(size, int(images[0].shape[0]))
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = normalise(resize(images[start : start + batch_size]))
+        chunk = images[start : start + batch_size]
+        # A list holds images of several sizes: each is resized on its own.
+        batch = (
+            preprocess(chunk)
+            if isinstance(chunk, Tensor)
+            else torch.cat([preprocess(i[None]) for i in chunk])
+        )
         out = network.features(batch) if features else network(batch)  # type: ignore[operator]
         outputs.append(F.normalize(out.float(), dim=1))
     return torch.cat(outputs)
@@ -210,9 +236,9 @@ def embed_all(
 @torch.inference_mode()
 def predict_logits(network: nn.Module, images: Tensor, size: int, batch_size: int = 64) -> Tensor:
     network.eval()
-    resize = v2.Resize((size, size), antialias=True)
+    preprocess = preprocessor(size, int(images.shape[1]))
     return torch.cat(
-        [network(normalise(resize(images[s : s + batch_size]))) for s in range(0, len(images), batch_size)]
+        [network(preprocess(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
     )
 
 
@@ -232,6 +258,101 @@ def build_ce_classifier(
     return network, init
 
 
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices with ``fraction`` of each class held out (at least one of two+)."""
+    rng = np.random.default_rng(seed)
+    train, validation = [], []
+    for label in sorted(set(labels)):
+        members = rng.permutation([i for i, y in enumerate(labels) if y == label]).tolist()
+        held = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        validation.extend(members[:held])
+        train.extend(members[held:])
+    return sorted(train), sorted(validation)
+
+
+def train_reference_model(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
+    """``defectkit train`` for scl_arcface: embeddings, the reference database, the unknown threshold.
+
+    Every training image becomes a reference of its class. The validation images (a stratified
+    ``data.val_fraction``) give the accuracy in the model card and the open-set threshold: the
+    ``unknown_quantile`` quantile of their best-class similarity (0.05: 95 % of known-class images
+    are accepted), stored as ``thresholds.unknown`` on the OOD score ``1 - similarity``.
+    """
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.io import read_image
+    from defectkit.inference.saved_model import ModelCard, Thresholds, save_model
+    from defectkit.models.scl_arcface import ReferenceClassifier, class_similarities
+
+    root = config.data.resolved_root()
+    if root is None:
+        raise ValueError("scl_arcface trains from data.root (a dataset with one class per image)")
+    dataset = read_dataset(root, config.data.format)
+    samples = [s for s in dataset.samples if s.classes and len(s.classes) == 1]
+    if not samples:
+        raise ValueError(f"{root}: no images with exactly one defect class; scl_arcface learns defect types")
+    class_names = list(dataset.info.class_names)
+    labels = [int(s.classes[0]) - 1 for s in samples if s.classes]
+    channels = int(config.input.channels)
+    images = [as_channels(read_image(s.path, channels=1)[None], channels)[0] for s in samples]
+    train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed)
+    if not val_idx:
+        raise ValueError(f"{root}: too few images per class to hold out validation images")
+    options = dict(config.method_options)
+    size = int(config.input.size[0])
+    network, init = build_embedding_net(dict(config.model), config.weights)
+    keys = ("temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight")
+    recipe = SclArcFaceRecipe(
+        network,
+        len(class_names),
+        lr=config.trainer.lr,
+        **{k: float(options[k]) for k in keys if k in options},
+    )
+    crop = tuple(float(v) for v in options.get("crop_scale", (0.35, 1.0)))
+    views = ViewsDataset(
+        [images[i] for i in train_idx], [labels[i] for i in train_idx], size, (crop[0], crop[1]), 2
+    )
+    fit(recipe, views, config.trainer.epochs, config.trainer.batch_size, config.seed, progress)
+
+    references = embed_all(network, [images[i] for i in train_idx], size)
+    reference_labels = torch.as_tensor([labels[i] for i in train_idx])
+    val_scores = class_similarities(
+        embed_all(network, [images[i] for i in val_idx], size), references, reference_labels, len(class_names)
+    )
+    val_truth = np.asarray([labels[i] for i in val_idx])
+    accuracy = float((val_scores.argmax(1).numpy() == val_truth).mean())
+    similarity = float(
+        np.quantile(val_scores.max(1).values.numpy(), float(options.get("unknown_quantile", 0.05)))
+    )
+    classifier = ReferenceClassifier(n_classes=len(class_names), **_embedding_options(config))
+    classifier.network.load_state_dict(network.state_dict())
+    resolved = config.model_dump(mode="json")
+    card = ModelCard(
+        method=config.method,
+        model="reference_classifier",
+        model_options={"n_classes": len(class_names), **_embedding_options(config)},
+        config=resolved,
+        class_names=class_names,
+        input=InputSpec(
+            size=config.input.size, channels=channels, mean=config.input.mean, std=config.input.std
+        ),
+        thresholds=Thresholds(
+            decision=similarity,
+            unknown=1.0 - similarity,
+            rule=f"unknown: quantile {options.get('unknown_quantile', 0.05)} of validation best similarity",
+        ),
+        validation_metrics={"accuracy": accuracy, "n_images": len(val_idx), "unknown_similarity": similarity},
+        init=init,
+    )
+    directory = Path(out) / "model"
+    return save_model(
+        directory, classifier, card, references={"embeddings": references, "labels": reference_labels}
+    )
+
+
+def _embedding_options(config: RunConfig) -> dict[str, Any]:
+    return {"in_channels": int(config.input.channels), **dict(config.model)}
+
+
 @register_method("scl_arcface", supervision=("few-shot", "full"), tasks=("classification",), paper="003")
 class SclArcFace(MethodSpec):
     """Self-contrastive + ArcFace embeddings; classes by mean cosine similarity to k references."""
@@ -240,6 +361,8 @@ class SclArcFace(MethodSpec):
     model_name = "embedding_net"
     uses_masks = False
 
+    own_training = True
+
     @classmethod
-    def model_options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return {"in_channels": config["input"]["channels"], **config.get("model", {})}
+    def train(cls, config: RunConfig, out: str | Path, progress: bool = True) -> Path:
+        return train_reference_model(config, out, progress)

@@ -12,5 +12,13 @@ from defectkit.models.scl_arcface.model import (
 
 # The constructor is the builder: its keyword arguments are the config's ``model`` section.
 embedding_net = register_model("embedding_net")(EmbeddingNet)
+reference_classifier = register_model("reference_classifier")(ReferenceClassifier)
 
-__all__ = ["EmbeddingNet", "ProjectionHead", "ReferenceClassifier", "class_similarities", "embedding_net"]
+__all__ = [
+    "EmbeddingNet",
+    "ProjectionHead",
+    "ReferenceClassifier",
+    "class_similarities",
+    "embedding_net",
+    "reference_classifier",
+]

@@ -10,6 +10,8 @@ an image goes to the class whose k reference embeddings it is, on average, most 
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -75,29 +77,42 @@ class EmbeddingNet(nn.Module):
 
 
 class ReferenceClassifier(nn.Module):
-    """Mean cosine similarity to each class's reference embeddings (the paper's test phase).
+    """An :class:`EmbeddingNet` plus a reference database: mean cosine similarity to each class.
 
-    ``references`` is R x D (unit rows) with ``reference_labels`` R class indices in ``[0, C)``;
-    ``forward(images)`` returns B x C mean similarities in [-1, 1]. A class with no reference
-    scores -inf, so it is never predicted. Exported with the network, the database travels
-    inside the ONNX graph as constants.
+    The database (``references`` R x D unit rows, ``reference_labels`` R class indices in
+    ``[0, n_classes)``) is not in the state dict: it lives in ``references.safetensors`` beside the
+    weights, so enrolling a class rewrites that file only. ``inspect(images)`` returns B x C mean
+    similarities in [-1, 1] (a class without references scores -inf, so it is never chosen) and
+    no heat map; exported, the database travels inside the ONNX graph as constants.
     """
 
-    def __init__(
-        self, network: EmbeddingNet, references: Tensor, reference_labels: Tensor, n_classes: int
-    ) -> None:
+    def __init__(self, n_classes: int, **embedding_options: Any) -> None:
         super().__init__()
-        self.network = network
+        self.network = EmbeddingNet(**embedding_options)
+        self.network.drop_imagenet_head()
         self.n_classes = n_classes
         self.references: Tensor
         self.reference_labels: Tensor
-        self.register_buffer("references", F.normalize(references.float(), dim=1))
-        self.register_buffer("reference_labels", reference_labels.long())
+        dim = self.network.embedding_dim
+        self.register_buffer("references", torch.zeros(0, dim), persistent=False)
+        self.register_buffer("reference_labels", torch.zeros(0, dtype=torch.long), persistent=False)
+
+    def set_references(self, embeddings: Tensor, labels: Tensor) -> None:
+        if len(embeddings) != len(labels) or (len(labels) and int(labels.max()) >= self.n_classes):
+            raise ValueError(
+                f"{len(embeddings)} references with {len(labels)} labels for {self.n_classes} classes"
+            )
+        device = self.references.device
+        self.references = F.normalize(embeddings.float(), dim=1).to(device)
+        self.reference_labels = labels.long().to(device)
 
     def forward(self, images: Tensor) -> Tensor:
         return class_similarities(
             self.network.embed(images), self.references, self.reference_labels, self.n_classes
         )
+
+    def inspect(self, images: Tensor) -> tuple[Tensor, None]:
+        return self(images), None
 
 
 def class_similarities(embeddings: Tensor, references: Tensor, labels: Tensor, n_classes: int) -> Tensor:

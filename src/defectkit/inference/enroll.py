@@ -1,0 +1,91 @@
+"""Enrolment: add a defect class (or more references to one) to a model's reference database.
+
+For models with a reference database (``scl_arcface``): the images are embedded by the saved
+network through the same pre-processing as inspection, and appended to
+``references.safetensors``; a new class name is appended to the model card. No retraining, and
+``predict`` / the service use the class at once. The card is written before the references, so
+an interruption leaves a loadable model (a class with no references is never predicted); an
+existing ``model.onnx`` (which carries the database as constants) is exported again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from defectkit.data.io import read_image
+from defectkit.files import write_atomic
+from defectkit.inference.preprocess import Preprocess, to_network_layout
+from defectkit.inference.saved_model import (
+    CARD_NAME,
+    ONNX_NAME,
+    REFERENCES_NAME,
+    SavedModelError,
+    load_model,
+)
+
+
+@dataclass(frozen=True)
+class EnrollReport:
+    class_name: str
+    new_class: bool
+    added: int
+    references_of_class: int
+    classes: list[str]
+    onnx_updated: bool
+
+
+def enroll(model_dir: str | Path, class_name: str, images: Sequence[str | Path]) -> EnrollReport:
+    """Append the embeddings of ``images`` as references of ``class_name`` (created if new)."""
+    model_dir = Path(model_dir)
+    if not class_name.strip():
+        raise ValueError("the class name is empty")
+    if not images:
+        raise ValueError("no images to enroll")
+    model, card = load_model(model_dir)
+    if not hasattr(model, "set_references"):
+        raise SavedModelError(
+            f"{model_dir}: model {card.model!r} has no reference database; enroll works with "
+            "models that classify by references (scl_arcface)"
+        )
+    classifier = cast(Any, model)
+    preprocess = Preprocess(card.input)
+    with torch.inference_mode():
+        embeddings = torch.cat(
+            [
+                classifier.network.embed(
+                    preprocess(torch.from_numpy(to_network_layout(read_image(path), card.input.channels)))
+                )
+                for path in images
+            ]
+        )
+    names = list(card.class_names)
+    new_class = class_name not in names
+    if new_class:
+        names.append(class_name)
+    index = names.index(class_name)
+    references = torch.cat([classifier.references, embeddings])
+    labels = torch.cat([classifier.reference_labels, torch.full((len(embeddings),), index, dtype=torch.long)])
+    updated = card.model_copy(
+        update={"class_names": names, "model_options": {**card.model_options, "n_classes": len(names)}}
+    )
+    write_atomic(model_dir / CARD_NAME, yaml.safe_dump(updated.model_dump(mode="json"), sort_keys=False))
+    staging = model_dir / f".{REFERENCES_NAME}.tmp"
+    save_file({"embeddings": references.contiguous(), "labels": labels.contiguous()}, str(staging))
+    os.replace(staging, model_dir / REFERENCES_NAME)
+    onnx_updated = False
+    if (model_dir / ONNX_NAME).is_file():
+        from defectkit.inference.export import export_onnx
+
+        export_onnx(model_dir)
+        onnx_updated = True
+    return EnrollReport(
+        class_name, new_class, len(embeddings), int((labels == index).sum()), names, onnx_updated
+    )

@@ -1,0 +1,110 @@
+"""scl_arcface as a user meets it: train, predict (class + unknown), enroll a new class, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import save
+from defectkit.cli.main import app
+from defectkit.inference.inspector import load_inspector
+from defectkit.inference.saved_model import REFERENCES_NAME, read_card
+
+runner = CliRunner()
+
+
+def pattern(kind: str, seed: int, size: int = 48) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = rng.normal(110, 8, (size, size))
+    # Rotation-invariant patterns: the augmentations rotate by 90 degrees, so stripes along rows
+    # and along columns would be one class to the network.
+    if kind == "dots":
+        image[::6, ::6] += 120
+    elif kind == "frame":
+        image[4:8, 4:44] += 90
+        image[40:44, 4:44] += 90
+        image[4:44, 4:8] += 90
+        image[4:44, 40:44] += 90
+    elif kind == "blob":
+        image[14:34, 14:34] += 90
+    elif kind == "checks":
+        image[(np.add.outer(np.arange(size), np.arange(size)) // 6) % 2 == 0] += 90
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("types")
+    data = root / "data"
+    rows = []
+    for kind in ("dots", "frame", "blob"):
+        for index in range(8):
+            save(data / kind / f"{kind}{index}.png", pattern(kind, index))
+            rows.append({"path": f"{kind}/{kind}{index}.png", "label": 1, "class": [kind]})
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "method": "scl_arcface",
+        "seed": 0,
+        "weights": None,
+        "data": {"root": str(data), "val_fraction": 0.25},
+        "input": {"size": [32, 32], "channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "model": {"backbone": "mobilenetv3_small_050", "embedding_dim": 16},
+        "method_options": {"arc_scale": 16.0, "unknown_quantile": 0.0},
+        "trainer": {"epochs": 12, "batch_size": 9, "lr": 0.002},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(app, ["train", str(root / "config.yaml"), "--out", str(root / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.output
+    return root / "run" / "model"
+
+
+def test_predict_names_the_class_and_flags_the_unknown(
+    trained: Path, tmp_path: Path, one_thread: None
+) -> None:
+    card = read_card(trained)
+    assert card.class_names == ["blob", "dots", "frame"] and (trained / REFERENCES_NAME).is_file()
+    assert card.thresholds.unknown is not None
+    inspector = load_inspector(trained)
+    for kind in ("dots", "frame", "blob"):
+        inspection = inspector.inspect(pattern(kind, 99))
+        assert set(inspection.class_scores) == {"blob", "dots", "frame"}
+        assert max(inspection.class_scores, key=inspection.class_scores.__getitem__) == kind
+    save(tmp_path / "in" / "dots.png", pattern("dots", 50))
+    result = runner.invoke(
+        app, ["predict", str(trained), str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "dots.json").read_text())
+    assert written["class_scores"] and written["verdict"] in ("defect", "unknown")
+
+
+def test_enroll_adds_a_class_without_training_and_refreshes_onnx(
+    trained: Path, tmp_path: Path, one_thread: None
+) -> None:
+    model = tmp_path / "model"
+    import shutil
+
+    shutil.copytree(trained, model)
+    assert runner.invoke(app, ["export", str(model)]).exit_code == 0
+    weights_before = (model / "weights.safetensors").read_bytes()
+    for index in range(3):
+        save(tmp_path / "checks" / f"c{index}.png", pattern("checks", 200 + index))
+    result = runner.invoke(app, ["enroll", str(model), str(tmp_path / "checks"), "--class", "checks"])
+    assert result.exit_code == 0, result.output
+    assert "new class 'checks'" in result.output and "exported again" in result.output
+    assert (model / "weights.safetensors").read_bytes() == weights_before  # no retraining
+    assert read_card(model).class_names[-1] == "checks"
+    for backend in ("torch", "onnx"):
+        # One of the enrolled images: the mechanics, not how well a tiny net generalises.
+        inspection = load_inspector(model, backend=backend).inspect(pattern("checks", 200))
+        assert "checks" in inspection.class_scores
+        assert max(inspection.class_scores, key=inspection.class_scores.__getitem__) == "checks"
+
+    refused = runner.invoke(app, ["enroll", str(model), str(tmp_path / "nothing"), "--class", "x"])
+    assert refused.exit_code == 2 and "no such file" in refused.output
