@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import save
@@ -82,6 +83,16 @@ def test_predict_names_the_class_and_flags_the_unknown(
     assert result.exit_code == 0, result.output
     written = json.loads((tmp_path / "out" / "dots.json").read_text())
     assert written["class_scores"] and written["verdict"] in ("defect", "unknown")
+
+    explained = runner.invoke(
+        app, ["predict", str(trained), str(tmp_path / "in"), "--out", str(tmp_path / "why"), "--explain"]
+    )
+    assert explained.exit_code == 0, explained.output
+    heatmap = tmp_path / "why" / "dots.heatmap.png"
+    assert heatmap.is_file() and json.loads((tmp_path / "why" / "dots.json").read_text())["heatmap"] == str(
+        heatmap
+    )
+    assert np.asarray(Image.open(heatmap)).shape == (48, 48)
 
 
 def test_enroll_adds_a_class_without_training_and_refreshes_onnx(

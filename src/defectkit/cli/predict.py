@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -34,12 +35,16 @@ def predict(
         False, "--save-heatmaps", help="Also write each heat map as <name>.heatmap.png."
     ),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write <name>.png overlays."),
+    explain: bool = typer.Option(
+        False, "--explain", help="Defect-type classifiers: Grad-CAM of the chosen class as the heat map."
+    ),
 ) -> None:
     """Inspect every image in PATHS with the model and thresholds stored in MODEL_DIR.
 
     Writes to OUT, per image: NAME.json (the inspection), NAME.png (an overlay),
-    NAME.heatmap.png (with --save-heatmaps); NAME is the image's file stem, with a
-    short hash added where two images share a stem. summary.csv: one row per input.
+    NAME.heatmap.png (with --save-heatmaps, or --explain: the Grad-CAM map); NAME is
+    the image's file stem, with a short hash added where two images share a stem.
+    summary.csv: one row per input.
 
     Unreadable files are reported (one line each) and skipped; the rest go on.
     Exit status: 0 all inspected; 1 some file failed or none was inspected (after
@@ -51,6 +56,7 @@ def predict(
 
     try:
         inspector = load_inspector(model_dir, backend=backend.value)
+        explainer = _explainer(model_dir) if explain else None
     except SavedModelError as error:
         raise fail(str(error)) from None
 
@@ -68,6 +74,7 @@ def predict(
             out,
             save_heatmaps=save_heatmaps,
             overlays=overlays,
+            explainer=explainer,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             on_failure=report_failure,
         )
@@ -90,3 +97,25 @@ def predict(
             soft_wrap=True,
         )
         raise typer.Exit(1)
+
+
+def _explainer(model_dir: Path) -> Any:
+    """Grad-CAM of the predicted class, for models that classify by references (else an error)."""
+    from defectkit.inference.explain import explain_class
+    from defectkit.inference.saved_model import SavedModelError, load_model
+
+    model, card = load_model(model_dir)
+    if not hasattr(model, "set_references"):
+        raise SavedModelError(
+            f"{model_dir}: --explain is for defect-type classifiers (scl_arcface); "
+            f"model {card.model!r} already gives its own heat map"
+        )
+
+    def explain(pixels: Any, inspection: Any) -> Any:
+        names = list(card.class_names)
+        best = (
+            max(inspection.class_scores, key=inspection.class_scores.get) if inspection.class_scores else None
+        )
+        return explain_class(model, card, pixels, names.index(best) if best in names else None)
+
+    return explain

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_image
@@ -122,6 +123,7 @@ def predict_paths(
     *,
     save_heatmaps: bool = False,
     overlays: bool = True,
+    explainer: Callable[[np.ndarray, Inspection], np.ndarray | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_failure: Callable[[Failure], None] | None = None,
 ) -> PredictReport:
@@ -151,7 +153,9 @@ def predict_paths(
         except (ImageReadError, ValueError) as error:
             failed(Failure(str(image_path), error_reason(error, image_path)))
         else:
-            if save_heatmaps and heatmap is not None:
+            if explainer is not None:
+                heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
+            if (save_heatmaps or explainer is not None) and heatmap is not None:
                 heatmap_path = out / f"{name}.heatmap.png"
                 write_atomic(heatmap_path, _png_bytes(heatmap_image(heatmap)))
                 inspection.heatmap = str(heatmap_path)
