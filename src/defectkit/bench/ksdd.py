@@ -191,6 +191,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
         wall_time_s=sum(c["wall_s"] for c in cells),  # training + scoring of every fold, across sessions
         infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
         command=request.command,
+        commit=request.commit,
         init="random" if config.weights is None else Path(config.weights).name,
         notes=run.notes,
         root=request.results_root,

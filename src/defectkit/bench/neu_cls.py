@@ -383,6 +383,7 @@ def small_data(request: BenchRequest) -> Path:
                 wall_time_s=sum(c["wall_s"] for c in cells),
                 infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
                 command=request.command,
+                commit=request.commit,
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeats (seed = repeat); {config.input.size[0]} px; backbone "
                 f"{config.model.get('backbone')}; accuracy as a fraction",
@@ -433,6 +434,7 @@ def few_shot(request: BenchRequest) -> Path:
                 paper=None if paper is None else {"accuracy": paper},
                 wall_time_s=float(cell["wall_s"]),
                 command=request.command,
+                commit=request.commit,
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
@@ -479,6 +481,7 @@ def split(request: BenchRequest) -> Path:
                 wall_time_s=sum(c["wall_s"] for c in cells),
                 infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
                 command=request.command,
+                commit=request.commit,
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeat(s); {cells[0]['epochs']} epochs; {config.input.size[0]} px; "
                 f"backbone {config.model.get('backbone')}; accuracy as a fraction",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from defectkit.bench.results import CellCache
+from defectkit.inference.saved_model import git_commit
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -30,6 +31,9 @@ class BenchRequest:
     overrides: list[str] = field(default_factory=list)
     # Finished cells (small JSON, committed): a grid resumes on a fresh checkout in a later session.
     cells_root: Path = Path("benchmarks/cells")
+    # The code that runs is the code at start: commits made while a long grid runs must not be
+    # credited with its figures.
+    commit: str | None = field(default_factory=git_commit)
 
     def cells(self, name: str) -> CellCache:
         return CellCache(self.cells_root / name)

@@ -377,6 +377,7 @@ def service_load(request: BenchRequest) -> Path:
         metrics=metrics,
         n_images=count,
         command=request.command,
+        commit=request.commit,
         wall_time_s=time.perf_counter() - started,
         infer_ms_per_image=1000.0 / service_rps if service_rps else None,
         notes=notes,
