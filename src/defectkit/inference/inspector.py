@@ -189,20 +189,26 @@ class Inspector:
         if len(images) != len(names):
             raise ValueError(f"{len(images)} images but {len(names)} names")
         started = time.perf_counter()
-        scored = self.score_batch(images)
-        judged = []
-        for one, label in zip(scored, names, strict=True):
-            heatmap = self.full_size_heatmap(one)
-            judged.append((self._judge(one, label, self.regions(heatmap)), heatmap))
+        judged = [self.judge(one, label) for one, label in zip(self.score_batch(images), names, strict=True)]
         latency = (time.perf_counter() - started) * 1000.0
         for inspection, _ in judged:
             inspection.latency_ms = latency
         return judged
 
-    def _judge(self, scored: Scored, label: str, regions: list[Region]) -> Inspection:
+    def judge(self, scored: Scored, label: str) -> tuple[Inspection, np.ndarray | None]:
+        """The Inspection of one scored image and its full-size heat map (``latency_ms`` left 0).
+
+        Apart from :meth:`score_batch` so a service can score on one thread and judge on others.
+        Regions are traced only for a defect verdict: an OK part reports none.
+        """
+        heatmap = self.full_size_heatmap(scored)
+        return self._judge(scored, label, heatmap), heatmap
+
+    def _judge(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
         if scored.class_scores is not None:
             return self._judge_class(scored, label)
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
+        regions = self.regions(heatmap) if verdict == "defect" else []
         single_class = self.card.class_names[0] if len(self.card.class_names) == 1 else None
         return Inspection(
             image=label,
@@ -211,7 +217,7 @@ class Inspector:
             score=scored.score,
             threshold=self.threshold,
             defect_class=single_class if verdict == "defect" else None,
-            regions=regions if verdict == "defect" else [],
+            regions=regions,
             latency_ms=0.0,
         )
 

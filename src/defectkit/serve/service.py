@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from defectkit import __version__
 from defectkit.data.io import DecodedImage, decode_image
 from defectkit.inference.inspection import Inspection
-from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.inference.inspector import Inspector, Scored, load_inspector
 from defectkit.inference.overlay import render_overlay
 from defectkit.inference.saved_model import ONNX_NAME, SavedModelError
 from defectkit.serve.batcher import MicroBatcher
@@ -82,7 +83,7 @@ class InspectionService:
         self.metrics = ServiceMetrics()
         self.records = RecordStore(settings.resolved_db_url(), durable=settings.durable)
         self.store = ContentStore(settings.resolved_store_dir(), durable=settings.durable)
-        self.batcher: MicroBatcher[np.ndarray, tuple[Inspection, np.ndarray | None]] = MicroBatcher(
+        self.batcher: MicroBatcher[np.ndarray, Scored] = MicroBatcher(
             self._score_batch,
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
@@ -116,20 +117,19 @@ class InspectionService:
             "created": card.created,
         }
 
-    def _score_batch(
-        self, images: Sequence[np.ndarray]
-    ) -> list[tuple[Inspection, np.ndarray | None] | BaseException]:
-        # Names are filled in by the caller; the batch only scores.
+    def _score_batch(self, images: Sequence[np.ndarray]) -> list[Scored | BaseException]:
+        # Only the model call runs on the inference thread; judging (heat map, regions) runs on
+        # the request's own thread, overlapping with the next batch.
         try:
-            return list(self.inspector.inspect_batch(list(images), [""] * len(images)))
+            return list(self.inspector.score_batch(list(images)))
         except Exception:
             if len(images) == 1:
                 raise
-        # One image spoilt the batch (an odd shape, say): judge each alone so only it fails.
-        results: list[tuple[Inspection, np.ndarray | None] | BaseException] = []
+        # One image spoilt the batch (an odd shape, say): score each alone so only it fails.
+        results: list[Scored | BaseException] = []
         for image in images:
             try:
-                results.append(self.inspector.inspect_batch([image], [""])[0])
+                results.append(self.inspector.score_batch([image])[0])
             except Exception as error:
                 results.append(error)
         return results
@@ -147,19 +147,21 @@ class InspectionService:
     async def inspect(self, data: bytes, name: str | None, overlay: bool) -> InspectionRecord:
         # A bounded number of images in flight bounds memory: each holds its pixels and heat map.
         async with self._in_flight:
+            started = time.perf_counter()
             received = await run_in_threadpool(self.receive, data, name)
-            inspection, heatmap = await self.batcher.submit(received.decoded.pixels)
-            inspection.image = received.name
-            record = await run_in_threadpool(self._commit, received, inspection, heatmap, overlay)
-        self.metrics.verdicts.labels(inspection.verdict).inc()
-        if inspection.verdict == "unknown":
+            scored = await self.batcher.submit(received.decoded.pixels)
+            record = await run_in_threadpool(self._judge_and_commit, received, scored, overlay, started)
+        self.metrics.verdicts.labels(record.verdict).inc()
+        if record.verdict == "unknown":
             self.metrics.unknown_alerts.inc()
         return record
 
-    def _commit(
-        self, received: Received, inspection: Inspection, heatmap: np.ndarray | None, overlay: bool
+    def _judge_and_commit(
+        self, received: Received, scored: Scored, overlay: bool, started: float
     ) -> InspectionRecord:
-        """Image, then overlay, then the record: a record never points at a file not yet written."""
+        """Judge, then store image, overlay and record: a record never points at a missing file."""
+        inspection, heatmap = self.inspector.judge(scored, received.name)
+        inspection.latency_ms = (time.perf_counter() - started) * 1000.0  # decode + queue + model + judge
         sha256 = self.store.put(received.data, received.suffix)
         overlay_sha = self._store_overlay(received.decoded.pixels, inspection, heatmap) if overlay else None
         height, width = received.decoded.pixels.shape[:2]
@@ -208,7 +210,8 @@ class InspectionService:
             ) from None
         decoded = await run_in_threadpool(decode_image, data, record.image_name, None)
         async with self._in_flight:
-            _, heatmap = await self.batcher.submit(decoded.pixels)
+            scored = await self.batcher.submit(decoded.pixels)
+        heatmap = await run_in_threadpool(self.inspector.full_size_heatmap, scored)
         inspection = Inspection.model_validate(record.result)
         sha256 = await run_in_threadpool(self._store_overlay, decoded.pixels, inspection, heatmap)
         await run_in_threadpool(self.records.set_overlay, record.id, sha256)
