@@ -81,6 +81,9 @@ class ModelCard(BaseModel):
     init: str = "random"
 
 
+OUTPUT_PATHSPECS = (":(top,exclude)benchmarks", ":(top,exclude)BENCHMARKS.md")
+
+
 def git_commit(root: str | Path | None = None) -> str | None:
     """Short commit of the working tree (with ``+dirty`` when it has changes), or None outside git."""
     cwd = Path(root) if root else Path(__file__).resolve().parent
@@ -88,8 +91,12 @@ def git_commit(root: str | Path | None = None) -> str | None:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
+        # Changed results and benchmark pages do not shape a figure: only code and configs count.
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *OUTPUT_PATHSPECS],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
