@@ -131,6 +131,7 @@ def test_review_queue_puts_unknowns_then_near_threshold_first(client: TestClient
             "score": score,
             "threshold": 0.5,
             "latency_ms": 1.0,
+            "attributes": ["defect shape: irregular slender strip"] if verdict == "unknown" else [],
         }
         records.add(
             InspectionRecord(
@@ -141,6 +142,9 @@ def test_review_queue_puts_unknowns_then_near_threshold_first(client: TestClient
         )  # fmt: skip
     queue = client.get("/v1/reviews/queue").json()
     assert [item["image"] for item in queue] == ["unknown", "near", "mid", "far"]
+    # What an operator needs to judge an unknown travels with it (a surface router fills these).
+    assert queue[0]["attributes"] == ["defect shape: irregular slender strip"]
+    assert queue[1]["attributes"] == []
 
 
 def test_reviews_export_is_a_training_set(

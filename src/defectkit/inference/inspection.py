@@ -35,6 +35,10 @@ class Inspection(BaseModel):
     surface: str | None = None
     surface_score: float | None = None
     regions: list[Region] = Field(default_factory=list)
+    attributes: list[str] = Field(
+        default_factory=list,
+        description="for an unknown: its strongest attributes in words, for the operator (surface router)",
+    )
     heatmap: str | None = None
     mask: str | None = None
     latency_ms: float

@@ -115,6 +115,9 @@ function showDetail() {
     return li;
   }));
   if (!item.regions.length) regions.replaceChildren(Object.assign(document.createElement("li"), { textContent: "none" }));
+  const attributes = item.attributes || [];
+  $("detail-attributes").hidden = !attributes.length;
+  $("detail-attribute-list").replaceChildren(...attributes.map((text) => Object.assign(document.createElement("li"), { textContent: String(text) })));
   const scores = Object.entries(item.class_scores || {}).sort((a, b) => b[1] - a[1]);
   $("detail-class-scores").hidden = !scores.length;
   $("detail-class-score-list").replaceChildren(...scores.map(([name, p]) => Object.assign(document.createElement("li"), { textContent: `${name}: ${p.toFixed(3)}` })));
