@@ -59,7 +59,7 @@ METRIC_ORDER = (
 # Without any paper figure a protocol still shows this many of our metrics.
 MAX_OWN_METRICS = 10
 # Shown beside the paper's figures whenever a row has them (localisation quality, for information).
-INFO_METRICS = ("auroc", "dice_pos", "pixel_auroc")
+INFO_METRICS = ("auroc", "dice_pos", "pixel_auroc", "accuracy_std", "unknown_auroc")
 MISSING = "–"
 
 
