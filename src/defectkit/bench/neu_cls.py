@@ -346,51 +346,67 @@ def _run_cells(
     return cells
 
 
-@register_protocol("neu-cls/small-data", "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods")
-def small_data(request: BenchRequest) -> Path:
-    _check(request.variant, ("shots", "repeats", "methods"), "neu-cls/small-data")
-    shots_list = [int(s) for s in _list(request.variant, "shots", "10,20,50")]
-    repeats = int(request.variant.get("repeats", "5"))
-    methods = _list(request.variant, "methods", ",".join(METHODS))
+def _repeated_grid(
+    request: BenchRequest,
+    grid: str,
+    variant_key: str,
+    values: Sequence[Any],
+    repeats: int,
+    methods: Sequence[str],
+    cell: Callable[[Runner, str, Any, int], dict[str, Any]],
+    paper: Mapping[str, Mapping[Any, float]],
+) -> Path:
+    """Every (method, value) over ``repeats`` seeded draws; one results file per (method, value)."""
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
-    cache = request.cells(f"neu-cls-small-data-{request.profile}")
+    cache = request.cells(f"neu-cls-{grid}-{request.profile}")
     digest = _hash(config.model_dump(mode="json"))
     written = None
-    # Repeat-major order: a session that stops early has every (method, shots) at some repeats.
+    # Method-major: each method's cells finish (and its results files appear) before the next.
     for method in methods:
-        for shots in shots_list:
+        for value in values:
             keys = [
                 (
-                    f"{method}/shots-{shots}/repeat-{r}/config-{digest}",
-                    _bind(small_data_cell, runner, method, shots, r),
+                    f"{method}/{variant_key}-{value}/repeat-{r}/config-{digest}",
+                    _bind(cell, runner, method, value, r),
                 )
                 for r in range(repeats)
             ]
             cells = _run_cells(cache, keys)
             accuracies = np.asarray([c["accuracy"] for c in cells])
-            paper = PAPER_SMALL.get(method, {}).get(shots)
+            figure = paper.get(method, {}).get(value)
             written = write_results(
-                protocol=f"neu-cls/{method}/small-data",
+                protocol=f"neu-cls/{method}/{grid}",
                 method=method,
                 dataset="neu-cls",
-                variant={"shots": shots},
+                variant={variant_key: value},
                 profile=request.profile,
                 metrics={"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(ddof=0))},
                 per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
                 n_images=int(cells[0]["n_test"]),
-                paper=None if paper is None else {"accuracy": paper},
+                paper=None if figure is None else {"accuracy": figure},
                 wall_time_s=sum(c["wall_s"] for c in cells),
                 infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
                 command=request.command,
                 commit=request.commit,
                 init="random" if config.weights is None else str(config.weights),
-                notes=f"{repeats} repeats (seed = repeat); {config.input.size[0]} px; backbone "
-                f"{config.model.get('backbone')}; accuracy as a fraction",
+                notes=f"{repeats} repeat(s) (seed = repeat); {cells[0]['epochs']} epochs; "
+                f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction",
                 root=request.results_root,
             )
     assert written is not None
     return written
+
+
+@register_protocol("neu-cls/small-data", "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods")
+def small_data(request: BenchRequest) -> Path:
+    _check(request.variant, ("shots", "repeats", "methods"), "neu-cls/small-data")
+    shots = [int(s) for s in _list(request.variant, "shots", "10,20,50")]
+    repeats = int(request.variant.get("repeats", "5"))
+    methods = _list(request.variant, "methods", ",".join(METHODS))
+    return _repeated_grid(
+        request, "small-data", "shots", shots, repeats, methods, small_data_cell, PAPER_SMALL
+    )
 
 
 def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], dict[str, Any]]:
@@ -451,41 +467,6 @@ def split(request: BenchRequest) -> Path:
     fractions = [float(f) for f in _list(request.variant, "fractions", "0.6,0.7,0.8")]
     repeats = int(request.variant.get("repeats", "1"))
     methods = _list(request.variant, "methods", ",".join(METHODS))
-    config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
-    runner = Runner(config, load_neu_cls(), request.progress)
-    cache = request.cells(f"neu-cls-split-{request.profile}")
-    digest = _hash(config.model_dump(mode="json"))
-    written = None
-    for method in methods:
-        for fraction in fractions:
-            keys = [
-                (
-                    f"{method}/fraction-{fraction}/repeat-{r}/config-{digest}",
-                    _bind(split_cell, runner, method, fraction, r),
-                )
-                for r in range(repeats)
-            ]
-            cells = _run_cells(cache, keys)
-            accuracies = np.asarray([c["accuracy"] for c in cells])
-            paper = PAPER_SPLIT.get(method, {}).get(fraction)
-            written = write_results(
-                protocol=f"neu-cls/{method}/split",
-                method=method,
-                dataset="neu-cls",
-                variant={"train_fraction": fraction},
-                profile=request.profile,
-                metrics={"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(ddof=0))},
-                per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
-                n_images=int(cells[0]["n_test"]),
-                paper=None if paper is None else {"accuracy": paper},
-                wall_time_s=sum(c["wall_s"] for c in cells),
-                infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
-                command=request.command,
-                commit=request.commit,
-                init="random" if config.weights is None else str(config.weights),
-                notes=f"{repeats} repeat(s); {cells[0]['epochs']} epochs; {config.input.size[0]} px; "
-                f"backbone {config.model.get('backbone')}; accuracy as a fraction",
-                root=request.results_root,
-            )
-    assert written is not None
-    return written
+    return _repeated_grid(
+        request, "split", "train_fraction", fractions, repeats, methods, split_cell, PAPER_SPLIT
+    )
