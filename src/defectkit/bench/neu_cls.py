@@ -109,25 +109,20 @@ class Runner:
         return as_channels(self.data.images[indices], self.channels)
 
     def _views(self, indices: np.ndarray, labels: np.ndarray, n_views: int) -> Any:
-        from defectkit.training.scl_arcface import ViewsDataset
+        from defectkit.training.scl_arcface import ViewsDataset, crop_scale
 
-        crop = tuple(float(v) for v in self.options.get("crop_scale", (0.35, 1.0)))
-        return ViewsDataset(self.tensor(indices), labels.tolist(), self.size, (crop[0], crop[1]), n_views)
+        return ViewsDataset(
+            self.tensor(indices), labels.tolist(), self.size, crop_scale(self.config), n_views
+        )
 
     def train_scl(
         self, indices: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int, seed: int
     ) -> Any:
-        from defectkit.training.scl_arcface import SclArcFaceRecipe, build_embedding_net, fit
+        from defectkit.training.scl_arcface import build_embedding_net, fit, scl_recipe
 
         torch.manual_seed(seed)
         network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
-        keys = ("temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight")
-        recipe = SclArcFaceRecipe(
-            network,
-            n_classes,
-            lr=self.config.trainer.lr,
-            **{k: float(self.options[k]) for k in keys if k in self.options},
-        )
+        recipe = scl_recipe(network, n_classes, self.config)
         fit(
             recipe,
             self._views(indices, labels, 2),

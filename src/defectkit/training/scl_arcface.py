@@ -258,6 +258,19 @@ def build_ce_classifier(
     return network, init
 
 
+def scl_recipe(network: EmbeddingNet, n_classes: int, config: RunConfig) -> SclArcFaceRecipe:
+    """The recipe with the loss options of ``config.method_options`` (the rest keep their defaults)."""
+    options = config.method_options
+    keys = ("temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight")
+    chosen = {k: float(options[k]) for k in keys if k in options}
+    return SclArcFaceRecipe(network, n_classes, lr=config.trainer.lr, **chosen)
+
+
+def crop_scale(config: RunConfig) -> tuple[float, float]:
+    low, high = (float(v) for v in config.method_options.get("crop_scale", (0.35, 1.0)))
+    return low, high
+
+
 def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, validation) indices with ``fraction`` of each class held out (at least one of two+)."""
     rng = np.random.default_rng(seed)
@@ -300,16 +313,9 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     options = dict(config.method_options)
     size = int(config.input.size[0])
     network, init = build_embedding_net(dict(config.model), config.weights)
-    keys = ("temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight")
-    recipe = SclArcFaceRecipe(
-        network,
-        len(class_names),
-        lr=config.trainer.lr,
-        **{k: float(options[k]) for k in keys if k in options},
-    )
-    crop = tuple(float(v) for v in options.get("crop_scale", (0.35, 1.0)))
+    recipe = scl_recipe(network, len(class_names), config)
     views = ViewsDataset(
-        [images[i] for i in train_idx], [labels[i] for i in train_idx], size, (crop[0], crop[1]), 2
+        [images[i] for i in train_idx], [labels[i] for i in train_idx], size, crop_scale(config), 2
     )
     fit(recipe, views, config.trainer.epochs, config.trainer.batch_size, config.seed, progress)
 
