@@ -51,6 +51,7 @@ STATIC = resources.files("defectkit.serve") / "static"
 api_key_header = APIKeyHeader(
     name=API_KEY_HEADER, auto_error=False, description="needed when the service has keys"
 )
+BINARY = {"type": "string", "format": "binary"}  # an uploaded file, in OpenAPI
 RecordId = Annotated[str, PathParam(pattern=RECORD_ID, description="inspection id: 32 hex digits")]
 
 
@@ -271,12 +272,12 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
                     "multipart/form-data": {
                         "schema": {
                             "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "properties": {"file": BINARY},
                             "required": ["file"],
                         }
                     },
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "image/*": {"schema": BINARY},
+                    "application/octet-stream": {"schema": BINARY},
                 },
                 "required": True,
             }
@@ -316,9 +317,7 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
                     "multipart/form-data": {
                         "schema": {
                             "type": "object",
-                            "properties": {
-                                "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                            },
+                            "properties": {"files": {"type": "array", "items": BINARY}},
                             "required": ["files"],
                         }
                     }
