@@ -47,6 +47,18 @@ class DataConfig(BaseModel):
         description="train on at most this many defective images (drawn with split_seed after the "
         "validation hold-out, which keeps its own); None: all",
     )
+    train_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="train on this share of the training parts (grouped, stratified, drawn with "
+        "split_seed after the validation hold-out, which keeps its size)",
+    )
+    masks_from_boxes: bool = Field(
+        False,
+        description="images with boxes but no mask get a coarse class-id mask with each box filled "
+        "(NEU-DET for segmentation models)",
+    )
 
     @model_validator(mode="after")
     def _source(self) -> DataConfig:
@@ -80,11 +92,14 @@ class TrainerConfig(BaseModel):
     weight_decay: float = 0.0
     val_every: int = Field(5, ge=1, description="validate every N epochs")
     early_stopping_patience: int | None = Field(
-        None, description="validations without val AP gain; None: off"
+        None,
+        description="validations without gain in the recipe's val/selection (AP for decision "
+        "recipes, Dice for tlu_net); None: off",
     )
     restore_best: bool = Field(
         False,
-        description="end with the best validation AP's weights, ties -> lower val loss (else last epoch)",
+        description="end with the weights of the best val/selection (AP for decision recipes, Dice "
+        "for tlu_net; ties -> lower val loss), else the last epoch's",
     )
     gradient_clip_val: float | None = Field(None, description="clip the gradient norm; None: off")
     threshold_placement: Literal["score", "midpoint"] = Field(

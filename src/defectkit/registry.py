@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from torch.utils.data import Sampler
 
     from defectkit.config import RunConfig
+    from defectkit.inference.saved_model import Thresholds
+    from defectkit.training.data import PreparedData
 
 # Modules that register methods when imported; each method issue appends its module here.
 METHOD_MODULES: tuple[str, ...] = (
@@ -24,6 +26,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "defectkit.training.weak_lnet",
     "defectkit.training.classifier",
     "defectkit.training.scl_arcface",
+    "defectkit.training.tlu_net",
 )
 
 
@@ -40,6 +43,9 @@ class MethodSpec:
     uses_masks: ClassVar[bool] = True
     # True: ``train`` is the method's own (not the decision engine's), e.g. a reference database.
     own_training: ClassVar[bool] = False
+    # True: the model scores K defect classes independently (multi-label probabilities, per-class
+    # heat maps); the image is defective when any class reaches the decision threshold.
+    multilabel: ClassVar[bool] = False
 
     @classmethod
     def train(cls, config: RunConfig, out: str | Path, progress: bool = True) -> Path:
@@ -57,6 +63,17 @@ class MethodSpec:
         from defectkit.models import create_model
 
         return create_model(cls.model_name or cls.name, **cls.model_options(config))
+
+    @classmethod
+    def adapt_config(cls, config: RunConfig, data: PreparedData) -> RunConfig:
+        """The config as trained and saved, once the training data is known (class count,
+        normalisation statistics); unchanged by default."""
+        return config
+
+    @classmethod
+    def fixed_thresholds(cls, config: RunConfig) -> Thresholds | None:
+        """Thresholds the method fixes itself; ``None``: chosen on validation by the engine."""
+        return None
 
     @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:

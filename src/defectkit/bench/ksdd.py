@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, register_protocol, supervision_overrides
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchRequest,
+    check_options,
+    register_protocol,
+    supervision_overrides,
+)
 from defectkit.bench.results import variant_slug, write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
@@ -205,15 +211,9 @@ def _flag(options: Mapping[str, str], key: str, default: bool) -> bool:
     return value in ("true", "1", "yes")
 
 
-def _check_keys(options: Mapping[str, str], known: Mapping[str, Any], protocol: str) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"{protocol}: unknown --variant keys {unknown}; known: {sorted(known)}")
-
-
 @register_protocol("ksdd/segdec", "segdec on KolektorSDD, 3-fold CV by commutator (paper 002, SBDD)")
 def ksdd_segdec(request: BenchRequest) -> Path:
-    _check_keys(request.variant, {}, "ksdd/segdec")
+    check_options(request.variant, {}, "ksdd/segdec")
     variant, overrides = supervision_overrides(request.supervision)
     if request.supervision == "weak":
         overrides += WEAK_OVERRIDES
@@ -242,7 +242,7 @@ def _positives(options: Mapping[str, str]) -> str:
 )
 def ksdd_weak_lnet(request: BenchRequest) -> Path:
     options = request.variant
-    _check_keys(options, WEAK_LNET_DEFAULTS, "ksdd/weak_lnet")
+    check_options(options, WEAK_LNET_DEFAULTS, "ksdd/weak_lnet")
     positives = _positives(options)
     lnet_trained = _flag(options, "lnet_trained", True)
     frozen = _flag(options, "frozen", True)
@@ -280,7 +280,7 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
 )
 def ksdd_imagenet_classifier(request: BenchRequest) -> Path:
     options = request.variant
-    _check_keys(options, {"positives": "all"}, "ksdd/imagenet_classifier")
+    check_options(options, {"positives": "all"}, "ksdd/imagenet_classifier")
     positives = _positives(options)
     overrides = [] if positives == "all" else [f"data.train_positives={positives}"]
     run = KsddRun(

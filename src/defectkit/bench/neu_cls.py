@@ -35,7 +35,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, register_protocol
+from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
 from defectkit.bench.results import CellCache, write_results
 from defectkit.config import RunConfig, load_config
 
@@ -318,16 +318,6 @@ def _classify(
     return _accuracy(labels[queries], predicted), scores.max(1)
 
 
-def _list(options: Mapping[str, str], key: str, default: str) -> list[str]:
-    return [v.strip() for v in options.get(key, default).split(",") if v.strip()]
-
-
-def _check(options: Mapping[str, str], known: Sequence[str], protocol: str) -> None:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise KeyError(f"{protocol}: unknown option(s) {unknown}; known: {sorted(known)}")
-
-
 def _run_cells(
     cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]]
 ) -> list[dict[str, Any]]:
@@ -395,10 +385,10 @@ def _repeated_grid(
 
 @register_protocol("neu-cls/small-data", "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods")
 def small_data(request: BenchRequest) -> Path:
-    _check(request.variant, ("shots", "repeats", "methods"), "neu-cls/small-data")
-    shots = [int(s) for s in _list(request.variant, "shots", "10,20,50")]
+    check_options(request.variant, ("shots", "repeats", "methods"), "neu-cls/small-data")
+    shots = [int(s) for s in option_list(request.variant, "shots", "10,20,50")]
     repeats = int(request.variant.get("repeats", "5"))
-    methods = _list(request.variant, "methods", ",".join(METHODS))
+    methods = option_list(request.variant, "methods", ",".join(METHODS))
     return _repeated_grid(
         request, "small-data", "shots", shots, repeats, methods, small_data_cell, PAPER_SMALL
     )
@@ -412,10 +402,10 @@ def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], d
     "neu-cls/few-shot", "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC"
 )
 def few_shot(request: BenchRequest) -> Path:
-    _check(request.variant, ("ks", "draws", "methods"), "neu-cls/few-shot")
-    ks = [int(k) for k in _list(request.variant, "ks", "1,3,5")]
+    check_options(request.variant, ("ks", "draws", "methods"), "neu-cls/few-shot")
+    ks = [int(k) for k in option_list(request.variant, "ks", "1,3,5")]
     draws = int(request.variant.get("draws", "20"))
-    methods = _list(request.variant, "methods", ",".join(METHODS))
+    methods = option_list(request.variant, "methods", ",".join(METHODS))
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
@@ -458,10 +448,10 @@ def few_shot(request: BenchRequest) -> Path:
 
 @register_protocol("neu-cls/split", "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods")
 def split(request: BenchRequest) -> Path:
-    _check(request.variant, ("fractions", "repeats", "methods"), "neu-cls/split")
-    fractions = [float(f) for f in _list(request.variant, "fractions", "0.6,0.7,0.8")]
+    check_options(request.variant, ("fractions", "repeats", "methods"), "neu-cls/split")
+    fractions = [float(f) for f in option_list(request.variant, "fractions", "0.6,0.7,0.8")]
     repeats = int(request.variant.get("repeats", "1"))
-    methods = _list(request.variant, "methods", ",".join(METHODS))
+    methods = option_list(request.variant, "methods", ",".join(METHODS))
     return _repeated_grid(
         request, "split", "train_fraction", fractions, repeats, methods, split_cell, PAPER_SPLIT
     )

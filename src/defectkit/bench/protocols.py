@@ -7,7 +7,7 @@ can span sessions; the pooled results file is written once every cell is done.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,7 @@ def register_protocol(
 
 
 def _load_all() -> None:
-    from defectkit.bench import ksdd, neu_cls, service  # noqa: F401  (they register their protocols)
+    from defectkit.bench import ksdd, neu_cls, service, tlu  # noqa: F401  (they register their protocols)
 
 
 def list_protocols() -> dict[str, str]:
@@ -71,6 +71,18 @@ def run_protocol(name: str, request: BenchRequest) -> Path:
     if name not in _PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
     return _PROTOCOLS[name][0](request)
+
+
+def check_options(options: Mapping[str, str], known: Collection[str], protocol: str) -> None:
+    """Reject ``--variant`` keys the protocol does not know (a typo must not run a default grid)."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise KeyError(f"{protocol}: unknown --variant key(s) {unknown}; known: {sorted(known)}")
+
+
+def option_list(options: Mapping[str, str], key: str, default: str) -> list[str]:
+    """A comma-separated ``--variant`` value as a list (``default`` when the key is absent)."""
+    return [v.strip() for v in options.get(key, default).split(",") if v.strip()]
 
 
 def supervision_overrides(supervision: str) -> tuple[dict[str, Any], list[str]]:

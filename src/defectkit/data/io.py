@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from defectkit.data.masks import rle_decode
+from defectkit.data.masks import boxes_to_mask, rle_decode
 from defectkit.data.sample import MASK_REFERENCE_KEYS, Sample
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
@@ -172,6 +172,9 @@ def load_mask(sample: Sample, height: int, width: int) -> np.ndarray | None:
         for class_id, rle in sample.meta["mask_rle"].items():
             stack[int(class_id) - 1] |= rle_decode(rle, height, width)
         return stack
+    if sample.meta.get("mask_from_boxes") and sample.boxes is not None:
+        classes = None if sample.box_classes is None else np.asarray(sample.box_classes)
+        return boxes_to_mask(np.asarray(sample.boxes), classes, height, width)
     return None
 
 

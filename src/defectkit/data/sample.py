@@ -26,7 +26,7 @@ from torch import Tensor
 ArrayLike = np.ndarray | Tensor
 
 # Meta keys that stand for a known mask not yet read (see the module docstring) ...
-MASK_REFERENCE_KEYS = ("mask_path", "mask_rle", "mask_empty")
+MASK_REFERENCE_KEYS = ("mask_path", "mask_rle", "mask_empty", "mask_from_boxes")
 # ... and every meta key that describes how to read a mask; dropping them all forgets the mask.
 MASK_KEYS = (*MASK_REFERENCE_KEYS, "mask_depth", "mask_class", "mask_binary")
 

@@ -10,7 +10,7 @@ the same data gives the same bytes.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,3 +150,108 @@ def sectioned_sheet(sections: Sequence[SheetSection], columns: int = 8, tile: in
         sheet.paste(block, (0, y))
         y += block.height
     return sheet
+
+
+def dice_iou_boxplot_png(
+    dice: Mapping[str, np.ndarray], iou: Mapping[str, np.ndarray], title: str = ""
+) -> bytes:
+    """Paper 001's Fig. 4: per-image Dice and IoU of each run as box plots (median line, mean
+    dot, box the 25-75 % range, whiskers the 2.5-97.5 % range)."""
+    figure = Figure(figsize=(max(6.0, 1.1 * len(dice) + 2.0), 7.0), dpi=100)
+    for row, (name, values) in enumerate((("Dice", dice), ("IoU", iou))):
+        axes = figure.add_subplot(2, 1, row + 1)
+        labels = list(values)
+        data = [
+            np.asarray(v, dtype=np.float64)[~np.isnan(np.asarray(v, dtype=np.float64))]
+            for v in values.values()
+        ]
+        if labels:
+            mean_style = {"marker": "o", "markerfacecolor": "black", "markeredgecolor": "black"}
+            axes.boxplot(
+                data,
+                whis=(2.5, 97.5),
+                showmeans=True,
+                showfliers=False,
+                tick_labels=labels,
+                medianprops={"color": "tab:red"},
+                meanprops=mean_style,
+            )
+        axes.set_ylabel(f"per-image {name}")
+        axes.set_ylim(-0.02, 1.02)
+        axes.grid(alpha=0.3, axis="y")
+        axes.tick_params(axis="x", labelrotation=30, labelsize=8)
+    figure.suptitle(f"{title}: per-image Dice and IoU" if title else "per-image Dice and IoU", fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def mla_bars_png(mla: Mapping[tuple[str, str, float], float], title: str = "") -> bytes:
+    """Paper 001's Fig. 5: MLA per encoder and initialisation, grouped by training fraction."""
+    figure = Figure(figsize=(6.5, 4.0), dpi=100)
+    axes = figure.add_subplot()
+    fractions = sorted({key[2] for key in mla}, reverse=True)
+    runs = sorted({(key[0], key[1]) for key in mla})
+    width = 0.8 / max(len(runs), 1)
+    for index, (encoder, init) in enumerate(runs):
+        heights = [mla.get((encoder, init, f), np.nan) for f in fractions]
+        positions = np.arange(len(fractions)) + index * width
+        bars = axes.bar(positions, heights, width, label=f"{encoder} ({init})")
+        axes.bar_label(bars, fmt="%.3f", fontsize=7)
+    axes.set_xticks(np.arange(len(fractions)) + width * (len(runs) - 1) / 2)
+    axes.set_xticklabels([f"{f:g} of training data" for f in fractions])
+    low = min([v for v in mla.values() if np.isfinite(v)], default=0.0)
+    axes.set_ylim(max(0.0, low - 0.05), 1.0)
+    axes.set_ylabel("multi-label accuracy (MLA)")
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3, axis="y")
+    axes.set_title(f"{title}: MLA" if title else "MLA", fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def validation_curves_png(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str = "") -> bytes:
+    """Paper 001's Fig. 8: validation Dice and MLA after each epoch, one line per run."""
+    figure = Figure(figsize=(10.0, 4.0), dpi=100)
+    for column, key in enumerate(("dice", "mla")):
+        axes = figure.add_subplot(1, 2, column + 1)
+        for name, curve in curves.items():
+            points = [(p["epoch"] + 1, p[key]) for p in curve if key in p and "epoch" in p]
+            if points:
+                epochs, values = zip(*points, strict=True)
+                axes.plot(
+                    epochs,
+                    values,
+                    marker="o",
+                    markersize=3,
+                    label=name,
+                    linestyle="--" if "random" in name else "-",
+                )
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(f"validation {key.upper() if key == 'mla' else 'Dice'}")
+        axes.grid(alpha=0.3)
+        if column == 1:
+            axes.legend(fontsize=7)
+    figure.suptitle(f"{title}: validation per epoch" if title else "validation per epoch", fontsize=10)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def dice_difference_png(difference: np.ndarray, title: str = "") -> bytes:
+    """Paper 001's Fig. 9: histogram of per-image Dice (ImageNet minus random) with the share of
+    images improved, unchanged and worse."""
+    values = np.asarray(difference, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    figure = Figure(figsize=(6.0, 3.8), dpi=100)
+    axes = figure.add_subplot()
+    axes.hist(values, bins=np.linspace(-1.0, 1.0, 41).tolist(), color="tab:blue", alpha=0.8)
+    axes.axvline(0.0, color="tab:red", linewidth=1)
+    if values.size:
+        better, worse = float(np.mean(values > 0)), float(np.mean(values < 0))
+        summary = f"improved {better:.0%}, worse {worse:.0%}, equal {1 - better - worse:.0%} of {values.size}"
+    else:
+        summary = "no images"
+    axes.set_xlabel("per-image Dice, ImageNet minus random")
+    axes.set_ylabel("images")
+    axes.set_title(f"{title}\n{summary}" if title else summary, fontsize=9)
+    figure.tight_layout()
+    return _png(figure)

@@ -66,14 +66,17 @@ class TorchBackend:
 class Scored:
     """One image's raw outputs: score, heat map at model resolution (or None), original size.
 
-    A classification model (a reference database) gives ``class_scores`` (one per class name) and
-    its best class score as ``score``.
+    A classification model (a reference database, or a multi-label model) gives ``class_scores``
+    (one per class name) and its best class score as ``score``. A model with one heat map per
+    class gives them as ``class_heatmaps`` (K x h x w); ``heatmap`` is then their pixel-wise
+    maximum, the defect map of any class.
     """
 
     score: float
     heatmap: np.ndarray | None
     size: tuple[int, int]  # height, width of the original image
     class_scores: np.ndarray | None = None
+    class_heatmaps: np.ndarray | None = None
 
 
 class Inspector:
@@ -132,27 +135,45 @@ class Inspector:
         for indices in by_size.values():
             scores, heatmaps = self.backend.run(np.concatenate([raws[i] for i in indices]))
             for row, index in enumerate(indices):
-                heatmap = heatmaps[row, 0] if heatmaps is not None and heatmaps.shape[-1] > 1 else None
+                heatmap = per_class = None
+                if heatmaps is not None and heatmaps.shape[-1] > 1:
+                    per_class = heatmaps[row] if heatmaps.shape[1] > 1 else None
+                    heatmap = per_class.max(axis=0) if per_class is not None else heatmaps[row, 0]
                 size = (int(raws[index].shape[2]), int(raws[index].shape[3]))
                 if scores.ndim == 2:  # B x C: class scores of a classification model
-                    scored[index] = Scored(float(scores[row].max()), heatmap, size, scores[row])
+                    scored[index] = Scored(float(scores[row].max()), heatmap, size, scores[row], per_class)
                 else:
                     scored[index] = Scored(float(scores[row]), heatmap, size)
         return [scored[index] for index in range(len(raws))]
 
     def full_size_heatmap(self, scored: Scored) -> np.ndarray | None:
         """The heat map resized (bilinear) to the original image, values in [0, 1]."""
-        if scored.heatmap is None:
-            return None
-        tensor = torch.from_numpy(np.ascontiguousarray(scored.heatmap, dtype=np.float32))[None, None]
-        return F.interpolate(tensor, size=scored.size, mode="bilinear", align_corners=False)[0, 0].numpy()
+        return None if scored.heatmap is None else _resize(scored.heatmap, scored.size)
 
-    def regions(self, heatmap: np.ndarray | None) -> list[Region]:
+    def display_heatmap(self, scored: Scored) -> np.ndarray | None:
+        """What overlays draw: the per-class maps (K x H x W) of a multi-label model, else the
+        heat map, at the original image's size."""
+        if self.card.multilabel and scored.class_heatmaps is not None:
+            return _resize(scored.class_heatmaps, scored.size)
+        return self.full_size_heatmap(scored)
+
+    def regions(self, heatmap: np.ndarray | None, class_name: str | None = None) -> list[Region]:
+        """Connected regions of ``heatmap`` (H x W) at the pixel threshold; a K x H x W stack of
+        per-class maps gives each class's regions, named, strongest first."""
         if heatmap is None:
             return []
+        if heatmap.ndim == 3:
+            names = self.card.class_names
+            found = [
+                region
+                for k in range(heatmap.shape[0])
+                for region in self.regions(heatmap[k], names[k] if k < len(names) else str(k + 1))
+            ]
+            return sorted(found, key=lambda r: -r.score)
         mask = heatmap >= self.card.thresholds.pixel
         boxes, _ = mask_to_boxes(mask.astype(np.uint8))
         single_class = self.card.class_names[0] if len(self.card.class_names) == 1 else None
+        single_class = class_name or single_class
         found = []
         for x0, y0, x1, y1 in boxes.astype(int):
             window = heatmap[y0:y1, x0:x1]
@@ -199,12 +220,34 @@ class Inspector:
         """The Inspection of one scored image and its full-size heat map (``latency_ms`` left 0).
 
         Apart from :meth:`score_batch` so a service can score on one thread and judge on others.
-        Regions are traced only for a defect verdict: an OK part reports none.
+        Regions are traced only for a defect verdict: an OK part reports none. A multi-label
+        model's heat map is its K x H x W per-class stack (:meth:`display_heatmap`).
         """
-        heatmap = self.full_size_heatmap(scored)
+        heatmap = self.display_heatmap(scored)
         return self._judge(scored, label, heatmap), heatmap
 
+    def _judge_multilabel(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
+        """Independent class probabilities: defect when any reaches the decision threshold; the
+        defect class is the most probable one, regions come from each class's own map."""
+        assert scored.class_scores is not None
+        names = self.card.class_names
+        verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
+        best = int(np.argmax(scored.class_scores))
+        return Inspection(
+            image=label,
+            model=self.name,
+            verdict=verdict,
+            score=scored.score,
+            threshold=self.threshold,
+            defect_class=names[best] if verdict == "defect" and best < len(names) else None,
+            class_scores={n: float(v) for n, v in zip(names, scored.class_scores, strict=False)},
+            regions=self.regions(heatmap) if verdict == "defect" else [],
+            latency_ms=0.0,
+        )
+
     def _judge(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
+        if scored.class_scores is not None and self.card.multilabel:
+            return self._judge_multilabel(scored, label, heatmap)
         if scored.class_scores is not None:
             return self._judge_class(scored, label)
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
@@ -220,6 +263,14 @@ class Inspector:
             regions=regions,
             latency_ms=0.0,
         )
+
+
+def _resize(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An h x w or K x h x w map, bilinearly resized to ``size`` (height, width)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(heatmap, dtype=np.float32))
+    stack = tensor[None] if tensor.ndim == 3 else tensor[None, None]
+    resized = F.interpolate(stack, size=size, mode="bilinear", align_corners=False)[0].numpy()
+    return resized if heatmap.ndim == 3 else resized[0]
 
 
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:

@@ -29,6 +29,17 @@ BOX_COLOUR = (255, 40, 40)
 MIN_WIDTH = 320  # narrower images are enlarged (nearest neighbour) so the banner text fits
 MAX_SIDE = 2048  # ... but never beyond this
 COLOURMAP = "inferno"
+# Per-class outlines of multi-label models (tab10 without its red, kept for the verdict and boxes).
+CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (0, 230, 255),
+    (120, 255, 60),
+    (255, 200, 0),
+    (255, 80, 220),
+    (80, 140, 255),
+    (255, 255, 255),
+    (160, 100, 255),
+    (0, 200, 150),
+)
 
 
 @lru_cache(maxsize=4)
@@ -46,8 +57,16 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def class_colour(index: int) -> tuple[int, int, int]:
+    """The contour / box colour of defect class ``index`` (0-based) in multi-label overlays."""
+    return CLASS_COLOURS[index % len(CLASS_COLOURS)]
+
+
 def heatmap_image(heatmap: np.ndarray) -> Image.Image:
-    """The heat map in [0, 1] as an 8-bit grey PNG-ready image (255 = certainly defective)."""
+    """The heat map in [0, 1] as an 8-bit grey PNG-ready image (255 = certainly defective); a
+    K x H x W stack of per-class maps is saved as its pixel-wise maximum."""
+    if heatmap.ndim == 3:
+        heatmap = heatmap.max(axis=0)
     return Image.fromarray((np.clip(heatmap, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
@@ -73,7 +92,13 @@ def render_overlay(
 
     Small images are enlarged by an integer factor (nearest neighbour, so pixels stay pixels)
     before drawing, so that contours are one display pixel wide and the banner text fits.
+    A K x H x W ``heatmap`` (a multi-label model's per-class maps, classes in the order of
+    ``inspection.class_scores``) is shaded by its maximum and outlined class by class, each in its
+    :func:`class_colour`, with a legend of the outlined classes under the picture.
     """
+    per_class: np.ndarray | None = None
+    if heatmap is not None and heatmap.ndim == 3:
+        per_class, heatmap = heatmap, heatmap.max(axis=0)
     grey = convert_channels(np.asarray(image), 1)
     height, width = grey.shape
     scale = _display_scale(height, width)
@@ -86,15 +111,23 @@ def render_overlay(
         colours = _colour_table(colourmap)[(heat * 255.0 + 0.5).astype(np.uint8)]
         opacity = (alpha * heat)[..., None]
         rgb = (1.0 - opacity) * rgb + opacity * colours
-        mask = heat >= pixel_threshold
-        edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
-        rgb[edge] = CONTOUR_COLOUR
+        if per_class is None:
+            _outline(rgb, heat >= pixel_threshold, CONTOUR_COLOUR)
+        else:
+            for k in range(per_class.shape[0]):
+                _outline(rgb, _enlarge(per_class[k] >= pixel_threshold, scale), class_colour(k))
     picture = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     line = max(1, picture.width // 300)
+    names = list(inspection.class_scores)
     for region in inspection.regions:
         x0, y0, x1, y1 = (v * scale for v in region.box)
-        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_COLOUR, width=line)
+        colour = BOX_COLOUR
+        if per_class is not None and region.class_ in names:
+            colour = class_colour(names.index(region.class_))
+        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=line)
+    if per_class is not None:
+        picture = _with_legend(picture, per_class, pixel_threshold, inspection)
 
     relation = ">=" if inspection.score >= inspection.threshold else "<"
     verdict = inspection.verdict.upper()
@@ -115,4 +148,40 @@ def render_overlay(
     colour = VERDICT_COLOURS.get(inspection.verdict, VERDICT_COLOURS["unknown"])
     banner.rectangle([0, 0, canvas.width - 1, banner_height - 1], fill=colour)
     banner.text((font_size // 3, (banner_height - font_size) // 2), text, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def _outline(rgb: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> None:
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    rgb[edge] = colour
+
+
+def _with_legend(
+    picture: Image.Image, per_class: np.ndarray, pixel_threshold: float, inspection: Inspection
+) -> Image.Image:
+    """``picture`` with a strip below naming each class outlined in it, in its colour, with its
+    probability (classes with no pixel at the threshold are left out)."""
+    names = list(inspection.class_scores)
+    shown = [k for k in range(per_class.shape[0]) if (per_class[k] >= pixel_threshold).any()]
+    if not shown:
+        return picture
+    font_size = max(10, min(24, picture.width // 40))
+    font = _font(font_size)
+    strip = int(font_size * 1.6)
+    canvas = Image.new("RGB", (picture.width, picture.height + strip), (20, 20, 20))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = font_size // 3
+    for k in shown:
+        name = names[k] if k < len(names) else str(k + 1)
+        text = f"{name} {inspection.class_scores.get(name, float('nan')):.2f}"
+        top = picture.height + strip // 4
+        draw.rectangle([x, top, x + font_size - 2, top + font_size - 2], fill=class_colour(k))
+        draw.text(
+            (x + font_size + 2, picture.height + (strip - font_size) // 2),
+            text,
+            fill=(255, 255, 255),
+            font=font,
+        )
+        x += int(font_size * 1.5 + font.getlength(text) + font_size)
     return canvas

@@ -79,6 +79,11 @@ class ModelCard(BaseModel):
     validation_metrics: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: str | None = None
     init: str = "random"
+    multilabel: bool = Field(
+        False,
+        description="scores are K independent class probabilities with per-class heat maps (not "
+        "similarities to a reference database); defect when any class reaches the decision threshold",
+    )
 
 
 OUTPUT_PATHSPECS = (":(top,exclude)benchmarks", ":(top,exclude)BENCHMARKS.md")

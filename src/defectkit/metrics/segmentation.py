@@ -250,11 +250,17 @@ class SegmentationMeter:
         elif self._all_scores:
             self._auroc.update(scores.max(axis=1), np.asarray(g.any(axis=1)))
 
-    def compute(self) -> dict[str, Any]:
+    def per_image(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(Dice, IoU, truth-has-defect) per image x class, each N x K, in update order."""
         k = self.num_classes
         dice = np.concatenate(self._dice) if self._dice else np.zeros((0, k))
         iou = np.concatenate(self._iou) if self._iou else np.zeros((0, k))
         pos = np.concatenate(self._pos) if self._pos else np.zeros((0, k), dtype=bool)
+        return dice, iou, pos
+
+    def compute(self) -> dict[str, Any]:
+        k = self.num_classes
+        dice, iou, pos = self.per_image()
         out: dict[str, Any] = {
             "dice": nanmean(dice.ravel()),
             "dice_pos": nanmean(dice[pos]),

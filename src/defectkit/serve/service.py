@@ -211,7 +211,7 @@ class InspectionService:
         decoded = await run_in_threadpool(decode_image, data, record.image_name, None)
         async with self._in_flight:
             scored = await self.batcher.submit(decoded.pixels)
-        heatmap = await run_in_threadpool(self.inspector.full_size_heatmap, scored)
+        heatmap = await run_in_threadpool(self.inspector.display_heatmap, scored)
         inspection = Inspection.model_validate(record.result)
         sha256 = await run_in_threadpool(self._store_overlay, decoded.pixels, inspection, heatmap)
         await run_in_threadpool(self.records.set_overlay, record.id, sha256)

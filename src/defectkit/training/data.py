@@ -34,6 +34,15 @@ def without_mask(sample: Sample) -> Sample:
     return sample.replace(mask=None, meta=meta)
 
 
+def with_box_masks(samples: Sequence[Sample]) -> list[Sample]:
+    """Samples with boxes but no mask marked to get a coarse mask of their filled boxes
+    (:func:`defectkit.data.io.load_mask`); good images with known-empty boxes get an empty mask."""
+    return [
+        s.replace(meta={**s.meta, "mask_from_boxes": True}) if s.boxes is not None and not s.has_mask else s
+        for s in samples
+    ]
+
+
 def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
     """Hide the masks the chosen supervision level does not allow (positives only)."""
     level = config.data.supervision
@@ -64,6 +73,8 @@ def load_samples(config: RunConfig) -> tuple[list[Sample], DatasetInfo]:
         assert root is not None
         dataset = read_dataset(root, config.data.format)
     usable = [s for s in dataset.samples if s.label is not None]
+    if config.data.masks_from_boxes:
+        usable = with_box_masks(usable)
     return usable, dataset.info
 
 
@@ -84,11 +95,21 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
     train_idx, val_idx = split_fractions(
         samples, (1.0 - config.data.val_fraction, config.data.val_fraction), seed=config.data.split_seed
     )
-    train = limit_positives([samples[i] for i in train_idx], config)
+    train = limit_positives(limit_fraction([samples[i] for i in train_idx], config), config)
     val = [samples[i] for i in val_idx]
     if not get_method(config.method).uses_masks:
         return PreparedData(info, [without_mask(s) for s in train], [without_mask(s) for s in val])
     return PreparedData(info, apply_supervision(train, config), val)
+
+
+def limit_fraction(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
+    """The ``data.train_fraction`` share of ``samples``: grouped by part and stratified by class,
+    drawn with ``split_seed`` (so 10 % is a subset of the same seed's draw only by chance)."""
+    fraction = config.data.train_fraction
+    if fraction >= 1.0 or len(samples) < 2:
+        return list(samples)
+    kept, _ = split_fractions(samples, (fraction, 1.0 - fraction), seed=config.data.split_seed)
+    return [samples[i] for i in sorted(kept)]
 
 
 def limit_positives(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:

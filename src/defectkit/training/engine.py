@@ -143,7 +143,9 @@ def _trainer(
         callbacks.append(RichProgressBar())
     if config.trainer.early_stopping_patience is not None:
         callbacks.append(
-            EarlyStopping(monitor="val/ap", mode="max", patience=config.trainer.early_stopping_patience)
+            EarlyStopping(
+                monitor="val/selection", mode="max", patience=config.trainer.early_stopping_patience
+            )
         )
     return L.Trainer(
         max_epochs=config.trainer.epochs,
@@ -180,8 +182,9 @@ def train(
     spec = get_method(config.method)
     if spec.own_training:
         return spec.train(config, out, progress=progress)
-    resolved = config.model_dump(mode="json")
     data = data or prepare_data(config)
+    config = spec.adapt_config(config, data)
+    resolved = config.model_dump(mode="json")
     model = spec.build_model(resolved)
     recipe = spec.build_recipe(model, resolved)
     trainer, checkpoint = _trainer(config, out, progress, devices, strategy)
@@ -215,22 +218,26 @@ def train(
         ),
         thresholds=Thresholds(decision=0.5),
         init=config.weights or "random",
+        multilabel=spec.multilabel,
     )
     model = model.cpu().eval()
     inspector = Inspector(card, TorchBackend(model, card), MODEL_DIR)
     labels = [int(s.label or 0) for s in data.val]
     scored = score_with_masks(inspector, data.val, config.input.channels)
     scores = [score for score, _, _ in scored]
-    threshold = choose_threshold(labels, scores, config.trainer.threshold_placement)
-    pixel, pixel_rule = pixel_threshold(scored, labels, config.trainer.pixel_quantile)
+    thresholds = spec.fixed_thresholds(config)
+    if thresholds is None:
+        threshold = choose_threshold(labels, scores, config.trainer.threshold_placement)
+        pixel, pixel_rule = pixel_threshold(scored, labels, config.trainer.pixel_quantile)
+        thresholds = Thresholds(
+            decision=threshold,
+            pixel=pixel,
+            rule=f"best_f1/{config.trainer.threshold_placement}; pixel {pixel_rule}",
+        )
     card = card.model_copy(
         update={
-            "thresholds": Thresholds(
-                decision=threshold,
-                pixel=pixel,
-                rule=f"best_f1/{config.trainer.threshold_placement}; pixel {pixel_rule}",
-            ),
-            "validation_metrics": image_metrics(labels, scores, threshold),
+            "thresholds": thresholds,
+            "validation_metrics": image_metrics(labels, scores, thresholds.decision),
             "commit": git_commit(),
             "data_fingerprint": data_fingerprint([*data.train, *data.val]),
         }

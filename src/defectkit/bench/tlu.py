@@ -1,0 +1,392 @@
+"""``tlu/<dataset>``: paper 001's transfer-learning study with ``tlu_net``.
+
+Does an ImageNet-initialised encoder beat random initialisation for defect segmentation and
+classification, and does the gain grow as labelled data shrinks? Every (encoder, init, fraction)
+cell trains one model and scores it on held-out images:
+
+* ``neu-det``, ``severstal``, ``synthetic-steel``: one grouped, label-stratified split 75 / 12.5 /
+  12.5 % (seed 0; the paper's proportions). ``fraction`` keeps that share of the 75 % training
+  part (grouped, stratified, seeded); validation and test stay whole, so every fraction is judged
+  on the same test images.
+* ``ksdd``: the 3-fold split by commutator of the other KolektorSDD protocols; within each
+  training fold a grouped 20 % hold-out validates. Figures pool the three folds' test images.
+
+Per cell (results file ``tlu-<dataset>-<encoder>-<fraction>-<init>-<profile>.json``): MLA at the
+stored threshold, mean per-class AUROC, per-class Dice / IoU, ``dice_pos``, image AP / AUROC of
+the best class probability, the arg-max accuracy where each image has one class, wall time and
+inference ms per image. Per (encoder, fraction) with both inits done, a ``tlu/<dataset>/transfer``
+record sets our ImageNet-minus-random gains beside the paper's claims (ResNet: +5 % absolute MLA
+at 100 % data and +8 % at 50 %; Dice +26 % relative at 100 %, +12 % at 50 %; per-image Dice
+improved on 81 % of images). Figures as the paper draws them go to ``<work>/<name>/figures``.
+
+Options (``--variant``): ``encoders`` (comma list; default the profile's: EfficientNet-Lite0 on
+``cpu``, whose ImageNet weights are offline, ResNet-18 and DenseNet-121 on ``paper``), ``inits``
+(``imagenet,random``), ``fractions`` (``1,0.5,0.25,0.1``), ``betas`` (``profile`` or ``paper``:
+Adam's (0.99, 0.99) as printed) and ``weights`` (an ImageNet state-dict file for an encoder
+without packaged weights).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectkit.bench.ksdd import FOLD_SEED, FOLDS, config_hash, ksdd_samples
+from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
+from defectkit.bench.results import write_results
+from defectkit.config import RunConfig, load_config
+from defectkit.data.formats import read_dataset
+from defectkit.data.sample import DatasetInfo, Sample
+from defectkit.data.splits import kfold, split_fractions
+from defectkit.data.synthetic import SynthConfig, synthetic_dataset
+from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary, per_image_dice
+from defectkit.evaluation.plots import (
+    dice_difference_png,
+    dice_iou_boxplot_png,
+    mla_bars_png,
+    validation_curves_png,
+)
+from defectkit.files import write_atomic
+from defectkit.inference.inspector import load_inspector
+from defectkit.models.tlu_net import smp_encoder_name
+from defectkit.training.data import PreparedData, limit_fraction, prepare_data, with_box_masks
+from defectkit.training.engine import train
+
+SPLIT = (0.75, 0.125, 0.125)
+SPLIT_SEED = 0
+OPTIONS = ("encoders", "inits", "fractions", "betas", "weights")
+DEFAULT_ENCODERS = {"cpu": "tf_efficientnet_lite0", "paper": "resnet18,densenet121"}
+# ImageNet weights that install offline, per encoder (defectkit.models.pretrained.PACKAGED).
+PACKAGED_ENCODER_WEIGHTS = {
+    "tf_efficientnet_lite0": "efficientnet-lite0",
+    "tf_efficientnet_lite1": "efficientnet-lite1",
+    "tf_efficientnet_lite2": "efficientnet-lite2",
+}
+# Paper 001's claims for its ResNet encoder (no table; the text of section III.D), by fraction.
+PAPER_TRANSFER = {
+    1.0: {"mla_gain": 0.05, "dice_gain_rel": 0.26, "share_improved": 0.81},
+    0.5: {"mla_gain": 0.08, "dice_gain_rel": 0.12},
+}
+
+
+@dataclass(frozen=True)
+class TluDataset:
+    name: str
+    config: str
+    samples: list[Sample]
+    info: DatasetInfo
+
+
+def _data_root(name: str) -> Path:
+    root = Path(os.path.expandvars(f"$DEFECTKIT_DATA/{name}"))
+    if "DEFECTKIT_DATA" not in os.environ or not root.is_dir():
+        raise FileNotFoundError(f"{root}: {name} not found; unpack it and set DEFECTKIT_DATA")
+    return root
+
+
+def load_tlu_dataset(name: str) -> TluDataset:
+    """Samples (masks where the data has them; NEU-DET's from its boxes) and names of a dataset."""
+    config = f"configs/tlu_net/{name}.yaml"
+    if name == "ksdd":
+        samples = ksdd_samples()
+        info = DatasetInfo(name="kolektorsdd", format="kolektorsdd", root="", class_names=["defect"])
+        return TluDataset(name, "configs/tlu_net/kolektorsdd.yaml", samples, info)
+    if name == "neu-det":
+        dataset = read_dataset(_data_root("neu-det"), "neu-det")
+        samples = with_box_masks([s for s in dataset.samples if s.label is not None])
+        return TluDataset(name, config, samples, dataset.info)
+    if name == "severstal":
+        dataset = read_dataset(_data_root("severstal"), "severstal")
+        return TluDataset(name, config, [s for s in dataset.samples if s.label is not None], dataset.info)
+    if name == "synthetic-steel":
+        synth = load_config(REPO_ROOT / config).data.synthetic or {}
+        dataset = synthetic_dataset(SynthConfig(**synth))
+        return TluDataset(name, config, list(dataset.samples), dataset.info)
+    raise KeyError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
+
+
+def _weights(encoder: str, init: str, options: Mapping[str, str]) -> str | None:
+    if init == "random":
+        return None
+    if init != "imagenet":
+        raise KeyError(f"--variant inits: {init!r} is not imagenet or random")
+    if options.get("weights"):
+        return options["weights"]
+    if encoder not in PACKAGED_ENCODER_WEIGHTS:
+        raise KeyError(
+            f"encoder {encoder!r} has no ImageNet weights offline; give a state-dict file with "
+            f"--variant weights=PATH, or use one of {sorted(PACKAGED_ENCODER_WEIGHTS)}"
+        )
+    return PACKAGED_ENCODER_WEIGHTS[encoder]
+
+
+def _config(
+    dataset: TluDataset, request: BenchRequest, encoder: str, init: str, fraction: float
+) -> RunConfig:
+    overrides = [f"model.encoder={encoder}", f"data.train_fraction={fraction}"]
+    weights = _weights(encoder, init, request.variant)
+    overrides.append(f"weights={weights}" if weights else "weights=null")
+    if request.variant.get("betas", "profile") == "paper":
+        overrides.append("method_options.betas=[0.99,0.99]")
+    elif request.variant.get("betas", "profile") != "profile":
+        raise KeyError(f"--variant betas={request.variant['betas']}: use profile or paper")
+    return load_config(REPO_ROOT / dataset.config, request.profile, [*overrides, *request.overrides])
+
+
+def validation_curve(train_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch validation Dice, MLA and loss from the training run's CSV log (Fig. 8)."""
+    path = train_dir / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    curve = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("val/dice"):
+                curve.append(
+                    {
+                        key.removeprefix("val/"): float(row[key])
+                        for key in ("epoch", "val/dice", "val/mla", "val/loss")
+                        if row.get(key)
+                    }
+                )
+    return curve
+
+
+def _cell(config: RunConfig, request: BenchRequest, data: PreparedData, test: Sequence[Sample],
+          work: Path) -> dict[str, Any]:  # fmt: skip
+    from defectkit.evaluation.multilabel import score_multilabel
+
+    started = time.perf_counter()
+    model_dir = train(config, work, progress=request.progress, data=data)
+    assert model_dir is not None
+    train_s = time.perf_counter() - started
+    inspector = load_inspector(model_dir)
+    scores = score_multilabel(inspector, test, config.input.channels)
+    return {
+        "wall_s": time.perf_counter() - started,
+        "train_s": train_s,
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "threshold": inspector.threshold,
+        "pixel_threshold": inspector.card.thresholds.pixel,
+        "class_names": scores.class_names,
+        "paths": scores.paths,
+        "probabilities": scores.probabilities,
+        "truth": scores.truth,
+        "dice": scores.dice,
+        "iou": scores.iou,
+        "infer_ms": float(np.mean(scores.infer_ms)) if scores.infer_ms else None,
+        "skipped": [str(p) for p in scores.skipped],
+        "curve": validation_curve(work),
+        "mean": list(inspector.card.input.mean),
+        "std": list(inspector.card.input.std),
+    }
+
+
+def _scores(cells: Sequence[Mapping[str, Any]]) -> MultilabelScores:
+    pooled = MultilabelScores(class_names=list(cells[0]["class_names"]))
+    for cell in cells:
+        pooled.paths += cell["paths"]
+        pooled.probabilities += cell["probabilities"]
+        pooled.truth += cell["truth"]
+        pooled.dice += cell["dice"]
+        pooled.iou += cell["iou"]
+    return pooled
+
+
+def _splits(dataset: TluDataset) -> list[tuple[list[int], list[int] | None, list[int]]]:
+    """(train, validation or None: a hold-out of train, test) index lists, one per fold."""
+    if dataset.name == "ksdd":
+        return [(train, None, test) for train, test in kfold(dataset.samples, FOLDS, seed=FOLD_SEED)]
+    train, val, test = split_fractions(dataset.samples, SPLIT, seed=SPLIT_SEED)
+    return [(train, val, test)]
+
+
+def _prepared(
+    dataset: TluDataset, config: RunConfig, train: list[int], val: list[int] | None
+) -> PreparedData:
+    samples = dataset.samples
+    if val is None:
+        return replace(prepare_data(config, [samples[i] for i in train]), info=dataset.info)
+    kept = limit_fraction([samples[i] for i in train], config)
+    return PreparedData(dataset.info, kept, [samples[i] for i in val])
+
+
+def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
+    check_options(request.variant, OPTIONS, f"tlu/{dataset_name}")
+    options = request.variant
+    encoders = option_list(
+        options, "encoders", DEFAULT_ENCODERS.get(request.profile, "tf_efficientnet_lite0")
+    )
+    inits = option_list(options, "inits", "imagenet,random")
+    fractions = [float(f) for f in option_list(options, "fractions", "1,0.5,0.25,0.1")]
+    for encoder in encoders:
+        smp_encoder_name(encoder)  # any smp encoder name is allowed; smp rejects unknown ones at build
+    dataset = load_tlu_dataset(dataset_name)
+    splits = _splits(dataset)
+    protocol = f"tlu/{dataset_name}"
+    betas = options.get("betas", "profile")
+    name = "-".join(p for p in (protocol.replace("/", "-"), "" if betas == "profile" else "betas-paper") if p)
+    cache = request.cells(f"{name}-{request.profile}")
+    work_root = request.work_root / f"{name}-{request.profile}"
+    finished: dict[tuple[str, str, float], dict[str, Any]] = {}
+    last: Path | None = None
+    for encoder in encoders:
+        for fraction in fractions:
+            for init in inits:
+                config = _config(dataset, request, encoder, init, fraction)
+                cells = []
+                for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
+                    key = f"{encoder}/{init}/fraction-{fraction:g}/fold{fold}/config-{config_hash(config)}"
+                    cell = cache.get(key)
+                    if cell is None:
+                        data = _prepared(dataset, config, train_idx, val_idx)
+                        work = work_root / f"{encoder}-{init}-f{fraction:g}-fold{fold}"
+                        test = [dataset.samples[i] for i in test_idx]
+                        cell = _cell(config, request, data, test, work)
+                        cache.put(key, cell)
+                    cells.append(cell)
+                record = _summarise(cells)
+                finished[(encoder, init, fraction)] = record
+                variant: dict[str, Any] = {"encoder": encoder, "init": init, "fraction": fraction}
+                if betas != "profile":
+                    variant["betas"] = betas
+                last = write_results(
+                    protocol=protocol,
+                    method="tlu_net",
+                    dataset=dataset.info.name,
+                    variant=variant,
+                    profile=request.profile,
+                    metrics=record["metrics"],
+                    per_fold=[
+                        {"fold": i, "train_images": c["train_images"], "train_s": c["train_s"]}
+                        for i, c in enumerate(cells)
+                    ],
+                    n_images=len(record["scores"].paths),
+                    wall_time_s=sum(c["wall_s"] for c in cells),
+                    infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
+                    command=request.command,
+                    commit=request.commit,
+                    init="random" if init == "random" else str(config.weights),
+                    notes=_notes(dataset_name, config),
+                    root=request.results_root,
+                )
+    for encoder in encoders:
+        for fraction in fractions:
+            pair = finished.get((encoder, "imagenet", fraction)), finished.get((encoder, "random", fraction))
+            if pair[0] is not None and pair[1] is not None:
+                last = _write_transfer(protocol, dataset, request, encoder, fraction, pair[0], pair[1], betas)
+    _figures(finished, work_root / "figures", dataset_name)
+    assert last is not None, "no cell ran"
+    return last
+
+
+def _notes(dataset_name: str, config: RunConfig) -> str:
+    notes = [f"input {config.input.size[0]}x{config.input.size[1]}, {config.trainer.epochs} epochs max"]
+    notes.append(f"Adam betas {tuple(config.method_options.get('betas', (0.99, 0.99)))}")
+    if dataset_name == "neu-det":
+        notes.append("masks are NEU-DET's boxes filled (coarse): Dice measures box overlap")
+    if dataset_name == "ksdd":
+        notes.append("3-fold CV by commutator, figures pooled over folds; AP from the classification head")
+    return "; ".join(notes)
+
+
+def _summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    scores = _scores(cells)
+    thresholds = {float(c["threshold"]) for c in cells}
+    if len(thresholds) == 1:
+        metrics = multilabel_summary(scores, thresholds.pop())
+    else:  # thresholds chosen per fold on validation: average the folds' own figures
+        per_fold = [multilabel_summary(_scores([c]), float(c["threshold"])) for c in cells]
+        metrics = {
+            key: float(np.nanmean([m[key] for m in per_fold]))
+            for key in per_fold[0]
+            if isinstance(per_fold[0][key], int | float)
+        }
+    return {"metrics": metrics, "scores": scores, "cells": list(cells)}
+
+
+def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, encoder: str, fraction: float,
+                    imagenet: Mapping[str, Any], random: Mapping[str, Any], betas: str) -> Path:  # fmt: skip
+    """ImageNet-minus-random gains for one (encoder, fraction), beside the paper's claims."""
+    ours, theirs = imagenet["metrics"], random["metrics"]
+    dice_ours, dice_theirs = per_image_dice(imagenet["scores"]), per_image_dice(random["scores"])
+    difference = dice_ours - dice_theirs
+    known = ~np.isnan(difference)
+    metrics = {
+        "mla_gain": ours["mla"] - theirs["mla"],
+        "mean_auroc_gain": ours["mean_auroc"] - theirs["mean_auroc"],
+        "dice_gain_rel": float(np.nanmean(dice_ours) / np.nanmean(dice_theirs) - 1.0),
+        "dice_pos_gain_rel": ours["dice_pos"] / theirs["dice_pos"] - 1.0 if theirs["dice_pos"] else None,
+        "share_improved": float(np.mean(difference[known] > 0)) if known.any() else None,
+        "share_worse": float(np.mean(difference[known] < 0)) if known.any() else None,
+        "mla_imagenet": ours["mla"],
+        "mla_random": theirs["mla"],
+    }
+    if "accuracy" in ours:
+        metrics["accuracy_gain"] = ours["accuracy"] - theirs["accuracy"]
+    variant: dict[str, Any] = {"encoder": encoder, "fraction": fraction}
+    if betas != "profile":
+        variant["betas"] = betas
+    paper = PAPER_TRANSFER.get(fraction, {}) if encoder.startswith("resnet") else {}
+    return write_results(
+        protocol=f"{protocol}/transfer",
+        method="tlu_net",
+        dataset=dataset.info.name,
+        variant=variant,
+        profile=request.profile,
+        metrics=metrics,
+        n_images=int(known.sum()),
+        paper=paper,
+        wall_time_s=sum(c["wall_s"] for c in (*imagenet["cells"], *random["cells"])),
+        command=request.command,
+        commit=request.commit,
+        notes="imagenet minus random on the same test images; paper figures are for its ResNet "
+        "(ResNet-18-sized) encoder" + ("" if paper else "; none for this encoder / fraction"),
+        root=request.results_root,
+    )
+
+
+def _figures(finished: Mapping[tuple[str, str, float], Mapping[str, Any]], out: Path, title: str) -> None:
+    """The paper's Figs. 4, 5, 8 and 9 for the finished cells (PNG files under ``out``)."""
+    if not finished:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    label = {key: f"{key[0]} {key[1]} {key[2]:g}" for key in finished}
+    dice = {label[k]: per_image_dice(v["scores"]) for k, v in sorted(finished.items())}
+    iou = {}
+    for key, value in sorted(finished.items()):
+        scores = value["scores"]
+        iou_scores = MultilabelScores(scores.class_names, scores.paths, truth=scores.truth, dice=scores.iou)
+        iou[label[key]] = per_image_dice(iou_scores)
+    write_atomic(out / "fig4_dice_iou_box.png", dice_iou_boxplot_png(dice, iou, title))
+    mla = {(k[0], k[1], k[2]): float(v["metrics"]["mla"]) for k, v in finished.items()}
+    write_atomic(out / "fig5_mla_bars.png", mla_bars_png(mla, title))
+    curves = {label[k]: v["cells"][0]["curve"] for k, v in sorted(finished.items())}
+    write_atomic(out / "fig8_validation_curves.png", validation_curves_png(curves, title))
+    for encoder, init, fraction in finished:
+        if init != "imagenet" or (encoder, "random", fraction) not in finished:
+            continue
+        ours = per_image_dice(finished[(encoder, "imagenet", fraction)]["scores"])
+        theirs = per_image_dice(finished[(encoder, "random", fraction)]["scores"])
+        png = dice_difference_png(ours - theirs, f"{title}: {encoder}, {fraction:g} of the training data")
+        write_atomic(out / f"fig9_dice_difference_{encoder}_f{fraction:g}.png", png)
+
+
+def _register(dataset_name: str, description: str) -> None:
+    register_protocol(f"tlu/{dataset_name}", description)(lambda request: run_tlu(dataset_name, request))
+
+
+_register(
+    "neu-det", "tlu_net on NEU-DET (6 classes, masks from boxes): ImageNet vs random by fraction (paper 001)"
+)
+_register("ksdd", "tlu_net on KolektorSDD, 3-fold CV: ImageNet vs random by training fraction (paper 001)")
+_register("severstal", "tlu_net on Severstal (4 classes, multi-label) when a copy is present (paper 001)")
+_register("synthetic-steel", "tlu_net on generated Severstal-like multi-class strips (paper 001)")

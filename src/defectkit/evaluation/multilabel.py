@@ -1,0 +1,157 @@
+"""Scoring a multi-label segmentation model (``tlu_net``) on labelled images, as paper 001 does.
+
+Per image: the K class probabilities, the class truth (multi-hot; one class: the image label),
+and Dice / IoU of each class's map at the model's stored pixel threshold against that class's
+mask (DESIGN.md: both empty -> 1). Aggregates: MLA at the stored decision threshold, mean
+per-class AUROC, per-class Dice / IoU, ``dice_pos`` over image x class pairs with a defect, the
+image-level AP / AUROC of the best class probability (defective = any class present), and, where
+every image has exactly one class (NEU-DET), the accuracy of the arg-max class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from defectkit.data.io import ImageReadError, error_reason, load_sample
+from defectkit.data.sample import Problem, Sample
+from defectkit.inference.inspector import Inspector
+from defectkit.metrics import SegmentationMeter, image_metrics
+from defectkit.metrics._utils import nanmean
+from defectkit.metrics.classification import multilabel_metrics
+
+
+@dataclass
+class MultilabelScores:
+    """Everything measured on a test set, per image (rows in the order of ``paths``)."""
+
+    class_names: list[str]
+    paths: list[str] = field(default_factory=list)
+    probabilities: list[list[float]] = field(default_factory=list)  # N x K
+    truth: list[list[int]] = field(default_factory=list)  # N x K multi-hot
+    dice: list[list[float]] = field(default_factory=list)  # N x K (NaN where no mask is known)
+    iou: list[list[float]] = field(default_factory=list)
+    infer_ms: list[float] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)
+
+
+def class_truth(sample: Sample, num_classes: int) -> list[int]:
+    """Multi-hot K class truth of a sample; with one class, its image label."""
+    if sample.classes is not None:
+        return [int(k + 1 in sample.classes) for k in range(num_classes)]
+    return [int(sample.label or 0)] if num_classes == 1 else [0] * num_classes
+
+
+def score_multilabel(
+    inspector: Inspector,
+    samples: Sequence[Sample],
+    channels: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> MultilabelScores:
+    """Score ``samples``; unreadable images are recorded in ``skipped``, never raised."""
+    names = list(inspector.card.class_names) or ["defect"]
+    k = len(names)
+    result = MultilabelScores(class_names=names)
+    pixel = float(inspector.card.thresholds.pixel)
+    for index, sample in enumerate(samples):
+        try:
+            loaded = load_sample(sample, channels)
+            image = np.asarray(loaded.image)
+            if index == 0:
+                inspector.score(image)  # warm-up, not timed
+            started = time.perf_counter()
+            scored = inspector.score(image)
+            result.infer_ms.append((time.perf_counter() - started) * 1000.0)
+        except (ImageReadError, ValueError, OSError) as error:
+            result.skipped.append(Problem(sample.path, error_reason(error, sample.path)))
+            continue
+        probabilities = (
+            np.asarray(scored.class_scores, dtype=np.float64)
+            if scored.class_scores is not None
+            else np.asarray([scored.score])
+        )
+        maps = inspector.display_heatmap(scored)
+        dice = iou = [float("nan")] * k
+        if maps is not None and loaded.mask is not None:
+            meter = SegmentationMeter(k, pixel_threshold=pixel)
+            stack = maps if maps.ndim == 3 else maps[None]
+            meter.update([stack if k > 1 else stack[0]], [_truth_stack(np.asarray(loaded.mask), k)])
+            per_dice, per_iou, _ = meter.per_image()
+            dice, iou = per_dice[0].tolist(), per_iou[0].tolist()
+        result.paths.append(sample.path)
+        result.probabilities.append(probabilities.tolist())
+        result.truth.append(class_truth(sample, k))
+        result.dice.append(dice)
+        result.iou.append(iou)
+        if progress is not None:
+            progress(index + 1, len(samples))
+    return result
+
+
+def _truth_stack(mask: np.ndarray, k: int) -> np.ndarray:
+    """A class-id map or K' x H x W bool stack as what :class:`SegmentationMeter` takes for K."""
+    if mask.ndim == 3:
+        stack = np.zeros((k, *mask.shape[1:]), dtype=bool)
+        stack[: min(k, mask.shape[0])] = mask[:k] > 0
+        return stack if k > 1 else stack[0]
+    return (mask > 0) if k == 1 else mask.astype(np.int64)
+
+
+def multilabel_summary(scores: MultilabelScores, decision_threshold: float) -> dict[str, Any]:
+    """The aggregate metrics (see the module docstring); JSON-ready, NaN where undefined."""
+    names = scores.class_names
+    truth = np.asarray(scores.truth, dtype=np.int64).reshape(-1, len(names))
+    probabilities = np.asarray(scores.probabilities, dtype=np.float64).reshape(-1, len(names))
+    dice = np.asarray(scores.dice, dtype=np.float64).reshape(-1, len(names))
+    iou = np.asarray(scores.iou, dtype=np.float64).reshape(-1, len(names))
+    positive = truth > 0
+    classification = multilabel_metrics(truth, probabilities, decision_threshold)
+    defective = positive.any(axis=1).astype(int)
+    image = image_metrics(defective, probabilities.max(axis=1), decision_threshold)
+    metrics: dict[str, Any] = {
+        "mla": classification["mla"],
+        "mean_auroc": classification["mean_auroc"],
+        "ap": image["ap"],
+        "auroc": image["auroc"],
+        "dice": nanmean(dice.ravel()),
+        "dice_pos": nanmean(dice[positive]),
+        "iou": nanmean(iou.ravel()),
+        "iou_pos": nanmean(iou[positive]),
+        "per_class": {
+            name: {
+                "auroc": classification["per_class_auroc"][c],
+                "dice": nanmean(dice[:, c]),
+                "dice_pos": nanmean(dice[positive[:, c], c]),
+                "iou": nanmean(iou[:, c]),
+                "iou_pos": nanmean(iou[positive[:, c], c]),
+                "n_pos": int(positive[:, c].sum()),
+            }
+            for c, name in enumerate(names)
+        },
+    }
+    single = positive.sum(axis=1) == 1
+    if len(names) > 1 and single.any():
+        predicted = probabilities[single].argmax(axis=1)
+        metrics["accuracy"] = float(np.mean(predicted == positive[single].argmax(axis=1)))
+        metrics["accuracy_images"] = int(single.sum())
+    if len(names) == 1 or image["n_neg"]:
+        metrics.update({key: image[key] for key in ("fp", "fn", "false_calls") if key in image})
+    return metrics
+
+
+def per_image_dice(scores: MultilabelScores) -> np.ndarray:
+    """One Dice per image, for the paper's box plots and Dice-difference histogram: the mean over
+    the classes the image has (a class absent from both truth and prediction would add a
+    meaningless 1), over all K classes for an image without defects; NaN where no mask is known."""
+    dice = np.asarray(scores.dice, dtype=np.float64).reshape(len(scores.paths), -1)
+    present = np.asarray(scores.truth, dtype=bool).reshape(dice.shape)
+    chosen = np.where(present.any(axis=1, keepdims=True), present, True)
+    with np.errstate(invalid="ignore"):
+        weights = chosen & ~np.isnan(dice)
+        total = np.where(weights, dice, 0.0).sum(axis=1)
+        counts = weights.sum(axis=1)
+        return np.where(counts > 0, total / np.maximum(counts, 1), np.nan)

@@ -1,0 +1,234 @@
+"""Training recipe for ``tlu_net`` (paper 001, TLU-Net): joint multi-label classification and
+per-class segmentation, ImageNet-initialised or random encoder.
+
+Loss, equation 1 of the paper: BCE on the K image labels plus BCE over the K x H x W pixels. The
+paper *sums* the pixel term over 256 x 1600 pixels, which would outweigh the 4-term label term
+some 10^5 times; here both terms are means (over labels, over pixels) and weighted by
+``label_weight`` and ``pixel_weight`` (1 and 1: the paper's "weighted combination" gives no
+weights). Images without a known mask (weak labels) add only the label term; images without
+known classes add only the pixel term. With one defect class (KolektorSDD) the image label is
+the class label.
+
+Options (``method_options``):
+
+* ``betas``: Adam's (beta1, beta2). The paper prints (0.99, 0.99), likely a typo for Adam's
+  usual (0.9, 0.999); the ``paper`` profile keeps what is printed, the ``cpu`` profile uses
+  (0.9, 0.999), and ``defectkit bench tlu/... -V betas=paper`` measures the difference.
+* ``normalisation``: ``dataset`` (the paper: the training images' global grey mean and std,
+  computed at training time and stored in the saved model's input spec), ``weights`` (the
+  ImageNet weights' own mean = std = 0.5) or ``config`` (``input.mean``/``input.std`` as given).
+* ``threshold``: ``0.5`` (the paper, for labels and pixels) or ``validation`` (the decision and
+  pixel thresholds chosen on the validation split by the engine's rules).
+* ``label_weight``, ``pixel_weight``: the two loss weights.
+
+Early stopping (``trainer.early_stopping_patience``) and ``trainer.restore_best`` rank epochs by
+the validation Dice (mean over image x class, both-empty = 1), the paper's segmentation measure;
+validation MLA, mean per-class AUROC and Dice are logged every epoch (the paper's Fig. 8).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from defectkit.config import RunConfig
+from defectkit.data.io import load_sample
+from defectkit.data.sample import Batch
+from defectkit.inference.saved_model import Thresholds
+from defectkit.metrics import SegmentationMeter
+from defectkit.metrics.classification import multilabel_metrics
+from defectkit.models.pretrained import PACKAGED, load_encoder_weights
+from defectkit.models.tlu_net import TluNet, smp_encoder_name
+from defectkit.registry import MethodSpec, register_method
+from defectkit.training.data import PreparedData
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "betas": (0.99, 0.99),
+    "normalisation": "dataset",
+    "threshold": 0.5,
+    "label_weight": 1.0,
+    "pixel_weight": 1.0,
+}
+NORMALISATIONS = ("dataset", "weights", "config")
+STATS_IMAGES = 256  # training images read for the global mean / std (a seeded subset)
+
+
+def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    given = config.method_options if isinstance(config, RunConfig) else config.get("method_options", {})
+    options = {**DEFAULT_OPTIONS, **given}
+    if options["normalisation"] not in NORMALISATIONS:
+        raise ValueError(f"method_options.normalisation={options['normalisation']!r}: use {NORMALISATIONS}")
+    if options["threshold"] != "validation" and not isinstance(options["threshold"], int | float):
+        raise ValueError(f"method_options.threshold={options['threshold']!r}: a number or 'validation'")
+    return options
+
+
+def class_targets(batch: Batch, num_classes: int) -> tuple[Tensor, Tensor]:
+    """(B x K multi-hot float, B bool: known). One class: the image label is the class label."""
+    if batch.classes.shape[1] == num_classes and bool(batch.has_classes.any()):
+        return batch.classes.float(), batch.has_classes
+    if num_classes == 1:
+        return batch.label.clamp(min=0).float()[:, None], batch.has_label
+    known = torch.zeros(len(batch), dtype=torch.bool, device=batch.images.device)
+    return torch.zeros(len(batch), num_classes, device=batch.images.device), known
+
+
+def mask_targets(mask: Tensor, num_classes: int) -> Tensor:
+    """B x 1 x H x W class ids, or B x K' x H x W bool -> B x K x H x W float {0, 1}."""
+    if mask.dtype == torch.bool or mask.shape[1] > 1:
+        stack = mask.float()
+        if stack.shape[1] < num_classes:
+            stack = F.pad(stack, (0, 0, 0, 0, 0, num_classes - stack.shape[1]))
+        return stack[:, :num_classes]
+    ids = torch.arange(1, num_classes + 1, device=mask.device).view(1, -1, 1, 1)
+    if num_classes == 1:
+        return (mask > 0).float()
+    return (mask == ids).float()
+
+
+class TluNetRecipe(L.LightningModule):
+    """LightningModule around a :class:`TluNet`: equation-1 loss, Adam, validation Dice and MLA."""
+
+    def __init__(self, model: TluNet, lr: float, weight_decay: float, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = lr, weight_decay
+        self.options = options
+        self.num_classes = int(model.unet.segmentation_head[0].out_channels)
+        self._val_probs: list[Tensor] = []
+        self._val_targets: list[Tensor] = []
+        self._val_losses: list[float] = []
+        self._meter = SegmentationMeter(self.num_classes)
+
+    def losses(self, batch: Batch) -> tuple[Tensor, Tensor, Any]:
+        output = self.model(batch.images)
+        targets, known = class_targets(batch, self.num_classes)
+        label_loss = output.class_logits.sum() * 0.0  # keeps the graph when nothing is known
+        if bool(known.any()):
+            label_loss = F.binary_cross_entropy_with_logits(output.class_logits[known], targets[known])
+        pixel_loss = output.mask_logits.sum() * 0.0
+        if bool(batch.has_mask.any()):
+            truth = mask_targets(batch.mask[batch.has_mask], self.num_classes)
+            pixel_loss = F.binary_cross_entropy_with_logits(output.mask_logits[batch.has_mask], truth)
+        return label_loss, pixel_loss, output
+
+    def total(self, label_loss: Tensor, pixel_loss: Tensor) -> Tensor:
+        return (
+            float(self.options["label_weight"]) * label_loss
+            + float(self.options["pixel_weight"]) * pixel_loss
+        )
+
+    def training_step(self, batch: Batch, batch_index: int) -> Tensor:
+        label_loss, pixel_loss, _ = self.losses(batch)
+        loss = self.total(label_loss, pixel_loss)
+        size = len(batch)
+        self.log("train/label_loss", label_loss, batch_size=size)
+        self.log("train/pixel_loss", pixel_loss, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_index: int) -> None:
+        label_loss, pixel_loss, output = self.losses(batch)
+        self._val_losses.append(float(self.total(label_loss, pixel_loss)))
+        targets, known = class_targets(batch, self.num_classes)
+        self._val_probs.append(torch.sigmoid(output.class_logits[known]).detach().cpu())
+        self._val_targets.append(targets[known].detach().cpu())
+        if bool(batch.has_mask.any()):
+            predicted = torch.sigmoid(output.mask_logits[batch.has_mask]) >= 0.5
+            truth = mask_targets(batch.mask[batch.has_mask], self.num_classes) > 0
+            self._meter.update(predicted.cpu().numpy(), truth.cpu().numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_losses:
+            return
+        probs = torch.cat(self._val_probs).numpy()
+        targets = torch.cat(self._val_targets).numpy()
+        segmentation = self._meter.compute()
+        dice = float(np.nan_to_num(segmentation["dice"], nan=0.0))
+        loss = float(np.mean(self._val_losses))
+        self._val_probs.clear()
+        self._val_targets.clear()
+        self._val_losses.clear()
+        self._meter.reset()
+        self.log("val/loss", loss, rank_zero_only=True)
+        self.log("val/dice", dice, prog_bar=True, rank_zero_only=True)
+        self.log("val/dice_pos", float(np.nan_to_num(segmentation["dice_pos"], nan=0.0)), rank_zero_only=True)
+        if len(probs):
+            classification = multilabel_metrics(targets, probs, 0.5)
+            self.log("val/mla", float(classification["mla"]), prog_bar=True, rank_zero_only=True)
+            auroc = float(np.nan_to_num(classification["mean_auroc"], nan=0.0))
+            self.log("val/mean_auroc", auroc, rank_zero_only=True)
+        # Epoch ranking (early stopping, best weights): Dice, ties broken by the lower loss.
+        self.log("val/selection", dice - 1e-3 * min(loss, 100.0), rank_zero_only=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        beta1, beta2 = (float(b) for b in self.options["betas"])
+        return torch.optim.Adam(
+            self.model.parameters(), lr=self.lr, betas=(beta1, beta2), weight_decay=self.weight_decay
+        )
+
+
+def global_mean_std(data: PreparedData, channels: int, seed: int = 0) -> tuple[float, float]:
+    """Grey-level mean and std (in [0, 1]) over a seeded subset of the training images."""
+    rng = np.random.default_rng(seed)
+    count = min(STATS_IMAGES, len(data.train))
+    chosen = rng.choice(len(data.train), size=count, replace=False)
+    total = total_sq = 0.0
+    pixels = 0
+    for index in chosen:
+        image = np.asarray(load_sample(data.train[int(index)], channels).image, dtype=np.float64) / 255.0
+        total += float(image.sum())
+        total_sq += float(np.square(image).sum())
+        pixels += image.size
+    if not pixels:
+        return 0.5, 0.5
+    mean = total / pixels
+    return mean, float(np.sqrt(max(total_sq / pixels - mean * mean, 1e-12)))
+
+
+@register_method("tlu_net", supervision=("full",), tasks=("classification", "segmentation"), paper="001")
+class TluNetMethod(MethodSpec):
+    """U-Net with a transferable encoder and a multi-label defect head (paper 001, TLU-Net)."""
+
+    default_config = "configs/tlu_net/neu-det.yaml"
+    model_name = "tlu_net"
+    multilabel = True
+
+    @classmethod
+    def build_model(cls, config: dict[str, Any]) -> TluNet:
+        model = cast(TluNet, super().build_model(config))
+        if config.get("weights"):
+            load_encoder_weights(model.encoder, smp_encoder_name(model.encoder_name), str(config["weights"]))
+        return model
+
+    @classmethod
+    def adapt_config(cls, config: RunConfig, data: PreparedData) -> RunConfig:
+        """The class count from the data, and the paper's global mean / std normalisation."""
+        update: dict[str, Any] = {"model": {**config.model, "num_classes": max(1, data.info.num_classes)}}
+        normalisation = options_of(config)["normalisation"]
+        if normalisation == "dataset":
+            mean, std = global_mean_std(data, config.input.channels, config.data.split_seed)
+            update["input"] = config.input.model_copy(update={"mean": (mean,), "std": (std,)})
+        elif normalisation == "weights":
+            packaged = PACKAGED.get(str(config.weights))
+            mean_std = (packaged.mean[:1], packaged.std[:1]) if packaged else ((0.5,), (0.5,))
+            update["input"] = config.input.model_copy(update={"mean": mean_std[0], "std": mean_std[1]})
+        return config.model_copy(update=update)
+
+    @classmethod
+    def fixed_thresholds(cls, config: RunConfig) -> Thresholds | None:
+        threshold = options_of(config)["threshold"]
+        if threshold == "validation":
+            return None
+        value = float(threshold)
+        return Thresholds(decision=value, pixel=value, rule=f"fixed {value:g} (paper 001)")
+
+    @classmethod
+    def build_recipe(cls, model: Any, config: dict[str, Any]) -> TluNetRecipe:
+        trainer = config["trainer"]
+        return TluNetRecipe(model, trainer["lr"], trainer["weight_decay"], options_of(config))
