@@ -43,6 +43,7 @@ from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, op
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
+from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.data.splits import kfold, split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
@@ -56,7 +57,7 @@ from defectkit.evaluation.plots import (
 from defectkit.files import write_atomic
 from defectkit.inference.inspector import load_inspector
 from defectkit.models.tlu_net import smp_encoder_name
-from defectkit.training.data import PreparedData, limit_fraction, prepare_data, with_box_masks
+from defectkit.training.data import PreparedData, limit_fraction, prepare_data
 from defectkit.training.engine import train
 
 SPLIT = (0.75, 0.125, 0.125)
@@ -91,8 +92,9 @@ def _data_root(name: str) -> Path:
     return root
 
 
-def load_tlu_dataset(name: str) -> TluDataset:
-    """Samples (masks where the data has them; NEU-DET's from its boxes) and names of a dataset."""
+def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] = ()) -> TluDataset:
+    """Samples (masks where the data has them; NEU-DET's from its boxes) and names of a dataset;
+    the generated one follows its config (``profile``, ``overrides``)."""
     config = f"configs/tlu_net/{name}.yaml"
     if name == "ksdd":
         samples = ksdd_samples()
@@ -106,7 +108,7 @@ def load_tlu_dataset(name: str) -> TluDataset:
         dataset = read_dataset(_data_root("severstal"), "severstal")
         return TluDataset(name, config, [s for s in dataset.samples if s.label is not None], dataset.info)
     if name == "synthetic-steel":
-        synth = load_config(REPO_ROOT / config).data.synthetic or {}
+        synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
         dataset = synthetic_dataset(SynthConfig(**synth))
         return TluDataset(name, config, list(dataset.samples), dataset.info)
     raise KeyError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
@@ -229,7 +231,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     fractions = [float(f) for f in option_list(options, "fractions", "1,0.5,0.25,0.1")]
     for encoder in encoders:
         smp_encoder_name(encoder)  # any smp encoder name is allowed; smp rejects unknown ones at build
-    dataset = load_tlu_dataset(dataset_name)
+    dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)
     splits = _splits(dataset)
     protocol = f"tlu/{dataset_name}"
     betas = options.get("betas", "profile")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,15 @@ def load_mask(sample: Sample, height: int, width: int) -> np.ndarray | None:
         classes = None if sample.box_classes is None else np.asarray(sample.box_classes)
         return boxes_to_mask(np.asarray(sample.boxes), classes, height, width)
     return None
+
+
+def with_box_masks(samples: Sequence[Sample]) -> list[Sample]:
+    """Samples with boxes but no mask marked to get a coarse mask of their filled boxes
+    (:func:`load_mask`); good images with known-empty boxes get an empty mask."""
+    return [
+        s.replace(meta={**s.meta, "mask_from_boxes": True}) if s.boxes is not None and not s.has_mask else s
+        for s in samples
+    ]
 
 
 def load_sample(sample: Sample, channels: int | None = None) -> Sample:

@@ -23,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,12 @@ import numpy as np
 
 from defectkit import __version__
 from defectkit.data.formats import read_dataset
-from defectkit.data.io import ImageReadError, error_reason, load_sample
+from defectkit.data.io import ImageReadError, error_reason, load_sample, with_box_masks
 from defectkit.data.sample import Problem, Sample
+from defectkit.evaluation.multilabel import multilabel_summary, per_image_dice, score_multilabel
 from defectkit.evaluation.plots import (
     SheetSection,
+    dice_iou_boxplot_png,
     heat_tile,
     pr_curve_png,
     score_histogram_png,
@@ -410,12 +412,21 @@ def evaluate_model(
         note += f", surface {surface}"
     if not samples:
         raise ValueError(f"{data}: no images to evaluate")
+    if inspector.card.config.get("data", {}).get("masks_from_boxes"):
+        samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
     scored = score_dataset(inspector, samples, progress)
     problems = [*dataset.problems, *scored.skipped]
     if not len(scored):
         raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {problems[0]})")
     metrics = evaluate_scores(scored, inspector.threshold)
     target = Path(out) if out is not None else model_dir / f"eval-{split}"
+    if inspector.card.multilabel:
+        # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
+        per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
+        metrics["multilabel"] = multilabel_summary(per_class, inspector.threshold)
+        dice = {inspector.name: per_image_dice(per_class)}
+        iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
+        write_atomic(target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name))
     context = {
         "model": str(model_dir),
         "data": str(data),

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from defectkit.config import RunConfig
 from defectkit.data.formats import read_dataset
-from defectkit.data.io import load_sample
+from defectkit.data.io import load_sample, with_box_masks
 from defectkit.data.sample import MASK_KEYS, Batch, DatasetInfo, Sample, collate
 from defectkit.data.splits import split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
@@ -32,15 +32,6 @@ from defectkit.registry import get_method
 def without_mask(sample: Sample) -> Sample:
     meta = {k: v for k, v in sample.meta.items() if k not in MASK_KEYS}
     return sample.replace(mask=None, meta=meta)
-
-
-def with_box_masks(samples: Sequence[Sample]) -> list[Sample]:
-    """Samples with boxes but no mask marked to get a coarse mask of their filled boxes
-    (:func:`defectkit.data.io.load_mask`); good images with known-empty boxes get an empty mask."""
-    return [
-        s.replace(meta={**s.meta, "mask_from_boxes": True}) if s.boxes is not None and not s.has_mask else s
-        for s in samples
-    ]
 
 
 def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:

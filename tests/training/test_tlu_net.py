@@ -1,0 +1,201 @@
+"""tlu_net (paper 001) on generated multi-class data: targets, training, multi-label inspection,
+overlays, ONNX parity, and the tlu/<dataset> bench on fixtures in the real layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import defectkit.training.engine as engine
+from conftest import with_changes
+from defectkit import load_inspector
+from defectkit.bench.protocols import BenchRequest, run_protocol
+from defectkit.config import load_config
+from defectkit.data.masks import rle_encode
+from defectkit.data.sample import Batch, Sample, collate
+from defectkit.data.synthetic import SynthConfig, generate
+from defectkit.evaluation.evaluate import evaluate_model
+from defectkit.inference.export import export_onnx_checked
+from defectkit.inference.overlay import render_overlay
+from defectkit.inference.saved_model import read_card
+from defectkit.models import create_model
+from defectkit.training.tlu_net import class_targets, mask_targets
+
+SYNTH = {
+    "mode": "multiclass",
+    "surfaces": 2,
+    "per_surface": 16,
+    "size": 64,
+    "defect_fraction": 0.6,
+    "seed": 1,
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_config(**changes: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "method": "tlu_net",
+        "seed": 0,
+        "data": {"synthetic": SYNTH, "val_fraction": 0.25, "train_split": None},
+        "input": {"size": [64, 64], "channels": 3},
+        "augment": {"hflip": 0.5, "vflip": 0.5, "antialias": False},
+        "model": {"encoder": "tf_efficientnet_lite0", "decoder_channels": [16, 16, 8, 8, 8]},
+        "method_options": {"betas": [0.9, 0.999]},
+        "trainer": {"epochs": 1, "lr": 0.001, "val_every": 1, "batch_size": 8, "restore_best": True},
+    }
+    return with_changes(config, **changes)
+
+
+def test_model_shapes_and_stride() -> None:
+    model = create_model("tlu_net", encoder="tf_efficientnet_lite0", num_classes=4).eval()
+    with torch.no_grad():
+        probabilities, masks = model.inspect(torch.rand(2, 3, 64, 96))
+    assert probabilities.shape == (2, 4) and masks.shape == (2, 4, 64, 96)
+    assert float(probabilities.min()) >= 0.0 and float(masks.max()) <= 1.0
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(torch.rand(1, 3, 60, 64))
+
+
+def _batch(samples: list[Sample], k: int) -> Batch:
+    return collate(samples, num_classes=k)
+
+
+def test_targets_from_ids_stacks_and_labels() -> None:
+    image = np.zeros((3, 4, 4), np.float32)
+    ids = np.zeros((4, 4), np.int64)
+    ids[0, 0], ids[1, 1] = 1, 3
+    batch = _batch([Sample("a", image, label=1, classes=[1, 3], mask=ids)], 3)
+    targets, known = class_targets(batch, 3)
+    assert targets.tolist() == [[1.0, 0.0, 1.0]] and known.tolist() == [True]
+    stack = mask_targets(batch.mask, 3)
+    assert stack.shape == (1, 3, 4, 4) and stack[0, 0, 0, 0] == 1 and stack[0, 2, 1, 1] == 1
+    assert float(stack.sum()) == 2.0
+    # Multi-label K x H x W masks (Severstal) pass through; one class takes the image label.
+    bools = np.zeros((2, 4, 4), bool)
+    bools[1, 2, 2] = True
+    assert mask_targets(_batch([Sample("b", image, mask=bools)], 2).mask, 2).sum() == 1
+    single = _batch([Sample("c", image, label=1), Sample("d", image, label=0)], 0)
+    targets, known = class_targets(single, 1)
+    assert targets.tolist() == [[1.0], [0.0]] and known.all()
+
+
+def test_train_inspect_overlay_export(tmp_path: Path) -> None:
+    config = load_config(tiny_config(), overrides=["weights=efficientnet-lite0"])
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    card = read_card(model_dir)
+    assert card.multilabel and len(card.class_names) == 4
+    assert card.model_options["num_classes"] == 4 and card.init == "efficientnet-lite0"
+    assert card.thresholds.decision == 0.5 and card.thresholds.rule.startswith("fixed")
+    assert card.input.mean[0] != 0.0  # the training set's global mean, not the config's
+    assert "val/dice" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+
+    inspector = load_inspector(model_dir)
+    card.thresholds.decision = card.thresholds.pixel = 0.0  # every class "present": regions of each
+    inspection, heatmap = inspector.inspect_with_heatmap(np.full((70, 90), 120, np.uint8), "grey")
+    assert heatmap is not None and heatmap.shape == (4, 70, 90)
+    assert list(inspection.class_scores) == card.class_names and inspection.verdict == "defect"
+    assert {r.class_ for r in inspection.regions} == set(card.class_names)
+    assert inspection.defect_class == max(inspection.class_scores, key=lambda n: inspection.class_scores[n])
+    picture = render_overlay(np.full((70, 90), 120, np.uint8), inspection, heatmap, 0.0)
+    assert picture.height > 70 * picture.width // 90 + 20  # the banner and the class legend
+
+    # `defectkit eval` adds the per-class figures of a multi-label model and its box plot.
+    generate(tmp_path / "data", SynthConfig(**{**SYNTH, "per_surface": 6, "seed": 9}), layout="manifest")
+    report = evaluate_model(model_dir, tmp_path / "data", split="test", out=tmp_path / "eval")
+    multilabel = report.metrics["multilabel"]
+    assert len(multilabel["per_class"]) == 4 and 0.0 <= multilabel["mla"] <= 1.0
+    assert (tmp_path / "eval" / "dice_iou_box.png").is_file()
+
+    result = export_onnx_checked(model_dir)
+    assert result.max_score_diff < 1e-3 and result.max_heatmap_diff < 1e-3
+    onnx = load_inspector(model_dir, backend="onnx").inspect(np.full((70, 90), 120, np.uint8))
+    assert onnx.class_scores.keys() == inspection.class_scores.keys()
+
+
+def test_missing_encoder_weights_is_a_clear_error(tmp_path: Path) -> None:
+    config = load_config(tiny_config(model__encoder="resnet18"), overrides=[f"weights={tmp_path}/none.pth"])
+    with pytest.raises(ValueError, match="weights file not found"):
+        engine.train(config, tmp_path / "run", progress=False)
+
+
+def _severstal_fixture(root: Path, count: int = 16) -> Path:
+    """A Severstal copy in the real layout (train.csv + train_images/ at 256x1600)."""
+    rng = np.random.default_rng(0)
+    rows = ["ImageId,ClassId,EncodedPixels"]
+    (root / "train_images").mkdir(parents=True)
+    for index in range(count):
+        image = rng.integers(90, 140, (256, 1600), dtype=np.uint8)
+        for class_id in range(1, 5):
+            if index % 4 == class_id - 1 or (index % 5 == 0 and class_id == 3):
+                mask = np.zeros((256, 1600), bool)
+                x = int(rng.integers(0, 1400))
+                mask[40:120, x : x + 150] = True
+                image[mask] = 40 * class_id
+                rows.append(f"{index:04d}.jpg,{class_id},{rle_encode(mask)}")
+        Image.fromarray(image).convert("RGB").save(root / "train_images" / f"{index:04d}.jpg", quality=95)
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_bench_severstal_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFECTKIT_DATA", str(tmp_path / "data"))
+    _severstal_fixture(tmp_path / "data" / "severstal")
+    request = BenchRequest(
+        profile="cpu",
+        supervision="full",
+        command="defectkit bench tlu/severstal",
+        results_root=tmp_path / "results",
+        work_root=tmp_path / "work",
+        progress=False,
+        variant={"inits": "imagenet,random", "fractions": "1"},
+        overrides=["input.size=[64,320]", "trainer.epochs=1", "model.decoder_channels=[16,16,8,8,8]"],
+        cells_root=tmp_path / "cells",
+    )
+    run_protocol("tlu/severstal", request)
+    results = sorted((tmp_path / "results").glob("*.json"))
+    stem = "tlu-severstal-encoder-tf_efficientnet_lite0_fraction-1.0_init"
+    assert {f"{stem}-imagenet-cpu.json", f"{stem}-random-cpu.json"} <= {p.name for p in results}
+    record = json.loads((tmp_path / "results" / f"{stem}-imagenet-cpu.json").read_text())
+    metrics = record["metrics"]
+    assert len(metrics["per_class"]) == 4 and 0.0 <= metrics["mla"] <= 1.0 and record["n_images"] == 2
+    assert record["init"] == "efficientnet-lite0" and record["variant"]["fraction"] == 1.0
+    transfer = [json.loads(p.read_text()) for p in results if "transfer" in p.name]
+    assert len(transfer) == 1 and "mla_gain" in transfer[0]["metrics"]
+    figures = tmp_path / "work" / "tlu-severstal-cpu" / "figures"
+    assert {p.name for p in figures.glob("*.png")} >= {
+        "fig4_dice_iou_box.png",
+        "fig5_mla_bars.png",
+        "fig8_validation_curves.png",
+        "fig9_dice_difference_tf_efficientnet_lite0_f1.png",
+    }
+    # A rerun finds every cell done: nothing trains again.
+    monkeypatch.setattr(
+        "defectkit.bench.tlu.train", lambda *a, **k: pytest.fail("a finished cell was retrained")
+    )
+    run_protocol("tlu/severstal", request)
+
+
+def test_box_masks_and_training_fraction(neu_det_root: Path) -> None:
+    from defectkit.data.formats import read_dataset
+    from defectkit.data.io import load_sample, with_box_masks
+    from defectkit.training.data import limit_fraction
+
+    samples = with_box_masks(read_dataset(neu_det_root, "neu-det").samples)
+    loaded = {Path(s.path).stem: load_sample(s) for s in samples}
+    mask = np.asarray(loaded["scratches_2"].mask)
+    assert mask.shape == (64, 64) and set(np.unique(mask)) == {0, 2, 6}  # inclusion 2, scratches 6
+    assert np.asarray(loaded["crazing_1"].mask)[0:30, 0:40].all()
+
+    config = load_config(tiny_config(data__train_fraction=0.5))
+    many = [Sample(f"{i}.png", np.full((4, 4), i, np.uint8), label=i % 2) for i in range(20)]
+    kept = limit_fraction(many, config)
+    assert len(kept) == 10 and sum(s.label == 1 for s in kept) == 5  # stratified by label
+    assert kept == limit_fraction(many, config)  # seeded
