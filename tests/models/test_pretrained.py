@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -53,3 +54,38 @@ def test_packaged_imagenet_weights_load_into_the_classifier() -> None:
     assert torch.equal(model.backbone.conv_stem.weight, state["_conv_stem.weight"])
     assert torch.equal(model.backbone.bn2.running_var, state["_bn1.running_var"])  # last norm before the head
     assert model.backbone.classifier.out_features == 1
+
+
+@pytest.mark.parametrize("encoder", ["resnet18", "densenet121"])
+def test_user_weights_file_into_smp_encoder(tmp_path: Path, encoder: str) -> None:
+    """A torchvision ImageNet checkpoint (a user's file) loads by name into smp's encoder."""
+    import torchvision
+
+    from defectkit.models import create_model
+    from defectkit.models.pretrained import load_encoder_weights
+
+    reference = getattr(torchvision.models, encoder)(weights=None)
+    path = tmp_path / f"{encoder}.pth"
+    torch.save(reference.state_dict(), path)
+    model = create_model("tlu_net", encoder=encoder, num_classes=2)
+    load_encoder_weights(model.encoder, encoder, str(path))
+    first = next(iter(reference.state_dict()))
+    assert torch.equal(model.encoder.state_dict()[first], reference.state_dict()[first])
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(WeightsError, match="not in the file"):
+        load_encoder_weights(model.encoder, encoder, str(wrong))
+
+
+def test_packaged_lite_weights_into_smp_encoder() -> None:
+    from defectkit.models import create_model
+    from defectkit.models.pretrained import load_encoder_weights
+
+    model = create_model("tlu_net", encoder="tf_efficientnet_lite0", num_classes=2)
+    load_encoder_weights(model.encoder, "tu-tf_efficientnet_lite0", "efficientnet-lite0")
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    load_by_position(reference, read_state_dict(weights_file("efficientnet-lite0")), "lite0")
+    assert torch.equal(model.encoder.model.conv_stem.weight, reference.conv_stem.weight)
+    assert torch.equal(
+        model.encoder.model.blocks[6][0].conv_pwl.weight, reference.blocks[6][0].conv_pwl.weight
+    )

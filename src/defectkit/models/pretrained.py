@@ -157,5 +157,6 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, spec: str) -> st
             f"{path}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)} but encoder {encoder_name!r} "
             f"needs {tuple(own[wrong[0]].shape)} (input channels must be 3 for ImageNet weights)"
         )
-    target.load_state_dict({k: state[k] for k in own}, strict=False)
+    # nn.Module's own loader: smp's DenseNet encoder overrides load_state_dict without `strict`.
+    nn.Module.load_state_dict(target, {k: state[k] for k in own}, strict=False)
     return spec
