@@ -23,6 +23,7 @@ from defectkit.data.synthetic import SynthConfig, generate
 from defectkit.evaluation.evaluate import evaluate_model
 from defectkit.inference.export import export_onnx_checked
 from defectkit.inference.overlay import render_overlay
+from defectkit.inference.predict import predict_paths
 from defectkit.inference.saved_model import read_card
 from defectkit.models import create_model
 from defectkit.training.tlu_net import class_targets, mask_targets
@@ -107,10 +108,16 @@ def test_train_inspect_overlay_export(tmp_path: Path) -> None:
     picture = render_overlay(np.full((70, 90), 120, np.uint8), inspection, heatmap, 0.0)
     assert picture.height > 70 * picture.width // 90 + 20  # the banner and the class legend
 
+    image_path = tmp_path / "part.png"
+    Image.fromarray(np.full((70, 90), 120, np.uint8)).save(image_path)
+    report = predict_paths(inspector, [image_path], tmp_path / "predicted", save_heatmaps=True)
+    assert report.ok and (tmp_path / "predicted" / "part.png").is_file()
+    assert Image.open(tmp_path / "predicted" / "part.heatmap.png").size == (90, 70)
+
     # `defectkit eval` adds the per-class figures of a multi-label model and its box plot.
     generate(tmp_path / "data", SynthConfig(**{**SYNTH, "per_surface": 6, "seed": 9}), layout="manifest")
-    report = evaluate_model(model_dir, tmp_path / "data", split="test", out=tmp_path / "eval")
-    multilabel = report.metrics["multilabel"]
+    evaluation = evaluate_model(model_dir, tmp_path / "data", split="test", out=tmp_path / "eval")
+    multilabel = evaluation.metrics["multilabel"]
     assert len(multilabel["per_class"]) == 4 and 0.0 <= multilabel["mla"] <= 1.0
     assert (tmp_path / "eval" / "dice_iou_box.png").is_file()
 
