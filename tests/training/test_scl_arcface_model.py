@@ -119,3 +119,36 @@ def test_enroll_adds_a_class_without_training_and_refreshes_onnx(
 
     refused = runner.invoke(app, ["enroll", str(model), str(tmp_path / "nothing"), "--class", "x"])
     assert refused.exit_code == 2 and "no such file" in refused.output
+
+
+def test_eval_reports_accuracy_confusion_and_grad_cam_sheet(
+    trained: Path, tmp_path: Path, one_thread: None
+) -> None:
+    data = tmp_path / "held-out"
+    rows = []
+    for kind in ("dots", "frame", "blob", "checks"):  # checks: a class the model does not know
+        for index in range(3):
+            save(data / kind / f"{kind}{index}.png", pattern(kind, 200 + index))
+            rows.append({"path": f"{kind}/{kind}{index}.png", "label": 1, "class": [kind]})
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["eval", str(trained), "--data", str(data), "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = report["metrics"]
+    assert metrics["n"] == 9
+    assert len(metrics["confusion_matrix"]) == 3 and set(metrics["per_class_accuracy"]) == {
+        "blob",
+        "dots",
+        "frame",
+    }
+    assert len(report["skipped"]) == 3 and "not one the model knows" in report["skipped"][0]["reason"]
+    rows_written = (tmp_path / "eval" / "scores.csv").read_text().splitlines()
+    assert rows_written[0] == "path,truth,called,similarity,verdict" and len(rows_written) == 10
+    calls = [row.split(",") for row in rows_written[1:]]
+    assert sum(truth == called for _, truth, called, _, _ in calls) >= 6  # the best class, mostly right
+    right = sum(truth == called and verdict != "unknown" for _, truth, called, _, verdict in calls)
+    assert metrics["accuracy"] == pytest.approx(right / 9)  # an unknown call is never right
+    unknown = sum(verdict == "unknown" for *_, verdict in calls)
+    assert metrics["unknown_share"] == pytest.approx(unknown / 9)
+    sheet = Image.open(tmp_path / "eval" / "worst.png")
+    assert sheet.width > 160 and sheet.height > 160  # image + Grad-CAM tiles under two headers

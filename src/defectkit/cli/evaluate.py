@@ -29,6 +29,8 @@ class Split(str, Enum):
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4f}"
+    if isinstance(value, dict | list):
+        return "(in metrics.json)"  # per-class tables and confusion matrices do not fit a row
     return str(value)
 
 

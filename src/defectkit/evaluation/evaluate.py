@@ -33,6 +33,12 @@ from defectkit import __version__
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import ImageReadError, error_reason, load_sample, with_box_masks
 from defectkit.data.sample import Problem, Sample
+from defectkit.evaluation.classifier import (
+    classifier_metrics,
+    classify_dataset,
+    has_references,
+    write_classifier_report,
+)
 from defectkit.evaluation.multilabel import multilabel_summary, per_image_dice, score_multilabel
 from defectkit.evaluation.plots import (
     SheetSection,
@@ -359,19 +365,29 @@ def write_report(
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     files["worst.png"] = write_atomic(out / "worst.png", buffer.getvalue())
-    card = inspector.card
+    return write_metrics_json(out, metrics, inspector, files, scored.skipped, context)
+
+
+def write_metrics_json(
+    out: Path,
+    metrics: dict[str, Any],
+    inspector: Inspector,
+    files: dict[str, Path],
+    skipped: Sequence[Problem],
+    context: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """``metrics.json``: the metrics, the stored thresholds, skipped images and the other files."""
     payload = {
         **(context or {}),
         "model": (context or {}).get("model", inspector.name),
-        "thresholds": card.thresholds.model_dump(mode="json"),
+        "thresholds": inspector.card.thresholds.model_dump(mode="json"),
         "metrics": metrics,
-        "skipped": [{"path": p.path, "reason": p.reason} for p in scored.skipped],
+        "skipped": [{"path": p.path, "reason": p.reason} for p in skipped],
         "files": sorted([*files, "metrics.json"]),
         "defectkit_version": __version__,
         "created": utc_timestamp(),
     }
-    files["metrics.json"] = write_atomic(out / "metrics.json", _dump_json(payload))
-    return files
+    return {**files, "metrics.json": write_atomic(out / "metrics.json", _dump_json(payload))}
 
 
 @dataclass
@@ -414,19 +430,7 @@ def evaluate_model(
         raise ValueError(f"{data}: no images to evaluate")
     if inspector.card.config.get("data", {}).get("masks_from_boxes"):
         samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
-    scored = score_dataset(inspector, samples, progress)
-    problems = [*dataset.problems, *scored.skipped]
-    if not len(scored):
-        raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {problems[0]})")
-    metrics = evaluate_scores(scored, inspector.threshold)
     target = Path(out) if out is not None else model_dir / f"eval-{split}"
-    if inspector.card.multilabel:
-        # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
-        per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
-        metrics["multilabel"] = multilabel_summary(per_class, inspector.threshold)
-        dice = {inspector.name: per_image_dice(per_class)}
-        iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
-        write_atomic(target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name))
     context = {
         "model": str(model_dir),
         "data": str(data),
@@ -437,5 +441,24 @@ def evaluate_model(
         "surface": surface,
         "reader_problems": [str(p) for p in dataset.problems],
     }
+    if has_references(model_dir):
+        # A defect-type classifier: accuracy, confusion, unknown calls, Grad-CAM of the worst.
+        classified = classify_dataset(inspector, samples, dataset.info, progress)
+        metrics = classifier_metrics(classified)
+        files = write_classifier_report(classified, inspector, target)
+        files = write_metrics_json(target, metrics, inspector, files, classified.skipped, context)
+        return EvaluationReport(metrics, files, [*dataset.problems, *classified.skipped], note, target)
+    scored = score_dataset(inspector, samples, progress)
+    problems = [*dataset.problems, *scored.skipped]
+    if not len(scored):
+        raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {problems[0]})")
+    metrics = evaluate_scores(scored, inspector.threshold)
+    if inspector.card.multilabel:
+        # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
+        per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
+        metrics["multilabel"] = multilabel_summary(per_class, inspector.threshold)
+        dice = {inspector.name: per_image_dice(per_class)}
+        iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
+        write_atomic(target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name))
     files = write_report(scored, metrics, inspector, target, context)
     return EvaluationReport(metrics, files, problems, note, target)
