@@ -9,6 +9,8 @@ every trained model, so a model always says exactly how it was made.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -209,3 +211,27 @@ def load_config(
 def config_profiles(source: str | Path) -> list[str]:
     tree = yaml.safe_load(Path(source).read_text()) or {}
     return sorted((tree.get("profiles") or {}).keys())
+
+
+# Fields added after benchmark cells were first committed (keys include a config fingerprint):
+# left out of the fingerprint while they hold these defaults, so the cells of runs that never
+# used them keep their keys across sessions.
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("data", "train_fraction"): 1.0,
+    ("data", "masks_from_boxes"): False,
+}
+
+
+def fingerprint_dump(config: RunConfig) -> dict[str, Any]:
+    """The resolved config as JSON-ready data, without :data:`LATER_DEFAULTS` at their defaults."""
+    dump = config.model_dump(mode="json")
+    for (section, key), default in LATER_DEFAULTS.items():
+        if dump.get(section, {}).get(key) == default:
+            del dump[section][key]
+    return dump
+
+
+def config_fingerprint(config: RunConfig, **extra: Any) -> str:
+    """A short, stable hash of the resolved config (and ``extra`` values) for benchmark cell keys."""
+    payload = {"config": fingerprint_dump(config), **extra} if extra else fingerprint_dump(config)
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:10]

@@ -32,6 +32,8 @@ KEYS = [
 ]
 MACHINE = {"cpu": "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", "cores": 2, "gpu": None, "torch": "2.14.1"}
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _write(root: Path, **changes: Any) -> Path:
     fields: dict[str, Any] = {
@@ -197,3 +199,14 @@ def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> 
     header = next(line for line in text.splitlines() if line.startswith("| variant"))
     assert "| ap (ours) | ap (paper) | pixel_auroc |" in header and "dice_pos" not in header  # all None
     assert "| 0.990 | 0.995 | 0.810 |" in text
+
+
+def test_config_fingerprint_keeps_committed_cell_keys() -> None:
+    """Fields added to the config later must not re-key cells committed before them: this is the
+    key of the committed ksdd/segdec cpu folds (benchmarks/cells/ksdd-segdec-full-cpu)."""
+    from defectkit.config import config_fingerprint, load_config
+
+    config = load_config(REPO / "configs/segdec/kolektorsdd.yaml", "cpu", ["data.supervision=full"])
+    assert config_fingerprint(config) == "2c23f95d38"
+    assert config_fingerprint(config.model_copy(update={"seed": 1})) != "2c23f95d38"
+    assert config_fingerprint(config, ks=[1]) != config_fingerprint(config, ks=[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from defectkit.models.pretrained import (
 from defectkit.registry import get_method
 
 REPO = Path(__file__).resolve().parents[2]
+OLD_NAME = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))([12])(?=\.)")
 
 
 def test_load_by_position_copies_in_order_and_checks_shapes() -> None:
@@ -66,7 +68,10 @@ def test_user_weights_file_into_smp_encoder(tmp_path: Path, encoder: str) -> Non
 
     reference = getattr(torchvision.models, encoder)(weights=None)
     path = tmp_path / f"{encoder}.pth"
-    torch.save(reference.state_dict(), path)
+    # torchvision's published DenseNet file names its layers the old way (norm.1, conv.2, ...).
+    old_names = {OLD_NAME.sub(r"\1.\2", k): v for k, v in reference.state_dict().items()}
+    assert encoder == "resnet18" or old_names.keys() != reference.state_dict().keys()
+    torch.save(old_names, path)
     model = create_model("tlu_net", encoder=encoder, num_classes=2)
     load_encoder_weights(model.encoder, encoder, str(path))
     first = next(iter(reference.state_dict()))

@@ -206,3 +206,40 @@ def test_box_masks_and_training_fraction(neu_det_root: Path) -> None:
     kept = limit_fraction(many, config)
     assert len(kept) == 10 and sum(s.label == 1 for s in kept) == 5  # stratified by label
     assert kept == limit_fraction(many, config)  # seeded
+
+
+def test_grid_is_checked_before_training(tmp_path: Path) -> None:
+    from defectkit.bench.tlu import _check_grid, encoder_weights, user_weights
+
+    def request(variant: dict[str, str], overrides: list[str] | None = None) -> BenchRequest:
+        return BenchRequest("paper", "full", "c", tmp_path, tmp_path, False, variant, overrides or [])
+
+    with pytest.raises(KeyError, match="has no ImageNet weights offline"):
+        _check_grid(request({}), ["resnet18", "densenet121"], ["imagenet", "random"])
+    with pytest.raises(KeyError, match="not segmentation_models_pytorch encoders"):
+        _check_grid(request({}), ["resnet_eighteen"], ["random"])
+    with pytest.raises(KeyError, match="each cell sets"):
+        _check_grid(request({}, ["weights=/x.pth"]), ["resnet18"], ["random"])
+    given = user_weights("resnet18:/r.pth,densenet121:/d.pth", ["resnet18", "densenet121"])
+    assert encoder_weights("densenet121", "imagenet", given) == "/d.pth"
+    assert encoder_weights("densenet121", "random", given) is None
+    assert user_weights("/w/r.pth", ["resnet18", "tf_efficientnet_lite0"]) == {"resnet18": "/w/r.pth"}
+    assert encoder_weights("tf_efficientnet_lite0", "imagenet", {}) == "efficientnet-lite0"
+
+
+def test_paired_dice_matches_images_by_path() -> None:
+    from defectkit.bench.tlu import paired_dice
+    from defectkit.evaluation.multilabel import MultilabelScores
+
+    first = MultilabelScores(["a"], ["x", "y"], truth=[[1], [1]], dice=[[0.9], [0.1]])
+    second = MultilabelScores(["a"], ["y", "x"], truth=[[1], [1]], dice=[[0.3], [0.5]])
+    ours, theirs = paired_dice(first, second)
+    assert ours.tolist() == [0.9, 0.1] and theirs.tolist() == [0.5, 0.3]
+    with pytest.raises(ValueError, match="different images"):
+        paired_dice(first, MultilabelScores(["a"], ["x", "z"], truth=[[1], [1]], dice=[[0.3], [0.5]]))
+
+
+def test_validation_threshold_is_for_one_class_data(tmp_path: Path) -> None:
+    config = load_config(tiny_config(method_options={"threshold": "validation"}))
+    with pytest.raises(ValueError, match="one-class data"):
+        engine.train(config, tmp_path / "run", progress=False)

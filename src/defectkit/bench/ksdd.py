@@ -14,8 +14,6 @@ after a config change retrains instead of reusing a stale fold.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -33,7 +31,7 @@ from defectkit.bench.protocols import (
     supervision_overrides,
 )
 from defectkit.bench.results import variant_slug, write_results
-from defectkit.config import RunConfig, load_config
+from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.sample import Sample
 from defectkit.data.splits import kfold
@@ -99,11 +97,6 @@ def ksdd_samples() -> list[Sample]:
     return list(read_dataset(root, "kolektorsdd").samples)
 
 
-def config_hash(config: RunConfig) -> str:
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
-
-
 def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: list[int],
                test_idx: list[int], samples: list[Sample], work: Path) -> dict[str, Any]:  # fmt: skip
     started = time.perf_counter()
@@ -147,7 +140,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
     cache = request.cells(name)
     cells = []
     for fold, (train_idx, test_idx) in enumerate(folds):
-        key = f"fold{fold}/config-{config_hash(config)}"
+        key = f"fold{fold}/config-{config_fingerprint(config)}"
         cell = cache.get(key)
         if cell is None:
             work = request.work_root / name

@@ -22,8 +22,6 @@ file per (method, shots) is written once all its repeats are done.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from sklearn.metrics import roc_auc_score
 
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
 from defectkit.bench.results import CellCache, write_results
-from defectkit.config import RunConfig, load_config
+from defectkit.config import RunConfig, config_fingerprint, load_config
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
 METHODS = ("scl_arcface", "ce_baseline", "linear_probe")
@@ -86,10 +84,6 @@ def per_class_draw(
         chosen.append(members[:count])
         rest.append(members[count:])
     return np.concatenate(chosen), np.concatenate(rest)
-
-
-def _hash(payload: Mapping[str, Any]) -> str:
-    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:10]
 
 
 class Runner:
@@ -345,7 +339,7 @@ def _repeated_grid(
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-{grid}-{request.profile}")
-    digest = _hash(config.model_dump(mode="json"))
+    digest = config_fingerprint(config)
     written = None
     # Method-major: each method's cells finish (and its results files appear) before the next.
     for method in methods:
@@ -409,7 +403,7 @@ def few_shot(request: BenchRequest) -> Path:
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
-    digest = _hash({"config": config.model_dump(mode="json"), "ks": ks, "draws": draws})
+    digest = config_fingerprint(config, ks=ks, draws=draws)
     epochs = config.method_options.get("fewshot_epochs", config.trainer.epochs)
     written = None
     for method in methods:

@@ -17,18 +17,30 @@ the best class probability, the arg-max accuracy where each image has one class,
 inference ms per image. Per (encoder, fraction) with both inits done, a ``tlu/<dataset>/transfer``
 record sets our ImageNet-minus-random gains beside the paper's claims (ResNet: +5 % absolute MLA
 at 100 % data and +8 % at 50 %; Dice +26 % relative at 100 %, +12 % at 50 %; per-image Dice
-improved on 81 % of images). Figures as the paper draws them go to ``<work>/<name>/figures``.
+improved on 81 % of images). The comparison pairs the two runs' test images by path; its Dice
+is the paper's per-image Dice (Fig. 4's box plots: an image's mean over the classes it has, over
+all classes for a good image): ``dice_gain_rel`` is the relative gain of its mean,
+``share_improved`` the share of images whose Dice rose (Fig. 9). Figures as the paper draws them
+go to ``<work>/<name>/figures``; Fig. 8 shows the first fold's training curves.
+
+Cell keys hold the encoder, init, fraction, fold, fingerprints of the resolved config and
+of the fold's image names, so a changed config or another copy of the data trains afresh. The
+cell's own settings (``weights``, ``model.encoder``, ``data.train_fraction``) cannot be set with
+``--set``: use the ``--variant`` options.
 
 Options (``--variant``): ``encoders`` (comma list; default the profile's: EfficientNet-Lite0 on
 ``cpu``, whose ImageNet weights are offline, ResNet-18 and DenseNet-121 on ``paper``), ``inits``
 (``imagenet,random``), ``fractions`` (``1,0.5,0.25,0.1``), ``betas`` (``profile`` or ``paper``:
-Adam's (0.99, 0.99) as printed) and ``weights`` (an ImageNet state-dict file for an encoder
-without packaged weights).
+Adam's (0.99, 0.99) as printed) and ``weights`` (ImageNet state-dict files for encoders without
+packaged weights: ``PATH`` for all of them, or ``resnet18:PATH,densenet121:PATH``). Every
+encoder name and weights file is checked before the first cell trains.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -38,10 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.bench.ksdd import FOLD_SEED, FOLDS, config_hash, ksdd_samples
+from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
 from defectkit.bench.results import write_results
-from defectkit.config import RunConfig, load_config
+from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo, Sample
@@ -56,6 +68,7 @@ from defectkit.evaluation.plots import (
 )
 from defectkit.files import write_atomic
 from defectkit.inference.inspector import load_inspector
+from defectkit.models.pretrained import PACKAGED
 from defectkit.models.tlu_net import smp_encoder_name
 from defectkit.training.data import PreparedData, limit_fraction, prepare_data
 from defectkit.training.engine import train
@@ -64,12 +77,10 @@ SPLIT = (0.75, 0.125, 0.125)
 SPLIT_SEED = 0
 OPTIONS = ("encoders", "inits", "fractions", "betas", "weights")
 DEFAULT_ENCODERS = {"cpu": "tf_efficientnet_lite0", "paper": "resnet18,densenet121"}
-# ImageNet weights that install offline, per encoder (defectkit.models.pretrained.PACKAGED).
-PACKAGED_ENCODER_WEIGHTS = {
-    "tf_efficientnet_lite0": "efficientnet-lite0",
-    "tf_efficientnet_lite1": "efficientnet-lite1",
-    "tf_efficientnet_lite2": "efficientnet-lite2",
-}
+# ImageNet weights that install offline, per encoder name (defectkit.models.pretrained.PACKAGED).
+PACKAGED_ENCODER_WEIGHTS = {entry.architecture: name for name, entry in PACKAGED.items()}
+# Config keys each cell sets itself; a --set of one would make the cell's key lie about its run.
+CELL_KEYS = ("weights", "model.encoder", "data.train_fraction")
 # Paper 001's claims for its ResNet encoder (no table; the text of section III.D), by fraction.
 PAPER_TRANSFER = {
     1.0: {"mla_gain": 0.05, "dice_gain_rel": 0.26, "share_improved": 0.81},
@@ -114,32 +125,48 @@ def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] =
     raise KeyError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
 
 
-def _weights(encoder: str, init: str, options: Mapping[str, str]) -> str | None:
+def user_weights(option: str | None, encoders: Sequence[str]) -> dict[str, str]:
+    """``--variant weights``: ``PATH`` (every encoder without packaged weights) or
+    ``encoder:PATH,encoder:PATH``."""
+    if not option:
+        return {}
+    if ":" not in option.split(",")[0] or option.startswith(("/", ".", "~", "$")):
+        return {encoder: option for encoder in encoders if encoder not in PACKAGED_ENCODER_WEIGHTS}
+    pairs = dict(item.split(":", 1) for item in option.split(",") if item)
+    unknown = sorted(set(pairs) - set(encoders))
+    if unknown:
+        raise KeyError(
+            f"--variant weights names encoders {unknown} that are not in this grid {list(encoders)}"
+        )
+    return pairs
+
+
+def encoder_weights(encoder: str, init: str, given: Mapping[str, str]) -> str | None:
+    """The weights a cell starts from: None (random), the user's file, or the packaged ones."""
     if init == "random":
         return None
     if init != "imagenet":
         raise KeyError(f"--variant inits: {init!r} is not imagenet or random")
-    if options.get("weights"):
-        return options["weights"]
+    if encoder in given:
+        return given[encoder]
     if encoder not in PACKAGED_ENCODER_WEIGHTS:
         raise KeyError(
             f"encoder {encoder!r} has no ImageNet weights offline; give a state-dict file with "
-            f"--variant weights=PATH, or use one of {sorted(PACKAGED_ENCODER_WEIGHTS)}"
+            f"--variant weights={encoder}:PATH, or use one of {sorted(PACKAGED_ENCODER_WEIGHTS)}"
         )
     return PACKAGED_ENCODER_WEIGHTS[encoder]
 
 
-def _config(
-    dataset: TluDataset, request: BenchRequest, encoder: str, init: str, fraction: float
-) -> RunConfig:
+def _config(dataset: TluDataset, request: BenchRequest, encoder: str, weights: str | None,
+            fraction: float) -> RunConfig:  # fmt: skip
     overrides = [f"model.encoder={encoder}", f"data.train_fraction={fraction}"]
-    weights = _weights(encoder, init, request.variant)
     overrides.append(f"weights={weights}" if weights else "weights=null")
     if request.variant.get("betas", "profile") == "paper":
         overrides.append("method_options.betas=[0.99,0.99]")
     elif request.variant.get("betas", "profile") != "profile":
         raise KeyError(f"--variant betas={request.variant['betas']}: use profile or paper")
-    return load_config(REPO_ROOT / dataset.config, request.profile, [*overrides, *request.overrides])
+    # The cell's own settings come last: nothing a user sets may contradict the cell's key.
+    return load_config(REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides])
 
 
 def validation_curve(train_dir: Path) -> list[dict[str, float]]:
@@ -221,6 +248,44 @@ def _prepared(
     return PreparedData(dataset.info, kept, [samples[i] for i in val])
 
 
+def _split_fingerprint(dataset: TluDataset, split: tuple[list[int], list[int] | None, list[int]]) -> str:
+    """A short hash of which images (by folder and file name) train, validate and test a fold:
+    a cell from another copy or subset of the data never stands in for this one."""
+    names = [
+        sorted(
+            f"{Path(dataset.samples[i].path).parent.name}/{Path(dataset.samples[i].path).name}" for i in part
+        )
+        for part in split
+        if part is not None
+    ]
+    return hashlib.sha1(json.dumps(names).encode("utf-8")).hexdigest()[:10]
+
+
+def _check_grid(request: BenchRequest, encoders: Sequence[str], inits: Sequence[str]) -> dict[str, str]:
+    """Fail before the first cell trains: unknown encoders, missing weights, conflicting --set."""
+    import segmentation_models_pytorch as smp
+    import timm
+
+    known = set(smp.encoders.get_encoder_names())
+
+    def exists(name: str) -> bool:  # "tu-<arch>": any timm architecture, wrapped by smp
+        return name in known or (name.startswith("tu-") and timm.is_model(name.removeprefix("tu-")))
+
+    unknown = [e for e in encoders if not exists(smp_encoder_name(e))]
+    if unknown:
+        raise KeyError(f"--variant encoders: {unknown} are not segmentation_models_pytorch encoders")
+    clashes = [o for o in request.overrides if o.split("=", 1)[0].strip() in CELL_KEYS]
+    if clashes:
+        raise KeyError(
+            f"--set {clashes}: each cell sets {list(CELL_KEYS)}; use --variant encoders/weights/fractions"
+        )
+    given = user_weights(request.variant.get("weights"), encoders)
+    for encoder in encoders:
+        for init in inits:
+            encoder_weights(encoder, init, given)
+    return given
+
+
 def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     check_options(request.variant, OPTIONS, f"tlu/{dataset_name}")
     options = request.variant
@@ -229,10 +294,10 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     )
     inits = option_list(options, "inits", "imagenet,random")
     fractions = [float(f) for f in option_list(options, "fractions", "1,0.5,0.25,0.1")]
-    for encoder in encoders:
-        smp_encoder_name(encoder)  # any smp encoder name is allowed; smp rejects unknown ones at build
+    given = _check_grid(request, encoders, inits)
     dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)
     splits = _splits(dataset)
+    split_keys = [_split_fingerprint(dataset, split) for split in splits]
     protocol = f"tlu/{dataset_name}"
     betas = options.get("betas", "profile")
     name = "-".join(p for p in (protocol.replace("/", "-"), "" if betas == "profile" else "betas-paper") if p)
@@ -243,10 +308,13 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     for encoder in encoders:
         for fraction in fractions:
             for init in inits:
-                config = _config(dataset, request, encoder, init, fraction)
+                config = _config(dataset, request, encoder, encoder_weights(encoder, init, given), fraction)
                 cells = []
                 for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
-                    key = f"{encoder}/{init}/fraction-{fraction:g}/fold{fold}/config-{config_hash(config)}"
+                    key = (
+                        f"{encoder}/{init}/fraction-{fraction:g}/fold{fold}/"
+                        f"config-{config_fingerprint(config)}-data-{split_keys[fold]}"
+                    )
                     cell = cache.get(key)
                     if cell is None:
                         data = _prepared(dataset, config, train_idx, val_idx)
@@ -267,10 +335,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     variant=variant,
                     profile=request.profile,
                     metrics=record["metrics"],
-                    per_fold=[
-                        {"fold": i, "train_images": c["train_images"], "train_s": c["train_s"]}
-                        for i, c in enumerate(cells)
-                    ],
+                    per_fold=record["per_fold"],
                     n_images=len(record["scores"].paths),
                     wall_time_s=sum(c["wall_s"] for c in cells),
                     infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
@@ -301,25 +366,47 @@ def _notes(dataset_name: str, config: RunConfig) -> str:
 
 
 def _summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-image figures pooled over the folds, each image judged at its own fold's thresholds;
+    each fold's own summary in ``per_fold``."""
     scores = _scores(cells)
-    thresholds = {float(c["threshold"]) for c in cells}
-    if len(thresholds) == 1:
-        metrics = multilabel_summary(scores, thresholds.pop())
-    else:  # thresholds chosen per fold on validation: average the folds' own figures
-        per_fold = [multilabel_summary(_scores([c]), float(c["threshold"])) for c in cells]
-        metrics = {
-            key: float(np.nanmean([m[key] for m in per_fold]))
-            for key in per_fold[0]
-            if isinstance(per_fold[0][key], int | float)
+    thresholds = np.concatenate([np.full(len(c["paths"]), float(c["threshold"])) for c in cells])
+    per_fold = [
+        {
+            "fold": fold,
+            "train_images": cell["train_images"],
+            "train_s": cell["train_s"],
+            "threshold": cell["threshold"],
+            "metrics": {
+                k: v
+                for k, v in multilabel_summary(_scores([cell]), float(cell["threshold"])).items()
+                if not isinstance(v, dict)
+            },
         }
-    return {"metrics": metrics, "scores": scores, "cells": list(cells)}
+        for fold, cell in enumerate(cells)
+    ]
+    return {
+        "metrics": multilabel_summary(scores, thresholds),
+        "scores": scores,
+        "cells": list(cells),
+        "per_fold": per_fold,
+    }
+
+
+def paired_dice(first: MultilabelScores, second: MultilabelScores) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice of two runs on the same test images, row for row (matched by path)."""
+    if set(first.paths) != set(second.paths):
+        only = sorted(set(first.paths) ^ set(second.paths))
+        raise ValueError(f"the two runs were tested on different images ({len(only)} differ, e.g. {only[0]})")
+    row = {path: index for index, path in enumerate(second.paths)}
+    order = np.asarray([row[path] for path in first.paths], dtype=np.int64)
+    return per_image_dice(first), per_image_dice(second)[order]
 
 
 def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, encoder: str, fraction: float,
                     imagenet: Mapping[str, Any], random: Mapping[str, Any], betas: str) -> Path:  # fmt: skip
     """ImageNet-minus-random gains for one (encoder, fraction), beside the paper's claims."""
     ours, theirs = imagenet["metrics"], random["metrics"]
-    dice_ours, dice_theirs = per_image_dice(imagenet["scores"]), per_image_dice(random["scores"])
+    dice_ours, dice_theirs = paired_dice(imagenet["scores"], random["scores"])
     difference = dice_ours - dice_theirs
     known = ~np.isnan(difference)
     metrics = {
@@ -376,8 +463,10 @@ def _figures(finished: Mapping[tuple[str, str, float], Mapping[str, Any]], out: 
     for encoder, init, fraction in finished:
         if init != "imagenet" or (encoder, "random", fraction) not in finished:
             continue
-        ours = per_image_dice(finished[(encoder, "imagenet", fraction)]["scores"])
-        theirs = per_image_dice(finished[(encoder, "random", fraction)]["scores"])
+        ours, theirs = paired_dice(
+            finished[(encoder, "imagenet", fraction)]["scores"],
+            finished[(encoder, "random", fraction)]["scores"],
+        )
         png = dice_difference_png(ours - theirs, f"{title}: {encoder}, {fraction:g} of the training data")
         write_atomic(out / f"fig9_dice_difference_{encoder}_f{fraction:g}.png", png)
 

@@ -22,7 +22,7 @@ from defectkit.data.sample import Problem, Sample
 from defectkit.inference.inspector import Inspector
 from defectkit.metrics import SegmentationMeter, image_metrics
 from defectkit.metrics._utils import nanmean
-from defectkit.metrics.classification import multilabel_metrics
+from defectkit.metrics.classification import multilabel_accuracy, multilabel_metrics
 
 
 @dataclass
@@ -39,11 +39,13 @@ class MultilabelScores:
     skipped: list[Problem] = field(default_factory=list)
 
 
-def class_truth(sample: Sample, num_classes: int) -> list[int]:
-    """Multi-hot K class truth of a sample; with one class, its image label."""
+def class_truth(sample: Sample, num_classes: int) -> list[int] | None:
+    """Multi-hot K class truth of a sample; with one class, its image label; None: not known."""
     if sample.classes is not None:
         return [int(k + 1 in sample.classes) for k in range(num_classes)]
-    return [int(sample.label or 0)] if num_classes == 1 else [0] * num_classes
+    if num_classes == 1 and sample.label is not None:
+        return [int(sample.label)]
+    return None
 
 
 def score_multilabel(
@@ -58,6 +60,10 @@ def score_multilabel(
     result = MultilabelScores(class_names=names)
     pixel = float(inspector.card.thresholds.pixel)
     for index, sample in enumerate(samples):
+        truth = class_truth(sample, k)
+        if truth is None:
+            result.skipped.append(Problem(sample.path, "its defect classes are not known", "warning"))
+            continue
         try:
             loaded = load_sample(sample, channels)
             image = np.asarray(loaded.image)
@@ -84,7 +90,7 @@ def score_multilabel(
             dice, iou = per_dice[0].tolist(), per_iou[0].tolist()
         result.paths.append(sample.path)
         result.probabilities.append(probabilities.tolist())
-        result.truth.append(class_truth(sample, k))
+        result.truth.append(truth)
         result.dice.append(dice)
         result.iou.append(iou)
         if progress is not None:
@@ -101,19 +107,27 @@ def _truth_stack(mask: np.ndarray, k: int) -> np.ndarray:
     return (mask > 0) if k == 1 else mask.astype(np.int64)
 
 
-def multilabel_summary(scores: MultilabelScores, decision_threshold: float) -> dict[str, Any]:
-    """The aggregate metrics (see the module docstring); JSON-ready, NaN where undefined."""
+def multilabel_summary(scores: MultilabelScores, decision_threshold: float | np.ndarray) -> dict[str, Any]:
+    """The aggregate metrics (see the module docstring); JSON-ready, NaN where undefined.
+
+    ``decision_threshold`` is one threshold, or one per image (images pooled from models with
+    thresholds of their own, e.g. cross-validation folds).
+    """
     names = scores.class_names
     truth = np.asarray(scores.truth, dtype=np.int64).reshape(-1, len(names))
     probabilities = np.asarray(scores.probabilities, dtype=np.float64).reshape(-1, len(names))
     dice = np.asarray(scores.dice, dtype=np.float64).reshape(-1, len(names))
     iou = np.asarray(scores.iou, dtype=np.float64).reshape(-1, len(names))
     positive = truth > 0
-    classification = multilabel_metrics(truth, probabilities, decision_threshold)
-    defective = positive.any(axis=1).astype(int)
-    image = image_metrics(defective, probabilities.max(axis=1), decision_threshold)
+    thresholds = np.broadcast_to(np.asarray(decision_threshold, dtype=np.float64), (len(truth),))
+    called = probabilities >= thresholds[:, None]
+    classification = multilabel_metrics(truth, probabilities)  # per-class AUROC: no threshold
+    defective = positive.any(axis=1)
+    image = image_metrics(defective.astype(int), probabilities.max(axis=1))
+    called_defective = called.any(axis=1)
+    fp, fn = int(np.sum(called_defective & ~defective)), int(np.sum(~called_defective & defective))
     metrics: dict[str, Any] = {
-        "mla": classification["mla"],
+        "mla": multilabel_accuracy(positive, called) if len(truth) else float("nan"),
         "mean_auroc": classification["mean_auroc"],
         "ap": image["ap"],
         "auroc": image["auroc"],
@@ -139,7 +153,7 @@ def multilabel_summary(scores: MultilabelScores, decision_threshold: float) -> d
         metrics["accuracy"] = float(np.mean(predicted == positive[single].argmax(axis=1)))
         metrics["accuracy_images"] = int(single.sum())
     if len(names) == 1 or image["n_neg"]:
-        metrics.update({key: image[key] for key in ("fp", "fn", "false_calls") if key in image})
+        metrics.update({"fp": fp, "fn": fn, "false_calls": fp + fn})
     return metrics
 
 

@@ -30,7 +30,8 @@ class Backend(Protocol):
     name: str
 
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 BxCxHxW -> (scores B, heat maps Bx1xhxw at model resolution or None)."""
+        """uint8 BxCxHxW -> (scores B, or B x K class scores; heat maps Bx1xhxw, or B x K x h x w
+        per-class maps, at model resolution; or None)."""
         ...
 
 
@@ -228,11 +229,13 @@ class Inspector:
 
     def _judge_multilabel(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
         """Independent class probabilities: defect when any reaches the decision threshold; the
-        defect class is the most probable one, regions come from each class's own map."""
+        defect class is the most probable one. Regions come from each class's own map, for the
+        classes called present only (a mask of a class the classifier rejects is not reported)."""
         assert scored.class_scores is not None
         names = self.card.class_names
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
         best = int(np.argmax(scored.class_scores))
+        called = {n for n, p in zip(names, scored.class_scores, strict=False) if p >= self.threshold}
         return Inspection(
             image=label,
             model=self.name,
@@ -241,7 +244,7 @@ class Inspector:
             threshold=self.threshold,
             defect_class=names[best] if verdict == "defect" and best < len(names) else None,
             class_scores={n: float(v) for n, v in zip(names, scored.class_scores, strict=False)},
-            regions=self.regions(heatmap) if verdict == "defect" else [],
+            regions=[r for r in self.regions(heatmap) if r.class_ in called] if verdict == "defect" else [],
             latency_ms=0.0,
         )
 

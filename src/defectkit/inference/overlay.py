@@ -29,7 +29,8 @@ BOX_COLOUR = (255, 40, 40)
 MIN_WIDTH = 320  # narrower images are enlarged (nearest neighbour) so the banner text fits
 MAX_SIDE = 2048  # ... but never beyond this
 COLOURMAP = "inferno"
-# Per-class outlines of multi-label models (tab10 without its red, kept for the verdict and boxes).
+# Per-class outlines of multi-label models: bright, mutually distinct, none of them the verdict's or
+# the boxes' red; the first is the single-map contour colour.
 CLASS_COLOURS: tuple[tuple[int, int, int], ...] = (
     (0, 230, 255),
     (120, 255, 60),

