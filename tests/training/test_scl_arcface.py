@@ -97,3 +97,21 @@ def test_neu_cls_loads_all_classes(real_data) -> None:  # type: ignore[no-untype
 
     data = load_neu_cls()
     assert data.images.shape == (1800, 200, 200) and np.bincount(data.labels).tolist() == [300] * 6
+
+
+def test_backbone_reference_features_compare_pooled_features() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    classifier = ReferenceClassifier(
+        2, backbone="mobilenetv3_small_050", embedding_dim=8, reference_features="backbone"
+    ).eval()
+    network = classifier.network
+    assert network.reference_dim != network.embedding_dim
+    images = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        pooled = torch.nn.functional.normalize(network.features(images), dim=1)
+        assert torch.allclose(network.embed(images), pooled)
+        classifier.set_references(network.embed(images), torch.tensor([0, 0, 1, 1]))
+        similarities = classifier(images)
+    assert similarities.shape == (4, 2) and bool((similarities.argmax(1) == torch.tensor([0, 0, 1, 1])).all())

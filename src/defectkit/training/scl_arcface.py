@@ -228,7 +228,7 @@ def embed_all(
             if isinstance(chunk, Tensor)
             else torch.cat([preprocess(i[None]) for i in chunk])
         )
-        out = network.features(batch) if features else network(batch)  # type: ignore[operator]
+        out = network.features(batch) if features else network.embed(batch)  # type: ignore[operator]
         outputs.append(F.normalize(out.float(), dim=1))
     return torch.cat(outputs)
 

@@ -37,6 +37,11 @@ class EmbeddingNet(nn.Module):
 
     ``backbone`` is any timm name; ImageNet weights are loaded into ``self.backbone`` (built with
     its 1000-class head, removed after loading) by the method, not here.
+
+    ``reference_features`` chooses what references and queries are compared by (:meth:`embed`):
+    ``projection`` (the paper: the 128-d embedding the losses shape) or ``backbone`` (the pooled
+    features under the projection head, which self-supervised learning often finds to transfer
+    better to classes never trained on). Training is the same either way.
     """
 
     def __init__(
@@ -46,8 +51,12 @@ class EmbeddingNet(nn.Module):
         embedding_dim: int = 128,
         projection_hidden: int | None = None,
         drop_rate: float = 0.0,
+        reference_features: str = "projection",
     ) -> None:
         super().__init__()
+        if reference_features not in ("projection", "backbone"):
+            raise ValueError(f"reference_features={reference_features!r}: use projection or backbone")
+        self.reference_features = reference_features
         self.backbone: nn.Module = timm.create_model(
             backbone, pretrained=False, in_chans=in_channels, drop_rate=drop_rate
         )
@@ -55,6 +64,7 @@ class EmbeddingNet(nn.Module):
         features = int(getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)  # type: ignore[arg-type]
         self.projection = ProjectionHead(features, projection_hidden or features, embedding_dim)
         self.embedding_dim = embedding_dim
+        self.reference_dim = features if reference_features == "backbone" else embedding_dim
 
     def drop_imagenet_head(self) -> None:
         """After loading ImageNet weights: the backbone then returns pooled features."""
@@ -72,8 +82,10 @@ class EmbeddingNet(nn.Module):
         return out
 
     def embed(self, images: Tensor) -> Tensor:
-        """Unit-length embeddings: cosine similarity is then a dot product."""
-        return F.normalize(self(images), dim=1)
+        """Unit-length reference embeddings (``reference_features``): cosine similarity is then a
+        dot product."""
+        out = self.features(images) if self.reference_features == "backbone" else self(images)
+        return F.normalize(out, dim=1)
 
 
 class ReferenceClassifier(nn.Module):
@@ -93,7 +105,7 @@ class ReferenceClassifier(nn.Module):
         self.n_classes = n_classes
         self.references: Tensor
         self.reference_labels: Tensor
-        dim = self.network.embedding_dim
+        dim = self.network.reference_dim
         self.register_buffer("references", torch.zeros(0, dim), persistent=False)
         self.register_buffer("reference_labels", torch.zeros(0, dtype=torch.long), persistent=False)
 
