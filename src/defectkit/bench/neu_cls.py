@@ -393,14 +393,22 @@ def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], d
 
 
 @register_protocol(
-    "neu-cls/few-shot", "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC"
+    "neu-cls/few-shot",
+    "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC; "
+    "-V features=backbone (scl_arcface only): references by pooled backbone features",
 )
 def few_shot(request: BenchRequest) -> Path:
-    check_options(request.variant, ("ks", "draws", "methods"), "neu-cls/few-shot")
+    check_options(request.variant, ("ks", "draws", "methods", "features"), "neu-cls/few-shot")
     ks = [int(k) for k in option_list(request.variant, "ks", "1,3,5")]
     draws = int(request.variant.get("draws", "20"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
-    config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
+    features = request.variant.get("features", "projection")
+    overrides = list(request.overrides)
+    if features != "projection":
+        if features != "backbone" or methods != ["scl_arcface"]:
+            raise KeyError("-V features=backbone applies to -V methods=scl_arcface only")
+        overrides.append("model.reference_features=backbone")
+    config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
     digest = config_fingerprint(config, ks=ks, draws=draws)
@@ -418,7 +426,7 @@ def few_shot(request: BenchRequest) -> Path:
                 protocol=f"neu-cls/{method}/few-shot",
                 method=method,
                 dataset="neu-cls",
-                variant={"k": k},
+                variant={"k": k} if features == "projection" else {"k": k, "features": features},
                 profile=request.profile,
                 metrics={
                     "accuracy": float(accuracies.mean()),
