@@ -14,7 +14,6 @@ after a config change retrains instead of reusing a stale fold.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from defectkit.bench.protocols import (
     REPO_ROOT,
     BenchRequest,
     check_options,
+    dataset_root,
     register_protocol,
     supervision_overrides,
 )
@@ -91,10 +91,7 @@ class KsddRun:
 
 
 def ksdd_samples() -> list[Sample]:
-    root = Path(os.path.expandvars("$DEFECTKIT_DATA/kolektorsdd"))
-    if "DEFECTKIT_DATA" not in os.environ or not root.is_dir():
-        raise FileNotFoundError(f"{root}: KolektorSDD not found; unpack it and set DEFECTKIT_DATA")
-    return list(read_dataset(root, "kolektorsdd").samples)
+    return list(read_dataset(dataset_root("kolektorsdd"), "kolektorsdd").samples)
 
 
 def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: list[int],

@@ -33,7 +33,14 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchRequest,
+    check_options,
+    dataset_root,
+    option_list,
+    register_protocol,
+)
 from defectkit.bench.results import CellCache, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 
@@ -58,15 +65,11 @@ class NeuCls:
 
 def load_neu_cls() -> NeuCls:
     """All of NEU-CLS decoded once (1,800 grey 200x200 images: 72 MB)."""
-    import os
 
     from defectkit.data.formats import read_dataset
     from defectkit.data.io import read_image
 
-    base = os.environ.get("DEFECTKIT_DATA")
-    if not base:
-        raise FileNotFoundError("DEFECTKIT_DATA is not set; unpack the datasets with shared/data/unpack.sh")
-    dataset = read_dataset(Path(base) / "neu-cls")
+    dataset = read_dataset(dataset_root("neu-cls"))
     samples = [s for s in dataset.samples if s.classes]
     images = np.stack([read_image(s.path, channels=1) for s in samples])
     labels = np.asarray([s.classes[0] - 1 for s in samples if s.classes], dtype=np.int64)

@@ -7,6 +7,7 @@ can span sessions; the pooled results file is written once every cell is done.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,19 @@ def run_protocol(name: str, request: BenchRequest) -> Path:
     if name not in _PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
     return _PROTOCOLS[name][0](request)
+
+
+def dataset_root(name: str) -> Path:
+    """``$DEFECTKIT_DATA/<name>``, or a ``FileNotFoundError`` saying how to get it."""
+    base = os.environ.get("DEFECTKIT_DATA")
+    if not base:
+        raise FileNotFoundError(
+            f"DEFECTKIT_DATA is not set; {name} is needed (unpack the datasets with shared/data/unpack.sh)"
+        )
+    root = Path(base) / name
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: {name} not found; unpack it (shared/data/unpack.sh)")
+    return root
 
 
 def check_options(options: Mapping[str, str], known: Collection[str], protocol: str) -> None:

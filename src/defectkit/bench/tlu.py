@@ -41,7 +41,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -51,7 +50,14 @@ from typing import Any
 import numpy as np
 
 from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchRequest,
+    check_options,
+    dataset_root,
+    option_list,
+    register_protocol,
+)
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
@@ -96,13 +102,6 @@ class TluDataset:
     info: DatasetInfo
 
 
-def _data_root(name: str) -> Path:
-    root = Path(os.path.expandvars(f"$DEFECTKIT_DATA/{name}"))
-    if "DEFECTKIT_DATA" not in os.environ or not root.is_dir():
-        raise FileNotFoundError(f"{root}: {name} not found; unpack it and set DEFECTKIT_DATA")
-    return root
-
-
 def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] = ()) -> TluDataset:
     """Samples (masks where the data has them; NEU-DET's from its boxes) and names of a dataset;
     the generated one follows its config (``profile``, ``overrides``)."""
@@ -112,11 +111,11 @@ def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] =
         info = DatasetInfo(name="kolektorsdd", format="kolektorsdd", root="", class_names=["defect"])
         return TluDataset(name, "configs/tlu_net/kolektorsdd.yaml", samples, info)
     if name == "neu-det":
-        dataset = read_dataset(_data_root("neu-det"), "neu-det")
+        dataset = read_dataset(dataset_root("neu-det"), "neu-det")
         samples = with_box_masks([s for s in dataset.samples if s.label is not None])
         return TluDataset(name, config, samples, dataset.info)
     if name == "severstal":
-        dataset = read_dataset(_data_root("severstal"), "severstal")
+        dataset = read_dataset(dataset_root("severstal"), "severstal")
         return TluDataset(name, config, [s for s in dataset.samples if s.label is not None], dataset.info)
     if name == "synthetic-steel":
         synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
