@@ -64,7 +64,12 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # to
 
 def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     given = config.method_options if isinstance(config, RunConfig) else config.get("method_options", {})
+    unknown = sorted(set(given) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"tlu_net: unknown method_options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
     options = {**DEFAULT_OPTIONS, **given}
+    if len(options["betas"]) != 2 or not all(0.0 <= float(b) < 1.0 for b in options["betas"]):
+        raise ValueError(f"method_options.betas={options['betas']}: two numbers in [0, 1)")
     if options["normalisation"] not in NORMALISATIONS:
         raise ValueError(f"method_options.normalisation={options['normalisation']!r}: use {NORMALISATIONS}")
     if options["threshold"] != "validation" and not isinstance(options["threshold"], int | float):
