@@ -243,3 +243,14 @@ def test_validation_threshold_is_for_one_class_data(tmp_path: Path) -> None:
     config = load_config(tiny_config(method_options={"threshold": "validation"}))
     with pytest.raises(ValueError, match="one-class data"):
         engine.train(config, tmp_path / "run", progress=False)
+
+
+def test_transfer_verdict_says_whether_the_gap_grows() -> None:
+    from defectkit.bench.tlu import transfer_verdict
+
+    gains = {1.0: {"mla_gain": 0.02, "dice_gain_rel": 0.05}, 0.5: {"mla_gain": 0.04, "dice_gain_rel": -0.01}}
+    assert transfer_verdict(gains, 1.0) == (
+        "ImageNet beats random in MLA (+0.0200) and beats it in per-image Dice (+5.0%)"
+    )
+    assert transfer_verdict(gains, 0.5).endswith("versus 100 % of the data the gap grows in MLA")
+    assert "loses to it in per-image Dice (-1.0%)" in transfer_verdict(gains, 0.5)

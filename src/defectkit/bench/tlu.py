@@ -345,10 +345,18 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     root=request.results_root,
                 )
     for encoder in encoders:
-        for fraction in fractions:
-            pair = finished.get((encoder, "imagenet", fraction)), finished.get((encoder, "random", fraction))
-            if pair[0] is not None and pair[1] is not None:
-                last = _write_transfer(protocol, dataset, request, encoder, fraction, pair[0], pair[1], betas)
+        gains = {}
+        for fraction in sorted(fractions, reverse=True):
+            imagenet, random = (
+                finished.get((encoder, "imagenet", fraction)),
+                finished.get((encoder, "random", fraction)),
+            )
+            if imagenet is None or random is None:
+                continue
+            gains[fraction] = transfer_metrics(imagenet, random)
+            verdict = transfer_verdict(gains, fraction)
+            last = _write_transfer(protocol, dataset, request, encoder, fraction, (imagenet, random),
+                                   gains[fraction], betas, verdict)  # fmt: skip
     _figures(finished, work_root / "figures", dataset_name)
     assert last is not None, "no cell ran"
     return last
@@ -401,9 +409,8 @@ def paired_dice(first: MultilabelScores, second: MultilabelScores) -> tuple[np.n
     return per_image_dice(first), per_image_dice(second)[order]
 
 
-def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, encoder: str, fraction: float,
-                    imagenet: Mapping[str, Any], random: Mapping[str, Any], betas: str) -> Path:  # fmt: skip
-    """ImageNet-minus-random gains for one (encoder, fraction), beside the paper's claims."""
+def transfer_metrics(imagenet: Mapping[str, Any], random: Mapping[str, Any]) -> dict[str, Any]:
+    """ImageNet-minus-random gains of one (encoder, fraction) on the same test images."""
     ours, theirs = imagenet["metrics"], random["metrics"]
     dice_ours, dice_theirs = paired_dice(imagenet["scores"], random["scores"])
     difference = dice_ours - dice_theirs
@@ -420,6 +427,40 @@ def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, e
     }
     if "accuracy" in ours:
         metrics["accuracy_gain"] = ours["accuracy"] - theirs["accuracy"]
+    if "ap" in ours and ours["ap"] is not None and theirs.get("ap") is not None:
+        metrics["ap_gain"] = ours["ap"] - theirs["ap"]
+    return metrics
+
+
+def transfer_verdict(gains: Mapping[float, Mapping[str, Any]], fraction: float) -> str:
+    """The paper's claims checked in words: does ImageNet beat random here, and is the gap wider
+    than with all the training data?"""
+    here = gains[fraction]
+
+    def sign(value: float) -> str:
+        return "beats" if value > 0 else ("ties" if value == 0 else "loses to")
+
+    words = (
+        f"ImageNet {sign(here['mla_gain'])} random in MLA ({here['mla_gain']:+.4f}) and "
+        f"{sign(here['dice_gain_rel'])} it in per-image Dice ({here['dice_gain_rel']:+.1%})"
+    )
+    full = gains.get(1.0)
+    if full is not None and fraction < 1.0:
+        grows = [
+            name for name, key in (("MLA", "mla_gain"), ("Dice", "dice_gain_rel")) if here[key] > full[key]
+        ]
+        words += (
+            f"; versus 100 % of the data the gap grows in {' and '.join(grows)}"
+            if grows
+            else "; the gap does not grow versus 100 % of the data"
+        )
+    return words
+
+
+def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, encoder: str, fraction: float,
+                    pair: tuple[Mapping[str, Any], Mapping[str, Any]], metrics: Mapping[str, Any], betas: str,
+                    verdict: str) -> Path:  # fmt: skip
+    """One ``tlu/<dataset>/transfer`` record: the gains beside the paper's claims."""
     variant: dict[str, Any] = {"encoder": encoder, "fraction": fraction}
     if betas != "profile":
         variant["betas"] = betas
@@ -430,14 +471,14 @@ def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, e
         dataset=dataset.info.name,
         variant=variant,
         profile=request.profile,
-        metrics=metrics,
-        n_images=int(known.sum()),
+        metrics=dict(metrics),
+        n_images=len(pair[0]["scores"].paths),
         paper=paper,
-        wall_time_s=sum(c["wall_s"] for c in (*imagenet["cells"], *random["cells"])),
+        wall_time_s=sum(c["wall_s"] for run in pair for c in run["cells"]),
         command=request.command,
         commit=request.commit,
-        notes="imagenet minus random on the same test images; paper figures are for its ResNet "
-        "(ResNet-18-sized) encoder" + ("" if paper else "; none for this encoder / fraction"),
+        notes=f"{verdict}. Imagenet minus random on the same test images; the paper's figures are for "
+        "its ResNet (ResNet-18-sized) encoder" + ("" if paper else ", none for this encoder / fraction"),
         root=request.results_root,
     )
 
