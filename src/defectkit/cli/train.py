@@ -50,7 +50,7 @@ def train(
         return
     console.print(
         escape(
-            f"saved {model_dir}: threshold {card.thresholds.decision:.4f} (best F1 on validation), "
+            f"saved {model_dir}: threshold {card.thresholds.decision:.4f} ({card.thresholds.rule}), "
             f"validation AP {metrics.get('ap', float('nan')):.4f}, "
             f"FP {metrics.get('fp')}, FN {metrics.get('fn')} on {metrics.get('n_images')} images"
         )
