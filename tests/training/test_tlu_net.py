@@ -26,7 +26,7 @@ from defectkit.inference.overlay import render_overlay
 from defectkit.inference.predict import predict_paths
 from defectkit.inference.saved_model import read_card
 from defectkit.models import create_model
-from defectkit.training.tlu_net import class_targets, mask_targets
+from defectkit.training.targets import class_targets, mask_targets
 
 SYNTH = {
     "mode": "multiclass",

@@ -24,6 +24,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "defectkit.models.classifier",
     "defectkit.models.scl_arcface",
     "defectkit.models.tlu_net",
+    "defectkit.models.aux_net",
 )
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}

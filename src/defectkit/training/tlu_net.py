@@ -49,6 +49,7 @@ from defectkit.models.pretrained import PACKAGED, load_encoder_weights
 from defectkit.models.tlu_net import TluNet, smp_encoder_name
 from defectkit.registry import MethodSpec, register_method
 from defectkit.training.data import PreparedData
+from defectkit.training.targets import class_targets, mask_targets
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "betas": (0.99, 0.99),
@@ -75,29 +76,6 @@ def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     if options["threshold"] != "validation" and not isinstance(options["threshold"], int | float):
         raise ValueError(f"method_options.threshold={options['threshold']!r}: a number or 'validation'")
     return options
-
-
-def class_targets(batch: Batch, num_classes: int) -> tuple[Tensor, Tensor]:
-    """(B x K multi-hot float, B bool: known). One class: the image label is the class label."""
-    if batch.classes.shape[1] == num_classes and bool(batch.has_classes.any()):
-        return batch.classes.float(), batch.has_classes
-    if num_classes == 1:
-        return batch.label.clamp(min=0).float()[:, None], batch.has_label
-    known = torch.zeros(len(batch), dtype=torch.bool, device=batch.images.device)
-    return torch.zeros(len(batch), num_classes, device=batch.images.device), known
-
-
-def mask_targets(mask: Tensor, num_classes: int) -> Tensor:
-    """B x 1 x H x W class ids, or B x K' x H x W bool -> B x K x H x W float {0, 1}."""
-    if mask.dtype == torch.bool or mask.shape[1] > 1:
-        stack = mask.float()
-        if stack.shape[1] < num_classes:
-            stack = F.pad(stack, (0, 0, 0, 0, 0, num_classes - stack.shape[1]))
-        return stack[:, :num_classes]
-    ids = torch.arange(1, num_classes + 1, device=mask.device).view(1, -1, 1, 1)
-    if num_classes == 1:
-        return (mask > 0).float()
-    return (mask == ids).float()
 
 
 class TluNetRecipe(L.LightningModule):

@@ -1,0 +1,33 @@
+"""Defect-Aux-Net (``aux_net``, paper 000): classification, segmentation and detection in one network."""
+
+from __future__ import annotations
+
+from defectkit.models import register_model
+from defectkit.models.aux_net.detection import (
+    DecodeConfig,
+    Detections,
+    MatchConfig,
+    decode_boxes,
+    detect,
+    encode_boxes,
+    match_anchors,
+)
+from defectkit.models.aux_net.model import STRIDE, AttentionEncoder, AuxNet, AuxNetOutput
+
+# The constructor is the builder: its keyword arguments are the config's ``model`` section.
+aux_net = register_model("aux_net")(AuxNet)
+
+__all__ = [
+    "STRIDE",
+    "AttentionEncoder",
+    "AuxNet",
+    "AuxNetOutput",
+    "DecodeConfig",
+    "Detections",
+    "MatchConfig",
+    "aux_net",
+    "decode_boxes",
+    "detect",
+    "encode_boxes",
+    "match_anchors",
+]

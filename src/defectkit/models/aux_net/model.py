@@ -1,0 +1,214 @@
+"""Defect-Aux-Net (paper 000): one network that classifies, segments and detects defects.
+
+* Bottom-up path: a timm encoder (``features_only``, C2..C5 at strides 4..32) with channel and
+  spatial attention in series (:class:`~defectkit.models.components.ChannelSpatialAttention`).
+  timm's ResNet blocks take an attention layer, so for the ResNet family it sits inside every
+  residual block, as in the paper (before the identity addition, where SE-ResNet puts SE); other
+  encoders (EfficientNet-Lite, whose ImageNet weights are offline) have no such slot in their
+  blocks, and get one attention module after each of the four stages instead.
+* Top-down path: torchvision's FPN (lateral 1x1 convolutions, nearest upsampling, 3x3 output
+  convolutions) on C2..C5 plus a max-pooled P6.
+* Segmentation head (Seferbekov's FPN segmentation, as smp's FPN decoder): each of P2..P5 goes
+  through 3x3 conv-GroupNorm-ReLU blocks with x2 bilinear upsampling until it is at 1/4 scale;
+  the four are summed, a 1x1 convolution gives K mask logits, upsampled x4 to the input.
+* Classification head: global average pooling of C5 and a linear layer to K logits; it reads
+  the bottom-up path only, so its loss trains only the encoder (the paper's gradient routing).
+* Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
+  prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
+  (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``.
+
+The paper leaves widths, levels and anchors open; each is a constructor argument.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from defectkit.models.components import Attention, ChannelSpatialAttention
+
+STRIDE = 32
+PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+IN_BLOCK_FAMILIES = ("resnet", "resnext", "wide_resnet")
+
+
+@dataclass
+class AuxNetOutput:
+    class_logits: Tensor  # B x K
+    mask_logits: Tensor  # B x K x H x W
+    box_logits: Tensor  # B x A x K (A anchors over all detection levels)
+    box_deltas: Tensor  # B x A x 4 (RetinaNet's encoding relative to the anchors)
+    anchors: Tensor  # A x 4, xyxy in input pixels (the same for every image of one size)
+    anchors_per_level: list[int]  # how A splits over the detection levels, in order
+
+
+class AttentionEncoder(nn.Module):
+    """C2..C5 of a timm encoder with channel + spatial attention (see the module docstring)."""
+
+    def __init__(self, backbone: str, in_channels: int = 3, attention: Attention = "se+sa") -> None:
+        super().__init__()
+        self.in_blocks = backbone.startswith(IN_BLOCK_FAMILIES)
+        options: dict[str, Any] = {}
+        if self.in_blocks and attention != "none":
+            options["block_args"] = {
+                "attn_layer": functools.partial(ChannelSpatialAttention, attention=attention)
+            }
+        self.body: nn.Module = timm.create_model(
+            backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4), in_chans=in_channels,
+            **options,
+        )  # fmt: skip
+        self.channels: list[int] = list(self.body.feature_info.channels())  # type: ignore[operator,union-attr]
+        stage_attention = attention != "none" and not self.in_blocks
+        self.stage_attention = nn.ModuleList(
+            ChannelSpatialAttention(c, attention) if stage_attention else nn.Identity() for c in self.channels
+        )
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        features = self.body(images)
+        return [attend(f) for attend, f in zip(self.stage_attention, features, strict=True)]
+
+
+def groups_of(channels: int) -> int:
+    """GroupNorm groups of 8 channels (RetinaNet's 32 groups of 256), or one group."""
+    return channels // 8 if channels % 8 == 0 else 1
+
+
+class SegmentationBlock(nn.Sequential):
+    """3x3 conv -> GroupNorm -> ReLU, then x2 bilinear upsampling ``upsamples`` times."""
+
+    def __init__(self, in_channels: int, out_channels: int, upsamples: int) -> None:
+        layers: list[nn.Module] = []
+        for index in range(max(upsamples, 1)):
+            layers += [
+                nn.Conv2d(
+                    in_channels if index == 0 else out_channels, out_channels, 3, padding=1, bias=False
+                ),
+                nn.GroupNorm(groups_of(out_channels), out_channels),
+                nn.ReLU(inplace=True),
+            ]
+            if upsamples:
+                layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+        super().__init__(*layers)
+
+
+class SegmentationHead(nn.Module):
+    """P2..P5 brought to 1/4 scale and summed, then K mask logits at the input size."""
+
+    def __init__(
+        self, pyramid_channels: int, segmentation_channels: int, num_classes: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SegmentationBlock(pyramid_channels, segmentation_channels, upsamples) for upsamples in range(4)
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(segmentation_channels, num_classes, 1)
+
+    def forward(self, levels: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
+        merged = sum(block(level) for block, level in zip(self.blocks, levels, strict=True))
+        logits = self.classifier(self.dropout(merged))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class ClassificationHead(nn.Module):
+    """Global average pooling of C5 and a linear layer: K image-level logits."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_channels, num_classes)
+
+    def forward(self, deepest: Tensor) -> Tensor:
+        out: Tensor = self.linear(self.dropout(deepest.mean(dim=(2, 3))))
+        return out
+
+
+def retinanet_anchor_sizes(base_sizes: Sequence[float]) -> tuple[tuple[float, ...], ...]:
+    """RetinaNet's three sizes per level: base x 2^0, 2^(1/3), 2^(2/3)."""
+    return tuple(tuple(float(base) * 2.0 ** (i / 3.0) for i in range(3)) for base in base_sizes)
+
+
+class AuxNet(nn.Module):
+    """Defect-Aux-Net: attention encoder, FPN, and classification, segmentation, detection heads."""
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        num_classes: int = 1,
+        in_channels: int = 3,
+        attention: Attention = "se+sa",
+        pyramid_channels: int = 128,
+        segmentation_channels: int = 64,
+        detection_levels: Sequence[str] = ("p3", "p4", "p5", "p6"),
+        anchor_sizes: Sequence[float] = (32, 64, 128, 256),
+        aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        dropout: float = 0.2,
+        tasks: Sequence[str] = ("classification", "segmentation", "detection"),
+    ) -> None:
+        super().__init__()
+        unknown = sorted(set(detection_levels) - set(PYRAMID_LEVELS))
+        if unknown or len(anchor_sizes) != len(detection_levels):
+            raise ValueError(
+                f"detection_levels {list(detection_levels)} (from {PYRAMID_LEVELS}) need one anchor "
+                f"size each, got {list(anchor_sizes)}"
+            )
+        self.num_classes = num_classes
+        self.tasks = tuple(tasks)
+        self.detection_levels = tuple(detection_levels)
+        self.encoder = AttentionEncoder(backbone, in_channels, attention)
+        self.fpn = FeaturePyramidNetwork(
+            self.encoder.channels, pyramid_channels, extra_blocks=LastLevelMaxPool()
+        )
+        self.segmentation_head = SegmentationHead(
+            pyramid_channels, segmentation_channels, num_classes, dropout
+        )
+        self.decision_head = ClassificationHead(self.encoder.channels[-1], num_classes, dropout)
+        sizes = retinanet_anchor_sizes(anchor_sizes)
+        self.anchor_generator = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+        self.detection_head = RetinaNetHead(
+            pyramid_channels,
+            self.anchor_generator.num_anchors_per_location()[0],
+            num_classes,
+            norm_layer=functools.partial(nn.GroupNorm, groups_of(pyramid_channels)),
+        )
+
+    def pyramid(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+        levels = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+        return dict(zip(PYRAMID_LEVELS, levels.values(), strict=True))
+
+    def forward(self, images: Tensor) -> AuxNetOutput:
+        height, width = images.shape[-2:]
+        if height % STRIDE or width % STRIDE:
+            raise ValueError(f"aux_net input sides must be multiples of {STRIDE}, got {height}x{width}")
+        features = self.encoder(images)
+        levels = self.pyramid(features)
+        class_logits = self.decision_head(features[-1])
+        mask_logits = self.segmentation_head([levels[k] for k in PYRAMID_LEVELS[:4]], (height, width))
+        detection = [levels[k] for k in self.detection_levels]
+        head = self.detection_head(detection)
+        image_list = ImageList(images, [(int(height), int(width))] * images.shape[0])
+        anchors = self.anchor_generator(image_list, detection)[0]
+        per_location = self.anchor_generator.num_anchors_per_location()[0]
+        per_level = [int(f.shape[-2] * f.shape[-1]) * per_location for f in detection]
+        return AuxNetOutput(
+            class_logits, mask_logits, head["cls_logits"], head["bbox_regression"], anchors, per_level
+        )
+
+    def inspect(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(class probabilities B x K, per-class mask probabilities B x K x H x W); boxes come
+        from :func:`defectkit.models.aux_net.detect` on the full output."""
+        output = self(images)
+        return torch.sigmoid(output.class_logits), torch.sigmoid(output.mask_logits)

