@@ -27,6 +27,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "defectkit.training.classifier",
     "defectkit.training.scl_arcface",
     "defectkit.training.tlu_net",
+    "defectkit.training.aux_net",
 )
 
 

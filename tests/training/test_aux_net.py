@@ -122,3 +122,36 @@ def test_packaged_lite_weights_load_into_the_encoder() -> None:
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     load_by_position(reference, read_state_dict(path), "lite0")
     assert torch.equal(stem, reference.conv_stem.weight)
+
+
+def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import defectkit.training.engine as engine
+    from defectkit import load_inspector
+    from defectkit.config import load_config
+    from defectkit.inference.saved_model import read_card
+
+    config = load_config(
+        {
+            "method": "aux_net",
+            "seed": 0,
+            "data": {
+                "synthetic": {"mode": "multiclass", "surfaces": 1, "per_surface": 16, "size": 64, "seed": 2},
+                "val_fraction": 0.25,
+                "train_split": None,
+            },
+            "input": {"size": [64, 64], "channels": 3, "mean": [0.5], "std": [0.5]},
+            "model": {
+                "backbone": "tf_efficientnet_lite0",
+                "pyramid_channels": 32,
+                "segmentation_channels": 16,
+            },
+            "trainer": {"epochs": 1, "batch_size": 8, "lr": 0.001, "val_every": 1},
+        }
+    )
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    card = read_card(model_dir)
+    assert card.multilabel and len(card.class_names) == 4 and card.model_options["num_classes"] == 4
+    inspection = load_inspector(model_dir).inspect(np.full((70, 90), 100, np.uint8))
+    assert list(inspection.class_scores) == card.class_names
+    assert "val/focal_loss" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
