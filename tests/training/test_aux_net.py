@@ -95,7 +95,7 @@ def test_a_few_steps_fit_one_image() -> None:
         loss = recipe.total(terms)
         loss.backward()
         optimiser.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -152,6 +152,23 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert model_dir is not None
     card = read_card(model_dir)
     assert card.multilabel and len(card.class_names) == 4 and card.model_options["num_classes"] == 4
-    inspection = load_inspector(model_dir).inspect(np.full((70, 90), 100, np.uint8))
-    assert list(inspection.class_scores) == card.class_names
+    assert card.thresholds.box == 0.3
     assert "val/focal_loss" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+    inspector = load_inspector(model_dir)
+    inspector.card.thresholds.decision = inspector.card.thresholds.box = 0.0  # report every box
+    image = np.random.default_rng(3).integers(0, 255, (70, 90), dtype=np.uint8)
+    inspection = inspector.inspect(image)
+    assert list(inspection.class_scores) == card.class_names and inspection.verdict == "defect"
+    assert inspection.regions and all(r.class_ in card.class_names for r in inspection.regions)
+    x0, y0, x1, y1 = inspection.regions[0].box
+    assert 0 <= x0 <= x1 <= 90 and 0 <= y0 <= y1 <= 70  # scaled back to the original image
+
+    from defectkit.inference.export import export_onnx_checked
+
+    result = export_onnx_checked(model_dir)
+    assert result.max_score_diff < 1e-3 and result.max_box_diff < 0.05
+    onnx = load_inspector(model_dir, backend="onnx")
+    onnx.card.thresholds.decision = onnx.card.thresholds.box = 0.0
+    again = onnx.inspect(image)
+    assert again.class_scores == pytest.approx(inspection.class_scores, abs=1e-3)
+    assert len(again.regions) == len(inspection.regions)

@@ -27,8 +27,10 @@ FORMATS = ("onnx",)
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("scores", "heatmaps")
+DETECTION_OUTPUT_NAMES = ("anchor_scores", "anchor_boxes")  # detectors only; NMS runs in Python
 # Scores are probabilities; 1e-3 is far below any decision margin, far above float32 noise.
 PARITY_TOLERANCE = 1e-3
+BOX_TOLERANCE = 0.05  # pixels of a decoded anchor box
 
 
 class ExportError(ValueError):
@@ -40,6 +42,7 @@ class ExportResult:
     path: Path
     max_score_diff: float
     max_heatmap_diff: float
+    max_box_diff: float = 0.0
 
 
 def _check_directory(model_dir: Path) -> None:
@@ -66,6 +69,7 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
     example = torch.randint(0, 256, (2, channels, height + 3, width + 5), dtype=torch.uint8)
     target = model_dir / ONNX_NAME
     staging = model_dir / f".{ONNX_NAME}.tmp"
+    names = list(OUTPUT_NAMES) + (list(DETECTION_OUTPUT_NAMES) if graph.detects else [])
     dynamic = {
         "raw": {
             0: torch.export.Dim("batch", min=1, max=1024),
@@ -81,44 +85,46 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
                 (example,),
                 str(staging),
                 input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                output_names=names,
                 opset_version=OPSET,
                 dynamo=True,
                 dynamic_shapes=dynamic,
                 external_data=False,  # one file, so the rename below is the whole write
                 verbose=False,
             )
-        score_diff, heatmap_diff = _parity(graph, staging, channels, (height, width))
+        score_diff, heatmap_diff, box_diff = _parity(graph, staging, channels, (height, width), names)
     except Exception as error:
         staging.unlink(missing_ok=True)
         if isinstance(error, ExportError):
             raise
         summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ExportError(f"{model_dir}: ONNX export of model {card.model!r} failed ({summary})") from error
-    if score_diff > PARITY_TOLERANCE or heatmap_diff > PARITY_TOLERANCE:
+    if score_diff > PARITY_TOLERANCE or heatmap_diff > PARITY_TOLERANCE or box_diff > BOX_TOLERANCE:
         staging.unlink(missing_ok=True)
         raise ExportError(
             f"{model_dir}: exported graph disagrees with PyTorch (max score diff {score_diff:.2e}, "
-            f"heat map {heatmap_diff:.2e} > {PARITY_TOLERANCE:g}); nothing written"
+            f"heat map {heatmap_diff:.2e} > {PARITY_TOLERANCE:g}, box {box_diff:.2e} px > "
+            f"{BOX_TOLERANCE:g}); nothing written"
         )
     os.replace(staging, target)
-    return ExportResult(target, score_diff, heatmap_diff)
+    return ExportResult(target, score_diff, heatmap_diff, box_diff)
 
 
 def _parity(
-    graph: InspectionGraph, onnx_path: Path, channels: int, size: tuple[int, int]
-) -> tuple[float, float]:
-    """Largest |torch - onnxruntime| of scores and heat maps on deterministic batches of 1 and 3."""
+    graph: InspectionGraph, onnx_path: Path, channels: int, size: tuple[int, int], names: list[str]
+) -> tuple[float, float, float]:
+    """Largest |torch - onnxruntime| of scores (class and anchor probabilities), heat maps and
+    decoded boxes on deterministic batches of 1 and 3."""
     from defectkit.inference.onnx_backend import create_session
 
     session = create_session(onnx_path)
     rng = np.random.default_rng(0)
-    score_diff = heatmap_diff = 0.0
+    diffs = {"scores": 0.0, "heatmaps": 0.0, "anchor_scores": 0.0, "anchor_boxes": 0.0}
     for batch, (height, width) in ((1, size), (3, (size[0] * 2 + 7, size[1] + 13))):
         raw = rng.integers(0, 256, (batch, channels, height, width), dtype=np.uint8)
         with torch.no_grad():
-            scores, heatmaps = graph(torch.from_numpy(raw))
-        onnx_scores, onnx_heatmaps = session.run(list(OUTPUT_NAMES), {INPUT_NAME: raw})
-        score_diff = max(score_diff, float(np.abs(scores.numpy() - onnx_scores).max()))
-        heatmap_diff = max(heatmap_diff, float(np.abs(heatmaps.numpy() - onnx_heatmaps).max()))
-    return score_diff, heatmap_diff
+            ours = graph(torch.from_numpy(raw))
+        theirs = session.run(names, {INPUT_NAME: raw})
+        for name, mine, exported in zip(names, ours, theirs, strict=True):
+            diffs[name] = max(diffs[name], float(np.abs(mine.numpy() - exported).max()))
+    return max(diffs["scores"], diffs["anchor_scores"]), diffs["heatmaps"], diffs["anchor_boxes"]

@@ -24,27 +24,38 @@ from defectkit.data.masks import mask_to_boxes
 from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, load_model, read_card
+from defectkit.models.aux_net.detection import DecodeConfig, Detections, select_detections
 
 
 class Backend(Protocol):
     name: str
 
-    def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """uint8 BxCxHxW -> (scores B, or B x K class scores; heat maps Bx1xhxw, or B x K x h x w
-        per-class maps, at model resolution; or None)."""
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, ...]:
+        """uint8 BxCxHxW -> the graph's outputs: scores (B, or B x K class scores), heat maps
+        (B x 1 x h x w, or B x K x h x w per-class maps, at model resolution; B x 1 x 1 x 1 when
+        the model has none) and, for detectors, every anchor's class probabilities (B x A x K) and
+        decoded box (B x A x 4, in model-input pixels)."""
         ...
 
 
 class InspectionGraph(nn.Module):
-    """Pre-processing and the model in one module: what the torch back-end runs and ONNX exports."""
+    """Pre-processing and the model in one module: what the torch back-end runs and ONNX exports.
+
+    A detector (a model with ``inspect_detections``) adds its per-anchor outputs; the graph ends
+    there and the Inspector does thresholding and NMS in Python.
+    """
 
     def __init__(self, model: nn.Module, card: ModelCard) -> None:
         super().__init__()
         self.preprocess = Preprocess(card.input)
         self.model = model
+        self.detects = hasattr(model, "inspect_detections")
 
-    def forward(self, raw: Tensor) -> tuple[Tensor, Tensor]:
-        scores, heatmaps = self.model.inspect(self.preprocess(raw))  # type: ignore[operator]
+    def forward(self, raw: Tensor) -> tuple[Tensor, ...]:
+        images = self.preprocess(raw)
+        if self.detects:
+            return tuple(self.model.inspect_detections(images))  # type: ignore[operator]
+        scores, heatmaps = self.model.inspect(images)  # type: ignore[operator]
         if heatmaps is None:
             heatmaps = torch.zeros(raw.shape[0], 1, 1, 1, device=raw.device)
         return scores, heatmaps
@@ -58,9 +69,9 @@ class TorchBackend:
         self.graph = InspectionGraph(model, card).to(self.device).eval()
 
     @torch.inference_mode()
-    def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        scores, heatmaps = self.graph(torch.from_numpy(raw).to(self.device))
-        return scores.float().cpu().numpy(), heatmaps.float().cpu().numpy()
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, ...]:
+        outputs = self.graph(torch.from_numpy(raw).to(self.device))
+        return tuple(output.float().cpu().numpy() for output in outputs)
 
 
 @dataclass
@@ -78,6 +89,7 @@ class Scored:
     size: tuple[int, int]  # height, width of the original image
     class_scores: np.ndarray | None = None
     class_heatmaps: np.ndarray | None = None
+    detections: Detections | None = None  # a detector's boxes, in original-image pixels
 
 
 class Inspector:
@@ -134,7 +146,7 @@ class Inspector:
             by_size.setdefault(raw.shape, []).append(index)
         scored: dict[int, Scored] = {}
         for indices in by_size.values():
-            scores, heatmaps = self.backend.run(np.concatenate([raws[i] for i in indices]))
+            scores, heatmaps, *anchor_outputs = self.backend.run(np.concatenate([raws[i] for i in indices]))
             for row, index in enumerate(indices):
                 heatmap = per_class = None
                 if heatmaps is not None and heatmaps.shape[-1] > 1:
@@ -145,7 +157,37 @@ class Inspector:
                     scored[index] = Scored(float(scores[row].max()), heatmap, size, scores[row], per_class)
                 else:
                     scored[index] = Scored(float(scores[row]), heatmap, size)
+                if anchor_outputs:
+                    anchor_scores, anchor_boxes = anchor_outputs
+                    scored[index].detections = self._detections(anchor_scores[row], anchor_boxes[row], size)
         return [scored[index] for index in range(len(raws))]
+
+    def _detections(
+        self, anchor_scores: np.ndarray, anchor_boxes: np.ndarray, size: tuple[int, int]
+    ) -> Detections:
+        """Thresholding, top-k and NMS of one image's anchors, boxes scaled to the original image."""
+        # Candidates down to the decoder's 0.05, or to the box threshold when that is lower.
+        box = self.card.thresholds.box if self.card.thresholds.box is not None else 0.5
+        config = DecodeConfig(score_threshold=min(DecodeConfig.score_threshold, box))
+        found = select_detections(torch.from_numpy(anchor_scores), torch.from_numpy(anchor_boxes), config)
+        height, width = self.card.input.size
+        scale = torch.tensor([size[1] / width, size[0] / height] * 2)
+        return Detections(found.boxes * scale, found.scores, found.labels)
+
+    def box_regions(self, detections: Detections) -> list[Region]:
+        """A detector's boxes scoring at least the ``box`` threshold, as regions, best first."""
+        names = self.card.class_names
+        threshold = self.card.thresholds.box if self.card.thresholds.box is not None else 0.5
+        regions = []
+        for box, score, label in zip(detections.boxes.tolist(), detections.scores.tolist(),
+                                     detections.labels.tolist(), strict=True):  # fmt: skip
+            if score < threshold:
+                continue
+            x0, y0, x1, y1 = box
+            name = names[label - 1] if 0 < label <= len(names) else str(label)
+            area = max(0, round((x1 - x0) * (y1 - y0)))
+            regions.append(Region(box=(x0, y0, x1, y1), score=score, **{"class": name}, area_px=area))
+        return sorted(regions, key=lambda r: -r.score)
 
     def full_size_heatmap(self, scored: Scored) -> np.ndarray | None:
         """The heat map resized (bilinear) to the original image, values in [0, 1]."""
@@ -244,9 +286,17 @@ class Inspector:
             threshold=self.threshold,
             defect_class=names[best] if verdict == "defect" and best < len(names) else None,
             class_scores={n: float(v) for n, v in zip(names, scored.class_scores, strict=False)},
-            regions=[r for r in self.regions(heatmap) if r.class_ in called] if verdict == "defect" else [],
+            regions=self._multilabel_regions(scored, heatmap, called) if verdict == "defect" else [],
             latency_ms=0.0,
         )
+
+    def _multilabel_regions(
+        self, scored: Scored, heatmap: np.ndarray | None, called: set[str]
+    ) -> list[Region]:
+        """A detector's boxes; else the regions of the called classes' masks."""
+        if scored.detections is not None:
+            return self.box_regions(scored.detections)
+        return [r for r in self.regions(heatmap) if r.class_ in called]
 
     def _judge(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
         if scored.class_scores is not None and self.card.multilabel:

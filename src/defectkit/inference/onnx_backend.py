@@ -32,7 +32,7 @@ def create_session(path: str | Path) -> Any:
 
 
 class OnnxBackend:
-    """``run(raw uint8 BxCxHxW) -> (scores B, heat maps Bx1xhxw)`` with onnxruntime on the CPU."""
+    """``run(raw uint8 BxCxHxW)`` -> the graph's outputs (as the torch back-end's), on the CPU."""
 
     name = "onnx"
 
@@ -47,12 +47,14 @@ class OnnxBackend:
         # Graphs exported before the batch axis became dynamic take one image per call.
         self.batched = not isinstance(self.session.get_inputs()[0].shape[0], int)
 
-    def run(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, raw: np.ndarray) -> tuple[np.ndarray, ...]:
         chunks = [raw] if self.batched else [raw[i : i + 1] for i in range(raw.shape[0])]
         outputs = [
             self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(chunk)})
             for chunk in chunks
         ]
-        scores = np.concatenate([np.asarray(s, dtype=np.float32) for s, _ in outputs])  # B, or B x C
-        heatmaps = np.concatenate([np.asarray(h, dtype=np.float32) for _, h in outputs])
-        return scores, heatmaps
+        # Each output concatenated over the chunks: scores, heat maps (and a detector's anchors).
+        return tuple(
+            np.concatenate([np.asarray(out[i], dtype=np.float32) for out in outputs])
+            for i in range(len(self.output_names))
+        )

@@ -57,6 +57,7 @@ class Thresholds(BaseModel):
     decision: float = Field(description="image score >= decision -> verdict 'defect'")
     pixel: float = Field(0.5, description="heat-map value >= pixel -> defect pixel (regions, masks)")
     unknown: float | None = Field(None, description="out-of-distribution score >= unknown -> 'unknown'")
+    box: float | None = Field(None, description="detection score >= box -> a reported region (detectors)")
     rule: str = "best_f1"
 
 

@@ -20,6 +20,10 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
 
 ``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
 segmenter or a detector on the same network. Epochs are ranked by the validation loss.
+
+Thresholds are fixed (the paper presumes 0.5): ``threshold`` for class probabilities and mask
+pixels, ``box_threshold`` (0.3: focal-loss scores run lower than a classifier's) for the boxes an
+Inspection reports; mAP is computed over every box above the decoder's 0.05.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "positive_iou": 0.5,
     "negative_iou": 0.4,
     "threshold": 0.5,
+    "box_threshold": 0.3,
 }
 SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
 TASKS = ("classification", "segmentation", "detection")
@@ -255,8 +260,9 @@ class AuxNetMethod(MethodSpec):
 
     @classmethod
     def fixed_thresholds(cls, config: RunConfig) -> Thresholds | None:
-        value = float(options_of(config)["threshold"])
-        return Thresholds(decision=value, pixel=value, rule=f"fixed {value:g} (paper 000)")
+        options = options_of(config)
+        value, box = float(options["threshold"]), float(options["box_threshold"])
+        return Thresholds(decision=value, pixel=value, box=box, rule=f"fixed {value:g}, boxes {box:g}")
 
     @classmethod
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> AuxNetRecipe:

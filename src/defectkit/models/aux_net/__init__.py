@@ -11,6 +11,7 @@ from defectkit.models.aux_net.detection import (
     detect,
     encode_boxes,
     match_anchors,
+    select_detections,
 )
 from defectkit.models.aux_net.model import STRIDE, AttentionEncoder, AuxNet, AuxNetOutput
 
@@ -30,4 +31,5 @@ __all__ = [
     "detect",
     "encode_boxes",
     "match_anchors",
+    "select_detections",
 ]

@@ -95,3 +95,18 @@ def detect(
         keep = batched_nms(boxes, scores, labels, config.nms_iou)[: config.max_detections]
         results.append(Detections(boxes[keep], scores[keep], labels[keep]))
     return results
+
+
+def select_detections(
+    anchor_scores: Tensor, anchor_boxes: Tensor, config: DecodeConfig = DecodeConfig()
+) -> Detections:
+    """One image's detections from per-anchor class probabilities (A x K) and decoded boxes
+    (A x 4): score threshold, the ``top_k`` best, per-class NMS, ``max_detections``."""
+    num_classes = anchor_scores.shape[-1]
+    scores = anchor_scores.flatten()
+    candidates = torch.nonzero(scores >= config.score_threshold).squeeze(1)
+    chosen = candidates[scores[candidates].topk(min(config.top_k, candidates.numel())).indices]
+    boxes = anchor_boxes[torch.div(chosen, num_classes, rounding_mode="floor")]
+    labels = chosen % num_classes + 1
+    keep = batched_nms(boxes, scores[chosen], labels, config.nms_iou)[: config.max_detections]
+    return Detections(boxes[keep], scores[chosen][keep], labels[keep])

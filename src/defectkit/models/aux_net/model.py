@@ -38,6 +38,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from defectkit.models.aux_net.detection import decode_boxes
 from defectkit.models.components import Attention, ChannelSpatialAttention
 
 STRIDE = 32
@@ -199,8 +200,10 @@ class AuxNet(nn.Module):
         mask_logits = self.segmentation_head([levels[k] for k in PYRAMID_LEVELS[:4]], (height, width))
         detection = [levels[k] for k in self.detection_levels]
         head = self.detection_head(detection)
-        image_list = ImageList(images, [(int(height), int(width))] * images.shape[0])
-        anchors = self.anchor_generator(image_list, detection)[0]
+        # Anchors depend on the input size only: one image's set serves the batch (and keeps the
+        # exported graph's batch axis free).
+        image_list = ImageList(images[:1], [(int(height), int(width))])
+        anchors = self.anchor_generator(image_list, [level[:1] for level in detection])[0]
         per_location = self.anchor_generator.num_anchors_per_location()[0]
         per_level = [int(f.shape[-2] * f.shape[-1]) * per_location for f in detection]
         return AuxNetOutput(
@@ -208,7 +211,20 @@ class AuxNet(nn.Module):
         )
 
     def inspect(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(class probabilities B x K, per-class mask probabilities B x K x H x W); boxes come
-        from :func:`defectkit.models.aux_net.detect` on the full output."""
+        """(class probabilities B x K, per-class mask probabilities B x K x H x W)."""
         output = self(images)
         return torch.sigmoid(output.class_logits), torch.sigmoid(output.mask_logits)
+
+    def inspect_detections(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`inspect` plus every anchor's class probabilities (B x A x K) and decoded box
+        (B x A x 4, input pixels). Exported graphs end here: thresholding, top-k and NMS run in
+        Python (:func:`defectkit.models.aux_net.select_detections`)."""
+        output = self(images)
+        batch, anchors = output.box_deltas.shape[:2]
+        anchor_boxes = decode_boxes(output.box_deltas.reshape(-1, 4), output.anchors.repeat(batch, 1))
+        return (
+            torch.sigmoid(output.class_logits),
+            torch.sigmoid(output.mask_logits),
+            torch.sigmoid(output.box_logits),
+            anchor_boxes.reshape(batch, anchors, 4),
+        )
