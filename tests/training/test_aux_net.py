@@ -172,3 +172,27 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     again = onnx.inspect(image)
     assert again.class_scores == pytest.approx(inspection.class_scores, abs=1e-3)
     assert len(again.regions) == len(inspection.regions)
+
+
+def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+
+    image = torch.rand(1, 3, 64, 64)
+    for task in ("classification", "segmentation", "detection"):
+        single = tiny(tasks=[task]).eval()
+        with torch.no_grad():
+            out = single(image)
+        assert out.class_logits.shape == (1, 2) and out.mask_logits.shape == (1, 2, 64, 64)
+        assert (out.box_logits.shape[1] > 0) == (task == "detection") and single.detects == (
+            task == "detection"
+        )
+    request = BenchRequest(
+        "cpu", "full", "defectkit bench aux/efficiency", tmp_path, tmp_path, False, {"repeats": "2"},
+        ["input.size=[64,64]", "model.pyramid_channels=32", "model.segmentation_channels=16"],
+    )  # fmt: skip
+    record = json.loads(run_protocol("aux/efficiency", request).read_text())
+    metrics = record["metrics"]
+    assert 0.0 < metrics["params_reduction"] < 1.0 and metrics["ms_multitask"] > 0
+    assert record["paper"]["params_reduction"] == 0.571

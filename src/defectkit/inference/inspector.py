@@ -41,15 +41,15 @@ class Backend(Protocol):
 class InspectionGraph(nn.Module):
     """Pre-processing and the model in one module: what the torch back-end runs and ONNX exports.
 
-    A detector (a model with ``inspect_detections``) adds its per-anchor outputs; the graph ends
-    there and the Inspector does thresholding and NMS in Python.
+    A detector (a model whose ``detects`` is true, with ``inspect_detections``) adds its
+    per-anchor outputs; the graph ends there and the Inspector does thresholding and NMS in Python.
     """
 
     def __init__(self, model: nn.Module, card: ModelCard) -> None:
         super().__init__()
         self.preprocess = Preprocess(card.input)
         self.model = model
-        self.detects = hasattr(model, "inspect_detections")
+        self.detects = bool(getattr(model, "detects", False))
 
     def forward(self, raw: Tensor) -> tuple[Tensor, ...]:
         images = self.preprocess(raw)

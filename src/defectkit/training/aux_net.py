@@ -64,7 +64,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "box_threshold": 0.3,
 }
 SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
-TASKS = ("classification", "segmentation", "detection")
 
 
 def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:

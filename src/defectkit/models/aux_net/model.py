@@ -43,6 +43,7 @@ from defectkit.models.components import Attention, ChannelSpatialAttention
 
 STRIDE = 32
 PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
+TASKS = ("classification", "segmentation", "detection")
 IN_BLOCK_FAMILIES = ("resnet", "resnext", "wide_resnet")
 
 
@@ -166,27 +167,46 @@ class AuxNet(nn.Module):
                 f"detection_levels {list(detection_levels)} (from {PYRAMID_LEVELS}) need one anchor "
                 f"size each, got {list(anchor_sizes)}"
             )
+        if not tasks or set(tasks) - set(TASKS):
+            raise ValueError(f"tasks {list(tasks)}: choose from {TASKS}")
         self.num_classes = num_classes
         self.tasks = tuple(tasks)
+        self.detects = "detection" in self.tasks
         self.detection_levels = tuple(detection_levels)
         self.encoder = AttentionEncoder(backbone, in_channels, attention)
-        self.fpn = FeaturePyramidNetwork(
-            self.encoder.channels, pyramid_channels, extra_blocks=LastLevelMaxPool()
+        # Heads (and the FPN) exist only for the tasks asked: the single-task baselines are this
+        # network with one head, so parameters and time compare like for like.
+        self.fpn = (
+            FeaturePyramidNetwork(self.encoder.channels, pyramid_channels, extra_blocks=LastLevelMaxPool())
+            if {"segmentation", "detection"} & set(tasks)
+            else None
         )
-        self.segmentation_head = SegmentationHead(
-            pyramid_channels, segmentation_channels, num_classes, dropout
+        self.segmentation_head = (
+            SegmentationHead(pyramid_channels, segmentation_channels, num_classes, dropout)
+            if "segmentation" in tasks
+            else None
         )
-        self.decision_head = ClassificationHead(self.encoder.channels[-1], num_classes, dropout)
+        self.decision_head = (
+            ClassificationHead(self.encoder.channels[-1], num_classes, dropout)
+            if "classification" in tasks
+            else None
+        )
         sizes = retinanet_anchor_sizes(anchor_sizes)
         self.anchor_generator = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
-        self.detection_head = RetinaNetHead(
-            pyramid_channels,
-            self.anchor_generator.num_anchors_per_location()[0],
-            num_classes,
-            norm_layer=functools.partial(nn.GroupNorm, groups_of(pyramid_channels)),
+        self.detection_head = (
+            RetinaNetHead(
+                pyramid_channels,
+                self.anchor_generator.num_anchors_per_location()[0],
+                num_classes,
+                norm_layer=functools.partial(nn.GroupNorm, groups_of(pyramid_channels)),
+            )
+            if self.detects
+            else None
         )
 
     def pyramid(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
+        if self.fpn is None:
+            return {}
         levels = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
         return dict(zip(PYRAMID_LEVELS, levels.values(), strict=True))
 
@@ -194,11 +214,22 @@ class AuxNet(nn.Module):
         height, width = images.shape[-2:]
         if height % STRIDE or width % STRIDE:
             raise ValueError(f"aux_net input sides must be multiples of {STRIDE}, got {height}x{width}")
+        batch, k = images.shape[0], self.num_classes
         features = self.encoder(images)
         levels = self.pyramid(features)
-        class_logits = self.decision_head(features[-1])
-        mask_logits = self.segmentation_head([levels[k] for k in PYRAMID_LEVELS[:4]], (height, width))
-        detection = [levels[k] for k in self.detection_levels]
+        # A head that is not built answers zeros (no boxes), so every output keeps its shape.
+        class_logits = (
+            self.decision_head(features[-1]) if self.decision_head is not None else images.new_zeros(batch, k)
+        )
+        mask_logits = (
+            self.segmentation_head([levels[name] for name in PYRAMID_LEVELS[:4]], (height, width))
+            if self.segmentation_head is not None
+            else images.new_zeros(batch, k, height, width)
+        )
+        if self.detection_head is None:
+            empty = images.new_zeros(batch, 0, k), images.new_zeros(batch, 0, 4), images.new_zeros(0, 4)
+            return AuxNetOutput(class_logits, mask_logits, *empty, [])
+        detection = [levels[name] for name in self.detection_levels]
         head = self.detection_head(detection)
         # Anchors depend on the input size only: one image's set serves the batch (and keeps the
         # exported graph's batch axis free).
