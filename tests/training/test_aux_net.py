@@ -163,6 +163,18 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     x0, y0, x1, y1 = inspection.regions[0].box
     assert 0 <= x0 <= x1 <= 90 and 0 <= y0 <= y1 <= 70  # scaled back to the original image
 
+    from defectkit.data.synthetic import SynthConfig, synthetic_dataset
+    from defectkit.evaluation.multilabel import multilabel_summary, score_multilabel
+
+    samples = synthetic_dataset(
+        SynthConfig(mode="multiclass", surfaces=1, per_surface=6, size=64, seed=5)
+    ).samples
+    scores = score_multilabel(inspector, samples, 3)
+    assert len(scores.detections) == len(samples) == len(scores.box_truth)
+    assert any(truth["boxes"] for truth in scores.box_truth)  # boxes from the masks' regions
+    summary = multilabel_summary(scores, 0.5)
+    assert 0.0 <= summary["map50"] <= 1.0 and "per_class_ap50" in summary
+
     from defectkit.inference.export import export_onnx_checked
 
     result = export_onnx_checked(model_dir)

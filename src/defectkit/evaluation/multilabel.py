@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from defectkit.data.io import ImageReadError, error_reason, load_sample
+from defectkit.data.masks import mask_to_boxes
 from defectkit.data.sample import Problem, Sample
 from defectkit.inference.inspector import Inspector
 from defectkit.metrics import SegmentationMeter, image_metrics
 from defectkit.metrics._utils import nanmean
 from defectkit.metrics.classification import multilabel_accuracy, multilabel_metrics
+from defectkit.metrics.detection import detection_map
 
 
 @dataclass
@@ -37,6 +39,9 @@ class MultilabelScores:
     iou: list[list[float]] = field(default_factory=list)
     infer_ms: list[float] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)
+    # A detector's boxes and the true boxes, per image: {"boxes": N x 4, "scores": N, "labels": N}.
+    detections: list[dict[str, list[Any]]] = field(default_factory=list)
+    box_truth: list[dict[str, list[Any]]] = field(default_factory=list)
 
 
 def class_truth(sample: Sample, num_classes: int) -> list[int] | None:
@@ -93,9 +98,39 @@ def score_multilabel(
         result.truth.append(truth)
         result.dice.append(dice)
         result.iou.append(iou)
+        if scored.detections is not None:
+            found = scored.detections
+            result.detections.append(
+                {
+                    "boxes": found.boxes.tolist(),
+                    "scores": found.scores.tolist(),
+                    "labels": found.labels.tolist(),
+                }
+            )
+            result.box_truth.append(true_boxes(loaded, k))
         if progress is not None:
             progress(index + 1, len(samples))
     return result
+
+
+def true_boxes(sample: Sample, num_classes: int) -> dict[str, list[Any]]:
+    """A loaded sample's boxes (annotated, else one per connected region of each class's mask)."""
+    if sample.boxes is not None:
+        given = np.asarray(sample.boxes, dtype=np.float64).reshape(-1, 4)
+        ids = np.ones(len(given), np.int64) if sample.box_classes is None else np.asarray(sample.box_classes)
+        return {"boxes": given.tolist(), "labels": ids.astype(np.int64).tolist()}
+    if sample.mask is None:
+        return {"boxes": [], "labels": []}
+    stack = _truth_stack(np.asarray(sample.mask), num_classes)
+    stack = stack[None] if stack.ndim == 2 and num_classes == 1 else stack
+    boxes: list[list[float]] = []
+    labels: list[int] = []
+    for k in range(num_classes):
+        layer = stack[k] if stack.ndim == 3 else stack == k + 1
+        found, _ = mask_to_boxes(np.asarray(layer, dtype=np.uint8))
+        boxes += found.reshape(-1, 4).tolist()
+        labels += [k + 1] * len(found)
+    return {"boxes": boxes, "labels": labels}
 
 
 def _truth_stack(mask: np.ndarray, k: int) -> np.ndarray:
@@ -147,6 +182,11 @@ def multilabel_summary(scores: MultilabelScores, decision_threshold: float | np.
             for c, name in enumerate(names)
         },
     }
+    if scores.detections:
+        boxes = detection_map(scores.detections, scores.box_truth, names)
+        metrics.update(
+            {"map50": boxes["map50"], "map": boxes["map"], "per_class_ap50": boxes["per_class_ap50"]}
+        )
     single = positive.sum(axis=1) == 1
     if len(names) > 1 and single.any():
         predicted = probabilities[single].argmax(axis=1)
