@@ -185,7 +185,7 @@ def test_bench_severstal_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     }
     # A rerun finds every cell done: nothing trains again.
     monkeypatch.setattr(
-        "defectkit.bench.tlu.train", lambda *a, **k: pytest.fail("a finished cell was retrained")
+        "defectkit.bench.grid.train", lambda *a, **k: pytest.fail("a finished cell was retrained")
     )
     run_protocol("tlu/severstal", request)
 

@@ -38,17 +38,13 @@ encoder name and weights file is checked before the first cell trains.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from defectkit.bench.grid import GridDataset, prepared_data, split_fingerprint, summarise, train_and_score
 from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
@@ -62,10 +58,10 @@ from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
-from defectkit.data.sample import DatasetInfo, Sample
+from defectkit.data.sample import DatasetInfo
 from defectkit.data.splits import kfold, split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
-from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary, per_image_dice
+from defectkit.evaluation.multilabel import MultilabelScores, per_image_dice
 from defectkit.evaluation.plots import (
     dice_difference_png,
     dice_iou_boxplot_png,
@@ -73,11 +69,8 @@ from defectkit.evaluation.plots import (
     validation_curves_png,
 )
 from defectkit.files import write_atomic
-from defectkit.inference.inspector import load_inspector
 from defectkit.models.pretrained import PACKAGED
 from defectkit.models.tlu_net import smp_encoder_name
-from defectkit.training.data import PreparedData, limit_fraction, prepare_data
-from defectkit.training.engine import train
 
 SPLIT = (0.75, 0.125, 0.125)
 SPLIT_SEED = 0
@@ -94,33 +87,25 @@ PAPER_TRANSFER = {
 }
 
 
-@dataclass(frozen=True)
-class TluDataset:
-    name: str
-    config: str
-    samples: list[Sample]
-    info: DatasetInfo
-
-
-def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] = ()) -> TluDataset:
+def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] = ()) -> GridDataset:
     """Samples (masks where the data has them; NEU-DET's from its boxes) and names of a dataset;
     the generated one follows its config (``profile``, ``overrides``)."""
     config = f"configs/tlu_net/{name}.yaml"
     if name == "ksdd":
         samples = ksdd_samples()
         info = DatasetInfo(name="kolektorsdd", format="kolektorsdd", root="", class_names=["defect"])
-        return TluDataset(name, "configs/tlu_net/kolektorsdd.yaml", samples, info)
+        return GridDataset(name, "configs/tlu_net/kolektorsdd.yaml", samples, info)
     if name == "neu-det":
         dataset = read_dataset(dataset_root("neu-det"), "neu-det")
         samples = with_box_masks([s for s in dataset.samples if s.label is not None])
-        return TluDataset(name, config, samples, dataset.info)
+        return GridDataset(name, config, samples, dataset.info)
     if name == "severstal":
         dataset = read_dataset(dataset_root("severstal"), "severstal")
-        return TluDataset(name, config, [s for s in dataset.samples if s.label is not None], dataset.info)
+        return GridDataset(name, config, [s for s in dataset.samples if s.label is not None], dataset.info)
     if name == "synthetic-steel":
         synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
         dataset = synthetic_dataset(SynthConfig(**synth))
-        return TluDataset(name, config, list(dataset.samples), dataset.info)
+        return GridDataset(name, config, list(dataset.samples), dataset.info)
     raise KeyError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
 
 
@@ -156,7 +141,7 @@ def encoder_weights(encoder: str, init: str, given: Mapping[str, str]) -> str | 
     return PACKAGED_ENCODER_WEIGHTS[encoder]
 
 
-def _config(dataset: TluDataset, request: BenchRequest, encoder: str, weights: str | None,
+def _config(dataset: GridDataset, request: BenchRequest, encoder: str, weights: str | None,
             fraction: float) -> RunConfig:  # fmt: skip
     overrides = [f"model.encoder={encoder}", f"data.train_fraction={fraction}"]
     overrides.append(f"weights={weights}" if weights else "weights=null")
@@ -168,96 +153,12 @@ def _config(dataset: TluDataset, request: BenchRequest, encoder: str, weights: s
     return load_config(REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides])
 
 
-def validation_curve(train_dir: Path) -> list[dict[str, float]]:
-    """Per-epoch validation Dice, MLA and loss from the training run's CSV log (Fig. 8)."""
-    path = train_dir / "logs" / "metrics.csv"
-    if not path.is_file():
-        return []
-    curve = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("val/dice"):
-                curve.append(
-                    {
-                        key.removeprefix("val/"): float(row[key])
-                        for key in ("epoch", "val/dice", "val/mla", "val/loss")
-                        if row.get(key)
-                    }
-                )
-    return curve
-
-
-def _cell(config: RunConfig, request: BenchRequest, data: PreparedData, test: Sequence[Sample],
-          work: Path) -> dict[str, Any]:  # fmt: skip
-    from defectkit.evaluation.multilabel import score_multilabel
-
-    started = time.perf_counter()
-    model_dir = train(config, work, progress=request.progress, data=data)
-    assert model_dir is not None
-    train_s = time.perf_counter() - started
-    inspector = load_inspector(model_dir)
-    scores = score_multilabel(inspector, test, config.input.channels)
-    return {
-        "wall_s": time.perf_counter() - started,
-        "train_s": train_s,
-        "train_images": len(data.train),
-        "val_images": len(data.val),
-        "threshold": inspector.threshold,
-        "pixel_threshold": inspector.card.thresholds.pixel,
-        "class_names": scores.class_names,
-        "paths": scores.paths,
-        "probabilities": scores.probabilities,
-        "truth": scores.truth,
-        "dice": scores.dice,
-        "iou": scores.iou,
-        "infer_ms": float(np.mean(scores.infer_ms)) if scores.infer_ms else None,
-        "skipped": [str(p) for p in scores.skipped],
-        "curve": validation_curve(work),
-        "mean": list(inspector.card.input.mean),
-        "std": list(inspector.card.input.std),
-    }
-
-
-def _scores(cells: Sequence[Mapping[str, Any]]) -> MultilabelScores:
-    pooled = MultilabelScores(class_names=list(cells[0]["class_names"]))
-    for cell in cells:
-        pooled.paths += cell["paths"]
-        pooled.probabilities += cell["probabilities"]
-        pooled.truth += cell["truth"]
-        pooled.dice += cell["dice"]
-        pooled.iou += cell["iou"]
-    return pooled
-
-
-def _splits(dataset: TluDataset) -> list[tuple[list[int], list[int] | None, list[int]]]:
+def _splits(dataset: GridDataset) -> list[tuple[list[int], list[int] | None, list[int]]]:
     """(train, validation or None: a hold-out of train, test) index lists, one per fold."""
     if dataset.name == "ksdd":
         return [(train, None, test) for train, test in kfold(dataset.samples, FOLDS, seed=FOLD_SEED)]
     train, val, test = split_fractions(dataset.samples, SPLIT, seed=SPLIT_SEED)
     return [(train, val, test)]
-
-
-def _prepared(
-    dataset: TluDataset, config: RunConfig, train: list[int], val: list[int] | None
-) -> PreparedData:
-    samples = dataset.samples
-    if val is None:
-        return replace(prepare_data(config, [samples[i] for i in train]), info=dataset.info)
-    kept = limit_fraction([samples[i] for i in train], config)
-    return PreparedData(dataset.info, kept, [samples[i] for i in val])
-
-
-def _split_fingerprint(dataset: TluDataset, split: tuple[list[int], list[int] | None, list[int]]) -> str:
-    """A short hash of which images (by folder and file name) train, validate and test a fold:
-    a cell from another copy or subset of the data never stands in for this one."""
-    names = [
-        sorted(
-            f"{Path(dataset.samples[i].path).parent.name}/{Path(dataset.samples[i].path).name}" for i in part
-        )
-        for part in split
-        if part is not None
-    ]
-    return hashlib.sha1(json.dumps(names).encode("utf-8")).hexdigest()[:10]
 
 
 def _check_grid(request: BenchRequest, encoders: Sequence[str], inits: Sequence[str]) -> dict[str, str]:
@@ -296,7 +197,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     given = _check_grid(request, encoders, inits)
     dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)
     splits = _splits(dataset)
-    split_keys = [_split_fingerprint(dataset, split) for split in splits]
+    split_keys = [split_fingerprint(dataset, split) for split in splits]
     protocol = f"tlu/{dataset_name}"
     betas = options.get("betas", "profile")
     name = "-".join(p for p in (protocol.replace("/", "-"), "" if betas == "profile" else "betas-paper") if p)
@@ -316,13 +217,13 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     )
                     cell = cache.get(key)
                     if cell is None:
-                        data = _prepared(dataset, config, train_idx, val_idx)
+                        data = prepared_data(dataset, config, train_idx, val_idx)
                         work = work_root / f"{encoder}-{init}-f{fraction:g}-fold{fold}"
                         test = [dataset.samples[i] for i in test_idx]
-                        cell = _cell(config, request, data, test, work)
+                        cell = train_and_score(config, request, data, test, work)
                         cache.put(key, cell)
                     cells.append(cell)
-                record = _summarise(cells)
+                record = summarise(cells)
                 finished[(encoder, init, fraction)] = record
                 variant: dict[str, Any] = {"encoder": encoder, "init": init, "fraction": fraction}
                 if betas != "profile":
@@ -370,33 +271,6 @@ def _notes(dataset_name: str, config: RunConfig) -> str:
     if dataset_name == "ksdd":
         notes.append("3-fold CV by commutator, figures pooled over folds; AP from the classification head")
     return "; ".join(notes)
-
-
-def _summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per-image figures pooled over the folds, each image judged at its own fold's thresholds;
-    each fold's own summary in ``per_fold``."""
-    scores = _scores(cells)
-    thresholds = np.concatenate([np.full(len(c["paths"]), float(c["threshold"])) for c in cells])
-    per_fold = [
-        {
-            "fold": fold,
-            "train_images": cell["train_images"],
-            "train_s": cell["train_s"],
-            "threshold": cell["threshold"],
-            "metrics": {
-                k: v
-                for k, v in multilabel_summary(_scores([cell]), float(cell["threshold"])).items()
-                if not isinstance(v, dict)
-            },
-        }
-        for fold, cell in enumerate(cells)
-    ]
-    return {
-        "metrics": multilabel_summary(scores, thresholds),
-        "scores": scores,
-        "cells": list(cells),
-        "per_fold": per_fold,
-    }
 
 
 def paired_dice(first: MultilabelScores, second: MultilabelScores) -> tuple[np.ndarray, np.ndarray]:
@@ -457,7 +331,7 @@ def transfer_verdict(gains: Mapping[float, Mapping[str, Any]], fraction: float) 
     return words
 
 
-def _write_transfer(protocol: str, dataset: TluDataset, request: BenchRequest, encoder: str, fraction: float,
+def _write_transfer(protocol: str, dataset: GridDataset, request: BenchRequest, encoder: str, fraction: float,
                     pair: tuple[Mapping[str, Any], Mapping[str, Any]], metrics: Mapping[str, Any], betas: str,
                     verdict: str) -> Path:  # fmt: skip
     """One ``tlu/<dataset>/transfer`` record: the gains beside the paper's claims."""

@@ -1,0 +1,149 @@
+"""What the training-grid protocols share (``tlu/...``, ``aux/...``): one cell trains a model on a
+fold's training part and scores its test images with :func:`score_multilabel`; cells pool into
+one summary, each image judged at its own fold's thresholds.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from defectkit.bench.protocols import BenchRequest
+from defectkit.config import RunConfig
+from defectkit.data.sample import DatasetInfo, Sample
+from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary, score_multilabel
+from defectkit.inference.inspector import load_inspector
+from defectkit.training.data import PreparedData, limit_fraction, prepare_data
+from defectkit.training.engine import train
+
+Split = tuple[list[int], list[int] | None, list[int]]  # train, validation (None: a hold-out), test
+
+
+@dataclass(frozen=True)
+class GridDataset:
+    name: str
+    config: str
+    samples: list[Sample]
+    info: DatasetInfo
+
+
+def validation_curve(train_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch validation Dice, MLA and loss from the training run's CSV log (Fig. 8)."""
+    path = train_dir / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    curve = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row.get("val/dice"):
+                curve.append(
+                    {
+                        key.removeprefix("val/"): float(row[key])
+                        for key in ("epoch", "val/dice", "val/mla", "val/loss")
+                        if row.get(key)
+                    }
+                )
+    return curve
+
+
+def train_and_score(config: RunConfig, request: BenchRequest, data: PreparedData, test: Sequence[Sample],
+          work: Path) -> dict[str, Any]:  # fmt: skip
+    started = time.perf_counter()
+    model_dir = train(config, work, progress=request.progress, data=data)
+    assert model_dir is not None
+    train_s = time.perf_counter() - started
+    inspector = load_inspector(model_dir)
+    scores = score_multilabel(inspector, test, config.input.channels)
+    return {
+        "wall_s": time.perf_counter() - started,
+        "train_s": train_s,
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "threshold": inspector.threshold,
+        "pixel_threshold": inspector.card.thresholds.pixel,
+        "class_names": scores.class_names,
+        "paths": scores.paths,
+        "probabilities": scores.probabilities,
+        "truth": scores.truth,
+        "dice": scores.dice,
+        "iou": scores.iou,
+        "infer_ms": float(np.mean(scores.infer_ms)) if scores.infer_ms else None,
+        "skipped": [str(p) for p in scores.skipped],
+        "curve": validation_curve(work),
+        "mean": list(inspector.card.input.mean),
+        "std": list(inspector.card.input.std),
+        # A detector's boxes (empty lists for models without a detection head).
+        "detections": scores.detections,
+        "box_truth": scores.box_truth,
+    }
+
+
+def pooled_scores(cells: Sequence[Mapping[str, Any]]) -> MultilabelScores:
+    pooled = MultilabelScores(class_names=list(cells[0]["class_names"]))
+    for cell in cells:
+        pooled.paths += cell["paths"]
+        pooled.probabilities += cell["probabilities"]
+        pooled.truth += cell["truth"]
+        pooled.dice += cell["dice"]
+        pooled.iou += cell["iou"]
+        pooled.detections += cell.get("detections", [])
+        pooled.box_truth += cell.get("box_truth", [])
+    return pooled
+
+
+def prepared_data(
+    dataset: GridDataset, config: RunConfig, train: list[int], val: list[int] | None
+) -> PreparedData:
+    samples = dataset.samples
+    if val is None:
+        return replace(prepare_data(config, [samples[i] for i in train]), info=dataset.info)
+    kept = limit_fraction([samples[i] for i in train], config)
+    return PreparedData(dataset.info, kept, [samples[i] for i in val])
+
+
+def split_fingerprint(dataset: GridDataset, split: tuple[list[int], list[int] | None, list[int]]) -> str:
+    """A short hash of which images (by folder and file name) train, validate and test a fold:
+    a cell from another copy or subset of the data never stands in for this one."""
+    names = [
+        sorted(
+            f"{Path(dataset.samples[i].path).parent.name}/{Path(dataset.samples[i].path).name}" for i in part
+        )
+        for part in split
+        if part is not None
+    ]
+    return hashlib.sha1(json.dumps(names).encode("utf-8")).hexdigest()[:10]
+
+
+def summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per-image figures pooled over the folds, each image judged at its own fold's thresholds;
+    each fold's own summary in ``per_fold``."""
+    scores = pooled_scores(cells)
+    thresholds = np.concatenate([np.full(len(c["paths"]), float(c["threshold"])) for c in cells])
+    per_fold = [
+        {
+            "fold": fold,
+            "train_images": cell["train_images"],
+            "train_s": cell["train_s"],
+            "threshold": cell["threshold"],
+            "metrics": {
+                k: v
+                for k, v in multilabel_summary(pooled_scores([cell]), float(cell["threshold"])).items()
+                if not isinstance(v, dict)
+            },
+        }
+        for fold, cell in enumerate(cells)
+    ]
+    return {
+        "metrics": multilabel_summary(scores, thresholds),
+        "scores": scores,
+        "cells": list(cells),
+        "per_fold": per_fold,
+    }
