@@ -208,3 +208,22 @@ def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # 
     metrics = record["metrics"]
     assert 0.0 < metrics["params_reduction"] < 1.0 and metrics["ms_multitask"] > 0
     assert record["paper"]["params_reduction"] == 0.571
+
+
+def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+
+    request = BenchRequest(
+        "cpu", "full", "defectkit bench aux/synthetic", tmp_path / "results", tmp_path / "work", False,
+        {"tasks": "all,detection", "attention": "se+sa"},
+        ["data.synthetic.per_surface=10", "data.synthetic.size=64", "input.size=[64,64]", "trainer.epochs=1",
+         "model.pyramid_channels=32", "model.segmentation_channels=16", "weights=null"],
+        cells_root=tmp_path / "cells",
+    )  # fmt: skip
+    run_protocol("aux/synthetic", request)
+    names = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
+    assert len(names) == 2 and all(n.startswith("aux-synthetic-attention-se-sa") for n in names)
+    record = json.loads((tmp_path / "results" / names[0]).read_text())
+    assert {"mla", "dice", "map50", "map"} <= set(record["metrics"]) and record["variant"]["fraction"] == 1.0

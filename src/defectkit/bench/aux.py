@@ -1,5 +1,21 @@
 """``aux/...``: paper 000's measurements of Defect-Aux-Net (method ``aux_net``).
 
+``aux/<dataset>`` trains one model per (tasks, attention, seg_loss, fraction) cell and scores its
+held-out images: MLA and arg-max accuracy, image AP, Dice / IoU per class, and COCO box mAP@.5 and
+mAP@[.5:.95] (boxes as annotated, else one per connected region of each class's mask).
+
+* ``neu-det``: seeded 80 / 20 split (grouped, label-stratified); validation is a 12.5 % hold-out
+  of the training part (``data.val_fraction``); masks are the boxes filled (coarse).
+* ``ksdd``: the 3-fold split by commutator of the other KolektorSDD protocols; boxes from masks.
+* ``synthetic``: the generator's multi-class mode (masks, boxes, classes), split as NEU-DET.
+
+Options (``--variant``, comma lists make a grid): ``tasks`` (``all``, ``classification``,
+``segmentation``, ``detection``, or ``singles`` for the three single-task baselines; ``all``),
+``attention`` (``none``, ``se``, ``sa``, ``se+sa``; ``se+sa``), ``seg_loss`` (``dice``, ``bce``,
+``jaccard``, ``dice+bce``, ``jaccard+bce``; ``dice``) and ``fractions`` (of the training part;
+``1``). The paper's Table I, IV and Fig. 10 grids are ``-V seg_loss=...``, ``-V attention=...``
+and ``-V fractions=0.9,0.75,0.5``.
+
 ``aux/efficiency`` (Tables V-VI): parameters and single-core CPU time per image of the multitask
 network against the three single-task networks on the same backbone (a classifier, an FPN
 segmenter and a RetinaNet detector: ``aux_net`` built with one head each), at the profile's
@@ -13,19 +29,40 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
+from defectkit.bench.grid import GridDataset, prepared_data, split_fingerprint, summarise, train_and_score
+from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchRequest,
+    check_options,
+    dataset_root,
+    option_list,
+    register_protocol,
+)
 from defectkit.bench.results import write_results
-from defectkit.config import load_config
+from defectkit.config import RunConfig, config_fingerprint, load_config
+from defectkit.data.formats import read_dataset
+from defectkit.data.io import with_box_masks
+from defectkit.data.sample import DatasetInfo
+from defectkit.data.splits import kfold, split_fractions
+from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.models import create_model
 from defectkit.models.aux_net.model import TASKS
 
 CONFIG = "configs/aux_net/neu-det.yaml"
 PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
+SPLIT = (0.8, 0.2)
+SPLIT_SEED = 0
+GRID_OPTIONS = ("tasks", "attention", "seg_loss", "fractions")
+# The paper's headline (abstract) is on its own one-class data (TekErreka), not on these sets.
+PAPER_HEADLINE = {"accuracy": 0.971, "dice": 0.926, "map": 0.762}
 
 
 def measure(model: torch.nn.Module, size: tuple[int, int], channels: int, warmup: int, repeats: int) -> float:
@@ -98,3 +135,146 @@ def efficiency(request: BenchRequest) -> Path:
         "measured ResNet-50 networks on a one-core Xeon at 2.2 GHz (its input size is not given)",
         root=request.results_root,
     )
+
+
+def load_aux_dataset(name: str, profile: str, overrides: Sequence[str]) -> GridDataset:
+    if name == "ksdd":
+        info = DatasetInfo(name="kolektorsdd", format="kolektorsdd", root="", class_names=["defect"])
+        return GridDataset(name, "configs/aux_net/kolektorsdd.yaml", ksdd_samples(), info)
+    config = f"configs/aux_net/{name}.yaml"
+    if name == "neu-det":
+        dataset = read_dataset(dataset_root("neu-det"), "neu-det")
+        samples = with_box_masks([s for s in dataset.samples if s.label is not None])
+        return GridDataset(name, config, samples, dataset.info)
+    if name == "synthetic":
+        synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
+        dataset = synthetic_dataset(SynthConfig(**synth))
+        return GridDataset(name, config, list(dataset.samples), dataset.info)
+    raise KeyError(f"unknown aux dataset {name!r}; known: ksdd, neu-det, synthetic")
+
+
+def _splits(dataset: GridDataset) -> list[tuple[list[int], list[int] | None, list[int]]]:
+    if dataset.name == "ksdd":
+        return [(train, None, test) for train, test in kfold(dataset.samples, FOLDS, seed=FOLD_SEED)]
+    train, test = split_fractions(dataset.samples, SPLIT, seed=SPLIT_SEED)
+    return [(train, None, test)]
+
+
+def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, tasks) per ``--variant tasks`` entry; ``singles`` expands to the three baselines."""
+    chosen: list[tuple[str, tuple[str, ...]]] = []
+    for entry in [e.strip() for e in option.split(",") if e.strip()]:
+        if entry == "all":
+            chosen.append(("all", TASKS))
+        elif entry == "singles":
+            chosen += [(task, (task,)) for task in TASKS]
+        elif entry in TASKS:
+            chosen.append((entry, (entry,)))
+        else:
+            raise KeyError(f"--variant tasks: {entry!r} is not all, singles or one of {TASKS}")
+    return chosen
+
+
+def run_aux(dataset_name: str, request: BenchRequest) -> Path:
+    protocol = f"aux/{dataset_name}"
+    check_options(request.variant, GRID_OPTIONS, protocol)
+    options = request.variant
+    task_sets = _task_sets(options.get("tasks", "all"))
+    attentions = option_list(options, "attention", "se+sa")
+    seg_losses = option_list(options, "seg_loss", "dice")
+    fractions = [float(f) for f in option_list(options, "fractions", "1")]
+    dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
+    splits = _splits(dataset)
+    split_keys = [split_fingerprint(dataset, split) for split in splits]
+    name = f"{protocol.replace('/', '-')}-{request.profile}"
+    cache = request.cells(name)
+    last: Path | None = None
+    for task_name, tasks in task_sets:
+        for attention in attentions:
+            for seg_loss in seg_losses:
+                for fraction in fractions:
+                    overrides = [
+                        f"model.tasks=[{','.join(tasks)}]",
+                        f"model.attention={attention}",
+                        f"method_options.seg_loss={seg_loss}",
+                        f"data.train_fraction={fraction}",
+                    ]
+                    config = load_config(
+                        REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides]
+                    )
+                    cells = []
+                    for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
+                        key = (
+                            f"{task_name}/{attention}/{seg_loss}/fraction-{fraction:g}/fold{fold}/"
+                            f"config-{config_fingerprint(config)}-data-{split_keys[fold]}"
+                        )
+                        cell = cache.get(key)
+                        if cell is None:
+                            data = prepared_data(dataset, config, train_idx, val_idx)
+                            work = (
+                                request.work_root
+                                / name
+                                / f"{task_name}-{attention}-{seg_loss}-f{fraction:g}-fold{fold}"
+                            )
+                            test = [dataset.samples[i] for i in test_idx]
+                            cell = train_and_score(config, request, data, test, work)
+                            cache.put(key, cell)
+                        cells.append(cell)
+                    variant: dict[str, Any] = {
+                        "tasks": task_name,
+                        "attention": attention,
+                        "seg_loss": seg_loss,
+                        "fraction": fraction,
+                    }
+                    last = _write_cell_results(protocol, dataset, request, config, cells, variant)
+    assert last is not None, "no cell ran"
+    return last
+
+
+def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchRequest, config: RunConfig,
+                        cells: Sequence[Mapping[str, Any]], variant: Mapping[str, Any]) -> Path:  # fmt: skip
+    record = summarise(cells)
+    metrics = dict(record["metrics"])
+    if len(record["scores"].class_names) == 1:
+        metrics["accuracy"] = metrics["mla"]  # one class: the image verdict's accuracy
+    paper = {k: v for k, v in PAPER_HEADLINE.items() if k in metrics} if dataset.name == "ksdd" else {}
+    return write_results(
+        protocol=protocol,
+        method="aux_net",
+        dataset=dataset.info.name,
+        variant=variant,
+        profile=request.profile,
+        metrics=metrics,
+        per_fold=record["per_fold"],
+        n_images=len(record["scores"].paths),
+        paper=paper,
+        wall_time_s=sum(c["wall_s"] for c in cells),
+        infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
+        command=request.command,
+        commit=request.commit,
+        init="random" if config.weights is None else str(config.weights),
+        notes=_notes(dataset.name, config, bool(paper)),
+        root=request.results_root,
+    )
+
+
+def _notes(dataset_name: str, config: RunConfig, with_paper: bool) -> str:
+    notes = [f"input {config.input.size[0]}x{config.input.size[1]}, {config.trainer.epochs} epochs"]
+    if dataset_name == "neu-det":
+        notes.append("masks are NEU-DET's boxes filled (coarse)")
+    if with_paper:
+        notes.append("the paper's figures are its headline on TekErreka, its own one-class data")
+    return "; ".join(notes)
+
+
+def _register(dataset_name: str, description: str) -> None:
+    register_protocol(f"aux/{dataset_name}", description)(lambda request: run_aux(dataset_name, request))
+
+
+_register(
+    "neu-det", "aux_net on NEU-DET (boxes; masks from boxes): classification, Dice, box mAP (paper 000)"
+)
+_register(
+    "ksdd", "aux_net on KolektorSDD, 3-fold CV (boxes from masks): accuracy, AP, Dice, box mAP (paper 000)"
+)
+_register("synthetic", "aux_net on the generator's multi-class set (masks, boxes, classes) (paper 000)")
