@@ -381,7 +381,7 @@ def _figures(finished: Mapping[tuple[str, str, float], Mapping[str, Any]], out: 
             finished[(encoder, "imagenet", fraction)]["scores"],
             finished[(encoder, "random", fraction)]["scores"],
         )
-        png = dice_difference_png(ours - theirs, f"{title}: {encoder}, {fraction:g} of the training data")
+        png = dice_difference_png(ours - theirs, f"{title}: {encoder}, {fraction:.0%} of the training data")
         write_atomic(out / f"fig9_dice_difference_{encoder}_f{fraction:g}.png", png)
 
 

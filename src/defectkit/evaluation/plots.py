@@ -198,7 +198,8 @@ def mla_bars_png(mla: Mapping[tuple[str, str, float], float], title: str = "") -
         bars = axes.bar(positions, heights, width, label=f"{encoder} ({init})")
         axes.bar_label(bars, fmt="%.3f", fontsize=7)
     axes.set_xticks(np.arange(len(fractions)) + width * (len(runs) - 1) / 2)
-    axes.set_xticklabels([f"{f:g} of training data" for f in fractions])
+    axes.set_xticklabels([f"{f:.0%}" for f in fractions])
+    axes.set_xlabel("share of the training data")
     low = min([v for v in mla.values() if np.isfinite(v)], default=0.0)
     axes.set_ylim(max(0.0, low - 0.05), 1.0)
     axes.set_ylabel("multi-label accuracy (MLA)")
@@ -214,18 +215,15 @@ def validation_curves_png(curves: Mapping[str, Sequence[Mapping[str, float]]], t
     figure = Figure(figsize=(10.0, 4.0), dpi=100)
     for column, key in enumerate(("dice", "mla")):
         axes = figure.add_subplot(1, 2, column + 1)
+        # One colour per run but for the initialisation: "x imagenet f" and "x random f" share it.
+        groups = sorted({name.replace("random", "imagenet") for name in curves})
         for name, curve in curves.items():
             points = [(p["epoch"] + 1, p[key]) for p in curve if key in p and "epoch" in p]
             if points:
                 epochs, values = zip(*points, strict=True)
-                axes.plot(
-                    epochs,
-                    values,
-                    marker="o",
-                    markersize=3,
-                    label=name,
-                    linestyle="--" if "random" in name else "-",
-                )
+                colour = f"C{groups.index(name.replace('random', 'imagenet')) % 10}"
+                style = "--" if "random" in name else "-"
+                axes.plot(epochs, values, marker="o", markersize=3, label=name, linestyle=style, color=colour)
         axes.set_xlabel("epoch")
         axes.set_ylabel(f"validation {key.upper() if key == 'mla' else 'Dice'}")
         axes.grid(alpha=0.3)
@@ -246,8 +244,8 @@ def dice_difference_png(difference: np.ndarray, title: str = "") -> bytes:
     axes.hist(values, bins=np.linspace(-1.0, 1.0, 41).tolist(), color="tab:blue", alpha=0.8)
     axes.axvline(0.0, color="tab:red", linewidth=1)
     if values.size:
-        better, worse = float(np.mean(values > 0)), float(np.mean(values < 0))
-        summary = f"improved {better:.0%}, worse {worse:.0%}, equal {1 - better - worse:.0%} of {values.size}"
+        better, worse, equal = (float(np.mean(test)) for test in (values > 0, values < 0, values == 0))
+        summary = f"improved {better:.0%}, worse {worse:.0%}, equal {equal:.0%} of {values.size}"
     else:
         summary = "no images"
     axes.set_xlabel("per-image Dice, ImageNet minus random")
