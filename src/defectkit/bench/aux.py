@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from defectkit.bench.grid import GridDataset, prepared_data, split_fingerprint, summarise, train_and_score
+from defectkit.bench.grid import (
+    GridDataset,
+    cells_commit,
+    prepared_data,
+    split_fingerprint,
+    summarise,
+    train_and_score,
+)
 from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
@@ -251,7 +258,7 @@ def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchReque
         wall_time_s=sum(c["wall_s"] for c in cells),
         infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
         command=request.command,
-        commit=request.commit,
+        commit=cells_commit(cells, request.commit),
         init="random" if config.weights is None else str(config.weights),
         notes=_notes(dataset.name, config, bool(paper)),
         root=request.results_root,

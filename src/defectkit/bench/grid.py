@@ -63,6 +63,7 @@ def train_and_score(config: RunConfig, request: BenchRequest, data: PreparedData
     inspector = load_inspector(model_dir)
     scores = score_multilabel(inspector, test, config.input.channels)
     return {
+        "commit": request.commit,  # the code that trained this cell, whenever it is summarised
         "wall_s": time.perf_counter() - started,
         "train_s": train_s,
         "train_images": len(data.train),
@@ -147,3 +148,9 @@ def summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "cells": list(cells),
         "per_fold": per_fold,
     }
+
+
+def cells_commit(cells: Sequence[Mapping[str, Any]], fallback: str | None) -> str | None:
+    """The commit(s) whose code trained ``cells`` (``fallback`` for cells that do not say)."""
+    commits = sorted({str(cell.get("commit") or fallback) for cell in cells})
+    return " ".join(commits) if commits else fallback

@@ -44,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.bench.grid import GridDataset, prepared_data, split_fingerprint, summarise, train_and_score
+from defectkit.bench.grid import (
+    GridDataset,
+    cells_commit,
+    prepared_data,
+    split_fingerprint,
+    summarise,
+    train_and_score,
+)
 from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
@@ -240,7 +247,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     wall_time_s=sum(c["wall_s"] for c in cells),
                     infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
                     command=request.command,
-                    commit=request.commit,
+                    commit=cells_commit(cells, request.commit),
                     init="random" if init == "random" else str(config.weights),
                     notes=_notes(dataset_name, config),
                     root=request.results_root,
@@ -350,7 +357,7 @@ def _write_transfer(protocol: str, dataset: GridDataset, request: BenchRequest, 
         paper=paper,
         wall_time_s=sum(c["wall_s"] for run in pair for c in run["cells"]),
         command=request.command,
-        commit=request.commit,
+        commit=cells_commit([c for run in pair for c in run["cells"]], request.commit),
         notes=f"{verdict}. Imagenet minus random on the same test images; the paper's figures are for "
         "its ResNet (ResNet-18-sized) encoder" + ("" if paper else ", none for this encoder / fraction"),
         root=request.results_root,
