@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from defectkit.data.sample import Sample, collate
-from defectkit.models.aux_net import AuxNet, DecodeConfig, decode_boxes, detect, encode_boxes, match_anchors
+from defectkit.models.aux_net import (
+    AuxNet,
+    DecodeConfig,
+    decode_boxes,
+    encode_boxes,
+    match_anchors,
+    select_detections,
+)
 from defectkit.training.aux_net import DEFAULT_OPTIONS, AuxNetRecipe, load_imagenet_encoder, segmentation_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,11 +49,11 @@ def test_anchors_match_encode_and_decode() -> None:
     assert torch.allclose(decode_boxes(goal, anchors[1:2]), boxes, atol=1e-4)
     assert (match_anchors(anchors, torch.zeros(0, 4)) == -1).all()
 
-    logits = torch.full((1, 3, 2), -9.0)
-    logits[0, 1, 1] = 4.0  # anchor 1, class 2
-    deltas = torch.zeros(1, 3, 4)
-    deltas[0, 1] = goal[0]
-    found = detect(logits, deltas, anchors, (64, 64), config=DecodeConfig(score_threshold=0.5))[0]
+    probabilities = torch.full((3, 2), 0.01)
+    probabilities[1, 1] = 0.9  # anchor 1, class 2
+    decoded = decode_boxes(torch.zeros(3, 4), anchors)
+    decoded[1] = decode_boxes(goal, anchors[1:2])[0]
+    found = select_detections(probabilities, decoded, DecodeConfig(score_threshold=0.5))
     assert found.labels.tolist() == [2] and torch.allclose(
         found.boxes, torch.tensor([[21.0, 19.0, 41.0, 42.0]]), atol=1e-3
     )
@@ -227,3 +234,27 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
     assert len(names) == 2 and all(n.startswith("aux-synthetic-attention-se-sa") for n in names)
     record = json.loads((tmp_path / "results" / names[0]).read_text())
     assert {"mla", "dice", "map50", "map"} <= set(record["metrics"]) and record["variant"]["fraction"] == 1.0
+
+
+def test_single_task_inspection_and_strides() -> None:
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        probabilities, masks = tiny(tasks=["detection"]).eval().inspect(image)
+        assert masks is None and probabilities.shape == (2, 2)  # judged by its best anchors
+        probabilities, masks = tiny(tasks=["segmentation"]).eval().inspect(image)
+        assert masks is not None and probabilities.shape == (2, 2)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        tiny()(torch.rand(1, 3, 96, 96))  # P6 (stride 64) would not tile a 96-pixel side
+    assert tiny(tasks=["segmentation"]).stride == 32 and tiny(tasks=["detection"]).fpn is not None
+
+
+def test_good_images_teach_every_head() -> None:
+    from defectkit.training.aux_net import batch_boxes
+    from defectkit.training.targets import class_targets
+
+    image = np.zeros((3, 8, 8), np.float32)
+    batch = collate([Sample("ok", image, label=0), Sample("ng", image, label=1, classes=[2])], num_classes=2)
+    targets, known = class_targets(batch, 2)
+    assert known.tolist() == [True, True] and targets.tolist() == [[0.0, 0.0], [0.0, 1.0]]
+    boxes, _, has_boxes = batch_boxes(batch, 2, from_masks=True)
+    assert has_boxes.tolist() == [True, False] and boxes[0].numel() == 0  # known: no box at all

@@ -139,12 +139,17 @@ def batch_boxes(
 ) -> tuple[list[Tensor], list[Tensor], Tensor]:
     """Per image boxes and class ids (1..K), and which images have them: annotated boxes, else
     (``from_masks``) the regions of a known mask."""
-    boxes, labels = list(batch.boxes), [c.clamp(min=1) for c in batch.box_classes]
+    boxes, labels = list(batch.boxes), list(batch.box_classes)
+    for index, classes in enumerate(labels):
+        if classes.numel() and int(classes.min()) < 1:
+            raise ValueError(f"{batch.paths[index]}: box class ids must be 1..K (0 is background)")
     known = batch.has_boxes.clone()
     if from_masks:
         for index in torch.nonzero(~known & batch.has_mask).flatten().tolist():
             boxes[index], labels[index] = boxes_from_mask(batch.mask[index], num_classes)
             known[index] = True
+    # A good image (label 0) without annotations is known to hold no box: all its anchors are negatives.
+    known |= batch.has_label & (batch.label == 0)
     return [b.to(batch.images.device) for b in boxes], [c.to(batch.images.device) for c in labels], known
 
 

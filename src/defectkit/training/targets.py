@@ -18,13 +18,22 @@ from defectkit.data.sample import Batch
 
 
 def class_targets(batch: Batch, num_classes: int) -> tuple[Tensor, Tensor]:
-    """(B x K multi-hot float, B bool: known). One class: the image label is the class label."""
-    if batch.classes.shape[1] == num_classes and bool(batch.has_classes.any()):
-        return batch.classes.float(), batch.has_classes
+    """(B x K multi-hot float, B bool: known), image by image: the known ``classes``; else, with
+    one class, the image label; else a good image (label 0) has no class at all."""
+    device = batch.images.device
+    targets = torch.zeros(len(batch), num_classes, device=device)
+    known = torch.zeros(len(batch), dtype=torch.bool, device=device)
+    if batch.classes.shape[1] == num_classes:
+        targets[batch.has_classes] = batch.classes[batch.has_classes].float().to(device)
+        known |= batch.has_classes.to(device)
+    labelled = batch.has_label.to(device) & ~known
     if num_classes == 1:
-        return batch.label.clamp(min=0).float()[:, None], batch.has_label
-    known = torch.zeros(len(batch), dtype=torch.bool, device=batch.images.device)
-    return torch.zeros(len(batch), num_classes, device=batch.images.device), known
+        targets[labelled, 0] = batch.label[labelled].clamp(min=0).float().to(device)
+        known |= labelled
+    else:
+        good = labelled & (batch.label.to(device) == 0)
+        known |= good  # all-zero targets: a good image shows none of the K classes
+    return targets, known
 
 
 def mask_targets(mask: Tensor, num_classes: int) -> Tensor:

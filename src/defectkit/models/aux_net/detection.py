@@ -5,8 +5,9 @@ for the ground-truth box it overlaps most when the IoU is >= ``positive_iou`` (0
 below ``negative_iou`` (0.4), ignored between; every ground-truth box also claims its best anchor
 (low-quality matches), so a small defect is never without a positive anchor. Box offsets are
 torchvision's ``BoxCoder`` encoding with weights (1, 1, 1, 1). At inference each class keeps the
-anchors scoring >= ``score_threshold`` (at most ``top_k`` per level), the decoded boxes go
-through per-class NMS at ``nms_iou``, and the ``max_detections`` best remain.
+anchors scoring >= ``score_threshold`` (the ``top_k`` best over all levels), the decoded boxes
+(clipped to the image in the graph) go through per-class NMS at ``nms_iou``, and the
+``max_detections`` best remain.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torchvision.models.detection._utils import BoxCoder, Matcher
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou
 
 BOX_CODER = BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
 
@@ -59,42 +60,6 @@ def encode_boxes(matched_boxes: Tensor, anchors: Tensor) -> Tensor:
 
 def decode_boxes(deltas: Tensor, anchors: Tensor) -> Tensor:
     return BOX_CODER.decode_single(deltas, anchors)
-
-
-def detect(
-    box_logits: Tensor,
-    box_deltas: Tensor,
-    anchors: Tensor,
-    image_size: tuple[int, int],
-    anchors_per_level: list[int] | None = None,
-    config: DecodeConfig = DecodeConfig(),
-) -> list[Detections]:
-    """Boxes, scores and class ids (1..K) per image from the head's raw outputs.
-
-    ``box_logits`` B x A x K, ``box_deltas`` B x A x 4, ``anchors`` A x 4; ``anchors_per_level``
-    splits A by pyramid level so each level keeps its own ``top_k`` (one block when omitted).
-    """
-    splits = anchors_per_level or [anchors.shape[0]]
-    results = []
-    num_classes = box_logits.shape[-1]
-    for logits, deltas in zip(box_logits, box_deltas, strict=True):
-        kept_boxes, kept_scores, kept_labels = [], [], []
-        for level_logits, level_deltas, level_anchors in zip(
-            logits.split(splits), deltas.split(splits), anchors.split(splits), strict=True
-        ):
-            scores = torch.sigmoid(level_logits).flatten()
-            candidates = torch.nonzero(scores >= config.score_threshold).squeeze(1)
-            top = scores[candidates].topk(min(config.top_k, candidates.numel())).indices
-            chosen = candidates[top]
-            anchor_index = torch.div(chosen, num_classes, rounding_mode="floor")
-            boxes = decode_boxes(level_deltas[anchor_index], level_anchors[anchor_index])
-            kept_boxes.append(clip_boxes_to_image(boxes, image_size))
-            kept_scores.append(scores[chosen])
-            kept_labels.append(chosen % num_classes + 1)
-        boxes, scores, labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
-        keep = batched_nms(boxes, scores, labels, config.nms_iou)[: config.max_detections]
-        results.append(Detections(boxes[keep], scores[keep], labels[keep]))
-    return results
 
 
 def select_detections(

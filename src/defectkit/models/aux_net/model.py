@@ -23,6 +23,7 @@ The paper leaves widths, levels and anchors open; each is a constructor argument
 from __future__ import annotations
 
 import functools
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from defectkit.models.aux_net.detection import decode_boxes
@@ -44,7 +45,7 @@ from defectkit.models.components import Attention, ChannelSpatialAttention
 STRIDE = 32
 PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 TASKS = ("classification", "segmentation", "detection")
-IN_BLOCK_FAMILIES = ("resnet", "resnext", "wide_resnet")
+IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet blocks (not resnetv2_*)
 
 
 @dataclass
@@ -54,7 +55,6 @@ class AuxNetOutput:
     box_logits: Tensor  # B x A x K (A anchors over all detection levels)
     box_deltas: Tensor  # B x A x 4 (RetinaNet's encoding relative to the anchors)
     anchors: Tensor  # A x 4, xyxy in input pixels (the same for every image of one size)
-    anchors_per_level: list[int]  # how A splits over the detection levels, in order
 
 
 class AttentionEncoder(nn.Module):
@@ -62,7 +62,7 @@ class AttentionEncoder(nn.Module):
 
     def __init__(self, backbone: str, in_channels: int = 3, attention: Attention = "se+sa") -> None:
         super().__init__()
-        self.in_blocks = backbone.startswith(IN_BLOCK_FAMILIES)
+        self.in_blocks = IN_BLOCK_FAMILY.match(backbone) is not None
         options: dict[str, Any] = {}
         if self.in_blocks and attention != "none":
             options["block_args"] = {
@@ -176,11 +176,18 @@ class AuxNet(nn.Module):
         self.encoder = AttentionEncoder(backbone, in_channels, attention)
         # Heads (and the FPN) exist only for the tasks asked: the single-task baselines are this
         # network with one head, so parameters and time compare like for like.
+        # The segmenter needs P2..P5; a detector alone builds its pyramid from C3 (no P2), as RetinaNet.
+        self.first_level = 0 if "segmentation" in tasks else 1
         self.fpn = (
-            FeaturePyramidNetwork(self.encoder.channels, pyramid_channels, extra_blocks=LastLevelMaxPool())
+            FeaturePyramidNetwork(
+                self.encoder.channels[self.first_level :], pyramid_channels, extra_blocks=LastLevelMaxPool()
+            )
             if {"segmentation", "detection"} & set(tasks)
             else None
         )
+        # Every pyramid level must tile the input exactly, or the anchors drift from their cells.
+        deepest = max(PYRAMID_LEVELS.index(level) for level in self.detection_levels)
+        self.stride = max(STRIDE, 2 ** (2 + deepest)) if self.detects else STRIDE
         self.segmentation_head = (
             SegmentationHead(pyramid_channels, segmentation_channels, num_classes, dropout)
             if "segmentation" in tasks
@@ -207,13 +214,17 @@ class AuxNet(nn.Module):
     def pyramid(self, features: Sequence[Tensor]) -> dict[str, Tensor]:
         if self.fpn is None:
             return {}
-        levels = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
-        return dict(zip(PYRAMID_LEVELS, levels.values(), strict=True))
+        used = features[self.first_level :]
+        levels = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(used)))
+        return dict(zip(PYRAMID_LEVELS[self.first_level :], levels.values(), strict=True))
 
     def forward(self, images: Tensor) -> AuxNetOutput:
         height, width = images.shape[-2:]
-        if height % STRIDE or width % STRIDE:
-            raise ValueError(f"aux_net input sides must be multiples of {STRIDE}, got {height}x{width}")
+        if height % self.stride or width % self.stride:
+            raise ValueError(
+                f"aux_net input sides must be multiples of {self.stride} (detection levels "
+                f"{list(self.detection_levels)}), got {height}x{width}"
+            )
         batch, k = images.shape[0], self.num_classes
         features = self.encoder(images)
         levels = self.pyramid(features)
@@ -228,23 +239,31 @@ class AuxNet(nn.Module):
         )
         if self.detection_head is None:
             empty = images.new_zeros(batch, 0, k), images.new_zeros(batch, 0, 4), images.new_zeros(0, 4)
-            return AuxNetOutput(class_logits, mask_logits, *empty, [])
+            return AuxNetOutput(class_logits, mask_logits, *empty)
         detection = [levels[name] for name in self.detection_levels]
         head = self.detection_head(detection)
         # Anchors depend on the input size only: one image's set serves the batch (and keeps the
         # exported graph's batch axis free).
-        image_list = ImageList(images[:1], [(int(height), int(width))])
-        anchors = self.anchor_generator(image_list, [level[:1] for level in detection])[0]
-        per_location = self.anchor_generator.num_anchors_per_location()[0]
-        per_level = [int(f.shape[-2] * f.shape[-1]) * per_location for f in detection]
-        return AuxNetOutput(
-            class_logits, mask_logits, head["cls_logits"], head["bbox_regression"], anchors, per_level
-        )
+        image_list = ImageList(images[:1].float(), [(int(height), int(width))])
+        anchors = self.anchor_generator(image_list, [level[:1].float() for level in detection])[0]
+        return AuxNetOutput(class_logits, mask_logits, head["cls_logits"], head["bbox_regression"], anchors)
 
-    def inspect(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """(class probabilities B x K, per-class mask probabilities B x K x H x W)."""
+    def inspect(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(class probabilities B x K, per-class mask probabilities B x K x H x W or None)."""
         output = self(images)
-        return torch.sigmoid(output.class_logits), torch.sigmoid(output.mask_logits)
+        return self._class_probabilities(output), self._mask_probabilities(output)
+
+    def _class_probabilities(self, output: AuxNetOutput) -> Tensor:
+        """The classifier's probabilities; a single-task network without one judges the image by
+        its own output: a detector by its best anchor per class, a segmenter by its best pixel."""
+        if self.decision_head is not None:
+            return torch.sigmoid(output.class_logits)
+        if self.detection_head is not None:
+            return torch.sigmoid(output.box_logits).amax(dim=1)
+        return torch.sigmoid(output.mask_logits).amax(dim=(2, 3))
+
+    def _mask_probabilities(self, output: AuxNetOutput) -> Tensor | None:
+        return torch.sigmoid(output.mask_logits) if self.segmentation_head is not None else None
 
     def inspect_detections(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """:meth:`inspect` plus every anchor's class probabilities (B x A x K) and decoded box
@@ -253,9 +272,11 @@ class AuxNet(nn.Module):
         output = self(images)
         batch, anchors = output.box_deltas.shape[:2]
         anchor_boxes = decode_boxes(output.box_deltas.reshape(-1, 4), output.anchors.repeat(batch, 1))
+        anchor_boxes = clip_boxes_to_image(anchor_boxes, (int(images.shape[-2]), int(images.shape[-1])))
+        masks = self._mask_probabilities(output)
         return (
-            torch.sigmoid(output.class_logits),
-            torch.sigmoid(output.mask_logits),
+            self._class_probabilities(output),
+            masks if masks is not None else images.new_zeros(batch, 1, 1, 1),
             torch.sigmoid(output.box_logits),
             anchor_boxes.reshape(batch, anchors, 4),
         )
