@@ -254,3 +254,17 @@ def test_transfer_verdict_says_whether_the_gap_grows() -> None:
     )
     assert transfer_verdict(gains, 0.5).endswith("versus 100 % of the data the gap grows in MLA")
     assert "loses to it in per-image Dice (-1.0%)" in transfer_verdict(gains, 0.5)
+
+
+def test_dice_nonempty_does_not_reward_empty_predictions() -> None:
+    from defectkit.metrics import SegmentationMeter
+    from defectkit.training.tlu_net import dice_nonempty
+
+    truth = np.zeros((4, 8, 8), bool)
+    truth[0, 2:5, 2:5] = True  # one defective image, three good ones
+    meter = SegmentationMeter(1)
+    meter.update(np.zeros_like(truth), truth)  # predicts nothing anywhere
+    assert meter.compute()["dice"] == 0.75 and dice_nonempty(meter) == 0.0
+    meter.reset()
+    meter.update(truth, truth)
+    assert dice_nonempty(meter) == 1.0
