@@ -121,11 +121,14 @@ def render_overlay(
     draw = ImageDraw.Draw(picture)
     line = max(1, picture.width // 300)
     names = list(inspection.class_scores)
+    label_font = _font(max(10, min(18, picture.width // 40)))
     for region in inspection.regions:
         x0, y0, x1, y1 = (v * scale for v in region.box)
         colour = BOX_COLOUR
         if per_class is not None and region.class_ in names:
             colour = class_colour(names.index(region.class_))
+            # Multi-class boxes say which class and how sure, at their top-left corner.
+            draw.text((x0 + 2, y0 + 1), f"{region.class_} {region.score:.2f}", fill=colour, font=label_font)
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=line)
     if per_class is not None:
         picture = _with_legend(picture, per_class, pixel_threshold, inspection)
