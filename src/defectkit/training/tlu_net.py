@@ -23,10 +23,14 @@ Options (``method_options``):
   the decision and pixel thresholds chosen on the validation split by the engine's best-F1
   rules, which judge "any defect", not each of K classes).
 * ``label_weight``, ``pixel_weight``: the two loss weights.
-* ``selection``: the validation Dice that early stopping and the best weights follow: ``dice``
-  (DESIGN.md's, over every image x class pair, both-empty = 1) or ``dice_nonempty`` (pairs empty in
-  both truth and prediction left out). Where most images are good (KolektorSDD: 88 %), the first
-  rewards a model that predicts no mask at all; the second does not.
+* ``selection``: what early stopping and the best weights follow on validation: ``dice``
+  (DESIGN.md's Dice, over every image x class pair, both-empty = 1), ``dice_nonempty`` (pairs
+  empty in both truth and prediction left out) or ``auroc+dice_nonempty`` (its mean with the mean
+  per-class AUROC of the classifier). Where most images are good (KolektorSDD: 88 %), the first
+  rewards a model that predicts no mask at all, and a mask head that has not yet found the thin
+  defects stops the second early while the classifier is still learning; the third follows both.
+* ``pixel_pos_weight``: BCE weight of defect pixels (1: the paper). Thin defects covering a
+  fraction of a percent of the pixels leave an unweighted mask head predicting nothing.
 
 Early stopping (``trainer.early_stopping_patience``) and ``trainer.restore_best`` rank epochs by
 the validation Dice (``selection``), the paper's segmentation measure;
@@ -62,8 +66,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "label_weight": 1.0,
     "pixel_weight": 1.0,
     "selection": "dice",
+    "pixel_pos_weight": 1.0,
 }
 NORMALISATIONS = ("dataset", "weights", "config")
+SELECTIONS = ("dice", "dice_nonempty", "auroc+dice_nonempty")
 STATS_IMAGES = 2000  # training images read for the global mean / std (a seeded subset beyond)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's files
 
@@ -78,8 +84,8 @@ def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"method_options.betas={options['betas']}: two numbers in [0, 1)")
     if options["normalisation"] not in NORMALISATIONS:
         raise ValueError(f"method_options.normalisation={options['normalisation']!r}: use {NORMALISATIONS}")
-    if options["selection"] not in ("dice", "dice_nonempty"):
-        raise ValueError(f"method_options.selection={options['selection']!r}: use dice or dice_nonempty")
+    if options["selection"] not in SELECTIONS:
+        raise ValueError(f"method_options.selection={options['selection']!r}: use one of {SELECTIONS}")
     if options["threshold"] != "validation" and not isinstance(options["threshold"], int | float):
         raise ValueError(f"method_options.threshold={options['threshold']!r}: a number or 'validation'")
     return options
@@ -108,7 +114,10 @@ class TluNetRecipe(L.LightningModule):
         pixel_loss = output.mask_logits.sum() * 0.0
         if bool(batch.has_mask.any()):
             truth = mask_targets(batch.mask[batch.has_mask], self.num_classes)
-            pixel_loss = F.binary_cross_entropy_with_logits(output.mask_logits[batch.has_mask], truth)
+            pos_weight = torch.tensor(float(self.options["pixel_pos_weight"]), device=truth.device)
+            pixel_loss = F.binary_cross_entropy_with_logits(
+                output.mask_logits[batch.has_mask], truth, pos_weight=pos_weight
+            )
         return label_loss, pixel_loss, output
 
     def total(self, label_loss: Tensor, pixel_loss: Tensor) -> Tensor:
@@ -154,13 +163,18 @@ class TluNetRecipe(L.LightningModule):
         self.log("val/dice", dice, prog_bar=True, rank_zero_only=True)
         self.log("val/dice_pos", float(np.nan_to_num(segmentation["dice_pos"], nan=0.0)), rank_zero_only=True)
         self.log("val/dice_nonempty", nonempty, rank_zero_only=True)
+        auroc = 0.0
         if len(probs):
             classification = multilabel_metrics(targets, probs, 0.5)
             self.log("val/mla", float(classification["mla"]), prog_bar=True, rank_zero_only=True)
             auroc = float(np.nan_to_num(classification["mean_auroc"], nan=0.0))
             self.log("val/mean_auroc", auroc, rank_zero_only=True)
-        # Epoch ranking (early stopping, best weights): the chosen Dice; the loss only breaks ties.
-        chosen = nonempty if self.options["selection"] == "dice_nonempty" else dice
+        # Epoch ranking (early stopping, best weights): the chosen measure; the loss only breaks ties.
+        chosen = {
+            "dice": dice,
+            "dice_nonempty": nonempty,
+            "auroc+dice_nonempty": 0.5 * (auroc + nonempty),
+        }[str(self.options["selection"])]
         self.log("val/selection", chosen - 1e-6 * min(loss, 100.0), rank_zero_only=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
