@@ -40,12 +40,13 @@ import torch
 from defectkit.bench.grid import (
     GridDataset,
     cells_commit,
+    fold_splits,
     prepared_data,
     split_fingerprint,
     summarise,
     train_and_score,
 )
-from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
+from defectkit.bench.ksdd import ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
     BenchRequest,
@@ -59,7 +60,6 @@ from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo
-from defectkit.data.splits import kfold, split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.models import create_model
 from defectkit.models.aux_net.model import TASKS
@@ -164,13 +164,6 @@ def load_aux_dataset(name: str, profile: str, overrides: Sequence[str]) -> GridD
     raise KeyError(f"unknown aux dataset {name!r}; known: ksdd, neu-det, synthetic")
 
 
-def _splits(dataset: GridDataset) -> list[tuple[list[int], list[int] | None, list[int]]]:
-    if dataset.name == "ksdd":
-        return [(train, None, test) for train, test in kfold(dataset.samples, FOLDS, seed=FOLD_SEED)]
-    train, test = split_fractions(dataset.samples, SPLIT, seed=SPLIT_SEED)
-    return [(train, None, test)]
-
-
 def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:
     """(name, tasks) per ``--variant tasks`` entry; ``singles`` expands to the three baselines."""
     chosen: list[tuple[str, tuple[str, ...]]] = []
@@ -195,7 +188,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     seg_losses = option_list(options, "seg_loss", "dice")
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
-    splits = _splits(dataset)
+    splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     split_keys = [split_fingerprint(dataset, split) for split in splits]
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)

@@ -154,3 +154,15 @@ def cells_commit(cells: Sequence[Mapping[str, Any]], fallback: str | None) -> st
     """The commit(s) whose code trained ``cells`` (``fallback`` for cells that do not say)."""
     commits = sorted({str(cell.get("commit") or fallback) for cell in cells})
     return " ".join(commits) if commits else fallback
+
+
+def fold_splits(dataset: GridDataset, fractions: Sequence[float], seed: int) -> list[Split]:
+    """KolektorSDD: its 3 folds by commutator (validation a hold-out of each training fold).
+    Other data: one grouped split by ``fractions``, (train, test) or (train, validation, test)."""
+    from defectkit.bench.ksdd import FOLD_SEED, FOLDS
+    from defectkit.data.splits import kfold, split_fractions
+
+    if dataset.name == "ksdd":
+        return [(train, None, test) for train, test in kfold(dataset.samples, FOLDS, seed=FOLD_SEED)]
+    parts = split_fractions(dataset.samples, fractions, seed=seed)
+    return [(parts[0], parts[1], parts[2])] if len(parts) == 3 else [(parts[0], None, parts[1])]

@@ -47,12 +47,13 @@ import numpy as np
 from defectkit.bench.grid import (
     GridDataset,
     cells_commit,
+    fold_splits,
     prepared_data,
     split_fingerprint,
     summarise,
     train_and_score,
 )
-from defectkit.bench.ksdd import FOLD_SEED, FOLDS, ksdd_samples
+from defectkit.bench.ksdd import ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
     BenchRequest,
@@ -66,7 +67,6 @@ from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo
-from defectkit.data.splits import kfold, split_fractions
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.evaluation.multilabel import MultilabelScores, per_image_dice
 from defectkit.evaluation.plots import (
@@ -160,14 +160,6 @@ def _config(dataset: GridDataset, request: BenchRequest, encoder: str, weights: 
     return load_config(REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides])
 
 
-def _splits(dataset: GridDataset) -> list[tuple[list[int], list[int] | None, list[int]]]:
-    """(train, validation or None: a hold-out of train, test) index lists, one per fold."""
-    if dataset.name == "ksdd":
-        return [(train, None, test) for train, test in kfold(dataset.samples, FOLDS, seed=FOLD_SEED)]
-    train, val, test = split_fractions(dataset.samples, SPLIT, seed=SPLIT_SEED)
-    return [(train, val, test)]
-
-
 def _check_grid(request: BenchRequest, encoders: Sequence[str], inits: Sequence[str]) -> dict[str, str]:
     """Fail before the first cell trains: unknown encoders, missing weights, conflicting --set."""
     import segmentation_models_pytorch as smp
@@ -203,7 +195,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     fractions = [float(f) for f in option_list(options, "fractions", "1,0.5,0.25,0.1")]
     given = _check_grid(request, encoders, inits)
     dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)
-    splits = _splits(dataset)
+    splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     split_keys = [split_fingerprint(dataset, split) for split in splits]
     protocol = f"tlu/{dataset_name}"
     betas = options.get("betas", "profile")
