@@ -230,10 +230,27 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
         cells_root=tmp_path / "cells",
     )  # fmt: skip
     run_protocol("aux/synthetic", request)
-    names = sorted(p.name for p in (tmp_path / "results").glob("*.json"))
-    assert len(names) == 2 and all(n.startswith("aux-synthetic-attention-se-sa") for n in names)
-    record = json.loads((tmp_path / "results" / names[0]).read_text())
-    assert {"mla", "dice", "map50", "map"} <= set(record["metrics"]) and record["variant"]["fraction"] == 1.0
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
+    cells = [r for r in records if r["protocol"] == "aux/synthetic"]
+    assert sorted(r["variant"]["tasks"] for r in cells) == ["all", "detection"]
+    assert {"mla", "dice", "map50", "map"} <= set(cells[0]["metrics"])
+    assert cells[0]["variant"]["fraction"] == 1.0
+    (versus,) = [r for r in records if r["protocol"] == "aux/synthetic/multitask"]
+    by_tasks = {r["variant"]["tasks"]: r["metrics"] for r in cells}
+    assert versus["metrics"]["map50_multitask"] == by_tasks["all"]["map50"]
+    assert versus["metrics"]["map50_single"] == by_tasks["detection"]["map50"]
+    assert versus["variant"]["tasks"] == "all vs detection" and versus["paper"] == {"map50_gain_rel": 0.1795}
+
+
+def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
+    from defectkit.bench.aux import paper_figures
+
+    full = {"tasks": "all", "attention": "se+sa", "seg_loss": "dice", "fraction": 1.0}
+    assert paper_figures(full) == {"iou": 0.903, "dice": 0.926, "accuracy": 0.971}
+    assert paper_figures({**full, "seg_loss": "bce"}) == {"iou": 0.892, "dice": 0.911}
+    assert paper_figures({**full, "attention": "se"}) == {"accuracy": 0.968}
+    assert paper_figures({**full, "attention": "se", "seg_loss": "bce"}) == {}
+    assert paper_figures({**full, "tasks": "detection"}) == {} == paper_figures({**full, "fraction": 0.5})
 
 
 def test_single_task_inspection_and_strides() -> None:

@@ -63,7 +63,21 @@ METRIC_ORDER = (
 # Without any paper figure a protocol still shows this many of our metrics.
 MAX_OWN_METRICS = 10
 # Shown beside the paper's figures whenever a row has them (localisation quality, for information).
-INFO_METRICS = ("auroc", "dice_pos", "pixel_auroc", "accuracy_std", "unknown_auroc")
+INFO_METRICS = (
+    "auroc",
+    "dice_pos",
+    "pixel_auroc",
+    "map50",
+    "accuracy_std",
+    "unknown_auroc",
+    # aux/<dataset>/multitask: both sides of each gain
+    "map50_multitask",
+    "map50_single",
+    "accuracy_multitask",
+    "accuracy_single",
+    "dice_multitask",
+    "dice_single",
+)
 MISSING = "–"
 
 
