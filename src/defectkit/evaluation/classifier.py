@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from defectkit.data.io import ImageReadError, error_reason, load_sample
 from defectkit.data.sample import DatasetInfo, Problem, Sample
 from defectkit.evaluation.plots import SheetSection, heat_tile, sectioned_sheet
+from defectkit.evaluation.scoring import TimedScorer
 from defectkit.files import write_atomic
 from defectkit.inference.inspector import Inspector, TorchBackend
 from defectkit.metrics.classification import classification_metrics
@@ -54,6 +54,7 @@ def classify_dataset(
     """Score every single-class image; others (and unreadable ones) are recorded as skipped."""
     names = list(inspector.card.class_names)
     result = ClassifiedSet(class_names=names)
+    scorer = TimedScorer(inspector, infer_ms=result.infer_ms)
     for index, sample in enumerate(samples):
         if progress is not None:
             progress(index, len(samples))
@@ -67,10 +68,7 @@ def classify_dataset(
             )
             continue
         try:
-            image = np.asarray(load_sample(sample).image)
-            started = time.perf_counter()
-            scored = inspector.score(image)
-            result.infer_ms.append((time.perf_counter() - started) * 1000.0)
+            _, scored = scorer(sample)
         except (ImageReadError, ValueError, OSError) as error:
             result.skipped.append(Problem(sample.path, error_reason(error, sample.path)))
             continue

@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +47,7 @@ from defectkit.evaluation.plots import (
     score_histogram_png,
     sectioned_sheet,
 )
+from defectkit.evaluation.scoring import TimedScorer
 from defectkit.files import write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.saved_model import utc_timestamp
@@ -163,20 +163,12 @@ def score_dataset(
     dice: list[float] = []
     kept: list[Sample] = []
     skipped: list[Problem] = []
-    timings: list[float] = []
+    scorer = TimedScorer(inspector)
     segmented = 0
-    warmed_up = False
     total = len(samples)
     for index, sample in enumerate(samples):
         try:
-            loaded = load_sample(sample)
-            image = np.asarray(loaded.image)
-            if not warmed_up:
-                inspector.score(image)  # first call pays for allocations / lazy init; not timed
-                warmed_up = True
-            started = time.perf_counter()
-            scored = inspector.score(image)
-            timings.append((time.perf_counter() - started) * 1000.0)
+            loaded, scored = scorer(sample)
             heatmap = inspector.full_size_heatmap(scored)
         except (ImageReadError, ValueError, OSError) as error:
             skipped.append(Problem(sample.path, error_reason(error, sample.path)))
@@ -203,7 +195,7 @@ def score_dataset(
         segmentation=meter if segmented else None,
         samples=kept,
         skipped=skipped,
-        infer_ms=timings,
+        infer_ms=scorer.infer_ms,
     )
 
 

@@ -10,16 +10,16 @@ every image has exactly one class (NEU-DET), the accuracy of the arg-max class.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from defectkit.data.io import ImageReadError, error_reason, load_sample
+from defectkit.data.io import ImageReadError, error_reason
 from defectkit.data.masks import mask_to_boxes
 from defectkit.data.sample import Problem, Sample
+from defectkit.evaluation.scoring import TimedScorer
 from defectkit.inference.inspector import Inspector
 from defectkit.metrics import SegmentationMeter, image_metrics
 from defectkit.metrics._utils import nanmean
@@ -64,19 +64,14 @@ def score_multilabel(
     k = len(names)
     result = MultilabelScores(class_names=names)
     pixel = float(inspector.card.thresholds.pixel)
+    scorer = TimedScorer(inspector, channels, infer_ms=result.infer_ms)
     for index, sample in enumerate(samples):
         truth = class_truth(sample, k)
         if truth is None:
             result.skipped.append(Problem(sample.path, "its defect classes are not known", "warning"))
             continue
         try:
-            loaded = load_sample(sample, channels)
-            image = np.asarray(loaded.image)
-            if index == 0:
-                inspector.score(image)  # warm-up, not timed
-            started = time.perf_counter()
-            scored = inspector.score(image)
-            result.infer_ms.append((time.perf_counter() - started) * 1000.0)
+            loaded, scored = scorer(sample)
         except (ImageReadError, ValueError, OSError) as error:
             result.skipped.append(Problem(sample.path, error_reason(error, sample.path)))
             continue
