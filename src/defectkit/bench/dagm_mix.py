@@ -1,0 +1,357 @@
+"""``dagm-mix/sbad``: paper 002's surface router (SBAD) on DAGM_MIX built by the generator.
+
+DAGM_MIX (the paper's section 3.2): 10 surfaces, 8 seen and 2 unseen. A seen surface's generator
+train split (300 good + 300 defective) is split 8:2 (seeded, per label) into training and
+validation; its generator test split is the seen test set (the paper measures seen accuracy on
+its validation part; a separate test set keeps the alert threshold, chosen on validation, off the
+reported images). Every image of an unseen surface (half defective) is test data only, and
+unseen surfaces contribute nothing but their real class embedding to training.
+
+Each cell is one seeded seen / unseen split (``split`` n: the two unseen surfaces drawn with seed
+n). Metrics per cell, then mean and std over the splits:
+
+* ``s``, ``u``, ``h``: GZSL per-surface mean top-1 accuracy over all 10 surfaces on the seen and
+  on the unseen test images, and their harmonic mean (Tables 3-5); ``zsl``: the unseen test images
+  classified among the unseen surfaces only.
+* ``alert_auroc``: the unseen score (distance between Encoder-2's attributes and the best seen
+  surface's embedding) separating unseen from seen test images; ``alert_rate`` and
+  ``false_alert_rate``: the share of unseen / seen test images above the threshold (the
+  ``alert_quantile`` of the seen validation scores); ``routing_accuracy``: seen test images routed
+  to their own surface's detector (best seen surface, no alert).
+
+Options (``--variant``): ``ce`` (``learned``, ``real``), ``generator`` (``vaegan-mse``, the
+paper's; ``tfvaegan-l1``, TF-VAEGAN's L1 attribute loss; ``softmax``, the baseline: a linear
+softmax on the seen surfaces, max-softmax as the unseen score, an image flagged unseen counting as
+a correct unseen call, which is generous to it), ``splits`` (how many, 5).
+
+Features are extracted once per config (frozen backbone) and cached under the work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
+from defectkit.bench.results import write_results
+from defectkit.config import RunConfig, load_config
+from defectkit.data.attributes import table1_attributes
+from defectkit.data.synthetic import SynthConfig, surface_names, synthesize
+from defectkit.inference.preprocess import Preprocess
+from defectkit.inference.saved_model import InputSpec
+from defectkit.metrics.image import auroc
+from defectkit.models.sbad import FeatureBackbone
+from defectkit.training.sbad import SBADOptions, fit_sbad, train_linear
+
+CONFIG = "configs/sbad/dagm-mix.yaml"
+N_UNSEEN = 2
+OPTIONS = ("ce", "generator", "splits")
+GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax")
+# Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
+PAPER: dict[tuple[str, str], dict[str, float]] = {
+    ("learned", "vaegan-mse"): {"s": 0.9812, "u": 0.9596, "h": 0.9703, "zsl": 1.0},
+    ("real", "vaegan-mse"): {"s": 0.9646, "u": 0.7061, "h": 0.8153, "zsl": 1.0},
+    ("learned", "tfvaegan-l1"): {"s": 0.9615, "u": 0.9394, "h": 0.9503, "zsl": 1.0},
+    ("real", "tfvaegan-l1"): {"s": 0.9656, "u": 0.6576, "h": 0.7824, "zsl": 1.0},
+}
+# Bump when code changes what a cell would hold.
+CELL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MixFeatures:
+    features: np.ndarray  # N x D backbone features
+    surface: np.ndarray  # N surface index
+    train: np.ndarray  # N bool: the generator's train split
+    label: np.ndarray  # N 0 good / 1 defective
+    surfaces: list[str]
+
+
+def _fingerprint(payload: Any) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFeatures:
+    """Backbone features of every generated image (cached in ``work`` by config)."""
+    synth = SynthConfig(**(config.data.synthetic or {}))
+    key = _fingerprint([synth.__dict__, config.model, config.weights, config.input.model_dump()])
+    cache = work / f"features-{key}.npz"
+    names = surface_names(synth)
+    if cache.is_file():
+        stored = np.load(cache)
+        return MixFeatures(stored["features"], stored["surface"], stored["train"], stored["label"], names)
+    backbone = FeatureBackbone(str(config.model.get("backbone", "tf_efficientnet_lite0")), config.weights)
+    backbone.eval()
+    spec = InputSpec(size=config.input.size, channels=3, mean=config.input.mean, std=config.input.std)
+    preprocess = Preprocess(spec)
+    index = [(s, i) for s in range(synth.surfaces) for i in range(synth.per_surface)]
+    features, surface, train, label = [], [], [], []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        images = torch.from_numpy(np.stack(batch))[:, None].expand(-1, 3, -1, -1)
+        with torch.inference_mode():
+            features.append(backbone(preprocess(images)).numpy())
+        batch.clear()
+
+    for s, i in tqdm(index, desc="DAGM_MIX features", disable=not progress):
+        item = synthesize(synth, s, i)
+        batch.append(item.image)
+        surface.append(s)
+        train.append(item.split == "train")
+        label.append(item.label)
+        if len(batch) == 64:
+            flush()
+    if batch:
+        flush()
+    result = MixFeatures(
+        np.concatenate(features).astype(np.float32),
+        np.asarray(surface),
+        np.asarray(train),
+        np.asarray(label),
+        names,
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, features=result.features, surface=result.surface, train=result.train, label=result.label)
+    return result
+
+
+@dataclass(frozen=True)
+class MixSplit:
+    seen: list[int]  # surface indices, in class order
+    unseen: list[int]
+    train: np.ndarray  # image indices
+    validation: np.ndarray
+    seen_test: np.ndarray
+    unseen_test: np.ndarray
+
+
+def mix_split(data: MixFeatures, split: int, val_fraction: float) -> MixSplit:
+    """Split ``split``: two unseen surfaces drawn with seed ``split``; seen train parts 8:2 per label."""
+    rng = np.random.default_rng(split)
+    n = len(data.surfaces)
+    unseen = sorted(rng.choice(n, size=N_UNSEEN, replace=False).tolist())
+    seen = [s for s in range(n) if s not in unseen]
+    train, validation = [], []
+    for s in seen:
+        for label in (0, 1):
+            part = np.flatnonzero(data.train & (data.surface == s) & (data.label == label))
+            part = rng.permutation(part)
+            cut = round(len(part) * val_fraction)
+            validation.append(part[:cut])
+            train.append(part[cut:])
+    seen_mask = np.isin(data.surface, seen)
+    return MixSplit(
+        seen=seen,
+        unseen=unseen,
+        train=np.sort(np.concatenate(train)),
+        validation=np.sort(np.concatenate(validation)),
+        seen_test=np.flatnonzero(seen_mask & ~data.train),
+        unseen_test=np.flatnonzero(~seen_mask),
+    )
+
+
+def per_class_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean over the classes present in ``truth`` of their top-1 accuracy (TF-VAEGAN's)."""
+    return float(np.mean([np.mean(predicted[truth == c] == c) for c in np.unique(truth)]))
+
+
+def harmonic(s: float, u: float) -> float:
+    return 2 * s * u / (s + u) if s + u > 0 else 0.0
+
+
+def sbad_cell(
+    data: MixFeatures, split: MixSplit, real_ce: np.ndarray, options: SBADOptions
+) -> dict[str, Any]:
+    """Train on one split and score it; classes are the seen surfaces, then the unseen ones."""
+    order = [*split.seen, *split.unseen]
+    class_of = {surface: c for c, surface in enumerate(order)}
+    n_seen = len(split.seen)
+    to_class = np.vectorize(class_of.__getitem__)
+    started = time.perf_counter()
+    model = fit_sbad(
+        data.features[split.train], to_class(data.surface[split.train]), real_ce[order], n_seen, options
+    )
+    train_s = time.perf_counter() - started
+    router = model.router
+
+    def run(indices: np.ndarray) -> Any:
+        with torch.no_grad():
+            return router(torch.as_tensor(data.features[indices]))
+
+    validation, seen, unseen = run(split.validation), run(split.seen_test), run(split.unseen_test)
+    seen_truth, unseen_truth = (
+        to_class(data.surface[split.seen_test]),
+        to_class(data.surface[split.unseen_test]),
+    )
+    s = per_class_accuracy(seen_truth, seen.logits.argmax(1).numpy())
+    u = per_class_accuracy(unseen_truth, unseen.logits.argmax(1).numpy())
+    with torch.no_grad():
+        zsl_logits = model.zsl_classifier(router.scale(torch.as_tensor(data.features[split.unseen_test])))
+    zsl = per_class_accuracy(unseen_truth - n_seen, zsl_logits.argmax(1).numpy())
+    threshold = float(np.quantile(validation.unseen_score.numpy(), options.alert_quantile))
+    seen_alert = seen.unseen_score.numpy() > threshold
+    unseen_alert = unseen.unseen_score.numpy() > threshold
+    routed = (seen.seen_class.numpy() == seen_truth) & ~seen_alert
+    scores = np.concatenate([seen.unseen_score.numpy(), unseen.unseen_score.numpy()])
+    is_unseen = np.r_[np.zeros(len(seen_truth)), np.ones(len(unseen_truth))]
+    gzsl_mass = np.concatenate(
+        [torch.softmax(out.logits, 1)[:, n_seen:].sum(1).numpy() for out in (seen, unseen)]
+    )
+    return {
+        "seen": split.seen,
+        "unseen": split.unseen,
+        "s": s,
+        "u": u,
+        "h": harmonic(s, u),
+        "zsl": zsl,
+        "alert_auroc": auroc(is_unseen, scores),
+        "alert_auroc_gzsl": auroc(is_unseen, gzsl_mass),
+        "alert_threshold": threshold,
+        "alert_rate": float(unseen_alert.mean()),
+        "false_alert_rate": float(seen_alert.mean()),
+        "routing_accuracy": float(routed.mean()),
+        "train_s": train_s,
+        "train_images": len(split.train),
+    }
+
+
+def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> dict[str, Any]:
+    """The baseline: a softmax over the seen surfaces; unseen = max-softmax below the threshold."""
+    class_of = {surface: c for c, surface in enumerate(split.seen)}
+    to_class = np.vectorize(class_of.__getitem__)
+    started = time.perf_counter()
+    features = torch.as_tensor(data.features[split.train])
+    low, span = features.min(0).values, (features.max(0).values - features.min(0).values).clamp_min(1e-6)
+
+    def scaled(indices: np.ndarray) -> torch.Tensor:
+        return ((torch.as_tensor(data.features[indices]) - low) / span).clamp(0, 1)
+
+    classifier = train_linear(
+        scaled(split.train), torch.as_tensor(to_class(data.surface[split.train])), len(split.seen), options
+    )
+    train_s = time.perf_counter() - started
+
+    def unseen_score(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            probabilities = torch.softmax(classifier(scaled(indices)), 1)
+        return (1.0 - probabilities.max(1).values).numpy(), probabilities.argmax(1).numpy()
+
+    validation, _ = unseen_score(split.validation)
+    threshold = float(np.quantile(validation, options.alert_quantile))
+    seen_score, seen_call = unseen_score(split.seen_test)
+    unseen_score_, _ = unseen_score(split.unseen_test)
+    seen_truth = to_class(data.surface[split.seen_test])
+    seen_alert, unseen_alert = seen_score > threshold, unseen_score_ > threshold
+    s = per_class_accuracy(seen_truth, np.where(seen_alert, -1, seen_call))
+    unseen_truth = data.surface[split.unseen_test]
+    u = float(np.mean([unseen_alert[unseen_truth == c].mean() for c in np.unique(unseen_truth)]))
+    is_unseen = np.r_[np.zeros(len(seen_score)), np.ones(len(unseen_score_))]
+    return {
+        "seen": split.seen,
+        "unseen": split.unseen,
+        "s": s,
+        "u": u,
+        "h": harmonic(s, u),
+        "alert_auroc": auroc(is_unseen, np.r_[seen_score, unseen_score_]),
+        "alert_threshold": threshold,
+        "alert_rate": float(unseen_alert.mean()),
+        "false_alert_rate": float(seen_alert.mean()),
+        "routing_accuracy": float(((seen_call == seen_truth) & ~seen_alert).mean()),
+        "train_s": train_s,
+        "train_images": len(split.train),
+    }
+
+
+def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
+    given = {k: v for k, v in config.method_options.items()}
+    if generator == "tfvaegan-l1":
+        given["attribute_loss"] = "l1"
+    return SBADOptions(**{**given, "ce": ce, "seed": config.seed})
+
+
+def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = [
+        k for k, v in cells[0].items() if isinstance(v, float) and k not in ("train_s", "alert_threshold")
+    ]
+    return {
+        k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
+        for k in keys
+    }
+
+
+def run_sbad(request: BenchRequest) -> Path:
+    protocol = "dagm-mix/sbad"
+    check_options(request.variant, OPTIONS, protocol)
+    ces = option_list(request.variant, "ce", "learned")
+    generators = option_list(request.variant, "generator", "vaegan-mse,softmax")
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        raise KeyError(f"--variant generator: {unknown} unknown; use {', '.join(GENERATORS)}")
+    n_splits = int(request.variant.get("splits", "5"))
+    config = load_config(REPO_ROOT / CONFIG, request.profile, list(request.overrides))
+    name = f"dagm-mix-sbad-{request.profile}"
+    data = mix_features(config, request.work_root / name, request.progress)
+    synth = SynthConfig(**(config.data.synthetic or {}))
+    attributes = table1_attributes(synth)
+    real_ce = attributes.matrix(data.surfaces)
+    cache = request.cells(name)
+    config_key = _fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
+    last: Path | None = None
+    for generator in generators:
+        for ce in ces if generator != "softmax" else ["none"]:
+            options = _options(config, "learned" if ce == "none" else ce, generator)
+            cells = []
+            for split in range(n_splits):
+                key = f"{generator}/{ce}/split{split}/config-{config_key}"
+                cell = cache.get(key)
+                if cell is None:
+                    parts = mix_split(data, split, config.data.val_fraction)
+                    cell = (
+                        softmax_cell(data, parts, options)
+                        if generator == "softmax"
+                        else sbad_cell(data, parts, real_ce, options)
+                    )
+                    cell["commit"] = request.commit
+                    cache.put(key, cell)
+                cells.append(cell)
+            variant: dict[str, Any] = {"generator": generator, "splits": n_splits}
+            if generator != "softmax":
+                variant["ce"] = ce
+            last = write_results(
+                protocol=protocol,
+                method="sbad",
+                dataset="dagm-mix (generated)",
+                variant=variant,
+                profile=request.profile,
+                metrics=_summary(cells),
+                per_fold=cells,
+                n_images=len(data.features),
+                paper=PAPER.get((ce, generator), {}),
+                wall_time_s=sum(c["train_s"] for c in cells),
+                command=request.command,
+                commit=" ".join(sorted({str(c.get("commit")) for c in cells})),
+                init=str(config.weights) if config.weights else "random",
+                notes=(
+                    f"features: frozen {config.model.get('backbone')} at {config.input.size[0]} px of "
+                    f"{synth.size} px images; figures mean ± std over {n_splits} seen / unseen splits; "
+                    "the paper's on DAGM 2007 itself (its unseen pair unstated), seen accuracy on its "
+                    "validation part, ours on a separate test set"
+                ),
+                root=request.results_root,
+            )
+    assert last is not None
+    return last
+
+
+register_protocol("dagm-mix/sbad", "SBAD zero-shot surface router on generated DAGM_MIX (paper 002)")(
+    run_sbad
+)

@@ -1,0 +1,186 @@
+"""SBAD (paper 002): the networks of the surface router, all small MLPs on backbone features.
+
+Features ``x`` are a frozen backbone's pooled features min-max scaled to [0, 1] (the paper's BCE
+reconstruction needs that; the scaling is fitted on the seen training features and stored).
+Attribute vectors ``a`` are the class embeddings (29 Table 1 attributes by default).
+
+* :class:`CEVAE` (stage A, the "Learned CE" VAE): ``x -> (mu, logvar)`` with a latent the size of
+  ``a``, ``z -> x``; its latents are pulled towards each class's real CE, and each seen class's
+  mean ``mu`` becomes its learned CE.
+* Stage B, the VAEGAN (TF-VAEGAN's layout, Narayan et al. 2020, without its feedback module):
+  :class:`ConditionalEncoder` (Encoder-1, ``(x, a) -> z``), :class:`FeatureGenerator` (the decoder,
+  ``(z, a) -> x``, sigmoid output), :class:`Critic` (WGAN critic conditioned on ``a``) and
+  :class:`AttributeRegressor` (Encoder-2, ``x -> a``; with the generator, the paper's "R-AE").
+* :class:`SurfaceRouter`: what inference keeps: the feature scaling, a linear classifier over seen
+  and unseen surfaces (trained on real seen and generated unseen features), Encoder-2 and the class
+  embeddings; the unseen score is the distance between Encoder-2's reconstruction and the class
+  embedding of the best *seen* surface.
+
+One hidden layer of ``hidden`` units with LeakyReLU(0.2) everywhere, as TF-VAEGAN (4096 there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
+
+
+class FeatureBackbone(nn.Module):
+    """A timm network's globally pooled features (before its classifier), for whole images.
+
+    ``weights``: a packaged name (``efficientnet-lite0``) or a file of the full ImageNet classifier,
+    loaded by position; ``None`` keeps the random initialisation (record it as such).
+    """
+
+    def __init__(
+        self, name: str = "tf_efficientnet_lite0", weights: str | None = "efficientnet-lite0"
+    ) -> None:
+        super().__init__()
+        network: Any = timm.create_model(name, pretrained=False, num_classes=1000)
+        self.network = network
+        self.dim = int(network.num_features)
+        if weights is not None:
+            path = weights_file(weights)
+            load_by_position(self.network, read_state_dict(path), str(path))
+
+    def forward(self, images: Tensor) -> Tensor:
+        pooled: Tensor = self.network.forward_head(self.network.forward_features(images), pre_logits=True)
+        return pooled
+
+
+def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, outputs))
+
+
+class GaussianEncoder(nn.Module):
+    """``inputs -> (mu, logvar)`` of a diagonal Gaussian latent."""
+
+    def __init__(self, inputs: int, hidden: int, latent: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(inputs, hidden), nn.LeakyReLU(0.2))
+        self.mu = nn.Linear(hidden, latent)
+        self.logvar = nn.Linear(hidden, latent)
+
+    def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.body(inputs)
+        return self.mu(hidden), self.logvar(hidden)
+
+
+def reparameterise(mu: Tensor, logvar: Tensor) -> Tensor:
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class CEVAE(nn.Module):
+    """Stage A: a VAE whose latent has one unit per attribute."""
+
+    def __init__(self, feature_dim: int, attribute_dim: int, hidden: int = 1024) -> None:
+        super().__init__()
+        self.encoder = GaussianEncoder(feature_dim, hidden, attribute_dim)
+        self.decoder = nn.Sequential(_mlp(attribute_dim, hidden, feature_dim), nn.Sigmoid())
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encoder(features)
+        return self.decoder(reparameterise(mu, logvar)), mu, logvar
+
+
+class ConditionalEncoder(nn.Module):
+    """Encoder-1: ``(x, a) -> (mu, logvar)`` of the noise latent."""
+
+    def __init__(self, feature_dim: int, attribute_dim: int, latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.encoder = GaussianEncoder(feature_dim + attribute_dim, hidden, latent_dim)
+
+    def forward(self, features: Tensor, attributes: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(torch.cat([features, attributes], dim=1))
+        return mu, logvar
+
+
+class FeatureGenerator(nn.Module):
+    """The decoder / generator: ``(z, a) -> x`` in [0, 1]."""
+
+    def __init__(self, feature_dim: int, attribute_dim: int, latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.body = nn.Sequential(_mlp(latent_dim + attribute_dim, hidden, feature_dim), nn.Sigmoid())
+
+    def forward(self, noise: Tensor, attributes: Tensor) -> Tensor:
+        generated: Tensor = self.body(torch.cat([noise, attributes], dim=1))
+        return generated
+
+    def sample(self, attributes: Tensor) -> Tensor:
+        """Features for each attribute row, from the prior."""
+        return self(torch.randn(len(attributes), self.latent_dim, device=attributes.device), attributes)
+
+
+class Critic(nn.Module):
+    """WGAN critic conditioned on the attributes (TF-VAEGAN's discriminator)."""
+
+    def __init__(self, feature_dim: int, attribute_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.body = _mlp(feature_dim + attribute_dim, hidden, 1)
+
+    def forward(self, features: Tensor, attributes: Tensor) -> Tensor:
+        score: Tensor = self.body(torch.cat([features, attributes], dim=1)).squeeze(1)
+        return score
+
+
+class AttributeRegressor(nn.Module):
+    """Encoder-2: the attribute vector a feature vector shows."""
+
+    def __init__(self, feature_dim: int, attribute_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.body = _mlp(feature_dim, hidden, attribute_dim)
+
+    def forward(self, features: Tensor) -> Tensor:
+        attributes: Tensor = self.body(features)
+        return attributes
+
+
+@dataclass
+class RouterOutput:
+    logits: Tensor  # N x C over every known surface (seen, then unseen)
+    attributes: Tensor  # N x A, Encoder-2's reconstruction
+    seen_class: Tensor  # N, the best seen surface (an index into the seen ones)
+    unseen_score: Tensor  # N, ||a_hat - CE(best seen)||: large for a surface never trained on
+
+
+class SurfaceRouter(nn.Module):
+    """Inference: scaled features -> surface logits, reconstructed attributes and an unseen score."""
+
+    feature_min: Tensor
+    feature_span: Tensor
+    embeddings: Tensor
+
+    def __init__(
+        self,
+        feature_min: Tensor,
+        feature_max: Tensor,
+        classifier: nn.Linear,
+        attribute_regressor: AttributeRegressor,
+        embeddings: Tensor,
+        n_seen: int,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("feature_min", feature_min.clone())
+        self.register_buffer("feature_span", (feature_max - feature_min).clamp_min(1e-6))
+        self.register_buffer("embeddings", embeddings.clone())
+        self.classifier = classifier
+        self.attribute_regressor = attribute_regressor
+        self.n_seen = n_seen
+
+    def scale(self, features: Tensor) -> Tensor:
+        return ((features - self.feature_min) / self.feature_span).clamp(0.0, 1.0)
+
+    def forward(self, features: Tensor) -> RouterOutput:
+        scaled = self.scale(features)
+        logits = self.classifier(scaled)
+        attributes = self.attribute_regressor(scaled)
+        seen_class = logits[:, : self.n_seen].argmax(dim=1)
+        distance = (attributes - self.embeddings[seen_class]).pow(2).mean(dim=1)
+        return RouterOutput(logits, attributes, seen_class, distance)

@@ -1,0 +1,267 @@
+"""Training recipe for SBAD (paper 002): learned class embeddings, a feature VAEGAN, a GZSL router.
+
+Everything trains on backbone features (one vector per image, :class:`~defectkit.models.sbad.
+FeatureBackbone`), so the loops are plain PyTorch over tensors: a few MLPs on a few thousand
+vectors train in minutes on a CPU. The steps, and the choices where the paper is silent (each an
+:class:`SBADOptions` field):
+
+1. Scaling: features min-max scaled to [0, 1] on the seen training set (the paper's BCE
+   reconstruction needs it), clipped outside.
+2. Stage A, the Learned CE (equations 1-3): :class:`~defectkit.models.sbad.CEVAE` with
+   ``L = 0.5 * BCE(x_hat, x) + KL(N(mu, sigma) || N(CE_real(y), I))``. Equation 3 as printed,
+   ``-0.5 [1 + log s^2 + s^2 + (mu - CE)^2]``, has the sign of the last two terms wrong (it would
+   reward variance and distance from the CE); the standard KL
+   ``-0.5 sum(1 + log s^2 - s^2 - (mu - CE)^2)`` is used. Sums over dimensions, mean over the
+   batch. Each seen class's learned CE is the mean ``mu`` of its training images.
+   The paper says unseen classes contribute nothing to training, yet GZSL needs their embeddings:
+   ``unseen_ce="mapped"`` (default) moves each unseen real CE by the learned-minus-real shift a
+   ridge regression fitted on the seen classes predicts from it; ``"real"`` keeps the real CE.
+   ``ce="real"`` skips stage A (Table 3-4's Real CE rows).
+3. Stage B, the VAEGAN (TF-VAEGAN's losses; the paper inherits them): per batch, ``critic_steps``
+   WGAN-GP critic updates (gradient penalty ``gp_weight``), then one update of Encoder-1 and the
+   generator with ``BCE(x_rec, x) + kl_weight * KL(N(mu, sigma) || N(0, I)) - gan_weight *
+   critic(G(z, a), a) + attribute_weight * R(Enc2(G(z, a)), a)``; Encoder-2 (the R-AE's encoder)
+   has its own update ``R(Enc2(x), a)`` on real features. ``R`` is ``attribute_loss``: ``mse``
+   (the paper's change, equation 4) or ``l1`` (TF-VAEGAN's). No feedback module.
+4. The router's classifier: a linear softmax over seen + unseen surfaces, trained on the real seen
+   features plus ``synthetic_per_class`` generated features per unseen surface (GZSL); the ZSL
+   classifier sees generated unseen features only, over the unseen surfaces.
+
+Widths and rates: TF-VAEGAN's (4096 hidden, 1e-5 / 1e-4 rates, 120 epochs) are the ``paper``
+profile's; the ``cpu`` profile halves widths and epochs (the configs say which).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from defectkit.models.sbad import (
+    CEVAE,
+    AttributeRegressor,
+    ConditionalEncoder,
+    Critic,
+    FeatureGenerator,
+    SurfaceRouter,
+    reparameterise,
+)
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class SBADOptions:
+    hidden: int = 1024
+    ce: str = "learned"  # learned | real
+    unseen_ce: str = "mapped"  # mapped | real
+    ce_epochs: int = 40
+    ce_lr: float = 1e-3
+    ridge: float = 1.0
+    gan_epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-4
+    beta1: float = 0.5
+    critic_steps: int = 5
+    gp_weight: float = 10.0
+    gan_weight: float = 1.0
+    kl_weight: float = 1.0
+    attribute_loss: str = "mse"  # mse | l1
+    attribute_weight: float = 1.0
+    synthetic_per_class: int = 400
+    classifier_epochs: int = 25
+    classifier_lr: float = 1e-3
+    # The unseen alert fires above this quantile of the seen validation images' unseen scores.
+    alert_quantile: float = 0.99
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {
+            "ce": ("learned", "real"),
+            "unseen_ce": ("mapped", "real"),
+            "attribute_loss": ("mse", "l1"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"sbad option {name}={getattr(self, name)!r}: use one of {allowed}")
+
+
+@dataclass
+class SBADModel:
+    router: SurfaceRouter
+    zsl_classifier: nn.Linear  # over the unseen surfaces only
+    embeddings: np.ndarray  # C x A, seen then unseen, as used in stage B
+    learned_seen: np.ndarray | None  # the seen classes' learned CE (None: ce="real")
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    order = torch.randperm(n, generator=generator)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _kl(mu: Tensor, logvar: Tensor, centre: Tensor | float = 0.0) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(centre, I)), summed over dimensions, mean over the batch."""
+    return -0.5 * torch.sum(1 + logvar - logvar.exp() - (mu - centre).pow(2), dim=1).mean()
+
+
+def _bce(reconstruction: Tensor, target: Tensor) -> Tensor:
+    return F.binary_cross_entropy(reconstruction, target, reduction="none").sum(dim=1).mean()
+
+
+def train_ce_vae(features: Tensor, labels: Tensor, real_ce: Tensor, options: SBADOptions,
+                 progress: Progress | None = None) -> Tensor:  # fmt: skip
+    """Stage A: the learned CE of each seen class (rows in the order of ``real_ce``)."""
+    generator = torch.Generator().manual_seed(options.seed)
+    vae = CEVAE(features.shape[1], real_ce.shape[1], options.hidden)
+    optimiser = torch.optim.Adam(vae.parameters(), lr=options.ce_lr)
+    for epoch in range(options.ce_epochs):
+        for index in _batches(len(features), options.batch_size, generator):
+            x, centre = features[index], real_ce[labels[index]]
+            reconstruction, mu, logvar = vae(x)
+            loss = 0.5 * _bce(reconstruction, x) + _kl(mu, logvar, centre)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        if progress is not None:
+            progress("learned CE", epoch + 1, options.ce_epochs)
+    vae.eval()
+    with torch.no_grad():
+        mu, _ = vae.encoder(features)
+    return torch.stack([mu[labels == c].mean(dim=0) for c in range(len(real_ce))])
+
+
+def map_unseen(real_seen: np.ndarray, learned_seen: np.ndarray, real_unseen: np.ndarray,
+               ridge: float) -> np.ndarray:  # fmt: skip
+    """Unseen learned CEs: the real CE plus the shift a ridge regression on the seen classes
+    predicts from it (learned - real ~ real @ W)."""
+    shift = learned_seen - real_seen
+    gram = real_seen.T @ real_seen + ridge * np.eye(real_seen.shape[1])
+    weights = np.linalg.solve(gram, real_seen.T @ shift)
+    mapped: np.ndarray = real_unseen + real_unseen @ weights
+    return mapped
+
+
+def _gradient_penalty(critic: Critic, real: Tensor, fake: Tensor, attributes: Tensor) -> Tensor:
+    alpha = torch.rand(len(real), 1)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (gradient,) = torch.autograd.grad(critic(mixed, attributes).sum(), mixed, create_graph=True)
+    return (gradient.norm(2, dim=1) - 1).pow(2).mean()
+
+
+def _attribute_loss(kind: str, predicted: Tensor, target: Tensor) -> Tensor:
+    return F.mse_loss(predicted, target) if kind == "mse" else F.l1_loss(predicted, target)
+
+
+def train_vaegan(features: Tensor, attributes: Tensor, options: SBADOptions, progress: Progress | None = None
+                 ) -> tuple[FeatureGenerator, AttributeRegressor, dict[str, list[float]]]:  # fmt: skip
+    """Stage B on the seen training features and their classes' embeddings (one row per image)."""
+    generator_rng = torch.Generator().manual_seed(options.seed + 1)
+    feature_dim, attribute_dim = features.shape[1], attributes.shape[1]
+    encoder = ConditionalEncoder(feature_dim, attribute_dim, attribute_dim, options.hidden)
+    generator = FeatureGenerator(feature_dim, attribute_dim, attribute_dim, options.hidden)
+    critic = Critic(feature_dim, attribute_dim, options.hidden)
+    regressor = AttributeRegressor(feature_dim, attribute_dim, options.hidden)
+    betas = (options.beta1, 0.999)
+    generative = torch.optim.Adam(
+        [*encoder.parameters(), *generator.parameters()], lr=options.lr, betas=betas
+    )
+    critic_optimiser = torch.optim.Adam(critic.parameters(), lr=options.lr, betas=betas)
+    regressor_optimiser = torch.optim.Adam(regressor.parameters(), lr=options.lr * 10, betas=betas)
+    history: dict[str, list[float]] = {"critic": [], "vae": [], "attribute": []}
+    for epoch in range(options.gan_epochs):
+        sums = {key: 0.0 for key in history}
+        batches = _batches(len(features), options.batch_size, generator_rng)
+        for index in batches:
+            x, a = features[index], attributes[index]
+            for _ in range(options.critic_steps):
+                with torch.no_grad():
+                    fake = generator.sample(a)
+                critic_loss = (
+                    critic(fake, a).mean()
+                    - critic(x, a).mean()
+                    + options.gp_weight * _gradient_penalty(critic, x, fake, a)
+                )
+                critic_optimiser.zero_grad()
+                critic_loss.backward()
+                critic_optimiser.step()
+            regression = _attribute_loss(options.attribute_loss, regressor(x), a)
+            regressor_optimiser.zero_grad()
+            regression.backward()
+            regressor_optimiser.step()
+
+            mu, logvar = encoder(x, a)
+            reconstruction = generator(reparameterise(mu, logvar), a)
+            vae_loss = _bce(reconstruction, x) + options.kl_weight * _kl(mu, logvar)
+            fake = generator.sample(a)
+            adversarial = -critic(fake, a).mean()
+            cycle = _attribute_loss(options.attribute_loss, regressor(fake), a)
+            loss = vae_loss + options.gan_weight * adversarial + options.attribute_weight * cycle
+            generative.zero_grad()
+            loss.backward()
+            generative.step()
+            sums["critic"] += float(critic_loss.detach())
+            sums["vae"] += float(vae_loss.detach())
+            sums["attribute"] += float(regression.detach())
+        for key, value in sums.items():
+            history[key].append(value / len(batches))
+        if progress is not None:
+            progress("VAEGAN", epoch + 1, options.gan_epochs)
+    generator.eval()
+    regressor.eval()
+    return generator, regressor, history
+
+
+def train_linear(features: Tensor, labels: Tensor, n_classes: int, options: SBADOptions) -> nn.Linear:
+    """A softmax classifier (Adam, beta1 0.5, as TF-VAEGAN's final classifier)."""
+    rng = torch.Generator().manual_seed(options.seed + 2)
+    classifier = nn.Linear(features.shape[1], n_classes)
+    optimiser = torch.optim.Adam(
+        classifier.parameters(), lr=options.classifier_lr, betas=(options.beta1, 0.999)
+    )
+    for _ in range(options.classifier_epochs):
+        for index in _batches(len(features), options.batch_size, rng):
+            loss = F.cross_entropy(classifier(features[index]), labels[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    return classifier.eval()
+
+
+def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_seen: int,
+             options: SBADOptions, progress: Progress | None = None) -> SBADModel:  # fmt: skip
+    """Train SBAD on seen training features (``labels`` in 0..n_seen-1); ``real_ce`` has a row per
+    surface, the ``n_seen`` seen ones first, then the unseen ones (used only through their real CE)."""
+    if labels.min() < 0 or labels.max() >= n_seen:
+        raise ValueError(f"seen labels must lie in 0..{n_seen - 1}")
+    missing = sorted(set(range(n_seen)) - set(labels.tolist()))
+    if missing:
+        raise ValueError(f"seen classes {missing} have no training features")
+    torch.manual_seed(options.seed)
+    raw = torch.as_tensor(features, dtype=torch.float32)
+    low, high = raw.min(dim=0).values, raw.max(dim=0).values
+    scaled = ((raw - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    real = torch.as_tensor(real_ce, dtype=torch.float32)
+    learned_seen = None
+    embeddings = real.clone()
+    if options.ce == "learned":
+        learned = train_ce_vae(scaled, y, real[:n_seen], options, progress)
+        learned_seen = learned.numpy()
+        embeddings[:n_seen] = learned
+        if options.unseen_ce == "mapped" and len(real) > n_seen:
+            mapped = map_unseen(real_ce[:n_seen], learned_seen, real_ce[n_seen:], options.ridge)
+            embeddings[n_seen:] = torch.as_tensor(mapped, dtype=torch.float32)
+    generator, regressor, history = train_vaegan(scaled, embeddings[y], options, progress)
+    unseen = torch.arange(n_seen, len(real))
+    synthetic_labels = unseen.repeat_interleave(options.synthetic_per_class)
+    with torch.no_grad():
+        synthetic = generator.sample(embeddings[synthetic_labels])
+    gzsl = train_linear(torch.cat([scaled, synthetic]), torch.cat([y, synthetic_labels]), len(real), options)
+    zsl = train_linear(synthetic, synthetic_labels - n_seen, max(len(unseen), 1), options)
+    router = SurfaceRouter(low, high, gzsl, regressor, embeddings, n_seen).eval()
+    return SBADModel(router, zsl, embeddings.numpy(), learned_seen, history)

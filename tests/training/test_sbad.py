@@ -1,0 +1,109 @@
+"""SBAD (paper 002): class embeddings, the VAEGAN recipe and the DAGM_MIX protocol on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from defectkit.data.attributes import TABLE1_NAMES, describe, read_attributes, table1_attributes
+from defectkit.data.synthetic import SynthConfig
+from defectkit.training.sbad import SBADOptions, _kl, fit_sbad, map_unseen
+
+
+def test_table1_attributes_have_29_slots_in_range_and_tell_surfaces_apart() -> None:
+    attributes = table1_attributes(SynthConfig(surfaces=10, size=64))
+    matrix = attributes.matrix([f"Class{i}" for i in range(1, 11)])
+    assert matrix.shape == (10, 29) and len(TABLE1_NAMES) == 29
+    assert matrix.min() >= 0.0 and matrix.max() <= 1.0
+    # One-hot groups: exactly one area bin, one shape, one reason per surface.
+    for group in (slice(9, 12), slice(12, 19), slice(21, 29)):
+        assert np.all(matrix[:, group].sum(axis=1) == 1.0)
+    assert len({tuple(row) for row in matrix}) == 10
+    words = describe(matrix[0], attributes.names, top=2)
+    assert len(words) == 2 and all(w.split(" (")[0] in TABLE1_NAMES for w in words)
+
+
+def test_users_attribute_tables_are_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    good = tmp_path / "good.yaml"
+    good.write_text("attribute_names: [shiny, rough]\nsurfaces:\n  steel: [1, 0]\n  cast: [0, 1]\n")
+    table = read_attributes(good)
+    assert table.matrix(["cast"]).tolist() == [[0.0, 1.0]]
+    with pytest.raises(KeyError, match="wood"):
+        table.matrix(["wood"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("attribute_names: [shiny, rough]\nsurfaces:\n  steel: [1]\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*length"):
+        read_attributes(bad)
+
+
+def test_kl_is_zero_at_the_centre_and_grows_away_from_it() -> None:
+    centre = torch.tensor([[0.5, 1.0]])
+    assert float(_kl(centre.clone(), torch.zeros(1, 2), centre)) == pytest.approx(0.0)
+    # The printed equation 3 would reward moving away; the implemented KL penalises it.
+    assert float(_kl(centre + 1.0, torch.zeros(1, 2), centre)) == pytest.approx(1.0)
+    assert float(_kl(centre, torch.full((1, 2), 1.0), centre)) > 0.0
+
+
+def test_unseen_embeddings_follow_the_seen_shift() -> None:
+    rng = np.random.default_rng(0)
+    real = rng.random((8, 5))
+    learned = real + 0.1  # a constant shift on every seen class
+    unseen = rng.random((2, 5))
+    mapped = map_unseen(real, learned, unseen, ridge=1e-6)
+    assert np.allclose(mapped, unseen + 0.1, atol=0.05)
+
+
+def _blobs(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features that are a fixed linear image of each class's attributes, plus noise."""
+    rng = np.random.default_rng(seed)
+    attributes = rng.random((n_classes, 6)).astype(np.float32)
+    projection = rng.normal(size=(6, dim)).astype(np.float32)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    features = attributes[labels] @ projection + 0.05 * rng.normal(size=(len(labels), dim)).astype(np.float32)
+    return features.astype(np.float32), labels, attributes
+
+
+def test_fit_sbad_routes_seen_classes_and_scores_unseen_ones_higher() -> None:
+    features, labels, attributes = _blobs(6, 60, 32, seed=1)
+    seen = labels < 4
+    options = SBADOptions(hidden=64, ce_epochs=30, gan_epochs=30, synthetic_per_class=60, critic_steps=2)
+    model = fit_sbad(features[seen], labels[seen], attributes, 4, options)
+    with torch.no_grad():
+        out = model.router(torch.as_tensor(features))
+    assert out.logits.shape == (len(labels), 6) and out.attributes.shape == (len(labels), 6)
+    assert float((out.seen_class.numpy()[seen] == labels[seen]).mean()) > 0.95
+    assert float(out.unseen_score[~seen].mean()) > float(out.unseen_score[seen].mean())
+    assert model.learned_seen is not None and model.learned_seen.shape == (4, 6)
+    with pytest.raises(ValueError, match="no training features"):
+        fit_sbad(features[labels < 3], labels[labels < 3], attributes, 4, options)
+    with pytest.raises(ValueError, match="attribute_loss"):
+        SBADOptions(attribute_loss="l2")
+
+
+def test_dagm_mix_protocol_on_tiny_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+
+    overrides = [
+        "data.synthetic.per_surface=16", "data.synthetic.size=32", "input.size=[32,32]", "weights=null",
+        "method_options.hidden=16", "method_options.ce_epochs=1", "method_options.gan_epochs=1",
+        "method_options.synthetic_per_class=8", "method_options.critic_steps=1",
+    ]  # fmt: skip
+    request = BenchRequest(
+        "cpu", "full", "defectkit bench dagm-mix/sbad", tmp_path / "results", tmp_path / "work", False,
+        {"splits": "2", "generator": "vaegan-mse,softmax"}, overrides, cells_root=tmp_path / "cells",
+    )  # fmt: skip
+    run_protocol("dagm-mix/sbad", request)
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")}
+    assert len(records) == 2
+    sbad = next(r for r in records.values() if r["variant"]["generator"] == "vaegan-mse")
+    assert {"s", "u", "h", "zsl", "alert_auroc", "false_alert_rate"} <= set(sbad["metrics"])
+    assert sbad["paper"]["h"] == 0.9703 and len(sbad["per_fold"]) == 2
+    assert sbad["per_fold"][0]["unseen"] != sbad["per_fold"][1]["unseen"]
+    assert sbad["init"] == "random"
+    # Cells are reused: a second run trains nothing and writes the same figures.
+    cells = sorted((tmp_path / "cells").rglob("*.json"))
+    run_protocol("dagm-mix/sbad", request)
+    assert sorted((tmp_path / "cells").rglob("*.json")) == cells
