@@ -52,8 +52,11 @@ def test_unseen_embeddings_follow_the_seen_shift() -> None:
     real = rng.random((8, 5))
     learned = real + 0.1  # a constant shift on every seen class
     unseen = rng.random((2, 5))
-    mapped = map_unseen(real, learned, unseen, ridge=1e-6)
-    assert np.allclose(mapped, unseen + 0.1, atol=0.05)
+    mapped = map_unseen(real, learned, unseen, ridge=1.0)
+    assert np.allclose(mapped, unseen + 0.1, atol=1e-6)
+    # A shift that grows with the first attribute is followed too.
+    learned = real + 0.5 * real[:, :1]
+    assert np.allclose(map_unseen(real, learned, unseen, ridge=1e-9), unseen + 0.5 * unseen[:, :1], atol=1e-4)
 
 
 def _blobs(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,16 +69,18 @@ def _blobs(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.ndar
     return features.astype(np.float32), labels, attributes
 
 
-def test_fit_sbad_routes_seen_classes_and_scores_unseen_ones_higher() -> None:
-    features, labels, attributes = _blobs(6, 60, 32, seed=1)
+def test_fit_sbad_routes_held_out_seen_images_and_scores_unseen_ones_higher() -> None:
+    features, labels, attributes = _blobs(6, 80, 32, seed=1)
     seen = labels < 4
+    train = seen & (np.arange(len(labels)) % 4 != 0)  # every fourth seen image held out
+    held_out = seen & ~train
     options = SBADOptions(hidden=64, ce_epochs=30, gan_epochs=30, synthetic_per_class=60, critic_steps=2)
-    model = fit_sbad(features[seen], labels[seen], attributes, 4, options)
+    model = fit_sbad(features[train], labels[train], attributes, 4, options)
     with torch.no_grad():
         out = model.router(torch.as_tensor(features))
     assert out.logits.shape == (len(labels), 6) and out.attributes.shape == (len(labels), 6)
-    assert float((out.seen_class.numpy()[seen] == labels[seen]).mean()) > 0.95
-    assert float(out.unseen_score[~seen].mean()) > float(out.unseen_score[seen].mean())
+    assert float((out.seen_class.numpy()[held_out] == labels[held_out]).mean()) > 0.95
+    assert float(out.unseen_score[~seen].mean()) > float(out.unseen_score[held_out].mean())
     assert model.learned_seen is not None and model.learned_seen.shape == (4, 6)
     with pytest.raises(ValueError, match="no training features"):
         fit_sbad(features[labels < 3], labels[labels < 3], attributes, 4, options)
@@ -83,7 +88,27 @@ def test_fit_sbad_routes_seen_classes_and_scores_unseen_ones_higher() -> None:
         SBADOptions(attribute_loss="l2")
 
 
-def test_dagm_mix_protocol_on_tiny_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_mix_splits_keep_unseen_and_test_images_out_of_training() -> None:
+    from defectkit.bench.dagm_mix import MixFeatures, mix_split
+
+    n = 10 * 40
+    surface = np.repeat(np.arange(10), 40)
+    data = MixFeatures(
+        features=np.zeros((n, 4), np.float32), surface=surface, train=np.tile(np.arange(40) < 30, 10),
+        label=np.tile(np.arange(40) % 2, 10), surfaces=[f"Class{i + 1}" for i in range(10)],
+    )  # fmt: skip
+    splits = [mix_split(data, k, 0.2) for k in range(5)]
+    assert sorted(s for split in splits for s in split.unseen) == list(range(10))  # each unseen once
+    for split in splits:
+        parts = [set(split.train), set(split.validation), set(split.seen_test), set(split.unseen_test)]
+        assert sum(len(p) for p in parts) == n and len(set().union(*parts)) == n  # disjoint, complete
+        assert not set(surface[split.train]) & set(split.unseen)
+        assert set(surface[split.unseen_test]) == set(split.unseen)
+        assert data.train[split.train].all() and not data.train[split.seen_test].any()
+        assert len(split.validation) == 8 * 6  # 20 % of each seen surface's 30 train images
+
+
+def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from defectkit.bench.protocols import BenchRequest, run_protocol
 
     overrides = [
@@ -104,6 +129,13 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path) -> None:  # type: ignore[no-un
     assert sbad["per_fold"][0]["unseen"] != sbad["per_fold"][1]["unseen"]
     assert sbad["init"] == "random"
     # Cells are reused: a second run trains nothing and writes the same figures.
-    cells = sorted((tmp_path / "cells").rglob("*.json"))
+    import defectkit.bench.dagm_mix as protocol
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(protocol, "sbad_cell", refuse)
+    monkeypatch.setattr(protocol, "softmax_cell", refuse)
     run_protocol("dagm-mix/sbad", request)
-    assert sorted((tmp_path / "cells").rglob("*.json")) == cells
+    again = {p.name: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")}
+    assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in records.items()}

@@ -18,17 +18,26 @@ vectors train in minutes on a CPU. The steps, and the choices where the paper is
    ridge regression fitted on the seen classes predicts from it; ``"real"`` keeps the real CE.
    ``ce="real"`` skips stage A (Table 3-4's Real CE rows).
 3. Stage B, the VAEGAN (TF-VAEGAN's losses; the paper inherits them): per batch, ``critic_steps``
-   WGAN-GP critic updates (gradient penalty ``gp_weight``), then one update of Encoder-1 and the
-   generator with ``BCE(x_rec, x) + kl_weight * KL(N(mu, sigma) || N(0, I)) - gan_weight *
-   critic(G(z, a), a) + attribute_weight * R(Enc2(G(z, a)), a)``; Encoder-2 (the R-AE's encoder)
-   has its own update ``R(Enc2(x), a)`` on real features. ``R`` is ``attribute_loss``: ``mse``
-   (the paper's change, equation 4) or ``l1`` (TF-VAEGAN's). No feedback module.
-4. The router's classifier: a linear softmax over seen + unseen surfaces, trained on the real seen
-   features plus ``synthetic_per_class`` generated features per unseen surface (GZSL); the ZSL
-   classifier sees generated unseen features only, over the unseen surfaces.
+   WGAN-GP critic updates on that batch (TF-VAEGAN draws a fresh batch per critic step; gradient
+   penalty ``gp_weight``, fixed, where TF-VAEGAN adapts it by x1.1), then one update of Encoder-1
+   and the generator with ``BCE(x_rec, x) + kl_weight * KL(N(mu, sigma) || N(0, I)) - gan_weight *
+   critic(G(z, a), a) + attribute_weight * R(Enc2(G(z, a)), a)`` (critic and Encoder-2 frozen
+   during it); Encoder-2 (the R-AE's encoder) has its own update ``R(Enc2(x), a)`` on real
+   features, once per batch, at 10x the rate (TF-VAEGAN's decoder rate). ``R`` is
+   ``attribute_loss``: ``mse`` (the paper's change, equation 4) or ``l1``, both a mean over
+   attributes (TF-VAEGAN's is a weighted L1 on an L2-normalised output; not reproduced).
+   ``gan_weight`` 10 is TF-VAEGAN's gamma_G; ``attribute_weight`` 1 is ours (TF-VAEGAN's
+   ``recons_weight`` 0.1 multiplies a sum, not a mean). No feedback module.
+4. The router's classifier: a linear softmax on the scaled features ``x`` (TF-VAEGAN's reads
+   ``[x, dec(x), dec_hidden(x)]``) over seen + unseen surfaces, trained on the real seen features
+   plus ``synthetic_per_class`` (400; TF-VAEGAN 1800) generated features per unseen surface
+   (GZSL); the ZSL classifier sees generated unseen features only, over the unseen surfaces.
+   Adam with beta1 0.5, as TF-VAEGAN's final classifier.
 
-Widths and rates: TF-VAEGAN's (4096 hidden, 1e-5 / 1e-4 rates, 120 epochs) are the ``paper``
-profile's; the ``cpu`` profile halves widths and epochs (the configs say which).
+Widths and rates: TF-VAEGAN's (4096 hidden, 1e-5 for the VAEGAN and 1e-4 for Encoder-2, 120
+epochs) are the ``paper`` profile's; the ``cpu`` profile uses 1024 hidden, 40 + 40 epochs and
+rates 1e-4 / 1e-3 (fewer epochs need larger steps). Encoders have one hidden layer (TF-VAEGAN's
+Encoder-1 has two).
 """
 
 from __future__ import annotations
@@ -68,7 +77,7 @@ class SBADOptions:
     beta1: float = 0.5
     critic_steps: int = 5
     gp_weight: float = 10.0
-    gan_weight: float = 1.0
+    gan_weight: float = 10.0
     kl_weight: float = 1.0
     attribute_loss: str = "mse"  # mse | l1
     attribute_weight: float = 1.0
@@ -138,11 +147,13 @@ def train_ce_vae(features: Tensor, labels: Tensor, real_ce: Tensor, options: SBA
 def map_unseen(real_seen: np.ndarray, learned_seen: np.ndarray, real_unseen: np.ndarray,
                ridge: float) -> np.ndarray:  # fmt: skip
     """Unseen learned CEs: the real CE plus the shift a ridge regression on the seen classes
-    predicts from it (learned - real ~ real @ W)."""
+    predicts from it (``learned - real ~ real @ W + b``; the intercept ``b`` is not penalised)."""
     shift = learned_seen - real_seen
-    gram = real_seen.T @ real_seen + ridge * np.eye(real_seen.shape[1])
-    weights = np.linalg.solve(gram, real_seen.T @ shift)
-    mapped: np.ndarray = real_unseen + real_unseen @ weights
+    mean_real, mean_shift = real_seen.mean(axis=0), shift.mean(axis=0)
+    centred = real_seen - mean_real
+    gram = centred.T @ centred + ridge * np.eye(real_seen.shape[1])
+    weights = np.linalg.solve(gram, centred.T @ (shift - mean_shift))
+    mapped: np.ndarray = real_unseen + (real_unseen - mean_real) @ weights + mean_shift
     return mapped
 
 
@@ -194,6 +205,9 @@ def train_vaegan(features: Tensor, attributes: Tensor, options: SBADOptions, pro
             regression.backward()
             regressor_optimiser.step()
 
+            frozen = [*critic.parameters(), *regressor.parameters()]
+            for parameter in frozen:
+                parameter.requires_grad_(False)
             mu, logvar = encoder(x, a)
             reconstruction = generator(reparameterise(mu, logvar), a)
             vae_loss = _bce(reconstruction, x) + options.kl_weight * _kl(mu, logvar)
@@ -204,6 +218,8 @@ def train_vaegan(features: Tensor, attributes: Tensor, options: SBADOptions, pro
             generative.zero_grad()
             loss.backward()
             generative.step()
+            for parameter in frozen:
+                parameter.requires_grad_(True)
             sums["critic"] += float(critic_loss.detach())
             sums["vae"] += float(vae_loss.detach())
             sums["attribute"] += float(regression.detach())

@@ -16,7 +16,8 @@ Attribute vectors ``a`` are the class embeddings (29 Table 1 attributes by defau
   embeddings; the unseen score is the distance between Encoder-2's reconstruction and the class
   embedding of the best *seen* surface.
 
-One hidden layer of ``hidden`` units with LeakyReLU(0.2) everywhere, as TF-VAEGAN (4096 there).
+One hidden layer of ``hidden`` units with LeakyReLU(0.2) everywhere (TF-VAEGAN: 4096 units, and
+two layers in its Encoder-1).
 """
 
 from __future__ import annotations
