@@ -127,6 +127,7 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type:
     assert {"s", "u", "h", "zsl", "alert_auroc", "false_alert_rate"} <= set(sbad["metrics"])
     assert sbad["paper"]["h"] == 0.9703 and len(sbad["per_fold"]) == 2
     assert sbad["per_fold"][0]["unseen"] != sbad["per_fold"][1]["unseen"]
+    assert [f["fold"] for f in sbad["per_fold"]] == [0, 1] and "h" in sbad["per_fold"][0]["metrics"]
     assert sbad["init"] == "random"
     # Cells are reused: a second run trains nothing and writes the same figures.
     import defectkit.bench.dagm_mix as protocol

@@ -293,6 +293,18 @@ def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _per_split(split: int, cell: dict[str, Any]) -> dict[str, Any]:
+    """DESIGN.md's ``per_fold`` entry of one split: which surfaces were unseen, and its figures."""
+    return {
+        "fold": split,
+        "seen": cell["seen"],
+        "unseen": cell["unseen"],
+        "train_images": cell["train_images"],
+        "train_s": cell["train_s"],
+        "metrics": {k: v for k, v in cell.items() if isinstance(v, float) and k != "train_s"},
+    }
+
+
 def run_sbad(request: BenchRequest) -> Path:
     protocol = "dagm-mix/sbad"
     check_options(request.variant, OPTIONS, protocol)
@@ -338,7 +350,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant=variant,
                 profile=request.profile,
                 metrics=_summary(cells),
-                per_fold=cells,
+                per_fold=[_per_split(k, cell) for k, cell in enumerate(cells)],
                 n_images=len(data.features),
                 paper=PAPER.get((ce, generator), {}),
                 wall_time_s=sum(c["train_s"] for c in cells),
