@@ -70,6 +70,10 @@ INFO_METRICS = (
     "map50",
     "accuracy_std",
     "unknown_auroc",
+    # dagm-mix/sbad: the unseen alert and routing the paper does not measure
+    "alert_auroc",
+    "false_alert_rate",
+    "routing_accuracy",
     # aux/<dataset>/multitask: both sides of each gain
     "map50_multitask",
     "map50_single",
