@@ -169,6 +169,22 @@ def per_class_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean([np.mean(predicted[truth == c] == c) for c in np.unique(truth)]))
 
 
+def alert_figures(validation: np.ndarray, seen: np.ndarray, unseen: np.ndarray, seen_call: np.ndarray,
+                  seen_truth: np.ndarray, quantile: float) -> dict[str, float]:  # fmt: skip
+    """The unseen alert from unseen scores: threshold at ``quantile`` of the seen validation
+    scores; AUROC, alert rates, and seen images routed to their own surface without an alert."""
+    threshold = float(np.quantile(validation, quantile))
+    seen_alert, unseen_alert = seen > threshold, unseen > threshold
+    is_unseen = np.r_[np.zeros(len(seen)), np.ones(len(unseen))]
+    return {
+        "alert_auroc": auroc(is_unseen, np.r_[seen, unseen]),
+        "alert_threshold": threshold,
+        "alert_rate": float(unseen_alert.mean()),
+        "false_alert_rate": float(seen_alert.mean()),
+        "routing_accuracy": float(((seen_call == seen_truth) & ~seen_alert).mean()),
+    }
+
+
 def harmonic(s: float, u: float) -> float:
     return 2 * s * u / (s + u) if s + u > 0 else 0.0
 
@@ -202,11 +218,10 @@ def sbad_cell(
     with torch.no_grad():
         zsl_logits = model.zsl_classifier(router.scale(torch.as_tensor(data.features[split.unseen_test])))
     zsl = per_class_accuracy(unseen_truth - n_seen, zsl_logits.argmax(1).numpy())
-    threshold = float(np.quantile(validation.unseen_score.numpy(), options.alert_quantile))
-    seen_alert = seen.unseen_score.numpy() > threshold
-    unseen_alert = unseen.unseen_score.numpy() > threshold
-    routed = (seen.seen_class.numpy() == seen_truth) & ~seen_alert
-    scores = np.concatenate([seen.unseen_score.numpy(), unseen.unseen_score.numpy()])
+    alerts = alert_figures(
+        validation.unseen_score.numpy(), seen.unseen_score.numpy(), unseen.unseen_score.numpy(),
+        seen.seen_class.numpy(), seen_truth, options.alert_quantile,
+    )  # fmt: skip
     is_unseen = np.r_[np.zeros(len(seen_truth)), np.ones(len(unseen_truth))]
     gzsl_mass = np.concatenate(
         [torch.softmax(out.logits, 1)[:, n_seen:].sum(1).numpy() for out in (seen, unseen)]
@@ -218,12 +233,8 @@ def sbad_cell(
         "u": u,
         "h": harmonic(s, u),
         "zsl": zsl,
-        "alert_auroc": auroc(is_unseen, scores),
+        **alerts,
         "alert_auroc_gzsl": auroc(is_unseen, gzsl_mass),
-        "alert_threshold": threshold,
-        "alert_rate": float(unseen_alert.mean()),
-        "false_alert_rate": float(seen_alert.mean()),
-        "routing_accuracy": float(routed.mean()),
         "train_s": train_s,
         "train_images": len(split.train),
     }
@@ -251,26 +262,26 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
         return (1.0 - probabilities.max(1).values).numpy(), probabilities.argmax(1).numpy()
 
     validation, _ = unseen_score(split.validation)
-    threshold = float(np.quantile(validation, options.alert_quantile))
     seen_score, seen_call = unseen_score(split.seen_test)
     unseen_score_, _ = unseen_score(split.unseen_test)
     seen_truth = to_class(data.surface[split.seen_test])
-    seen_alert, unseen_alert = seen_score > threshold, unseen_score_ > threshold
+    alerts = alert_figures(
+        validation, seen_score, unseen_score_, seen_call, seen_truth, options.alert_quantile
+    )
+    seen_alert, unseen_alert = (
+        seen_score > alerts["alert_threshold"],
+        unseen_score_ > alerts["alert_threshold"],
+    )
     s = per_class_accuracy(seen_truth, np.where(seen_alert, -1, seen_call))
     unseen_truth = data.surface[split.unseen_test]
     u = float(np.mean([unseen_alert[unseen_truth == c].mean() for c in np.unique(unseen_truth)]))
-    is_unseen = np.r_[np.zeros(len(seen_score)), np.ones(len(unseen_score_))]
     return {
         "seen": split.seen,
         "unseen": split.unseen,
         "s": s,
         "u": u,
         "h": harmonic(s, u),
-        "alert_auroc": auroc(is_unseen, np.r_[seen_score, unseen_score_]),
-        "alert_threshold": threshold,
-        "alert_rate": float(unseen_alert.mean()),
-        "false_alert_rate": float(seen_alert.mean()),
-        "routing_accuracy": float(((seen_call == seen_truth) & ~seen_alert).mean()),
+        **alerts,
         "train_s": train_s,
         "train_images": len(split.train),
     }
