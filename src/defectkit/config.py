@@ -37,6 +37,9 @@ class DataConfig(BaseModel):
     surface: str | None = Field(
         None, description="use only this surface (one detector per surface, paper 002)"
     )
+    surfaces: list[str] | None = Field(
+        None, description="use only these surfaces (a line's seen surfaces, paper 002); None: all"
+    )
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="share of training parts held out for validation"
     )
@@ -219,6 +222,7 @@ def config_profiles(source: str | Path) -> list[str]:
 LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "train_fraction"): 1.0,
     ("data", "masks_from_boxes"): False,
+    ("data", "surfaces"): None,
 }
 
 

@@ -28,6 +28,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "defectkit.training.scl_arcface",
     "defectkit.training.tlu_net",
     "defectkit.training.aux_net",
+    "defectkit.training.sbad",
 )
 
 

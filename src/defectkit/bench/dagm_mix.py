@@ -50,7 +50,7 @@ from defectkit.inference.preprocess import Preprocess
 from defectkit.inference.saved_model import InputSpec
 from defectkit.metrics.image import auroc
 from defectkit.models.sbad import FeatureBackbone
-from defectkit.training.sbad import SBADOptions, fit_sbad, train_linear
+from defectkit.training.sbad import SBADOptions, fit_sbad, sbad_options, train_linear
 
 CONFIG = "configs/sbad/dagm-mix.yaml"
 N_UNSEEN = 2
@@ -288,10 +288,8 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
 
 
 def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
-    given = {k: v for k, v in config.method_options.items()}
-    if generator == "tfvaegan-l1":
-        given["attribute_loss"] = "l1"
-    return SBADOptions(**{**given, "ce": ce, "seed": config.seed})
+    loss = {"attribute_loss": "l1"} if generator == "tfvaegan-l1" else {}
+    return sbad_options(dict(config.method_options), ce=ce, seed=config.seed, **loss)
 
 
 def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:

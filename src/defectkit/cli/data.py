@@ -167,6 +167,7 @@ def synth(
         SynthLayout.dagm, help="dagm: DAGM 2007 folders; manifest: images/ + masks/ + JSONL."
     ),
     defect_fraction: float = typer.Option(0.25, "--defect-fraction", help="Share of defective images."),
+    test_fraction: float = typer.Option(0.5, "--test-fraction", help="Share of each surface in Test/."),
 ) -> None:
     """Generate a DAGM-style synthetic dataset with masks, boxes, classes and surface attributes."""
     from defectkit.data.synthetic import SynthConfig, generate
@@ -179,6 +180,7 @@ def synth(
             seed=seed,
             mode=mode.value,
             defect_fraction=defect_fraction,
+            test_fraction=test_fraction,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from defectkit import __version__
-from defectkit.cli import bench, data, enroll, evaluate, export, methods, predict, serve, train
+from defectkit.cli import bench, data, enroll, evaluate, export, line, methods, predict, serve, train
 
 app = typer.Typer(
     name="defectkit",
@@ -24,6 +24,7 @@ app.command("export")(export.export)
 app.command("enroll")(enroll.enroll)
 app.command("serve")(serve.serve)
 app.add_typer(serve.reviews_app, name="reviews")
+app.add_typer(line.app, name="line")
 
 
 def _version(value: bool) -> None:

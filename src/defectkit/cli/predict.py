@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.markup import escape
 
 from defectkit.cli.data import progress_bar
 from defectkit.cli.errors import fail, user_errors
+
+if TYPE_CHECKING:
+    from defectkit.inference.predict import ImageInspector
 
 console = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
@@ -51,7 +54,6 @@ def predict(
     writing every other result); 2 bad usage.
     """
     from defectkit.inference.inspector import load_inspector
-    from defectkit.inference.predict import Failure, predict_paths
     from defectkit.inference.saved_model import SavedModelError
 
     try:
@@ -59,6 +61,31 @@ def predict(
         explainer = _explainer(model_dir) if explain else None
     except SavedModelError as error:
         raise fail(str(error)) from None
+
+    write_predictions(
+        inspector,
+        paths,
+        out,
+        f"{inspector.name} [{backend.value}]",
+        save_heatmaps=save_heatmaps,
+        overlays=overlays,
+        explainer=explainer,
+    )
+
+
+def write_predictions(
+    inspector: ImageInspector,
+    paths: list[str],
+    out: Path,
+    label: str,
+    *,
+    save_heatmaps: bool = False,
+    overlays: bool = True,
+    explainer: Any = None,
+) -> None:
+    """Inspect ``paths`` with a progress bar, report failures line by line and the verdict counts;
+    exit 1 when some file failed or none was inspected (``predict`` and ``line run`` share it)."""
+    from defectkit.inference.predict import Failure, predict_paths
 
     with progress_bar("inspecting") as bar:
         task = bar.add_task("predict", total=None)
@@ -83,8 +110,8 @@ def predict(
     counts = ", ".join(f"{verdicts[v]} {v}" for v in ("ok", "defect", "unknown") if verdicts[v])
     console.print(
         escape(
-            f"inspected {len(report.results)} image(s) ({counts or 'none'}) with {inspector.name} "
-            f"[{backend.value}]; results in {report.out}"
+            f"inspected {len(report.results)} image(s) ({counts or 'none'}) with {label}; "
+            f"results in {report.out}"
         ),
         soft_wrap=True,
     )

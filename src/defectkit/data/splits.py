@@ -168,3 +168,18 @@ def few_shot(
         support.extend(taken)
     chosen = set(support)
     return sorted(support), [i for i in range(len(samples)) if i not in chosen]
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) indices with ``fraction`` of each class held out (at least one of two+).
+
+    Stratified by an arbitrary class (a defect type, a surface), not grouped by part: for data
+    whose images are independent parts; :func:`split_fractions` groups parts and duplicates."""
+    rng = np.random.default_rng(seed)
+    train, validation = [], []
+    for label in sorted(set(labels)):
+        members = rng.permutation([i for i, y in enumerate(labels) if y == label]).tolist()
+        held = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        validation.extend(members[:held])
+        train.extend(members[held:])
+    return sorted(train), sorted(validation)

@@ -35,6 +35,12 @@ class Inspection(BaseModel):
     surface: str | None = None
     surface_score: float | None = None
     regions: list[Region] = Field(default_factory=list)
+    unseen_score: float | None = Field(
+        None, description="surface router: how unlike every trained surface the image is"
+    )
+    unseen_threshold: float | None = Field(
+        None, description="surface router: unseen_score >= this -> verdict 'unknown'"
+    )
     attributes: list[str] = Field(
         default_factory=list,
         description="for an unknown: its strongest attributes in words, for the operator (surface router)",

@@ -23,7 +23,7 @@ from defectkit.data.io import read_image
 from defectkit.data.masks import mask_to_boxes
 from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
-from defectkit.inference.saved_model import ModelCard, load_model, read_card
+from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, read_card
 from defectkit.models.aux_net.detection import DecodeConfig, Detections, select_detections
 
 
@@ -103,6 +103,10 @@ class Inspector:
     @property
     def threshold(self) -> float:
         return self.card.thresholds.decision
+
+    def pixel_threshold_of(self, inspection: Inspection) -> float:
+        """The heat-map threshold ``inspection``'s regions were traced at (overlays draw it)."""
+        return self.card.thresholds.pixel
 
     def _judge_class(self, scored: Scored, label: str) -> Inspection:
         """A defect-type classifier: the best class, or ``unknown`` when even it is too dissimilar.
@@ -329,6 +333,11 @@ def _resize(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:
     """An :class:`Inspector` for the saved model in ``directory`` (``backend``: torch or onnx)."""
     directory = Path(directory)
+    if read_card(directory).model == "sbad_router":
+        raise SavedModelError(
+            f"{directory}: a surface router judges no defects; put it in a line "
+            "(defectkit line run, defectkit.inference.line.load_line)"
+        )
     if backend == "onnx":
         from defectkit.inference.onnx_backend import OnnxBackend
 

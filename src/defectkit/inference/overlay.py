@@ -138,6 +138,14 @@ def render_overlay(
     if inspection.class_scores and inspection.defect_class:  # a defect-type classifier names the type
         verdict = f"{verdict}: {inspection.defect_class}"
     text = f"{verdict}  score {inspection.score:.3f} {relation} {inspection.threshold:.3f}"
+    if inspection.verdict == "unknown" and inspection.unseen_score is not None:
+        # A line's alert: the surface is unlike every trained one, and no detector judged it.
+        text = f"UNKNOWN SURFACE  unseen {inspection.unseen_score:.3f}"
+        if inspection.unseen_threshold is not None:
+            unseen_relation = ">=" if inspection.unseen_score >= inspection.unseen_threshold else "<"
+            text += f" {unseen_relation} {inspection.unseen_threshold:.3f}"
+    elif inspection.surface:
+        text = f"{inspection.surface}: {text}"
     if inspection.regions:
         text += f"  ({len(inspection.regions)} region{'s' if len(inspection.regions) != 1 else ''})"
     font_size = max(10, min(48, picture.width // 22))
@@ -152,6 +160,19 @@ def render_overlay(
     colour = VERDICT_COLOURS.get(inspection.verdict, VERDICT_COLOURS["unknown"])
     banner.rectangle([0, 0, canvas.width - 1, banner_height - 1], fill=colour)
     banner.text((font_size // 3, (banner_height - font_size) // 2), text, fill=(255, 255, 255), font=font)
+    return _with_attributes(canvas, inspection.attributes) if inspection.attributes else canvas
+
+
+def _with_attributes(picture: Image.Image, attributes: list[str]) -> Image.Image:
+    """The router's strongest attributes of an unknown surface, one per line under the picture."""
+    font_size = max(10, min(16, picture.width // 30))
+    font = _font(font_size)
+    row = int(font_size * 1.4)
+    canvas = Image.new("RGB", (picture.width, picture.height + row * len(attributes) + 4), (20, 20, 20))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, words in enumerate(attributes):
+        draw.text((4, picture.height + 2 + k * row), words, fill=(255, 255, 255), font=font)
     return canvas
 
 

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -27,11 +28,26 @@ from PIL import Image
 from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_image
 from defectkit.files import write_atomic
 from defectkit.inference.inspection import Inspection
-from defectkit.inference.inspector import Inspector
 from defectkit.inference.overlay import heatmap_image, render_overlay
 
+
+class ImageInspector(Protocol):
+    """What :func:`predict_paths` runs: an :class:`~defectkit.inference.inspector.Inspector`, or a
+    :class:`~defectkit.inference.line.Line`."""
+
+    name: str
+
+    def inspect_with_heatmap(
+        self, image: np.ndarray | str | Path, name: str | None = None
+    ) -> tuple[Inspection, np.ndarray | None]: ...
+
+    def pixel_threshold_of(self, inspection: Inspection) -> float: ...
+
+
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = ("image", "verdict", "score", "threshold", "n_regions", "latency_ms", "output", "error")
+SUMMARY_COLUMNS = (
+    "image", "verdict", "score", "threshold", "n_regions", "surface", "latency_ms", "output", "error",
+)  # fmt: skip
 GLOB_CHARACTERS = frozenset("*?[")
 
 
@@ -117,7 +133,7 @@ def _png_bytes(picture: Image.Image) -> bytes:
 
 
 def predict_paths(
-    inspector: Inspector,
+    inspector: ImageInspector,
     paths: Iterable[str | Path],
     out: str | Path,
     *,
@@ -142,7 +158,6 @@ def predict_paths(
 
     for failure in failures:
         failed(failure)
-    pixel_threshold = inspector.card.thresholds.pixel
     total = len(images)
     if progress is not None:
         progress(0, total)
@@ -160,6 +175,7 @@ def predict_paths(
                 write_atomic(heatmap_path, _png_bytes(heatmap_image(heatmap)))
                 inspection.heatmap = str(heatmap_path)
             if overlays:
+                pixel_threshold = inspector.pixel_threshold_of(inspection)
                 overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
                 write_atomic(out / f"{name}.png", _png_bytes(overlay))
             json_path = out / f"{name}.json"
@@ -172,6 +188,7 @@ def predict_paths(
                     "score": f"{inspection.score:.6f}",
                     "threshold": f"{inspection.threshold:.6f}",
                     "n_regions": len(inspection.regions),
+                    "surface": inspection.surface or "",
                     "latency_ms": f"{inspection.latency_ms:.2f}",
                     "output": json_path.name,
                 }

@@ -25,6 +25,7 @@ MODEL_MODULES: tuple[str, ...] = (
     "defectkit.models.scl_arcface",
     "defectkit.models.tlu_net",
     "defectkit.models.aux_net",
+    "defectkit.models.sbad",
 )
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}

@@ -48,6 +48,20 @@ def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Samp
     return [without_mask(s) if s.label == 1 and i not in keep else s for i, s in enumerate(samples)]
 
 
+def of_surfaces(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
+    """The samples of ``data.surfaces`` (all when it is None); a listed surface without images is
+    an error, as it would be a line stage that silently trained on nothing."""
+    wanted = config.data.surfaces
+    if wanted is None:
+        return list(samples)
+    kept = [s for s in samples if s.surface in wanted]
+    empty = sorted(set(wanted) - {s.surface for s in kept})
+    if empty:
+        found = sorted({str(s.surface) for s in samples if s.surface})
+        raise ValueError(f"data.surfaces: no images of {empty}; the data has {found}")
+    return kept
+
+
 @dataclass
 class PreparedData:
     info: DatasetInfo
@@ -76,6 +90,7 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
         samples, info = load_samples(config)
     else:
         info = DatasetInfo(name="samples", format="memory", root="")
+    samples = of_surfaces(samples, config)
     if config.data.surface is not None:
         samples = [s for s in samples if s.surface == config.data.surface]
         if not samples:

@@ -42,23 +42,35 @@ Encoder-1 has two).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from defectkit.config import RunConfig
+from defectkit.data.attributes import Attributes, read_attributes, table1_attributes
+from defectkit.data.io import read_image
+from defectkit.data.sample import DatasetInfo
+from defectkit.data.synthetic import SynthConfig
+from defectkit.inference.preprocess import Preprocess, to_network_layout
+from defectkit.inference.saved_model import InputSpec
 from defectkit.models.sbad import (
     CEVAE,
     AttributeRegressor,
     ConditionalEncoder,
     Critic,
+    FeatureBackbone,
     FeatureGenerator,
     SurfaceRouter,
+    SurfaceRouterNet,
     reparameterise,
 )
+from defectkit.registry import MethodSpec, register_method
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -86,6 +98,10 @@ class SBADOptions:
     classifier_lr: float = 1e-3
     # The unseen alert fires above this quantile of the seen validation images' unseen scores.
     alert_quantile: float = 0.99
+    # The class embeddings: a YAML/JSON attribute table (relative to the data root or absolute), or
+    # "table1" for data from the generator (its surfaces' Table 1 vectors, defectkit.data.attributes).
+    attributes: str = "table1"
+    feature_batch: int = 32
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -281,3 +297,194 @@ def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_se
     zsl = train_linear(synthetic, synthetic_labels - n_seen, max(len(unseen), 1), options)
     router = SurfaceRouter(low, high, gzsl, regressor, embeddings, n_seen).eval()
     return SBADModel(router, zsl, embeddings.numpy(), learned_seen, history)
+
+
+def sbad_options(method_options: dict[str, Any], **updates: Any) -> SBADOptions:
+    """:class:`SBADOptions` from a config's ``method_options``; unknown keys are an error."""
+    known = {f.name for f in fields(SBADOptions)}
+    given = {**method_options, **updates}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"sbad method_options: unknown {unknown}; known: {sorted(known)}")
+    return SBADOptions(**given)
+
+
+def router_input(config: RunConfig) -> InputSpec:
+    """The backbone's input: the config's size and normalisation, always 3 channels (ImageNet)."""
+    return InputSpec(size=config.input.size, channels=3, mean=config.input.mean, std=config.input.std)
+
+
+@torch.inference_mode()
+def backbone_features(backbone: FeatureBackbone, spec: InputSpec, images: Iterable[np.ndarray],
+                      batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """Pooled features of decoded images (uint8, any size and channel count), N x D float32."""
+    backbone.eval()
+    preprocess = Preprocess(spec)
+    chunks: list[np.ndarray] = []
+    batch: list[Tensor] = []
+
+    def flush() -> None:
+        chunks.append(backbone(torch.cat(batch)).numpy().astype(np.float32))
+        batch.clear()
+
+    for image in images:
+        batch.append(preprocess(torch.from_numpy(to_network_layout(image, spec.channels))))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32)
+
+
+def resolve_attributes(spec: str, info: DatasetInfo, root: Path | None) -> Attributes:
+    """The attribute table ``spec`` names: ``table1`` (generated data) or a file."""
+    if spec == "table1":
+        generator = info.extra.get("generator")
+        if not isinstance(generator, dict):
+            raise ValueError(
+                f"{info.root or info.name}: attributes 'table1' need data from the generator; give "
+                "method_options.attributes: a YAML table of your surfaces' attributes"
+            )
+        names = {f.name for f in fields(SynthConfig)}
+        return table1_attributes(SynthConfig(**{k: v for k, v in generator.items() if k in names}))
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and root is not None and (root / path).is_file():
+        path = root / path
+    if not path.is_file():
+        raise ValueError(f"{path}: attribute table not found (method_options.attributes)")
+    return read_attributes(path)
+
+
+@dataclass
+class FittedRouter:
+    network: SurfaceRouterNet
+    surfaces: list[str]  # seen, then unseen-known
+    n_seen: int
+    unknown_threshold: float
+    validation: dict[str, float]
+
+
+def router_network(model: SBADModel, backbone: FeatureBackbone, backbone_name: str,
+                   attribute_names: Sequence[str], hidden: int) -> SurfaceRouterNet:  # fmt: skip
+    """The trained pieces in one saveable :class:`SurfaceRouterNet`."""
+    router = model.router
+    network = SurfaceRouterNet(
+        backbone_name, list(attribute_names), len(router.embeddings), router.n_seen, hidden, backbone.dim
+    )
+    network.backbone.load_state_dict(backbone.state_dict())
+    network.router.load_state_dict(router.state_dict())
+    return network.eval()
+
+
+def fit_router(features: np.ndarray, surfaces: Sequence[str], attributes: Attributes,
+               val_features: np.ndarray, val_surfaces: Sequence[str], backbone: FeatureBackbone,
+               backbone_name: str, options: SBADOptions,
+               progress: Progress | None = None) -> FittedRouter:  # fmt: skip
+    """Train SBAD on seen features and pack it with its backbone and its unknown threshold.
+
+    Seen surfaces are those with training images; every other surface of the attribute table is
+    unseen-known (the GZSL classifier gets generated features for it). The unknown threshold is the
+    ``alert_quantile`` of the seen validation images' unseen scores.
+    """
+    seen = sorted(set(surfaces))
+    missing = [s for s in seen if s not in attributes.surfaces]
+    if missing:
+        raise ValueError(f"surfaces {missing} have images but no attribute vector in the attribute table")
+    order = [*seen, *sorted(set(attributes.surfaces) - set(seen))]
+    index = {name: i for i, name in enumerate(order)}
+    labels = np.asarray([index[s] for s in surfaces])
+    model = fit_sbad(features, labels, attributes.matrix(order), len(seen), options, progress)
+    network = router_network(model, backbone, backbone_name, attributes.names, options.hidden)
+    with torch.no_grad():
+        routed = network.router(torch.as_tensor(val_features))
+    scores = routed.unseen_score.numpy()
+    threshold = float(np.quantile(scores, options.alert_quantile)) if len(scores) else float("inf")
+    truth = np.asarray([index.get(s, -1) for s in val_surfaces])
+    calls = routed.seen_class.numpy()
+    validation = {
+        "n_images": float(len(truth)),
+        "seen_accuracy": float((routed.logits.argmax(1).numpy() == truth).mean()) if len(truth) else 0.0,
+        "routing_accuracy": float(((calls == truth) & (scores <= threshold)).mean()) if len(truth) else 0.0,
+        "unknown_threshold": threshold,
+    }
+    return FittedRouter(network, order, len(seen), threshold, validation)
+
+
+def train_router_model(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
+    """``defectkit train`` for sbad: a saved surface router (``OUT/model``).
+
+    Every labelled image of the data's train split is a training image of its surface (good and
+    defective alike), less a stratified ``data.val_fraction`` for validation (the unknown
+    threshold and the card's routing accuracy).
+    """
+    from tqdm import tqdm
+
+    from defectkit.data.splits import stratified_split
+    from defectkit.inference.saved_model import ModelCard, Thresholds, git_commit, save_model
+    from defectkit.training.data import load_samples, of_surfaces
+
+    options = sbad_options(dict(config.method_options), seed=config.seed)
+    samples, info = load_samples(config)
+    wanted = config.data.train_split
+    if wanted is not None and any("split" in s.meta for s in samples):
+        samples = [s for s in samples if s.meta.get("split") == wanted]
+    samples = [s for s in of_surfaces(samples, config) if s.surface]
+    if not samples:
+        raise ValueError(f"{info.root or info.name}: no images with a surface name; sbad routes surfaces")
+    attributes = resolve_attributes(options.attributes, info, config.data.resolved_root())
+    names = sorted({str(s.surface) for s in samples})
+    labels = [names.index(str(s.surface)) for s in samples]
+    train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed)
+    backbone_name = str(config.model.get("backbone", "tf_efficientnet_lite0"))
+    backbone = FeatureBackbone(backbone_name, config.weights)
+    spec = router_input(config)
+    images = (read_image(s.path) for s in tqdm(samples, desc="router features", disable=not progress))
+    features = backbone_features(backbone, spec, images, options.feature_batch)
+
+    def report(stage: str, done: int, total: int) -> None:
+        if progress and done == total:
+            print(f"{stage}: {total} epochs done")
+
+    fitted = fit_router(
+        features[train_idx], [str(samples[i].surface) for i in train_idx], attributes,
+        features[val_idx], [str(samples[i].surface) for i in val_idx], backbone, backbone_name, options,
+        report,
+    )  # fmt: skip
+    card = ModelCard(
+        method="sbad",
+        model="sbad_router",
+        model_options={
+            "backbone": backbone_name,
+            "attribute_names": attributes.names,
+            "n_surfaces": len(fitted.surfaces),
+            "n_seen": fitted.n_seen,
+            "hidden": options.hidden,
+            "feature_dim": backbone.dim,
+        },
+        config=config.model_dump(mode="json"),
+        surface_names=fitted.surfaces,
+        input=spec,
+        thresholds=Thresholds(
+            decision=1.0,
+            unknown=fitted.unknown_threshold,
+            rule=f"unknown: quantile {options.alert_quantile} of seen validation unseen scores",
+        ),
+        validation_metrics={**fitted.validation, "n_seen": fitted.n_seen, "n_train": len(train_idx)},
+        init=config.weights or "random",
+        commit=git_commit(),
+    )
+    return save_model(Path(out) / "model", fitted.network, card)
+
+
+@register_method("sbad", supervision=("zero-shot",), tasks=("surface routing", "unseen alert"), paper="002")
+class SBAD(MethodSpec):
+    """Zero-shot surface router with unseen-surface alerts (paper 002's SBAD)."""
+
+    default_config = "configs/sbad/dagm-mix.yaml"
+    model_name = "sbad_router"
+    uses_masks = False
+    own_training = True
+
+    @classmethod
+    def train(cls, config: RunConfig, out: str | Path, progress: bool = True) -> Path:
+        return train_router_model(config, out, progress)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from defectkit.config import RunConfig
+from defectkit.data.splits import stratified_split
 from defectkit.inference.preprocess import Preprocess
 from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
@@ -269,18 +270,6 @@ def scl_recipe(network: EmbeddingNet, n_classes: int, config: RunConfig) -> SclA
 def crop_scale(config: RunConfig) -> tuple[float, float]:
     low, high = (float(v) for v in config.method_options.get("crop_scale", (0.35, 1.0)))
     return low, high
-
-
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) indices with ``fraction`` of each class held out (at least one of two+)."""
-    rng = np.random.default_rng(seed)
-    train, validation = [], []
-    for label in sorted(set(labels)):
-        members = rng.permutation([i for i, y in enumerate(labels) if y == label]).tolist()
-        held = max(1, round(fraction * len(members))) if len(members) > 1 else 0
-        validation.extend(members[:held])
-        train.extend(members[held:])
-    return sorted(train), sorted(validation)
 
 
 def train_reference_model(config: RunConfig, out: str | Path, progress: bool = True) -> Path:

@@ -11,6 +11,7 @@ from defectkit.models.sbad.model import (
     FeatureGenerator,
     RouterOutput,
     SurfaceRouter,
+    SurfaceRouterNet,
     reparameterise,
 )
 
@@ -23,5 +24,6 @@ __all__ = [
     "FeatureGenerator",
     "RouterOutput",
     "SurfaceRouter",
+    "SurfaceRouterNet",
     "reparameterise",
 ]

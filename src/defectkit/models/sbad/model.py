@@ -29,6 +29,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from defectkit.models import register_model
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 
 
@@ -185,3 +186,48 @@ class SurfaceRouter(nn.Module):
         seen_class = logits[:, : self.n_seen].argmax(dim=1)
         distance = (attributes - self.embeddings[seen_class]).pow(2).mean(dim=1)
         return RouterOutput(logits, attributes, seen_class, distance)
+
+
+class SurfaceRouterNet(nn.Module):
+    """The saved router: images -> backbone features -> :class:`SurfaceRouter`.
+
+    Built empty from its model card (``model.yaml``) and filled from ``weights.safetensors``; the
+    backbone's weights travel in the same file, so loading reads no ImageNet weights.
+    ``surfaces`` are the class names in the router's order (seen, then unseen-known) and
+    ``attribute_names`` name the embedding's dimensions, for the operator's words.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite0",
+        attribute_names: list[str] | tuple[str, ...] = (),
+        n_surfaces: int = 1,
+        n_seen: int = 1,
+        hidden: int = 1024,
+        feature_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = FeatureBackbone(backbone, weights=None)
+        dim = feature_dim or self.backbone.dim
+        attribute_dim = len(attribute_names)
+        if attribute_dim == 0:
+            raise ValueError("a surface router needs attribute names (its class embedding's dimensions)")
+        self.attribute_names = list(attribute_names)
+        self.router = SurfaceRouter(
+            torch.zeros(dim),
+            torch.ones(dim),
+            nn.Linear(dim, n_surfaces),
+            AttributeRegressor(dim, attribute_dim, hidden),
+            torch.zeros(n_surfaces, attribute_dim),
+            n_seen,
+        )
+
+    def forward(self, images: Tensor) -> RouterOutput:
+        output: RouterOutput = self.router(self.backbone(images))
+        return output
+
+
+@register_model("sbad_router")
+def build_sbad_router(**options: Any) -> SurfaceRouterNet:
+    options.pop("in_channels", None)  # always 3: an ImageNet backbone
+    return SurfaceRouterNet(**options)

@@ -1,0 +1,78 @@
+"""``defectkit line``: train and run a two-stage inspection line (paper 002)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from defectkit.cli.errors import UsageError, fail, user_errors
+from defectkit.config import ConfigError
+
+console = Console(highlight=False)
+app = typer.Typer(
+    help="Two-stage inspection line: a surface router, then each surface's defect detector.",
+    no_args_is_help=True,
+)
+
+
+@app.command("train")
+@user_errors
+def train(
+    config: Path = typer.Argument(..., help="Line training file (configs/line/*.yaml)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Line directory to write (line.yaml, router/, detectors/)."
+    ),
+    profile: str | None = typer.Option(None, "--profile", "-p", help="Profile of both stages' configs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train the surface router (sbad) and one detector per seen surface; detectors already saved
+    in OUT are kept, so an interrupted run resumes."""
+    from defectkit.training.line import train_line
+
+    try:
+        line_dir = train_line(
+            config, out, profile, progress=not quiet, say=lambda s: console.print(escape(s))
+        )
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    from defectkit.inference.line import load_line
+
+    line = load_line(line_dir)
+    metrics = line.router.card.validation_metrics
+    routing = float(metrics.get("routing_accuracy", float("nan")))
+    console.print(
+        escape(
+            f"saved line {line_dir}: router routing accuracy {routing:.4f} on "
+            f"{int(metrics.get('n_images', 0))} validation images, {len(line.detectors)} detector(s)"
+        )
+    )
+
+
+@app.command("run")
+@user_errors
+def run(
+    line_dir: Path = typer.Argument(..., help="Line directory (with line.yaml)."),
+    paths: list[str] = typer.Argument(..., help="Image files, folders (searched recursively) or globs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for results."),
+    save_heatmaps: bool = typer.Option(
+        False, "--save-heatmaps", help="Also write each heat map as <name>.heatmap.png."
+    ),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write <name>.png overlays."),
+) -> None:
+    """Inspect every image in PATHS: surface, verdict (ok / defect / unknown), score, regions.
+
+    Writes NAME.json (the inspection; an unknown surface carries the router's attributes in
+    words), NAME.png (an overlay) and summary.csv, as `defectkit predict` does.
+    """
+    from defectkit.cli.predict import write_predictions
+    from defectkit.inference.line import load_line
+    from defectkit.inference.saved_model import SavedModelError
+
+    try:
+        line = load_line(line_dir)
+    except SavedModelError as error:
+        raise fail(str(error)) from None
+    write_predictions(line, paths, out, f"line {line.name}", save_heatmaps=save_heatmaps, overlays=overlays)

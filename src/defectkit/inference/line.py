@@ -1,0 +1,243 @@
+"""The inspection line (paper 002): route each image to its surface's detector, or raise an alert.
+
+A line directory holds ``line.yaml`` (:class:`LineSpec`) naming, relative to it or absolute,
+
+* ``router``: a saved ``sbad`` surface router (:class:`~defectkit.models.sbad.SurfaceRouterNet`);
+* ``detectors``: ``{surface: saved model}``, one per seen surface; any method whose model gives
+  an OK/NG decision (``segdec``, ``weak_lnet``, ...);
+* ``classifier`` (optional): a saved defect-type classifier, asked only about defective parts.
+
+:meth:`Line.inspect` gives one :class:`~defectkit.inference.inspection.Inspection` per image:
+
+* the router's unseen score at or above its stored ``unknown`` threshold -> verdict ``unknown``,
+  with the router's reconstructed attributes in words (its strongest ``attributes_top``) for the
+  operator; no defect judgement is made (``score`` 0, ``threshold`` 1: nothing was compared);
+* a seen surface without a detector in ``line.yaml`` -> ``unknown`` too (nothing may judge it);
+* otherwise the routed surface's detector judges it with its own stored thresholds; the
+  Inspection carries ``surface``, ``surface_score`` (the router's probability of that surface) and
+  the unseen score.
+
+:func:`cascade_verdict` is that rule alone, shared with the ``dagm-mix/line`` benchmark.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defectkit.data.attributes import describe
+from defectkit.data.io import read_image
+from defectkit.inference.inspection import Inspection, Verdict
+from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.inference.preprocess import Preprocess, to_network_layout
+from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model
+from defectkit.models.sbad import SurfaceRouterNet
+
+LINE_FILE = "line.yaml"
+
+
+class LineSpec(BaseModel):
+    """Contents of ``line.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    router: str = Field(description="saved sbad router directory")
+    detectors: dict[str, str] = Field(description="surface name -> saved detector directory")
+    classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
+    attributes_top: int = Field(3, ge=1, description="attributes in words on an unknown")
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the router sends one image."""
+
+    surface: str  # the best seen surface
+    surface_score: float  # its probability among every surface the router knows
+    unseen_score: float
+    unknown: bool
+    attributes: np.ndarray  # the router's reconstruction of the image's attribute vector
+
+
+def cascade_verdict(unknown: bool, has_detector: bool, score: float, threshold: float) -> Verdict:
+    """The line's verdict: unknown surfaces go to a person, else the detector's decision."""
+    if unknown or not has_detector:
+        return "unknown"
+    return "defect" if score >= threshold else "ok"
+
+
+class SurfaceRouting:
+    """A loaded surface router: images -> :class:`Route` (thresholds from its model card)."""
+
+    def __init__(self, network: SurfaceRouterNet, card: ModelCard) -> None:
+        if card.thresholds.unknown is None:
+            raise SavedModelError(f"router {card.model!r} has no unknown threshold in its model card")
+        self.network = network.eval()
+        self.card = card
+        self.preprocess = Preprocess(card.input)
+        self.threshold = float(card.thresholds.unknown)
+        self.seen = list(card.surface_names[: network.router.n_seen])
+
+    @torch.inference_mode()
+    def route_batch(self, images: Sequence[np.ndarray]) -> list[Route]:
+        if not images:
+            return []
+        batch = torch.cat(
+            [self.preprocess(torch.from_numpy(to_network_layout(image, 3))) for image in images]
+        )
+        output = self.network(batch)
+        probabilities = torch.softmax(output.logits, dim=1)
+        routes = []
+        for row in range(len(images)):
+            seen_class = int(output.seen_class[row])
+            unseen = float(output.unseen_score[row])
+            routes.append(
+                Route(
+                    surface=self.seen[seen_class],
+                    surface_score=float(probabilities[row, seen_class]),
+                    unseen_score=unseen,
+                    unknown=unseen >= self.threshold,
+                    attributes=output.attributes[row].numpy(),
+                )
+            )
+        return routes
+
+    def describe(self, route: Route, top: int = 3) -> list[str]:
+        return describe(route.attributes.tolist(), self.network.attribute_names, top)
+
+
+def load_router(directory: str | Path) -> SurfaceRouting:
+    network, card = load_model(directory)
+    if not isinstance(network, SurfaceRouterNet):
+        raise SavedModelError(f"{directory}: model {card.model!r} is not a surface router (method sbad)")
+    return SurfaceRouting(network, card)
+
+
+class Line:
+    """Router + per-surface detectors (+ classifier): one Inspection per image."""
+
+    def __init__(
+        self,
+        router: SurfaceRouting,
+        detectors: dict[str, Inspector],
+        classifier: Inspector | None = None,
+        name: str = "line",
+        attributes_top: int = 3,
+    ) -> None:
+        self.router = router
+        self.detectors = detectors
+        self.classifier = classifier
+        self.name = name
+        self.attributes_top = attributes_top
+
+    def pixel_threshold_of(self, inspection: Inspection) -> float:
+        detector = self.detectors.get(inspection.surface or "")
+        return detector.card.thresholds.pixel if detector is not None else 0.5
+
+    def inspect(self, image: np.ndarray | str | Path, name: str | None = None) -> Inspection:
+        return self.inspect_with_heatmap(image, name)[0]
+
+    def inspect_with_heatmap(
+        self, image: np.ndarray | str | Path, name: str | None = None
+    ) -> tuple[Inspection, np.ndarray | None]:
+        label = name or (str(image) if isinstance(image, str | Path) else "<array>")
+        pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
+        return self.inspect_batch([pixels], [label])[0]
+
+    def inspect_batch(
+        self, images: Sequence[np.ndarray], names: Sequence[str]
+    ) -> list[tuple[Inspection, np.ndarray | None]]:
+        """Route all images together, then each detector judges its surface's images together."""
+        if len(images) != len(names):
+            raise ValueError(f"{len(images)} images but {len(names)} names")
+        started = time.perf_counter()
+        routes = self.router.route_batch(images)
+        results: list[tuple[Inspection, np.ndarray | None] | None] = [None] * len(images)
+        by_surface: dict[str, list[int]] = {}
+        for index, route in enumerate(routes):
+            if route.unknown or route.surface not in self.detectors:
+                results[index] = (self._unknown(route, names[index]), None)
+            else:
+                by_surface.setdefault(route.surface, []).append(index)
+        for surface, indices in by_surface.items():
+            detector = self.detectors[surface]
+            judged = detector.inspect_batch([images[i] for i in indices], [names[i] for i in indices])
+            for index, (inspection, heatmap) in zip(indices, judged, strict=True):
+                route = routes[index]
+                update = {
+                    "model": f"{self.name}/{surface}",
+                    "surface": surface,
+                    "surface_score": route.surface_score,
+                    "unseen_score": route.unseen_score,
+                    "unseen_threshold": self.router.threshold,
+                }
+                if inspection.verdict == "defect" and self.classifier is not None:
+                    typed = self.classifier.inspect(images[index], names[index])
+                    update["defect_class"] = typed.defect_class
+                    update["class_scores"] = typed.class_scores
+                results[index] = (inspection.model_copy(update=update), heatmap)
+        latency = (time.perf_counter() - started) * 1000.0
+        done = [result for result in results if result is not None]
+        for inspection, _ in done:
+            inspection.latency_ms = latency
+        return done
+
+    def _unknown(self, route: Route, label: str) -> Inspection:
+        return Inspection(
+            image=label,
+            model=f"{self.name}/router",
+            verdict="unknown",
+            score=0.0,
+            threshold=1.0,
+            # A seen surface without a detector keeps its name; an unseen one has none.
+            surface=None if route.unknown else route.surface,
+            surface_score=route.surface_score,
+            unseen_score=route.unseen_score,
+            unseen_threshold=self.router.threshold,
+            attributes=self.router.describe(route, self.attributes_top),
+            latency_ms=0.0,
+        )
+
+
+def read_line_spec(directory: str | Path) -> LineSpec:
+    path = Path(directory) / LINE_FILE
+    if not path.is_file():
+        raise SavedModelError(f"{path}: not found ({directory} is not a defectkit line)")
+    try:
+        return LineSpec.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise SavedModelError(f"{path}: invalid line file ({error})") from None
+
+
+def load_line(directory: str | Path) -> Line:
+    """The line described by ``directory/line.yaml`` (paths in it relative to ``directory``)."""
+    directory = Path(directory)
+    spec = read_line_spec(directory)
+
+    def resolve(path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else directory / candidate
+
+    router = load_router(resolve(spec.router))
+    unknown = sorted(set(spec.detectors) - set(router.card.surface_names))
+    if unknown:
+        raise SavedModelError(
+            f"{directory / LINE_FILE}: detectors for surfaces the router does not know: {unknown} "
+            f"(router surfaces: {router.card.surface_names})"
+        )
+    detectors = {surface: load_inspector(resolve(path)) for surface, path in spec.detectors.items()}
+    classifier = load_inspector(resolve(spec.classifier)) if spec.classifier else None
+    return Line(router, detectors, classifier, directory.name, spec.attributes_top)
+
+
+def write_line_spec(directory: str | Path, spec: LineSpec) -> Path:
+    path = Path(directory) / LINE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec.model_dump(exclude_none=True), sort_keys=False))
+    return path

@@ -1,0 +1,127 @@
+"""``defectkit line train``: a surface router and one defect detector per seen surface (paper 002).
+
+The line's training file (``configs/line/*.yaml``, :class:`LineTrainSpec`) names one dataset with
+surface names (``data_root``), the router's training config (``sbad``) and the detectors' (any
+method with an OK/NG decision; ``segdec`` is the paper's SBDD), each with optional ``set``
+overrides. The same ``--profile`` applies to both. Seen surfaces are ``surfaces`` or, when it is
+omitted, every surface in the data's train split; surfaces of the router's attribute table that
+have no images stay unseen-known (the router can name them, no detector judges them).
+
+Written under ``OUT``: ``router/model``, ``detectors/<surface>/model`` and ``line.yaml`` pointing
+at them (relative paths, so the folder moves as one). A detector already saved is kept, so an
+interrupted training resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from defectkit.config import ConfigError, RunConfig, load_config
+from defectkit.inference.line import LineSpec, write_line_spec
+from defectkit.inference.saved_model import CARD_NAME
+
+ROUTER_DIR = "router"
+DETECTORS_DIR = "detectors"
+
+
+class StageSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: str = Field(description="training config file (relative to the line file or the cwd)")
+    set: list[str] = Field(default_factory=list, description="overrides a.b=c, as --set")
+
+
+class LineTrainSpec(BaseModel):
+    """Contents of a line training file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_root: str = Field(description="dataset folder with surface names ($VARS expanded)")
+    surfaces: list[str] | None = Field(None, description="seen surfaces; None: all in the train split")
+    router: StageSpec
+    detector: StageSpec
+    classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
+    attributes_top: int = 3
+
+
+def read_line_train_spec(path: str | Path) -> LineTrainSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: line training file not found")
+    try:
+        return LineTrainSpec.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValidationError) as error:
+        raise ConfigError(f"{path}: invalid line training file ({error})") from None
+
+
+def _config_path(config: str, base: Path) -> Path:
+    candidate = Path(config)
+    return candidate if candidate.is_absolute() or candidate.is_file() else base / candidate
+
+
+def stage_config(stage: StageSpec, base: Path, data_root: str, profile: str | None,
+                 extra: list[str]) -> RunConfig:  # fmt: skip
+    """A stage's run config on the line's data (generated-data settings in it are dropped)."""
+    overrides = [*stage.set, f"data.root={data_root}", "data.synthetic=null", *extra]
+    return load_config(_config_path(stage.config, base), profile, overrides)
+
+
+def seen_surfaces(config: RunConfig) -> list[str]:
+    """The surfaces of the router's training data (after ``data.surfaces``)."""
+    from defectkit.training.data import load_samples, of_surfaces
+
+    samples, _ = load_samples(config)
+    wanted = config.data.train_split
+    if wanted is not None and any("split" in s.meta for s in samples):
+        samples = [s for s in samples if s.meta.get("split") == wanted]
+    return sorted({str(s.surface) for s in of_surfaces(samples, config) if s.surface})
+
+
+def train_line(
+    spec_path: str | Path,
+    out: str | Path,
+    profile: str | None = None,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Train the router, then each seen surface's detector; returns ``OUT`` (with ``line.yaml``)."""
+    from defectkit.training.engine import train
+    from defectkit.training.sbad import train_router_model
+
+    spec_path, out = Path(spec_path), Path(out)
+    spec = read_line_train_spec(spec_path)
+    base = spec_path.parent
+    chosen = [f"data.surfaces={list(spec.surfaces)}"] if spec.surfaces else []
+    router_config = stage_config(spec.router, base, spec.data_root, profile, chosen)
+    if router_config.method != "sbad":
+        raise ConfigError(f"{spec.router.config}: the router must be method sbad, not {router_config.method}")
+    surfaces = seen_surfaces(router_config)
+    say(f"seen surfaces ({len(surfaces)}): {', '.join(surfaces)}")
+    router_dir = out / ROUTER_DIR / "model"
+    if (router_dir / CARD_NAME).is_file():
+        say(f"router: kept {router_dir}")
+    else:
+        say("router: training sbad")
+        train_router_model(router_config, out / ROUTER_DIR, progress)
+    detectors: dict[str, str] = {}
+    for k, surface in enumerate(surfaces, start=1):
+        target = out / DETECTORS_DIR / surface
+        if (target / "model" / CARD_NAME).is_file():
+            say(f"detector {k}/{len(surfaces)} {surface}: kept {target / 'model'}")
+        else:
+            config = stage_config(spec.detector, base, spec.data_root, profile, [f"data.surface={surface}"])
+            say(f"detector {k}/{len(surfaces)} {surface}: training {config.method}")
+            train(config, target, progress=progress)
+        detectors[surface] = str(Path(DETECTORS_DIR) / surface / "model")
+    line = LineSpec(
+        router=str(Path(ROUTER_DIR) / "model"),
+        detectors=detectors,
+        classifier=spec.classifier,
+        attributes_top=spec.attributes_top,
+    )
+    write_line_spec(out, line)
+    return out

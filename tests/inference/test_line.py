@@ -1,0 +1,128 @@
+"""The two-stage line (paper 002): a trained router, per-surface detectors, verdicts, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import tiny_segdec
+from defectkit.cli.main import app
+from defectkit.config import load_config
+from defectkit.data.io import read_image
+from defectkit.data.synthetic import SynthConfig, generate
+from defectkit.inference.inspector import load_inspector
+from defectkit.inference.line import LineSpec, cascade_verdict, load_line, write_line_spec
+from defectkit.inference.saved_model import SavedModelError
+from defectkit.training.sbad import train_router_model
+
+SEEN = ["Class1", "Class2"]
+
+
+@pytest.fixture(scope="module")
+def line_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router trained on two of three generated surfaces (tiny backbone, few epochs) and
+    random-weight detectors for the two seen surfaces."""
+    root = tmp_path_factory.mktemp("line")
+    data = root / "data"
+    generate(data, SynthConfig(surfaces=3, per_surface=24, size=64, defect_fraction=0.5, test_fraction=0.25))
+    config = load_config(
+        {
+            "method": "sbad",
+            "data": {"root": str(data), "surfaces": SEEN, "val_fraction": 0.25},
+            "input": {"size": [64, 64], "channels": 3, "mean": [0.5], "std": [0.5]},
+            "model": {"backbone": "test_efficientnet"},
+            "method_options": {"hidden": 16, "ce_epochs": 2, "gan_epochs": 2, "critic_steps": 1},
+        }
+    )
+    train_router_model(config, root / "router", progress=False)
+    detectors = {
+        s: str(tiny_segdec(root / "detectors" / s, size=(64, 64), seed=k)) for k, s in enumerate(SEEN)
+    }
+    write_line_spec(root, LineSpec(router=str(root / "router" / "model"), detectors=detectors))
+    return root
+
+
+def test_cascade_verdict() -> None:
+    assert cascade_verdict(True, True, 0.9, 0.5) == "unknown"
+    assert cascade_verdict(False, False, 0.9, 0.5) == "unknown"  # no detector may judge it
+    assert cascade_verdict(False, True, 0.9, 0.5) == "defect"
+    assert cascade_verdict(False, True, 0.1, 0.5) == "ok"
+
+
+def test_router_card_knows_seen_and_unseen_surfaces(line_dir: Path) -> None:
+    line = load_line(line_dir)
+    card = line.router.card
+    assert card.surface_names == ["Class1", "Class2", "Class3"]  # seen first, then unseen-known
+    assert line.router.seen == SEEN
+    assert card.thresholds.unknown is not None and card.validation_metrics["n_seen"] == 2
+    with pytest.raises(SavedModelError, match="surface router judges no defects"):
+        load_inspector(line_dir / "router" / "model")
+
+
+def test_line_verdicts_follow_router_and_detectors(line_dir: Path) -> None:
+    line = load_line(line_dir)
+    paths = sorted((line_dir / "data").glob("Class*/Test/*.PNG"))
+    images = [read_image(p) for p in paths]
+    results = line.inspect_batch(images, [str(p) for p in paths])
+    assert len(results) == len(paths)
+    routes = line.router.route_batch(images)
+    for (inspection, heatmap), route, path in zip(results, routes, paths, strict=True):
+        assert inspection.image == str(path)
+        assert inspection.unseen_score == pytest.approx(route.unseen_score, rel=1e-5)
+        if route.unknown:
+            assert inspection.verdict == "unknown" and inspection.surface is None
+            assert len(inspection.attributes) == 3 and heatmap is None
+        else:
+            detector = line.detectors[route.surface]
+            expected = detector.inspect(images[paths.index(path)])
+            assert inspection.surface == route.surface
+            assert inspection.verdict == expected.verdict and inspection.score == pytest.approx(
+                expected.score
+            )
+    # One image alone gives the same verdict as in the batch.
+    alone = line.inspect(paths[0])
+    assert alone.verdict == results[0][0].verdict
+
+
+def test_line_without_a_detector_for_a_surface_calls_it_unknown(line_dir: Path, tmp_path: Path) -> None:
+    spec = LineSpec(
+        router=str(line_dir / "router" / "model"),
+        detectors={"Class1": str(line_dir / "detectors" / "Class1")},
+    )
+    write_line_spec(tmp_path, spec)
+    line = load_line(tmp_path)
+    paths = sorted((line_dir / "data" / "Class2" / "Test").glob("*.PNG"))
+    for inspection in (line.inspect(p) for p in paths):
+        if inspection.surface == "Class2" or inspection.surface is None:
+            assert inspection.verdict == "unknown"
+    bad = LineSpec(router=spec.router, detectors={"Steel": spec.detectors["Class1"]})
+    write_line_spec(tmp_path, bad)
+    with pytest.raises(SavedModelError, match="Steel"):
+        load_line(tmp_path)
+
+
+def test_line_run_cli_writes_results_with_surfaces(line_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    images = str(line_dir / "data" / "Class1" / "Test" / "*.PNG")
+    result = CliRunner().invoke(
+        app, ["line", "run", str(line_dir), images, str(broken), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 1, result.output  # the broken file is reported, the rest written
+    assert "broken.png" in result.output
+    with open(tmp_path / "out" / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    judged = [r for r in rows if r["verdict"]]
+    assert len(judged) == len(list((line_dir / "data" / "Class1" / "Test").glob("*.PNG")))
+    for row in judged:
+        record = json.loads((tmp_path / "out" / row["output"]).read_text())
+        assert (row["surface"] or None) == record["surface"]
+        assert (tmp_path / "out" / row["output"].replace(".json", ".png")).is_file()
+    missing = CliRunner().invoke(app, ["line", "run", str(tmp_path), images, "--out", str(tmp_path / "o2")])
+    assert missing.exit_code != 0 and "line.yaml" in missing.output
+    assert np.isfinite(float(judged[0]["score"]))
