@@ -76,14 +76,14 @@ class MixFeatures:
     surfaces: list[str]
 
 
-def _fingerprint(payload: Any) -> str:
+def fingerprint(payload: Any) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFeatures:
     """Backbone features of every generated image (cached in ``work`` by config)."""
     synth = SynthConfig(**(config.data.synthetic or {}))
-    key = _fingerprint([synth.__dict__, config.model, config.weights, config.input.model_dump()])
+    key = fingerprint([synth.__dict__, config.model, config.weights, config.input.model_dump()])
     cache = work / f"features-{key}.npz"
     names = surface_names(synth)
     if cache.is_file():
@@ -330,7 +330,7 @@ def run_sbad(request: BenchRequest) -> Path:
     attributes = table1_attributes(synth)
     real_ce = attributes.matrix(data.surfaces)
     cache = request.cells(name)
-    config_key = _fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
+    config_key = fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
     last: Path | None = None
     for generator in generators:
         for ce in ces if generator != "softmax" else ["none"]:

@@ -59,7 +59,7 @@ def register_protocol(
 
 
 def _load_all() -> None:
-    from defectkit.bench import aux, dagm_mix, ksdd, neu_cls, service, tlu  # noqa: F401  (they register)
+    from defectkit.bench import aux, dagm_mix, ksdd, line, neu_cls, service, tlu  # noqa: F401  (they register)
 
 
 def list_protocols() -> dict[str, str]:

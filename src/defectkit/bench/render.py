@@ -74,6 +74,12 @@ INFO_METRICS = (
     "alert_auroc",
     "false_alert_rate",
     "routing_accuracy",
+    # dagm-mix/line: the cascade end to end
+    "detection_rate",
+    "escape_rate",
+    "false_alarm_rate",
+    "unseen_alert_rate",
+    "detector_ap_mean",
     # aux/<dataset>/multitask: both sides of each gain
     "map50_multitask",
     "map50_single",
@@ -208,7 +214,26 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
             notes.append(f"- {cells[0]} / {cells[1]}: {_cell(str(record['notes']))}")
     if notes:
         lines += ["", *notes]
+    for record in records:
+        lines += _confusion(record)
     lines.append("")
+    return lines
+
+
+def _confusion(record: Mapping[str, Any]) -> list[str]:
+    """A record's confusion matrix (a metric ``{rows, columns, counts}``) as its own small table."""
+    matrix = (record.get("metrics") or {}).get("confusion")
+    if not isinstance(matrix, Mapping) or not {"rows", "columns", "counts"} <= set(matrix):
+        return []
+    lines = [
+        "",
+        f"Verdicts of {_variant(record)} / {record.get('profile')} (rows: truth; columns: verdict):",
+        "",
+        "| truth | " + " | ".join(str(c) for c in matrix["columns"]) + " |",
+        "|---" * (len(matrix["columns"]) + 1) + "|",
+    ]
+    for name, counts in zip(matrix["rows"], matrix["counts"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(int(c)) for c in counts) + " |")
     return lines
 
 
