@@ -125,4 +125,39 @@ def test_line_run_cli_writes_results_with_surfaces(line_dir: Path, tmp_path: Pat
         assert (tmp_path / "out" / row["output"].replace(".json", ".png")).is_file()
     missing = CliRunner().invoke(app, ["line", "run", str(tmp_path), images, "--out", str(tmp_path / "o2")])
     assert missing.exit_code != 0 and "line.yaml" in missing.output
-    assert np.isfinite(float(judged[0]["score"]))
+    for row in judged:  # an unknown was judged by no detector: its score is left blank
+        assert np.isfinite(float(row["unseen_score"]))
+        assert (row["score"] == "") == (row["verdict"] == "unknown")
+
+
+def test_line_train_cli_trains_router_and_detectors_and_resumes(line_dir: Path, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    spec = tmp_path / "line.yaml"
+    spec.write_text(
+        f"""data_root: {line_dir / "data"}
+surfaces: [Class1, Class2]
+router:
+  config: {repo / "configs/sbad/dagm-mix.yaml"}
+  set: [model.backbone=test_efficientnet, weights=null, "input.size=[64,64]", method_options.hidden=16,
+        method_options.ce_epochs=1, method_options.gan_epochs=1, method_options.critic_steps=1]
+detector:
+  config: {repo / "configs/segdec/synthetic.yaml"}
+  set: [trainer.epochs=1, trainer.val_every=1, "input.size=[64,64]", "model.widths=[8,8,8]",
+        model.volume_channels=16, "model.decision_widths=[4,4,4]"]
+"""
+    )
+    out = tmp_path / "line"
+    result = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    line = load_line(out)
+    assert sorted(line.detectors) == SEEN and line.router.seen == SEEN
+    assert line.inspect(next((line_dir / "data" / "Class1" / "Test").glob("*.PNG"))).verdict in (
+        "ok",
+        "defect",
+        "unknown",
+    )
+    again = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
+    assert again.exit_code == 0 and again.output.count("kept") == 3, again.output
+    spec.write_text(spec.read_text().replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]"))
+    changed = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
+    assert changed.exit_code != 0 and "remove" in changed.output

@@ -174,7 +174,7 @@ def alert_figures(validation: np.ndarray, seen: np.ndarray, unseen: np.ndarray, 
     """The unseen alert from unseen scores: threshold at ``quantile`` of the seen validation
     scores; AUROC, alert rates, and seen images routed to their own surface without an alert."""
     threshold = float(np.quantile(validation, quantile))
-    seen_alert, unseen_alert = seen > threshold, unseen > threshold
+    seen_alert, unseen_alert = seen >= threshold, unseen >= threshold
     is_unseen = np.r_[np.zeros(len(seen)), np.ones(len(unseen))]
     return {
         "alert_auroc": auroc(is_unseen, np.r_[seen, unseen]),
@@ -269,8 +269,8 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
         validation, seen_score, unseen_score_, seen_call, seen_truth, options.alert_quantile
     )
     seen_alert, unseen_alert = (
-        seen_score > alerts["alert_threshold"],
-        unseen_score_ > alerts["alert_threshold"],
+        seen_score >= alerts["alert_threshold"],
+        unseen_score_ >= alerts["alert_threshold"],
     )
     s = per_class_accuracy(seen_truth, np.where(seen_alert, -1, seen_call))
     unseen_truth = data.surface[split.unseen_test]

@@ -46,7 +46,7 @@ from defectkit.data.attributes import Attributes, table1_attributes
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
 from defectkit.data.sample import Sample
-from defectkit.data.synthetic import SynthConfig, generate
+from defectkit.data.synthetic import SynthConfig, generate, surface_names
 from defectkit.inference.inspector import load_inspector
 from defectkit.inference.line import cascade_verdict
 from defectkit.metrics.image import auroc, average_precision
@@ -143,7 +143,7 @@ def run_line(request: BenchRequest) -> Path:
     work = request.work_root / name
     root = work / "data"
     samples = mix_on_disk(synth, root, request.progress)
-    surfaces = sorted({str(s.surface) for s in samples})
+    surfaces = surface_names(synth)  # the generator's order, so split k leaves out dagm-mix/sbad's pair
     keys = [_image_key(s, root) for s in samples]
     data_key = fingerprint([synth.__dict__, keys])
     cache = request.cells(name)
@@ -153,9 +153,13 @@ def run_line(request: BenchRequest) -> Path:
         s: stage_config(spec.detector, spec_path.parent, str(root), request.profile, [f"data.surface={s}"])
         for s in surfaces
     }
-    detector_key = fingerprint(
-        [detector_configs[surfaces[0]].model_dump(exclude={"data"}), data_key, CELL_VERSION]
-    )
+    # Everything but the data root and the surface (which name the same images wherever they lie).
+    detector_settings = detector_configs[surfaces[0]].model_dump(mode="json")
+    detector_settings["data"] = {
+        k: v for k, v in detector_settings["data"].items() if k not in ("root", "surface")
+    }
+    detector_key = fingerprint([detector_settings, data_key, CELL_VERSION])
+
     detectors: dict[str, dict[str, Any]] = {}
     for surface in surfaces:
         key = f"detector/{surface}/config-{detector_key}"
@@ -301,6 +305,7 @@ register_protocol("dagm-mix/line", "paper 002's whole line (SBAD router + per-su
 PRODUCTS_ATTRIBUTES = "configs/sbad/products-attributes.yaml"
 PRODUCTS_PAPER = {"alert_auroc": 0.95}  # the issue's target; the paper has no real-product figure
 PRODUCT_OPTIONS = ("per_surface",)
+SPLIT = (0.6, 0.2, 0.2)  # train, validation (the unknown threshold), test, per product
 
 
 def product_samples(per_surface: int, seed: int) -> dict[str, list[Sample]]:
@@ -334,7 +339,7 @@ def run_products(request: BenchRequest) -> Path:
     20 % for its unknown threshold), scored on their other 20 % and on every drawn image of the
     fifth; the unseen alert's AUROC, alert rate and false alerts, mean over the five."""
     from defectkit.data.attributes import read_attributes
-    from defectkit.data.splits import stratified_split
+    from defectkit.data.splits import split_fractions
 
     protocol = "products/line"
     check_options(request.variant, PRODUCT_OPTIONS, protocol)
@@ -368,13 +373,13 @@ def run_products(request: BenchRequest) -> Path:
         features = backbone_features(backbone, spec_input, images)
         work.mkdir(parents=True, exist_ok=True)
         np.save(feature_cache, features)
-    # One 60 / 20 / 20 split per product, fixed across the leave-one-out folds.
+    # One 60 / 20 / 20 split per product, fixed across the leave-one-out folds; grouped by part and
+    # by duplicate content (KolektorSDD's parts hold several images each), stratified by label.
     role = np.zeros(len(samples), dtype=int)  # 0 train, 1 validation, 2 test
-    for k in range(len(names)):
+    for k, product in enumerate(names):
         members = np.flatnonzero(surface == k)
-        rest, test = stratified_split([0] * len(members), 0.2, router_config.seed + k)
-        _, val_part = stratified_split([0] * len(rest), 0.25, router_config.seed + 100 + k)
-        role[members[[rest[i] for i in val_part]]] = 1
+        _, validation, test = split_fractions(products[product], SPLIT, seed=router_config.seed + k)
+        role[members[validation]] = 1
         role[members[test]] = 2
     options = sbad_options(dict(router_config.method_options), seed=router_config.seed)
     setup = RouterSetup(attributes, backbone, backbone_name, options)

@@ -148,8 +148,17 @@ def read_attributes(path: str | Path) -> Attributes:
         raise ValueError(f"{path}: cannot read the attribute table ({error})") from None
     if not isinstance(data, Mapping) or "attribute_names" not in data or "surfaces" not in data:
         raise ValueError(f"{path}: needs `attribute_names: [...]` and `surfaces: {{name: [values]}}`")
+    if not isinstance(data["attribute_names"], list) or not isinstance(data["surfaces"], Mapping):
+        raise ValueError(f"{path}: `attribute_names` must be a list and `surfaces` a mapping name -> list")
     names = [str(n) for n in data["attribute_names"]]
-    surfaces = {str(k): [float(x) for x in v] for k, v in dict(data["surfaces"]).items()}
+    surfaces: dict[str, list[float]] = {}
+    for surface, values in data["surfaces"].items():
+        try:
+            surfaces[str(surface)] = [float(x) for x in values]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path}: surface {surface!r}: expected a list of numbers, got {values!r}"
+            ) from None
     wrong = {k: len(v) for k, v in surfaces.items() if len(v) != len(names)}
     if wrong:
         raise ValueError(f"{path}: {len(names)} attribute names but vectors of length {wrong}")

@@ -10,9 +10,11 @@ A line directory holds ``line.yaml`` (:class:`LineSpec`) naming, relative to it 
 :meth:`Line.inspect` gives one :class:`~defectkit.inference.inspection.Inspection` per image:
 
 * the router's unseen score at or above its stored ``unknown`` threshold -> verdict ``unknown``,
-  with the router's reconstructed attributes in words (its strongest ``attributes_top``) for the
-  operator; no defect judgement is made (``score`` 0, ``threshold`` 1: nothing was compared);
-* a seen surface without a detector in ``line.yaml`` -> ``unknown`` too (nothing may judge it);
+  ``surface`` null, with the router's reconstructed attributes in words (its strongest
+  ``attributes_top``) for the operator; no defect judgement is made (``score`` 0, ``threshold`` 1:
+  nothing was compared; ``summary.csv`` leaves both blank);
+* a seen surface without a detector in ``line.yaml`` -> ``unknown`` too, with that surface's name
+  and no attributes (nothing may judge it, but it is not new);
 * otherwise the routed surface's detector judges it with its own stored thresholds; the
   Inspection carries ``surface``, ``surface_score`` (the router's probability of that surface) and
   the unseen score.
@@ -109,7 +111,11 @@ class SurfaceRouting:
         return routes
 
     def describe(self, route: Route, top: int = 3) -> list[str]:
-        return describe(route.attributes.tolist(), self.network.attribute_names, top)
+        """The strongest reconstructed attributes in words. With learned class embeddings (the
+        default) they live in the learned space, near the table's 0..1 scale but not on it: shown
+        clipped to [0, 1]."""
+        strengths = np.clip(route.attributes, 0.0, 1.0).tolist()
+        return describe(strengths, self.network.attribute_names, top)
 
 
 def load_router(directory: str | Path) -> SurfaceRouting:
@@ -189,18 +195,19 @@ class Line:
         return done
 
     def _unknown(self, route: Route, label: str) -> Inspection:
+        """An unseen surface: no surface name, its attributes in words. A seen surface that the
+        line has no detector for: its name and score, no attributes (it is not new)."""
         return Inspection(
             image=label,
             model=f"{self.name}/router",
             verdict="unknown",
             score=0.0,
             threshold=1.0,
-            # A seen surface without a detector keeps its name; an unseen one has none.
             surface=None if route.unknown else route.surface,
-            surface_score=route.surface_score,
+            surface_score=None if route.unknown else route.surface_score,
             unseen_score=route.unseen_score,
             unseen_threshold=self.router.threshold,
-            attributes=self.router.describe(route, self.attributes_top),
+            attributes=self.router.describe(route, self.attributes_top) if route.unknown else [],
             latency_ms=0.0,
         )
 
@@ -224,15 +231,27 @@ def load_line(directory: str | Path) -> Line:
         candidate = Path(path).expanduser()
         return candidate if candidate.is_absolute() else directory / candidate
 
-    router = load_router(resolve(spec.router))
-    unknown = sorted(set(spec.detectors) - set(router.card.surface_names))
-    if unknown:
+    where = directory / LINE_FILE
+    try:
+        router = load_router(resolve(spec.router))
+    except SavedModelError as error:
+        raise SavedModelError(f"{where}: router: {error}") from None
+    unused = sorted(set(spec.detectors) - set(router.seen))
+    if unused:
         raise SavedModelError(
-            f"{directory / LINE_FILE}: detectors for surfaces the router does not know: {unknown} "
-            f"(router surfaces: {router.card.surface_names})"
+            f"{where}: detectors for surfaces the router never routes to: {unused} "
+            f"(its seen surfaces: {router.seen})"
         )
-    detectors = {surface: load_inspector(resolve(path)) for surface, path in spec.detectors.items()}
-    classifier = load_inspector(resolve(spec.classifier)) if spec.classifier else None
+    detectors = {}
+    for surface, path in spec.detectors.items():
+        try:
+            detectors[surface] = load_inspector(resolve(path))
+        except SavedModelError as error:
+            raise SavedModelError(f"{where}: detectors.{surface}: {error}") from None
+    try:
+        classifier = load_inspector(resolve(spec.classifier)) if spec.classifier else None
+    except SavedModelError as error:
+        raise SavedModelError(f"{where}: classifier: {error}") from None
     return Line(router, detectors, classifier, directory.name, spec.attributes_top)
 
 

@@ -139,11 +139,13 @@ def render_overlay(
         verdict = f"{verdict}: {inspection.defect_class}"
     text = f"{verdict}  score {inspection.score:.3f} {relation} {inspection.threshold:.3f}"
     if inspection.verdict == "unknown" and inspection.unseen_score is not None:
-        # A line's alert: the surface is unlike every trained one, and no detector judged it.
-        text = f"UNKNOWN SURFACE  unseen {inspection.unseen_score:.3f}"
-        if inspection.unseen_threshold is not None:
-            unseen_relation = ">=" if inspection.unseen_score >= inspection.unseen_threshold else "<"
-            text += f" {unseen_relation} {inspection.unseen_threshold:.3f}"
+        # A line's unknown: a surface unlike every trained one, or one the line has no detector for.
+        if inspection.surface is None:
+            text = f"UNKNOWN SURFACE  unseen {inspection.unseen_score:.3f}"
+            if inspection.unseen_threshold is not None:
+                text += f" >= {inspection.unseen_threshold:.3f}"
+        else:
+            text = f"UNKNOWN  no detector for surface {inspection.surface}"
     elif inspection.surface:
         text = f"{inspection.surface}: {text}"
     if inspection.regions:

@@ -46,7 +46,8 @@ class ImageInspector(Protocol):
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
-    "image", "verdict", "score", "threshold", "n_regions", "surface", "latency_ms", "output", "error",
+    "image", "verdict", "score", "threshold", "n_regions", "surface", "unseen_score", "latency_ms",
+    "output", "error",
 )  # fmt: skip
 GLOB_CHARACTERS = frozenset("*?[")
 
@@ -181,14 +182,18 @@ def predict_paths(
             json_path = out / f"{name}.json"
             write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
             report.results.append((json_path, inspection))
+            unseen = inspection.unseen_score
+            unjudged = inspection.verdict == "unknown" and unseen is not None
             rows.append(
                 {
                     "image": str(image_path),
                     "verdict": inspection.verdict,
-                    "score": f"{inspection.score:.6f}",
-                    "threshold": f"{inspection.threshold:.6f}",
+                    # A line's unknown was judged by no detector: no score to show.
+                    "score": "" if unjudged else f"{inspection.score:.6f}",
+                    "threshold": "" if unjudged else f"{inspection.threshold:.6f}",
                     "n_regions": len(inspection.regions),
                     "surface": inspection.surface or "",
+                    "unseen_score": "" if unseen is None else f"{unseen:.6f}",
                     "latency_ms": f"{inspection.latency_ms:.2f}",
                     "output": json_path.name,
                 }

@@ -9,7 +9,8 @@ have no images stay unseen-known (the router can name them, no detector judges t
 
 Written under ``OUT``: ``router/model``, ``detectors/<surface>/model`` and ``line.yaml`` pointing
 at them (relative paths, so the folder moves as one). A detector already saved is kept, so an
-interrupted training resumes where it stopped.
+interrupted training resumes where it stopped (a kept router must have the same seen surfaces;
+a kept detector is not compared with the config: remove it to retrain).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit.config import ConfigError, RunConfig, load_config
 from defectkit.inference.line import LineSpec, write_line_spec
-from defectkit.inference.saved_model import CARD_NAME
+from defectkit.inference.saved_model import CARD_NAME, read_card
 
 ROUTER_DIR = "router"
 DETECTORS_DIR = "detectors"
@@ -103,6 +104,13 @@ def train_line(
     say(f"seen surfaces ({len(surfaces)}): {', '.join(surfaces)}")
     router_dir = out / ROUTER_DIR / "model"
     if (router_dir / CARD_NAME).is_file():
+        card = read_card(router_dir)
+        kept = card.surface_names[: int(card.model_options.get("n_seen", 0))]
+        if kept != surfaces:
+            raise ConfigError(
+                f"{router_dir}: a router trained on {kept}, but the line now sees {surfaces}; "
+                f"remove {out} (or choose another --out) to train a new line"
+            )
         say(f"router: kept {router_dir}")
     else:
         say("router: training sbad")

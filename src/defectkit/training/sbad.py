@@ -42,6 +42,7 @@ Encoder-1 has two).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -348,10 +349,13 @@ def resolve_attributes(spec: str, info: DatasetInfo, root: Path | None) -> Attri
         names = {f.name for f in fields(SynthConfig)}
         return table1_attributes(SynthConfig(**{k: v for k, v in generator.items() if k in names}))
     path = Path(spec).expanduser()
-    if not path.is_absolute() and root is not None and (root / path).is_file():
-        path = root / path
-    if not path.is_file():
-        raise ValueError(f"{path}: attribute table not found (method_options.attributes)")
+    tried = [path] if path.is_absolute() or root is None else [root / path, path]
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
+        raise ValueError(
+            f"method_options.attributes {spec!r}: no such file (tried {', '.join(map(str, tried))})"
+        )
+    path = found
     return read_attributes(path)
 
 
@@ -389,7 +393,18 @@ def fit_router(features: np.ndarray, surfaces: Sequence[str], attributes: Attrib
     seen = sorted(set(surfaces))
     missing = [s for s in seen if s not in attributes.surfaces]
     if missing:
-        raise ValueError(f"surfaces {missing} have images but no attribute vector in the attribute table")
+        raise ValueError(
+            f"surfaces {missing} have images but no attribute vector in the attribute table "
+            f"(method_options.attributes; it has {sorted(attributes.surfaces)})"
+        )
+    if len(val_features) == 0:
+        raise ValueError("no validation images: the unknown threshold needs some (raise data.val_fraction)")
+    without = sorted(set(seen) - set(val_surfaces))
+    if without:
+        warnings.warn(
+            f"seen surfaces {without} have no validation image; the unknown threshold ignores them",
+            stacklevel=2,
+        )
     order = [*seen, *sorted(set(attributes.surfaces) - set(seen))]
     index = {name: i for i, name in enumerate(order)}
     labels = np.asarray([index[s] for s in surfaces])
@@ -398,13 +413,14 @@ def fit_router(features: np.ndarray, surfaces: Sequence[str], attributes: Attrib
     with torch.no_grad():
         routed = network.router(torch.as_tensor(val_features))
     scores = routed.unseen_score.numpy()
-    threshold = float(np.quantile(scores, options.alert_quantile)) if len(scores) else float("inf")
+    threshold = float(np.quantile(scores, options.alert_quantile))
     truth = np.asarray([index.get(s, -1) for s in val_surfaces])
     calls = routed.seen_class.numpy()
     validation = {
         "n_images": float(len(truth)),
-        "seen_accuracy": float((routed.logits.argmax(1).numpy() == truth).mean()) if len(truth) else 0.0,
-        "routing_accuracy": float(((calls == truth) & (scores <= threshold)).mean()) if len(truth) else 0.0,
+        "seen_accuracy": float((routed.logits.argmax(1).numpy() == truth).mean()),
+        # The same rule as inference: unseen score >= threshold -> unknown.
+        "routing_accuracy": float(((calls == truth) & (scores < threshold)).mean()),
         "unknown_threshold": threshold,
     }
     return FittedRouter(network, order, len(seen), threshold, validation)
