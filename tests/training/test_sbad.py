@@ -140,3 +140,14 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type:
     run_protocol("dagm-mix/sbad", request)
     again = {p.name: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")}
     assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in records.items()}
+
+
+def test_documented_dagm_mix_matrix_is_the_one_the_code_uses() -> None:
+    from pathlib import Path
+
+    from defectkit.data.attributes import markdown_table
+    from defectkit.data.synthetic import surface_names
+
+    config = SynthConfig(surfaces=10, per_surface=800, size=128, defect_fraction=0.5, test_fraction=0.25)
+    page = (Path(__file__).resolve().parents[2] / "docs" / "dagm-mix-attributes.md").read_text()
+    assert markdown_table(table1_attributes(config), surface_names(config)) in page

@@ -24,6 +24,8 @@ slot   Table 1 attribute            value for a generated surface
                                     process fault behind each kind (the paper's "reason k")
 =====  ===========================  ==========================================================
 
+The 10 x 29 matrix of the DAGM_MIX surfaces is written out in ``docs/dagm-mix-attributes.md``.
+
 Users describe their own surfaces in YAML (:func:`read_attributes`): ``attribute_names`` (any
 number, any names) and ``surfaces: {name: [values]}``; :func:`describe` turns a vector (e.g. the
 one a router reconstructs for an unseen surface) into its strongest attributes in words.
@@ -105,6 +107,19 @@ class Attributes:
         if missing:
             raise KeyError(f"no attribute vector for surface(s) {missing}; known: {sorted(self.surfaces)}")
         return np.asarray([self.surfaces[s] for s in surfaces], dtype=np.float32)
+
+
+def markdown_table(attributes: Attributes, surfaces: Sequence[str]) -> str:
+    """The attribute matrix as a Markdown table: one row per attribute, one column per surface."""
+    lines = [
+        "| attribute | " + " | ".join(surfaces) + " |",
+        "|---" * (len(surfaces) + 1) + "|",
+    ]
+    matrix = attributes.matrix(surfaces)
+    for k, name in enumerate(attributes.names):
+        values = (f"{v:.2f}".rstrip("0").rstrip(".") for v in matrix[:, k])
+        lines.append(f"| {name} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def table1_attributes(config: SynthConfig) -> Attributes:
