@@ -142,6 +142,38 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type:
     assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in records.items()}
 
 
+def test_option_b_trains_the_backbone_on_seen_training_images_only(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import defectkit.bench.dagm_mix as protocol
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+
+    seen_counts: list[int] = []
+    real_finetune = protocol.finetune_backbone
+
+    def spy(backbone, spec, images, labels, options, progress=None):  # type: ignore[no-untyped-def]
+        seen_counts.append(len(images))
+        assert options.backbone_epochs == 1 and max(labels) == 7  # 8 seen surfaces, classes 0..7
+        return real_finetune(backbone, spec, images, labels, options, progress)
+
+    monkeypatch.setattr(protocol, "finetune_backbone", spy)
+    overrides = [
+        "data.synthetic.per_surface=16", "data.synthetic.size=32", "input.size=[32,32]", "weights=null",
+        "model.backbone=test_efficientnet", "method_options.hidden=16", "method_options.ce_epochs=1",
+        "method_options.gan_epochs=1", "method_options.synthetic_per_class=8",
+        "method_options.critic_steps=1", "method_options.backbone_epochs=1",
+    ]  # fmt: skip
+    request = BenchRequest(
+        "cpu", "full", "defectkit bench dagm-mix/sbad", tmp_path / "results", tmp_path / "work", False,
+        {"splits": "1", "generator": "vaegan-mse", "features": "seen"}, overrides,
+        cells_root=tmp_path / "cells",
+    )  # fmt: skip
+    run_protocol("dagm-mix/sbad", request)
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")]
+    assert record["variant"]["features"] == "seen-1"
+    # 8 seen surfaces x 12 generator-train images x 0.8 (validation held out): no test or unseen image.
+    split = record["per_fold"][0]
+    assert seen_counts == [split["train_images"]] and split["train_images"] < 8 * 12
+
+
 def test_documented_dagm_mix_matrix_is_the_one_the_code_uses() -> None:
     from pathlib import Path
 

@@ -23,7 +23,10 @@ unseen once). Metrics per cell, then mean and std over the splits:
 Options (``--variant``): ``ce`` (``learned``, ``real``), ``generator`` (``vaegan-mse``, the
 paper's; ``tfvaegan-l1``, TF-VAEGAN's L1 attribute loss; ``softmax``, the baseline: a linear
 softmax on the seen surfaces, max-softmax as the unseen score, an image flagged unseen counting as
-a correct unseen call, which is generous to it), ``splits`` (how many, 5).
+a correct unseen call, which is generous to it), ``splits`` (how many, 5), ``features``
+(``frozen``: (a), the ImageNet backbone as it is; ``seen``: (b), the backbone first trained to tell
+the split's seen surfaces apart, on their training images only; the softmax baseline then uses
+the same features).
 
 Features are extracted once per config (frozen backbone) and cached under the work folder.
 """
@@ -33,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +49,25 @@ from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.synthetic import SynthConfig, surface_names, synthesize
-from defectkit.inference.preprocess import Preprocess
-from defectkit.inference.saved_model import InputSpec
 from defectkit.metrics.image import auroc
 from defectkit.models.sbad import FeatureBackbone
-from defectkit.training.sbad import SBADOptions, fit_sbad, sbad_options, train_linear
+from defectkit.training.sbad import (
+    SBADOptions,
+    backbone_features,
+    finetune_backbone,
+    fit_sbad,
+    router_input,
+    sbad_options,
+    train_linear,
+)
 
 CONFIG = "configs/sbad/dagm-mix.yaml"
 N_UNSEEN = 2
-OPTIONS = ("ce", "generator", "splits")
+OPTIONS = ("ce", "generator", "splits", "features")
+# (a) the frozen ImageNet backbone; (b) the backbone first trained on the seen surfaces of each split
+# (method_options.backbone_epochs epochs, SEEN_EPOCHS when the config leaves it 0).
+FEATURES = ("frozen", "seen")
+SEEN_EPOCHS = 3
 GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax")
 # Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
 PAPER: dict[tuple[str, str], dict[str, float]] = {
@@ -80,8 +93,36 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+@dataclass(frozen=True)
+class MixImages:
+    images: np.ndarray  # N x H x W uint8, surface by surface
+    surface: np.ndarray
+    train: np.ndarray
+    label: np.ndarray
+
+
+def mix_images(synth: SynthConfig, work: Path, progress: bool = True) -> MixImages:
+    """Every generated image of DAGM_MIX, in surface order (cached in ``work``)."""
+    cache = work / f"images-{fingerprint(synth.__dict__)}.npz"
+    if cache.is_file():
+        stored = np.load(cache)
+        return MixImages(stored["images"], stored["surface"], stored["train"], stored["label"])
+    images, surface, train, label = [], [], [], []
+    index = [(s, i) for s in range(synth.surfaces) for i in range(synth.per_surface)]
+    for s, i in tqdm(index, desc="DAGM_MIX images", disable=not progress):
+        item = synthesize(synth, s, i)
+        images.append(item.image)
+        surface.append(s)
+        train.append(item.split == "train")
+        label.append(item.label)
+    result = MixImages(np.stack(images), np.asarray(surface), np.asarray(train), np.asarray(label))
+    work.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, images=result.images, surface=result.surface, train=result.train, label=result.label)
+    return result
+
+
 def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFeatures:
-    """Backbone features of every generated image (cached in ``work`` by config)."""
+    """Frozen backbone features of every generated image (cached in ``work`` by config)."""
     synth = SynthConfig(**(config.data.synthetic or {}))
     key = fingerprint([synth.__dict__, config.model, config.weights, config.input.model_dump()])
     cache = work / f"features-{key}.npz"
@@ -89,40 +130,41 @@ def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFea
     if cache.is_file():
         stored = np.load(cache)
         return MixFeatures(stored["features"], stored["surface"], stored["train"], stored["label"], names)
+    mix = mix_images(synth, work, progress)
     backbone = FeatureBackbone(str(config.model.get("backbone", "tf_efficientnet_lite0")), config.weights)
-    backbone.eval()
-    spec = InputSpec(size=config.input.size, channels=3, mean=config.input.mean, std=config.input.std)
-    preprocess = Preprocess(spec)
-    index = [(s, i) for s in range(synth.surfaces) for i in range(synth.per_surface)]
-    features, surface, train, label = [], [], [], []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        images = torch.from_numpy(np.stack(batch))[:, None].expand(-1, 3, -1, -1)
-        with torch.inference_mode():
-            features.append(backbone(preprocess(images)).numpy())
-        batch.clear()
-
-    for s, i in tqdm(index, desc="DAGM_MIX features", disable=not progress):
-        item = synthesize(synth, s, i)
-        batch.append(item.image)
-        surface.append(s)
-        train.append(item.split == "train")
-        label.append(item.label)
-        if len(batch) == 64:
-            flush()
-    if batch:
-        flush()
-    result = MixFeatures(
-        np.concatenate(features).astype(np.float32),
-        np.asarray(surface),
-        np.asarray(train),
-        np.asarray(label),
-        names,
-    )
-    work.mkdir(parents=True, exist_ok=True)
+    features = backbone_features(backbone, router_input(config), mix.images, batch_size=64)
+    result = MixFeatures(features, mix.surface, mix.train, mix.label, names)
     np.savez(cache, features=result.features, surface=result.surface, train=result.train, label=result.label)
     return result
+
+
+def seen_features(config: RunConfig, work: Path, split: int, parts: MixSplit, options: SBADOptions,
+                  progress: bool = True) -> np.ndarray:  # fmt: skip
+    """Option (b)'s features for one split: the backbone trained on that split's seen training
+    images (never on validation, test or unseen images), then every image's features (cached)."""
+    synth = SynthConfig(**(config.data.synthetic or {}))
+    training = [options.backbone_epochs, options.backbone_lr, options.batch_size, options.seed]
+    key = fingerprint(
+        [synth.__dict__, config.model, config.weights, config.input.model_dump(), split, training]
+    )
+    cache = work / f"features-seen-{key}.npy"
+    if cache.is_file():
+        loaded: np.ndarray = np.load(cache)
+        return loaded
+    mix = mix_images(synth, work, progress)
+    network = FeatureBackbone(str(config.model.get("backbone", "tf_efficientnet_lite0")), config.weights)
+    spec = router_input(config)
+    class_of = {surface: c for c, surface in enumerate(parts.seen)}
+    labels = [class_of[int(s)] for s in mix.surface[parts.train]]
+
+    def report(stage: str, done: int, total: int) -> None:
+        if progress:
+            print(f"split {split}: {stage} epoch {done}/{total}", flush=True)
+
+    finetune_backbone(network, spec, mix.images[parts.train], labels, options, report)
+    features = backbone_features(network, spec, mix.images, batch_size=64)
+    np.save(cache, features)
+    return features
 
 
 @dataclass(frozen=True)
@@ -323,6 +365,9 @@ def run_sbad(request: BenchRequest) -> Path:
     if unknown:
         raise KeyError(f"--variant generator: {unknown} unknown; use {', '.join(GENERATORS)}")
     n_splits = int(request.variant.get("splits", "5"))
+    feature_kinds = option_list(request.variant, "features", "frozen")
+    if set(feature_kinds) - set(FEATURES):
+        raise KeyError(f"--variant features: {feature_kinds}; use {', '.join(FEATURES)}")
     config = load_config(REPO_ROOT / CONFIG, request.profile, list(request.overrides))
     name = f"dagm-mix-sbad-{request.profile}"
     data = mix_features(config, request.work_root / name, request.progress)
@@ -332,19 +377,28 @@ def run_sbad(request: BenchRequest) -> Path:
     cache = request.cells(name)
     config_key = fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
     last: Path | None = None
-    for generator in generators:
+    for features, generator in ((f, g) for f in feature_kinds for g in generators):
         for ce in ces if generator != "softmax" else ["none"]:
             options = _options(config, "learned" if ce == "none" else ce, generator)
+            if features == "seen" and options.backbone_epochs == 0:
+                options = replace(options, backbone_epochs=SEEN_EPOCHS)
             cells = []
             for split in range(n_splits):
-                key = f"{generator}/{ce}/split{split}/config-{config_key}"
+                # Frozen-feature keys stay as they were before option (b) existed.
+                trained = "" if features == "frozen" else f"/features-seen-{options.backbone_epochs}"
+                key = f"{generator}/{ce}{trained}/split{split}/config-{config_key}"
                 cell = cache.get(key)
                 if cell is None:
                     parts = mix_split(data, split, config.data.val_fraction)
+                    split_data = data
+                    if features == "seen":
+                        work = request.work_root / name
+                        seen = seen_features(config, work, split, parts, options, request.progress)
+                        split_data = replace(data, features=seen)
                     cell = (
-                        softmax_cell(data, parts, options)
+                        softmax_cell(split_data, parts, options)
                         if generator == "softmax"
-                        else sbad_cell(data, parts, real_ce, options)
+                        else sbad_cell(split_data, parts, real_ce, options)
                     )
                     cell["commit"] = request.commit
                     cache.put(key, cell)
@@ -352,6 +406,8 @@ def run_sbad(request: BenchRequest) -> Path:
             variant: dict[str, Any] = {"generator": generator, "splits": n_splits}
             if generator != "softmax":
                 variant["ce"] = ce
+            if features == "seen":
+                variant["features"] = f"seen-{options.backbone_epochs}"
             last = write_results(
                 protocol=protocol,
                 method="sbad",

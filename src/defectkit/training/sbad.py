@@ -103,6 +103,11 @@ class SBADOptions:
     # "table1" for data from the generator (its surfaces' Table 1 vectors, defectkit.data.attributes).
     attributes: str = "table1"
     feature_batch: int = 32
+    # Features: 0 keeps the ImageNet backbone frozen (option (a)); N > 0 first trains it N epochs
+    # to tell the seen surfaces apart (option (b): a linear head, cross-entropy, flips), then uses
+    # it frozen like (a).
+    backbone_epochs: int = 0
+    backbone_lr: float = 1e-4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -337,6 +342,42 @@ def backbone_features(backbone: FeatureBackbone, spec: InputSpec, images: Iterab
     return np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32)
 
 
+def finetune_backbone(backbone: FeatureBackbone, spec: InputSpec, images: Sequence[np.ndarray],
+                      labels: Sequence[int], options: SBADOptions,
+                      progress: Progress | None = None) -> FeatureBackbone:  # fmt: skip
+    """Option (b): train ``backbone`` (all layers) with a linear head to classify the seen
+    surfaces, for ``options.backbone_epochs`` epochs (Adam at ``backbone_lr``, batch
+    ``batch_size``, random horizontal and vertical flips); returns it in eval mode.
+
+    BatchNorm statistics are kept frozen (eval mode throughout): the seen surfaces are few and a
+    batch of one texture would otherwise drag the ImageNet statistics about.
+    """
+    generator = torch.Generator().manual_seed(options.seed + 3)
+    n_classes = int(max(labels)) + 1
+    head = nn.Linear(backbone.dim, n_classes)
+    preprocess = Preprocess(spec)
+    optimiser = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=options.backbone_lr)
+    targets = torch.as_tensor(list(labels), dtype=torch.long)
+    backbone.eval()
+    for epoch in range(options.backbone_epochs):
+        for index in _batches(len(images), options.batch_size, generator):
+            batch = torch.cat(
+                [preprocess(torch.from_numpy(to_network_layout(images[int(i)], spec.channels))) for i in index]
+            )
+            flips = torch.rand(2, generator=generator)
+            if flips[0] < 0.5:
+                batch = batch.flip(3)
+            if flips[1] < 0.5:
+                batch = batch.flip(2)
+            loss = F.cross_entropy(head(backbone(batch)), targets[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        if progress is not None:
+            progress("backbone", epoch + 1, options.backbone_epochs)
+    return backbone.eval()
+
+
 def resolve_attributes(spec: str, info: DatasetInfo, root: Path | None) -> Attributes:
     """The attribute table ``spec`` names: ``table1`` (generated data) or a file."""
     if spec == "table1":
@@ -454,6 +495,9 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
     backbone_name = str(config.model.get("backbone", "tf_efficientnet_lite0"))
     backbone = FeatureBackbone(backbone_name, config.weights)
     spec = router_input(config)
+    if options.backbone_epochs > 0:
+        train_images = [read_image(samples[i].path) for i in train_idx]
+        finetune_backbone(backbone, spec, train_images, [labels[i] for i in train_idx], options)
     images = (read_image(s.path) for s in tqdm(samples, desc="router features", disable=not progress))
     features = backbone_features(backbone, spec, images, options.feature_batch)
 
