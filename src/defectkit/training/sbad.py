@@ -361,9 +361,8 @@ def finetune_backbone(backbone: FeatureBackbone, spec: InputSpec, images: Sequen
     backbone.eval()
     for epoch in range(options.backbone_epochs):
         for index in _batches(len(images), options.batch_size, generator):
-            batch = torch.cat(
-                [preprocess(torch.from_numpy(to_network_layout(images[int(i)], spec.channels))) for i in index]
-            )
+            raws = [to_network_layout(images[int(i)], spec.channels) for i in index]
+            batch = torch.cat([preprocess(torch.from_numpy(raw)) for raw in raws])
             flips = torch.rand(2, generator=generator)
             if flips[0] < 0.5:
                 batch = batch.flip(3)
