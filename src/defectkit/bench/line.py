@@ -49,6 +49,7 @@ from defectkit.data.sample import Sample
 from defectkit.data.synthetic import SynthConfig, generate, surface_names
 from defectkit.inference.inspector import load_inspector
 from defectkit.inference.line import cascade_verdict
+from defectkit.inference.saved_model import InputSpec
 from defectkit.metrics.image import auroc, average_precision
 from defectkit.models.sbad import FeatureBackbone
 from defectkit.training.engine import train
@@ -78,6 +79,19 @@ def mix_on_disk(synth: SynthConfig, root: Path, progress: bool) -> list[Sample]:
 
 def _image_key(sample: Sample, root: Path) -> str:
     return str(Path(sample.path).relative_to(root))
+
+
+def cached_features(samples: Sequence[Sample], backbone: FeatureBackbone, spec: InputSpec, cache: Path,
+                    request: BenchRequest) -> np.ndarray:  # fmt: skip
+    """The backbone's features of ``samples`` (read from ``cache`` when there)."""
+    if cache.is_file():
+        loaded: np.ndarray = np.load(cache)
+        return loaded
+    images = (read_image(s.path) for s in tqdm(samples, desc="features", disable=not request.progress))
+    features = backbone_features(backbone, spec, images)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, features)
+    return features
 
 
 def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, request: BenchRequest
@@ -175,16 +189,8 @@ def run_line(request: BenchRequest) -> Path:
     backbone_name = str(router_config.model.get("backbone", "tf_efficientnet_lite0"))
     spec_input = router_input(router_config)
     feature_key = fingerprint([data_key, backbone_name, router_config.weights, spec_input.model_dump()])
-    feature_cache = work / f"features-{feature_key}.npy"
     backbone = FeatureBackbone(backbone_name, router_config.weights)
-    if feature_cache.is_file():
-        features = np.load(feature_cache)
-    else:
-        images = (
-            read_image(s.path) for s in tqdm(samples, desc="router features", disable=not request.progress)
-        )
-        features = backbone_features(backbone, spec_input, images)
-        np.save(feature_cache, features)
+    features = cached_features(samples, backbone, spec_input, work / f"features-{feature_key}.npy", request)
     index = {s: k for k, s in enumerate(surfaces)}
     mix = MixFeatures(
         features,
@@ -362,17 +368,8 @@ def run_products(request: BenchRequest) -> Path:
     key = fingerprint(
         [[s.path for s in samples], backbone_name, router_config.weights, spec_input.model_dump()]
     )
-    feature_cache = work / f"features-{key}.npy"
     backbone = FeatureBackbone(backbone_name, router_config.weights)
-    if feature_cache.is_file():
-        features = np.load(feature_cache)
-    else:
-        images = (
-            read_image(s.path) for s in tqdm(samples, desc="product features", disable=not request.progress)
-        )
-        features = backbone_features(backbone, spec_input, images)
-        work.mkdir(parents=True, exist_ok=True)
-        np.save(feature_cache, features)
+    features = cached_features(samples, backbone, spec_input, work / f"features-{key}.npy", request)
     # One 60 / 20 / 20 split per product, fixed across the leave-one-out folds; grouped by part and
     # by duplicate content (KolektorSDD's parts hold several images each), stratified by label.
     role = np.zeros(len(samples), dtype=int)  # 0 train, 1 validation, 2 test

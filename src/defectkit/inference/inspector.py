@@ -243,8 +243,7 @@ class Inspector:
         self, image: np.ndarray | str | Path, name: str | None = None
     ) -> tuple[Inspection, np.ndarray | None]:
         """:meth:`inspect`, also returning the full-size heat map (for overlays, saved masks)."""
-        label = name or (str(image) if isinstance(image, str | Path) else "<array>")
-        pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
+        pixels, label = decoded(image, name)
         return self.inspect_batch([pixels], [label])[0]
 
     def inspect_batch(
@@ -320,6 +319,13 @@ class Inspector:
             regions=regions,
             latency_ms=0.0,
         )
+
+
+def decoded(image: np.ndarray | str | Path, name: str | None = None) -> tuple[np.ndarray, str]:
+    """The pixels of an array or an image file, and the name its Inspection carries."""
+    if isinstance(image, str | Path):
+        return read_image(image), name or str(image)
+    return np.asarray(image), name or "<array>"
 
 
 def _resize(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

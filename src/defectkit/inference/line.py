@@ -35,9 +35,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit.data.attributes import describe
-from defectkit.data.io import read_image
 from defectkit.inference.inspection import Inspection, Verdict
-from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.inference.inspector import Inspector, decoded, load_inspector
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model
 from defectkit.models.sbad import SurfaceRouterNet
@@ -152,8 +151,7 @@ class Line:
     def inspect_with_heatmap(
         self, image: np.ndarray | str | Path, name: str | None = None
     ) -> tuple[Inspection, np.ndarray | None]:
-        label = name or (str(image) if isinstance(image, str | Path) else "<array>")
-        pixels = read_image(image) if isinstance(image, str | Path) else np.asarray(image)
+        pixels, label = decoded(image, name)
         return self.inspect_batch([pixels], [label])[0]
 
     def inspect_batch(
