@@ -15,7 +15,13 @@ from defectkit.models.aux_net import (
     match_anchors,
     select_detections,
 )
-from defectkit.training.aux_net import DEFAULT_OPTIONS, AuxNetRecipe, load_imagenet_encoder, segmentation_loss
+from defectkit.training.aux_net import (
+    DEFAULT_OPTIONS,
+    AuxNetRecipe,
+    load_imagenet_encoder,
+    options_of,
+    segmentation_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -113,6 +119,21 @@ def test_segmentation_losses() -> None:
     for kind in ("dice", "jaccard", "bce", "dice+bce", "jaccard+bce"):
         assert float(segmentation_loss(perfect, truth, kind)) < 0.05
         assert float(segmentation_loss(-perfect, truth, kind)) > 0.5
+
+
+def test_batch_reduction_weighs_each_pixel_once() -> None:
+    """Two stray pixels on a good image cost a third of the per-image Dice, but little pooled."""
+    truth = torch.zeros(2, 1, 8, 8)
+    truth[0, :, 2:6, 2:6] = 1.0  # 16 defect pixels; image 1 is good
+    prediction = truth.clone()
+    prediction[1, :, 0, :2] = 1.0
+    logits = prediction * 40 - 20
+    per_image = float(segmentation_loss(logits, truth, "dice", "image"))
+    pooled = float(segmentation_loss(logits, truth, "dice", "batch"))
+    assert per_image == pytest.approx((0.0 + (1 - 1 / 3)) / 2, abs=1e-3)
+    assert pooled == pytest.approx(1 - 33 / 35, abs=1e-3)
+    with pytest.raises(ValueError, match="seg_reduction"):
+        options_of({"method_options": {"seg_reduction": "pixel"}})
 
 
 def test_packaged_lite_weights_load_into_the_encoder() -> None:
@@ -224,18 +245,23 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
 
     request = BenchRequest(
         "cpu", "full", "defectkit bench aux/synthetic", tmp_path / "results", tmp_path / "work", False,
-        {"tasks": "all,detection", "attention": "se+sa"},
+        {"tasks": "all,detection", "attention": "se+sa", "seg_reduction": "image,batch"},
         ["data.synthetic.per_surface=10", "data.synthetic.size=64", "input.size=[64,64]", "trainer.epochs=1",
          "model.pyramid_channels=32", "model.segmentation_channels=16", "weights=null"],
         cells_root=tmp_path / "cells",
     )  # fmt: skip
     run_protocol("aux/synthetic", request)
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
-    cells = [r for r in records if r["protocol"] == "aux/synthetic"]
+    every_cell = [r for r in records if r["protocol"] == "aux/synthetic"]
+    pooled = [r for r in every_cell if r["variant"].get("seg_reduction") == "batch"]
+    cells = [r for r in every_cell if "seg_reduction" not in r["variant"]]  # the default stays unnamed
+    assert len(pooled) == len(cells) == 2
     assert sorted(r["variant"]["tasks"] for r in cells) == ["all", "detection"]
     assert {"mla", "dice", "map50", "map"} <= set(cells[0]["metrics"])
     assert cells[0]["variant"]["fraction"] == 1.0
-    (versus,) = [r for r in records if r["protocol"] == "aux/synthetic/multitask"]
+    every_versus = [r for r in records if r["protocol"] == "aux/synthetic/multitask"]
+    (versus,) = [r for r in every_versus if "seg_reduction" not in r["variant"]]
+    assert [r["variant"].get("seg_reduction") for r in every_versus].count("batch") == 1
     by_tasks = {r["variant"]["tasks"]: r["metrics"] for r in cells}
     assert versus["metrics"]["map50_multitask"] == by_tasks["all"]["map50"]
     assert versus["metrics"]["map50_single"] == by_tasks["detection"]["map50"]

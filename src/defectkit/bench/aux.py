@@ -13,8 +13,10 @@ mAP@[.5:.95] (boxes as annotated, else one per connected region of each class's 
 Options (``--variant``, comma lists make a grid): ``tasks`` (``all``, ``classification``,
 ``segmentation``, ``detection``, or ``singles`` for the three single-task baselines; ``all``),
 ``attention`` (``none``, ``se``, ``sa``, ``se+sa``; ``se+sa``), ``seg_loss`` (``dice``, ``bce``,
-``jaccard``, ``dice+bce``, ``jaccard+bce``; ``dice``) and ``fractions`` (of the training part;
-``1``). The paper's Table I, IV and Fig. 10 grids are ``-V seg_loss=...``, ``-V attention=...``
+``jaccard``, ``dice+bce``, ``jaccard+bce``; ``dice``), ``seg_reduction`` (``image``, ``batch``:
+what one Dice or Jaccard sums over, see :mod:`defectkit.training.aux_net`; ``image``, which
+stays out of the variant and the cell key so earlier cells resume) and ``fractions`` (of the
+training part; ``1``). The paper's Table I, IV and Fig. 10 grids are ``-V seg_loss=...``, ``-V attention=...``
 and ``-V fractions=0.9,0.75,0.5``; on ``ksdd`` (one class, like the paper's TekErreka) each
 multitask cell at all the data stands beside its row of Tables I and IV.
 
@@ -74,7 +76,8 @@ CONFIG = "configs/aux_net/neu-det.yaml"
 PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
 SPLIT = (0.8, 0.2)
 SPLIT_SEED = 0
-GRID_OPTIONS = ("tasks", "attention", "seg_loss", "fractions")
+GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions")
+DEFAULT_REDUCTION = "image"
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
 # IoU it was measured. Table I: segmentation loss -> IoU and Dice (SE + SA attention).
@@ -202,7 +205,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     options = request.variant
     task_sets = _task_sets(options.get("tasks", "all"))
     attentions = option_list(options, "attention", "se+sa")
-    seg_losses = option_list(options, "seg_loss", "dice")
+    seg_losses = [
+        (loss, reduction)
+        for loss in option_list(options, "seg_loss", "dice")
+        for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
+    ]
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
@@ -211,15 +218,23 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     cache = request.cells(name)
     last: Path | None = None
     finished: dict[tuple[str, str, str, float], dict[str, Any]] = {}
+    seg_variants: dict[str, dict[str, str]] = {}
     for task_name, tasks in task_sets:
         for attention in attentions:
-            for seg_loss in seg_losses:
+            for seg_loss, reduction in seg_losses:
+                # the default reduction stays out of overrides, keys and variants: earlier cells resume
+                reduced = reduction != DEFAULT_REDUCTION
+                seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
+                seg_variants[seg_name] = {"seg_loss": seg_loss}
+                if reduced:
+                    seg_variants[seg_name]["seg_reduction"] = reduction
                 for fraction in fractions:
                     overrides = [
                         f"model.tasks=[{','.join(tasks)}]",
                         f"model.attention={attention}",
                         f"method_options.seg_loss={seg_loss}",
                         f"data.train_fraction={fraction}",
+                        *([f"method_options.seg_reduction={reduction}"] if reduced else []),
                     ]
                     config = load_config(
                         REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides]
@@ -227,7 +242,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                     cells = []
                     for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
                         key = (
-                            f"v{CELL_VERSION}/{task_name}/{attention}/{seg_loss}/fraction-{fraction:g}/fold{fold}/"
+                            f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/fold{fold}/"
                             f"config-{config_fingerprint(config)}-data-{split_keys[fold]}"
                         )
                         cell = cache.get(key)
@@ -236,7 +251,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                             work = (
                                 request.work_root
                                 / name
-                                / f"{task_name}-{attention}-{seg_loss}-f{fraction:g}-fold{fold}"
+                                / f"{task_name}-{attention}-{seg_name}-f{fraction:g}-fold{fold}"
                             )
                             test = [dataset.samples[i] for i in test_idx]
                             cell = train_and_score(config, request, data, test, work)
@@ -245,22 +260,22 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                     variant: dict[str, Any] = {
                         "tasks": task_name,
                         "attention": attention,
-                        "seg_loss": seg_loss,
+                        **seg_variants[seg_name],
                         "fraction": fraction,
                     }
                     record = summarise(cells)
-                    finished[(task_name, attention, seg_loss, fraction)] = record
+                    finished[(task_name, attention, seg_name, fraction)] = record
                     last = _write_cell_results(protocol, dataset, request, config, record, variant)
-    for (task_name, attention, seg_loss, fraction), multitask in finished.items():
+    for (task_name, attention, seg_name, fraction), multitask in finished.items():
         if task_name != "all":
             continue
         singles = {
-            task: finished[(task, attention, seg_loss, fraction)]
+            task: finished[(task, attention, seg_name, fraction)]
             for task in TASKS
-            if (task, attention, seg_loss, fraction) in finished
+            if (task, attention, seg_name, fraction) in finished
         }
         if singles:
-            variant = {"attention": attention, "seg_loss": seg_loss, "fraction": fraction}
+            variant = {"attention": attention, **seg_variants[seg_name], "fraction": fraction}
             last = _write_multitask(protocol, dataset, request, variant, multitask, singles)
     assert last is not None, "no cell ran"
     return last
