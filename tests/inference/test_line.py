@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import tiny_segdec
 from defectkit.cli.main import app
-from defectkit.config import load_config
+from defectkit.config import RunConfig, load_config
 from defectkit.data.io import read_image
 from defectkit.data.synthetic import SynthConfig, generate
 from defectkit.inference.inspector import load_inspector
@@ -23,6 +23,19 @@ from defectkit.training.sbad import train_router_model
 SEEN = ["Class1", "Class2"]
 
 
+def router_config(data: Path, **options: object) -> RunConfig:
+    """A tiny router on the seen surfaces of generated ``data`` (tiny backbone, few epochs)."""
+    return load_config(
+        {
+            "method": "sbad",
+            "data": {"root": str(data), "surfaces": SEEN, "val_fraction": 0.25},
+            "input": {"size": [64, 64], "channels": 3, "mean": [0.5], "std": [0.5]},
+            "model": {"backbone": "test_efficientnet"},
+            "method_options": {"hidden": 16, "ce_epochs": 2, "gan_epochs": 2, "critic_steps": 1, **options},
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def line_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A router trained on two of three generated surfaces (tiny backbone, few epochs) and
@@ -30,16 +43,7 @@ def line_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("line")
     data = root / "data"
     generate(data, SynthConfig(surfaces=3, per_surface=24, size=64, defect_fraction=0.5, test_fraction=0.25))
-    config = load_config(
-        {
-            "method": "sbad",
-            "data": {"root": str(data), "surfaces": SEEN, "val_fraction": 0.25},
-            "input": {"size": [64, 64], "channels": 3, "mean": [0.5], "std": [0.5]},
-            "model": {"backbone": "test_efficientnet"},
-            "method_options": {"hidden": 16, "ce_epochs": 2, "gan_epochs": 2, "critic_steps": 1},
-        }
-    )
-    train_router_model(config, root / "router", progress=False)
+    train_router_model(router_config(data), root / "router", progress=False)
     detectors = {
         s: str(tiny_segdec(root / "detectors" / s, size=(64, 64), seed=k)) for k, s in enumerate(SEEN)
     }
@@ -104,6 +108,20 @@ def test_line_without_a_detector_for_a_surface_calls_it_unknown(line_dir: Path, 
     write_line_spec(tmp_path, bad)
     with pytest.raises(SavedModelError, match="Steel"):
         load_line(tmp_path)
+
+
+def test_a_nearest_seen_router_saves_its_memory_and_scores_with_it(line_dir: Path, tmp_path: Path) -> None:
+    config = router_config(line_dir / "data", unseen_score="nearest_seen", memory_size=10)
+    train_router_model(config, tmp_path / "router", progress=False)
+    detectors = {s: str(line_dir / "detectors" / s) for s in SEEN}
+    write_line_spec(tmp_path, LineSpec(router=str(tmp_path / "router" / "model"), detectors=detectors))
+    line = load_line(tmp_path)
+    card = line.router.card
+    assert card.model_options["unseen_score"] == "nearest_seen" and card.model_options["memory_size"] == 10
+    paths = sorted((line_dir / "data").glob("Class*/Test/*.PNG"))
+    scores = [line.inspect(p).unseen_score for p in paths]
+    assert all(s is not None and 0.0 <= s <= 2.0 for s in scores)  # one minus a cosine similarity
+    assert card.thresholds.unknown is not None and 0.0 <= card.thresholds.unknown <= 2.0
 
 
 def test_line_run_cli_writes_results_with_surfaces(line_dir: Path, tmp_path: Path) -> None:

@@ -88,6 +88,35 @@ def test_fit_sbad_routes_held_out_seen_images_and_scores_unseen_ones_higher() ->
         SBADOptions(attribute_loss="l2")
 
 
+def test_nearest_seen_score_keeps_a_bounded_memory_and_reloads() -> None:
+    from defectkit.models.sbad import AttributeRegressor, SurfaceRouter
+
+    features, labels, attributes = _blobs(6, 80, 32, seed=2)
+    seen = labels < 4
+    train = seen & (np.arange(len(labels)) % 4 != 0)
+    held_out = seen & ~train
+    options = SBADOptions(
+        hidden=32, ce_epochs=2, gan_epochs=2, synthetic_per_class=10, critic_steps=1,
+        unseen_score="nearest_seen", memory_size=100,
+    )  # fmt: skip
+    router = fit_sbad(features[train], labels[train], attributes, 4, options).router
+    assert router.memory.shape == (100, 32)
+    assert torch.allclose(router.memory.norm(dim=1), torch.ones(100))
+    with torch.no_grad():
+        scores = router(torch.as_tensor(features)).unseen_score.numpy()
+    assert scores[~seen].min() > np.quantile(scores[held_out], 0.5)
+    # A router built empty from the card's options takes the saved memory back.
+    empty = SurfaceRouter(
+        torch.zeros(32), torch.ones(32), torch.nn.Linear(32, 6), AttributeRegressor(32, 6, 32),
+        torch.zeros(6, 6), 4, "nearest_seen", torch.ones(100, 32),
+    )  # fmt: skip
+    empty.load_state_dict(router.state_dict())
+    with torch.no_grad():
+        assert np.allclose(empty(torch.as_tensor(features)).unseen_score.numpy(), scores, atol=1e-6)
+    with pytest.raises(ValueError, match="unseen_score"):
+        SBADOptions(unseen_score="energy")
+
+
 def test_mix_splits_keep_unseen_and_test_images_out_of_training() -> None:
     from defectkit.bench.dagm_mix import MixFeatures, mix_split
 

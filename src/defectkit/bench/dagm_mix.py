@@ -14,7 +14,8 @@ unseen once). Metrics per cell, then mean and std over the splits:
   on the unseen test images, and their harmonic mean (Tables 3-5); ``zsl``: the unseen test images
   classified among the unseen surfaces only.
 * ``alert_auroc``: the unseen score (distance between Encoder-2's attributes and the best seen
-  surface's embedding) separating unseen from seen test images (``alert_auroc_gzsl``: the same
+  surface's embedding; ``--set method_options.unseen_score=nearest_seen``: the feature-memory
+  score, named in the variant) separating unseen from seen test images (``alert_auroc_gzsl``: the same
   with the classifier's probability mass on unseen surfaces as the score); ``alert_rate`` and
   ``false_alert_rate``: the share of unseen / seen test images above the threshold (the
   ``alert_quantile`` of the seen validation scores); ``routing_accuracy``: seen test images routed
@@ -334,6 +335,12 @@ def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
     return sbad_options(dict(config.method_options), ce=ce, seed=config.seed, **loss)
 
 
+def score_variant(options: SBADOptions) -> dict[str, str]:
+    """The unseen score in a results variant, named only when it is not the paper's (so results
+    files written before the option existed keep their names)."""
+    return {} if options.unseen_score == "attributes" else {"unseen_score": options.unseen_score}
+
+
 def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
     keys = [
         k for k, v in cells[0].items() if isinstance(v, float) and k not in ("train_s", "alert_threshold")
@@ -408,6 +415,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant["ce"] = ce
             if features == "seen":
                 variant["features"] = f"seen-{options.backbone_epochs}"
+            variant.update(score_variant(options))
             last = write_results(
                 protocol=protocol,
                 method="sbad",

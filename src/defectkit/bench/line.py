@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split
+from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split, score_variant
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import write_results
 from defectkit.config import load_config
@@ -232,7 +232,12 @@ def run_line(request: BenchRequest) -> Path:
         protocol=protocol,
         method="sbad+segdec",
         dataset="dagm-mix (generated)",
-        variant={"ce": options.ce, "generator": f"vaegan-{options.attribute_loss}", "splits": n_splits},
+        variant={
+            "ce": options.ce,
+            "generator": f"vaegan-{options.attribute_loss}",
+            "splits": n_splits,
+            **score_variant(options),
+        },
         profile=request.profile,
         metrics=metrics,
         per_fold=[
@@ -409,6 +414,7 @@ def run_products(request: BenchRequest) -> Path:
             "ce": options.ce,
             "generator": f"vaegan-{options.attribute_loss}",
             "per_surface": per_surface,
+            **score_variant(options),
         },
         profile=request.profile,
         metrics=metrics,

@@ -28,7 +28,11 @@ vectors train in minutes on a CPU. The steps, and the choices where the paper is
    attributes (TF-VAEGAN's is a weighted L1 on an L2-normalised output; not reproduced).
    ``gan_weight`` 10 is TF-VAEGAN's gamma_G; ``attribute_weight`` 1 is ours (TF-VAEGAN's
    ``recons_weight`` 0.1 multiplies a sum, not a mean). No feedback module.
-4. The router's classifier: a linear softmax on the scaled features ``x`` (TF-VAEGAN's reads
+4. The unseen score: ``unseen_score="attributes"`` is the paper's (Encoder-2's reconstruction
+   against the best seen surface's embedding); ``"nearest_seen"`` keeps up to ``memory_size``
+   seen training features (a seeded random subset when there are more) and scores one minus the
+   cosine similarity to the nearest (see :class:`~defectkit.models.sbad.SurfaceRouter`).
+5. The router's classifier: a linear softmax on the scaled features ``x`` (TF-VAEGAN's reads
    ``[x, dec(x), dec_hidden(x)]``) over seen + unseen surfaces, trained on the real seen features
    plus ``synthetic_per_class`` (400; TF-VAEGAN 1800) generated features per unseen surface
    (GZSL); the ZSL classifier sees generated unseen features only, over the unseen surfaces.
@@ -62,6 +66,7 @@ from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import InputSpec
 from defectkit.models.sbad import (
     CEVAE,
+    UNSEEN_SCORES,
     AttributeRegressor,
     ConditionalEncoder,
     Critic,
@@ -99,6 +104,8 @@ class SBADOptions:
     classifier_lr: float = 1e-3
     # The unseen alert fires above this quantile of the seen validation images' unseen scores.
     alert_quantile: float = 0.99
+    unseen_score: str = "attributes"  # attributes (the paper) | nearest_seen (kNN on features)
+    memory_size: int = 4096  # seen features kept for nearest_seen
     # The class embeddings: a YAML/JSON attribute table (relative to the data root or absolute), or
     # "table1" for data from the generator (its surfaces' Table 1 vectors, defectkit.data.attributes).
     attributes: str = "table1"
@@ -115,6 +122,7 @@ class SBADOptions:
             "ce": ("learned", "real"),
             "unseen_ce": ("mapped", "real"),
             "attribute_loss": ("mse", "l1"),
+            "unseen_score": UNSEEN_SCORES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -301,7 +309,12 @@ def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_se
         synthetic = generator.sample(embeddings[synthetic_labels])
     gzsl = train_linear(torch.cat([scaled, synthetic]), torch.cat([y, synthetic_labels]), len(real), options)
     zsl = train_linear(synthetic, synthetic_labels - n_seen, max(len(unseen), 1), options)
-    router = SurfaceRouter(low, high, gzsl, regressor, embeddings, n_seen).eval()
+    memory = None
+    if options.unseen_score == "nearest_seen":
+        keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(options.seed + 4))
+        memory = raw[keep[: options.memory_size].sort().values]
+    router = SurfaceRouter(low, high, gzsl, regressor, embeddings, n_seen, options.unseen_score, memory)
+    router.eval()
     return SBADModel(router, zsl, embeddings.numpy(), learned_seen, history)
 
 
@@ -413,8 +426,9 @@ def router_network(model: SBADModel, backbone: FeatureBackbone, backbone_name: s
     """The trained pieces in one saveable :class:`SurfaceRouterNet`."""
     router = model.router
     network = SurfaceRouterNet(
-        backbone_name, list(attribute_names), len(router.embeddings), router.n_seen, hidden, backbone.dim
-    )
+        backbone_name, list(attribute_names), len(router.embeddings), router.n_seen, hidden, backbone.dim,
+        router.unseen_score, len(router.memory),
+    )  # fmt: skip
     network.backbone.load_state_dict(backbone.state_dict())
     network.router.load_state_dict(router.state_dict())
     return network.eval()
@@ -519,6 +533,8 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
             "n_seen": fitted.n_seen,
             "hidden": options.hidden,
             "feature_dim": backbone.dim,
+            "unseen_score": options.unseen_score,
+            "memory_size": len(fitted.network.router.memory),
         },
         config=config.model_dump(mode="json"),
         surface_names=fitted.surfaces,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from defectkit.models.sbad.model import (
     CEVAE,
+    UNSEEN_SCORES,
     AttributeRegressor,
     ConditionalEncoder,
     Critic,
@@ -17,6 +18,7 @@ from defectkit.models.sbad.model import (
 
 __all__ = [
     "CEVAE",
+    "UNSEEN_SCORES",
     "AttributeRegressor",
     "ConditionalEncoder",
     "Critic",

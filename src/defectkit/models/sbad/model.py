@@ -13,8 +13,12 @@ Attribute vectors ``a`` are the class embeddings (29 Table 1 attributes by defau
   :class:`AttributeRegressor` (Encoder-2, ``x -> a``; with the generator, the paper's "R-AE").
 * :class:`SurfaceRouter`: what inference keeps: the feature scaling, a linear classifier over seen
   and unseen surfaces (trained on real seen and generated unseen features), Encoder-2 and the class
-  embeddings; the unseen score is the distance between Encoder-2's reconstruction and the class
-  embedding of the best *seen* surface.
+  embeddings. Its unseen score (``unseen_score``) is the paper's ``attributes``: the distance
+  between Encoder-2's reconstruction and the class embedding of the best *seen* surface; or
+  ``nearest_seen``, ours: one minus the cosine similarity of the image's (unscaled) features to
+  the nearest of a memory of seen training images' features (a kNN novelty score, k = 1). The
+  second needs no attribute to transfer from the seen surfaces, which is what fails on real
+  products (BENCHMARKS.md, products/line).
 
 One hidden layer of ``hidden`` units with LeakyReLU(0.2) everywhere (TF-VAEGAN: 4096 units, and
 two layers in its Encoder-1).
@@ -27,6 +31,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from defectkit.models import register_model
@@ -149,15 +154,23 @@ class RouterOutput:
     logits: Tensor  # N x C over every known surface (seen, then unseen)
     attributes: Tensor  # N x A, Encoder-2's reconstruction
     seen_class: Tensor  # N, the best seen surface (an index into the seen ones)
-    unseen_score: Tensor  # N, ||a_hat - CE(best seen)||: large for a surface never trained on
+    unseen_score: Tensor  # N, large for a surface never trained on (SurfaceRouter's unseen_score)
+
+
+UNSEEN_SCORES = ("attributes", "nearest_seen")
 
 
 class SurfaceRouter(nn.Module):
-    """Inference: scaled features -> surface logits, reconstructed attributes and an unseen score."""
+    """Inference: scaled features -> surface logits, reconstructed attributes and an unseen score.
+
+    ``memory`` (M x D, unit rows) holds seen training features for ``unseen_score="nearest_seen"``;
+    it is empty for the paper's ``attributes`` score.
+    """
 
     feature_min: Tensor
     feature_span: Tensor
     embeddings: Tensor
+    memory: Tensor
 
     def __init__(
         self,
@@ -167,14 +180,24 @@ class SurfaceRouter(nn.Module):
         attribute_regressor: AttributeRegressor,
         embeddings: Tensor,
         n_seen: int,
+        unseen_score: str = "attributes",
+        memory: Tensor | None = None,
     ) -> None:
         super().__init__()
+        if unseen_score not in UNSEEN_SCORES:
+            raise ValueError(f"unseen_score={unseen_score!r}: use one of {UNSEEN_SCORES}")
+        if memory is None:
+            memory = torch.zeros(0, feature_min.shape[0])
+        if unseen_score == "nearest_seen" and len(memory) == 0:
+            raise ValueError("unseen_score='nearest_seen' needs a memory of seen training features")
         self.register_buffer("feature_min", feature_min.clone())
         self.register_buffer("feature_span", (feature_max - feature_min).clamp_min(1e-6))
         self.register_buffer("embeddings", embeddings.clone())
+        self.register_buffer("memory", F.normalize(memory, dim=1))
         self.classifier = classifier
         self.attribute_regressor = attribute_regressor
         self.n_seen = n_seen
+        self.unseen_score = unseen_score
 
     def scale(self, features: Tensor) -> Tensor:
         return ((features - self.feature_min) / self.feature_span).clamp(0.0, 1.0)
@@ -184,7 +207,11 @@ class SurfaceRouter(nn.Module):
         logits = self.classifier(scaled)
         attributes = self.attribute_regressor(scaled)
         seen_class = logits[:, : self.n_seen].argmax(dim=1)
-        distance = (attributes - self.embeddings[seen_class]).pow(2).mean(dim=1)
+        if self.unseen_score == "nearest_seen":
+            similarity = F.normalize(features, dim=1) @ self.memory.T
+            distance = 1.0 - similarity.max(dim=1).values
+        else:
+            distance = (attributes - self.embeddings[seen_class]).pow(2).mean(dim=1)
         return RouterOutput(logits, attributes, seen_class, distance)
 
 
@@ -193,8 +220,9 @@ class SurfaceRouterNet(nn.Module):
 
     Built empty from its model card (``model.yaml``) and filled from ``weights.safetensors``; the
     backbone's weights travel in the same file, so loading reads no ImageNet weights.
-    ``surfaces`` are the class names in the router's order (seen, then unseen-known) and
-    ``attribute_names`` name the embedding's dimensions, for the operator's words.
+    ``surfaces`` are the class names in the router's order (seen, then unseen-known),
+    ``attribute_names`` name the embedding's dimensions, for the operator's words, and
+    ``memory_size`` is the number of seen features kept for ``unseen_score="nearest_seen"``.
     """
 
     def __init__(
@@ -205,6 +233,8 @@ class SurfaceRouterNet(nn.Module):
         n_seen: int = 1,
         hidden: int = 1024,
         feature_dim: int | None = None,
+        unseen_score: str = "attributes",
+        memory_size: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = FeatureBackbone(backbone, weights=None)
@@ -220,6 +250,8 @@ class SurfaceRouterNet(nn.Module):
             AttributeRegressor(dim, attribute_dim, hidden),
             torch.zeros(n_surfaces, attribute_dim),
             n_seen,
+            unseen_score,
+            torch.ones(memory_size, dim) if unseen_score == "nearest_seen" else None,
         )
 
     def forward(self, images: Tensor) -> RouterOutput:
