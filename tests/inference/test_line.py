@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_segdec
@@ -118,6 +119,9 @@ def test_a_nearest_seen_router_saves_its_memory_and_scores_with_it(line_dir: Pat
     line = load_line(tmp_path)
     card = line.router.card
     assert card.model_options["unseen_score"] == "nearest_seen" and card.model_options["memory_size"] == 10
+    memory = line.router.network.router.memory  # the trained rows, not the card's placeholder
+    assert memory.shape[0] == 10 and torch.allclose(memory.norm(dim=1), torch.ones(10))
+    assert not torch.allclose(memory[0], memory[1])
     paths = sorted((line_dir / "data").glob("Class*/Test/*.PNG"))
     scores = [line.inspect(p).unseen_score for p in paths]
     assert all(s is not None and 0.0 <= s <= 2.0 for s in scores)  # one minus a cosine similarity
@@ -176,6 +180,12 @@ detector:
     )
     again = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert again.exit_code == 0 and again.output.count("kept") == 3, again.output
-    spec.write_text(spec.read_text().replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]"))
+    original = spec.read_text()
+    spec.write_text(
+        original.replace("critic_steps=1]", "critic_steps=1, method_options.unseen_score=nearest_seen]")
+    )
+    rescored = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
+    assert rescored.exit_code != 0 and "'nearest_seen'" in rescored.output, rescored.output
+    spec.write_text(original.replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]"))
     changed = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert changed.exit_code != 0 and "remove" in changed.output

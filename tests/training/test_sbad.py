@@ -115,6 +115,18 @@ def test_nearest_seen_score_keeps_a_bounded_memory_and_reloads() -> None:
         assert np.allclose(empty(torch.as_tensor(features)).unseen_score.numpy(), scores, atol=1e-6)
     with pytest.raises(ValueError, match="unseen_score"):
         SBADOptions(unseen_score="energy")
+    with pytest.raises(ValueError, match="memory_size"):
+        SBADOptions(unseen_score="nearest_seen", memory_size=0)
+
+
+def test_routers_saved_before_the_memory_existed_still_load() -> None:
+    from defectkit.models import create_model
+    from defectkit.models.sbad import SurfaceRouterNet
+
+    old_card = {"backbone": "test_efficientnet", "attribute_names": ["a", "b"], "n_surfaces": 3, "n_seen": 2}
+    saved = SurfaceRouterNet(hidden=8, **old_card).state_dict()  # type: ignore[arg-type]
+    del saved["router.memory"]
+    create_model("sbad_router", hidden=8, **old_card).load_state_dict(saved)  # strict, as load_model
 
 
 def test_mix_splits_keep_unseen_and_test_images_out_of_training() -> None:

@@ -1,8 +1,9 @@
 """``aux/...``: paper 000's measurements of Defect-Aux-Net (method ``aux_net``).
 
-``aux/<dataset>`` trains one model per (tasks, attention, seg_loss, fraction) cell and scores its
-held-out images: MLA and arg-max accuracy, image AP, Dice / IoU per class, and COCO box mAP@.5 and
-mAP@[.5:.95] (boxes as annotated, else one per connected region of each class's mask).
+``aux/<dataset>`` trains one model per (tasks, attention, seg_loss, seg_reduction, fraction) cell
+and scores its held-out images: MLA and arg-max accuracy, image AP, Dice / IoU per class, and COCO
+box mAP@.5 and mAP@[.5:.95] (boxes as annotated, else one per connected region of each class's
+mask).
 
 * ``neu-det``: seeded 80 / 20 split (grouped; every NEU-DET image is defective, so the label
   stratification does not balance the six classes); validation is a 12.5 % hold-out of the
@@ -71,6 +72,7 @@ from defectkit.data.sample import DatasetInfo
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.models import create_model
 from defectkit.models.aux_net.model import TASKS
+from defectkit.training.aux_net import SEG_REDUCTIONS, options_of
 
 CONFIG = "configs/aux_net/neu-det.yaml"
 PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
@@ -210,6 +212,9 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         for loss in option_list(options, "seg_loss", "dice")
         for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
     ]
+    wrong = sorted({r for _, r in seg_losses} - set(SEG_REDUCTIONS))
+    if wrong:
+        raise KeyError(f"--variant seg_reduction: {wrong}; use {', '.join(SEG_REDUCTIONS)}")
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
@@ -221,24 +226,31 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     seg_variants: dict[str, dict[str, str]] = {}
     for task_name, tasks in task_sets:
         for attention in attentions:
-            for seg_loss, reduction in seg_losses:
-                # the default reduction stays out of overrides, keys and variants: earlier cells resume
-                reduced = reduction != DEFAULT_REDUCTION
-                seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
-                seg_variants[seg_name] = {"seg_loss": seg_loss}
-                if reduced:
-                    seg_variants[seg_name]["seg_reduction"] = reduction
+            for seg_loss, requested in seg_losses:
                 for fraction in fractions:
+                    # The default reduction stays out of overrides, keys and variants (earlier cells
+                    # resume); the one in force, --set included, names the cell.
                     overrides = [
                         f"model.tasks=[{','.join(tasks)}]",
                         f"model.attention={attention}",
                         f"method_options.seg_loss={seg_loss}",
                         f"data.train_fraction={fraction}",
-                        *([f"method_options.seg_reduction={reduction}"] if reduced else []),
+                        *(
+                            [f"method_options.seg_reduction={requested}"]
+                            if requested != DEFAULT_REDUCTION
+                            else []
+                        ),
                     ]
                     config = load_config(
                         REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides]
                     )
+                    reduction = str(options_of(config)["seg_reduction"])
+                    reduced = reduction != DEFAULT_REDUCTION
+                    seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
+                    seg_variants[seg_name] = {
+                        "seg_loss": seg_loss,
+                        **({"seg_reduction": reduction} if reduced else {}),
+                    }
                     cells = []
                     for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
                         key = (

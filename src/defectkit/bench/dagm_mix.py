@@ -415,7 +415,8 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant["ce"] = ce
             if features == "seen":
                 variant["features"] = f"seen-{options.backbone_epochs}"
-            variant.update(score_variant(options))
+            if generator != "softmax":  # the baseline's score is always its max-softmax
+                variant.update(score_variant(options))
             last = write_results(
                 protocol=protocol,
                 method="sbad",

@@ -111,6 +111,13 @@ def train_line(
                 f"{router_dir}: a router trained on {kept}, but the line now sees {surfaces}; "
                 f"remove {out} (or choose another --out) to train a new line"
             )
+        kept_score = card.model_options.get("unseen_score", "attributes")
+        wanted_score = router_config.method_options.get("unseen_score", "attributes")
+        if kept_score != wanted_score:
+            raise ConfigError(
+                f"{router_dir}: a router scoring unseen surfaces by {kept_score!r}, but the config asks for "
+                f"{wanted_score!r}; remove {out} (or choose another --out) to train a new line"
+            )
         say(f"router: kept {router_dir}")
     else:
         say("router: training sbad")

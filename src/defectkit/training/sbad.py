@@ -127,6 +127,8 @@ class SBADOptions:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"sbad option {name}={getattr(self, name)!r}: use one of {allowed}")
+        if self.memory_size < 1:
+            raise ValueError(f"sbad option memory_size={self.memory_size}: keep at least 1 seen feature")
 
 
 @dataclass

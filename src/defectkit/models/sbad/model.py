@@ -199,6 +199,14 @@ class SurfaceRouter(nn.Module):
         self.n_seen = n_seen
         self.unseen_score = unseen_score
 
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Routers saved before the memory existed scored by attributes and carry no memory key.
+        if self.unseen_score == "attributes" and prefix + "memory" not in state_dict:
+            state_dict[prefix + "memory"] = self.memory
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def scale(self, features: Tensor) -> Tensor:
         return ((features - self.feature_min) / self.feature_span).clamp(0.0, 1.0)
 
