@@ -63,3 +63,54 @@ def test_render_shows_a_confusion_matrix() -> None:
     }
     text = render_markdown([record])
     assert "| truth | ok | unknown |" in text and "| unseen | 0 | 4 |" in text
+
+
+def test_dagm_mix_line_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole protocol on a tiny mix: detectors score only their own test split and what the
+    routers sent them, and a second run reuses every cell."""
+    import json
+
+    import defectkit.bench.line as protocol
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+
+    line = tmp_path / "line.yaml"
+    line.write_text(
+        f"""data_root: unused  # the protocol writes its own mix
+surfaces: [Class1]
+router:
+  config: {REPO / "configs/sbad/dagm-mix.yaml"}
+  set: [model.backbone=test_efficientnet, weights=null]
+detector:
+  config: {REPO / "configs/segdec/synthetic.yaml"}
+  set: [trainer.epochs=1, trainer.val_every=1, "input.size=[64,64]", "model.widths=[8,8,8]",
+        model.volume_channels=16, "model.decision_widths=[4,4,4]"]
+"""
+    )
+    monkeypatch.setattr(protocol, "LINE_CONFIG", str(line))
+    overrides = [
+        "data.synthetic.per_surface=16", "data.synthetic.size=32", "input.size=[32,32]",
+        "method_options.hidden=16", "method_options.ce_epochs=1", "method_options.gan_epochs=1",
+        "method_options.synthetic_per_class=8", "method_options.critic_steps=1",
+    ]  # fmt: skip
+    request = BenchRequest(
+        "cpu", "full", "defectkit bench dagm-mix/line", tmp_path / "results", tmp_path / "work", False,
+        {"splits": "2"}, overrides, cells_root=tmp_path / "cells",
+    )  # fmt: skip
+    first = json.loads(run_protocol("dagm-mix/line", request).read_text())
+    metrics = first["metrics"]
+    # Per split: 8 seen surfaces' 4 test images, and all 16 images of the 2 unseen ones.
+    assert np.sum(metrics["confusion"]["counts"]) == 2 * (8 * 4 + 2 * 16)
+    assert len(metrics["detector_ap"]) == 10 and len(first["per_fold"]) == 2
+    cells = [json.loads(p.read_text())["value"] for p in (tmp_path / "cells").rglob("detector-*.json")]
+    for cell in cells:  # never all 160 images: its own 4 test images and what was routed to it
+        assert 4 <= len(cell["scores"]) < 160 and cell["score_s"] >= 0.0
+    parts = [*(c["train_s"] + c["score_s"] for c in cells)]
+    assert first["wall_time_s"] > sum(parts)  # features and routers count too
+
+    def untrained(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(protocol, "train", untrained)
+    monkeypatch.setattr(protocol, "fit_router", untrained)
+    again = json.loads(run_protocol("dagm-mix/line", request).read_text())
+    assert again["metrics"] == first["metrics"]

@@ -7,13 +7,18 @@ test images and every image of the unseen surfaces. The line is ``configs/line/d
 
 1. DAGM_MIX is written once to the work folder in DAGM layout (the router config's
    ``data.synthetic``: 10 surfaces x 800 images, half defective, a quarter in Test/).
-2. One detector per surface (10 ``segdec`` models, data.surface = that surface; a detector does not
-   depend on which other surfaces are unseen, so each trains once and serves every split in which
-   its surface is seen). Each scores every image (its own test split gives its AP; the others are
-   what it would see when the router sends them to it).
+2. Router features (the frozen backbone), once for every split.
 3. Per split (:func:`~defectkit.bench.dagm_mix.mix_split`, as ``dagm-mix/sbad``): SBAD trained on the
-   8 seen surfaces' training images, its unknown threshold on their validation images; then each
-   test image is routed and judged by :func:`~defectkit.inference.line.cascade_verdict`.
+   8 seen surfaces' training images, its unknown threshold on their validation images; every test
+   image routed (a surface, or unknown).
+4. One detector per surface (10 ``segdec`` models, data.surface = that surface; a detector does not
+   depend on which other surfaces are unseen, so each trains once and serves every split in which
+   its surface is seen). It scores its own test split (its AP) and every image any split's router
+   sent it, nothing else: what a line would ask of it.
+5. Each test image judged by :func:`~defectkit.inference.line.cascade_verdict`.
+
+The wall time is the whole protocol's but writing the generated images: features, routers (fit and
+routing), detectors (training and scoring).
 
 Figures per split, then mean and std over splits: ``routing_accuracy`` (seen test images sent to
 their own surface's detector, no alert), ``detection_rate`` (seen defective images called defect),
@@ -40,7 +45,7 @@ from tqdm import tqdm
 
 from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split, score_variant
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
-from defectkit.bench.results import write_results
+from defectkit.bench.results import CellCache, write_results
 from defectkit.config import load_config
 from defectkit.data.attributes import Attributes, table1_attributes
 from defectkit.data.formats import read_dataset
@@ -61,7 +66,7 @@ OPTIONS = ("splits",)
 VERDICTS = ("ok", "defect", "unknown")
 ROWS = ("seen_good", "seen_defective", "unseen")
 PAPER = {"detector_ap_min": 0.99}  # the paper's SBDD on DAGM; it reports no cascade figures
-CELL_VERSION = 1
+CELL_VERSION = 2  # 2: routes first; detectors score only their own test split and what is routed to them
 
 
 def mix_on_disk(synth: SynthConfig, root: Path, progress: bool) -> list[Sample]:
@@ -82,41 +87,56 @@ def _image_key(sample: Sample, root: Path) -> str:
 
 
 def cached_features(samples: Sequence[Sample], backbone: FeatureBackbone, spec: InputSpec, cache: Path,
-                    request: BenchRequest) -> np.ndarray:  # fmt: skip
-    """The backbone's features of ``samples`` (read from ``cache`` when there)."""
-    if cache.is_file():
+                    request: BenchRequest, cells: CellCache) -> tuple[np.ndarray, float]:  # fmt: skip
+    """The backbone's features of ``samples`` (read from ``cache`` when there) and the seconds they
+    took to compute; a cache file whose time no cell recorded is computed again, so the protocol's
+    wall time is whole."""
+    key = f"features/{cache.stem}"
+    timed = cells.get(key)
+    if cache.is_file() and timed is not None:
         loaded: np.ndarray = np.load(cache)
-        return loaded
+        return loaded, float(timed["seconds"])
+    started = time.perf_counter()
     images = (read_image(s.path) for s in tqdm(samples, desc="features", disable=not request.progress))
     features = backbone_features(backbone, spec, images)
+    seconds = time.perf_counter() - started
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, features)
-    return features
+    cells.put(key, {"seconds": seconds, "images": len(samples)})
+    return features, seconds
 
 
-def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, request: BenchRequest
-                  ) -> dict[str, Any]:  # fmt: skip
-    """Train ``surface``'s detector and score every image (AP on its own test split)."""
+def own_test(samples: Sequence[Sample], surface: str) -> list[int]:
+    return [i for i, s in enumerate(samples) if s.surface == surface and s.meta.get("split") == "test"]
+
+
+def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, routed: Sequence[int],
+                  request: BenchRequest) -> dict[str, Any]:  # fmt: skip
+    """Train ``surface``'s detector; score its own test split (its AP) and the ``routed`` images."""
     started = time.perf_counter()
     model_dir = train(config, work, progress=request.progress)
     assert model_dir is not None
     train_s = time.perf_counter() - started
+    started = time.perf_counter()
     inspector = load_inspector(model_dir)
-    scores = []
-    for k in tqdm(range(0, len(samples), 64), desc=f"{surface} detector", disable=not request.progress):
-        images = [read_image(s.path) for s in samples[k : k + 64]]
-        scores += [scored.score for scored in inspector.score_batch(images)]
-    own = [i for i, s in enumerate(samples) if s.surface == surface and s.meta.get("split") == "test"]
+    own = own_test(samples, surface)
+    wanted = sorted(set(own) | set(routed))
+    scores: dict[int, float] = {}
+    for k in tqdm(range(0, len(wanted), 64), desc=f"{surface} detector", disable=not request.progress):
+        chunk = wanted[k : k + 64]
+        judged = inspector.score_batch([read_image(samples[i].path) for i in chunk])
+        scores.update({i: round(float(scored.score), 5) for i, scored in zip(chunk, judged, strict=True)})
     truth = [int(samples[i].label or 0) for i in own]
     return {
         "surface": surface,
         "commit": request.commit,
         "train_s": train_s,
+        "score_s": time.perf_counter() - started,
         "threshold": inspector.threshold,
         "validation": inspector.card.validation_metrics,
         "test_ap": average_precision(truth, [scores[i] for i in own]),
         "test_images": len(own),
-        "scores": [round(float(v), 5) for v in scores],
+        "scores": {str(i): v for i, v in scores.items()},
     }
 
 
@@ -162,35 +182,14 @@ def run_line(request: BenchRequest) -> Path:
     data_key = fingerprint([synth.__dict__, keys])
     cache = request.cells(name)
 
-    # Detectors, one per surface, scoring every image.
-    detector_configs = {
-        s: stage_config(spec.detector, spec_path.parent, str(root), request.profile, [f"data.surface={s}"])
-        for s in surfaces
-    }
-    # Everything but the data root and the surface (which name the same images wherever they lie).
-    detector_settings = detector_configs[surfaces[0]].model_dump(mode="json")
-    detector_settings["data"] = {
-        k: v for k, v in detector_settings["data"].items() if k not in ("root", "surface")
-    }
-    detector_key = fingerprint([detector_settings, data_key, CELL_VERSION])
-
-    detectors: dict[str, dict[str, Any]] = {}
-    for surface in surfaces:
-        key = f"detector/{surface}/config-{detector_key}"
-        cell = cache.get(key)
-        if cell is None:
-            cell = detector_cell(
-                detector_configs[surface], work / "detectors" / surface, samples, surface, request
-            )
-            cache.put(key, cell)
-        detectors[surface] = cell
-
     # Router features (frozen backbone), once.
     backbone_name = str(router_config.model.get("backbone", "tf_efficientnet_lite0"))
     spec_input = router_input(router_config)
     feature_key = fingerprint([data_key, backbone_name, router_config.weights, spec_input.model_dump()])
     backbone = FeatureBackbone(backbone_name, router_config.weights)
-    features = cached_features(samples, backbone, spec_input, work / f"features-{feature_key}.npy", request)
+    features, features_s = cached_features(
+        samples, backbone, spec_input, work / f"features-{feature_key}.npy", request, cache
+    )
     index = {s: k for k, s in enumerate(surfaces)}
     mix = MixFeatures(
         features,
@@ -201,16 +200,48 @@ def run_line(request: BenchRequest) -> Path:
     )
     options = sbad_options(dict(router_config.method_options), seed=router_config.seed)
     setup = RouterSetup(table1_attributes(synth), backbone, backbone_name, options)
-    line_key = fingerprint([router_config.model_dump(exclude={"profile"}), detector_key, CELL_VERSION])
-    cells = []
+    line_key = fingerprint([router_config.model_dump(exclude={"profile"}), data_key, CELL_VERSION])
+
+    # Routers, one per split: where each test image goes.
+    routes = []
     for split in range(n_splits):
-        key = f"line/split{split}/config-{line_key}"
+        key = f"route/split{split}/config-{line_key}"
         cell = cache.get(key)
         if cell is None:
-            cell = line_cell(mix, split, router_config.data.val_fraction, setup, detectors, request)
+            cell = route_cell(mix, split, router_config.data.val_fraction, setup, request)
             cache.put(key, cell)
-        cells.append(cell)
+        routes.append(cell)
 
+    # Detectors, one per surface, scoring their own test split and what the routers sent them.
+    detector_configs = {
+        s: stage_config(spec.detector, spec_path.parent, str(root), request.profile, [f"data.surface={s}"])
+        for s in surfaces
+    }
+    # Everything but the data root and the surface (which name the same images wherever they lie).
+    detector_settings = detector_configs[surfaces[0]].model_dump(mode="json")
+    detector_settings["data"] = {
+        k: v for k, v in detector_settings["data"].items() if k not in ("root", "surface")
+    }
+    detector_key = fingerprint([detector_settings, data_key, CELL_VERSION])
+    detectors: dict[str, dict[str, Any]] = {}
+    for surface in surfaces:
+        routed = sorted(
+            {
+                i
+                for route in routes
+                for i, call, unknown in route_calls(route)
+                if call == surface and not unknown
+            }
+        )
+        key = f"detector/{surface}/config-{detector_key}-routed-{fingerprint(routed)}"
+        cell = cache.get(key)
+        if cell is None:
+            work_dir = work / "detectors" / surface
+            cell = detector_cell(detector_configs[surface], work_dir, samples, surface, routed, request)
+            cache.put(key, cell)
+        detectors[surface] = cell
+
+    cells = [judge_split(mix, route, detectors) for route in routes]
     numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
     metrics: dict[str, Any] = {
         k: {
@@ -246,13 +277,16 @@ def run_line(request: BenchRequest) -> Path:
         ],
         n_images=len(samples),
         paper=PAPER,
-        wall_time_s=sum(c["train_s"] for c in cells) + sum(d["train_s"] for d in detectors.values()),
+        wall_time_s=features_s
+        + sum(r["train_s"] for r in routes)
+        + sum(d["train_s"] + d["score_s"] for d in detectors.values()),
         command=request.command,
-        commit=" ".join(sorted({str(c.get("commit")) for c in [*cells, *detectors.values()]})),
+        commit=" ".join(sorted({str(c.get("commit")) for c in [*routes, *detectors.values()]})),
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
             f"{LINE_CONFIG}: sbad router ({backbone_name} frozen) + one segdec per surface; totals over "
-            f"{n_splits} seen / unseen splits (confusion summed); detectors trained once per surface"
+            f"{n_splits} seen / unseen splits (confusion summed); detectors trained once per surface; "
+            "wall time: features, routers, detectors (training and scoring)"
         ),
         root=request.results_root,
     )
@@ -266,9 +300,9 @@ class RouterSetup:
     options: SBADOptions
 
 
-def line_cell(mix: MixFeatures, split: int, val_fraction: float, router: RouterSetup,
-              detectors: dict[str, dict[str, Any]], request: BenchRequest) -> dict[str, Any]:  # fmt: skip
-    """One split: train the router on its seen surfaces, route and judge every test image."""
+def route_cell(mix: MixFeatures, split: int, val_fraction: float, router: RouterSetup,
+               request: BenchRequest) -> dict[str, Any]:  # fmt: skip
+    """One split's router: trained on its seen surfaces, every test image routed."""
     parts = mix_split(mix, split, val_fraction)
     names = mix.surfaces
     started = time.perf_counter()
@@ -277,32 +311,45 @@ def line_cell(mix: MixFeatures, split: int, val_fraction: float, router: RouterS
         mix.features[parts.validation], [names[s] for s in mix.surface[parts.validation]],
         router.backbone, router.backbone_name, router.options,
     )  # fmt: skip
-    train_s = time.perf_counter() - started
     test = np.concatenate([parts.seen_test, parts.unseen_test])
     with torch.no_grad():
         routed = fitted.network.router(torch.as_tensor(mix.features[test]))
     seen_names = fitted.surfaces[: fitted.n_seen]
-    unknown = routed.unseen_score.numpy() >= fitted.unknown_threshold
-    calls = [seen_names[int(c)] for c in routed.seen_class]
-    verdicts = []
-    for k, image in enumerate(test):
-        detector = detectors.get(calls[k])
-        score = float(detector["scores"][image]) if detector else 0.0
-        threshold = float(detector["threshold"]) if detector else 1.0
-        verdicts.append(cascade_verdict(bool(unknown[k]), detector is not None, score, threshold))
-    is_unseen = np.r_[np.zeros(len(parts.seen_test), bool), np.ones(len(parts.unseen_test), bool)]
-    rows = np.where(is_unseen, 2, mix.label[test])
-    truth = [names[s] for s in mix.surface[test]]
-    routed_right = np.asarray([c == t for c, t in zip(calls, truth, strict=True)]) & ~unknown
-    figures = cascade_figures(rows, verdicts, routed_right, routed.unseen_score.numpy())
+    scores = routed.unseen_score.numpy()
     return {
         "seen": [names[s] for s in parts.seen],
         "unseen": [names[s] for s in parts.unseen],
         "commit": request.commit,
-        "train_s": train_s,
+        "train_s": time.perf_counter() - started,
         "unknown_threshold": fitted.unknown_threshold,
-        "metrics": figures,
+        "test": test.tolist(),
+        "calls": [seen_names[int(c)] for c in routed.seen_class],
+        "unseen_scores": [round(float(v), 6) for v in scores],
+        "unknown": (scores >= fitted.unknown_threshold).tolist(),
     }
+
+
+def route_calls(route: dict[str, Any]) -> list[tuple[int, str, bool]]:
+    """(image index, surface called, unknown) per test image of one routed split."""
+    return list(zip(route["test"], route["calls"], route["unknown"], strict=True))
+
+
+def judge_split(
+    mix: MixFeatures, route: dict[str, Any], detectors: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """One split's verdicts (the router's calls, then the called surface's detector) and figures."""
+    verdicts, right = [], []
+    for image, call, unknown in route_calls(route):
+        detector = detectors.get(call)
+        score = float(detector["scores"][str(image)]) if detector and not unknown else 0.0
+        threshold = float(detector["threshold"]) if detector else 1.0
+        verdicts.append(cascade_verdict(unknown, detector is not None, score, threshold))
+        right.append(call == mix.surfaces[mix.surface[image]] and not unknown)
+    test = np.asarray(route["test"])
+    is_unseen = np.isin(mix.surface[test], [mix.surfaces.index(s) for s in route["unseen"]])
+    rows = np.where(is_unseen, 2, mix.label[test])
+    figures = cascade_figures(rows, verdicts, np.asarray(right), np.asarray(route["unseen_scores"]))
+    return {**{k: route[k] for k in ("seen", "unseen", "train_s", "unknown_threshold")}, "metrics": figures}
 
 
 register_protocol("dagm-mix/line", "paper 002's whole line (SBAD router + per-surface segdec) on DAGM_MIX")(
@@ -374,7 +421,10 @@ def run_products(request: BenchRequest) -> Path:
         [[s.path for s in samples], backbone_name, router_config.weights, spec_input.model_dump()]
     )
     backbone = FeatureBackbone(backbone_name, router_config.weights)
-    features = cached_features(samples, backbone, spec_input, work / f"features-{key}.npy", request)
+    cache = request.cells(name)
+    features, features_s = cached_features(
+        samples, backbone, spec_input, work / f"features-{key}.npy", request, cache
+    )
     # One 60 / 20 / 20 split per product, fixed across the leave-one-out folds; grouped by part and
     # by duplicate content (KolektorSDD's parts hold several images each), stratified by label.
     role = np.zeros(len(samples), dtype=int)  # 0 train, 1 validation, 2 test
@@ -385,7 +435,6 @@ def run_products(request: BenchRequest) -> Path:
         role[members[test]] = 2
     options = sbad_options(dict(router_config.method_options), seed=router_config.seed)
     setup = RouterSetup(attributes, backbone, backbone_name, options)
-    cache = request.cells(name)
     config_key = fingerprint(
         [router_config.model_dump(exclude={"profile"}), key, attributes.surfaces, CELL_VERSION]
     )
@@ -424,14 +473,14 @@ def run_products(request: BenchRequest) -> Path:
         ],
         n_images=len(samples),
         paper=PRODUCTS_PAPER,
-        wall_time_s=sum(c["train_s"] for c in cells),
+        wall_time_s=features_s + sum(c["train_s"] for c in cells),
         command=request.command,
         commit=" ".join(sorted({str(c.get("commit")) for c in cells})),
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
             f"router only (sbad, {backbone_name} frozen at {spec_input.size[0]} px), attribute vectors in "
             f"{PRODUCTS_ATTRIBUTES}; each product left out once (mean ± std over the 5); target from the "
-            "issue, not the paper"
+            "issue, not the paper; wall time: features and the five routers"
         ),
         root=request.results_root,
     )
