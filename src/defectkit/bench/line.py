@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split, score_
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import CellCache, write_results
 from defectkit.config import load_config
-from defectkit.data.attributes import Attributes, table1_attributes
+from defectkit.data.attributes import table1_attributes
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
 from defectkit.data.sample import Sample
@@ -59,14 +58,23 @@ from defectkit.metrics.image import auroc, average_precision
 from defectkit.models.sbad import FeatureBackbone
 from defectkit.training.engine import train
 from defectkit.training.line import read_line_train_spec, stage_config
-from defectkit.training.sbad import SBADOptions, backbone_features, fit_router, router_input, sbad_options
+from defectkit.training.sbad import (
+    RouterSetup,
+    SurfaceFeatures,
+    backbone_features,
+    fit_router,
+    router_input,
+    sbad_options,
+)
 
 LINE_CONFIG = "configs/line/dagm-mix.yaml"
 OPTIONS = ("splits",)
 VERDICTS = ("ok", "defect", "unknown")
 ROWS = ("seen_good", "seen_defective", "unseen")
 PAPER = {"detector_ap_min": 0.99}  # the paper's SBDD on DAGM; it reports no cascade figures
+# Bump when code changes what a cell would hold (the line's and the products' cells apart).
 CELL_VERSION = 2  # 2: routes first; detectors score only their own test split and what is routed to them
+PRODUCTS_CELL_VERSION = 1
 
 
 def mix_on_disk(synth: SynthConfig, root: Path, progress: bool) -> list[Sample]:
@@ -292,14 +300,6 @@ def run_line(request: BenchRequest) -> Path:
     )
 
 
-@dataclass(frozen=True)
-class RouterSetup:
-    attributes: Attributes
-    backbone: FeatureBackbone
-    backbone_name: str
-    options: SBADOptions
-
-
 def route_cell(mix: MixFeatures, split: int, val_fraction: float, router: RouterSetup,
                request: BenchRequest) -> dict[str, Any]:  # fmt: skip
     """One split's router: trained on its seen surfaces, every test image routed."""
@@ -307,10 +307,10 @@ def route_cell(mix: MixFeatures, split: int, val_fraction: float, router: Router
     names = mix.surfaces
     started = time.perf_counter()
     fitted = fit_router(
-        mix.features[parts.train], [names[s] for s in mix.surface[parts.train]], router.attributes,
-        mix.features[parts.validation], [names[s] for s in mix.surface[parts.validation]],
-        router.backbone, router.backbone_name, router.options,
-    )  # fmt: skip
+        SurfaceFeatures(mix.features[parts.train], [names[s] for s in mix.surface[parts.train]]),
+        SurfaceFeatures(mix.features[parts.validation], [names[s] for s in mix.surface[parts.validation]]),
+        router,
+    )
     test = np.concatenate([parts.seen_test, parts.unseen_test])
     with torch.no_grad():
         routed = fitted.network.router(torch.as_tensor(mix.features[test]))
@@ -436,7 +436,7 @@ def run_products(request: BenchRequest) -> Path:
     options = sbad_options(dict(router_config.method_options), seed=router_config.seed)
     setup = RouterSetup(attributes, backbone, backbone_name, options)
     config_key = fingerprint(
-        [router_config.model_dump(exclude={"profile"}), key, attributes.surfaces, CELL_VERSION]
+        [router_config.model_dump(exclude={"profile"}), key, attributes.surfaces, PRODUCTS_CELL_VERSION]
     )
     cells = []
     for held, unseen in enumerate(names):
@@ -496,10 +496,10 @@ def product_cell(features: np.ndarray, surface: np.ndarray, role: np.ndarray, na
     unseen_idx = np.flatnonzero(~seen)
     started = time.perf_counter()
     fitted = fit_router(
-        features[train_idx], [names[s] for s in surface[train_idx]], router.attributes,
-        features[val_idx], [names[s] for s in surface[val_idx]], router.backbone, router.backbone_name,
-        router.options,
-    )  # fmt: skip
+        SurfaceFeatures(features[train_idx], [names[s] for s in surface[train_idx]]),
+        SurfaceFeatures(features[val_idx], [names[s] for s in surface[val_idx]]),
+        router,
+    )
     train_s = time.perf_counter() - started
     with torch.no_grad():
         seen_out = fitted.network.router(torch.as_tensor(features[test_idx]))

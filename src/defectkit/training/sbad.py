@@ -436,9 +436,26 @@ def router_network(model: SBADModel, backbone: FeatureBackbone, backbone_name: s
     return network.eval()
 
 
-def fit_router(features: np.ndarray, surfaces: Sequence[str], attributes: Attributes,
-               val_features: np.ndarray, val_surfaces: Sequence[str], backbone: FeatureBackbone,
-               backbone_name: str, options: SBADOptions,
+@dataclass(frozen=True)
+class RouterSetup:
+    """What a router is fitted with besides its images: the attribute table (every known surface,
+    seen or not), the backbone that made the features, and the options."""
+
+    attributes: Attributes
+    backbone: FeatureBackbone
+    backbone_name: str
+    options: SBADOptions
+
+
+@dataclass(frozen=True)
+class SurfaceFeatures:
+    """Backbone features, one row per image, and each image's surface name."""
+
+    features: np.ndarray
+    surfaces: Sequence[str]
+
+
+def fit_router(train: SurfaceFeatures, validation: SurfaceFeatures, setup: RouterSetup,
                progress: Progress | None = None) -> FittedRouter:  # fmt: skip
     """Train SBAD on seen features and pack it with its backbone and its unknown threshold.
 
@@ -446,6 +463,9 @@ def fit_router(features: np.ndarray, surfaces: Sequence[str], attributes: Attrib
     unseen-known (the GZSL classifier gets generated features for it). The unknown threshold is the
     ``alert_quantile`` of the seen validation images' unseen scores.
     """
+    attributes, options = setup.attributes, setup.options
+    features, surfaces = train.features, train.surfaces
+    val_features, val_surfaces = validation.features, validation.surfaces
     seen = sorted(set(surfaces))
     missing = [s for s in seen if s not in attributes.surfaces]
     if missing:
@@ -465,21 +485,21 @@ def fit_router(features: np.ndarray, surfaces: Sequence[str], attributes: Attrib
     index = {name: i for i, name in enumerate(order)}
     labels = np.asarray([index[s] for s in surfaces])
     model = fit_sbad(features, labels, attributes.matrix(order), len(seen), options, progress)
-    network = router_network(model, backbone, backbone_name, attributes.names, options.hidden)
+    network = router_network(model, setup.backbone, setup.backbone_name, attributes.names, options.hidden)
     with torch.no_grad():
         routed = network.router(torch.as_tensor(val_features))
     scores = routed.unseen_score.numpy()
     threshold = float(np.quantile(scores, options.alert_quantile))
     truth = np.asarray([index.get(s, -1) for s in val_surfaces])
     calls = routed.seen_class.numpy()
-    validation = {
+    figures = {
         "n_images": float(len(truth)),
         "seen_accuracy": float((routed.logits.argmax(1).numpy() == truth).mean()),
         # The same rule as inference: unseen score >= threshold -> unknown.
         "routing_accuracy": float(((calls == truth) & (scores < threshold)).mean()),
         "unknown_threshold": threshold,
     }
-    return FittedRouter(network, order, len(seen), threshold, validation)
+    return FittedRouter(network, order, len(seen), threshold, figures)
 
 
 def train_router_model(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
@@ -521,10 +541,11 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
             print(f"{stage}: {total} epochs done")
 
     fitted = fit_router(
-        features[train_idx], [str(samples[i].surface) for i in train_idx], attributes,
-        features[val_idx], [str(samples[i].surface) for i in val_idx], backbone, backbone_name, options,
+        SurfaceFeatures(features[train_idx], [str(samples[i].surface) for i in train_idx]),
+        SurfaceFeatures(features[val_idx], [str(samples[i].surface) for i in val_idx]),
+        RouterSetup(attributes, backbone, backbone_name, options),
         report,
-    )  # fmt: skip
+    )
     card = ModelCard(
         method="sbad",
         model="sbad_router",
