@@ -67,7 +67,7 @@ def test_render_shows_a_confusion_matrix() -> None:
 
 def test_dagm_mix_line_on_tiny_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole protocol on a tiny mix: detectors score only their own test split and what the
-    routers sent them, and a second run reuses every cell."""
+    routers sent them, the wall time adds up every stage, and a second run reuses every cell."""
     import json
 
     import defectkit.bench.line as protocol
@@ -101,16 +101,35 @@ detector:
     # Per split: 8 seen surfaces' 4 test images, and all 16 images of the 2 unseen ones.
     assert np.sum(metrics["confusion"]["counts"]) == 2 * (8 * 4 + 2 * 16)
     assert len(metrics["detector_ap"]) == 10 and len(first["per_fold"]) == 2
-    cells = [json.loads(p.read_text())["value"] for p in (tmp_path / "cells").rglob("detector-*.json")]
-    for cell in cells:  # never all 160 images: its own 4 test images and what was routed to it
-        assert 4 <= len(cell["scores"]) < 160 and cell["score_s"] >= 0.0
-    parts = [*(c["train_s"] + c["score_s"] for c in cells)]
-    assert first["wall_time_s"] > sum(parts)  # features and routers count too
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "cells").rglob("*.json")]
+    kind = {
+        part: [c for c in stored if c["key"].startswith(part + "/")]
+        for part in ("features", "route", "detector", "routed")
+    }
+    assert [len(kind[k]) for k in ("features", "route", "detector", "routed")] == [1, 2, 10, 10]
+    asked: dict[str, set[str]] = {}  # per surface: the images some router sent it, not alerted
+    for route in kind["route"]:
+        for image, call, unknown in zip(
+            *(route["value"][k] for k in ("test", "calls", "unknown")), strict=True
+        ):
+            if not unknown:
+                asked.setdefault(call, set()).add(str(image))
+    for trained in kind["detector"]:
+        surface = trained["value"]["surface"]
+        routed = next(c["value"] for c in kind["routed"] if c["key"].startswith(f"routed/{surface}/"))
+        own = set(trained["value"]["scores"])
+        assert len(own) == 4  # its own test split, nothing more
+        assert own | set(routed["scores"]) == own | asked.get(surface, set())
+    parts = kind["features"][0]["value"]["seconds"] + sum(r["value"]["train_s"] for r in kind["route"])
+    parts += sum(c["value"]["train_s"] + c["value"]["score_s"] for c in kind["detector"])
+    parts += sum(c["value"]["score_s"] for c in kind["routed"])
+    assert first["wall_time_s"] == pytest.approx(parts)
 
     def untrained(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished cell was trained again")
 
     monkeypatch.setattr(protocol, "train", untrained)
     monkeypatch.setattr(protocol, "fit_router", untrained)
+    monkeypatch.setattr(protocol, "backbone_features", untrained)
     again = json.loads(run_protocol("dagm-mix/line", request).read_text())
-    assert again["metrics"] == first["metrics"]
+    assert again["metrics"] == first["metrics"] and again["wall_time_s"] == first["wall_time_s"]

@@ -13,8 +13,9 @@ test images and every image of the unseen surfaces. The line is ``configs/line/d
    image routed (a surface, or unknown).
 4. One detector per surface (10 ``segdec`` models, data.surface = that surface; a detector does not
    depend on which other surfaces are unseen, so each trains once and serves every split in which
-   its surface is seen). It scores its own test split (its AP) and every image any split's router
-   sent it, nothing else: what a line would ask of it.
+   its surface is seen). It scores its own test split (its AP), then every image any split's
+   router sent it (a separate cell, so new routes rescore with the saved model rather than
+   retrain it); nothing else: what a line would ask of it.
 5. Each test image judged by :func:`~defectkit.inference.line.cascade_verdict`.
 
 The wall time is the whole protocol's but writing the generated images: features, routers (fit and
@@ -53,7 +54,7 @@ from defectkit.data.sample import Sample
 from defectkit.data.synthetic import SynthConfig, generate, surface_names
 from defectkit.inference.inspector import load_inspector
 from defectkit.inference.line import cascade_verdict
-from defectkit.inference.saved_model import InputSpec
+from defectkit.inference.saved_model import CARD_NAME, InputSpec
 from defectkit.metrics.image import auroc, average_precision
 from defectkit.models.sbad import FeatureBackbone
 from defectkit.training.engine import train
@@ -118,33 +119,44 @@ def own_test(samples: Sequence[Sample], surface: str) -> list[int]:
     return [i for i, s in enumerate(samples) if s.surface == surface and s.meta.get("split") == "test"]
 
 
-def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, routed: Sequence[int],
-                  request: BenchRequest) -> dict[str, Any]:  # fmt: skip
-    """Train ``surface``'s detector; score its own test split (its AP) and the ``routed`` images."""
+def score_images(model_dir: Path, samples: Sequence[Sample], indices: Sequence[int], desc: str,
+                 request: BenchRequest) -> tuple[dict[int, float], float]:  # fmt: skip
+    """A saved detector's scores of ``samples[indices]`` and the seconds they took."""
+    started = time.perf_counter()
+    inspector = load_inspector(model_dir)
+    scores: dict[int, float] = {}
+    for k in tqdm(range(0, len(indices), 64), desc=desc, disable=not request.progress):
+        chunk = list(indices[k : k + 64])
+        judged = inspector.score_batch([read_image(samples[i].path) for i in chunk])
+        scores.update({i: float(scored.score) for i, scored in zip(chunk, judged, strict=True)})
+    return scores, time.perf_counter() - started
+
+
+def rounded(scores: dict[int, float]) -> dict[str, float]:
+    return {str(i): round(v, 5) for i, v in scores.items()}
+
+
+def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, request: BenchRequest
+                  ) -> dict[str, Any]:  # fmt: skip
+    """Train ``surface``'s detector and score its own test split (its AP, from unrounded scores)."""
     started = time.perf_counter()
     model_dir = train(config, work, progress=request.progress)
     assert model_dir is not None
     train_s = time.perf_counter() - started
-    started = time.perf_counter()
     inspector = load_inspector(model_dir)
     own = own_test(samples, surface)
-    wanted = sorted(set(own) | set(routed))
-    scores: dict[int, float] = {}
-    for k in tqdm(range(0, len(wanted), 64), desc=f"{surface} detector", disable=not request.progress):
-        chunk = wanted[k : k + 64]
-        judged = inspector.score_batch([read_image(samples[i].path) for i in chunk])
-        scores.update({i: round(float(scored.score), 5) for i, scored in zip(chunk, judged, strict=True)})
+    scores, score_s = score_images(model_dir, samples, own, f"{surface} detector", request)
     truth = [int(samples[i].label or 0) for i in own]
     return {
         "surface": surface,
         "commit": request.commit,
         "train_s": train_s,
-        "score_s": time.perf_counter() - started,
+        "score_s": score_s,
         "threshold": inspector.threshold,
         "validation": inspector.card.validation_metrics,
         "test_ap": average_precision(truth, [scores[i] for i in own]),
         "test_images": len(own),
-        "scores": {str(i): v for i, v in scores.items()},
+        "scores": rounded(scores),
     }
 
 
@@ -233,6 +245,12 @@ def run_line(request: BenchRequest) -> Path:
     detector_key = fingerprint([detector_settings, data_key, CELL_VERSION])
     detectors: dict[str, dict[str, Any]] = {}
     for surface in surfaces:
+        trained_key = f"detector/{surface}/config-{detector_key}"
+        work_dir = work / "detectors" / surface
+        trained = cache.get(trained_key)
+        if trained is None:
+            trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
+            cache.put(trained_key, trained)
         routed = sorted(
             {
                 i
@@ -241,13 +259,22 @@ def run_line(request: BenchRequest) -> Path:
                 if call == surface and not unknown
             }
         )
-        key = f"detector/{surface}/config-{detector_key}-routed-{fingerprint(routed)}"
-        cell = cache.get(key)
-        if cell is None:
-            work_dir = work / "detectors" / surface
-            cell = detector_cell(detector_configs[surface], work_dir, samples, surface, routed, request)
-            cache.put(key, cell)
-        detectors[surface] = cell
+        routed_key = f"routed/{surface}/config-{detector_key}-images-{fingerprint(routed)}"
+        extra = cache.get(routed_key)
+        if extra is None:
+            missing = [i for i in routed if str(i) not in trained["scores"]]
+            if missing and not (work_dir / "model" / CARD_NAME).is_file():
+                # The trained model is not on this machine (its cell came with the checkout).
+                trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
+                cache.put(trained_key, trained)
+            scores, score_s = score_images(work_dir / "model", samples, missing, f"{surface} routed", request)
+            extra = {"scores": rounded(scores), "score_s": score_s}
+            cache.put(routed_key, extra)
+        detectors[surface] = {
+            **trained,
+            "scores": {**trained["scores"], **extra["scores"]},
+            "score_s": trained["score_s"] + extra["score_s"],
+        }
 
     cells = [judge_split(mix, route, detectors) for route in routes]
     numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
@@ -324,7 +351,7 @@ def route_cell(mix: MixFeatures, split: int, val_fraction: float, router: Router
         "unknown_threshold": fitted.unknown_threshold,
         "test": test.tolist(),
         "calls": [seen_names[int(c)] for c in routed.seen_class],
-        "unseen_scores": [round(float(v), 6) for v in scores],
+        "unseen_scores": [float(v) for v in scores],
         "unknown": (scores >= fitted.unknown_threshold).tolist(),
     }
 
