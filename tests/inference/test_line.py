@@ -128,6 +128,18 @@ def test_a_nearest_seen_router_saves_its_memory_and_scores_with_it(line_dir: Pat
     assert card.thresholds.unknown is not None and 0.0 <= card.thresholds.unknown <= 2.0
 
 
+def test_a_router_whose_backbone_learnt_the_seen_attributes_trains_and_loads(
+    line_dir: Path, tmp_path: Path
+) -> None:
+    config = router_config(line_dir / "data", backbone_epochs=1, backbone_target="attributes")
+    model = train_router_model(config, tmp_path / "router", progress=False)
+    write_line_spec(tmp_path, LineSpec(router=str(model), detectors={}))
+    route = load_line(tmp_path).router.route_batch(
+        [read_image(next((line_dir / "data").glob("Class1/Test/*.PNG")))]
+    )
+    assert len(route) == 1 and np.isfinite(route[0].unseen_score)
+
+
 def test_line_run_cli_writes_results_with_surfaces(line_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")

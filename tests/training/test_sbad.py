@@ -190,10 +190,14 @@ def test_option_b_trains_the_backbone_on_seen_training_images_only(tmp_path, mon
     seen_counts: list[int] = []
     real_finetune = protocol.finetune_backbone
 
-    def spy(backbone, spec, images, labels, options, progress=None):  # type: ignore[no-untyped-def]
+    targets: list[str] = []
+
+    def spy(backbone, spec, images, labels, options, progress=None, attributes=None):  # type: ignore[no-untyped-def]
         seen_counts.append(len(images))
+        targets.append(options.backbone_target)
         assert options.backbone_epochs == 1 and max(labels) == 7  # 8 seen surfaces, classes 0..7
-        return real_finetune(backbone, spec, images, labels, options, progress)
+        assert attributes.shape == (8, 29)  # the seen surfaces' Table 1 rows, class order
+        return real_finetune(backbone, spec, images, labels, options, progress, attributes)
 
     monkeypatch.setattr(protocol, "finetune_backbone", spy)
     overrides = [
@@ -204,15 +208,16 @@ def test_option_b_trains_the_backbone_on_seen_training_images_only(tmp_path, mon
     ]  # fmt: skip
     request = BenchRequest(
         "cpu", "full", "defectkit bench dagm-mix/sbad", tmp_path / "results", tmp_path / "work", False,
-        {"splits": "1", "generator": "vaegan-mse", "features": "seen"}, overrides,
+        {"splits": "1", "generator": "vaegan-mse", "features": "seen,seen-attributes"}, overrides,
         cells_root=tmp_path / "cells",
     )  # fmt: skip
     run_protocol("dagm-mix/sbad", request)
-    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")]
-    assert record["variant"]["features"] == "seen-1"
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
+    assert sorted(r["variant"]["features"] for r in records) == ["seen-1", "seen-attributes-1"]
+    assert targets == ["surfaces", "attributes"]
     # 8 seen surfaces x 12 generator-train images x 0.8 (validation held out): no test or unseen image.
-    split = record["per_fold"][0]
-    assert seen_counts == [split["train_images"]] and split["train_images"] < 8 * 12
+    split = records[0]["per_fold"][0]
+    assert seen_counts == [split["train_images"]] * 2 and split["train_images"] < 8 * 12
 
 
 def test_documented_dagm_mix_matrix_is_the_one_the_code_uses() -> None:

@@ -26,8 +26,9 @@ paper's; ``tfvaegan-l1``, TF-VAEGAN's L1 attribute loss; ``softmax``, the baseli
 softmax on the seen surfaces, max-softmax as the unseen score, an image flagged unseen counting as
 a correct unseen call, which is generous to it), ``splits`` (how many, 5), ``features``
 (``frozen``: (a), the ImageNet backbone as it is; ``seen``: (b), the backbone first trained to tell
-the split's seen surfaces apart, on their training images only; the softmax baseline then uses
-the same features).
+the split's seen surfaces apart, on their training images only; ``seen-attributes``: (b) trained
+instead to regress those surfaces' attribute vectors; the softmax baseline then uses the same
+features).
 
 Features are extracted once per config (frozen backbone) and cached under the work folder.
 """
@@ -67,7 +68,8 @@ N_UNSEEN = 2
 OPTIONS = ("ce", "generator", "splits", "features")
 # (a) the frozen ImageNet backbone; (b) the backbone first trained on the seen surfaces of each split
 # (method_options.backbone_epochs epochs, SEEN_EPOCHS when the config leaves it 0).
-FEATURES = ("frozen", "seen")
+# "seen-attributes": (b) with the backbone trained to regress the seen surfaces' attribute vectors.
+FEATURES = ("frozen", "seen", "seen-attributes")
 SEEN_EPOCHS = 3
 GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax")
 # Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
@@ -140,11 +142,15 @@ def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFea
 
 
 def seen_features(config: RunConfig, work: Path, split: int, parts: MixSplit, options: SBADOptions,
-                  progress: bool = True) -> np.ndarray:  # fmt: skip
+                  attributes: np.ndarray, progress: bool = True) -> np.ndarray:  # fmt: skip
     """Option (b)'s features for one split: the backbone trained on that split's seen training
-    images (never on validation, test or unseen images), then every image's features (cached)."""
+    images (never on validation, test or unseen images), then every image's features (cached).
+    ``attributes`` has a row per surface (the regression targets of ``backbone_target``
+    ``attributes``; only the seen rows are read)."""
     synth = SynthConfig(**(config.data.synthetic or {}))
-    training = [options.backbone_epochs, options.backbone_lr, options.batch_size, options.seed]
+    training: list[Any] = [options.backbone_epochs, options.backbone_lr, options.batch_size, options.seed]
+    if options.backbone_target != "surfaces":  # earlier caches keep their keys
+        training.append(options.backbone_target)
     key = fingerprint(
         [synth.__dict__, config.model, config.weights, config.input.model_dump(), split, training]
     )
@@ -162,7 +168,8 @@ def seen_features(config: RunConfig, work: Path, split: int, parts: MixSplit, op
         if progress:
             print(f"split {split}: {stage} epoch {done}/{total}", flush=True)
 
-    finetune_backbone(network, spec, mix.images[parts.train], labels, options, report)
+    seen_rows = attributes[parts.seen]  # row c: seen class c
+    finetune_backbone(network, spec, mix.images[parts.train], labels, options, report, seen_rows)
     features = backbone_features(network, spec, mix.images, batch_size=64)
     np.save(cache, features)
     return features
@@ -387,20 +394,22 @@ def run_sbad(request: BenchRequest) -> Path:
     for features, generator in ((f, g) for f in feature_kinds for g in generators):
         for ce in ces if generator != "softmax" else ["none"]:
             options = _options(config, "learned" if ce == "none" else ce, generator)
-            if features == "seen" and options.backbone_epochs == 0:
+            if features != "frozen" and options.backbone_epochs == 0:
                 options = replace(options, backbone_epochs=SEEN_EPOCHS)
+            if features == "seen-attributes":
+                options = replace(options, backbone_target="attributes")
             cells = []
             for split in range(n_splits):
                 # Frozen-feature keys stay as they were before option (b) existed.
-                trained = "" if features == "frozen" else f"/features-seen-{options.backbone_epochs}"
+                trained = "" if features == "frozen" else f"/features-{features}-{options.backbone_epochs}"
                 key = f"{generator}/{ce}{trained}/split{split}/config-{config_key}"
                 cell = cache.get(key)
                 if cell is None:
                     parts = mix_split(data, split, config.data.val_fraction)
                     split_data = data
-                    if features == "seen":
+                    if features != "frozen":
                         work = request.work_root / name
-                        seen = seen_features(config, work, split, parts, options, request.progress)
+                        seen = seen_features(config, work, split, parts, options, real_ce, request.progress)
                         split_data = replace(data, features=seen)
                     cell = (
                         softmax_cell(split_data, parts, options)
@@ -413,8 +422,8 @@ def run_sbad(request: BenchRequest) -> Path:
             variant: dict[str, Any] = {"generator": generator, "splits": n_splits}
             if generator != "softmax":
                 variant["ce"] = ce
-            if features == "seen":
-                variant["features"] = f"seen-{options.backbone_epochs}"
+            if features != "frozen":
+                variant["features"] = f"{features}-{options.backbone_epochs}"
             if generator != "softmax":  # the baseline's score is always its max-softmax
                 variant.update(score_variant(options))
             last = write_results(

@@ -111,9 +111,12 @@ class SBADOptions:
     attributes: str = "table1"
     feature_batch: int = 32
     # Features: 0 keeps the ImageNet backbone frozen (option (a)); N > 0 first trains it N epochs
-    # to tell the seen surfaces apart (option (b): a linear head, cross-entropy, flips), then uses
-    # it frozen like (a).
+    # on the seen surfaces (option (b), flips), then uses it frozen like (a): to tell them apart
+    # (backbone_target "surfaces": a linear head, cross-entropy) or to regress their attribute
+    # vectors ("attributes": a linear head, MSE), so that the features carry what the unseen
+    # surfaces are described by.
     backbone_epochs: int = 0
+    backbone_target: str = "surfaces"  # surfaces | attributes
     backbone_lr: float = 1e-4
     seed: int = 0
 
@@ -123,6 +126,7 @@ class SBADOptions:
             "unseen_ce": ("mapped", "real"),
             "attribute_loss": ("mse", "l1"),
             "unseen_score": UNSEEN_SCORES,
+            "backbone_target": ("surfaces", "attributes"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -358,21 +362,28 @@ def backbone_features(backbone: FeatureBackbone, spec: InputSpec, images: Iterab
 
 
 def finetune_backbone(backbone: FeatureBackbone, spec: InputSpec, images: Sequence[np.ndarray],
-                      labels: Sequence[int], options: SBADOptions,
-                      progress: Progress | None = None) -> FeatureBackbone:  # fmt: skip
-    """Option (b): train ``backbone`` (all layers) with a linear head to classify the seen
-    surfaces, for ``options.backbone_epochs`` epochs (Adam at ``backbone_lr``, batch
-    ``batch_size``, random horizontal and vertical flips); returns it in eval mode.
+                      labels: Sequence[int], options: SBADOptions, progress: Progress | None = None,
+                      attributes: np.ndarray | None = None) -> FeatureBackbone:  # fmt: skip
+    """Option (b): train ``backbone`` (all layers) with a linear head for ``options.backbone_epochs``
+    epochs (Adam at ``backbone_lr``, batch ``batch_size``, random horizontal and vertical flips),
+    to classify the seen surfaces (``backbone_target="surfaces"``) or to regress each image's
+    surface's row of ``attributes`` (``"attributes"``; one row per label); returns it in eval mode.
 
     BatchNorm statistics are kept frozen (eval mode throughout): the seen surfaces are few and a
     batch of one texture would otherwise drag the ImageNet statistics about.
     """
     generator = torch.Generator().manual_seed(options.seed + 3)
     n_classes = int(max(labels)) + 1
-    head = nn.Linear(backbone.dim, n_classes)
+    classes = torch.as_tensor(list(labels), dtype=torch.long)
+    if options.backbone_target == "attributes":
+        if attributes is None or len(attributes) < n_classes:
+            raise ValueError("backbone_target 'attributes' needs an attribute row for every seen surface")
+        embedding = torch.as_tensor(np.asarray(attributes), dtype=torch.float32)
+        head = nn.Linear(backbone.dim, embedding.shape[1])
+    else:
+        head = nn.Linear(backbone.dim, n_classes)
     preprocess = Preprocess(spec)
     optimiser = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=options.backbone_lr)
-    targets = torch.as_tensor(list(labels), dtype=torch.long)
     backbone.eval()
     for epoch in range(options.backbone_epochs):
         for index in _batches(len(images), options.batch_size, generator):
@@ -383,7 +394,11 @@ def finetune_backbone(backbone: FeatureBackbone, spec: InputSpec, images: Sequen
                 batch = batch.flip(3)
             if flips[1] < 0.5:
                 batch = batch.flip(2)
-            loss = F.cross_entropy(head(backbone(batch)), targets[index])
+            output = head(backbone(batch))
+            if options.backbone_target == "attributes":
+                loss = F.mse_loss(output, embedding[classes[index]])
+            else:
+                loss = F.cross_entropy(output, classes[index])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -532,7 +547,10 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
     spec = router_input(config)
     if options.backbone_epochs > 0:
         train_images = [read_image(samples[i].path) for i in train_idx]
-        finetune_backbone(backbone, spec, train_images, [labels[i] for i in train_idx], options)
+        finetune_backbone(
+            backbone, spec, train_images, [labels[i] for i in train_idx], options,
+            attributes=attributes.matrix(names) if options.backbone_target == "attributes" else None,
+        )  # fmt: skip
     images = (read_image(s.path) for s in tqdm(samples, desc="router features", disable=not progress))
     features = backbone_features(backbone, spec, images, options.feature_batch)
 
