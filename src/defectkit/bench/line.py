@@ -52,7 +52,7 @@ from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
 from defectkit.data.sample import Sample
 from defectkit.data.synthetic import SynthConfig, generate, surface_names
-from defectkit.inference.inspector import load_inspector
+from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.line import cascade_verdict
 from defectkit.inference.saved_model import CARD_NAME, InputSpec
 from defectkit.metrics.image import auroc, average_precision
@@ -119,11 +119,10 @@ def own_test(samples: Sequence[Sample], surface: str) -> list[int]:
     return [i for i, s in enumerate(samples) if s.surface == surface and s.meta.get("split") == "test"]
 
 
-def score_images(model_dir: Path, samples: Sequence[Sample], indices: Sequence[int], desc: str,
+def score_images(inspector: Inspector, samples: Sequence[Sample], indices: Sequence[int], desc: str,
                  request: BenchRequest) -> tuple[dict[int, float], float]:  # fmt: skip
-    """A saved detector's scores of ``samples[indices]`` and the seconds they took."""
+    """A detector's scores of ``samples[indices]`` and the seconds they took."""
     started = time.perf_counter()
-    inspector = load_inspector(model_dir)
     scores: dict[int, float] = {}
     for k in tqdm(range(0, len(indices), 64), desc=desc, disable=not request.progress):
         chunk = list(indices[k : k + 64])
@@ -145,7 +144,7 @@ def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, 
     train_s = time.perf_counter() - started
     inspector = load_inspector(model_dir)
     own = own_test(samples, surface)
-    scores, score_s = score_images(model_dir, samples, own, f"{surface} detector", request)
+    scores, score_s = score_images(inspector, samples, own, f"{surface} detector", request)
     truth = [int(samples[i].label or 0) for i in own]
     return {
         "surface": surface,
@@ -243,6 +242,11 @@ def run_line(request: BenchRequest) -> Path:
         k: v for k, v in detector_settings["data"].items() if k not in ("root", "surface")
     }
     detector_key = fingerprint([detector_settings, data_key, CELL_VERSION])
+    asked: dict[str, set[int]] = {}  # per surface: the test images some router sent it, no alert
+    for route in routes:
+        for image, call, unknown in route_calls(route):
+            if not unknown:
+                asked.setdefault(call, set()).add(image)
     detectors: dict[str, dict[str, Any]] = {}
     for surface in surfaces:
         trained_key = f"detector/{surface}/config-{detector_key}"
@@ -251,14 +255,7 @@ def run_line(request: BenchRequest) -> Path:
         if trained is None:
             trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
             cache.put(trained_key, trained)
-        routed = sorted(
-            {
-                i
-                for route in routes
-                for i, call, unknown in route_calls(route)
-                if call == surface and not unknown
-            }
-        )
+        routed = sorted(asked.get(surface, set()))
         routed_key = f"routed/{surface}/config-{detector_key}-images-{fingerprint(routed)}"
         extra = cache.get(routed_key)
         if extra is None:
@@ -267,7 +264,8 @@ def run_line(request: BenchRequest) -> Path:
                 # The trained model is not on this machine (its cell came with the checkout).
                 trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
                 cache.put(trained_key, trained)
-            scores, score_s = score_images(work_dir / "model", samples, missing, f"{surface} routed", request)
+            detector = load_inspector(work_dir / "model")
+            scores, score_s = score_images(detector, samples, missing, f"{surface} routed", request)
             extra = {"scores": rounded(scores), "score_s": score_s}
             cache.put(routed_key, extra)
         detectors[surface] = {
