@@ -345,7 +345,7 @@ def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
 def score_variant(options: SBADOptions) -> dict[str, str]:
     """The unseen score in a results variant, named only when it is not the paper's (so results
     files written before the option existed keep their names)."""
-    return {} if options.unseen_score == "attributes" else {"unseen_score": options.unseen_score}
+    return {} if options.unseen_score == SBADOptions.unseen_score else {"unseen_score": options.unseen_score}
 
 
 def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def train_line(
 ) -> Path:
     """Train the router, then each seen surface's detector; returns ``OUT`` (with ``line.yaml``)."""
     from defectkit.training.engine import train
-    from defectkit.training.sbad import train_router_model
+    from defectkit.training.sbad import SBADOptions, sbad_options, train_router_model
 
     spec_path, out = Path(spec_path), Path(out)
     spec = read_line_train_spec(spec_path)
@@ -111,8 +111,9 @@ def train_line(
                 f"{router_dir}: a router trained on {kept}, but the line now sees {surfaces}; "
                 f"remove {out} (or choose another --out) to train a new line"
             )
-        kept_score = card.model_options.get("unseen_score", "attributes")
-        wanted_score = router_config.method_options.get("unseen_score", "attributes")
+        paper_score = SBADOptions.unseen_score  # what cards written before the option scored by
+        kept_score = card.model_options.get("unseen_score", paper_score)
+        wanted_score = sbad_options(dict(router_config.method_options)).unseen_score
         if kept_score != wanted_score:
             raise ConfigError(
                 f"{router_dir}: a router scoring unseen surfaces by {kept_score!r}, but the config asks for "
