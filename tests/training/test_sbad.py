@@ -229,3 +229,21 @@ def test_documented_dagm_mix_matrix_is_the_one_the_code_uses() -> None:
     config = SynthConfig(surfaces=10, per_surface=800, size=128, defect_fraction=0.5, test_fraction=0.25)
     page = (Path(__file__).resolve().parents[2] / "docs" / "dagm-mix-attributes.md").read_text()
     assert markdown_table(table1_attributes(config), surface_names(config)) in page
+
+
+def test_ridge_baseline_names_unseen_surfaces_from_linearly_encoded_attributes() -> None:
+    from defectkit.bench.dagm_mix import MixFeatures, mix_split, ridge_cell
+
+    rng = np.random.default_rng(0)
+    attributes = rng.random((10, 6))
+    surface = np.repeat(np.arange(10), 40)
+    # Features carry the attributes linearly, so a ridge map learnt on 8 surfaces transfers.
+    features = attributes[surface] @ rng.normal(size=(6, 16)) + 0.01 * rng.normal(size=(400, 16))
+    data = MixFeatures(
+        features=features.astype(np.float32), surface=surface, train=np.tile(np.arange(40) < 30, 10),
+        label=np.tile(np.arange(40) % 2, 10), surfaces=[f"Class{i + 1}" for i in range(10)],
+    )  # fmt: skip
+    split = mix_split(data, 0, 0.2)
+    cell = ridge_cell(data, split, attributes, SBADOptions(), alpha=1e-3)
+    assert cell["zsl"] == 1.0 and cell["s"] == 1.0 and cell["u"] == 1.0
+    assert cell["alert_auroc"] == 1.0 and cell["unseen"] == split.unseen

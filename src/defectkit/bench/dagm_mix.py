@@ -24,7 +24,11 @@ unseen once). Metrics per cell, then mean and std over the splits:
 Options (``--variant``): ``ce`` (``learned``, ``real``), ``generator`` (``vaegan-mse``, the
 paper's; ``tfvaegan-l1``, TF-VAEGAN's L1 attribute loss; ``softmax``, the baseline: a linear
 softmax on the seen surfaces, max-softmax as the unseen score, an image flagged unseen counting as
-a correct unseen call, which is generous to it), ``splits`` (how many, 5), ``features``
+a correct unseen call, which is generous to it; ``ridge``, a second baseline with no generator at
+all: a ridge regression from the standardised features to the seen surfaces' attribute vectors,
+each image given the surface whose real embedding is nearest its predicted attributes, the
+distance to the nearest seen embedding as the unseen score, the direct-attribute-prediction idea
+that generative ZSL set out to beat), ``splits`` (how many, 5), ``features``
 (``frozen``: (a), the ImageNet backbone as it is; ``seen``: (b), the backbone first trained to tell
 the split's seen surfaces apart, on their training images only; ``seen-attributes``: (b) trained
 instead to regress those surfaces' attribute vectors; the softmax baseline then uses the same
@@ -44,6 +48,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.linear_model import Ridge
+from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
@@ -71,7 +77,11 @@ OPTIONS = ("ce", "generator", "splits", "features")
 # "seen-attributes": (b) with the backbone trained to regress the seen surfaces' attribute vectors.
 FEATURES = ("frozen", "seen", "seen-attributes")
 SEEN_EPOCHS = 3
-GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax")
+GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax", "ridge")
+# Baselines: no VAEGAN, so no class-embedding variant (``ce``) applies to them.
+BASELINES = ("softmax", "ridge")
+# The ridge baseline's L2 penalty on standardised features (1280-d, ~3,800 training images).
+RIDGE_ALPHA = 10.0
 # Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
 PAPER: dict[tuple[str, str], dict[str, float]] = {
     ("learned", "vaegan-mse"): {"s": 0.9812, "u": 0.9596, "h": 0.9703, "zsl": 1.0},
@@ -337,6 +347,57 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
     }
 
 
+def ridge_cell(
+    data: MixFeatures, split: MixSplit, real_ce: np.ndarray, options: SBADOptions, alpha: float = RIDGE_ALPHA
+) -> dict[str, Any]:
+    """The attribute-regression baseline: features -> attributes by ridge regression on the seen
+    training images, then the nearest real class embedding (seen, then unseen, as in
+    :func:`sbad_cell`)."""
+    order = [*split.seen, *split.unseen]
+    class_of = {surface: c for c, surface in enumerate(order)}
+    to_class = np.vectorize(class_of.__getitem__)
+    n_seen = len(split.seen)
+    embeddings = real_ce[order]
+    started = time.perf_counter()
+    scaler = StandardScaler().fit(data.features[split.train])
+    regression = Ridge(alpha=alpha).fit(
+        scaler.transform(data.features[split.train]), real_ce[data.surface[split.train]]
+    )
+    train_s = time.perf_counter() - started
+
+    def distances(indices: np.ndarray) -> np.ndarray:
+        predicted = regression.predict(scaler.transform(data.features[indices]))
+        return np.asarray(((predicted[:, None, :] - embeddings[None]) ** 2).sum(-1))
+
+    validation, seen, unseen = (
+        distances(split.validation),
+        distances(split.seen_test),
+        distances(split.unseen_test),
+    )
+    seen_truth, unseen_truth = (
+        to_class(data.surface[split.seen_test]),
+        to_class(data.surface[split.unseen_test]),
+    )
+    s = per_class_accuracy(seen_truth, seen.argmin(1))
+    u = per_class_accuracy(unseen_truth, unseen.argmin(1))
+    zsl = per_class_accuracy(unseen_truth - n_seen, unseen[:, n_seen:].argmin(1))
+    alerts = alert_figures(
+        validation[:, :n_seen].min(1), seen[:, :n_seen].min(1), unseen[:, :n_seen].min(1),
+        seen[:, :n_seen].argmin(1), seen_truth, options.alert_quantile,
+    )  # fmt: skip
+    return {
+        "seen": split.seen,
+        "unseen": split.unseen,
+        "s": s,
+        "u": u,
+        "h": harmonic(s, u),
+        "zsl": zsl,
+        **alerts,
+        "train_s": train_s,
+        "train_images": len(split.train),
+    }
+
+
 def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
     loss = {"attribute_loss": "l1"} if generator == "tfvaegan-l1" else {}
     return sbad_options(dict(config.method_options), ce=ce, seed=config.seed, **loss)
@@ -392,7 +453,7 @@ def run_sbad(request: BenchRequest) -> Path:
     config_key = fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
     last: Path | None = None
     for features, generator in ((f, g) for f in feature_kinds for g in generators):
-        for ce in ces if generator != "softmax" else ["none"]:
+        for ce in ces if generator not in BASELINES else ["none"]:
             options = _options(config, "learned" if ce == "none" else ce, generator)
             if features != "frozen" and options.backbone_epochs == 0:
                 options = replace(options, backbone_epochs=SEEN_EPOCHS)
@@ -411,20 +472,21 @@ def run_sbad(request: BenchRequest) -> Path:
                         work = request.work_root / name
                         seen = seen_features(config, work, split, parts, options, real_ce, request.progress)
                         split_data = replace(data, features=seen)
-                    cell = (
-                        softmax_cell(split_data, parts, options)
-                        if generator == "softmax"
-                        else sbad_cell(split_data, parts, real_ce, options)
-                    )
+                    if generator == "softmax":
+                        cell = softmax_cell(split_data, parts, options)
+                    elif generator == "ridge":
+                        cell = ridge_cell(split_data, parts, real_ce, options)
+                    else:
+                        cell = sbad_cell(split_data, parts, real_ce, options)
                     cell["commit"] = request.commit
                     cache.put(key, cell)
                 cells.append(cell)
             variant: dict[str, Any] = {"generator": generator, "splits": n_splits}
-            if generator != "softmax":
+            if generator not in BASELINES:
                 variant["ce"] = ce
             if features != "frozen":
                 variant["features"] = f"{features}-{options.backbone_epochs}"
-            if generator != "softmax":  # the baseline's score is always its max-softmax
+            if generator not in BASELINES:  # the baselines' scores are their own
                 variant.update(score_variant(options))
             last = write_results(
                 protocol=protocol,
