@@ -247,3 +247,13 @@ def test_ridge_baseline_names_unseen_surfaces_from_linearly_encoded_attributes()
     cell = ridge_cell(data, split, attributes, SBADOptions(), alpha=1e-3)
     assert cell["zsl"] == 1.0 and cell["s"] == 1.0 and cell["u"] == 1.0
     assert cell["alert_auroc"] == 1.0 and cell["unseen"] == split.unseen
+
+
+def test_results_variants_name_only_the_router_choices_that_differ_from_the_defaults() -> None:
+    from defectkit.bench.dagm_mix import score_variant
+
+    assert score_variant(SBADOptions()) == {}
+    assert score_variant(SBADOptions(unseen_score="nearest_seen")) == {"unseen_score": "nearest_seen"}
+    assert score_variant(SBADOptions(ridge=1e6)) == {"ridge": 1e6}
+    assert score_variant(SBADOptions(unseen_ce="real", ridge=1e6)) == {"unseen_ce": "real"}
+    assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping

@@ -409,10 +409,15 @@ def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
     return sbad_options(dict(config.method_options), ce=ce, seed=config.seed, **loss)
 
 
-def score_variant(options: SBADOptions) -> dict[str, str]:
-    """The unseen score in a results variant, named only when it is not the paper's (so results
-    files written before the option existed keep their names)."""
-    return {} if options.unseen_score == SBADOptions.unseen_score else {"unseen_score": options.unseen_score}
+def score_variant(options: SBADOptions) -> dict[str, Any]:
+    """The router choices a results variant names, each only when it is not the default (so results
+    files written before the option existed keep their names): the unseen score, and with learned
+    CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``)."""
+    default = SBADOptions()
+    named = ["unseen_score", *(["unseen_ce", "ridge"] if options.ce == "learned" else [])]
+    if options.ce == "learned" and options.unseen_ce != "mapped":
+        named.remove("ridge")  # the ridge maps unseen CEs only
+    return {k: getattr(options, k) for k in named if getattr(options, k) != getattr(default, k)}
 
 
 def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
