@@ -183,7 +183,8 @@ def train_ce_vae(features: Tensor, labels: Tensor, real_ce: Tensor, options: SBA
 def map_unseen(real_seen: np.ndarray, learned_seen: np.ndarray, real_unseen: np.ndarray,
                ridge: float) -> np.ndarray:  # fmt: skip
     """Unseen learned CEs: the real CE plus the shift a ridge regression on the seen classes
-    predicts from it (``learned - real ~ real @ W + b``; the intercept ``b`` is not penalised)."""
+    predicts from it (``learned - real ~ real @ W + b``; the intercept ``b`` is not penalised, so a
+    very large ``ridge`` moves every unseen CE by the seen classes' mean shift alone)."""
     shift = learned_seen - real_seen
     mean_real, mean_shift = real_seen.mean(axis=0), shift.mean(axis=0)
     centred = real_seen - mean_real
