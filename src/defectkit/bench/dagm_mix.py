@@ -255,6 +255,20 @@ def harmonic(s: float, u: float) -> float:
     return 2 * s * u / (s + u) if s + u > 0 else 0.0
 
 
+def cell_record(split: MixSplit, s: float, u: float, train_s: float, **figures: float) -> dict[str, Any]:
+    """One split's cell: its surfaces, GZSL ``s``, ``u`` and ``h``, then the method's own figures."""
+    return {
+        "seen": split.seen,
+        "unseen": split.unseen,
+        "s": s,
+        "u": u,
+        "h": harmonic(s, u),
+        **figures,
+        "train_s": train_s,
+        "train_images": len(split.train),
+    }
+
+
 def sbad_cell(
     data: MixFeatures, split: MixSplit, real_ce: np.ndarray, options: SBADOptions
 ) -> dict[str, Any]:
@@ -292,18 +306,7 @@ def sbad_cell(
     gzsl_mass = np.concatenate(
         [torch.softmax(out.logits, 1)[:, n_seen:].sum(1).numpy() for out in (seen, unseen)]
     )
-    return {
-        "seen": split.seen,
-        "unseen": split.unseen,
-        "s": s,
-        "u": u,
-        "h": harmonic(s, u),
-        "zsl": zsl,
-        **alerts,
-        "alert_auroc_gzsl": auroc(is_unseen, gzsl_mass),
-        "train_s": train_s,
-        "train_images": len(split.train),
-    }
+    return cell_record(split, s, u, train_s, zsl=zsl, **alerts, alert_auroc_gzsl=auroc(is_unseen, gzsl_mass))
 
 
 def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> dict[str, Any]:
@@ -341,16 +344,7 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
     s = per_class_accuracy(seen_truth, np.where(seen_alert, -1, seen_call))
     unseen_truth = data.surface[split.unseen_test]
     u = float(np.mean([unseen_alert[unseen_truth == c].mean() for c in np.unique(unseen_truth)]))
-    return {
-        "seen": split.seen,
-        "unseen": split.unseen,
-        "s": s,
-        "u": u,
-        "h": harmonic(s, u),
-        **alerts,
-        "train_s": train_s,
-        "train_images": len(split.train),
-    }
+    return cell_record(split, s, u, train_s, **alerts)
 
 
 def ridge_cell(
@@ -391,17 +385,7 @@ def ridge_cell(
         validation[:, :n_seen].min(1), seen[:, :n_seen].min(1), unseen[:, :n_seen].min(1),
         seen[:, :n_seen].argmin(1), seen_truth, options.alert_quantile,
     )  # fmt: skip
-    return {
-        "seen": split.seen,
-        "unseen": split.unseen,
-        "s": s,
-        "u": u,
-        "h": harmonic(s, u),
-        "zsl": zsl,
-        **alerts,
-        "train_s": train_s,
-        "train_images": len(split.train),
-    }
+    return cell_record(split, s, u, train_s, zsl=zsl, **alerts)
 
 
 def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
