@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -247,6 +248,12 @@ def test_ridge_baseline_names_unseen_surfaces_from_linearly_encoded_attributes()
     cell = ridge_cell(data, split, attributes, SBADOptions(), alpha=1e-3)
     assert cell["zsl"] == 1.0 and cell["s"] == 1.0 and cell["u"] == 1.0
     assert cell["alert_auroc"] == 1.0 and cell["unseen"] == split.unseen
+    # Nothing but seen training images fits it, and test images do not move the alert threshold.
+    held_out = np.r_[split.seen_test, split.unseen_test]
+    noisy = data.features.copy()
+    noisy[held_out] = rng.normal(size=(len(held_out), 16))
+    again = ridge_cell(replace(data, features=noisy), split, attributes, SBADOptions(), alpha=1e-3)
+    assert again["alert_threshold"] == cell["alert_threshold"]
 
 
 def test_results_variants_name_only_the_router_choices_that_differ_from_the_defaults() -> None:
@@ -255,5 +262,6 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(SBADOptions()) == {}
     assert score_variant(SBADOptions(unseen_score="nearest_seen")) == {"unseen_score": "nearest_seen"}
     assert score_variant(SBADOptions(ridge=1e6)) == {"ridge": 1e6}
+    assert score_variant(SBADOptions(ridge=2)) == score_variant(SBADOptions(ridge=2.0))
     assert score_variant(SBADOptions(unseen_ce="real", ridge=1e6)) == {"unseen_ce": "real"}
     assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping
