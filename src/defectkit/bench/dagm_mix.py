@@ -47,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.linear_model import Ridge
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
@@ -85,15 +87,15 @@ SEEN_EPOCHS = 3
 GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax", "ridge")
 # Baselines: no VAEGAN, so no class-embedding variant (``ce``) applies to them.
 BASELINES = ("softmax", "ridge")
-BASELINE_NOTES = {
-    "softmax": "; baseline: linear softmax on the seen surfaces, max-softmax as the unseen score, an "
-    "alerted unseen image counted as a correct unseen call",
-    "ridge": "; baseline: ridge regression (alpha 10) features -> attributes, nearest real embedding "
-    "(no generator), distance to the nearest seen embedding as the unseen score",
-}
 # The ridge baseline's L2 penalty on standardised features (1280-d, ~3,800 training images), set
 # a priori, not tuned on any split. Cells do not key on it: bump CELL_VERSION when it changes.
 RIDGE_ALPHA = 10.0
+BASELINE_NOTES = {
+    "softmax": "; baseline: linear softmax on the seen surfaces, max-softmax as the unseen score, an "
+    "alerted unseen image counted as a correct unseen call",
+    "ridge": f"; baseline: ridge regression (alpha {RIDGE_ALPHA:g}) features -> attributes, nearest "
+    "real embedding (no generator), distance to the nearest seen embedding as the unseen score",
+}
 # Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
 PAPER: dict[tuple[str, str], dict[str, float]] = {
     ("learned", "vaegan-mse"): {"s": 0.9812, "u": 0.9596, "h": 0.9703, "zsl": 1.0},
@@ -275,14 +277,20 @@ def cell_record(split: MixSplit, s: float, u: float, train_s: float, **figures: 
     }
 
 
+def class_order(split: MixSplit) -> tuple[list[int], Callable[[np.ndarray], np.ndarray]]:
+    """The class order of a split's classifiers (seen surfaces, then unseen) and the map from
+    surface indices to those classes."""
+    order = [*split.seen, *split.unseen]
+    class_of = {surface: c for c, surface in enumerate(order)}
+    return order, np.vectorize(class_of.__getitem__)
+
+
 def sbad_cell(
     data: MixFeatures, split: MixSplit, real_ce: np.ndarray, options: SBADOptions
 ) -> dict[str, Any]:
     """Train on one split and score it; classes are the seen surfaces, then the unseen ones."""
-    order = [*split.seen, *split.unseen]
-    class_of = {surface: c for c, surface in enumerate(order)}
+    order, to_class = class_order(split)
     n_seen = len(split.seen)
-    to_class = np.vectorize(class_of.__getitem__)
     started = time.perf_counter()
     model = fit_sbad(
         data.features[split.train], to_class(data.surface[split.train]), real_ce[order], n_seen, options
@@ -360,20 +368,16 @@ def ridge_cell(
     training images, then the nearest real class embedding (seen, then unseen, as in
     :func:`sbad_cell`). Features are standardised because the penalty treats every coefficient
     alike; the alert threshold comes from seen validation images, so no test image sets it."""
-    order = [*split.seen, *split.unseen]
-    class_of = {surface: c for c, surface in enumerate(order)}
-    to_class = np.vectorize(class_of.__getitem__)
+    order, to_class = class_order(split)
     n_seen = len(split.seen)
     embeddings = real_ce[order]
     started = time.perf_counter()
-    scaler = StandardScaler().fit(data.features[split.train])
-    regression = Ridge(alpha=alpha).fit(
-        scaler.transform(data.features[split.train]), real_ce[data.surface[split.train]]
-    )
+    regression = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
+    regression.fit(data.features[split.train], real_ce[data.surface[split.train]])
     train_s = time.perf_counter() - started
 
     def distances(indices: np.ndarray) -> np.ndarray:
-        predicted = regression.predict(scaler.transform(data.features[indices]))
+        predicted = regression.predict(data.features[indices])
         return np.asarray(((predicted[:, None, :] - embeddings[None]) ** 2).sum(-1))
 
     validation, seen, unseen = (
@@ -405,9 +409,11 @@ def score_variant(options: SBADOptions) -> dict[str, Any]:
     files written before the option existed keep their names): the unseen score, and with learned
     CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``)."""
     default = SBADOptions()
-    named = ["unseen_score", *(["unseen_ce", "ridge"] if options.ce == "learned" else [])]
-    if options.ce == "learned" and options.unseen_ce != "mapped":
-        named.remove("ridge")  # the ridge maps unseen CEs only
+    named = ["unseen_score"]
+    if options.ce == "learned":
+        named.append("unseen_ce")
+        if options.unseen_ce == "mapped":  # the ridge maps unseen CEs only
+            named.append("ridge")
     changed = {k: getattr(options, k) for k in named if getattr(options, k) != getattr(default, k)}
     if "ridge" in changed:
         changed["ridge"] = float(changed["ridge"])  # 2 and 2.0 are one setting, so one file name
