@@ -11,7 +11,7 @@ import torch
 
 from defectkit.data.attributes import TABLE1_NAMES, describe, read_attributes, table1_attributes
 from defectkit.data.synthetic import SynthConfig
-from defectkit.training.sbad import SBADOptions, _kl, fit_sbad, map_unseen
+from defectkit.training.sbad import SBADOptions, _kl, fit_sbad, map_unseen, pin_unvaried
 
 
 def test_table1_attributes_have_29_slots_in_range_and_tell_surfaces_apart() -> None:
@@ -58,6 +58,16 @@ def test_unseen_embeddings_follow_the_seen_shift() -> None:
     # A shift that grows with the first attribute is followed too.
     learned = real + 0.5 * real[:, :1]
     assert np.allclose(map_unseen(real, learned, unseen, ridge=1e-9), unseen + 0.5 * unseen[:, :1], atol=1e-4)
+
+
+def test_attributes_no_seen_surface_varies_are_pinned_to_the_seen_value() -> None:
+    embeddings = np.array([[0.0, 1.0, 0.2], [0.0, 0.5, 0.2], [1.0, 0.0, 0.9]])  # two seen, one unseen
+    pinned = pin_unvaried(embeddings, n_seen=2)
+    assert np.array_equal(pinned[:, 1], embeddings[:, 1])  # varies over the seen rows: kept
+    assert np.array_equal(pinned[2], [0.0, 0.0, 0.2])  # the unseen row takes the seen value elsewhere
+    assert np.array_equal(pinned[:2], embeddings[:2])
+    with pytest.raises(ValueError, match="unvaried"):
+        SBADOptions(unvaried="drop")
 
 
 def _blobs(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,3 +275,4 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(SBADOptions(ridge=2)) == score_variant(SBADOptions(ridge=2.0))
     assert score_variant(SBADOptions(unseen_ce="real", ridge=1e6)) == {"unseen_ce": "real"}
     assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping
+    assert score_variant(SBADOptions(unvaried="seen_value")) == {"unvaried": "seen_value"}

@@ -71,6 +71,7 @@ from defectkit.training.sbad import (
     backbone_features,
     finetune_backbone,
     fit_sbad,
+    pin_unvaried,
     router_input,
     sbad_options,
     train_linear,
@@ -366,11 +367,14 @@ def ridge_cell(
 ) -> dict[str, Any]:
     """The attribute-regression baseline: features -> attributes by ridge regression on the seen
     training images, then the nearest real class embedding (seen, then unseen, as in
-    :func:`sbad_cell`). Features are standardised because the penalty treats every coefficient
-    alike; the alert threshold comes from seen validation images, so no test image sets it."""
+    :func:`sbad_cell`; ``options.unvaried`` applies to them). Features are standardised because
+    the penalty treats every coefficient alike; the alert threshold comes from seen validation
+    images, so no test image sets it."""
     order, to_class = class_order(split)
     n_seen = len(split.seen)
     embeddings = real_ce[order]
+    if options.unvaried == "seen_value":
+        embeddings = pin_unvaried(embeddings, n_seen)
     started = time.perf_counter()
     regression = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
     regression.fit(data.features[split.train], real_ce[data.surface[split.train]])
@@ -406,10 +410,10 @@ def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
 
 def score_variant(options: SBADOptions) -> dict[str, Any]:
     """The router choices a results variant names, each only when it is not the default (so results
-    files written before the option existed keep their names): the unseen score, and with learned
-    CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``)."""
+    files written before the option existed keep their names): the unseen score, the unvaried
+    attributes, and with learned CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``)."""
     default = SBADOptions()
-    named = ["unseen_score"]
+    named = ["unseen_score", "unvaried"]
     if options.ce == "learned":
         named.append("unseen_ce")
         if options.unseen_ce == "mapped":  # the ridge maps unseen CEs only
@@ -499,6 +503,8 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant["features"] = f"{features}-{options.backbone_epochs}"
             if generator not in BASELINES:  # the baselines' scores are their own
                 variant.update(score_variant(options))
+            elif generator == "ridge" and options.unvaried != SBADOptions.unvaried:
+                variant["unvaried"] = options.unvaried
             last = write_results(
                 protocol=protocol,
                 method="sbad",

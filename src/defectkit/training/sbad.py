@@ -7,6 +7,12 @@ vectors train in minutes on a CPU. The steps, and the choices where the paper is
 
 1. Scaling: features min-max scaled to [0, 1] on the seen training set (the paper's BCE
    reconstruction needs it), clipped outside.
+   Attributes that take one value on every seen surface (``unvaried``): no network can learn what
+   they look like. Fed as they are (``"keep"``, the paper's way), an unseen surface's other value
+   there drives weights that never trained (a zero input gets no gradient): a random shift of
+   everything generated for it. ``"seen_value"`` sets every surface's value there to the seen
+   surfaces' one, so those attributes play no part (the unseen surfaces then differ only where
+   the seen ones taught something).
 2. Stage A, the Learned CE (equations 1-3): :class:`~defectkit.models.sbad.CEVAE` with
    ``L = 0.5 * BCE(x_hat, x) + KL(N(mu, sigma) || N(CE_real(y), I))``. Equation 3 as printed,
    ``-0.5 [1 + log s^2 + s^2 + (mu - CE)^2]``, has the sign of the last two terms wrong (it would
@@ -86,6 +92,7 @@ class SBADOptions:
     hidden: int = 1024
     ce: str = "learned"  # learned | real
     unseen_ce: str = "mapped"  # mapped | real
+    unvaried: str = "keep"  # keep | seen_value: attributes constant over the seen surfaces
     ce_epochs: int = 40
     ce_lr: float = 1e-3
     ridge: float = 1.0
@@ -124,6 +131,7 @@ class SBADOptions:
         choices = {
             "ce": ("learned", "real"),
             "unseen_ce": ("mapped", "real"),
+            "unvaried": ("keep", "seen_value"),
             "attribute_loss": ("mse", "l1"),
             "unseen_score": UNSEEN_SCORES,
             "backbone_target": ("surfaces", "attributes"),
@@ -156,6 +164,15 @@ def _kl(mu: Tensor, logvar: Tensor, centre: Tensor | float = 0.0) -> Tensor:
 
 def _bce(reconstruction: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy(reconstruction, target, reduction="none").sum(dim=1).mean()
+
+
+def pin_unvaried(embeddings: np.ndarray, n_seen: int) -> np.ndarray:
+    """``embeddings`` (seen rows first) with every attribute the seen rows share set to their value."""
+    seen = embeddings[:n_seen]
+    unvaried = np.ptp(seen, axis=0) <= 1e-6
+    pinned = embeddings.copy()
+    pinned[:, unvaried] = seen[0, unvaried]
+    return pinned
 
 
 def train_ce_vae(features: Tensor, labels: Tensor, real_ce: Tensor, options: SBADOptions,
@@ -295,6 +312,8 @@ def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_se
     if missing:
         raise ValueError(f"seen classes {missing} have no training features")
     torch.manual_seed(options.seed)
+    if options.unvaried == "seen_value":
+        real_ce = pin_unvaried(real_ce, n_seen)
     raw = torch.as_tensor(features, dtype=torch.float32)
     low, high = raw.min(dim=0).values, raw.max(dim=0).values
     scaled = ((raw - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
