@@ -68,6 +68,20 @@ def test_attributes_no_seen_surface_varies_are_pinned_to_the_seen_value() -> Non
     assert np.array_equal(pinned[:2], embeddings[:2])
     with pytest.raises(ValueError, match="unvaried"):
         SBADOptions(unvaried="drop")
+    with pytest.warns(UserWarning, match="share one embedding"):
+        pin_unvaried(np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]]), n_seen=2)
+
+
+def test_fit_sbad_trains_on_the_pinned_embeddings() -> None:
+    features, labels, attributes = _blobs(5, 40, 16, seed=2)
+    attributes[:4, 0] = 0.5  # the four seen surfaces share attribute 0; the unseen one differs
+    options = SBADOptions(
+        hidden=32, ce="real", gan_epochs=2, synthetic_per_class=10, critic_steps=1, unvaried="seen_value"
+    )
+    seen = labels < 4
+    model = fit_sbad(features[seen], labels[seen], attributes, 4, options)
+    assert np.allclose(model.embeddings, pin_unvaried(attributes, 4))
+    assert model.embeddings[4, 0] == 0.5
 
 
 def _blobs(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -366,7 +366,7 @@ def ridge_cell(
     data: MixFeatures, split: MixSplit, real_ce: np.ndarray, options: SBADOptions, alpha: float = RIDGE_ALPHA
 ) -> dict[str, Any]:
     """The attribute-regression baseline: features -> attributes by ridge regression on the seen
-    training images, then the nearest real class embedding (seen, then unseen, as in
+    training images, then the nearest class embedding (real; seen, then unseen, as in
     :func:`sbad_cell`; ``options.unvaried`` applies to them). Features are standardised because
     the penalty treats every coefficient alike; the alert threshold comes from seen validation
     images, so no test image sets it."""

@@ -5,14 +5,15 @@ FeatureBackbone`), so the loops are plain PyTorch over tensors: a few MLPs on a 
 vectors train in minutes on a CPU. The steps, and the choices where the paper is silent (each an
 :class:`SBADOptions` field):
 
-1. Scaling: features min-max scaled to [0, 1] on the seen training set (the paper's BCE
-   reconstruction needs it), clipped outside.
-   Attributes that take one value on every seen surface (``unvaried``): no network can learn what
-   they look like. Fed as they are (``"keep"``, the paper's way), an unseen surface's other value
-   there drives weights that never trained (a zero input gets no gradient): a random shift of
-   everything generated for it. ``"seen_value"`` sets every surface's value there to the seen
-   surfaces' one, so those attributes play no part (the unseen surfaces then differ only where
-   the seen ones taught something).
+1. Inputs: features min-max scaled to [0, 1] on the seen training set (the paper's BCE
+   reconstruction needs it), clipped outside. Attributes that take one value on every seen
+   surface (``unvaried``): nothing in training shows what changing them looks like. Fed as they
+   are (``"keep"``, the paper's way), an unseen surface's other value there moves every network
+   input along a direction training never constrained (the weights reading it only ever saw a constant, so they learned no more than a
+   bias would, and nothing at all when that constant is 0): an arbitrary shift of its learned CE
+   (:func:`map_unseen` passes the real value through) and of everything generated for it.
+   ``"seen_value"`` sets every surface's value there to the seen one before anything trains, so
+   the unseen surfaces differ only where the seen ones taught something.
 2. Stage A, the Learned CE (equations 1-3): :class:`~defectkit.models.sbad.CEVAE` with
    ``L = 0.5 * BCE(x_hat, x) + KL(N(mu, sigma) || N(CE_real(y), I))``. Equation 3 as printed,
    ``-0.5 [1 + log s^2 + s^2 + (mu - CE)^2]``, has the sign of the last two terms wrong (it would
@@ -167,11 +168,18 @@ def _bce(reconstruction: Tensor, target: Tensor) -> Tensor:
 
 
 def pin_unvaried(embeddings: np.ndarray, n_seen: int) -> np.ndarray:
-    """``embeddings`` (seen rows first) with every attribute the seen rows share set to their value."""
+    """``embeddings`` (seen rows first) with every attribute the seen rows share set to their value;
+    warns when that leaves two surfaces with one embedding (no classifier can tell them apart)."""
     seen = embeddings[:n_seen]
     unvaried = np.ptp(seen, axis=0) <= 1e-6
     pinned = embeddings.copy()
     pinned[:, unvaried] = seen[0, unvaried]
+    if len(np.unique(pinned.round(6), axis=0)) < len(pinned):
+        warnings.warn(
+            f"{int(unvaried.sum())} attribute(s) do not vary over the {n_seen} seen surface(s); "
+            "without them some surfaces share one embedding",
+            stacklevel=2,
+        )
     return pinned
 
 
