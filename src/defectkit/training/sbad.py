@@ -9,11 +9,12 @@ vectors train in minutes on a CPU. The steps, and the choices where the paper is
    reconstruction needs it), clipped outside. Attributes that take one value on every seen
    surface (``unvaried``): nothing in training shows what changing them looks like. Fed as they
    are (``"keep"``, the paper's way), an unseen surface's other value there moves every network
-   input along a direction training never constrained (the weights reading it only ever saw a constant, so they learned no more than a
-   bias would, and nothing at all when that constant is 0): an arbitrary shift of its learned CE
-   (:func:`map_unseen` passes the real value through) and of everything generated for it.
-   ``"seen_value"`` sets every surface's value there to the seen one before anything trains, so
-   the unseen surfaces differ only where the seen ones taught something.
+   input along a direction training never constrained (the weights reading it only ever saw a
+   constant, so they learned no more than a bias would, and nothing at all when that constant is
+   0): an arbitrary shift of its learned CE (:func:`map_unseen` passes the real value through)
+   and of everything generated for it. ``"seen_value"`` sets every surface's value there to the
+   seen one before anything trains, so the unseen surfaces differ only where the seen ones taught
+   something.
 2. Stage A, the Learned CE (equations 1-3): :class:`~defectkit.models.sbad.CEVAE` with
    ``L = 0.5 * BCE(x_hat, x) + KL(N(mu, sigma) || N(CE_real(y), I))``. Equation 3 as printed,
    ``-0.5 [1 + log s^2 + s^2 + (mu - CE)^2]``, has the sign of the last two terms wrong (it would
