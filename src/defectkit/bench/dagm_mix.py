@@ -39,6 +39,10 @@ cpu profile): (b) raised ZSL (0.75 against 0.47) but lowered H (0.35 against 0.4
 (AUROC 1.0 both) and seen routing (0.99 both) where they were, and cost about 14 minutes of
 backbone training per split.
 
+``--set method_options.unvaried=seen_value`` (named in the variant; the ridge baseline honours it
+too) pins the attributes no seen surface varies to their seen value (see
+:mod:`defectkit.training.sbad`); the paper's ``keep`` is the default.
+
 Features are extracted once per config (frozen backbone) and cached under the work folder.
 """
 
