@@ -144,6 +144,38 @@ def test_nearest_seen_score_keeps_a_bounded_memory_and_reloads() -> None:
         SBADOptions(unseen_score="nearest_seen", memory_size=0)
 
 
+def test_semantic_classifier_input_routes_and_reloads_as_a_saved_router() -> None:
+    from defectkit.models.sbad import SurfaceRouterNet
+
+    features, labels, attributes = _blobs(6, 80, 32, seed=3)
+    seen = labels < 4
+    train = seen & (np.arange(len(labels)) % 4 != 0)
+    held_out = seen & ~train
+    options = SBADOptions(
+        hidden=32,
+        ce="real",
+        gan_epochs=20,
+        synthetic_per_class=40,
+        critic_steps=1,
+        classifier_input="semantic",
+    )
+    model = fit_sbad(features[train], labels[train], attributes, 4, options)
+    router = model.router
+    assert router.classifier.in_features == 32 + 6 + 32  # features, reconstruction, hidden layer
+    with torch.no_grad():
+        out = router(torch.as_tensor(features))
+    assert float((out.seen_class.numpy()[held_out] == labels[held_out]).mean()) > 0.95
+    # The saved network, built empty from the card's options, takes the router's weights back.
+    empty = SurfaceRouterNet(
+        "tf_efficientnet_lite0", [f"a{i}" for i in range(6)], 6, 4, 32, 32, classifier_input="semantic"
+    )
+    empty.router.load_state_dict(router.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(empty.router(torch.as_tensor(features)).logits, out.logits, atol=1e-5)
+    with pytest.raises(ValueError, match="classifier_input"):
+        SBADOptions(classifier_input="hidden")
+
+
 def test_routers_saved_before_the_memory_existed_still_load() -> None:
     from defectkit.models import create_model
     from defectkit.models.sbad import SurfaceRouterNet
@@ -290,3 +322,4 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(SBADOptions(unseen_ce="real", ridge=1e6)) == {"unseen_ce": "real"}
     assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping
     assert score_variant(SBADOptions(unvaried="seen_value")) == {"unvaried": "seen_value"}
+    assert score_variant(SBADOptions(classifier_input="semantic")) == {"classifier_input": "semantic"}

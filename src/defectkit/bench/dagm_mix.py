@@ -315,7 +315,8 @@ def sbad_cell(
     s = per_class_accuracy(seen_truth, seen.logits.argmax(1).numpy())
     u = per_class_accuracy(unseen_truth, unseen.logits.argmax(1).numpy())
     with torch.no_grad():
-        zsl_logits = model.zsl_classifier(router.scale(torch.as_tensor(data.features[split.unseen_test])))
+        unseen_scaled = router.scale(torch.as_tensor(data.features[split.unseen_test]))
+        zsl_logits = model.zsl_classifier(router.classifier_features(unseen_scaled))
     zsl = per_class_accuracy(unseen_truth - n_seen, zsl_logits.argmax(1).numpy())
     alerts = alert_figures(
         validation.unseen_score.numpy(), seen.unseen_score.numpy(), unseen.unseen_score.numpy(),
@@ -417,7 +418,7 @@ def score_variant(options: SBADOptions) -> dict[str, Any]:
     files written before the option existed keep their names): the unseen score, the unvaried
     attributes, and with learned CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``)."""
     default = SBADOptions()
-    named = ["unseen_score", "unvaried"]
+    named = ["unseen_score", "unvaried", "classifier_input"]
     if options.ce == "learned":
         named.append("unseen_ce")
         if options.unseen_ce == "mapped":  # the ridge maps unseen CEs only

@@ -40,8 +40,10 @@ vectors train in minutes on a CPU. The steps, and the choices where the paper is
    against the best seen surface's embedding); ``"nearest_seen"`` keeps up to ``memory_size``
    seen training features (a seeded random subset when there are more) and scores one minus the
    cosine similarity to the nearest (see :class:`~defectkit.models.sbad.SurfaceRouter`).
-5. The router's classifier: a linear softmax on the scaled features ``x`` (TF-VAEGAN's reads
-   ``[x, dec(x), dec_hidden(x)]``) over seen + unseen surfaces, trained on the real seen features
+5. The router's classifier: a linear softmax on the scaled features ``x``
+   (``classifier_input="features"``) or, as TF-VAEGAN's, on ``[x, dec(x), dec_hidden(x)]``, with
+   Encoder-2's reconstruction and hidden layer (``"semantic"``), over seen + unseen surfaces,
+   trained on the real seen features
    plus ``synthetic_per_class`` (400; TF-VAEGAN 1800) generated features per unseen surface
    (GZSL); the ZSL classifier sees generated unseen features only, over the unseen surfaces.
    Adam with beta1 0.5, as TF-VAEGAN's final classifier.
@@ -74,6 +76,7 @@ from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import InputSpec
 from defectkit.models.sbad import (
     CEVAE,
+    CLASSIFIER_INPUTS,
     UNSEEN_SCORES,
     AttributeRegressor,
     ConditionalEncoder,
@@ -82,6 +85,7 @@ from defectkit.models.sbad import (
     FeatureGenerator,
     SurfaceRouter,
     SurfaceRouterNet,
+    classifier_features,
     reparameterise,
 )
 from defectkit.registry import MethodSpec, register_method
@@ -114,6 +118,7 @@ class SBADOptions:
     # The unseen alert fires above this quantile of the seen validation images' unseen scores.
     alert_quantile: float = 0.99
     unseen_score: str = "attributes"  # attributes (the paper) | nearest_seen (kNN on features)
+    classifier_input: str = "features"  # features | semantic (TF-VAEGAN's [x, Enc2(x), Enc2 hidden])
     memory_size: int = 4096  # seen features kept for nearest_seen
     # The class embeddings: a YAML/JSON attribute table (relative to the data root or absolute), or
     # "table1" for data from the generator (its surfaces' Table 1 vectors, defectkit.data.attributes).
@@ -136,6 +141,7 @@ class SBADOptions:
             "unvaried": ("keep", "seen_value"),
             "attribute_loss": ("mse", "l1"),
             "unseen_score": UNSEEN_SCORES,
+            "classifier_input": CLASSIFIER_INPUTS,
             "backbone_target": ("surfaces", "attributes"),
         }
         for name, allowed in choices.items():
@@ -148,7 +154,7 @@ class SBADOptions:
 @dataclass
 class SBADModel:
     router: SurfaceRouter
-    zsl_classifier: nn.Linear  # over the unseen surfaces only
+    zsl_classifier: nn.Linear  # over the unseen surfaces only, on router.classifier_features
     embeddings: np.ndarray  # C x A, seen then unseen, as used in stage B
     learned_seen: np.ndarray | None  # the seen classes' learned CE (None: ce="real")
     history: dict[str, list[float]] = field(default_factory=dict)
@@ -341,14 +347,21 @@ def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_se
     unseen = torch.arange(n_seen, len(real))
     synthetic_labels = unseen.repeat_interleave(options.synthetic_per_class)
     with torch.no_grad():
-        synthetic = generator.sample(embeddings[synthetic_labels])
-    gzsl = train_linear(torch.cat([scaled, synthetic]), torch.cat([y, synthetic_labels]), len(real), options)
+        synthetic = classifier_features(
+            generator.sample(embeddings[synthetic_labels]), regressor, options.classifier_input
+        )
+        real_seen = classifier_features(scaled, regressor, options.classifier_input)
+    gzsl = train_linear(
+        torch.cat([real_seen, synthetic]), torch.cat([y, synthetic_labels]), len(real), options
+    )
     zsl = train_linear(synthetic, synthetic_labels - n_seen, max(len(unseen), 1), options)
     memory = None
     if options.unseen_score == "nearest_seen":
         keep = torch.randperm(len(raw), generator=torch.Generator().manual_seed(options.seed + 4))
         memory = raw[keep[: options.memory_size].sort().values]
-    router = SurfaceRouter(low, high, gzsl, regressor, embeddings, n_seen, options.unseen_score, memory)
+    router = SurfaceRouter(
+        low, high, gzsl, regressor, embeddings, n_seen, options.unseen_score, memory, options.classifier_input
+    )
     router.eval()
     return SBADModel(router, zsl, embeddings.numpy(), learned_seen, history)
 
@@ -473,7 +486,7 @@ def router_network(model: SBADModel, backbone: FeatureBackbone, backbone_name: s
     router = model.router
     network = SurfaceRouterNet(
         backbone_name, list(attribute_names), len(router.embeddings), router.n_seen, hidden, backbone.dim,
-        router.unseen_score, len(router.memory),
+        router.unseen_score, len(router.memory), router.classifier_input,
     )  # fmt: skip
     network.backbone.load_state_dict(backbone.state_dict())
     network.router.load_state_dict(router.state_dict())
@@ -604,6 +617,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
             "hidden": options.hidden,
             "feature_dim": backbone.dim,
             "unseen_score": options.unseen_score,
+            "classifier_input": options.classifier_input,
             "memory_size": len(fitted.network.router.memory),
         },
         config=config.model_dump(mode="json"),

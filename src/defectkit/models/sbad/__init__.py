@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from defectkit.models.sbad.model import (
     CEVAE,
+    CLASSIFIER_INPUTS,
     UNSEEN_SCORES,
     AttributeRegressor,
     ConditionalEncoder,
@@ -13,11 +14,13 @@ from defectkit.models.sbad.model import (
     RouterOutput,
     SurfaceRouter,
     SurfaceRouterNet,
+    classifier_features,
     reparameterise,
 )
 
 __all__ = [
     "CEVAE",
+    "CLASSIFIER_INPUTS",
     "UNSEEN_SCORES",
     "AttributeRegressor",
     "ConditionalEncoder",
@@ -27,5 +30,6 @@ __all__ = [
     "RouterOutput",
     "SurfaceRouter",
     "SurfaceRouterNet",
+    "classifier_features",
     "reparameterise",
 ]

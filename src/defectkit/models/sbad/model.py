@@ -12,8 +12,9 @@ Attribute vectors ``a`` are the class embeddings (29 Table 1 attributes by defau
   ``(z, a) -> x``, sigmoid output), :class:`Critic` (WGAN critic conditioned on ``a``) and
   :class:`AttributeRegressor` (Encoder-2, ``x -> a``; with the generator, the paper's "R-AE").
 * :class:`SurfaceRouter`: what inference keeps: the feature scaling, a linear classifier over seen
-  and unseen surfaces (trained on real seen and generated unseen features), Encoder-2 and the class
-  embeddings. Its unseen score (``unseen_score``) is the paper's ``attributes``: the distance
+  and unseen surfaces (trained on real seen and generated unseen features; it reads the features,
+  or with ``classifier_input="semantic"`` TF-VAEGAN's ``[x, Enc2(x), Enc2's hidden layer]``),
+  Encoder-2 and the class embeddings. Its unseen score (``unseen_score``) is the paper's ``attributes``: the distance
   between Encoder-2's reconstruction and the class embedding of the best *seen* surface; or
   ``nearest_seen``, ours: one minus the cosine similarity of the image's (unscaled) features to
   the nearest of a memory of seen training images' features (a kNN novelty score, k = 1). The
@@ -148,6 +149,12 @@ class AttributeRegressor(nn.Module):
         attributes: Tensor = self.body(features)
         return attributes
 
+    def semantic(self, features: Tensor) -> Tensor:
+        """``[attributes, hidden]``: the reconstruction and the hidden layer behind it (what
+        TF-VAEGAN's classifier reads beside the features)."""
+        hidden: Tensor = self.body[1](self.body[0](features))
+        return torch.cat([self.body[2](hidden), hidden], dim=1)
+
 
 @dataclass
 class RouterOutput:
@@ -158,13 +165,33 @@ class RouterOutput:
 
 
 UNSEEN_SCORES = ("attributes", "nearest_seen")
+# What the surface classifier reads: the scaled features, or TF-VAEGAN's "semantic" input, the
+# features with Encoder-2's reconstruction and hidden layer beside them.
+CLASSIFIER_INPUTS = ("features", "semantic")
+
+
+def classifier_features(
+    scaled: Tensor, attribute_regressor: AttributeRegressor, classifier_input: str
+) -> Tensor:
+    """The surface classifier's input for scaled features (see :data:`CLASSIFIER_INPUTS`)."""
+    if classifier_input == "semantic":
+        return torch.cat([scaled, attribute_regressor.semantic(scaled)], dim=1)
+    return scaled
+
+
+def classifier_width(feature_dim: int, attribute_dim: int, hidden: int, classifier_input: str) -> int:
+    """The input width of the surface classifier for ``classifier_input``."""
+    if classifier_input not in CLASSIFIER_INPUTS:
+        raise ValueError(f"classifier_input={classifier_input!r}: use one of {CLASSIFIER_INPUTS}")
+    return feature_dim + (attribute_dim + hidden if classifier_input == "semantic" else 0)
 
 
 class SurfaceRouter(nn.Module):
     """Inference: scaled features -> surface logits, reconstructed attributes and an unseen score.
 
     ``memory`` (M x D, unit rows) holds seen training features for ``unseen_score="nearest_seen"``;
-    it is empty for the paper's ``attributes`` score.
+    it is empty for the paper's ``attributes`` score. ``classifier_input``: see
+    :data:`CLASSIFIER_INPUTS`.
     """
 
     feature_min: Tensor
@@ -182,8 +209,11 @@ class SurfaceRouter(nn.Module):
         n_seen: int,
         unseen_score: str = "attributes",
         memory: Tensor | None = None,
+        classifier_input: str = "features",
     ) -> None:
         super().__init__()
+        if classifier_input not in CLASSIFIER_INPUTS:
+            raise ValueError(f"classifier_input={classifier_input!r}: use one of {CLASSIFIER_INPUTS}")
         if unseen_score not in UNSEEN_SCORES:
             raise ValueError(f"unseen_score={unseen_score!r}: use one of {UNSEEN_SCORES}")
         if memory is None:
@@ -198,6 +228,7 @@ class SurfaceRouter(nn.Module):
         self.attribute_regressor = attribute_regressor
         self.n_seen = n_seen
         self.unseen_score = unseen_score
+        self.classifier_input = classifier_input
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
@@ -210,9 +241,13 @@ class SurfaceRouter(nn.Module):
     def scale(self, features: Tensor) -> Tensor:
         return ((features - self.feature_min) / self.feature_span).clamp(0.0, 1.0)
 
+    def classifier_features(self, scaled: Tensor) -> Tensor:
+        """The surface classifier's input for scaled features."""
+        return classifier_features(scaled, self.attribute_regressor, self.classifier_input)
+
     def forward(self, features: Tensor) -> RouterOutput:
         scaled = self.scale(features)
-        logits = self.classifier(scaled)
+        logits = self.classifier(self.classifier_features(scaled))
         attributes = self.attribute_regressor(scaled)
         seen_class = logits[:, : self.n_seen].argmax(dim=1)
         if self.unseen_score == "nearest_seen":
@@ -230,7 +265,8 @@ class SurfaceRouterNet(nn.Module):
     backbone's weights travel in the same file, so loading reads no ImageNet weights.
     ``surfaces`` are the class names in the router's order (seen, then unseen-known),
     ``attribute_names`` name the embedding's dimensions, for the operator's words, and
-    ``memory_size`` is the number of seen features kept for ``unseen_score="nearest_seen"``.
+    ``memory_size`` is the number of seen features kept for ``unseen_score="nearest_seen"``;
+    ``classifier_input`` is :class:`SurfaceRouter`'s.
     """
 
     def __init__(
@@ -243,6 +279,7 @@ class SurfaceRouterNet(nn.Module):
         feature_dim: int | None = None,
         unseen_score: str = "attributes",
         memory_size: int = 0,
+        classifier_input: str = "features",
     ) -> None:
         super().__init__()
         self.backbone = FeatureBackbone(backbone, weights=None)
@@ -254,12 +291,13 @@ class SurfaceRouterNet(nn.Module):
         self.router = SurfaceRouter(
             torch.zeros(dim),
             torch.ones(dim),
-            nn.Linear(dim, n_surfaces),
+            nn.Linear(classifier_width(dim, attribute_dim, hidden, classifier_input), n_surfaces),
             AttributeRegressor(dim, attribute_dim, hidden),
             torch.zeros(n_surfaces, attribute_dim),
             n_seen,
             unseen_score,
             torch.ones(memory_size, dim) if unseen_score == "nearest_seen" else None,
+            classifier_input,
         )
 
     def forward(self, images: Tensor) -> RouterOutput:
