@@ -14,9 +14,10 @@ Attribute vectors ``a`` are the class embeddings (29 Table 1 attributes by defau
 * :class:`SurfaceRouter`: what inference keeps: the feature scaling, a linear classifier over seen
   and unseen surfaces (trained on real seen and generated unseen features; it reads the features,
   or with ``classifier_input="semantic"`` TF-VAEGAN's ``[x, Enc2(x), Enc2's hidden layer]``),
-  Encoder-2 and the class embeddings. Its unseen score (``unseen_score``) is the paper's ``attributes``: the distance
-  between Encoder-2's reconstruction and the class embedding of the best *seen* surface; or
-  ``nearest_seen``, ours: one minus the cosine similarity of the image's (unscaled) features to
+  Encoder-2 and the class embeddings. Its unseen score (``unseen_score``) is the paper's
+  ``attributes``: the distance between Encoder-2's reconstruction and the class embedding of the
+  best *seen* surface; or ``nearest_seen``, ours: one minus the cosine similarity of the image's
+  (unscaled) features to
   the nearest of a memory of seen training images' features (a kNN novelty score, k = 1). The
   second needs no attribute to transfer from the seen surfaces, which is what fails on real
   products (BENCHMARKS.md, products/line).
