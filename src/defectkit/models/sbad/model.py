@@ -17,10 +17,9 @@ Attribute vectors ``a`` are the class embeddings (29 Table 1 attributes by defau
   Encoder-2 and the class embeddings. Its unseen score (``unseen_score``) is the paper's
   ``attributes``: the distance between Encoder-2's reconstruction and the class embedding of the
   best *seen* surface; or ``nearest_seen``, ours: one minus the cosine similarity of the image's
-  (unscaled) features to
-  the nearest of a memory of seen training images' features (a kNN novelty score, k = 1). The
-  second needs no attribute to transfer from the seen surfaces, which is what fails on real
-  products (BENCHMARKS.md, products/line).
+  (unscaled) features to the nearest of a memory of seen training images' features (a kNN
+  novelty score, k = 1). The second needs no attribute to transfer from the seen surfaces, which
+  is what fails on real products (BENCHMARKS.md, products/line).
 
 One hidden layer of ``hidden`` units with LeakyReLU(0.2) everywhere (TF-VAEGAN: 4096 units, and
 two layers in its Encoder-1).
