@@ -94,11 +94,16 @@ def _blobs(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[np.ndar
     return features.astype(np.float32), labels, attributes
 
 
+def _seen_parts(labels: np.ndarray, n_seen: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks of the seen classes' images, their training part and the held-out rest (every fourth)."""
+    seen = labels < n_seen
+    train = seen & (np.arange(len(labels)) % 4 != 0)
+    return seen, train, seen & ~train
+
+
 def test_fit_sbad_routes_held_out_seen_images_and_scores_unseen_ones_higher() -> None:
     features, labels, attributes = _blobs(6, 80, 32, seed=1)
-    seen = labels < 4
-    train = seen & (np.arange(len(labels)) % 4 != 0)  # every fourth seen image held out
-    held_out = seen & ~train
+    seen, train, held_out = _seen_parts(labels)
     options = SBADOptions(hidden=64, ce_epochs=30, gan_epochs=30, synthetic_per_class=60, critic_steps=2)
     model = fit_sbad(features[train], labels[train], attributes, 4, options)
     with torch.no_grad():
@@ -117,9 +122,7 @@ def test_nearest_seen_score_keeps_a_bounded_memory_and_reloads() -> None:
     from defectkit.models.sbad import AttributeRegressor, SurfaceRouter
 
     features, labels, attributes = _blobs(6, 80, 32, seed=2)
-    seen = labels < 4
-    train = seen & (np.arange(len(labels)) % 4 != 0)
-    held_out = seen & ~train
+    seen, train, held_out = _seen_parts(labels)
     options = SBADOptions(
         hidden=32, ce_epochs=2, gan_epochs=2, synthetic_per_class=10, critic_steps=1,
         unseen_score="nearest_seen", memory_size=100,
@@ -148,9 +151,7 @@ def test_semantic_classifier_input_routes_and_reloads_as_a_saved_router() -> Non
     from defectkit.models.sbad import SurfaceRouterNet
 
     features, labels, attributes = _blobs(6, 80, 32, seed=3)
-    seen = labels < 4
-    train = seen & (np.arange(len(labels)) % 4 != 0)
-    held_out = seen & ~train
+    _, train, held_out = _seen_parts(labels)
     options = SBADOptions(
         hidden=32,
         ce="real",
