@@ -180,9 +180,7 @@ def classifier_features(
 
 
 def classifier_width(feature_dim: int, attribute_dim: int, hidden: int, classifier_input: str) -> int:
-    """The input width of the surface classifier for ``classifier_input``."""
-    if classifier_input not in CLASSIFIER_INPUTS:
-        raise ValueError(f"classifier_input={classifier_input!r}: use one of {CLASSIFIER_INPUTS}")
+    """The input width of the surface classifier for ``classifier_input`` (checked by the router)."""
     return feature_dim + (attribute_dim + hidden if classifier_input == "semantic" else 0)
 
 
