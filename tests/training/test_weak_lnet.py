@@ -260,7 +260,32 @@ def test_cpu_and_paper_profiles_resolve() -> None:
     assert paper.method_options["stage1_iterations"] == 750 and paper.method_options["alpha_init"] == 8.0
 
 
-def test_rotation_turns_whole_pairs_of_non_square_images(tmp_path: Path) -> None:
-    options = {**SCHEDULE, "rotation": True, "stage1_iterations": 8, "stage2_iterations": 2}
+@pytest.mark.parametrize(("stages", "turned_batches"), [((2, 3), 2 + 4), ((1, 2, 3), 8 + 2 + 4)])
+def test_rotation_turns_whole_pairs_in_the_chosen_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stages: tuple[int, ...], turned_batches: int
+) -> None:
+    turns: list[tuple[int, ...]] = []
+    rot90 = torch.rot90
+
+    def counting_rot90(images: torch.Tensor, k: int, dims: tuple[int, int]) -> torch.Tensor:
+        turns.append(tuple(images.shape))
+        return rot90(images, k, dims)
+
+    monkeypatch.setattr(torch, "rot90", counting_rot90)
+    options = {
+        **SCHEDULE,
+        "rotation": True,
+        "rotation_stages": list(stages),
+        "stage1_iterations": 8,
+        "stage2_iterations": 2,
+        "stage2_lr_drop_at": 1,
+    }
     config = load_config(tiny_config(input={"size": [128, 64], "channels": 1}, method_options=options))
     assert engine.train(config, tmp_path / "run", progress=False) is not None
+    assert len(turns) == turned_batches  # one draw per positive/negative pair, non-square included
+    assert all(shape[0] == 2 for shape in turns)
+
+
+def test_rotation_stages_outside_the_schedule_are_refused() -> None:
+    with pytest.raises(ValueError, match="rotation_stages"):
+        resolved_options({"rotation_stages": [0, 4]})

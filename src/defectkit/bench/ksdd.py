@@ -258,7 +258,13 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
         overrides=overrides,
         # The paper's numbered figures are for its default switches (frozen, no rotation).
         paper=WEAK_LNET_PAPER.get(positives, {}) if default_switches else {},
-        notes=PROTOCOL_NOTE,
+        notes=PROTOCOL_NOTE
+        + (
+            "; random 90-degree turns in the DNet stages 2 and 3 unless the command sets "
+            "method_options.rotation_stages"
+            if rotation
+            else ""
+        ),
     )
     return run_ksdd(run, request)
 

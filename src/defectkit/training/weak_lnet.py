@@ -19,8 +19,14 @@ mask). Training is one pass over a strictly alternating positive, negative, posi
    fixed at ``alpha_init``. Paper: lr 0.001, 300 iterations.
 
 ``rotation`` turns each training batch by a random multiple of 90 degrees (paper IV.D's
-rotation study; off by default, as in the paper's best results). ``lnet_trained`` false skips
-stage 1 (paper IV.F's "LNet not trained" ablation: stages 2 and 3 unchanged).
+rotation study; off by default, as in the paper's best results) in the stages listed in
+``rotation_stages``. IV.D lists the rotations among the "DNet parameter configurations", beside
+freezing and the number of defects, so the default turns the DNet stages' images only (2 and 3).
+Turning stage 1's too (``rotation_stages: [1, 2, 3]``) measured a collapse on KolektorSDD (cpu
+profile): the LNet went dark on every image (``Q`` about 0.001 on defective and good ones alike),
+the DNet then never left chance (training BCE about 0.7) and AP fell to 0.14, where the paper
+reports rotation costing 2 points of AP. ``lnet_trained`` false skips stage 1 (paper IV.F's "LNet
+not trained" ablation: stages 2 and 3 unchanged).
 
 The paper updates after every image (``trainer.batch_size: 1``); the configs use batches of 2,
 one positive and one negative, so an iteration is one update on the pair and its BatchNorm
@@ -63,6 +69,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "stage3_lr": 0.001,
     "stage3_weak_weight": 1.0,
     "rotation": False,
+    "rotation_stages": (2, 3),
 }
 
 EPS = 1e-6
@@ -74,7 +81,12 @@ def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(
             f"weak_lnet: unknown method_options {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}"
         )
-    return {**DEFAULT_OPTIONS, **options}
+    resolved = {**DEFAULT_OPTIONS, **options}
+    stages = resolved["rotation_stages"]
+    if not isinstance(stages, list | tuple) or not set(stages) <= {1, 2, 3}:
+        raise ValueError(f"weak_lnet: rotation_stages must list stages among 1, 2, 3, got {stages!r}")
+    resolved["rotation_stages"] = tuple(int(stage) for stage in stages)
+    return resolved
 
 
 def stage_lengths(options: dict[str, Any]) -> tuple[int, int, int]:
@@ -177,7 +189,7 @@ class WeakLNetRecipe(DecisionRecipe):
             group["lr"] = self.learning_rate(stage, within)
 
         images, labels = batch.images, batch.label
-        if self.options["rotation"]:
+        if self.options["rotation"] and stage in self.options["rotation_stages"]:
             # Paper IV.D: random rotations by 0, 90, 180 or 270 degrees. One draw per batch keeps
             # a positive/negative pair stackable whatever the aspect ratio.
             images = torch.rot90(images, int(torch.randint(0, 4, ()).item()), dims=(-2, -1))
