@@ -225,12 +225,21 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "surfaces"): None,
 }
 
+# Later fields that only act while a switch is on: left out of the fingerprint while it is off.
+LATER_WHEN_ON: dict[tuple[str, str], tuple[str, str]] = {
+    ("method_options", "rotation_stages"): ("method_options", "rotation"),
+}
+
 
 def fingerprint_dump(config: RunConfig) -> dict[str, Any]:
-    """The resolved config as JSON-ready data, without :data:`LATER_DEFAULTS` at their defaults."""
+    """The resolved config as JSON-ready data, without :data:`LATER_DEFAULTS` at their defaults
+    nor :data:`LATER_WHEN_ON` fields whose switch is off."""
     dump = config.model_dump(mode="json")
     for (section, key), default in LATER_DEFAULTS.items():
         if dump.get(section, {}).get(key) == default:
+            del dump[section][key]
+    for (section, key), (switch_section, switch) in LATER_WHEN_ON.items():
+        if key in dump.get(section, {}) and not dump.get(switch_section, {}).get(switch):
             del dump[section][key]
     return dump
 

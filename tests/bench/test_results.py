@@ -210,3 +210,19 @@ def test_config_fingerprint_keeps_committed_cell_keys() -> None:
     assert config_fingerprint(config) == "2c23f95d38"
     assert config_fingerprint(config.model_copy(update={"seed": 1})) != "2c23f95d38"
     assert config_fingerprint(config, ks=[1]) != config_fingerprint(config, ks=[3])
+
+
+def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
+    """weak_lnet's ``rotation_stages`` came after the committed cells: without rotation it must not
+    re-key them (benchmarks/cells/ksdd-weak_lnet-..._positives-5_rotation-false-cpu); with rotation
+    it must, since it changes what is trained."""
+    from defectkit.config import config_fingerprint, load_config
+
+    path = REPO / "configs/weak_lnet/kolektorsdd.yaml"
+    switches = ["method_options.lnet_trained=true", "method_options.freeze_stage2=true"]
+    upright = load_config(path, "cpu", [*switches, "method_options.rotation=false", "data.train_positives=5"])
+    assert config_fingerprint(upright) == "f52f37b6d7"
+    turned = [*switches, "method_options.rotation=true"]
+    assert config_fingerprint(load_config(path, "cpu", turned)) != config_fingerprint(
+        load_config(path, "cpu", [*turned, "method_options.rotation_stages=[1,2,3]"])
+    )

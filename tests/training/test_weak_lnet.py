@@ -286,6 +286,14 @@ def test_rotation_turns_whole_pairs_in_the_chosen_stages(
     assert all(shape[0] == 2 for shape in turns)
 
 
-def test_rotation_stages_outside_the_schedule_are_refused() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [{"rotation_stages": [0, 4]}, {"rotation_stages": [True, 2]}, {"rotation": True, "rotation_stages": []}],
+)
+def test_rotation_stages_outside_the_schedule_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="rotation_stages"):
-        resolved_options({"rotation_stages": [0, 4]})
+        resolved_options(options)
+
+
+def test_rotation_turns_the_dnet_stages_by_default() -> None:
+    assert resolved_options({"rotation": True})["rotation_stages"] == (2, 3)

@@ -86,8 +86,11 @@ def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
         )
     resolved = {**DEFAULT_OPTIONS, **options}
     stages = resolved["rotation_stages"]
-    if not isinstance(stages, list | tuple) or not set(stages) <= {1, 2, 3}:
+    # type() and not isinstance(): True is an int but not a stage.
+    if not isinstance(stages, list | tuple) or not all(type(s) is int and 1 <= s <= 3 for s in stages):
         raise ValueError(f"weak_lnet: rotation_stages must list stages among 1, 2, 3, got {stages!r}")
+    if resolved["rotation"] and not stages:
+        raise ValueError("weak_lnet: rotation is on but rotation_stages is empty: no batch would turn")
     resolved["rotation_stages"] = tuple(int(stage) for stage in stages)
     return resolved
 
