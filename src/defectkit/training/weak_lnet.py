@@ -91,7 +91,7 @@ def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"weak_lnet: rotation_stages must list stages among 1, 2, 3, got {stages!r}")
     if resolved["rotation"] and not stages:
         raise ValueError("weak_lnet: rotation is on but rotation_stages is empty: no batch would turn")
-    resolved["rotation_stages"] = tuple(int(stage) for stage in stages)
+    resolved["rotation_stages"] = tuple(stages)
     return resolved
 
 
