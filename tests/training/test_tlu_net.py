@@ -256,6 +256,19 @@ def test_transfer_verdict_says_whether_the_gap_grows() -> None:
     assert "loses to it in per-image Dice (-1.0%)" in transfer_verdict(gains, 0.5)
 
 
+def test_transfer_verdict_names_image_ap_where_both_runs_have_it() -> None:
+    from defectkit.bench.tlu import transfer_verdict
+
+    gains = {
+        1.0: {"mla_gain": 0.4, "ap_gain": 0.7, "dice_gain_rel": 1.2},
+        0.1: {"mla_gain": -0.3, "ap_gain": 0.07, "dice_gain_rel": 4.0},
+    }
+    assert transfer_verdict(gains, 0.1) == (
+        "ImageNet loses to random in MLA (-0.3000), beats it in image AP (+0.0700) and beats it in "
+        "per-image Dice (+400.0%); versus 100 % of the data the gap grows in per-image Dice"
+    )
+
+
 def test_dice_nonempty_does_not_reward_empty_predictions() -> None:
     from defectkit.metrics import SegmentationMeter
     from defectkit.training.tlu_net import dice_nonempty

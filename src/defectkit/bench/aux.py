@@ -315,7 +315,7 @@ def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchReque
         command=request.command,
         commit=cells_commit(cells, request.commit),
         init="random" if config.weights is None else str(config.weights),
-        notes=_notes(dataset.name, config, bool(paper)),
+        notes=_notes(dataset.name, config, bool(paper), metrics),
         root=request.results_root,
     )
 
@@ -397,8 +397,15 @@ def _mean_ms(cells: Sequence[Mapping[str, Any]]) -> float | None:
     return float(np.mean(timed)) if timed else None
 
 
-def _notes(dataset_name: str, config: RunConfig, with_paper: bool) -> str:
+def _notes(dataset_name: str, config: RunConfig, with_paper: bool, metrics: Mapping[str, Any]) -> str:
     notes = [f"input {config.input.size[0]}x{config.input.size[1]}, {config.trainer.epochs} epochs"]
+    if metrics.get("dice_pos") == 0.0:
+        # Dice counts an empty prediction on a good image as a perfect 1, so it is not a
+        # segmentation figure once every mask comes out empty.
+        notes.append(
+            "the segmentation head predicts empty masks (dice_pos 0): dice and iou only count the "
+            "good images, so they are not figures of segmentation quality"
+        )
     if dataset_name == "neu-det":
         notes.append("masks are NEU-DET's boxes filled (coarse)")
     if with_paper:

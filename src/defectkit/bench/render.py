@@ -64,6 +64,11 @@ METRIC_ORDER = (
 MAX_OWN_METRICS = 10
 # Shown beside the paper's figures whenever a row has them (localisation quality, for information).
 INFO_METRICS = (
+    # the image verdict's quality, whichever of these the paper left out
+    "ap",
+    "false_calls",
+    "fp_at_full_recall",
+    "map",
     "auroc",
     "dice_pos",
     "pixel_auroc",
