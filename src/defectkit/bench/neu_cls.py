@@ -33,6 +33,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from defectkit.bench.grid import cells_commit
 from defectkit.bench.protocols import (
     REPO_ROOT,
     BenchRequest,
@@ -316,13 +317,15 @@ def _classify(
 
 
 def _run_cells(
-    cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]]
+    cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]], commit: str | None
 ) -> list[dict[str, Any]]:
+    """Each cell from the cache, or computed, stamped with ``commit`` (the code that trained it) and
+    stored."""
     cells = []
     for key, compute in keys:
         cell = cache.get(key)
         if cell is None:
-            cell = compute()
+            cell = {**compute(), "commit": commit}
             cache.put(key, cell)
         cells.append(cell)
     return cells
@@ -354,23 +357,26 @@ def _repeated_grid(
                 )
                 for r in range(repeats)
             ]
-            cells = _run_cells(cache, keys)
+            cells = _run_cells(cache, keys, request.commit)
             accuracies = np.asarray([c["accuracy"] for c in cells])
             figure = paper.get(method, {}).get(value)
+            metrics = {"accuracy": float(accuracies.mean())}
+            if repeats > 1:  # one repeat has no spread to report
+                metrics["accuracy_std"] = float(accuracies.std(ddof=0))
             written = write_results(
                 protocol=f"neu-cls/{method}/{grid}",
                 method=method,
                 dataset="neu-cls",
                 variant={variant_key: value},
                 profile=request.profile,
-                metrics={"accuracy": float(accuracies.mean()), "accuracy_std": float(accuracies.std(ddof=0))},
+                metrics=metrics,
                 per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
                 n_images=int(cells[0]["n_test"]),
                 paper=None if figure is None else {"accuracy": figure},
                 wall_time_s=sum(c["wall_s"] for c in cells),
                 infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
                 command=request.command,
-                commit=request.commit,
+                commit=cells_commit(cells, request.commit),
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeat(s) (seed = repeat); {cells[0]['epochs']} epochs; "
                 f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction",
@@ -419,11 +425,16 @@ def few_shot(request: BenchRequest) -> Path:
     written = None
     for method in methods:
         (cell,) = _run_cells(
-            cache, [(f"{method}/config-{digest}", _bind(few_shot_cell, runner, method, ks, draws))]
+            cache,
+            [(f"{method}/config-{digest}", _bind(few_shot_cell, runner, method, ks, draws))],
+            request.commit,
         )
+        # The linear probe's confidence is its best class probability, not a similarity.
+        confidence = "best class probability" if method == "linear_probe" else "best mean similarity"
         for k in ks:
             accuracies = np.asarray(cell["per_k"][str(k)]["accuracy"])
-            aurocs = np.asarray(cell["per_k"][str(k)]["unknown_auroc"])
+            # one unknown AUROC per held-out novel class in each draw
+            aurocs = np.asarray(cell["per_k"][str(k)]["unknown_auroc"]).reshape(len(accuracies), -1)
             paper = PAPER_FEWSHOT.get(method, {}).get(k)
             written = write_results(
                 protocol=f"neu-cls/{method}/few-shot",
@@ -436,15 +447,19 @@ def few_shot(request: BenchRequest) -> Path:
                     "accuracy_std": float(accuracies.std(ddof=0)),
                     "unknown_auroc": float(aurocs.mean()),
                 },
+                per_fold=[
+                    {"fold": draw, "metrics": {"accuracy": float(a), "unknown_auroc": float(u.mean())}}
+                    for draw, (a, u) in enumerate(zip(accuracies, aurocs, strict=True))
+                ],
                 n_images=900,
                 paper=None if paper is None else {"accuracy": paper},
                 wall_time_s=float(cell["wall_s"]),
                 command=request.command,
-                commit=request.commit,
+                commit=cells_commit([cell], request.commit),
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
-                "leave-one-novel-class-out, best mean similarity",
+                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw",
                 root=request.results_root,
             )
     assert written is not None
