@@ -317,8 +317,10 @@ def run_line(request: BenchRequest) -> Path:
         commit=" ".join(sorted({str(c.get("commit")) for c in [*routes, *detectors.values()]})),
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
-            f"{LINE_CONFIG}: sbad router ({backbone_name} frozen) + one segdec per surface; totals over "
-            f"{n_splits} seen / unseen splits (confusion summed); detectors trained once per surface; "
+            f"{LINE_CONFIG}: sbad router ({backbone_name} frozen, {options.gan_epochs} VAEGAN epochs) + one "
+            f"segdec per surface (batch {detector_configs[surfaces[0]].trainer.batch_size}, "
+            f"{detector_configs[surfaces[0]].trainer.epochs} epochs); totals over {n_splits} seen / unseen "
+            "splits (confusion summed); detectors trained once per surface; "
             "wall time: features, routers, detectors (training and scoring)"
         ),
         root=request.results_root,
@@ -503,7 +505,8 @@ def run_products(request: BenchRequest) -> Path:
         commit=" ".join(sorted({str(c.get("commit")) for c in cells})),
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
-            f"router only (sbad, {backbone_name} frozen at {spec_input.size[0]} px), attribute vectors in "
+            f"router only (sbad, {backbone_name} frozen at {spec_input.size[0]} px, {options.gan_epochs} "
+            f"VAEGAN epochs), attribute vectors in "
             f"{PRODUCTS_ATTRIBUTES}; each product left out once (mean ± std over the 5); target from the "
             "issue, not the paper; wall time: features and the five routers"
         ),
