@@ -82,6 +82,8 @@ def test_line_verdicts_follow_router_and_detectors(line_dir: Path) -> None:
         if route.unknown:
             assert inspection.verdict == "unknown" and inspection.surface is None
             assert len(inspection.attributes) == 3 and heatmap is None
+            assert inspection.attribute_vector == pytest.approx(route.attributes.tolist(), rel=1e-5)
+            assert len(inspection.attribute_vector) == len(line.router.network.attribute_names)
         else:
             detector = line.detectors[route.surface]
             expected = detector.inspect(images[paths.index(path)])
@@ -92,6 +94,20 @@ def test_line_verdicts_follow_router_and_detectors(line_dir: Path) -> None:
     # One image alone gives the same verdict as in the batch.
     alone = line.inspect(paths[0])
     assert alone.verdict == results[0][0].verdict
+
+
+def test_an_unknown_carries_its_attribute_vector_and_words(line_dir: Path) -> None:
+    line = load_line(line_dir)
+    line.router.threshold = float("-inf")  # every image raises the unseen alert
+    paths = sorted((line_dir / "data").glob("Class*/Test/*.PNG"))[:4]
+    images = [read_image(p) for p in paths]
+    routes = line.router.route_batch(images)
+    judged = line.inspect_batch(images, [str(p) for p in paths])
+    for (inspection, heatmap), route in zip(judged, routes, strict=True):
+        assert inspection.verdict == "unknown" and inspection.surface is None and heatmap is None
+        assert inspection.attribute_vector == pytest.approx(route.attributes.tolist(), rel=1e-5)
+        assert len(inspection.attribute_vector) == len(line.router.network.attribute_names)
+        assert inspection.attributes == line.router.describe(route)
 
 
 def test_line_without_a_detector_for_a_surface_calls_it_unknown(line_dir: Path, tmp_path: Path) -> None:

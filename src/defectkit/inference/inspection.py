@@ -45,6 +45,11 @@ class Inspection(BaseModel):
         default_factory=list,
         description="for an unknown: its strongest attributes in words, for the operator (surface router)",
     )
+    attribute_vector: list[float] | None = Field(
+        None,
+        description="for an unknown: the router's reconstruction of its attribute vector, one value per "
+        "attribute of the router's table (surface router)",
+    )
     heatmap: str | None = None
     mask: str | None = None
     latency_ms: float

@@ -10,9 +10,9 @@ A line directory holds ``line.yaml`` (:class:`LineSpec`) naming, relative to it 
 :meth:`Line.inspect` gives one :class:`~defectkit.inference.inspection.Inspection` per image:
 
 * the router's unseen score at or above its stored ``unknown`` threshold -> verdict ``unknown``,
-  ``surface`` null, with the router's reconstructed attributes in words (its strongest
-  ``attributes_top``) for the operator; no defect judgement is made (``score`` 0, ``threshold`` 1:
-  nothing was compared; ``summary.csv`` leaves both blank);
+  ``surface`` null, with the router's reconstructed attribute vector (``attribute_vector``) and
+  its strongest ``attributes_top`` in words for the operator; no defect judgement is made
+  (``score`` 0, ``threshold`` 1: nothing was compared; ``summary.csv`` leaves both blank);
 * a seen surface without a detector in ``line.yaml`` -> ``unknown`` too, with that surface's name
   and no attributes (nothing may judge it, but it is not new);
 * otherwise the routed surface's detector judges it with its own stored thresholds; the
@@ -206,6 +206,7 @@ class Line:
             unseen_score=route.unseen_score,
             unseen_threshold=self.router.threshold,
             attributes=self.router.describe(route, self.attributes_top) if route.unknown else [],
+            attribute_vector=[float(v) for v in route.attributes] if route.unknown else None,
             latency_ms=0.0,
         )
 
