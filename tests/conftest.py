@@ -90,7 +90,8 @@ TINY_WEAK_LNET = {
     "dnet_widths": [4, 4, 4, 8, 8],
     "fc_width": 8,
 }
-TINY_MODELS = {"segdec": TINY_SEGDEC, "weak_lnet": TINY_WEAK_LNET}
+TINY_TLU_NET = {"encoder": "tf_efficientnet_lite0", "decoder_channels": [16, 16, 8, 8, 8]}
+TINY_MODELS = {"segdec": TINY_SEGDEC, "weak_lnet": TINY_WEAK_LNET, "tlu_net": TINY_TLU_NET}
 
 
 def tiny_model(
@@ -103,7 +104,8 @@ def tiny_model(
 ) -> Path:
     """A random-weight model of ``method`` saved like a trained one: fast to build, export and run.
 
-    Sides must be multiples of 64: both methods halve them three times in each subnetwork.
+    Sides must be multiples of 64: segdec and weak_lnet halve them three times in each subnetwork
+    (tlu_net needs multiples of 32).
     """
     import torch
 

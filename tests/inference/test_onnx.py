@@ -17,8 +17,11 @@ from defectkit.inference.saved_model import (
 )
 
 runner = CliRunner()
-# Both methods need input sides divisible by 64 (8 in the trunk, 8 more in the decision net).
+# segdec and weak_lnet need input sides divisible by 64 (8 in the trunk, 8 more in the decision
+# net), tlu_net by 32 (its encoder's five halvings).
 SIZE = (96, 64)
+# Heat-map side = input side // stride: segdec and weak_lnet at 1/8, tlu_net's masks at full size.
+HEATMAP_STRIDE = {"segdec": 8, "weak_lnet": 8, "tlu_net": 1}
 # (height, width, channels of the image file): smaller and larger than the model, odd, both layouts.
 IMAGES = [
     (100, 40, 1), (257, 131, 1), (64, 32, 1), (96, 64, 1), (31, 17, 1),
@@ -30,8 +33,8 @@ IMAGES = [
 
 @pytest.fixture(
     scope="module",
-    params=[("segdec", 1, SIZE), ("segdec", 3, SIZE), ("weak_lnet", 1, (128, 64))],
-    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey"],
+    params=[("segdec", 1, SIZE), ("segdec", 3, SIZE), ("weak_lnet", 1, (128, 64)), ("tlu_net", 3, (64, 64))],
+    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey", "tlu_net-rgb"],
 )
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     method, channels, size = request.param
@@ -49,15 +52,17 @@ def test_onnx_matches_torch_on_any_size(exported: Path) -> None:
     torch_inspector = load_inspector(exported)
     onnx_inspector = load_inspector(exported, backend="onnx")
     assert onnx_inspector.backend.name == "onnx"
-    # All 20 sizes through the grey model; a spread of them through the RGB one (its own export).
-    images = IMAGES if torch_inspector.card.input.channels == 1 else IMAGES[::3]
+    # All 20 sizes through each method's first model; a spread of them through segdec's RGB one.
+    card = torch_inspector.card
+    images = IMAGES if card.input.channels == 1 or card.method != "segdec" else IMAGES[::3]
     score_diff = heatmap_diff = 0.0
     for seed, (height, width, channels) in enumerate(images):
         image = texture(seed, height, width, channels)
         expected, got = torch_inspector.score(image), onnx_inspector.score(image)
         assert expected.heatmap is not None and got.heatmap is not None
         height, width = torch_inspector.card.input.size
-        assert got.heatmap.shape == expected.heatmap.shape == (height // 8, width // 8)
+        stride = HEATMAP_STRIDE[torch_inspector.card.method]
+        assert got.heatmap.shape == expected.heatmap.shape == (height // stride, width // stride)
         score_diff = max(score_diff, abs(expected.score - got.score))
         heatmap_diff = max(heatmap_diff, float(np.abs(expected.heatmap - got.heatmap).max()))
     assert score_diff < 1e-4, score_diff
