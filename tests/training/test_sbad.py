@@ -289,6 +289,17 @@ def test_documented_dagm_mix_matrix_is_the_one_the_code_uses() -> None:
     assert markdown_table(table1_attributes(config), surface_names(config)) in page
 
 
+def test_documented_products_matrix_is_the_one_the_bench_reads() -> None:
+    from pathlib import Path
+
+    from defectkit.data.attributes import markdown_table, read_attributes
+
+    root = Path(__file__).resolve().parents[2]
+    attributes = read_attributes(root / "configs" / "sbad" / "products-attributes.yaml")
+    page = (root / "docs" / "products-attributes.md").read_text()
+    assert markdown_table(attributes, list(attributes.surfaces)) in page
+
+
 def test_ridge_baseline_names_unseen_surfaces_from_linearly_encoded_attributes() -> None:
     from defectkit.bench.dagm_mix import MixFeatures, mix_split, ridge_cell
 
