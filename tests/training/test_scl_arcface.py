@@ -115,3 +115,59 @@ def test_backbone_reference_features_compare_pooled_features() -> None:
         classifier.set_references(network.embed(images), torch.tensor([0, 0, 1, 1]))
         similarities = classifier(images)
     assert similarities.shape == (4, 2) and bool((similarities.argmax(1) == torch.tensor([0, 0, 1, 1])).all())
+
+
+def test_neu_cls_protocols_on_tiny_data(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """small-data, split and few-shot end to end on a 6-class stand-in for NEU-CLS: the results
+    files the issue names, no std from one repeat, the training commit in each cell, and finished
+    cells never trained again."""
+    import json
+
+    import defectkit.bench.neu_cls as protocol
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+
+    names = sorted([*protocol.BASE_CLASSES, *protocol.NOVEL_CLASSES])
+    labels = np.repeat(np.arange(6), 8)
+    images = np.stack([stripes(int(label) % 3, seed, size=32) for seed, label in enumerate(labels)])
+    monkeypatch.setattr(protocol, "load_neu_cls", lambda: protocol.NeuCls(images, labels, names))
+    overrides = [
+        "weights=null", "input.size=[32,32]", "trainer.epochs=1", "trainer.batch_size=8",
+        "model.backbone=mobilenetv3_small_050", "model.embedding_dim=16",
+        "method_options.fewshot_epochs=1", "method_options.split_epochs=1",
+    ]  # fmt: skip
+
+    def run(name: str, variant: dict[str, str]) -> dict[str, dict]:  # type: ignore[type-arg]
+        results = tmp_path / "results" / name.replace("/", "-")
+        request = BenchRequest(
+            "cpu", "full", f"defectkit bench {name}", results, tmp_path / "work", False, variant,
+            overrides, cells_root=tmp_path / "cells", commit="abc1234",
+        )  # fmt: skip
+        run_protocol(name, request)
+        return {p.name: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+
+    small = run("neu-cls/small-data", {"shots": "2", "repeats": "2"})
+    assert {r["protocol"] for r in small.values()} == {f"neu-cls/{m}/small-data" for m in protocol.METHODS}
+    for record in small.values():
+        assert record["variant"] == {"shots": 2} and len(record["per_fold"]) == 2
+        assert 0.0 <= record["metrics"]["accuracy"] <= 1.0 and "accuracy_std" in record["metrics"]
+        assert record["n_images"] == 6 * (8 - 2) and record["commit"] == "abc1234"
+
+    split = run("neu-cls/split", {"fractions": "0.5", "methods": "scl_arcface"})
+    (record,) = split.values()
+    assert record["variant"] == {"train_fraction": 0.5} and set(record["metrics"]) == {"accuracy"}
+
+    few = run("neu-cls/few-shot", {"ks": "1", "draws": "3"})
+    assert len(few) == 3
+    for record in few.values():
+        assert record["variant"] == {"k": 1} and len(record["per_fold"]) == 3
+        assert 0.0 <= record["metrics"]["unknown_auroc"] <= 1.0
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").rglob("*.json")]
+    assert cells and all(cell["value"]["commit"] == "abc1234" for cell in cells)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(protocol.Runner, "train_scl", refuse)
+    monkeypatch.setattr(protocol.Runner, "train_ce", refuse)
+    again = run("neu-cls/small-data", {"shots": "2", "repeats": "2"})
+    assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in small.items()}
