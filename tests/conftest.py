@@ -124,7 +124,7 @@ def tiny_model(
         class_names=["defect"],
     )
     model = create_model(method, **options).eval()
-    if method == "weak_lnet":
+    if method in ("weak_lnet", "tlu_net"):
         # Fresh BatchNorm statistics are the identity; make them non-trivial so export must carry them.
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -48,7 +48,6 @@ import torch
 
 from defectkit.bench.grid import (
     GridDataset,
-    cells_commit,
     fold_splits,
     prepared_data,
     split_fingerprint,
@@ -64,7 +63,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import write_results
+from defectkit.bench.results import cells_commit, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
@@ -313,7 +312,7 @@ def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchReque
         wall_time_s=sum(c["wall_s"] for c in cells),
         infer_ms_per_image=_mean_ms(cells),
         command=request.command,
-        commit=cells_commit(cells, request.commit),
+        commit=cells_commit(cells),
         init="random" if config.weights is None else str(config.weights),
         notes=_notes(dataset.name, config, bool(paper), metrics),
         root=request.results_root,
@@ -384,7 +383,7 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
         paper={"map50_gain_rel": PAPER_DETECTION_GAIN} if "detection" in singles else {},
         wall_time_s=sum(c["wall_s"] for run in runs for c in run["cells"]),
         command=request.command,
-        commit=cells_commit([c for run in runs for c in run["cells"]], request.commit),
+        commit=cells_commit(c for run in runs for c in run["cells"]),
         notes="; ".join(verdicts) + ". Same split, same test images; the paper's gain is over a "
         "separately designed RetinaNet on TekErreka, ours over aux_net built with the detection head "
         "only (same backbone, pyramid and anchors)",
@@ -400,11 +399,11 @@ def _mean_ms(cells: Sequence[Mapping[str, Any]]) -> float | None:
 def _notes(dataset_name: str, config: RunConfig, with_paper: bool, metrics: Mapping[str, Any]) -> str:
     notes = [f"input {config.input.size[0]}x{config.input.size[1]}, {config.trainer.epochs} epochs"]
     if metrics.get("dice_pos") == 0.0:
-        # Dice counts an empty prediction on a good image as a perfect 1, so it is not a
-        # segmentation figure once every mask comes out empty.
+        # Dice scores an empty prediction on a good image a perfect 1, so with no defect pixel
+        # found it measures only how many images are good.
         notes.append(
-            "the segmentation head predicts empty masks (dice_pos 0): dice and iou only count the "
-            "good images, so they are not figures of segmentation quality"
+            "the segmentation head found no defect pixel (dice_pos 0): dice and iou are 1 on each good "
+            "image and 0 on each defective one, so they are not figures of segmentation quality"
         )
     if dataset_name == "neu-det":
         notes.append("masks are NEU-DET's boxes filled (coarse)")

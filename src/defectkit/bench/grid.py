@@ -160,12 +160,6 @@ def summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def cells_commit(cells: Sequence[Mapping[str, Any]], fallback: str | None) -> str | None:
-    """The commit(s) whose code trained ``cells`` (``fallback`` for cells that do not say)."""
-    commits = sorted({str(cell.get("commit") or fallback) for cell in cells})
-    return " ".join(commits) if commits else fallback
-
-
 def fold_splits(dataset: GridDataset, fractions: Sequence[float], seed: int) -> list[Split]:
     """KolektorSDD: its 3 folds by commutator (validation a hold-out of each training fold).
     Other data: one grouped split by ``fractions``, (train, test) or (train, validation, test)."""

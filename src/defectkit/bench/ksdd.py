@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.bench.grid import cells_commit
 from defectkit.bench.protocols import (
     REPO_ROOT,
     BenchRequest,
@@ -31,7 +30,7 @@ from defectkit.bench.protocols import (
     register_protocol,
     supervision_overrides,
 )
-from defectkit.bench.results import variant_slug, write_results
+from defectkit.bench.results import cells_commit, variant_slug, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.sample import Sample
@@ -69,15 +68,14 @@ PROTOCOL_NOTE = (
     "defective images per fold (the paper: 33); the paper's FP/FN are 'under the best F-measure', "
     "most likely on the test scores, ours at the validation threshold"
 )
-# What was tried against each shortfall, so a row that falls short says so beside its figures.
-SEGDEC_NOTES = {
+# What was tried on the cpu profile against each shortfall, so a cpu row that falls short says so
+# beside its figures (other profiles have their own history).
+SEGDEC_TRIED_CPU = {
     "full": "tried on the cpu profile: 30 epochs (AP 0.964), then the paper's 50 with the mid-gap "
     "threshold (0.966); the paper's lr 1 diverged with the slimmer cpu network (lr 0.1, best "
     "validation weights kept)",
-    "weak": "image labels only, with trainer.lr=0.01, delta 1 and no dynamic balancing; the paper's "
-    "0.93 is at full resolution",
 }
-WEAK_LNET_TRIED = (
+WEAK_LNET_TRIED_CPU = (
     "tried against the AP shortfall (cpu profile): Table 2's norm before the heat-map sigmoid "
     "(heat_norm) left the mean heat Q equal on every image, and per-image instance norm lit the "
     "background of defective images (pixel AUROC 0.04); both stay options, off"
@@ -202,7 +200,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
         wall_time_s=sum(c["wall_s"] for c in cells),  # training + scoring of every fold, across sessions
         infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
         command=request.command,
-        commit=cells_commit(cells, request.commit),
+        commit=cells_commit(cells),
         init="random" if config.weights is None else Path(config.weights).name,
         notes="; ".join(note for note in (_config_note(config), run.notes) if note),
         root=request.results_root,
@@ -210,7 +208,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
 
 
 def _config_note(config: RunConfig) -> str:
-    """The input size, which differs by profile (schedules differ by method: their own notes)."""
+    """The input size, which differs by profile."""
     height, width = config.input.size
     return f"input {height}x{width}"
 
@@ -226,25 +224,31 @@ def _flag(options: Mapping[str, str], key: str, default: bool) -> bool:
 def ksdd_segdec(request: BenchRequest) -> Path:
     check_options(request.variant, {}, "ksdd/segdec")
     variant, overrides = supervision_overrides(request.supervision)
+    supervision = request.supervision.split(":")[0]
+    notes = []
     if request.supervision == "weak":
         overrides += WEAK_OVERRIDES
+        notes.append("image labels only, with " + " ".join(WEAK_OVERRIDES))
+    if request.profile == "cpu" and supervision in SEGDEC_TRIED_CPU:
+        notes.append(SEGDEC_TRIED_CPU[supervision])
     run = KsddRun(
         protocol="ksdd/segdec",
         method="segdec",
         config=Path("configs/segdec/kolektorsdd.yaml"),
         variant=variant,
         overrides=overrides,
-        paper=SEGDEC_PAPER.get(request.supervision.split(":")[0], {}),
-        notes=SEGDEC_NOTES.get(request.supervision.split(":")[0]),
+        paper=SEGDEC_PAPER.get(supervision, {}),
+        notes="; ".join(notes) or None,
     )
     return run_ksdd(run, request)
 
 
 def _positives(options: Mapping[str, str]) -> str:
+    """``all`` or a positive count in its plain spelling (``05`` is ``5``: one cache, one paper row)."""
     value = str(options.get("positives", "all"))
     if value != "all" and not (value.isdigit() and int(value) > 0):
         raise ValueError(f"--variant positives={value}: expected all or a positive number")
-    return value
+    return value if value == "all" else str(int(value))
 
 
 def _positives_variant(positives: str) -> str | int:
@@ -272,6 +276,14 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
     if positives != "all":
         overrides.append(f"data.train_positives={positives}")
     default_switches = lnet_trained and frozen and not rotation
+    notes = [PROTOCOL_NOTE]
+    if rotation:
+        notes.append(
+            "random 90-degree turns in the DNet stages 2 and 3 unless the command sets "
+            "method_options.rotation_stages"
+        )
+    if request.profile == "cpu":
+        notes.append(WEAK_LNET_TRIED_CPU)
     run = KsddRun(
         protocol="ksdd/weak_lnet",
         method="weak_lnet",
@@ -285,15 +297,7 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
         overrides=overrides,
         # The paper's numbered figures are for its default switches (frozen, no rotation).
         paper=WEAK_LNET_PAPER.get(positives, {}) if default_switches else {},
-        notes=PROTOCOL_NOTE
-        + "; "
-        + WEAK_LNET_TRIED
-        + (
-            "; random 90-degree turns in the DNet stages 2 and 3 unless the command sets "
-            "method_options.rotation_stages"
-            if rotation
-            else ""
-        ),
+        notes="; ".join(notes),
     )
     return run_ksdd(run, request)
 

@@ -33,7 +33,6 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from defectkit.bench.grid import cells_commit
 from defectkit.bench.protocols import (
     REPO_ROOT,
     BenchRequest,
@@ -42,7 +41,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import CellCache, write_results
+from defectkit.bench.results import CellCache, cells_commit, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
@@ -331,6 +330,14 @@ def _run_cells(
     return cells
 
 
+def _accuracy_summary(accuracies: np.ndarray) -> dict[str, float]:
+    """Mean accuracy over repeats or draws, and their spread where there is more than one."""
+    summary = {"accuracy": float(accuracies.mean())}
+    if len(accuracies) > 1:
+        summary["accuracy_std"] = float(accuracies.std(ddof=0))
+    return summary
+
+
 def _repeated_grid(
     request: BenchRequest,
     grid: str,
@@ -360,23 +367,20 @@ def _repeated_grid(
             cells = _run_cells(cache, keys, request.commit)
             accuracies = np.asarray([c["accuracy"] for c in cells])
             figure = paper.get(method, {}).get(value)
-            metrics = {"accuracy": float(accuracies.mean())}
-            if repeats > 1:  # one repeat has no spread to report
-                metrics["accuracy_std"] = float(accuracies.std(ddof=0))
             written = write_results(
                 protocol=f"neu-cls/{method}/{grid}",
                 method=method,
                 dataset="neu-cls",
                 variant={variant_key: value},
                 profile=request.profile,
-                metrics=metrics,
+                metrics=_accuracy_summary(accuracies),
                 per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
                 n_images=int(cells[0]["n_test"]),
                 paper=None if figure is None else {"accuracy": figure},
                 wall_time_s=sum(c["wall_s"] for c in cells),
                 infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
                 command=request.command,
-                commit=cells_commit(cells, request.commit),
+                commit=cells_commit(cells),
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeat(s) (seed = repeat); {cells[0]['epochs']} epochs; "
                 f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction",
@@ -442,11 +446,7 @@ def few_shot(request: BenchRequest) -> Path:
                 dataset="neu-cls",
                 variant={"k": k} if features == "projection" else {"k": k, "features": features},
                 profile=request.profile,
-                metrics={
-                    "accuracy": float(accuracies.mean()),
-                    "accuracy_std": float(accuracies.std(ddof=0)),
-                    "unknown_auroc": float(aurocs.mean()),
-                },
+                metrics={**_accuracy_summary(accuracies), "unknown_auroc": float(aurocs.mean())},
                 per_fold=[
                     {"fold": draw, "metrics": {"accuracy": float(a), "unknown_auroc": float(u.mean())}}
                     for draw, (a, u) in enumerate(zip(accuracies, aurocs, strict=True))
@@ -455,7 +455,7 @@ def few_shot(request: BenchRequest) -> Path:
                 paper=None if paper is None else {"accuracy": paper},
                 wall_time_s=float(cell["wall_s"]),
                 command=request.command,
-                commit=cells_commit([cell], request.commit),
+                commit=cells_commit([cell]),
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "

@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_ROOT",
     "SCHEMA",
     "CellCache",
+    "cells_commit",
     "machine_info",
     "read_results",
     "results_path",
@@ -185,6 +186,12 @@ def read_results(root: str | Path = DEFAULT_ROOT) -> list[dict[str, Any]]:
         record["_file"] = path.name
         results.append(record)
     return results
+
+
+def cells_commit(cells: Iterable[Mapping[str, Any]]) -> str:
+    """The commit(s) whose code computed ``cells``, sorted and space-separated; ``unknown`` for a
+    cell that does not say. Never the commit running now: that one may only have summarised them."""
+    return " ".join(sorted({str(cell.get("commit") or "unknown") for cell in cells})) or "unknown"
 
 
 class CellCache:

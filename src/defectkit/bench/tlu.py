@@ -46,7 +46,6 @@ import numpy as np
 
 from defectkit.bench.grid import (
     GridDataset,
-    cells_commit,
     fold_splits,
     prepared_data,
     split_fingerprint,
@@ -62,7 +61,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import write_results
+from defectkit.bench.results import cells_commit, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
@@ -239,7 +238,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     wall_time_s=sum(c["wall_s"] for c in cells),
                     infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
                     command=request.command,
-                    commit=cells_commit(cells, request.commit),
+                    commit=cells_commit(cells),
                     init="random" if init == "random" else str(config.weights),
                     notes=_notes(dataset_name, config),
                     root=request.results_root,
@@ -358,7 +357,7 @@ def _write_transfer(protocol: str, dataset: GridDataset, request: BenchRequest, 
         paper=paper,
         wall_time_s=sum(c["wall_s"] for run in pair for c in run["cells"]),
         command=request.command,
-        commit=cells_commit([c for run in pair for c in run["cells"]], request.commit),
+        commit=cells_commit(c for run in pair for c in run["cells"]),
         notes=f"{verdict}. Imagenet minus random on the same test images; the paper's figures are for "
         "its ResNet (ResNet-18-sized) encoder" + ("" if paper else ", none for this encoder / fraction"),
         root=request.results_root,

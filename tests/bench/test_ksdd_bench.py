@@ -1,0 +1,41 @@
+"""The KolektorSDD protocols' options and the rows they describe (no training: the run is captured)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import defectkit.bench.ksdd as protocol
+from defectkit.bench.protocols import BenchRequest
+
+
+def captured(monkeypatch: pytest.MonkeyPatch, runner: Any, profile: str, **request: Any) -> Any:
+    """The KsddRun that ``runner`` would cross-validate (instead of training it)."""
+    monkeypatch.setattr(protocol, "run_ksdd", lambda run, _: run)
+    defaults: dict[str, Any] = {"supervision": "full", "command": "test", "commit": "abc1234"}
+    return runner(
+        BenchRequest(profile=profile, results_root=Path("r"), work_root=Path("w"), **{**defaults, **request})
+    )
+
+
+def test_positives_are_a_number_in_results_and_one_spelling_in_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu", variant={"positives": "05"})
+    assert run.variant["positives"] == 5 and "data.train_positives=5" in run.overrides
+    assert run.paper == protocol.WEAK_LNET_PAPER["5"] and "positives-5" in run.name
+    run = captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu")
+    assert run.variant["positives"] == "all" and run.paper == protocol.WEAK_LNET_PAPER["all"]
+    with pytest.raises(ValueError, match="positive number"):
+        captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu", variant={"positives": "0"})
+
+
+def test_what_was_tried_is_noted_on_the_profile_it_was_tried_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu", variant={"rotation": "true"})
+    paper = captured(monkeypatch, protocol.ksdd_weak_lnet, "paper", variant={"rotation": "true"})
+    assert protocol.WEAK_LNET_TRIED_CPU in cpu.notes and protocol.WEAK_LNET_TRIED_CPU not in paper.notes
+    assert "90-degree turns" in cpu.notes and "90-degree turns" in paper.notes
+    assert protocol.SEGDEC_TRIED_CPU["full"] in captured(monkeypatch, protocol.ksdd_segdec, "cpu").notes
+    assert captured(monkeypatch, protocol.ksdd_segdec, "paper").notes is None
+    weak = captured(monkeypatch, protocol.ksdd_segdec, "paper", supervision="weak")
+    assert weak.notes == "image labels only, with " + " ".join(protocol.WEAK_OVERRIDES)

@@ -1,0 +1,102 @@
+"""The neu-cls protocols (paper 003) end to end on a tiny 6-class stand-in for NEU-CLS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import defectkit.bench.neu_cls as protocol
+from defectkit.bench.protocols import BenchRequest, run_protocol
+
+OVERRIDES = [
+    "weights=null", "input.size=[32,32]", "trainer.epochs=1", "trainer.batch_size=8",
+    "model.backbone=mobilenetv3_small_050", "model.embedding_dim=16",
+    "method_options.fewshot_epochs=1", "method_options.split_epochs=1",
+]  # fmt: skip
+
+
+def stand_in() -> protocol.NeuCls:
+    """8 grey 32x32 images per class; the class shows as a brightness and a dot pitch."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(6), 8)
+    images = rng.normal(100, 10, (len(labels), 32, 32))
+    for index, label in enumerate(labels):
+        images[index, :: 2 + label, :: 2 + label] += 20 * (label + 1)
+    names = sorted([*protocol.BASE_CLASSES, *protocol.NOVEL_CLASSES])
+    return protocol.NeuCls(np.clip(images, 0, 255).astype(np.uint8), labels, names)
+
+
+@pytest.fixture
+def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    data = stand_in()
+    monkeypatch.setattr(protocol, "load_neu_cls", lambda: data)
+
+    def run(name: str, variant: dict[str, str]) -> dict[str, dict[str, Any]]:
+        results = tmp_path / "results" / name.replace("/", "-")
+        request = BenchRequest(
+            profile="cpu",
+            supervision="full",
+            command=f"defectkit bench {name}",
+            results_root=results,
+            work_root=tmp_path / "work",
+            progress=False,
+            variant=variant,
+            overrides=OVERRIDES,
+            cells_root=tmp_path / "cells",
+            commit="abc1234",
+        )
+        run_protocol(name, request)
+        return {p.name: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+
+    return run
+
+
+def _cells(root: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(root.rglob("*.json"))]
+
+
+def test_small_data_and_split_write_one_file_per_method_and_reuse_cells(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = bench("neu-cls/small-data", {"shots": "2", "repeats": "2"})
+    assert {r["protocol"] for r in small.values()} == {f"neu-cls/{m}/small-data" for m in protocol.METHODS}
+    for record in small.values():
+        assert record["variant"] == {"shots": 2} and [f["fold"] for f in record["per_fold"]] == [0, 1]
+        accuracies = [f["metrics"]["accuracy"] for f in record["per_fold"]]
+        assert record["metrics"]["accuracy"] == pytest.approx(np.mean(accuracies))
+        assert record["metrics"]["accuracy_std"] == pytest.approx(np.std(accuracies))
+        assert record["n_images"] == 6 * (8 - 2) and record["commit"] == "abc1234"
+    cells = _cells(tmp_path / "cells")
+    assert len(cells) == 3 * 2 and all(cell["value"]["commit"] == "abc1234" for cell in cells)
+
+    # One repeat has no spread: no std is written.
+    split = bench("neu-cls/split", {"fractions": "0.5", "methods": "linear_probe"})
+    (record,) = split.values()
+    assert record["variant"] == {"train_fraction": 0.5} and set(record["metrics"]) == {"accuracy"}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished cell was computed again")
+
+    monkeypatch.setattr(protocol, "small_data_cell", refuse)
+    again = bench("neu-cls/small-data", {"shots": "2", "repeats": "2"})
+    assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in small.items()}
+
+
+def test_few_shot_keeps_each_draw_and_names_each_confidence(bench: Any, tmp_path: Path) -> None:
+    few = bench("neu-cls/few-shot", {"ks": "1", "draws": "3", "methods": "linear_probe,scl_arcface"})
+    assert len(few) == 2
+    (cell_of,) = [{c["value"]["method"]: c["value"] for c in _cells(tmp_path / "cells")}]
+    for record in few.values():
+        method = record["method"]
+        assert record["variant"] == {"k": 1} and [f["fold"] for f in record["per_fold"]] == [0, 1, 2]
+        per_k = cell_of[method]["per_k"]["1"]
+        # Row d holds draw d: its accuracy, and the mean of its three held-out-class AUROCs.
+        assert [f["metrics"]["accuracy"] for f in record["per_fold"]] == per_k["accuracy"]
+        by_draw = np.asarray(per_k["unknown_auroc"]).reshape(3, 3).mean(axis=1)
+        assert [f["metrics"]["unknown_auroc"] for f in record["per_fold"]] == pytest.approx(by_draw)
+        confidence = "best class probability" if method == "linear_probe" else "best mean similarity"
+        assert confidence in record["notes"] and record["commit"] == "abc1234"
