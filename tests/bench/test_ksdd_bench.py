@@ -23,7 +23,7 @@ def captured(monkeypatch: pytest.MonkeyPatch, runner: Any, profile: str, **reque
 def test_positives_are_a_number_in_results_and_one_spelling_in_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     run = captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu", variant={"positives": "05"})
     assert run.variant["positives"] == 5 and "data.train_positives=5" in run.overrides
-    assert run.paper == protocol.WEAK_LNET_PAPER["5"] and "positives-5" in run.name
+    assert run.paper == protocol.WEAK_LNET_PAPER[5] and "positives-5" in run.name
     run = captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu")
     assert run.variant["positives"] == "all" and run.paper == protocol.WEAK_LNET_PAPER["all"]
     with pytest.raises(ValueError, match="positive number"):

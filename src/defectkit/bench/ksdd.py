@@ -58,8 +58,8 @@ WEAK_OVERRIDES = ["trainer.lr=0.01", "method_options.delta=1.0", "method_options
 # text of IV.D for 5 positives (AP 97.96 %). Fig. 5's other cells are bar charts without numbers.
 WEAK_LNET_PAPER = {
     "all": {"ap": 0.995, "fn": 0, "fp": 1, "false_calls": 1, "fp_at_full_recall": 5},
-    "10": {"ap": 0.980, "fn": 1, "fp": 2, "false_calls": 3, "fp_at_full_recall": 51},
-    "5": {"ap": 0.9796},
+    10: {"ap": 0.980, "fn": 1, "fp": 2, "false_calls": 3, "fp_at_full_recall": 51},
+    5: {"ap": 0.9796},
 }
 RESNET_PAPER = {"ap": 0.978, "fn": 0, "fp": 2, "false_calls": 2, "fp_at_full_recall": 40}
 # How our protocol differs from the paper's, written into every weak_lnet / baseline results file.
@@ -202,15 +202,10 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
         command=request.command,
         commit=cells_commit(cells),
         init="random" if config.weights is None else Path(config.weights).name,
-        notes="; ".join(note for note in (_config_note(config), run.notes) if note),
+        notes=f"input {config.input.size[0]}x{config.input.size[1]}"
+        + (f"; {run.notes}" if run.notes else ""),
         root=request.results_root,
     )
-
-
-def _config_note(config: RunConfig) -> str:
-    """The input size, which differs by profile."""
-    height, width = config.input.size
-    return f"input {height}x{width}"
 
 
 def _flag(options: Mapping[str, str], key: str, default: bool) -> bool:
@@ -243,17 +238,13 @@ def ksdd_segdec(request: BenchRequest) -> Path:
     return run_ksdd(run, request)
 
 
-def _positives(options: Mapping[str, str]) -> str:
-    """``all`` or a positive count in its plain spelling (``05`` is ``5``: one cache, one paper row)."""
+def _positives(options: Mapping[str, str]) -> str | int:
+    """``"all"`` or a positive count, as results files carry it (DESIGN.md); ``05`` is ``5``: one
+    cache, one paper row."""
     value = str(options.get("positives", "all"))
     if value != "all" and not (value.isdigit() and int(value) > 0):
         raise ValueError(f"--variant positives={value}: expected all or a positive number")
-    return value if value == "all" else str(int(value))
-
-
-def _positives_variant(positives: str) -> str | int:
-    """``positives`` as results files carry it: ``"all"`` or a number (DESIGN.md)."""
-    return positives if positives == "all" else int(positives)
+    return value if value == "all" else int(value)
 
 
 @register_protocol(
@@ -289,7 +280,7 @@ def ksdd_weak_lnet(request: BenchRequest) -> Path:
         method="weak_lnet",
         config=Path("configs/weak_lnet/kolektorsdd.yaml"),
         variant={
-            "positives": _positives_variant(positives),
+            "positives": positives,
             "lnet_trained": lnet_trained,
             "frozen": frozen,
             "rotation": rotation,
@@ -316,7 +307,7 @@ def ksdd_imagenet_classifier(request: BenchRequest) -> Path:
         protocol="ksdd/imagenet_classifier",
         method="imagenet_classifier",
         config=Path("configs/imagenet_classifier/kolektorsdd.yaml"),
-        variant={"positives": _positives_variant(positives)},
+        variant={"positives": positives},
         overrides=overrides,
         paper=RESNET_PAPER if positives == "all" else {},
         notes=PROTOCOL_NOTE + "; backbone EfficientNet-Lite0 (no ResNet ImageNet weights offline)",

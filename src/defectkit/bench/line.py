@@ -237,6 +237,7 @@ def run_line(request: BenchRequest) -> Path:
         for s in surfaces
     }
     # Everything but the data root and the surface (which name the same images wherever they lie).
+    detector_trainer = detector_configs[surfaces[0]].trainer  # the same for every surface
     detector_settings = detector_configs[surfaces[0]].model_dump(mode="json")
     detector_settings["data"] = {
         k: v for k, v in detector_settings["data"].items() if k not in ("root", "surface")
@@ -318,10 +319,9 @@ def run_line(request: BenchRequest) -> Path:
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
             f"{LINE_CONFIG}: sbad router ({backbone_name} frozen, {options.gan_epochs} VAEGAN epochs) + one "
-            f"segdec per surface (batch {detector_configs[surfaces[0]].trainer.batch_size}, "
-            f"{detector_configs[surfaces[0]].trainer.epochs} epochs); totals over {n_splits} seen / unseen "
-            "splits (confusion summed); detectors trained once per surface; "
-            "wall time: features, routers, detectors (training and scoring)"
+            f"segdec per surface (batch {detector_trainer.batch_size}, {detector_trainer.epochs} epochs); "
+            f"totals over {n_splits} seen / unseen splits (confusion summed); detectors trained once per "
+            "surface; wall time: features, routers, detectors (training and scoring)"
         ),
         root=request.results_root,
     )
