@@ -100,3 +100,18 @@ def test_few_shot_keeps_each_draw_and_names_each_confidence(bench: Any, tmp_path
         assert [f["metrics"]["unknown_auroc"] for f in record["per_fold"]] == pytest.approx(by_draw)
         confidence = "best class probability" if method == "linear_probe" else "best mean similarity"
         assert confidence in record["notes"] and record["commit"] == "abc1234"
+
+
+def test_embedding_options_are_scl_arcface_variants(bench: Any, tmp_path: Path) -> None:
+    variant = {"shots": "2", "repeats": "1", "methods": "scl_arcface", "tta": "dihedral"}
+    (record,) = bench("neu-cls/small-data", variant).values()
+    assert record["variant"] == {"shots": 2, "tta": "dihedral"} and "dihedral" in record["notes"]
+    # Its own cell: the config (model.tta) differs from the paper's, so the plain run trains anew.
+    plain = bench("neu-cls/small-data", {"shots": "2", "repeats": "1", "methods": "scl_arcface"})
+    assert next(iter(plain.values()))["variant"] == {"shots": 2}
+    digests = {cell["key"].split("config-")[1] for cell in _cells(tmp_path / "cells")}
+    assert len(digests) == 2
+    with pytest.raises(KeyError, match="scl_arcface only"):
+        bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "tta": "dihedral"})
+    with pytest.raises(KeyError, match="use one of"):
+        bench("neu-cls/few-shot", {"ks": "1", "methods": "scl_arcface", "tta": "d8"})

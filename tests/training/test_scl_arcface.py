@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from defectkit.bench.neu_cls import per_class_draw, prototype_scores
-from defectkit.models.scl_arcface import ReferenceClassifier, class_similarities
+from defectkit.models.scl_arcface import EmbeddingNet, ReferenceClassifier, class_similarities
 from defectkit.training.scl_arcface import SclArcFaceRecipe, ViewsDataset, fit
 
 TINY = {"backbone": "mobilenetv3_small_050", "in_channels": 3, "embedding_dim": 16}
@@ -115,3 +115,19 @@ def test_backbone_reference_features_compare_pooled_features() -> None:
         classifier.set_references(network.embed(images), torch.tensor([0, 0, 1, 1]))
         similarities = classifier(images)
     assert similarities.shape == (4, 2) and bool((similarities.argmax(1) == torch.tensor([0, 0, 1, 1])).all())
+
+
+def test_dihedral_tta_embeddings_ignore_orientation() -> None:
+    torch.manual_seed(0)
+    network = EmbeddingNet(backbone="mobilenetv3_small_050", embedding_dim=8, tta="dihedral").eval()
+    images = torch.rand(2, 3, 32, 48)  # not square: a quarter turn changes the shape
+    with torch.no_grad():
+        upright = network.embed(images)
+        for turned in (torch.rot90(images, 1, dims=(2, 3)), torch.flip(images, dims=(2,))):
+            assert torch.allclose(network.embed(turned), upright, atol=1e-5)
+        network.tta = "none"
+        plain, turned_plain = network.embed(images), network.embed(torch.rot90(images, 1, dims=(2, 3)))
+    assert torch.allclose(upright.norm(dim=1), torch.ones(2))
+    assert not torch.allclose(plain, turned_plain, atol=1e-3)
+    with pytest.raises(ValueError, match="tta"):
+        EmbeddingNet(backbone="mobilenetv3_small_050", tta="d8")

@@ -152,3 +152,24 @@ def test_eval_reports_accuracy_confusion_and_grad_cam_sheet(
     assert metrics["unknown_share"] == pytest.approx(unknown / 9)
     sheet = Image.open(tmp_path / "eval" / "worst.png")
     assert sheet.width > 160 and sheet.height > 160  # image + Grad-CAM tiles under two headers
+
+
+def test_dihedral_tta_model_exports_with_parity(trained: Path, tmp_path: Path, one_thread: None) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained, model)
+    card = yaml.safe_load((model / "model.yaml").read_text())
+    card["model_options"]["tta"] = "dihedral"  # inference only: the trained weights serve as they are
+    (model / "model.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    # export compares onnxruntime with PyTorch and refuses to write a graph that disagrees
+    result = runner.invoke(app, ["export", str(model)])
+    assert result.exit_code == 0, result.output
+    image = pattern("dots", 300)
+    scores = [
+        load_inspector(model, backend=b).inspect(np.rot90(image, k).copy()).class_scores
+        for b in ("torch", "onnx")
+        for k in (0, 1)
+    ]
+    for other in scores[1:]:
+        assert other == pytest.approx(scores[0], abs=1e-4)

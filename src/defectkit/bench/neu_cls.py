@@ -349,7 +349,8 @@ def _repeated_grid(
     paper: Mapping[str, Mapping[Any, float]],
 ) -> Path:
     """Every (method, value) over ``repeats`` seeded draws; one results file per (method, value)."""
-    config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
+    overrides, embedding_variant, embedding_note = _embedding_options(request, methods)
+    config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-{grid}-{request.profile}")
     digest = config_fingerprint(config)
@@ -371,7 +372,7 @@ def _repeated_grid(
                 protocol=f"neu-cls/{method}/{grid}",
                 method=method,
                 dataset="neu-cls",
-                variant={variant_key: value},
+                variant={variant_key: value, **embedding_variant},
                 profile=request.profile,
                 metrics=_accuracy_summary(accuracies),
                 per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
@@ -383,16 +384,54 @@ def _repeated_grid(
                 commit=cells_commit(cells),
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeat(s) (seed = repeat); {cells[0]['epochs']} epochs; "
-                f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction",
+                f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction"
+                + embedding_note,
                 root=request.results_root,
             )
     assert written is not None
     return written
 
 
-@register_protocol("neu-cls/small-data", "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods")
+EMBEDDING_OPTIONS = ("features", "tta")
+
+
+def _embedding_options(
+    request: BenchRequest, methods: Sequence[str]
+) -> tuple[list[str], dict[str, str], str]:
+    """(config overrides, variant entries, notes) of ``-V features=backbone`` and ``-V tta=dihedral``.
+
+    Both change how scl_arcface compares references and queries, not how it trains, so they
+    apply to it alone; the defaults (the paper's) leave the variant as it was.
+    """
+    chosen = {
+        "features": request.variant.get("features", "projection"),
+        "tta": request.variant.get("tta", "none"),
+    }
+    allowed = {"features": ("projection", "backbone"), "tta": ("none", "dihedral")}
+    model_key = {"features": "reference_features", "tta": "tta"}
+    overrides = list(request.overrides)
+    variant: dict[str, str] = {}
+    for option, value in chosen.items():
+        if value not in allowed[option]:
+            raise KeyError(f"-V {option}={value}: use one of {', '.join(allowed[option])}")
+        if value == allowed[option][0]:
+            continue
+        if list(methods) != ["scl_arcface"]:
+            raise KeyError(f"-V {option}={value} applies to -V methods=scl_arcface only")
+        overrides.append(f"model.{model_key[option]}={value}")
+        variant[option] = value
+    note = "; references and queries by their eight dihedral orientations" if "tta" in variant else ""
+    return overrides, variant, note
+
+
+@register_protocol(
+    "neu-cls/small-data",
+    "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods; scl_arcface only: "
+    "-V features=backbone (pooled backbone features as embeddings), -V tta=dihedral (mean embedding "
+    "of the eight orientations)",
+)
 def small_data(request: BenchRequest) -> Path:
-    check_options(request.variant, ("shots", "repeats", "methods"), "neu-cls/small-data")
+    check_options(request.variant, ("shots", "repeats", "methods", *EMBEDDING_OPTIONS), "neu-cls/small-data")
     shots = [int(s) for s in option_list(request.variant, "shots", "10,20,50")]
     repeats = int(request.variant.get("repeats", "5"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
@@ -408,19 +447,14 @@ def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], d
 @register_protocol(
     "neu-cls/few-shot",
     "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC; "
-    "-V features=backbone (scl_arcface only): references by pooled backbone features",
+    "-V features=backbone, -V tta=dihedral (scl_arcface only): see neu-cls/small-data",
 )
 def few_shot(request: BenchRequest) -> Path:
-    check_options(request.variant, ("ks", "draws", "methods", "features"), "neu-cls/few-shot")
+    check_options(request.variant, ("ks", "draws", "methods", *EMBEDDING_OPTIONS), "neu-cls/few-shot")
     ks = [int(k) for k in option_list(request.variant, "ks", "1,3,5")]
     draws = int(request.variant.get("draws", "20"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
-    features = request.variant.get("features", "projection")
-    overrides = list(request.overrides)
-    if features != "projection":
-        if features != "backbone" or methods != ["scl_arcface"]:
-            raise KeyError("-V features=backbone applies to -V methods=scl_arcface only")
-        overrides.append("model.reference_features=backbone")
+    overrides, embedding_variant, embedding_note = _embedding_options(request, methods)
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
@@ -444,7 +478,7 @@ def few_shot(request: BenchRequest) -> Path:
                 protocol=f"neu-cls/{method}/few-shot",
                 method=method,
                 dataset="neu-cls",
-                variant={"k": k} if features == "projection" else {"k": k, "features": features},
+                variant={"k": k, **embedding_variant},
                 profile=request.profile,
                 metrics={**_accuracy_summary(accuracies), "unknown_auroc": float(aurocs.mean())},
                 per_fold=[
@@ -459,7 +493,8 @@ def few_shot(request: BenchRequest) -> Path:
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
-                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw",
+                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw"
+                + embedding_note,
                 root=request.results_root,
             )
     assert written is not None
@@ -468,7 +503,7 @@ def few_shot(request: BenchRequest) -> Path:
 
 @register_protocol("neu-cls/split", "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods")
 def split(request: BenchRequest) -> Path:
-    check_options(request.variant, ("fractions", "repeats", "methods"), "neu-cls/split")
+    check_options(request.variant, ("fractions", "repeats", "methods", *EMBEDDING_OPTIONS), "neu-cls/split")
     fractions = [float(f) for f in option_list(request.variant, "fractions", "0.6,0.7,0.8")]
     repeats = int(request.variant.get("repeats", "1"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
