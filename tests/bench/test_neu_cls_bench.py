@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     data = stand_in()
     monkeypatch.setattr(protocol, "load_neu_cls", lambda: data)
 
-    def run(name: str, variant: dict[str, str]) -> dict[str, dict[str, Any]]:
+    def run(name: str, variant: dict[str, str], extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
         results = tmp_path / "results" / name.replace("/", "-")
         request = BenchRequest(
             profile="cpu",
@@ -45,7 +46,7 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             work_root=tmp_path / "work",
             progress=False,
             variant=variant,
-            overrides=OVERRIDES,
+            overrides=[*OVERRIDES, *extra],
             cells_root=tmp_path / "cells",
             commit="abc1234",
         )
@@ -108,9 +109,25 @@ def test_embedding_options_are_scl_arcface_variants(bench: Any, tmp_path: Path) 
     assert record["variant"] == {"shots": 2, "tta": "dihedral"} and "dihedral" in record["notes"]
     # Its own cell: the config (model.tta) differs from the paper's, so the plain run trains anew.
     plain = bench("neu-cls/small-data", {"shots": "2", "repeats": "1", "methods": "scl_arcface"})
-    assert next(iter(plain.values()))["variant"] == {"shots": 2}
+    names = {
+        "neu-cls-scl_arcface-small-data-2-cpu.json",
+        "neu-cls-scl_arcface-small-data-shots-2_tta-dihedral-cpu.json",
+    }
+    assert set(plain) == names
+    assert plain["neu-cls-scl_arcface-small-data-2-cpu.json"]["variant"] == {"shots": 2}
     digests = {cell["key"].split("config-")[1] for cell in _cells(tmp_path / "cells")}
     assert len(digests) == 2
+    (split,) = bench(
+        "neu-cls/split", {"fractions": "0.5", "methods": "scl_arcface", "tta": "dihedral"}
+    ).values()
+    assert split["variant"] == {"train_fraction": 0.5, "tta": "dihedral"} and "dihedral" in split["notes"]
+    # Backbone features keep the variant (and file name) their few-shot rows always had.
+    few = bench(
+        "neu-cls/few-shot", {"ks": "1", "draws": "1", "methods": "scl_arcface", "features": "backbone"}
+    )
+    assert [r["variant"] for r in few.values()] == [{"k": 1, "features": "backbone"}]
+    with pytest.raises(KeyError, match="give it as -V tta="):
+        bench("neu-cls/small-data", {"shots": "2", "methods": "scl_arcface"}, ["model.tta=dihedral"])
     with pytest.raises(KeyError, match="scl_arcface only"):
         bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "tta": "dihedral"})
     with pytest.raises(KeyError, match="use one of"):

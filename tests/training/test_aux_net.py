@@ -301,3 +301,25 @@ def test_good_images_teach_every_head() -> None:
     assert known.tolist() == [True, True] and targets.tolist() == [[0.0, 0.0], [0.0, 1.0]]
     boxes, _, has_boxes = batch_boxes(batch, 2, from_masks=True)
     assert has_boxes.tolist() == [True, False] and boxes[0].numel() == 0  # known: no box at all
+
+
+def test_softmax_classes_are_exclusive_and_need_one_class_per_image() -> None:
+    model = tiny(class_activation="softmax", tasks=("classification",))
+    recipe = AuxNetRecipe(model, 1e-3, 0.0, dict(DEFAULT_OPTIONS))
+    image = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    batch = collate([Sample("a", image, label=1, classes=[2]), Sample("b", image, label=1, classes=[1])], 2)
+    terms, output = recipe.losses(batch)
+    expected = torch.nn.functional.cross_entropy(output.class_logits, torch.tensor([1, 0]))
+    assert float(terms["class"].detach()) == pytest.approx(float(expected.detach()))
+    with torch.no_grad():
+        probabilities, _ = model.eval().inspect(torch.from_numpy(image)[None])
+    assert float(probabilities.sum()) == pytest.approx(1.0)
+    # A good image shows no class: softmax cannot say so, and the error names the image.
+    with pytest.raises(ValueError, match=r"ok\.png: class_activation=softmax needs exactly one class"):
+        recipe.losses(
+            collate([Sample("ok.png", image, label=0), Sample("a", image, label=1, classes=[2])], 2)
+        )
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        tiny(class_activation="softmax", num_classes=1)
+    with pytest.raises(ValueError, match="class_activation='tanh'"):
+        tiny(class_activation="tanh")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -38,9 +39,8 @@ def pattern(kind: str, seed: int, size: int = 48) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("types")
+def train_types(root: Path, **model_options: str) -> Path:
+    """Train on three pattern classes (8 images each) under ``root``; the model directory."""
     data = root / "data"
     rows = []
     for kind in ("dots", "frame", "blob"):
@@ -54,7 +54,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "weights": None,
         "data": {"root": str(data), "val_fraction": 0.25},
         "input": {"size": [32, 32], "channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
-        "model": {"backbone": "mobilenetv3_small_050", "embedding_dim": 16},
+        "model": {"backbone": "mobilenetv3_small_050", "embedding_dim": 16, **model_options},
         "method_options": {"arc_scale": 16.0, "unknown_quantile": 0.0},
         "trainer": {"epochs": 12, "batch_size": 9, "lr": 0.002},
     }
@@ -63,6 +63,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.output
     return root / "run" / "model"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_types(tmp_path_factory.mktemp("types"))
 
 
 def test_predict_names_the_class_and_flags_the_unknown(
@@ -154,14 +159,13 @@ def test_eval_reports_accuracy_confusion_and_grad_cam_sheet(
     assert sheet.width > 160 and sheet.height > 160  # image + Grad-CAM tiles under two headers
 
 
-def test_dihedral_tta_model_exports_with_parity(trained: Path, tmp_path: Path, one_thread: None) -> None:
-    import shutil
+def test_dihedral_tta_model_exports_with_parity_and_explains(tmp_path: Path, one_thread: None) -> None:
+    from defectkit.inference.explain import explain_class
+    from defectkit.inference.saved_model import load_model
 
-    model = tmp_path / "model"
-    shutil.copytree(trained, model)
-    card = yaml.safe_load((model / "model.yaml").read_text())
-    card["model_options"]["tta"] = "dihedral"  # inference only: the trained weights serve as they are
-    (model / "model.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+    # References and the unknown threshold are embedded with TTA at train time.
+    model = train_types(tmp_path, tta="dihedral")
+    assert read_card(model).model_options["tta"] == "dihedral"
     # export compares onnxruntime with PyTorch and refuses to write a graph that disagrees
     result = runner.invoke(app, ["export", str(model)])
     assert result.exit_code == 0, result.output
@@ -173,3 +177,6 @@ def test_dihedral_tta_model_exports_with_parity(trained: Path, tmp_path: Path, o
     ]
     for other in scores[1:]:
         assert other == pytest.approx(scores[0], abs=1e-4)
+    network, card = load_model(model)
+    heat = explain_class(network, card, image)
+    assert heat.shape == image.shape[:2] and cast(Any, network).network.tta == "dihedral"

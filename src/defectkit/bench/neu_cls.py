@@ -16,6 +16,10 @@ cross-entropy, the paper's "ResNet-50 (Backbone)"; in few-shot, its pooled featu
 embedding) and ``linear_probe`` (the frozen ImageNet backbone's pooled features, logistic
 regression; in few-shot, fit on the k references).
 
+``-V features=backbone`` and ``-V tta=dihedral`` (scl_arcface only, every protocol) change how
+references and queries are embedded (:class:`~defectkit.models.scl_arcface.EmbeddingNet`); their
+rows are variants of their own.
+
 Each (method, shots, repeat) is one cached cell, so the grid resumes across sessions; a results
 file per (method, shots) is written once all its repeats are done.
 """
@@ -349,7 +353,7 @@ def _repeated_grid(
     paper: Mapping[str, Mapping[Any, float]],
 ) -> Path:
     """Every (method, value) over ``repeats`` seeded draws; one results file per (method, value)."""
-    overrides, embedding_variant, embedding_note = _embedding_options(request, methods)
+    overrides, embedding_variant, embedding_note = _scl_inference_options(request, methods)
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-{grid}-{request.profile}")
@@ -395,14 +399,20 @@ def _repeated_grid(
 EMBEDDING_OPTIONS = ("features", "tta")
 
 
-def _embedding_options(
+def _scl_inference_options(
     request: BenchRequest, methods: Sequence[str]
 ) -> tuple[list[str], dict[str, str], str]:
     """(config overrides, variant entries, notes) of ``-V features=backbone`` and ``-V tta=dihedral``.
 
     Both change how scl_arcface compares references and queries, not how it trains, so they
-    apply to it alone; the defaults (the paper's) leave the variant as it was.
+    apply to it alone; the defaults (the paper's) leave the variant as it was. They enter the
+    config, so their cells train their own networks (same seeds; training is not bit-for-bit
+    deterministic, so a comparison with the plain rows includes run-to-run noise). Given as
+    ``--set model.tta=...`` instead, they would not name the results file: refused.
     """
+    for override in request.overrides:
+        if override.split("=")[0].strip() in ("model.tta", "model.reference_features"):
+            raise KeyError(f"--set {override}: give it as -V tta= or -V features=, which name the results")
     chosen = {
         "features": request.variant.get("features", "projection"),
         "tta": request.variant.get("tta", "none"),
@@ -413,14 +423,18 @@ def _embedding_options(
     variant: dict[str, str] = {}
     for option, value in chosen.items():
         if value not in allowed[option]:
-            raise KeyError(f"-V {option}={value}: use one of {', '.join(allowed[option])}")
+            raise KeyError(f"neu-cls: -V {option}={value}: use one of {', '.join(allowed[option])}")
         if value == allowed[option][0]:
             continue
         if list(methods) != ["scl_arcface"]:
-            raise KeyError(f"-V {option}={value} applies to -V methods=scl_arcface only")
+            raise KeyError(f"neu-cls: -V {option}={value} applies to -V methods=scl_arcface only")
         overrides.append(f"model.{model_key[option]}={value}")
         variant[option] = value
-    note = "; references and queries by their eight dihedral orientations" if "tta" in variant else ""
+    note = ""
+    if "features" in variant:
+        note += "; embeddings: pooled backbone features"
+    if "tta" in variant:
+        note += "; embeddings: normalised mean over the eight dihedral orientations (tta=dihedral)"
     return overrides, variant, note
 
 
@@ -454,7 +468,7 @@ def few_shot(request: BenchRequest) -> Path:
     ks = [int(k) for k in option_list(request.variant, "ks", "1,3,5")]
     draws = int(request.variant.get("draws", "20"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
-    overrides, embedding_variant, embedding_note = _embedding_options(request, methods)
+    overrides, embedding_variant, embedding_note = _scl_inference_options(request, methods)
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
@@ -501,7 +515,10 @@ def few_shot(request: BenchRequest) -> Path:
     return written
 
 
-@register_protocol("neu-cls/split", "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods")
+@register_protocol(
+    "neu-cls/split",
+    "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods; -V features=, -V tta= as small-data",
+)
 def split(request: BenchRequest) -> Path:
     check_options(request.variant, ("fractions", "repeats", "methods", *EMBEDDING_OPTIONS), "neu-cls/split")
     fractions = [float(f) for f in option_list(request.variant, "fractions", "0.6,0.7,0.8")]

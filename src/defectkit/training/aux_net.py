@@ -6,7 +6,9 @@ that carry its label level (the Batch ``has_*`` flags), so a training set can mi
 masks, with boxes, with only image labels, or with nothing but an OK/NG label:
 
 * ``L_class``: BCE on the K class logits (multi-label; with one class, the image label), over
-  images whose classes are known. It reaches the bottom-up path only (the head reads C5).
+  images whose classes are known; with the model's ``class_activation: softmax``, cross-entropy
+  instead, and every image with known classes must show exactly one (an image with none or
+  several is an error naming it). It reaches the bottom-up path only (the head reads C5).
 * ``L_seg``: ``seg_loss`` over images with a known mask: ``dice`` (equation 3, smoothing 1),
   ``bce``, ``jaccard``, ``dice+bce`` or ``jaccard+bce`` (Table I's variants). Equation 3 does not
   say which pixels one Dice sums over; ``seg_reduction`` chooses: ``image`` (one Dice per image's
@@ -32,6 +34,7 @@ Inspection reports; mAP is computed over every box above the decoder's 0.05.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import lightning as L
@@ -187,7 +190,7 @@ class AuxNetRecipe(L.LightningModule):
         terms = {"class": zero, "seg": zero, "focal": zero, "box": zero}
         targets, known = class_targets(batch, k)
         if "classification" in self.tasks and bool(known.any()):
-            terms["class"] = F.binary_cross_entropy_with_logits(output.class_logits[known], targets[known])
+            terms["class"] = self.class_loss(output.class_logits, targets, known, batch.paths)
         if "segmentation" in self.tasks and bool(batch.has_mask.any()):
             truth = mask_targets(batch.mask[batch.has_mask], k)
             terms["seg"] = segmentation_loss(
@@ -201,6 +204,18 @@ class AuxNetRecipe(L.LightningModule):
             if bool(has_boxes.any()):
                 terms["focal"], terms["box"] = detection_loss(output, boxes, labels, has_boxes, self.options)
         return terms, output
+
+    def class_loss(self, logits: Tensor, targets: Tensor, known: Tensor, paths: Sequence[str]) -> Tensor:
+        if self.model.class_activation == "sigmoid":
+            return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+        counts = targets.sum(dim=1)
+        wrong = torch.nonzero(known & (counts != 1)).flatten().tolist()
+        if wrong:
+            raise ValueError(
+                f"{paths[wrong[0]]}: class_activation=softmax needs exactly one class per image, this one "
+                f"has {int(counts[wrong[0]])} ({len(wrong)} such in the batch); use sigmoid"
+            )
+        return F.cross_entropy(logits[known], targets[known].argmax(dim=1))
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
         o = self.options
@@ -224,7 +239,7 @@ class AuxNetRecipe(L.LightningModule):
         terms, output = self.losses(batch)
         self._val.append({"loss": float(self.total(terms)), **{n: float(v) for n, v in terms.items()}})
         targets, known = class_targets(batch, self.model.num_classes)
-        self._val_probs.append(torch.sigmoid(output.class_logits[known]).detach().cpu())
+        self._val_probs.append(self.model.class_probabilities(output.class_logits[known]).detach().cpu())
         self._val_targets.append(targets[known].detach().cpu())
         if bool(batch.has_mask.any()):
             predicted = torch.sigmoid(output.mask_logits[batch.has_mask]) >= 0.5

@@ -13,6 +13,9 @@
   the four are summed, a 1x1 convolution gives K mask logits, upsampled x4 to the input.
 * Classification head: global average pooling of C5 and a linear layer to K logits; it reads
   the bottom-up path only, so its loss trains only the encoder (the paper's gradient routing).
+  ``class_activation`` turns the logits into probabilities: ``sigmoid`` (multi-label: an image
+  may show several classes or none) or ``softmax`` (exactly one class per image, as NEU-DET's
+  images are; the paper offers both). Boxes and masks stay per-class sigmoids either way.
 * Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
   (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``.
@@ -45,6 +48,7 @@ from defectkit.models.components import Attention, ChannelSpatialAttention
 STRIDE = 32
 PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 TASKS = ("classification", "segmentation", "detection")
+CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet blocks (not resnetv2_*)
 
 
@@ -159,8 +163,14 @@ class AuxNet(nn.Module):
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
         dropout: float = 0.2,
         tasks: Sequence[str] = ("classification", "segmentation", "detection"),
+        class_activation: str = "sigmoid",
     ) -> None:
         super().__init__()
+        if class_activation not in CLASS_ACTIVATIONS:
+            raise ValueError(f"class_activation={class_activation!r}: use one of {CLASS_ACTIVATIONS}")
+        if class_activation == "softmax" and num_classes < 2:
+            raise ValueError("class_activation=softmax needs at least 2 classes (one class: use sigmoid)")
+        self.class_activation = class_activation
         unknown = sorted(set(detection_levels) - set(PYRAMID_LEVELS))
         if unknown or len(anchor_sizes) != len(detection_levels):
             raise ValueError(
@@ -257,10 +267,16 @@ class AuxNet(nn.Module):
         """The classifier's probabilities; a single-task network without one judges the image by
         its own output: a detector by its best anchor per class, a segmenter by its best pixel."""
         if self.decision_head is not None:
-            return torch.sigmoid(output.class_logits)
+            return self.class_probabilities(output.class_logits)
         if self.detection_head is not None:
             return torch.sigmoid(output.box_logits).amax(dim=1)
         return torch.sigmoid(output.mask_logits).amax(dim=(2, 3))
+
+    def class_probabilities(self, class_logits: Tensor) -> Tensor:
+        """B x K probabilities of the classification head's logits (``class_activation``)."""
+        if self.class_activation == "softmax":
+            return torch.softmax(class_logits, dim=1)
+        return torch.sigmoid(class_logits)
 
     def _mask_probabilities(self, output: AuxNetOutput) -> Tensor | None:
         return torch.sigmoid(output.mask_logits) if self.segmentation_head is not None else None

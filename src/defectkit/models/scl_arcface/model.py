@@ -43,8 +43,10 @@ class EmbeddingNet(nn.Module):
     features under the projection head, which self-supervised learning often finds to transfer
     better to classes never trained on). Training is the same either way.
 
-    ``tta`` chooses how :meth:`embed` sees an image: ``none`` (the paper) or ``dihedral``, the mean
-    of the unit embeddings of its eight rotations by 90 degrees and their mirror images. Training
+    ``tta`` chooses how :meth:`embed` sees an image: ``none`` (the paper) or ``dihedral``, the
+    direction of the mean of the unit embeddings of its eight rotations by 90 degrees and their
+    mirror images. Set it before the reference database and the unknown threshold are made (at
+    ``train``): references embedded one way and queries the other do not compare. Training
     already draws those eight orientations as augmentations (the paper's rotations and flips), and
     steel surface textures have no upright; averaging over them makes an embedding exactly
     invariant to them and less noisy when only a few references per class exist. It costs eight
@@ -93,8 +95,8 @@ class EmbeddingNet(nn.Module):
         return out
 
     def embed(self, images: Tensor) -> Tensor:
-        """Unit-length reference embeddings (``reference_features``): cosine similarity is then a
-        dot product."""
+        """Unit-length reference embeddings (``reference_features``, each view of ``tta``): cosine
+        similarity is then a dot product."""
         views = dihedral_views(images) if self.tta == "dihedral" else [images]
         # One view at a time: a quarter turn of a non-square batch cannot share a tensor with it.
         unit = [F.normalize(self._reference_output(view), dim=1) for view in views]
