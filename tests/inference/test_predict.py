@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 import defectkit
@@ -15,7 +16,7 @@ from conftest import save, texture, tiny_segdec
 from defectkit.cli.main import app
 from defectkit.inference.inspection import Inspection, Region
 from defectkit.inference.overlay import VERDICT_COLOURS, render_overlay
-from defectkit.inference.predict import collect_images, output_names
+from defectkit.inference.predict import collect_images, defect_mask, output_names
 
 runner = CliRunner()
 
@@ -46,7 +47,7 @@ def _summary(out: Path) -> list[dict[str, str]]:
 def test_predict_folder_with_a_bad_file(model_dir: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(
-        app, ["predict", str(model_dir), str(images), "--out", str(out), "--save-heatmaps"]
+        app, ["predict", str(model_dir), str(images), "--out", str(out), "--save-heatmaps", "--save-masks"]
     )
     # Exit 1 because one file failed, but only after every other result was written.
     assert result.exit_code == 1, result.output
@@ -59,6 +60,10 @@ def test_predict_folder_with_a_bad_file(model_dir: Path, images: Path, tmp_path:
         inspection = Inspection.model_validate_json(json_path.read_text())
         assert inspection.verdict in ("ok", "defect") and inspection.threshold == 0.5
         assert inspection.heatmap is not None and Path(inspection.heatmap).is_file()
+        assert inspection.mask is not None
+        mask = np.asarray(Image.open(inspection.mask))
+        assert mask.shape == np.asarray(Image.open(inspection.heatmap)).shape[:2]
+        assert set(np.unique(mask)) <= ({0, 1} if inspection.verdict == "defect" else {0})
         assert (out / f"{json_path.stem}.png").is_file()
         assert json.loads(json_path.read_text())["image"].startswith(str(images))
     rows = _summary(out)
@@ -127,3 +132,16 @@ def test_overlay_marks_verdict_contour_and_boxes() -> None:
     assert tuple(body[15 * scale, 30 * scale + 1]) != tuple(body[2, 2])  # contour / heat visible
     ok = inspection.model_copy(update={"verdict": "ok", "regions": []})
     assert tuple(np.asarray(render_overlay(image, ok, None, 0.5))[1, 1]) == VERDICT_COLOURS["ok"]
+
+
+def test_defect_mask_names_the_strongest_class_and_only_for_defects() -> None:
+    heat = np.zeros((2, 3, 4), np.float32)
+    heat[0, 0, :2] = 0.9  # class 1 alone
+    heat[1, 0, 1:3] = 0.7  # class 2; at (0, 1) class 1 is stronger
+    heat[1, 2, 3] = 0.5  # exactly at the threshold counts
+    mask = defect_mask(heat, 0.5, "defect")
+    assert mask is not None and mask.dtype == np.uint8
+    assert mask.tolist() == [[1, 1, 2, 0], [0, 0, 0, 0], [0, 0, 0, 2]]
+    assert defect_mask(heat[0], 0.5, "defect").tolist()[0] == [1, 1, 0, 0]  # type: ignore[union-attr]
+    assert not defect_mask(heat, 0.5, "ok").any()  # type: ignore[union-attr]
+    assert defect_mask(None, 0.5, "defect") is None

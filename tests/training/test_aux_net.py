@@ -190,6 +190,12 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert inspection.regions and all(r.class_ in card.class_names for r in inspection.regions)
     x0, y0, x1, y1 = inspection.regions[0].box
     assert 0 <= x0 <= x1 <= 90 and 0 <= y0 <= y1 <= 70  # scaled back to the original image
+    # The saved decoding options bound the boxes the Inspector reports.
+    assert len(inspection.regions) > 1
+    trained_options = inspector.card.config.get("method_options", {})
+    inspector.card.config["method_options"] = {**trained_options, "max_detections": 1}
+    assert len(inspector.inspect(image).regions) == 1
+    inspector.card.config["method_options"] = trained_options
 
     from defectkit.data.synthetic import SynthConfig, synthetic_dataset
     from defectkit.evaluation.multilabel import multilabel_summary, score_multilabel

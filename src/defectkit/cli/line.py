@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from defectkit.cli.errors import UsageError, fail, user_errors
+from defectkit.cli.predict import SAVE_MASKS_HELP
 from defectkit.config import ConfigError
 
 console = Console(highlight=False)
@@ -60,6 +61,7 @@ def run(
     save_heatmaps: bool = typer.Option(
         False, "--save-heatmaps", help="Also write each heat map as <name>.heatmap.png."
     ),
+    save_masks: bool = typer.Option(False, "--save-masks", help=SAVE_MASKS_HELP),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write <name>.png overlays."),
 ) -> None:
     """Inspect every image in PATHS: surface, verdict (ok / defect / unknown), score, regions.
@@ -75,4 +77,12 @@ def run(
         line = load_line(line_dir)
     except SavedModelError as error:
         raise fail(str(error)) from None
-    write_predictions(line, paths, out, f"line {line.name}", save_heatmaps=save_heatmaps, overlays=overlays)
+    write_predictions(
+        line,
+        paths,
+        out,
+        f"line {line.name}",
+        save_heatmaps=save_heatmaps,
+        save_masks=save_masks,
+        overlays=overlays,
+    )

@@ -26,6 +26,12 @@ class BackendName(str, Enum):
     onnx = "onnx"
 
 
+SAVE_MASKS_HELP = (
+    "Also write each defect mask as <name>.mask.png: class ids (0 background) at the stored pixel "
+    "threshold, empty unless the verdict is defect."
+)
+
+
 @user_errors
 def predict(
     model_dir: Path = typer.Argument(..., help="Saved model directory (with model.yaml)."),
@@ -37,6 +43,7 @@ def predict(
     save_heatmaps: bool = typer.Option(
         False, "--save-heatmaps", help="Also write each heat map as <name>.heatmap.png."
     ),
+    save_masks: bool = typer.Option(False, "--save-masks", help=SAVE_MASKS_HELP),
     overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Write <name>.png overlays."),
     explain: bool = typer.Option(
         False, "--explain", help="Defect-type classifiers: Grad-CAM of the chosen class as the heat map."
@@ -45,7 +52,8 @@ def predict(
     """Inspect every image in PATHS with the model and thresholds stored in MODEL_DIR.
 
     Writes to OUT, per image: NAME.json (the inspection), NAME.png (an overlay),
-    NAME.heatmap.png (with --save-heatmaps, or --explain: the Grad-CAM map); NAME is
+    NAME.heatmap.png (with --save-heatmaps, or --explain: the Grad-CAM map), NAME.mask.png
+    (with --save-masks: class ids, 0 background, at the stored pixel threshold); NAME is
     the image's file stem, with a short hash added where two images share a stem.
     summary.csv: one row per input.
 
@@ -68,6 +76,7 @@ def predict(
         out,
         f"{inspector.name} [{backend.value}]",
         save_heatmaps=save_heatmaps,
+        save_masks=save_masks,
         overlays=overlays,
         explainer=explainer,
     )
@@ -80,6 +89,7 @@ def write_predictions(
     label: str,
     *,
     save_heatmaps: bool = False,
+    save_masks: bool = False,
     overlays: bool = True,
     explainer: Any = None,
 ) -> None:
@@ -100,6 +110,7 @@ def write_predictions(
             paths,
             out,
             save_heatmaps=save_heatmaps,
+            save_masks=save_masks,
             overlays=overlays,
             explainer=explainer,
             progress=lambda done, total: bar.update(task, completed=done, total=total),

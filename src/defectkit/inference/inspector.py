@@ -172,7 +172,14 @@ class Inspector:
         """Thresholding, top-k and NMS of one image's anchors, boxes scaled to the original image."""
         # Candidates down to the decoder's 0.05, or to the box threshold when that is lower.
         box = self.card.thresholds.box if self.card.thresholds.box is not None else 0.5
-        config = DecodeConfig(score_threshold=min(DecodeConfig.score_threshold, box))
+        # The trained model's decoding options (aux_net's method_options), else the decoder's own.
+        options = dict((self.card.config or {}).get("method_options") or {})
+        config = DecodeConfig(
+            score_threshold=min(DecodeConfig.score_threshold, box),
+            nms_iou=float(options.get("nms_iou", DecodeConfig.nms_iou)),
+            top_k=int(options.get("top_k", DecodeConfig.top_k)),
+            max_detections=int(options.get("max_detections", DecodeConfig.max_detections)),
+        )
         found = select_detections(torch.from_numpy(anchor_scores), torch.from_numpy(anchor_boxes), config)
         height, width = self.card.input.size
         scale = torch.tensor([size[1] / width, size[0] / height] * 2)

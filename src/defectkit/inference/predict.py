@@ -2,7 +2,8 @@
 
 ``predict_paths(inspector, paths, out)`` writes, for each image, ``<name>.json`` (the
 :class:`~defectkit.inference.inspection.Inspection`), ``<name>.png`` (an overlay for a person to
-look at) and optionally ``<name>.heatmap.png``, then ``summary.csv`` with one row per input file.
+look at) and optionally ``<name>.heatmap.png`` and ``<name>.mask.png`` (:func:`defect_mask`), then
+``summary.csv`` with one row per input file.
 A file that cannot be decoded is recorded as a failure and skipped; the others still get their
 results (DESIGN.md, "Errors and bad input"). Every file is written under a temporary name and
 renamed, so an interrupted run never leaves half a file.
@@ -133,12 +134,31 @@ def _png_bytes(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def defect_mask(heatmap: np.ndarray | None, pixel_threshold: float, verdict: str) -> np.ndarray | None:
+    """H x W uint8 class-id map (DESIGN.md's mask: 0 background, k = class k; one class: 1) of the
+    pixels at or above ``pixel_threshold``, or None for a model without a heat map.
+
+    ``heatmap`` is H x W, or K x H x W per-class maps; where several classes pass, the strongest
+    names the pixel. As with regions, only a ``defect`` verdict has defect pixels: an ``ok`` or
+    ``unknown`` image gets an empty mask.
+    """
+    if heatmap is None:
+        return None
+    stack = heatmap[None] if heatmap.ndim == 2 else heatmap
+    above = stack >= pixel_threshold
+    ids = np.where(above.any(axis=0), np.where(above, stack, -np.inf).argmax(axis=0) + 1, 0)
+    if verdict != "defect":
+        ids[:] = 0
+    return ids.astype(np.uint8)
+
+
 def predict_paths(
     inspector: ImageInspector,
     paths: Iterable[str | Path],
     out: str | Path,
     *,
     save_heatmaps: bool = False,
+    save_masks: bool = False,
     overlays: bool = True,
     explainer: Callable[[np.ndarray, Inspection], np.ndarray | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -169,6 +189,13 @@ def predict_paths(
         except (ImageReadError, ValueError) as error:
             failed(Failure(str(image_path), error_reason(error, image_path)))
         else:
+            if save_masks:
+                # From the model's own heat map: a Grad-CAM explanation is no segmentation.
+                mask = defect_mask(heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict)
+                if mask is not None:
+                    mask_path = out / f"{name}.mask.png"
+                    write_atomic(mask_path, _png_bytes(Image.fromarray(mask)))
+                    inspection.mask = str(mask_path)
             if explainer is not None:
                 heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
             if (save_heatmaps or explainer is not None) and heatmap is not None:

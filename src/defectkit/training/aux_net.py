@@ -29,7 +29,8 @@ segmenter or a detector on the same network. Epochs are ranked by the validation
 
 Thresholds are fixed (the paper presumes 0.5): ``threshold`` for class probabilities and mask
 pixels, ``box_threshold`` (0.3: focal-loss scores run lower than a classifier's) for the boxes an
-Inspection reports; mAP is computed over every box above the decoder's 0.05.
+Inspection reports; mAP is computed over every box above the decoder's 0.05. ``nms_iou``,
+``top_k`` and ``max_detections`` set the box decoding the saved model's Inspector applies.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "negative_iou": 0.4,
     "threshold": 0.5,
     "box_threshold": 0.3,
+    # Box decoding (RetinaNet's, which the paper does not state): per-class NMS at this IoU over
+    # the top_k candidates, at most max_detections boxes per image.
+    "nms_iou": 0.5,
+    "top_k": 1000,
+    "max_detections": 100,
 }
 SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
 SEG_REDUCTIONS = ("image", "batch")

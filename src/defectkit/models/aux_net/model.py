@@ -20,7 +20,8 @@
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
   (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``.
 
-The paper leaves widths, levels and anchors open; each is a constructor argument.
+The paper leaves widths, levels and anchors open; each is a constructor argument, as are the
+attention's reduction ratio (``se_ratio``, 16 as the paper) and spatial kernel (``sa_kernel``, 7).
 """
 
 from __future__ import annotations
@@ -64,14 +65,22 @@ class AuxNetOutput:
 class AttentionEncoder(nn.Module):
     """C2..C5 of a timm encoder with channel + spatial attention (see the module docstring)."""
 
-    def __init__(self, backbone: str, in_channels: int = 3, attention: Attention = "se+sa") -> None:
+    def __init__(
+        self,
+        backbone: str,
+        in_channels: int = 3,
+        attention: Attention = "se+sa",
+        se_ratio: int = 16,
+        sa_kernel: int = 7,
+    ) -> None:
         super().__init__()
         self.in_blocks = IN_BLOCK_FAMILY.match(backbone) is not None
+        attend = functools.partial(
+            ChannelSpatialAttention, attention=attention, rd_ratio=1.0 / se_ratio, kernel_size=sa_kernel
+        )
         options: dict[str, Any] = {}
         if self.in_blocks and attention != "none":
-            options["block_args"] = {
-                "attn_layer": functools.partial(ChannelSpatialAttention, attention=attention)
-            }
+            options["block_args"] = {"attn_layer": attend}
         self.body: nn.Module = timm.create_model(
             backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4), in_chans=in_channels,
             **options,
@@ -79,7 +88,7 @@ class AttentionEncoder(nn.Module):
         self.channels: list[int] = list(self.body.feature_info.channels())  # type: ignore[operator,union-attr]
         stage_attention = attention != "none" and not self.in_blocks
         self.stage_attention = nn.ModuleList(
-            ChannelSpatialAttention(c, attention) if stage_attention else nn.Identity() for c in self.channels
+            attend(c) if stage_attention else nn.Identity() for c in self.channels
         )
 
     def forward(self, images: Tensor) -> list[Tensor]:
@@ -156,6 +165,8 @@ class AuxNet(nn.Module):
         num_classes: int = 1,
         in_channels: int = 3,
         attention: Attention = "se+sa",
+        se_ratio: int = 16,
+        sa_kernel: int = 7,
         pyramid_channels: int = 128,
         segmentation_channels: int = 64,
         detection_levels: Sequence[str] = ("p3", "p4", "p5", "p6"),
@@ -183,7 +194,7 @@ class AuxNet(nn.Module):
         self.tasks = tuple(tasks)
         self.detects = "detection" in self.tasks
         self.detection_levels = tuple(detection_levels)
-        self.encoder = AttentionEncoder(backbone, in_channels, attention)
+        self.encoder = AttentionEncoder(backbone, in_channels, attention, se_ratio, sa_kernel)
         # Heads (and the FPN) exist only for the tasks asked: the single-task baselines are this
         # network with one head, so parameters and time compare like for like.
         # The segmenter needs P2..P5; a detector alone builds its pyramid from C3 (no P2), as RetinaNet.
