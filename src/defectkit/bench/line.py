@@ -52,6 +52,7 @@ from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
 from defectkit.data.sample import Sample
 from defectkit.data.synthetic import SynthConfig, generate, surface_names
+from defectkit.evaluation.line import ROWS, VERDICTS, cascade_figures
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.line import cascade_verdict
 from defectkit.inference.saved_model import CARD_NAME, InputSpec
@@ -70,8 +71,6 @@ from defectkit.training.sbad import (
 
 LINE_CONFIG = "configs/line/dagm-mix.yaml"
 OPTIONS = ("splits",)
-VERDICTS = ("ok", "defect", "unknown")
-ROWS = ("seen_good", "seen_defective", "unseen")
 PAPER = {"detector_ap_min": 0.99}  # the paper's SBDD on DAGM; it reports no cascade figures
 # What has been tried against the detectors' shortfall (the issue's AP >= 0.99 on every surface).
 LINE_TRIED_CPU = (
@@ -163,30 +162,6 @@ def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, 
         "test_ap": average_precision(truth, [scores[i] for i in own]),
         "test_images": len(own),
         "scores": rounded(scores),
-    }
-
-
-def cascade_figures(rows: np.ndarray, verdicts: Sequence[str], routed_right: np.ndarray,
-                    unseen_scores: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    """The end-to-end figures from each test image's row (0 seen good, 1 seen defective, 2 unseen)
-    and verdict."""
-    verdict = np.asarray(verdicts)
-    confusion = [[int(((rows == r) & (verdict == v)).sum()) for v in VERDICTS] for r in range(3)]
-
-    def share(row: int, *wanted: str) -> float:
-        members = rows == row
-        return float(np.isin(verdict[members], wanted).mean()) if members.any() else float("nan")
-
-    seen = rows < 2
-    return {
-        "routing_accuracy": float(routed_right[seen].mean()),
-        "detection_rate": share(1, "defect"),
-        "escape_rate": share(1, "ok"),
-        "false_alarm_rate": share(0, "defect", "unknown"),
-        "false_defect_rate": share(0, "defect"),
-        "unseen_alert_rate": share(2, "unknown"),
-        "alert_auroc": auroc((rows == 2).astype(int), unseen_scores),
-        "confusion": confusion,
     }
 
 

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
+from defectkit.cli.data import progress_bar
 from defectkit.cli.errors import UsageError, fail, user_errors
+from defectkit.cli.evaluate import Split
 from defectkit.cli.predict import SAVE_MASKS_HELP
 from defectkit.config import ConfigError
 
 console = Console(highlight=False)
+ROWS_SHOWN = (
+    "routing_accuracy", "detection_rate", "escape_rate", "false_alarm_rate", "false_defect_rate",
+    "unseen_alert_rate", "alert_auroc",
+)  # fmt: skip
 app = typer.Typer(
     help="Two-stage inspection line: a surface router, then each surface's defect detector.",
     no_args_is_help=True,
@@ -86,3 +94,68 @@ def run(
         save_masks=save_masks,
         overlays=overlays,
     )
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    line_dir: Path = typer.Argument(..., help="Line directory (with line.yaml)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Dataset folder with each image's surface."),
+    format: str | None = typer.Option(None, "--format", "-f", help="Reader to use; detected when omitted."),
+    split: Split = typer.Option(Split.test, help="Images whose meta split matches ('all': every image)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report folder (default: LINE_DIR/eval-SPLIT)."
+    ),
+) -> None:
+    """Put every labelled image through the whole line and score it end to end.
+
+    Rows: what an image is (a seen surface's good or defective image, or an unseen surface's);
+    columns: the line's verdict (ok, defect, unknown). Writes metrics.json (routing accuracy,
+    detection and escape rates, false alarms, unseen alerts and their AUROC, the confusion
+    matrix) and confusion.png. Unreadable images are listed and skipped.
+    """
+    import json
+
+    from defectkit.data.formats import FormatError, read_dataset
+    from defectkit.evaluation.evaluate import select_split
+    from defectkit.evaluation.line import ROWS, VERDICTS, evaluate_line
+    from defectkit.evaluation.plots import confusion_png
+    from defectkit.files import write_atomic
+    from defectkit.inference.line import load_line
+    from defectkit.inference.saved_model import SavedModelError
+
+    try:
+        line = load_line(line_dir)
+        samples, chosen = select_split(read_dataset(data, format).samples, split.value)
+    except (SavedModelError, FormatError) as error:
+        raise fail(str(error)) from None
+    with progress_bar("judging") as bar:
+        task = bar.add_task("line eval", total=None)
+        report = evaluate_line(
+            line, samples, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    for path, reason in report.failures:
+        console.print(f"[red]failed[/]: {escape(path)}: {escape(reason)}", soft_wrap=True)
+    folder = out or line_dir / f"eval-{split.value}"
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        **report.metrics,
+        "confusion": {"rows": list(ROWS), "columns": list(VERDICTS), "counts": report.metrics["confusion"]},
+        "n_images": report.n_images,
+        "images": chosen,
+        "seen_surfaces": list(line.router.seen),
+        "failures": [{"image": path, "reason": reason} for path, reason in report.failures],
+    }
+    write_atomic(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_atomic(
+        folder / "confusion.png",
+        confusion_png(report.metrics["confusion"], ROWS, VERDICTS, f"line {line.name}: {chosen}"),
+    )
+    table = Table(title=f"line {line.name} on {data} ({chosen})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for name in ROWS_SHOWN:
+        value = float(report.metrics[name])
+        table.add_row(name, "n/a" if math.isnan(value) else f"{value:.4f}")
+    console.print(table)
+    console.print(escape(f"wrote {folder / 'metrics.json'} and {folder / 'confusion.png'}"))

@@ -25,7 +25,9 @@ from defectkit.data.sample import Sample
 from defectkit.evaluation.contact_sheet import contact_sheet
 from defectkit.metrics import average_precision, image_metrics
 
-__all__ = ["SheetSection", "heat_tile", "pr_curve_png", "score_histogram_png", "sectioned_sheet"]
+__all__ = [
+    "SheetSection", "confusion_png", "heat_tile", "pr_curve_png", "score_histogram_png", "sectioned_sheet",
+]  # fmt: skip
 
 HEADER_PX = 18
 # A histogram switches to a log y axis when its tallest bin holds at least LOG_Y_MIN images and
@@ -251,5 +253,27 @@ def dice_difference_png(difference: np.ndarray, title: str = "") -> bytes:
     axes.set_xlabel("per-image Dice, ImageNet minus random")
     axes.set_ylabel("images")
     axes.set_title(f"{title}\n{summary}" if title else summary, fontsize=9)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def confusion_png(
+    counts: Sequence[Sequence[int]], rows: Sequence[str], columns: Sequence[str], title: str = ""
+) -> bytes:
+    """A confusion matrix as a picture: counts in the cells, shaded by each row's share."""
+    matrix = np.asarray(counts, dtype=float)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1.0)
+    figure = Figure(figsize=(1.6 + 1.2 * len(columns), 1.2 + 0.7 * len(rows)), dpi=100)
+    axes = figure.add_subplot()
+    axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for r in range(len(rows)):
+        for c in range(len(columns)):
+            colour = "white" if shares[r, c] > 0.6 else "black"
+            axes.text(c, r, f"{int(matrix[r, c])}\n{shares[r, c]:.1%}", ha="center", va="center",
+                      color=colour, fontsize=8)  # fmt: skip
+    axes.set_xticks(range(len(columns)), list(columns))
+    axes.set_yticks(range(len(rows)), list(rows))
+    axes.set_xlabel("verdict")
+    axes.set_title(title, fontsize=10)
     figure.tight_layout()
     return _png(figure)

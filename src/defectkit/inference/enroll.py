@@ -2,8 +2,9 @@
 
 For models with a reference database (``scl_arcface``): the images are embedded by the saved
 network through the same pre-processing as inspection, and appended to
-``references.safetensors``; a new class name is appended to the model card. No retraining, and
-``predict`` / the service use the class at once. The card is written before the references, so
+``references.safetensors``; a new class name is appended to the model card. No retraining:
+the next ``predict`` uses the class; a running service loads its model once, so it knows the class
+after a restart. The card is written before the references, so
 an interruption leaves a loadable model (a class with no references is never predicted); an
 existing ``model.onnx`` (which carries the database as constants) is exported again.
 """

@@ -50,8 +50,8 @@ def open_inspector(settings: ServeSettings) -> Inspector:
     directory = Path(settings.model_dir)
     if (directory / LINE_FILE).is_file():
         raise SavedModelError(
-            f"{directory}: a line directory; serving whole lines arrives with `defectkit line`, "
-            "serve one model directory for now"
+            f"{directory}: a line directory; the service serves one model directory (inspect a "
+            "line with `defectkit line run`)"
         )
     backend = settings.backend
     if backend == "auto":
