@@ -8,28 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from defectkit.bench.line import PRODUCTS_ATTRIBUTES, cascade_figures
+from defectkit.bench.line import PRODUCTS_ATTRIBUTES
 from defectkit.bench.render import render_markdown
 from defectkit.data.attributes import TABLE1_NAMES, describe, read_attributes
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def test_cascade_figures_count_each_verdict_once() -> None:
-    rows = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2])  # seen good x4, seen defective x3, unseen x2
-    verdicts = ["ok", "ok", "defect", "unknown", "defect", "defect", "ok", "unknown", "defect"]
-    routed = np.array([True, True, True, False, True, True, True, False, False])
-    unseen = np.array([0.1, 0.2, 0.1, 0.9, 0.2, 0.1, 0.3, 0.8, 0.05])
-    figures = cascade_figures(rows, verdicts, routed, unseen)
-    assert figures["confusion"] == [[2, 1, 1], [1, 2, 0], [0, 1, 1]]
-    assert figures["detection_rate"] == pytest.approx(2 / 3)
-    assert figures["escape_rate"] == pytest.approx(1 / 3)
-    assert figures["false_alarm_rate"] == pytest.approx(2 / 4)  # defect or unknown on a good part
-    assert figures["false_defect_rate"] == pytest.approx(1 / 4)
-    assert figures["unseen_alert_rate"] == pytest.approx(1 / 2)
-    assert figures["routing_accuracy"] == pytest.approx(6 / 7)
-    # Unseen scores 0.8 and 0.05 against seen 0.05..0.9: AUROC from the ranks.
-    assert 0.0 < figures["alert_auroc"] < 1.0
 
 
 def test_products_attribute_table_is_table1_shaped() -> None:

@@ -219,23 +219,6 @@ detector:
     assert changed.exit_code != 0 and "remove" in changed.output
 
 
-def test_cascade_figures_from_rows_and_verdicts() -> None:
-    from defectkit.evaluation.line import cascade_figures
-
-    rows = np.array([0, 0, 0, 1, 1, 2, 2])
-    verdicts = ["ok", "defect", "unknown", "defect", "ok", "unknown", "ok"]
-    right = np.array([True, True, False, True, True, False, False])
-    figures = cascade_figures(rows, verdicts, right, np.array([0.1, 0.2, 0.9, 0.1, 0.3, 0.8, 0.25]))
-    assert figures["confusion"] == [[1, 1, 1], [1, 1, 0], [1, 0, 1]]
-    assert figures["routing_accuracy"] == pytest.approx(4 / 5)
-    assert figures["detection_rate"] == figures["escape_rate"] == 0.5
-    assert figures["false_alarm_rate"] == pytest.approx(2 / 3)
-    assert figures["false_defect_rate"] == pytest.approx(1 / 3)
-    assert figures["unseen_alert_rate"] == 0.5
-    # unseen 0.8 and 0.25 against seen 0.1, 0.2, 0.9, 0.1, 0.3: 4 + 3 of 10 pairs ranked right
-    assert figures["alert_auroc"] == pytest.approx(0.7)
-
-
 def test_line_eval_scores_every_test_image_end_to_end(line_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
     result = CliRunner().invoke(

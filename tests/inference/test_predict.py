@@ -144,4 +144,7 @@ def test_defect_mask_names_the_strongest_class_and_only_for_defects() -> None:
     assert mask.tolist() == [[1, 1, 2, 0], [0, 0, 0, 0], [0, 0, 0, 2]]
     assert defect_mask(heat[0], 0.5, "defect").tolist()[0] == [1, 1, 0, 0]  # type: ignore[union-attr]
     assert not defect_mask(heat, 0.5, "ok").any()  # type: ignore[union-attr]
+    # A class the classifier did not call marks no pixel, however hot its map.
+    only_second = defect_mask(heat, 0.5, "defect", [False, True])
+    assert only_second.tolist() == [[0, 2, 2, 0], [0, 0, 0, 0], [0, 0, 0, 2]]  # type: ignore[union-attr]
     assert defect_mask(None, 0.5, "defect") is None

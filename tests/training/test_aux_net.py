@@ -194,8 +194,10 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert len(inspection.regions) > 1
     trained_options = inspector.card.config.get("method_options", {})
     inspector.card.config["method_options"] = {**trained_options, "max_detections": 1}
-    assert len(inspector.inspect(image).regions) == 1
-    inspector.card.config["method_options"] = trained_options
+    try:
+        assert len(inspector.inspect(image).regions) == 1
+    finally:
+        inspector.card.config["method_options"] = trained_options
 
     from defectkit.data.synthetic import SynthConfig, synthetic_dataset
     from defectkit.evaluation.multilabel import multilabel_summary, score_multilabel
@@ -325,6 +327,22 @@ def test_softmax_classes_are_exclusive_and_need_one_class_per_image() -> None:
         recipe.losses(
             collate([Sample("ok.png", image, label=0), Sample("a", image, label=1, classes=[2])], 2)
         )
+    # Saved and inspected: the best class is the call, whatever its probability.
+    from defectkit.inference.inspector import Inspector, TorchBackend
+    from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds
+
+    options = {"class_activation": "softmax", "num_classes": 2}
+    card = ModelCard(
+        method="aux_net", model="aux_net", model_options=options, class_names=["pits", "scratch"],
+        input=InputSpec(size=(64, 64), channels=3, mean=(0.5,) * 3, std=(0.25,) * 3),
+        thresholds=Thresholds(decision=0.99), multilabel=True,
+    )  # fmt: skip
+    inspection = Inspector(card, TorchBackend(model.eval(), card), "tiny").inspect(
+        (image.transpose(1, 2, 0) * 255).astype(np.uint8)
+    )
+    best = max(inspection.class_scores, key=inspection.class_scores.__getitem__)
+    assert inspection.verdict == "defect" and inspection.defect_class == best
+    assert sum(inspection.class_scores.values()) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="at least 2 classes"):
         tiny(class_activation="softmax", num_classes=1)
     with pytest.raises(ValueError, match="class_activation='tanh'"):

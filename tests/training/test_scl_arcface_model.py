@@ -178,5 +178,8 @@ def test_dihedral_tta_model_exports_with_parity_and_explains(tmp_path: Path, one
     for other in scores[1:]:
         assert other == pytest.approx(scores[0], abs=1e-4)
     network, card = load_model(model)
-    heat = explain_class(network, card, image)
+    heat = explain_class(network, card, image, class_index=0)
     assert heat.shape == image.shape[:2] and cast(Any, network).network.tta == "dihedral"
+    # Grad-CAM explains the upright view: the map of the same network without TTA.
+    cast(Any, network).network.tta = "none"
+    assert np.allclose(explain_class(network, card, image, class_index=0), heat, atol=1e-6)

@@ -95,11 +95,11 @@ PAPER_TABLE_IV = {"none": 0.962, "se": 0.968, "sa": 0.963, "se+sa": 0.971}
 PAPER_DETECTION_GAIN = 0.1795
 # What has been tried against the cpu shortfalls (issue 8's targets), beside the rows they explain.
 AUX_TRIED_CPU = {
-    "neu-det": "against the issue's mAP@.5 0.75: only this setting has run on the cpu profile (one "
-    "NEU-DET training costs 46-61 min here); untried: more epochs, a larger input, focal gamma 2 "
-    "(RetinaNet's) instead of the paper's 4",
-    "ksdd": "against the empty masks: -V seg_reduction=batch (one Dice over the batch, so the good "
-    "images' empty masks stop dominating) is built for it and not yet run",
+    "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile (one NEU-DET training: 46-61 min "
+    "here): the other aux/neu-det rows are what was tried; levers not in them: more epochs, a larger "
+    "input, focal gamma 2 (RetinaNet's) instead of the paper's 4",
+    "ksdd": "against the empty masks, -V seg_reduction=batch (one Dice over the batch, so the good "
+    "images' empty masks stop dominating) is the option built for it",
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
@@ -255,7 +255,9 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                         REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides]
                     )
                     activation = str(config.model.get("class_activation", "sigmoid"))
-                    activation_variant = {"class_activation": activation} if activation != "sigmoid" else {}
+                    # Only a network with a classification head has an activation to name.
+                    named = activation != "sigmoid" and "classification" in tasks
+                    activation_variant = {"class_activation": activation} if named else {}
                     reduction = str(options_of(config)["seg_reduction"])
                     reduced = reduction != DEFAULT_REDUCTION
                     seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
@@ -423,6 +425,8 @@ def _notes(
     per_image = options_of(config)["seg_reduction"] == DEFAULT_REDUCTION
     if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or per_image):
         notes.append(AUX_TRIED_CPU[dataset_name])
+    if config.model.get("class_activation") == "softmax":
+        notes.append("softmax classes: mla counts a class called at probability >= 0.5, as for sigmoid")
     if metrics.get("dice_pos") == 0.0:
         # Dice scores an empty prediction on a good image a perfect 1, so with no defect pixel
         # found it measures only how many images are good.

@@ -412,7 +412,9 @@ def _scl_inference_options(
     """
     for override in request.overrides:
         if override.split("=")[0].strip() in ("model.tta", "model.reference_features"):
-            raise KeyError(f"--set {override}: give it as -V tta= or -V features=, which name the results")
+            raise KeyError(
+                f"neu-cls: --set {override}: give it as -V tta= or -V features=, which name the results"
+            )
     chosen = {
         "features": request.variant.get("features", "projection"),
         "tta": request.variant.get("tta", "none"),

@@ -116,8 +116,8 @@ def evaluate(
     """
     import json
 
-    from defectkit.data.formats import FormatError, read_dataset
-    from defectkit.evaluation.evaluate import select_split
+    from defectkit.data.formats import read_dataset
+    from defectkit.evaluation.evaluate import json_ready, select_split
     from defectkit.evaluation.line import ROWS, VERDICTS, evaluate_line
     from defectkit.evaluation.plots import confusion_png
     from defectkit.files import write_atomic
@@ -127,7 +127,7 @@ def evaluate(
     try:
         line = load_line(line_dir)
         samples, chosen = select_split(read_dataset(data, format).samples, split.value)
-    except (SavedModelError, FormatError) as error:
+    except SavedModelError as error:
         raise fail(str(error)) from None
     with progress_bar("judging") as bar:
         task = bar.add_task("line eval", total=None)
@@ -146,7 +146,8 @@ def evaluate(
         "seen_surfaces": list(line.router.seen),
         "failures": [{"image": path, "reason": reason} for path, reason in report.failures],
     }
-    write_atomic(folder / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    # NaN (a row without images) is written as null: strict JSON, as every other report.
+    write_atomic(folder / "metrics.json", json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
     write_atomic(
         folder / "confusion.png",
         confusion_png(report.metrics["confusion"], ROWS, VERDICTS, f"line {line.name}: {chosen}"),

@@ -27,8 +27,8 @@ class BackendName(str, Enum):
 
 
 SAVE_MASKS_HELP = (
-    "Also write each defect mask as <name>.mask.png: class ids (0 background) at the stored pixel "
-    "threshold, empty unless the verdict is defect."
+    "Also write each defect mask as <name>.mask.png (models with a heat map): class ids, 0 "
+    "background, at the stored pixel threshold; empty unless the verdict is defect."
 )
 
 

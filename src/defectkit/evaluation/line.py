@@ -6,14 +6,17 @@ three rows by what it truly is, ``seen_good`` / ``seen_defective`` (a surface th
 trained on, OK or NG) or ``unseen`` (any other surface), and one of three columns by the line's
 verdict, ``ok`` / ``defect`` / ``unknown``. From that confusion matrix:
 
-* ``routing_accuracy``: seen images sent to their own surface's detector (not flagged unseen);
+* ``routing_accuracy``: seen images the router names as their own surface (not flagged unseen;
+  a seen surface without a detector in the line is still routed right, then judged unknown);
 * ``detection_rate``: seen defective images called defect; ``escape_rate``: called ok;
 * ``false_alarm_rate``: seen good images not called ok (defect or unknown: a person looks at
   them either way); ``false_defect_rate``: called defect;
 * ``unseen_alert_rate``: unseen images called unknown; ``alert_auroc``: the router's unseen score
   separating unseen from seen images (NaN when one of them is absent).
 
-``defectkit line eval`` and the ``dagm-mix/line`` benchmark share :func:`cascade_figures`.
+``defectkit line eval`` and the ``dagm-mix/line`` benchmark share :func:`cascade_figures`; the
+benchmark's unseen row is every image of its unseen surfaces, ``line eval --split test`` only
+their test images.
 """
 
 from __future__ import annotations

@@ -59,12 +59,15 @@ def explain_class(
             class_index = int(wrapper(raw).argmax(1)[0])
     # Grad-CAM reads one pass through the target layer; with dihedral TTA there would be eight,
     # so the map explains the upright view's evidence for the class the full model chose.
-    tta, network.tta = getattr(network, "tta", "none"), "none"
+    tta = getattr(network, "tta", None)
+    if tta is not None:
+        network.tta = "none"
     try:
         with GradCAM(model=wrapper, target_layers=[last_feature_layer(network.backbone)]) as cam:
             grayscale = cam(input_tensor=raw, targets=[ClassifierOutputTarget(class_index)])[0]
     finally:
-        network.tta = tta
+        if tta is not None:
+            network.tta = tta
     height, width = image.shape[:2]
     resized = F.interpolate(
         torch.from_numpy(grayscale)[None, None].float(), size=(height, width), mode="bilinear"

@@ -281,13 +281,20 @@ class Inspector:
 
     def _judge_multilabel(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
         """Independent class probabilities: defect when any reaches the decision threshold; the
-        defect class is the most probable one. Regions come from each class's own map, for the
-        classes called present only (a mask of a class the classifier rejects is not reported)."""
+        defect class is the most probable one (softmax probabilities: always that class). Regions
+        come from each class's own map, for the classes called present only (a mask of a class
+        the classifier rejects is not reported)."""
         assert scored.class_scores is not None
         names = self.card.class_names
-        verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
         best = int(np.argmax(scored.class_scores))
-        called = {n for n, p in zip(names, scored.class_scores, strict=False) if p >= self.threshold}
+        if self.card.model_options.get("class_activation") == "softmax":
+            # Exclusive classes cannot say "no defect": the model was trained on images with
+            # exactly one class each, so its best class is the call.
+            verdict: Verdict = "defect"
+            called = {names[best]} if best < len(names) else set()
+        else:
+            verdict = "defect" if scored.score >= self.threshold else "ok"
+            called = {n for n, p in zip(names, scored.class_scores, strict=False) if p >= self.threshold}
         return Inspection(
             image=label,
             model=self.name,

@@ -134,22 +134,38 @@ def _png_bytes(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def defect_mask(heatmap: np.ndarray | None, pixel_threshold: float, verdict: str) -> np.ndarray | None:
+def defect_mask(
+    heatmap: np.ndarray | None, pixel_threshold: float, verdict: str, called: Sequence[bool] | None = None
+) -> np.ndarray | None:
     """H x W uint8 class-id map (DESIGN.md's mask: 0 background, k = class k; one class: 1) of the
     pixels at or above ``pixel_threshold``, or None for a model without a heat map.
 
     ``heatmap`` is H x W, or K x H x W per-class maps; where several classes pass, the strongest
-    names the pixel. As with regions, only a ``defect`` verdict has defect pixels: an ``ok`` or
-    ``unknown`` image gets an empty mask.
+    names the pixel. As with regions, only a ``defect`` verdict has defect pixels (an ``ok`` or
+    ``unknown`` image gets an empty mask), and only the classes ``called`` (K flags, one per map:
+    those the classifier found present; default all) mark any.
     """
     if heatmap is None:
         return None
     stack = heatmap[None] if heatmap.ndim == 2 else heatmap
     above = stack >= pixel_threshold
+    if called is not None and len(called) == len(stack):  # one flag per class map
+        above &= np.asarray(called, dtype=bool)[:, None, None]
     ids = np.where(above.any(axis=0), np.where(above, stack, -np.inf).argmax(axis=0) + 1, 0)
     if verdict != "defect":
         ids[:] = 0
     return ids.astype(np.uint8)
+
+
+def _called(inspection: Inspection) -> list[bool] | None:
+    """Per class of a multi-class Inspection: reported present (its probability at the threshold,
+    or the defect class); None for a model without class scores."""
+    if len(inspection.class_scores) < 2:
+        return None
+    return [
+        name == inspection.defect_class or score >= inspection.threshold
+        for name, score in inspection.class_scores.items()
+    ]
 
 
 def predict_paths(
@@ -191,7 +207,9 @@ def predict_paths(
         else:
             if save_masks:
                 # From the model's own heat map: a Grad-CAM explanation is no segmentation.
-                mask = defect_mask(heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict)
+                mask = defect_mask(
+                    heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict, _called(inspection)
+                )
                 if mask is not None:
                     mask_path = out / f"{name}.mask.png"
                     write_atomic(mask_path, _png_bytes(Image.fromarray(mask)))
