@@ -343,6 +343,16 @@ def test_softmax_classes_are_exclusive_and_need_one_class_per_image() -> None:
     best = max(inspection.class_scores, key=inspection.class_scores.__getitem__)
     assert inspection.verdict == "defect" and inspection.defect_class == best
     assert sum(inspection.class_scores.values()) == pytest.approx(1.0, abs=1e-5)
+    # The whole training set is checked before training starts.
+    from defectkit.training.aux_net import check_one_class_each
+
+    check_one_class_each([Sample("a", label=1, classes=[2]), Sample("b", label=1)])  # unknown classes: fine
+    with pytest.raises(ValueError, match=r"two\.png: 2 classes"):
+        check_one_class_each([Sample("a", label=1, classes=[1]), Sample("two.png", label=1, classes=[1, 2])])
+    with pytest.raises(ValueError, match=r"ok\.png: no defect class"):
+        check_one_class_each([Sample("ok.png", label=0)])
+    with pytest.raises(ValueError, match="nms_iou"):
+        options_of({"method_options": {"nms_iou": 0.0}})
     with pytest.raises(ValueError, match="at least 2 classes"):
         tiny(class_activation="softmax", num_classes=1)
     with pytest.raises(ValueError, match="class_activation='tanh'"):

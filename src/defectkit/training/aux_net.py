@@ -46,7 +46,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from defectkit.config import RunConfig
-from defectkit.data.sample import Batch
+from defectkit.data.sample import Batch, Sample
 from defectkit.inference.saved_model import Thresholds
 from defectkit.metrics import SegmentationMeter
 from defectkit.metrics.classification import multilabel_metrics
@@ -89,6 +89,15 @@ def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     options = {**DEFAULT_OPTIONS, **given}
     if options["seg_loss"] not in SEG_LOSSES:
         raise ValueError(f"method_options.seg_loss={options['seg_loss']!r}: use one of {SEG_LOSSES}")
+    if (
+        not 0.0 < float(options["nms_iou"]) <= 1.0
+        or int(options["top_k"]) < 1
+        or int(options["max_detections"]) < 1
+    ):
+        raise ValueError(
+            f"method_options: nms_iou {options['nms_iou']} must be in (0, 1], top_k {options['top_k']} and "
+            f"max_detections {options['max_detections']} at least 1"
+        )
     if options["seg_reduction"] not in SEG_REDUCTIONS:
         raise ValueError(
             f"method_options.seg_reduction={options['seg_reduction']!r}: use one of {SEG_REDUCTIONS}"
@@ -296,6 +305,8 @@ class AuxNetMethod(MethodSpec):
 
     @classmethod
     def adapt_config(cls, config: RunConfig, data: PreparedData) -> RunConfig:
+        if config.model.get("class_activation") == "softmax":
+            check_one_class_each([*data.train, *data.val])
         num_classes = max(1, data.info.num_classes)
         return config.model_copy(update={"model": {**config.model, "num_classes": num_classes}})
 
@@ -309,6 +320,19 @@ class AuxNetMethod(MethodSpec):
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> AuxNetRecipe:
         trainer = config["trainer"]
         return AuxNetRecipe(model, trainer["lr"], trainer["weight_decay"], options_of(config))
+
+
+def check_one_class_each(samples: Sequence[Sample]) -> None:
+    """Before any training: softmax classes need exactly one class on every image that names its
+    classes, and no good image (softmax cannot say "no defect"); the first offender is named."""
+    for sample in samples:
+        classes = set(sample.classes or [])
+        if len(classes) > 1 or (not classes and sample.label == 0):
+            count = "no defect class (a good image)" if not classes else f"{len(classes)} classes"
+            raise ValueError(
+                f"{sample.path}: {count}; model.class_activation=softmax needs exactly one class per "
+                "image: use sigmoid (multi-label) for this data"
+            )
 
 
 def load_imagenet_encoder(model: AuxNet, state: dict[str, Tensor], source: str) -> None:
