@@ -17,10 +17,6 @@ from defectkit.cli.predict import SAVE_MASKS_HELP
 from defectkit.config import ConfigError
 
 console = Console(highlight=False)
-ROWS_SHOWN = (
-    "routing_accuracy", "detection_rate", "escape_rate", "false_alarm_rate", "false_defect_rate",
-    "unseen_alert_rate", "alert_auroc",
-)  # fmt: skip
 app = typer.Typer(
     help="Two-stage inspection line: a surface router, then each surface's defect detector.",
     no_args_is_help=True,
@@ -114,13 +110,9 @@ def evaluate(
     detection and escape rates, false alarms, unseen alerts and their AUROC, the confusion
     matrix) and confusion.png. Unreadable images are listed and skipped.
     """
-    import json
-
     from defectkit.data.formats import read_dataset
-    from defectkit.evaluation.evaluate import json_ready, select_split
-    from defectkit.evaluation.line import ROWS, VERDICTS, evaluate_line
-    from defectkit.evaluation.plots import confusion_png
-    from defectkit.files import write_atomic
+    from defectkit.evaluation.evaluate import select_split
+    from defectkit.evaluation.line import evaluate_line, write_line_report
     from defectkit.inference.line import load_line
     from defectkit.inference.saved_model import SavedModelError
 
@@ -137,26 +129,14 @@ def evaluate(
     for path, reason in report.failures:
         console.print(f"[red]failed[/]: {escape(path)}: {escape(reason)}", soft_wrap=True)
     folder = out or line_dir / f"eval-{split.value}"
-    folder.mkdir(parents=True, exist_ok=True)
-    metrics = {
-        **report.metrics,
-        "confusion": {"rows": list(ROWS), "columns": list(VERDICTS), "counts": report.metrics["confusion"]},
-        "n_images": report.n_images,
-        "images": chosen,
-        "seen_surfaces": list(line.router.seen),
-        "failures": [{"image": path, "reason": reason} for path, reason in report.failures],
-    }
-    # NaN (a row without images) is written as null: strict JSON, as every other report.
-    write_atomic(folder / "metrics.json", json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
-    write_atomic(
-        folder / "confusion.png",
-        confusion_png(report.metrics["confusion"], ROWS, VERDICTS, f"line {line.name}: {chosen}"),
+    written = write_line_report(
+        report, folder, f"line {line.name}: {chosen}", images=chosen, seen_surfaces=list(line.router.seen)
     )
     table = Table(title=f"line {line.name} on {data} ({chosen})")
     table.add_column("what")
     table.add_column("value", justify="right")
-    for name in ROWS_SHOWN:
-        value = float(report.metrics[name])
-        table.add_row(name, "n/a" if math.isnan(value) else f"{value:.4f}")
+    for name, value in report.metrics.items():
+        if name != "confusion":  # drawn in confusion.png
+            table.add_row(name, "n/a" if math.isnan(value) else f"{value:.4f}")
     console.print(table)
-    console.print(escape(f"wrote {folder / 'metrics.json'} and {folder / 'confusion.png'}"))
+    console.print(escape(f"wrote {' and '.join(str(path) for path in written)}"))

@@ -101,7 +101,7 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def _dump_json(value: Any) -> str:
+def dump_json(value: Any) -> str:
     return json.dumps(json_ready(value), indent=2, allow_nan=False) + "\n"
 
 
@@ -379,7 +379,7 @@ def write_metrics_json(
         "defectkit_version": __version__,
         "created": utc_timestamp(),
     }
-    return {**files, "metrics.json": write_atomic(out / "metrics.json", _dump_json(payload))}
+    return {**files, "metrics.json": write_atomic(out / "metrics.json", dump_json(payload))}
 
 
 @dataclass

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from defectkit.data.io import ImageReadError, error_reason, read_image
 from defectkit.data.sample import Sample
+from defectkit.files import write_atomic
 from defectkit.metrics import auroc
 
 if TYPE_CHECKING:
@@ -118,3 +120,24 @@ def evaluate_line(
         raise ValueError("no image could be read; nothing to evaluate")
     figures = cascade_figures(np.asarray(rows), verdicts, np.asarray(routed_right), np.asarray(unseen_scores))
     return LineEvaluation(figures, len(rows), failures)
+
+
+def write_line_report(report: LineEvaluation, folder: Path, title: str, **context: Any) -> list[Path]:
+    """``metrics.json`` (the figures, the confusion matrix with its row and column names, the
+    failures and ``context``; NaN as null) and ``confusion.png`` under ``folder``."""
+    from defectkit.evaluation.evaluate import dump_json
+    from defectkit.evaluation.plots import confusion_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = report.metrics["confusion"]
+    payload = {
+        **report.metrics,
+        "confusion": {"rows": list(ROWS), "columns": list(VERDICTS), "counts": counts},
+        "n_images": report.n_images,
+        **context,
+        "failures": [{"image": path, "reason": reason} for path, reason in report.failures],
+    }
+    return [
+        write_atomic(folder / "metrics.json", dump_json(payload)),
+        write_atomic(folder / "confusion.png", confusion_png(counts, ROWS, VERDICTS, title)),
+    ]
