@@ -91,7 +91,19 @@ TINY_WEAK_LNET = {
     "fc_width": 8,
 }
 TINY_TLU_NET = {"encoder": "tf_efficientnet_lite0", "decoder_channels": [16, 16, 8, 8, 8]}
-TINY_MODELS = {"segdec": TINY_SEGDEC, "weak_lnet": TINY_WEAK_LNET, "tlu_net": TINY_TLU_NET}
+TINY_AUX_NET = {
+    "backbone": "tf_efficientnet_lite0",
+    "num_classes": 1,
+    "pyramid_channels": 16,
+    "segmentation_channels": 8,
+    "anchor_sizes": [16, 32, 64, 128],
+}
+TINY_MODELS = {
+    "segdec": TINY_SEGDEC,
+    "weak_lnet": TINY_WEAK_LNET,
+    "tlu_net": TINY_TLU_NET,
+    "aux_net": TINY_AUX_NET,
+}
 
 
 def tiny_model(
@@ -124,7 +136,7 @@ def tiny_model(
         class_names=["defect"],
     )
     model = create_model(method, **options).eval()
-    if method in ("weak_lnet", "tlu_net"):
+    if method in ("weak_lnet", "tlu_net", "aux_net"):
         # Fresh BatchNorm statistics are the identity; make them non-trivial so export must carry them.
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

@@ -20,8 +20,9 @@ runner = CliRunner()
 # segdec and weak_lnet need input sides divisible by 64 (8 in the trunk, 8 more in the decision
 # net), tlu_net by 32 (its encoder's five halvings).
 SIZE = (96, 64)
-# Heat-map side = input side // stride: segdec and weak_lnet at 1/8, tlu_net's masks at full size.
-HEATMAP_STRIDE = {"segdec": 8, "weak_lnet": 8, "tlu_net": 1}
+# Heat-map side = input side // stride: segdec and weak_lnet at 1/8, tlu_net's and aux_net's masks
+# at full size.
+HEATMAP_STRIDE = {"segdec": 8, "weak_lnet": 8, "tlu_net": 1, "aux_net": 1}
 # (height, width, channels of the image file): smaller and larger than the model, odd, both layouts.
 IMAGES = [
     (100, 40, 1), (257, 131, 1), (64, 32, 1), (96, 64, 1), (31, 17, 1),
@@ -33,8 +34,14 @@ IMAGES = [
 
 @pytest.fixture(
     scope="module",
-    params=[("segdec", 1, SIZE), ("segdec", 3, SIZE), ("weak_lnet", 1, (128, 64)), ("tlu_net", 3, (64, 64))],
-    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey", "tlu_net-rgb"],
+    params=[
+        ("segdec", 1, SIZE),
+        ("segdec", 3, SIZE),
+        ("weak_lnet", 1, (128, 64)),
+        ("tlu_net", 3, (64, 64)),
+        ("aux_net", 3, (64, 128)),
+    ],
+    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey", "tlu_net-rgb", "aux_net-rgb"],
 )
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     method, channels, size = request.param
@@ -108,3 +115,8 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
     unknown = runner.invoke(app, ["export", str(directory), "--format", "tflite"])
     assert unknown.exit_code == 2 and "tflite" in unknown.output
     assert not (directory / ONNX_NAME).exists()
+    # torch.export buries the model's own refusal under its advice: the message is the refusal.
+    odd = tiny_model(tmp_path / "odd", "aux_net", 3, size=(64, 96))
+    refused = runner.invoke(app, ["export", str(odd)])
+    assert refused.exit_code == 1 and "multiples of 64" in refused.output and "64x96" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (odd / ONNX_NAME).exists()

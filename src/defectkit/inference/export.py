@@ -97,8 +97,9 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
         staging.unlink(missing_ok=True)
         if isinstance(error, ExportError):
             raise
-        summary = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ExportError(f"{model_dir}: ONNX export of model {card.model!r} failed ({summary})") from error
+        raise ExportError(
+            f"{model_dir}: ONNX export of model {card.model!r} failed ({_root_cause(error)})"
+        ) from error
     if score_diff > PARITY_TOLERANCE or heatmap_diff > PARITY_TOLERANCE or box_diff > BOX_TOLERANCE:
         staging.unlink(missing_ok=True)
         raise ExportError(
@@ -128,3 +129,12 @@ def _parity(
         for name, mine, exported in zip(names, ours, theirs, strict=True):
             diffs[name] = max(diffs[name], float(np.abs(mine.numpy() - exported).max()))
     return max(diffs["scores"], diffs["anchor_scores"]), diffs["heatmaps"], diffs["anchor_boxes"]
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost chained error: torch.export wraps the model's own message
+    (an input size it refuses, say) in pages of generic advice."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
