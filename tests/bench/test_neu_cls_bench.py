@@ -12,6 +12,7 @@ import pytest
 
 import defectkit.bench.neu_cls as protocol
 from defectkit.bench.protocols import BenchRequest, run_protocol
+from defectkit.config import load_config
 
 OVERRIDES = [
     "weights=null", "input.size=[32,32]", "trainer.epochs=1", "trainer.batch_size=8",
@@ -35,6 +36,12 @@ def stand_in() -> protocol.NeuCls:
 def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     data = stand_in()
     monkeypatch.setattr(protocol, "load_neu_cls", lambda: data)
+    # The tiny settings enter below the request, as the profile's would: only ``extra`` is a --set.
+    monkeypatch.setattr(
+        protocol,
+        "load_config",
+        lambda source, profile, overrides: load_config(source, profile, [*OVERRIDES, *overrides]),
+    )
 
     def run(name: str, variant: dict[str, str], extra: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
         results = tmp_path / "results" / name.replace("/", "-")
@@ -46,7 +53,7 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
             work_root=tmp_path / "work",
             progress=False,
             variant=variant,
-            overrides=[*OVERRIDES, *extra],
+            overrides=list(extra),
             cells_root=tmp_path / "cells",
             commit="abc1234",
         )
@@ -132,3 +139,19 @@ def test_embedding_options_are_scl_arcface_variants(bench: Any, tmp_path: Path) 
         bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "tta": "dihedral"})
     with pytest.raises(KeyError, match="use one of"):
         bench("neu-cls/few-shot", {"ks": "1", "methods": "scl_arcface", "tta": "d8"})
+
+
+def test_epochs_and_other_overrides_name_their_own_results(bench: Any, tmp_path: Path) -> None:
+    few = bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "methods": "ce_baseline", "epochs": "2"})
+    (record,) = few.values()
+    assert record["variant"] == {"k": 1, "epochs": 2} and "(2 epochs)" in record["notes"]
+    small = bench(
+        "neu-cls/small-data",
+        {"shots": "2", "repeats": "1", "methods": "linear_probe"},
+        ["method_options.crop_scale=[0.5,1.0]"],
+    )
+    (name,) = small
+    assert small[name]["variant"] == {"shots": 2, "set": "method_options.crop_scale=[0.5,1.0]"}
+    assert name != "neu-cls-linear_probe-small-data-2-cpu.json"
+    with pytest.raises(KeyError, match="give it as -V epochs="):
+        bench("neu-cls/split", {"fractions": "0.5"}, ["method_options.split_epochs=3"])

@@ -17,8 +17,9 @@ embedding) and ``linear_probe`` (the frozen ImageNet backbone's pooled features,
 regression; in few-shot, fit on the k references).
 
 ``-V features=backbone`` and ``-V tta=dihedral`` (scl_arcface only, every protocol) change how
-references and queries are embedded (:class:`~defectkit.models.scl_arcface.EmbeddingNet`); their
-rows are variants of their own.
+references and queries are embedded (:class:`~defectkit.models.scl_arcface.EmbeddingNet`);
+``-V epochs=N`` (every method and protocol) trains for N epochs instead of the profile's count
+(the paper's 100 on a CPU, say). Each makes rows of its own, and so does any ``--set``.
 
 Each (method, shots, repeat) is one cached cell, so the grid resumes across sessions; a results
 file per (method, shots) is written once all its repeats are done.
@@ -353,7 +354,7 @@ def _repeated_grid(
     paper: Mapping[str, Mapping[Any, float]],
 ) -> Path:
     """Every (method, value) over ``repeats`` seeded draws; one results file per (method, value)."""
-    overrides, embedding_variant, embedding_note = _scl_inference_options(request, methods)
+    overrides, named_variant, named_note = _variant_options(request, methods, grid)
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-{grid}-{request.profile}")
@@ -376,7 +377,7 @@ def _repeated_grid(
                 protocol=f"neu-cls/{method}/{grid}",
                 method=method,
                 dataset="neu-cls",
-                variant={variant_key: value, **embedding_variant},
+                variant={variant_key: value, **named_variant},
                 profile=request.profile,
                 metrics=_accuracy_summary(accuracies),
                 per_fold=[{"fold": c["repeat"], "metrics": {"accuracy": c["accuracy"]}} for c in cells],
@@ -389,7 +390,7 @@ def _repeated_grid(
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeat(s) (seed = repeat); {cells[0]['epochs']} epochs; "
                 f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction"
-                + embedding_note,
+                + named_note,
                 root=request.results_root,
             )
     assert written is not None
@@ -397,6 +398,39 @@ def _repeated_grid(
 
 
 EMBEDDING_OPTIONS = ("features", "tta")
+# -V options every neu-cls protocol takes besides its own: how scl_arcface embeds, and the epochs.
+VARIANT_OPTIONS = (*EMBEDDING_OPTIONS, "epochs")
+# The config key that ``-V epochs=`` sets in each protocol.
+EPOCHS_KEY = {
+    "small-data": "trainer.epochs",
+    "split": "method_options.split_epochs",
+    "few-shot": "method_options.fewshot_epochs",
+}
+
+
+def _variant_options(
+    request: BenchRequest, methods: Sequence[str], grid: str
+) -> tuple[list[str], dict[str, Any], str]:
+    """(config overrides, variant entries, notes) of the options that name a results file.
+
+    ``-V epochs=N`` sets the protocol's training epochs for every method (:data:`EPOCHS_KEY`;
+    the profile's count otherwise). Any other ``--set`` is named in the variant too (``set``),
+    so an experiment writes a results file of its own instead of replacing the profile's row.
+    """
+    overrides, embedding, note = _scl_inference_options(request, methods)
+    variant: dict[str, Any] = dict(embedding)
+    if "epochs" in request.variant:
+        epochs = int(request.variant["epochs"])
+        if epochs < 1:
+            raise KeyError(f"neu-cls: -V epochs={epochs}: at least 1")
+        overrides.append(f"{EPOCHS_KEY[grid]}={epochs}")
+        variant["epochs"] = epochs
+    for override in request.overrides:
+        if override.split("=")[0].strip() in EPOCHS_KEY.values():
+            raise KeyError(f"neu-cls: --set {override}: give it as -V epochs=, which names the results")
+    if request.overrides:
+        variant["set"] = ",".join(request.overrides)
+    return overrides, variant, note
 
 
 def _scl_inference_options(
@@ -444,10 +478,10 @@ def _scl_inference_options(
     "neu-cls/small-data",
     "paper 003 Table III: 10/20/50 images per class, repeats, 3 methods; scl_arcface only: "
     "-V features=backbone (pooled backbone features as embeddings), -V tta=dihedral (mean embedding "
-    "of the eight orientations)",
+    "of the eight orientations); every method: -V epochs=N (the profile's otherwise)",
 )
 def small_data(request: BenchRequest) -> Path:
-    check_options(request.variant, ("shots", "repeats", "methods", *EMBEDDING_OPTIONS), "neu-cls/small-data")
+    check_options(request.variant, ("shots", "repeats", "methods", *VARIANT_OPTIONS), "neu-cls/small-data")
     shots = [int(s) for s in option_list(request.variant, "shots", "10,20,50")]
     repeats = int(request.variant.get("repeats", "5"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
@@ -463,14 +497,14 @@ def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], d
 @register_protocol(
     "neu-cls/few-shot",
     "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC; "
-    "-V features=backbone, -V tta=dihedral (scl_arcface only): see neu-cls/small-data",
+    "-V features=backbone, -V tta=dihedral (scl_arcface only), -V epochs=N: see neu-cls/small-data",
 )
 def few_shot(request: BenchRequest) -> Path:
-    check_options(request.variant, ("ks", "draws", "methods", *EMBEDDING_OPTIONS), "neu-cls/few-shot")
+    check_options(request.variant, ("ks", "draws", "methods", *VARIANT_OPTIONS), "neu-cls/few-shot")
     ks = [int(k) for k in option_list(request.variant, "ks", "1,3,5")]
     draws = int(request.variant.get("draws", "20"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
-    overrides, embedding_variant, embedding_note = _scl_inference_options(request, methods)
+    overrides, named_variant, named_note = _variant_options(request, methods, "few-shot")
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     runner = Runner(config, load_neu_cls(), request.progress)
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
@@ -494,7 +528,7 @@ def few_shot(request: BenchRequest) -> Path:
                 protocol=f"neu-cls/{method}/few-shot",
                 method=method,
                 dataset="neu-cls",
-                variant={"k": k, **embedding_variant},
+                variant={"k": k, **named_variant},
                 profile=request.profile,
                 metrics={**_accuracy_summary(accuracies), "unknown_auroc": float(aurocs.mean())},
                 per_fold=[
@@ -509,8 +543,7 @@ def few_shot(request: BenchRequest) -> Path:
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
-                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw"
-                + embedding_note,
+                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw" + named_note,
                 root=request.results_root,
             )
     assert written is not None
@@ -519,10 +552,11 @@ def few_shot(request: BenchRequest) -> Path:
 
 @register_protocol(
     "neu-cls/split",
-    "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods; -V features=, -V tta= as small-data",
+    "paper 003 Table II: 60/70/80 % of NEU-CLS for training, 3 methods; -V features=, tta=, epochs= as "
+    "small-data",
 )
 def split(request: BenchRequest) -> Path:
-    check_options(request.variant, ("fractions", "repeats", "methods", *EMBEDDING_OPTIONS), "neu-cls/split")
+    check_options(request.variant, ("fractions", "repeats", "methods", *VARIANT_OPTIONS), "neu-cls/split")
     fractions = [float(f) for f in option_list(request.variant, "fractions", "0.6,0.7,0.8")]
     repeats = int(request.variant.get("repeats", "1"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
