@@ -153,5 +153,7 @@ def test_epochs_and_other_overrides_name_their_own_results(bench: Any, tmp_path:
     (name,) = small
     assert small[name]["variant"] == {"shots": 2, "set": "method_options.crop_scale=[0.5,1.0]"}
     assert name != "neu-cls-linear_probe-small-data-2-cpu.json"
+    with pytest.raises(KeyError, match="a whole number"):
+        bench("neu-cls/few-shot", {"ks": "1", "epochs": "ten"})
     with pytest.raises(KeyError, match="give it as -V epochs="):
         bench("neu-cls/split", {"fractions": "0.5"}, ["method_options.split_epochs=3"])

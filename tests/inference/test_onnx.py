@@ -18,7 +18,7 @@ from defectkit.inference.saved_model import (
 
 runner = CliRunner()
 # segdec and weak_lnet need input sides divisible by 64 (8 in the trunk, 8 more in the decision
-# net), tlu_net by 32 (its encoder's five halvings).
+# net), tlu_net by 32 (its encoder's five halvings), aux_net by 64 (its coarsest detection level).
 SIZE = (96, 64)
 # Heat-map side = input side // stride: segdec and weak_lnet at 1/8, tlu_net's and aux_net's masks
 # at full size.

@@ -27,6 +27,7 @@ file per (method, shots) is written once all its repeats are done.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -420,16 +421,21 @@ def _variant_options(
     overrides, embedding, note = _scl_inference_options(request, methods)
     variant: dict[str, Any] = dict(embedding)
     if "epochs" in request.variant:
-        epochs = int(request.variant["epochs"])
-        if epochs < 1:
-            raise KeyError(f"neu-cls: -V epochs={epochs}: at least 1")
+        given = request.variant["epochs"]
+        if not given.isdigit() or int(given) < 1:
+            raise KeyError(f"neu-cls: -V epochs={given}: a whole number of at least 1")
+        epochs = int(given)
         overrides.append(f"{EPOCHS_KEY[grid]}={epochs}")
         variant["epochs"] = epochs
     for override in request.overrides:
         if override.split("=")[0].strip() in EPOCHS_KEY.values():
-            raise KeyError(f"neu-cls: --set {override}: give it as -V epochs=, which names the results")
+            raise KeyError(f"neu-cls: --set {override}: give it as -V epochs=, which names its rows")
     if request.overrides:
-        variant["set"] = ",".join(request.overrides)
+        # Sorted, so one experiment has one name whatever the order of its --set options; a long
+        # list is shortened to a digest (file names have a length limit), the command keeps it all.
+        named = ",".join(sorted(o.strip() for o in request.overrides))
+        digest = hashlib.sha1(named.encode()).hexdigest()[:10]
+        variant["set"] = named if len(named) <= 60 else f"sha1-{digest}"
     return overrides, variant, note
 
 
@@ -442,12 +448,12 @@ def _scl_inference_options(
     apply to it alone; the defaults (the paper's) leave the variant as it was. They enter the
     config, so their cells train their own networks (same seeds; training is not bit-for-bit
     deterministic, so a comparison with the plain rows includes run-to-run noise). Given as
-    ``--set model.tta=...`` instead, they would not name the results file: refused.
+    ``--set model.tta=...`` instead, one experiment would have two names: refused.
     """
     for override in request.overrides:
         if override.split("=")[0].strip() in ("model.tta", "model.reference_features"):
             raise KeyError(
-                f"neu-cls: --set {override}: give it as -V tta= or -V features=, which name the results"
+                f"neu-cls: --set {override}: give it as -V tta= or -V features=, which name its rows"
             )
     chosen = {
         "features": request.variant.get("features", "projection"),

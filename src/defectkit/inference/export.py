@@ -134,7 +134,10 @@ def _parity(
 def _root_cause(error: BaseException) -> str:
     """The first line of the innermost chained error: torch.export wraps the model's own message
     (an input size it refuses, say) in pages of generic advice."""
-    while error.__cause__ is not None:
+    outer, seen = type(error).__name__, {id(error)}
+    while error.__cause__ is not None and id(error.__cause__) not in seen:
         error = error.__cause__
+        seen.add(id(error))
     text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    inner = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    return inner if type(error).__name__ == outer else f"{outer} <- {inner}"
