@@ -407,6 +407,12 @@ EPOCHS_KEY = {
     "split": "method_options.split_epochs",
     "few-shot": "method_options.fewshot_epochs",
 }
+# Config keys a -V option sets (and names): as a --set, one experiment would have two names.
+SET_BY_OPTION = {
+    "model.tta": "tta",
+    "model.reference_features": "features",
+    **{key: "epochs" for key in EPOCHS_KEY.values()},
+}
 
 
 def _variant_options(
@@ -418,6 +424,10 @@ def _variant_options(
     the profile's count otherwise). Any other ``--set`` is named in the variant too (``set``),
     so an experiment writes a results file of its own instead of replacing the profile's row.
     """
+    for override in request.overrides:
+        option = SET_BY_OPTION.get(override.partition("=")[0].strip())
+        if option:
+            raise KeyError(f"neu-cls: --set {override}: give it as -V {option}=, which names its rows")
     overrides, embedding, note = _scl_inference_options(request, methods)
     variant: dict[str, Any] = dict(embedding)
     if "epochs" in request.variant:
@@ -427,15 +437,13 @@ def _variant_options(
         epochs = int(given)
         overrides.append(f"{EPOCHS_KEY[grid]}={epochs}")
         variant["epochs"] = epochs
-    for override in request.overrides:
-        if override.split("=")[0].strip() in EPOCHS_KEY.values():
-            raise KeyError(f"neu-cls: --set {override}: give it as -V epochs=, which names its rows")
     if request.overrides:
         # Sorted, so one experiment has one name whatever the order of its --set options; a long
         # list is shortened to a digest (file names have a length limit), the command keeps it all.
         named = ",".join(sorted(o.strip() for o in request.overrides))
-        digest = hashlib.sha1(named.encode()).hexdigest()[:10]
-        variant["set"] = named if len(named) <= 60 else f"sha1-{digest}"
+        if len(named) > 60:
+            named = "sha1-" + hashlib.sha1(named.encode()).hexdigest()[:10]
+        variant["set"] = named
     return overrides, variant, note
 
 
@@ -447,14 +455,9 @@ def _scl_inference_options(
     Both change how scl_arcface compares references and queries, not how it trains, so they
     apply to it alone; the defaults (the paper's) leave the variant as it was. They enter the
     config, so their cells train their own networks (same seeds; training is not bit-for-bit
-    deterministic, so a comparison with the plain rows includes run-to-run noise). Given as
-    ``--set model.tta=...`` instead, one experiment would have two names: refused.
+    deterministic, so a comparison with the plain rows includes run-to-run noise). As a ``--set``
+    they are refused (:data:`SET_BY_OPTION`).
     """
-    for override in request.overrides:
-        if override.split("=")[0].strip() in ("model.tta", "model.reference_features"):
-            raise KeyError(
-                f"neu-cls: --set {override}: give it as -V tta= or -V features=, which name its rows"
-            )
     chosen = {
         "features": request.variant.get("features", "projection"),
         "tta": request.variant.get("tta", "none"),
