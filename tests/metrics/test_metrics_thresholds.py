@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
-from defectkit.metrics import best_f1_threshold, fp_fn_at_threshold
+from defectkit.metrics import best_f1_threshold, fp_fn_at_threshold, rescaled_to_half
 
 
 def test_best_f1_separable() -> None:
@@ -67,3 +67,19 @@ def test_midpoint_placement_without_a_lower_score_is_the_score() -> None:
 def test_unknown_placement_is_an_error() -> None:
     with pytest.raises(ValueError, match="placement"):
         best_f1_threshold([0, 1], [0.1, 0.9], placement="middle")  # type: ignore[arg-type]
+
+
+def test_rescaled_to_half_puts_each_class_threshold_at_half() -> None:
+    thresholds = np.array([0.2, 0.5, 0.9])
+    probabilities = np.array([[0.0, 0.5, 0.9], [0.2, 1.0, 0.45], [0.1, 0.75, 0.95]])
+    rescaled = rescaled_to_half(probabilities, thresholds)
+    assert rescaled[0].tolist() == [0.0, 0.5, 0.5] and rescaled[1].tolist() == [0.5, 1.0, 0.25]
+    np.testing.assert_allclose(rescaled[2], [0.25, 0.75, 0.75])
+    # "score >= 0.5" is exactly "some class at or above its threshold", to the last bit.
+    just_below = np.nextafter(thresholds, 0.0)
+    assert (rescaled_to_half(just_below, thresholds) < 0.5).all()
+    assert (rescaled_to_half(thresholds, thresholds) >= 0.5).all()
+    # One threshold for all classes keeps the order of the best probabilities (AP unchanged).
+    many = np.random.default_rng(0).random((50, 3))
+    same = rescaled_to_half(many, 0.3).max(axis=1)
+    assert (np.argsort(same, kind="stable") == np.argsort(many.max(axis=1), kind="stable")).all()

@@ -239,10 +239,49 @@ def test_paired_dice_matches_images_by_path() -> None:
         paired_dice(first, MultilabelScores(["a"], ["x", "z"], truth=[[1], [1]], dice=[[0.3], [0.5]]))
 
 
-def test_validation_threshold_is_for_one_class_data(tmp_path: Path) -> None:
-    config = load_config(tiny_config(method_options={"threshold": "validation"}))
-    with pytest.raises(ValueError, match="one-class data"):
-        engine.train(config, tmp_path / "run", progress=False)
+def test_summary_judges_each_class_at_its_own_threshold() -> None:
+    from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary
+
+    scores = MultilabelScores(
+        ["a", "b"], ["x", "y", "z"],
+        probabilities=[[0.30, 0.10], [0.10, 0.80], [0.05, 0.60]], truth=[[1, 0], [0, 1], [0, 0]],
+        dice=[[1.0, 1.0]] * 3, iou=[[1.0, 1.0]] * 3,
+    )  # fmt: skip
+    assert multilabel_summary(scores, 0.5)["mla"] == pytest.approx(4 / 6)  # a missed on x, b false on z
+    per_class = multilabel_summary(scores, np.array([0.2, 0.7]))
+    assert per_class["mla"] == 1.0 and per_class["fp"] == 0 and per_class["fn"] == 0
+    pooled = multilabel_summary(scores, np.array([[0.2, 0.7], [0.2, 0.7], [0.5, 0.5]]))
+    assert pooled["mla"] == pytest.approx(5 / 6)  # z judged by its own fold's 0.5
+
+
+def test_validation_thresholds_of_several_classes_are_per_class(tmp_path: Path) -> None:
+    config = load_config(tiny_config(method_options={"betas": [0.9, 0.999], "threshold": "validation"}))
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    thresholds = read_card(model_dir).thresholds
+    assert thresholds.per_class is not None and thresholds.decision == 0.5
+    assert list(thresholds.per_class) == read_card(model_dir).class_names
+    assert thresholds.rule.startswith("best_f1/midpoint per class")
+    with pytest.raises(ValueError, match=r"judged at decision 0\.5"):
+        thresholds.model_validate({**thresholds.model_dump(), "decision": 0.4})
+
+    inspector = load_inspector(model_dir)
+    # Thresholds set on either side of each class's probability on a grey image.
+    inspection = inspector.inspect(np.full((64, 64), 120, np.uint8), "grey")
+    probabilities = np.array(list(inspection.class_scores.values()))
+    names = list(inspection.class_scores)
+    for flip in (False, True):
+        # Alternate classes just below and just above their probability: those below are present.
+        steps = [(-1e-3 if (i % 2 == 0) != flip else 1e-3) for i in range(len(names))]
+        per_class = {n: float(p) + d for n, p, d in zip(names, probabilities, steps, strict=True)}
+        inspector.card.thresholds.per_class = per_class
+        judged = inspector.inspect(np.full((64, 64), 120, np.uint8), "grey")
+        present = [n for n, p in judged.class_scores.items() if p >= per_class[n]]
+        assert judged.verdict == "defect" and (judged.score >= 0.5) and judged.defect_class in present
+    above = {n: min(1.0, float(p) + 1e-3) for n, p in zip(names, probabilities, strict=True)}
+    inspector.card.thresholds.per_class = above
+    judged = inspector.inspect(np.full((64, 64), 120, np.uint8), "grey")
+    assert judged.verdict == "ok" and judged.score < 0.5 and judged.regions == []
 
 
 def test_transfer_verdict_says_whether_the_gap_grows() -> None:

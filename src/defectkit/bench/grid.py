@@ -69,6 +69,7 @@ def train_and_score(config: RunConfig, request: BenchRequest, data: PreparedData
         "train_images": len(data.train),
         "val_images": len(data.val),
         "threshold": inspector.threshold,
+        "class_thresholds": inspector.class_thresholds.tolist(),
         "pixel_threshold": inspector.card.thresholds.pixel,
         "class_names": scores.class_names,
         "paths": scores.paths,
@@ -133,11 +134,19 @@ def split_fingerprint(dataset: GridDataset, split: tuple[list[int], list[int] | 
     return hashlib.sha1(json.dumps(names).encode("utf-8")).hexdigest()[:10]
 
 
+def cell_thresholds(cell: Mapping[str, Any]) -> np.ndarray:
+    """The class thresholds each of a cell's images was judged at (N x K; cells from before
+    per-class thresholds carry one decision threshold)."""
+    shape = (len(cell["paths"]), len(cell["class_names"]))
+    thresholds = np.asarray(cell.get("class_thresholds", cell["threshold"]), dtype=np.float64)
+    return np.broadcast_to(thresholds, shape)
+
+
 def summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per-image figures pooled over the folds, each image judged at its own fold's thresholds;
     each fold's own summary in ``per_fold``."""
     scores = pooled_scores(cells)
-    thresholds = np.concatenate([np.full(len(c["paths"]), float(c["threshold"])) for c in cells])
+    thresholds = np.concatenate([cell_thresholds(c) for c in cells])
     per_fold = [
         {
             "fold": fold,
@@ -146,7 +155,7 @@ def summarise(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "threshold": cell["threshold"],
             "metrics": {
                 k: v
-                for k, v in multilabel_summary(pooled_scores([cell]), float(cell["threshold"])).items()
+                for k, v in multilabel_summary(pooled_scores([cell]), cell_thresholds(cell)).items()
                 if not isinstance(v, dict)
             },
         }

@@ -448,7 +448,7 @@ def evaluate_model(
     if inspector.card.multilabel:
         # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
         per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
-        metrics["multilabel"] = multilabel_summary(per_class, inspector.threshold)
+        metrics["multilabel"] = multilabel_summary(per_class, inspector.class_thresholds)
         dice = {inspector.name: per_image_dice(per_class)}
         iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
         write_atomic(target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name))

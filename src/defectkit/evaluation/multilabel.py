@@ -2,9 +2,10 @@
 
 Per image: the K class probabilities, the class truth (multi-hot; one class: the image label),
 and Dice / IoU of each class's map at the model's stored pixel threshold against that class's
-mask (DESIGN.md: both empty -> 1). Aggregates: MLA at the stored decision threshold, mean
+mask (DESIGN.md: both empty -> 1). Aggregates: MLA at the stored class thresholds, mean
 per-class AUROC, per-class Dice / IoU, ``dice_pos`` over image x class pairs with a defect, the
-image-level AP / AUROC of the best class probability (defective = any class present), and, where
+image-level AP / AUROC of the model's image score (the best class probability, rescaled where
+classes have thresholds of their own; defective = any class present), and, where
 every image has exactly one class (NEU-DET), the accuracy of the arg-max class.
 """
 
@@ -25,6 +26,7 @@ from defectkit.metrics import SegmentationMeter, image_metrics
 from defectkit.metrics._utils import nanmean
 from defectkit.metrics.classification import multilabel_accuracy, multilabel_metrics
 from defectkit.metrics.detection import detection_map
+from defectkit.metrics.thresholds import rescaled_to_half
 
 
 @dataclass
@@ -137,11 +139,14 @@ def _truth_stack(mask: np.ndarray, k: int) -> np.ndarray:
     return (mask > 0) if k == 1 else mask.astype(np.int64)
 
 
-def multilabel_summary(scores: MultilabelScores, decision_threshold: float | np.ndarray) -> dict[str, Any]:
+def multilabel_summary(scores: MultilabelScores, class_thresholds: float | np.ndarray) -> dict[str, Any]:
     """The aggregate metrics (see the module docstring); JSON-ready, NaN where undefined.
 
-    ``decision_threshold`` is one threshold, or one per image (images pooled from models with
-    thresholds of their own, e.g. cross-validation folds).
+    ``class_thresholds`` broadcasts to N x K: one threshold, one per class (K: a model with
+    per-class thresholds), or N x 1 / N x K rows (images pooled from models with thresholds of
+    their own, e.g. cross-validation folds). The image score behind AP / AUROC is the model's:
+    the best probability rescaled by :func:`rescaled_to_half` (the best raw probability's order
+    when every class shares one threshold).
     """
     names = scores.class_names
     truth = np.asarray(scores.truth, dtype=np.int64).reshape(-1, len(names))
@@ -149,11 +154,12 @@ def multilabel_summary(scores: MultilabelScores, decision_threshold: float | np.
     dice = np.asarray(scores.dice, dtype=np.float64).reshape(-1, len(names))
     iou = np.asarray(scores.iou, dtype=np.float64).reshape(-1, len(names))
     positive = truth > 0
-    thresholds = np.broadcast_to(np.asarray(decision_threshold, dtype=np.float64), (len(truth),))
-    called = probabilities >= thresholds[:, None]
+    thresholds = np.broadcast_to(np.asarray(class_thresholds, dtype=np.float64), probabilities.shape)
+    called = probabilities >= thresholds
     classification = multilabel_metrics(truth, probabilities)  # per-class AUROC: no threshold
     defective = positive.any(axis=1)
-    image = image_metrics(defective.astype(int), probabilities.max(axis=1))
+    image_scores = rescaled_to_half(probabilities, thresholds).max(axis=1)
+    image = image_metrics(defective.astype(int), image_scores)
     called_defective = called.any(axis=1)
     fp, fn = int(np.sum(called_defective & ~defective)), int(np.sum(~called_defective & defective))
     metrics: dict[str, Any] = {

@@ -24,6 +24,7 @@ from defectkit.data.masks import mask_to_boxes
 from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, read_card
+from defectkit.metrics.thresholds import rescaled_to_half
 from defectkit.models.aux_net.detection import DecodeConfig, Detections, select_detections
 
 
@@ -104,6 +105,21 @@ class Inspector:
     def threshold(self) -> float:
         return self.card.thresholds.decision
 
+    @property
+    def class_thresholds(self) -> np.ndarray:
+        """One threshold per class name: the stored per-class ones (multi-label models), else
+        the decision threshold for every class."""
+        per_class = self.card.thresholds.per_class or {}
+        decision = self.card.thresholds.decision
+        return np.array([per_class.get(name, decision) for name in self.card.class_names], dtype=np.float64)
+
+    def image_score(self, class_scores: np.ndarray) -> float:
+        """The image score of a model with class scores: the best one, rescaled first where
+        the classes have thresholds of their own (:func:`rescaled_to_half`)."""
+        if self.card.thresholds.per_class is None:
+            return float(class_scores.max())
+        return float(rescaled_to_half(class_scores, self.class_thresholds[: class_scores.shape[-1]]).max())
+
     def pixel_threshold_of(self, inspection: Inspection) -> float:
         """The heat-map threshold ``inspection``'s regions were traced at (overlays draw it)."""
         return self.card.thresholds.pixel
@@ -158,7 +174,8 @@ class Inspector:
                     heatmap = per_class.max(axis=0) if per_class is not None else heatmaps[row, 0]
                 size = (int(raws[index].shape[2]), int(raws[index].shape[3]))
                 if scores.ndim == 2:  # B x C: class scores of a classification model
-                    scored[index] = Scored(float(scores[row].max()), heatmap, size, scores[row], per_class)
+                    score = self.image_score(scores[row])
+                    scored[index] = Scored(score, heatmap, size, scores[row], per_class)
                 else:
                     scored[index] = Scored(float(scores[row]), heatmap, size)
                 if anchor_outputs:
@@ -280,13 +297,17 @@ class Inspector:
         return self._judge(scored, label, heatmap), heatmap
 
     def _judge_multilabel(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
-        """Independent class probabilities: defect when any reaches the decision threshold; the
-        defect class is the most probable one (softmax probabilities: always that class). Regions
-        come from each class's own map, for the classes called present only (a mask of a class
-        the classifier rejects is not reported)."""
+        """Independent class probabilities: defect when any reaches its class threshold
+        (:attr:`class_thresholds`); the defect class is the most probable one, or with per-class
+        thresholds the one furthest above its own (softmax probabilities: always the most
+        probable). Regions come from each class's own map, for the classes called present only (a
+        mask of a class the classifier rejects is not reported)."""
         assert scored.class_scores is not None
         names = self.card.class_names
-        best = int(np.argmax(scored.class_scores))
+        ranked = scored.class_scores
+        if self.card.thresholds.per_class is not None:
+            ranked = rescaled_to_half(ranked, self.class_thresholds[: len(ranked)])
+        best = int(np.argmax(ranked))
         if self.card.model_options.get("class_activation") == "softmax":
             # Exclusive classes cannot say "no defect": the model was trained on images with
             # exactly one class each, so its best class is the call.
@@ -294,7 +315,8 @@ class Inspector:
             called = {names[best]} if best < len(names) else set()
         else:
             verdict = "defect" if scored.score >= self.threshold else "ok"
-            called = {n for n, p in zip(names, scored.class_scores, strict=False) if p >= self.threshold}
+            present = scored.class_scores >= self.class_thresholds[: len(scored.class_scores)]
+            called = {n for n, p in zip(names, present, strict=False) if p}
         return Inspection(
             image=label,
             model=self.name,

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -58,7 +58,21 @@ class Thresholds(BaseModel):
     pixel: float = Field(0.5, description="heat-map value >= pixel -> defect pixel (regions, masks)")
     unknown: float | None = Field(None, description="out-of-distribution score >= unknown -> 'unknown'")
     box: float | None = Field(None, description="detection score >= box -> a reported region (detectors)")
+    per_class: dict[str, float] | None = Field(
+        None,
+        description="multi-label models: class probability >= per_class[name] -> that class present; "
+        "the image score is then the best probability rescaled so each class's threshold maps to "
+        "decision (0.5), see metrics.rescaled_to_half; classes not named use decision",
+    )
     rule: str = "best_f1"
+
+    @model_validator(mode="after")
+    def _per_class_judged_at_half(self) -> Thresholds:
+        # The rescaled image score puts every class threshold at 0.5: any other decision
+        # threshold would judge the image by a different rule than its classes.
+        if self.per_class is not None and self.decision != 0.5:
+            raise ValueError(f"per-class thresholds are judged at decision 0.5, not {self.decision}")
+        return self
 
 
 class ModelCard(BaseModel):

@@ -8,7 +8,7 @@ value (AUROC of a one-class set, dice_pos without defects, ...) is
 
 - image level (positive = defective): `average_precision`, `auroc`,
   `fp_at_full_recall`, `image_metrics`; thresholds: `best_f1_threshold`,
-  `fp_fn_at_threshold`
+  `fp_fn_at_threshold`, `rescaled_to_half` (one threshold per class as one at 0.5)
 - segmentation: `dice_score`, `iou_score`, `SegmentationMeter`, `PixelAUROC`,
   `segmentation_metrics`
 - detection: `detection_map` (COCO, faster-coco-eval)
@@ -29,7 +29,7 @@ from defectkit.metrics.segmentation import (
     iou_score,
     segmentation_metrics,
 )
-from defectkit.metrics.thresholds import best_f1_threshold, fp_fn_at_threshold
+from defectkit.metrics.thresholds import best_f1_threshold, fp_fn_at_threshold, rescaled_to_half
 from defectkit.metrics.zeroshot import gzsl_metrics, harmonic_mean, unknown_alert_auroc
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "iou_score",
     "multilabel_accuracy",
     "multilabel_metrics",
+    "rescaled_to_half",
     "segmentation_metrics",
     "unknown_alert_auroc",
 ]

