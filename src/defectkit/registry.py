@@ -46,7 +46,8 @@ class MethodSpec:
     # True: ``train`` is the method's own (not the decision engine's), e.g. a reference database.
     own_training: ClassVar[bool] = False
     # True: the model scores K defect classes independently (multi-label probabilities, per-class
-    # heat maps); the image is defective when any class reaches the decision threshold.
+    # heat maps); the image is defective when any class reaches its threshold (the decision
+    # threshold, or a per-class one chosen on validation).
     multilabel: ClassVar[bool] = False
 
     @classmethod

@@ -1,5 +1,7 @@
 """Decision threshold selection (best F1 on validation, ties -> higher threshold)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,15 @@ def test_rescaled_to_half_puts_each_class_threshold_at_half() -> None:
     many = np.random.default_rng(0).random((50, 3))
     same = rescaled_to_half(many, 0.3).max(axis=1)
     assert (np.argsort(same, kind="stable") == np.argsort(many.max(axis=1), kind="stable")).all()
+
+
+def test_class_thresholds_of_a_model_without_class_names(tmp_path: Path) -> None:
+    from conftest import tiny_model
+    from defectkit import load_inspector
+    from defectkit.inference.saved_model import Thresholds
+
+    inspector = load_inspector(tiny_model(tmp_path / "m", "segdec", decision=0.3))
+    inspector.card.class_names = []
+    assert inspector.class_thresholds.tolist() == [0.3]  # one class, as score_multilabel names it
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        Thresholds(decision=0.5, per_class={"a": 1.0})

@@ -253,6 +253,27 @@ def test_summary_judges_each_class_at_its_own_threshold() -> None:
     pooled = multilabel_summary(scores, np.array([[0.2, 0.7], [0.2, 0.7], [0.5, 0.5]]))
     assert pooled["mla"] == pytest.approx(5 / 6)  # z judged by its own fold's 0.5
 
+    # Image AP ranks the model's image score: x's 0.3 is above a's 0.2, y's 0.6 below b's 0.9.
+    ranked = MultilabelScores(
+        ["a", "b"], ["x", "y"], probabilities=[[0.30, 0.0], [0.0, 0.60]], truth=[[1, 0], [0, 0]],
+        dice=[[1.0, 1.0]] * 2, iou=[[1.0, 1.0]] * 2,
+    )  # fmt: skip
+    assert multilabel_summary(ranked, 0.5)["ap"] == 0.5
+    assert multilabel_summary(ranked, np.array([0.2, 0.9]))["ap"] == 1.0
+
+
+def test_saved_masks_paint_the_classes_called_at_their_own_thresholds() -> None:
+    from defectkit.inference.inspection import Inspection
+    from defectkit.inference.predict import _called
+
+    inspection = Inspection(
+        image="x", model="m", verdict="defect", score=0.56, threshold=0.5, defect_class="a",
+        class_scores={"a": 0.3, "b": 0.6, "c": 0.95}, class_thresholds={"a": 0.2, "b": 0.9, "c": 0.9},
+        latency_ms=0.0,
+    )  # fmt: skip
+    assert _called(inspection) == [True, False, True]
+    assert _called(inspection.model_copy(update={"class_thresholds": None})) == [True, True, True]
+
 
 def test_validation_thresholds_of_several_classes_are_per_class(tmp_path: Path) -> None:
     config = load_config(tiny_config(method_options={"betas": [0.9, 0.999], "threshold": "validation"}))
@@ -262,6 +283,7 @@ def test_validation_thresholds_of_several_classes_are_per_class(tmp_path: Path) 
     assert thresholds.per_class is not None and thresholds.decision == 0.5
     assert list(thresholds.per_class) == read_card(model_dir).class_names
     assert thresholds.rule.startswith("best_f1/midpoint per class")
+    assert any(t != 0.5 for t in thresholds.per_class.values())  # chosen, not the fallback
     with pytest.raises(ValueError, match=r"judged at decision 0\.5"):
         thresholds.model_validate({**thresholds.model_dump(), "decision": 0.4})
 
@@ -278,6 +300,7 @@ def test_validation_thresholds_of_several_classes_are_per_class(tmp_path: Path) 
         judged = inspector.inspect(np.full((64, 64), 120, np.uint8), "grey")
         present = [n for n, p in judged.class_scores.items() if p >= per_class[n]]
         assert judged.verdict == "defect" and (judged.score >= 0.5) and judged.defect_class in present
+        assert judged.class_thresholds == per_class
     above = {n: min(1.0, float(p) + 1e-3) for n, p in zip(names, probabilities, strict=True)}
     inspector.card.thresholds.per_class = above
     judged = inspector.inspect(np.full((64, 64), 120, np.uint8), "grey")

@@ -12,8 +12,9 @@ cell trains one model and scores it on held-out images:
   training fold a grouped 20 % hold-out validates. Figures pool the three folds' test images.
 
 Per cell (results file ``tlu-<dataset>-<encoder>-<fraction>-<init>-<profile>.json``): MLA at the
-stored threshold, mean per-class AUROC, per-class Dice / IoU, ``dice_pos``, image AP / AUROC of
-the best class probability, the arg-max accuracy where each image has one class, wall time and
+stored class thresholds, mean per-class AUROC, per-class Dice / IoU, ``dice_pos``, image AP / AUROC
+of the model's image score (the best class probability, rescaled where classes have their own
+thresholds), the arg-max accuracy where each image has one class, wall time and
 inference ms per image. Per (encoder, fraction) with both inits done, a ``tlu/<dataset>/transfer``
 record sets our ImageNet-minus-random gains beside the paper's claims (ResNet: +5 % absolute MLA
 at 100 % data and +8 % at 50 %; Dice +26 % relative at 100 %, +12 % at 50 %; per-image Dice

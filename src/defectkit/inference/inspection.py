@@ -32,6 +32,11 @@ class Inspection(BaseModel):
     threshold: float = Field(description="the decision threshold the verdict was judged by")
     defect_class: str | None = None
     class_scores: dict[str, float] = Field(default_factory=dict)
+    class_thresholds: dict[str, float] | None = Field(
+        None,
+        description="multi-label models with a threshold per class: class_scores[name] >= "
+        "class_thresholds[name] -> that class present (score is then the rescaled best class score)",
+    )
     surface: str | None = None
     surface_score: float | None = None
     regions: list[Region] = Field(default_factory=list)

@@ -80,7 +80,8 @@ class Scored:
     """One image's raw outputs: score, heat map at model resolution (or None), original size.
 
     A classification model (a reference database, or a multi-label model) gives ``class_scores``
-    (one per class name) and its best class score as ``score``. A model with one heat map per
+    (one per class name) and its best class score as ``score`` (rescaled first where the classes
+    have thresholds of their own, :meth:`Inspector.image_score`). A model with one heat map per
     class gives them as ``class_heatmaps`` (K x h x w); ``heatmap`` is then their pixel-wise
     maximum, the defect map of any class.
     """
@@ -111,7 +112,9 @@ class Inspector:
         the decision threshold for every class."""
         per_class = self.card.thresholds.per_class or {}
         decision = self.card.thresholds.decision
-        return np.array([per_class.get(name, decision) for name in self.card.class_names], dtype=np.float64)
+        # A model saved without class names scores one class, as score_multilabel names it.
+        names = self.card.class_names or ["defect"]
+        return np.array([per_class.get(name, decision) for name in names], dtype=np.float64)
 
     def image_score(self, class_scores: np.ndarray) -> float:
         """The image score of a model with class scores: the best one, rescaled first where
@@ -299,9 +302,10 @@ class Inspector:
     def _judge_multilabel(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
         """Independent class probabilities: defect when any reaches its class threshold
         (:attr:`class_thresholds`); the defect class is the most probable one, or with per-class
-        thresholds the one furthest above its own (softmax probabilities: always the most
-        probable). Regions come from each class's own map, for the classes called present only (a
-        mask of a class the classifier rejects is not reported)."""
+        thresholds the one furthest above its own (softmax models: always the most probable;
+        their thresholds are fixed, never per class). Regions come from each class's own map, for
+        the classes called present only (a mask of a class the classifier rejects is not
+        reported)."""
         assert scored.class_scores is not None
         names = self.card.class_names
         ranked = scored.class_scores
@@ -317,6 +321,10 @@ class Inspector:
             verdict = "defect" if scored.score >= self.threshold else "ok"
             present = scored.class_scores >= self.class_thresholds[: len(scored.class_scores)]
             called = {n for n, p in zip(names, present, strict=False) if p}
+        per_class = self.card.thresholds.per_class
+        class_thresholds = None
+        if per_class is not None:
+            class_thresholds = dict(zip(names, self.class_thresholds.tolist(), strict=False))
         return Inspection(
             image=label,
             model=self.name,
@@ -325,6 +333,7 @@ class Inspector:
             threshold=self.threshold,
             defect_class=names[best] if verdict == "defect" and best < len(names) else None,
             class_scores={n: float(v) for n, v in zip(names, scored.class_scores, strict=False)},
+            class_thresholds=class_thresholds,
             regions=self._multilabel_regions(scored, heatmap, called) if verdict == "defect" else [],
             latency_ms=0.0,
         )

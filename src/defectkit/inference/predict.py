@@ -158,12 +158,14 @@ def defect_mask(
 
 
 def _called(inspection: Inspection) -> list[bool] | None:
-    """Per class of a multi-class Inspection: reported present (its probability at the threshold,
-    or the defect class); None for a model without class scores."""
+    """Per class of a multi-class Inspection: reported present (its probability at its class
+    threshold, else the decision threshold, or the defect class); None for a model without class
+    scores."""
     if len(inspection.class_scores) < 2:
         return None
+    own = inspection.class_thresholds or {}
     return [
-        name == inspection.defect_class or score >= inspection.threshold
+        name == inspection.defect_class or score >= own.get(name, inspection.threshold)
         for name, score in inspection.class_scores.items()
     ]
 

@@ -72,6 +72,10 @@ class Thresholds(BaseModel):
         # threshold would judge the image by a different rule than its classes.
         if self.per_class is not None and self.decision != 0.5:
             raise ValueError(f"per-class thresholds are judged at decision 0.5, not {self.decision}")
+        # Inside (0, 1) the rescaled score and "probability >= threshold" always agree.
+        outside = {name: t for name, t in (self.per_class or {}).items() if not 0.0 < t < 1.0}
+        if outside:
+            raise ValueError(f"per-class thresholds must lie strictly between 0 and 1: {outside}")
         return self
 
 
@@ -97,7 +101,8 @@ class ModelCard(BaseModel):
     multilabel: bool = Field(
         False,
         description="scores are K independent class probabilities with per-class heat maps (not "
-        "similarities to a reference database); defect when any class reaches the decision threshold",
+        "similarities to a reference database); defect when any class reaches its threshold "
+        "(thresholds.per_class, else the decision threshold)",
     )
 
 

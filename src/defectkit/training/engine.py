@@ -136,7 +136,8 @@ def class_thresholds(
     """One threshold per class of a multi-label model: best F1 of that class's probability on
     the validation images whose classes are known (the decision stays 0.5 on the rescaled image
     score, :func:`~defectkit.metrics.rescaled_to_half`). A class with no validation defect
-    cannot define one and keeps 0.5; the rule names it. The pixel threshold stays 0.5."""
+    cannot define one and keeps 0.5; the rule names it (no validation defect at all is an error).
+    Thresholds are kept inside [1e-6, 1 - 1e-6]. The pixel threshold stays 0.5."""
     names = inspector.card.class_names
     probabilities, truth = [], []
     for sample in samples:
@@ -153,10 +154,18 @@ def class_thresholds(
             "raise data.val_fraction or label the classes of the validation images"
         )
     scores, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(truth)
+    if not labels.any():
+        raise ThresholdError(
+            "the validation split has no defective images, so no class threshold can be chosen; "
+            "raise data.val_fraction or add defective images"
+        )
     per_class, unset = {}, []
     for k, name in enumerate(names):
         if labels[:, k].any():
-            per_class[name] = best_f1_threshold(labels[:, k], scores[:, k], placement)
+            chosen = best_f1_threshold(labels[:, k], scores[:, k], placement)
+            # A saturated probability can put the best threshold on 0 or 1, where no rescaling
+            # keeps "above threshold" and "score >= 0.5" the same call.
+            per_class[name] = float(np.clip(chosen, 1e-6, 1.0 - 1e-6))
         else:
             per_class[name] = 0.5
             unset.append(name)
