@@ -209,7 +209,7 @@ def test_box_masks_and_training_fraction(neu_det_root: Path) -> None:
 
 
 def test_grid_is_checked_before_training(tmp_path: Path) -> None:
-    from defectkit.bench.tlu import _check_grid, encoder_weights, user_weights
+    from defectkit.bench.tlu import _check_grid, encoder_weights, settings_of, user_weights
 
     def request(variant: dict[str, str], overrides: list[str] | None = None) -> BenchRequest:
         return BenchRequest("paper", "full", "c", tmp_path, tmp_path, False, variant, overrides or [])
@@ -220,6 +220,12 @@ def test_grid_is_checked_before_training(tmp_path: Path) -> None:
         _check_grid(request({}), ["resnet_eighteen"], ["random"])
     with pytest.raises(KeyError, match="each cell sets"):
         _check_grid(request({}, ["weights=/x.pth"]), ["resnet18"], ["random"])
+    with pytest.raises(KeyError, match="each cell sets"):
+        _check_grid(request({}, ["method_options.threshold=validation"]), ["resnet18"], ["random"])
+    chosen = settings_of(request({"threshold": "validation", "betas": "profile"}))
+    assert chosen == {"threshold": "validation"}
+    with pytest.raises(KeyError, match=r"threshold=0\.3: use paper or validation"):
+        settings_of(request({"threshold": "0.3"}))
     given = user_weights("resnet18:/r.pth,densenet121:/d.pth", ["resnet18", "densenet121"])
     assert encoder_weights("densenet121", "imagenet", given) == "/d.pth"
     assert encoder_weights("densenet121", "random", given) is None

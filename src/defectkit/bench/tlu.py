@@ -26,13 +26,15 @@ go to ``<work>/<name>/figures``; Fig. 8 shows the first fold's training curves.
 
 Cell keys hold the encoder, init, fraction, fold, fingerprints of the resolved config and
 of the fold's image names, so a changed config or another copy of the data trains afresh. The
-cell's own settings (``weights``, ``model.encoder``, ``data.train_fraction``) cannot be set with
-``--set``: use the ``--variant`` options.
+cell's own settings (``weights``, ``model.encoder``, ``data.train_fraction``, Adam's betas and
+the threshold rule) cannot be set with ``--set``: use the ``--variant`` options.
 
 Options (``--variant``): ``encoders`` (comma list; default the profile's: EfficientNet-Lite0 on
 ``cpu``, whose ImageNet weights are offline, ResNet-18 and DenseNet-121 on ``paper``), ``inits``
 (``imagenet,random``), ``fractions`` (``1,0.5,0.25,0.1``), ``betas`` (``profile`` or ``paper``:
-Adam's (0.99, 0.99) as printed) and ``weights`` (ImageNet state-dict files for encoders without
+Adam's (0.99, 0.99) as printed), ``threshold`` (``paper``: 0.5 for every class, or
+``validation``: one best-F1 threshold per class chosen on each fold's validation part, MLA judged
+at those) and ``weights`` (ImageNet state-dict files for encoders without
 packaged weights: ``PATH`` for all of them, or ``resnet18:PATH,densenet121:PATH``). Every
 encoder name and weights file is checked before the first cell trains.
 """
@@ -81,12 +83,24 @@ from defectkit.models.tlu_net import smp_encoder_name
 
 SPLIT = (0.75, 0.125, 0.125)
 SPLIT_SEED = 0
-OPTIONS = ("encoders", "inits", "fractions", "betas", "weights")
+OPTIONS = ("encoders", "inits", "fractions", "betas", "threshold", "weights")
+# Options that change every cell's config away from the profile's: option -> (default, the
+# override of each other value). Set ones enter the variant, the cell cache's name and the results.
+SETTINGS = {
+    "betas": ("profile", {"paper": "method_options.betas=[0.99,0.99]"}),
+    "threshold": ("paper", {"validation": "method_options.threshold=validation"}),
+}
 DEFAULT_ENCODERS = {"cpu": "tf_efficientnet_lite0", "paper": "resnet18,densenet121"}
 # ImageNet weights that install offline, per encoder name (defectkit.models.pretrained.PACKAGED).
 PACKAGED_ENCODER_WEIGHTS = {entry.architecture: name for name, entry in PACKAGED.items()}
 # Config keys each cell sets itself; a --set of one would make the cell's key lie about its run.
-CELL_KEYS = ("weights", "model.encoder", "data.train_fraction")
+CELL_KEYS = (
+    "weights",
+    "model.encoder",
+    "data.train_fraction",
+    "method_options.betas",
+    "method_options.threshold",
+)
 # Paper 001's claims for its ResNet encoder (no table; the text of section III.D), by fraction.
 PAPER_TRANSFER = {
     1.0: {"mla_gain": 0.05, "dice_gain_rel": 0.26, "share_improved": 0.81},
@@ -152,12 +166,22 @@ def _config(dataset: GridDataset, request: BenchRequest, encoder: str, weights: 
             fraction: float) -> RunConfig:  # fmt: skip
     overrides = [f"model.encoder={encoder}", f"data.train_fraction={fraction}"]
     overrides.append(f"weights={weights}" if weights else "weights=null")
-    if request.variant.get("betas", "profile") == "paper":
-        overrides.append("method_options.betas=[0.99,0.99]")
-    elif request.variant.get("betas", "profile") != "profile":
-        raise KeyError(f"--variant betas={request.variant['betas']}: use profile or paper")
+    overrides += [SETTINGS[option][1][value] for option, value in settings_of(request).items()]
     # The cell's own settings come last: nothing a user sets may contradict the cell's key.
     return load_config(REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides])
+
+
+def settings_of(request: BenchRequest) -> dict[str, str]:
+    """The :data:`SETTINGS` options this run sets away from their defaults (a usage error for an
+    unknown value)."""
+    chosen = {}
+    for option, (default, overrides) in SETTINGS.items():
+        value = str(request.variant.get(option, default))
+        if value != default and value not in overrides:
+            raise KeyError(f"--variant {option}={value}: use {default} or {' or '.join(overrides)}")
+        if value != default:
+            chosen[option] = value
+    return chosen
 
 
 def _check_grid(request: BenchRequest, encoders: Sequence[str], inits: Sequence[str]) -> dict[str, str]:
@@ -193,13 +217,13 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     )
     inits = option_list(options, "inits", "imagenet,random")
     fractions = [float(f) for f in option_list(options, "fractions", "1,0.5,0.25,0.1")]
+    settings = settings_of(request)
     given = _check_grid(request, encoders, inits)
     dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     split_keys = [split_fingerprint(dataset, split) for split in splits]
     protocol = f"tlu/{dataset_name}"
-    betas = options.get("betas", "profile")
-    name = "-".join(p for p in (protocol.replace("/", "-"), "" if betas == "profile" else "betas-paper") if p)
+    name = "-".join([protocol.replace("/", "-"), *(f"{k}-{v}" for k, v in settings.items())])
     cache = request.cells(f"{name}-{request.profile}")
     work_root = request.work_root / f"{name}-{request.profile}"
     finished: dict[tuple[str, str, float], dict[str, Any]] = {}
@@ -224,9 +248,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     cells.append(cell)
                 record = summarise(cells)
                 finished[(encoder, init, fraction)] = record
-                variant: dict[str, Any] = {"encoder": encoder, "init": init, "fraction": fraction}
-                if betas != "profile":
-                    variant["betas"] = betas
+                variant: dict[str, Any] = {"encoder": encoder, "init": init, "fraction": fraction, **settings}
                 last = write_results(
                     protocol=protocol,
                     method="tlu_net",
@@ -256,7 +278,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
             gains[fraction] = transfer_metrics(imagenet, random)
             verdict = transfer_verdict(gains, fraction)
             last = _write_transfer(protocol, dataset, request, encoder, fraction, (imagenet, random),
-                                   gains[fraction], betas, verdict)  # fmt: skip
+                                   gains[fraction], settings, verdict)  # fmt: skip
     _figures(finished, work_root / "figures", dataset_name)
     assert last is not None, "no cell ran"
     return last
@@ -267,10 +289,16 @@ def _notes(dataset_name: str, config: RunConfig) -> str:
     notes.append(f"Adam betas {tuple(config.method_options.get('betas', (0.99, 0.99)))}")
     if dataset_name == "neu-det":
         notes.append("masks are NEU-DET's boxes filled (coarse): Dice measures box overlap")
+    validation = config.method_options.get("threshold") == "validation"
+    if validation:
+        notes.append("MLA at one best-F1 threshold per class, chosen on each fold's validation part")
     if dataset_name == "ksdd":
         notes.append("3-fold CV by commutator, figures pooled over folds; AP from the classification head")
-        # Most KSDD images are good, so MLA at 0.5 is high for a model that calls nothing defective.
-        notes.append("MLA at the 0.5 threshold: calling every image good scores the good share (about 0.87)")
+        if not validation:
+            # Most KSDD images are good: MLA at 0.5 is high for a model that calls nothing defective.
+            notes.append(
+                "MLA at the 0.5 threshold: calling every image good scores the good share (about 0.87)"
+            )
     return "; ".join(notes)
 
 
@@ -340,12 +368,10 @@ def transfer_verdict(gains: Mapping[float, Mapping[str, Any]], fraction: float) 
 
 
 def _write_transfer(protocol: str, dataset: GridDataset, request: BenchRequest, encoder: str, fraction: float,
-                    pair: tuple[Mapping[str, Any], Mapping[str, Any]], metrics: Mapping[str, Any], betas: str,
-                    verdict: str) -> Path:  # fmt: skip
+                    pair: tuple[Mapping[str, Any], Mapping[str, Any]], metrics: Mapping[str, Any],
+                    settings: Mapping[str, str], verdict: str) -> Path:  # fmt: skip
     """One ``tlu/<dataset>/transfer`` record: the gains beside the paper's claims."""
-    variant: dict[str, Any] = {"encoder": encoder, "fraction": fraction}
-    if betas != "profile":
-        variant["betas"] = betas
+    variant: dict[str, Any] = {"encoder": encoder, "fraction": fraction, **settings}
     paper = PAPER_TRANSFER.get(fraction, {}) if encoder.startswith("resnet") else {}
     return write_results(
         protocol=f"{protocol}/transfer",
