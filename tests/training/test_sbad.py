@@ -11,7 +11,7 @@ import torch
 
 from defectkit.data.attributes import TABLE1_NAMES, describe, read_attributes, table1_attributes
 from defectkit.data.synthetic import SynthConfig
-from defectkit.training.sbad import SBADOptions, _kl, fit_sbad, map_unseen, pin_unvaried
+from defectkit.training.sbad import SBADOptions, _kl, fit_sbad, map_unseen, pin_unvaried, seen_span
 
 
 def test_table1_attributes_have_29_slots_in_range_and_tell_surfaces_apart() -> None:
@@ -70,6 +70,18 @@ def test_attributes_no_seen_surface_varies_are_pinned_to_the_seen_value() -> Non
         SBADOptions(unvaried="drop")
     with pytest.warns(UserWarning, match="share one embedding"):
         pin_unvaried(np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]]), n_seen=2)
+
+
+def test_seen_span_keeps_only_what_the_seen_surfaces_combine() -> None:
+    # Seen: two surfaces over attributes (a, b, c); the unseen one also sets d, which no seen
+    # surface has, and a + b, which they do.
+    embeddings = np.array([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.5, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    projected = seen_span(embeddings, n_seen=2)
+    assert np.allclose(projected[:2], embeddings[:2])
+    assert np.allclose(projected[2], [1.0, 1.0, 1.0, 0.0])  # d dropped, the seen combination kept
+    with pytest.warns(UserWarning, match="share one embedding"):
+        seen_span(np.array([[1.0, 0.0], [2.0, 0.0], [1.0, 1.0], [1.0, 2.0]]), n_seen=2)
+    assert SBADOptions(unvaried="seen_span").unvaried == "seen_span"
 
 
 def test_fit_sbad_trains_on_the_pinned_embeddings() -> None:

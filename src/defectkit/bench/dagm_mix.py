@@ -40,8 +40,9 @@ cpu profile): (b) raised ZSL (0.75 against 0.47) but lowered H (0.35 against 0.4
 backbone training per split.
 
 ``--set method_options.unvaried=seen_value`` (named in the variant; the ridge baseline honours it
-too) pins the attributes no seen surface varies to their seen value (see
-:mod:`defectkit.training.sbad`); the paper's ``keep`` is the default.
+too) pins the attributes no seen surface varies to their seen value, and ``seen_span`` projects
+every surface's embedding onto the span of the seen ones (see :mod:`defectkit.training.sbad`);
+the paper's ``keep`` is the default.
 
 Features are extracted once per config (frozen backbone) and cached under the work folder.
 """
@@ -75,7 +76,7 @@ from defectkit.training.sbad import (
     backbone_features,
     finetune_backbone,
     fit_sbad,
-    pin_unvaried,
+    handle_unvaried,
     router_input,
     sbad_options,
     train_linear,
@@ -385,8 +386,7 @@ def ridge_cell(
     order, to_class = class_order(split)
     n_seen = len(split.seen)
     embeddings = real_ce[order]
-    if options.unvaried == "seen_value":
-        embeddings = pin_unvaried(embeddings, n_seen)
+    embeddings = handle_unvaried(embeddings, n_seen, options.unvaried)
     started = time.perf_counter()
     regression = make_pipeline(StandardScaler(), Ridge(alpha=alpha))
     regression.fit(data.features[split.train], real_ce[data.surface[split.train]])

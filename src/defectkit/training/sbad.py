@@ -14,7 +14,10 @@ vectors train in minutes on a CPU. The steps, and the choices where the paper is
    0): an arbitrary shift of its learned CE (:func:`map_unseen` passes the real value through)
    and of everything generated for it. ``"seen_value"`` sets every surface's value there to the
    seen one before anything trains, so the unseen surfaces differ only where the seen ones taught
-   something.
+   something. ``"seen_span"`` goes further: each embedding is replaced by its least-squares
+   projection onto the linear span of the seen ones (the seen ones stay as they are), which also
+   drops combinations of varied attributes that no seen surface shows (e.g. a defect-reason
+   one-hot that is 1 on an unseen surface only, and its correlated shape and area slots).
 2. Stage A, the Learned CE (equations 1-3): :class:`~defectkit.models.sbad.CEVAE` with
    ``L = 0.5 * BCE(x_hat, x) + KL(N(mu, sigma) || N(CE_real(y), I))``. Equation 3 as printed,
    ``-0.5 [1 + log s^2 + s^2 + (mu - CE)^2]``, has the sign of the last two terms wrong (it would
@@ -98,7 +101,7 @@ class SBADOptions:
     hidden: int = 1024
     ce: str = "learned"  # learned | real
     unseen_ce: str = "mapped"  # mapped | real
-    unvaried: str = "keep"  # keep | seen_value: attributes constant over the seen surfaces
+    unvaried: str = "keep"  # keep | seen_value | seen_span: what the seen surfaces never vary
     ce_epochs: int = 40
     ce_lr: float = 1e-3
     ridge: float = 1.0
@@ -138,7 +141,7 @@ class SBADOptions:
         choices = {
             "ce": ("learned", "real"),
             "unseen_ce": ("mapped", "real"),
-            "unvaried": ("keep", "seen_value"),
+            "unvaried": UNVARIED,
             "attribute_loss": ("mse", "l1"),
             "unseen_score": UNSEEN_SCORES,
             "classifier_input": CLASSIFIER_INPUTS,
@@ -172,6 +175,32 @@ def _kl(mu: Tensor, logvar: Tensor, centre: Tensor | float = 0.0) -> Tensor:
 
 def _bce(reconstruction: Tensor, target: Tensor) -> Tensor:
     return F.binary_cross_entropy(reconstruction, target, reduction="none").sum(dim=1).mean()
+
+
+UNVARIED = ("keep", "seen_value", "seen_span")
+
+
+def seen_span(embeddings: np.ndarray, n_seen: int) -> np.ndarray:
+    """``embeddings`` (seen rows first) projected onto the linear span of the seen rows: what the
+    seen surfaces can show of each surface. Seen rows come back unchanged (to rounding)."""
+    seen = np.asarray(embeddings[:n_seen], dtype=np.float64)
+    projected = np.asarray(embeddings, dtype=np.float64) @ np.linalg.pinv(seen) @ seen
+    if len(np.unique(projected.round(6), axis=0)) < len(projected):
+        warnings.warn(
+            "projected onto the seen surfaces' span, some surfaces share one embedding", stacklevel=2
+        )
+    return projected.astype(np.asarray(embeddings).dtype, copy=False)
+
+
+def handle_unvaried(embeddings: np.ndarray, n_seen: int, mode: str) -> np.ndarray:
+    """The class embeddings (seen rows first) as ``SBADOptions.unvaried`` says to treat what the
+    seen surfaces never vary: ``keep``, ``seen_value`` (:func:`pin_unvaried`) or ``seen_span``
+    (:func:`seen_span`)."""
+    if mode == "seen_value":
+        return pin_unvaried(embeddings, n_seen)
+    if mode == "seen_span":
+        return seen_span(embeddings, n_seen)
+    return embeddings
 
 
 def pin_unvaried(embeddings: np.ndarray, n_seen: int) -> np.ndarray:
@@ -327,8 +356,7 @@ def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_se
     if missing:
         raise ValueError(f"seen classes {missing} have no training features")
     torch.manual_seed(options.seed)
-    if options.unvaried == "seen_value":
-        real_ce = pin_unvaried(real_ce, n_seen)
+    real_ce = handle_unvaried(real_ce, n_seen, options.unvaried)
     raw = torch.as_tensor(features, dtype=torch.float32)
     low, high = raw.min(dim=0).values, raw.max(dim=0).values
     scaled = ((raw - low) / (high - low).clamp_min(1e-6)).clamp(0.0, 1.0)
