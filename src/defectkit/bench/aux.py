@@ -289,6 +289,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                         **seg_variants[seg_name],
                         "fraction": fraction,
                         **activation_variant,
+                        **request.set_variant(),
                     }
                     record = summarise(cells)
                     finished[(task_name, attention, seg_name, fraction)] = record
@@ -307,6 +308,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                 **seg_variants[seg_name],
                 "fraction": fraction,
                 **activation_variant,
+                **request.set_variant(),
             }
             last = _write_multitask(protocol, dataset, request, variant, multitask, singles)
     assert last is not None, "no cell ran"

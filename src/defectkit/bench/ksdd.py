@@ -191,7 +191,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
         protocol=run.protocol,
         method=run.method,
         dataset="kolektorsdd",
-        variant=run.variant,
+        variant={**run.variant, **request.set_variant()},
         profile=request.profile,
         metrics=metrics,
         per_fold=per_fold,

@@ -27,7 +27,6 @@ file per (method, shots) is written once all its repeats are done.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -437,13 +436,7 @@ def _variant_options(
         epochs = int(given)
         overrides.append(f"{EPOCHS_KEY[grid]}={epochs}")
         variant["epochs"] = epochs
-    if request.overrides:
-        # Sorted, so one experiment has one name whatever the order of its --set options; a long
-        # list is shortened to a digest (file names have a length limit), the command keeps it all.
-        named = ",".join(sorted(o.strip() for o in request.overrides))
-        if len(named) > 60:
-            named = "sha1-" + hashlib.sha1(named.encode()).hexdigest()[:10]
-        variant["set"] = named
+    variant.update(request.set_variant())
     return overrides, variant, note
 
 

@@ -7,6 +7,7 @@ can span sessions; the pooled results file is written once every cell is done.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,19 @@ class BenchRequest:
 
     def cells(self, name: str) -> CellCache:
         return CellCache(self.cells_root / name)
+
+    def set_variant(self) -> dict[str, str]:
+        """``{"set": ...}`` naming this run's ``--set`` overrides, for a protocol's results variant,
+        so an experiment writes a results file of its own instead of replacing the profile's row
+        (cells are keyed by the resolved config, so they never mix). Sorted, so one experiment has
+        one name whatever the order of its options; a list past 60 characters is shortened to a
+        digest (file names have a length limit), the command keeps it all. ``{}`` without any."""
+        if not self.overrides:
+            return {}
+        named = ",".join(sorted(o.strip() for o in self.overrides))
+        if len(named) > 60:
+            named = "sha1-" + hashlib.sha1(named.encode()).hexdigest()[:10]
+        return {"set": named}
 
 
 ProtocolRunner = Callable[[BenchRequest], Path]

@@ -248,7 +248,13 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     cells.append(cell)
                 record = summarise(cells)
                 finished[(encoder, init, fraction)] = record
-                variant: dict[str, Any] = {"encoder": encoder, "init": init, "fraction": fraction, **settings}
+                variant: dict[str, Any] = {
+                    "encoder": encoder,
+                    "init": init,
+                    "fraction": fraction,
+                    **settings,
+                    **request.set_variant(),
+                }
                 last = write_results(
                     protocol=protocol,
                     method="tlu_net",
@@ -371,7 +377,7 @@ def _write_transfer(protocol: str, dataset: GridDataset, request: BenchRequest, 
                     pair: tuple[Mapping[str, Any], Mapping[str, Any]], metrics: Mapping[str, Any],
                     settings: Mapping[str, str], verdict: str) -> Path:  # fmt: skip
     """One ``tlu/<dataset>/transfer`` record: the gains beside the paper's claims."""
-    variant: dict[str, Any] = {"encoder": encoder, "fraction": fraction, **settings}
+    variant: dict[str, Any] = {"encoder": encoder, "fraction": fraction, **settings, **request.set_variant()}
     paper = PAPER_TRANSFER.get(fraction, {}) if encoder.startswith("resnet") else {}
     return write_results(
         protocol=f"{protocol}/transfer",
