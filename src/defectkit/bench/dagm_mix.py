@@ -522,6 +522,10 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant.update(score_variant(options))
             elif generator == "ridge" and options.unvaried != SBADOptions.unvaried:
                 variant["unvaried"] = options.unvaried
+            elif generator == "softmax":
+                # Its figures ignore the router's options, but a --set run must not replace the
+                # row of the plain one.
+                variant.update(request.set_variant())
             backbone = config.model.get("backbone")
             feature_words = (
                 f"frozen {backbone}"
