@@ -308,9 +308,10 @@ class Inspector:
         reported)."""
         assert scored.class_scores is not None
         names = self.card.class_names
+        thresholds = self.class_thresholds[: len(scored.class_scores)]
         ranked = scored.class_scores
         if self.card.thresholds.per_class is not None:
-            ranked = rescaled_to_half(ranked, self.class_thresholds[: len(ranked)])
+            ranked = rescaled_to_half(ranked, thresholds)
         best = int(np.argmax(ranked))
         if self.card.model_options.get("class_activation") == "softmax":
             # Exclusive classes cannot say "no defect": the model was trained on images with
@@ -319,12 +320,12 @@ class Inspector:
             called = {names[best]} if best < len(names) else set()
         else:
             verdict = "defect" if scored.score >= self.threshold else "ok"
-            present = scored.class_scores >= self.class_thresholds[: len(scored.class_scores)]
+            present = scored.class_scores >= thresholds
             called = {n for n, p in zip(names, present, strict=False) if p}
         per_class = self.card.thresholds.per_class
         class_thresholds = None
         if per_class is not None:
-            class_thresholds = dict(zip(names, self.class_thresholds.tolist(), strict=False))
+            class_thresholds = dict(zip(names, thresholds.tolist(), strict=False))
         return Inspection(
             image=label,
             model=self.name,
