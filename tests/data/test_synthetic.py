@@ -236,9 +236,24 @@ def test_in_memory_dataset_and_progress(tmp_path: Path) -> None:
     assert calls[-1] == (24, 24) and len(calls) == 24
 
 
+def test_fewer_defect_types_share_each_type_among_surfaces() -> None:
+    config = SynthConfig(surfaces=10, per_surface=2, size=64, seed=0, defect_fraction=1.0, defect_types=5)
+    assert class_names(config) == list(DEFECT_TYPES[:5])
+    for s in (2, 7):  # surfaces 3 and 8: two textures, one defect type
+        item = synthesize(config, s, 0)
+        assert item.defect_types == (DEFECT_TYPES[2],)
+        assert item.classes == [3]
+    # Surfaces below the cycle length are the same images as with all eight types.
+    full = SynthConfig(**{**config.__dict__, "defect_types": len(DEFECT_TYPES)})
+    np.testing.assert_array_equal(synthesize(config, 4, 1).image, synthesize(full, 4, 1).image)
+    assert not np.array_equal(synthesize(config, 5, 1).image, synthesize(full, 5, 1).image)
+
+
 def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="defect_fraction"):
         SynthConfig(defect_fraction=1.5)
+    with pytest.raises(ValueError, match="defect_types"):
+        SynthConfig(defect_types=9)
     with pytest.raises(ValueError, match="mode"):
         SynthConfig(mode="severstal")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="index"):

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split, score_variant
+from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split, mix_variant, score_variant
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import CellCache, cells_commit, write_results
 from defectkit.config import load_config
@@ -283,6 +283,7 @@ def run_line(request: BenchRequest) -> Path:
             "ce": options.ce,
             "generator": f"vaegan-{options.attribute_loss}",
             "splits": n_splits,
+            **mix_variant(synth),
             **score_variant(options),
         },
         profile=request.profile,

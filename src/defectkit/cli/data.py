@@ -168,6 +168,9 @@ def synth(
     ),
     defect_fraction: float = typer.Option(0.25, "--defect-fraction", help="Share of defective images."),
     test_fraction: float = typer.Option(0.5, "--test-fraction", help="Share of each surface in Test/."),
+    defect_types: int = typer.Option(
+        8, "--defect-types", help="dagm mode: surface s gets defect type s mod this (DAGM_MIX: 5)."
+    ),
 ) -> None:
     """Generate a DAGM-style synthetic dataset with masks, boxes, classes and surface attributes."""
     from defectkit.data.synthetic import SynthConfig, generate
@@ -181,6 +184,7 @@ def synth(
             mode=mode.value,
             defect_fraction=defect_fraction,
             test_fraction=test_fraction,
+            defect_types=defect_types,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -20,8 +20,11 @@ Defects
     texture in units of its own contrast, so they blend into it instead of being black blobs.
 
 Modes
-    ``"dagm"``: one defect type per surface (surface ``s`` gets ``DEFECT_TYPES[s % 8]``), one defect
-    per defective image; ``class_names`` are the defect types used, in :data:`DEFECT_TYPES` order.
+    ``"dagm"``: one defect type per surface (surface ``s`` gets ``DEFECT_TYPES[s % defect_types]``,
+    ``defect_types`` 8 by default), one defect per defective image; ``class_names`` are the defect
+    types used, in :data:`DEFECT_TYPES` order. Fewer types (DAGM_MIX uses 5) give each type to
+    several surfaces of different textures, so no defect attribute belongs to one surface alone:
+    zero-shot learning needs every attribute of an unseen surface to vary among the seen ones.
     ``"multiclass"`` (Severstal-like): four classes :data:`MULTICLASS_TYPES` (pits, inclusion,
     scratch, stain, after Severstal's pitting / inclusion / scratches / patches), one to four of them
     per defective image; ``Sample.classes`` lists every class present. The mask is an HxW class-id
@@ -219,6 +222,7 @@ class SynthConfig:
     mode: Mode = "dagm"
     defect_fraction: float = 0.25
     test_fraction: float = 0.5
+    defect_types: int = len(DEFECT_TYPES)
 
     def __post_init__(self) -> None:
         if self.surfaces < 1:
@@ -231,6 +235,8 @@ class SynthConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.mode not in ("dagm", "multiclass"):
             raise ValueError(f"mode must be 'dagm' or 'multiclass', got {self.mode!r}")
+        if not 1 <= self.defect_types <= len(DEFECT_TYPES):
+            raise ValueError(f"defect_types must be in 1..{len(DEFECT_TYPES)}, got {self.defect_types}")
         for name in ("defect_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -310,16 +316,17 @@ def surface_family(surface: int) -> str:
     return SURFACE_FAMILIES[surface % len(SURFACE_FAMILIES)]
 
 
-def surface_defect_type(surface: int) -> str:
-    """The defect type of surface ``surface`` in dagm mode."""
-    return DEFECT_TYPES[surface % len(DEFECT_TYPES)]
+def surface_defect_type(surface: int, defect_types: int = len(DEFECT_TYPES)) -> str:
+    """The defect type of surface ``surface`` in dagm mode, cycling through the first
+    ``defect_types`` of :data:`DEFECT_TYPES`."""
+    return DEFECT_TYPES[surface % defect_types]
 
 
 def class_names(config: SynthConfig) -> list[str]:
     """Defect class names; class id ``k`` is ``class_names[k - 1]``."""
     if config.mode == "multiclass":
         return list(MULTICLASS_TYPES)
-    used = {surface_defect_type(s) for s in range(config.surfaces)}
+    used = {surface_defect_type(s, config.defect_types) for s in range(config.surfaces)}
     return [name for name in DEFECT_TYPES if name in used]
 
 
@@ -328,7 +335,7 @@ def _rng(*entropy: int) -> np.random.Generator:
 
 
 @lru_cache(maxsize=256)
-def _surface(seed: int, surface: int, mode: Mode) -> _Surface:
+def _surface(seed: int, surface: int, mode: Mode, defect_types: int = len(DEFECT_TYPES)) -> _Surface:
     family = surface_family(surface)
     base = _FAMILIES[family]
     variant = surface // len(SURFACE_FAMILIES)
@@ -346,7 +353,7 @@ def _surface(seed: int, surface: int, mode: Mode) -> _Surface:
         scale = math.exp(rng.uniform(-0.45, 0.45))
     polarity = 1.0 if rng.random() < 0.5 else -1.0
     strength = rng.uniform(0.9, 1.3)
-    defect_type = surface_defect_type(surface) if mode == "dagm" else None
+    defect_type = surface_defect_type(surface, defect_types) if mode == "dagm" else None
     fixed = None if defect_type is None else _DEFECTS[defect_type].polarity
     if fixed is not None:
         polarity = fixed
@@ -386,7 +393,7 @@ def surface_attributes(config: SynthConfig) -> tuple[list[str], dict[str, list[f
     names = list(ATTRIBUTE_NAMES)
     result: dict[str, list[float]] = {}
     for s in range(config.surfaces):
-        surf = _surface(config.seed, s, config.mode)
+        surf = _surface(config.seed, s, config.mode, config.defect_types)
         base = _FAMILIES[surf.family]
         types = MULTICLASS_TYPES if config.mode == "multiclass" else (surf.defect_type or "",)
         kinds = [_DEFECTS[t] for t in types]
@@ -858,7 +865,7 @@ def synthesize(config: SynthConfig, surface: int, index: int) -> SynthImage:
     The result depends only on ``config`` and ``(surface, index)``, never on what else was generated.
     """
     _check_index(config, surface, index)
-    surf = _surface(config.seed, surface, config.mode)
+    surf = _surface(config.seed, surface, config.mode, config.defect_types)
     defective, test = _plan(config, surface)
     # Separate streams for texture, defects and lighting: a defective image is exactly its good
     # twin (same surface, index and seed, defect_fraction 0) plus the defect.
@@ -1077,7 +1084,10 @@ def generate(
                 "surface_names": info.surface_names,
                 "families": info.extra["families"],
                 "surface_classes": (
-                    {surface_name(s): names.index(surface_defect_type(s)) + 1 for s in range(config.surfaces)}
+                    {
+                        surface_name(s): names.index(surface_defect_type(s, config.defect_types)) + 1
+                        for s in range(config.surfaces)
+                    }
                     if config.mode == "dagm"
                     else {}
                 ),
