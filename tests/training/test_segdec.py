@@ -182,7 +182,10 @@ def test_pixel_threshold_best_f1_on_validation_heatmaps() -> None:
 
 def test_pixel_threshold_without_masks_keeps_good_validation_images_clean() -> None:
     good, defective = np.array([[0.1, 0.3]]), np.array([[0.2, 0.9]])
-    scored = [(0.1, good, None), (0.9, defective, None)]
+    scored = [
+        engine.ValidationScore(0.1, good, None, None),
+        engine.ValidationScore(0.9, defective, None, None),
+    ]
     threshold, rule = engine.pixel_threshold(scored, [0, 1], quantile=1.0)
     assert rule == "good_quantile:1" and 0.3 < threshold < 0.9
     assert not (good >= threshold).any() and (defective >= threshold).sum() == 1

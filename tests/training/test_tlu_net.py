@@ -22,6 +22,7 @@ from defectkit.data.sample import Batch, Sample, collate
 from defectkit.data.synthetic import SynthConfig, generate
 from defectkit.evaluation.evaluate import evaluate_model
 from defectkit.inference.export import export_onnx_checked
+from defectkit.inference.inspector import Inspector
 from defectkit.inference.overlay import render_overlay
 from defectkit.inference.predict import predict_paths
 from defectkit.inference.saved_model import read_card
@@ -283,10 +284,18 @@ def test_saved_masks_paint_the_classes_called_at_their_own_thresholds() -> None:
     assert _called(inspection.model_copy(update={"class_thresholds": None})) == [True, True, True]
 
 
-def test_validation_thresholds_of_several_classes_are_per_class(tmp_path: Path) -> None:
+def test_validation_thresholds_of_several_classes_are_per_class(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_config(tiny_config(method_options={"betas": [0.9, 0.999], "threshold": "validation"}))
-    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    data = engine.prepare_data(config)
+    calls: list[int] = []
+    score = Inspector.score
+    monkeypatch.setattr(Inspector, "score", lambda self, image: calls.append(1) or score(self, image))
+    model_dir = engine.train(config, tmp_path / "run", progress=False, data=data)
+    monkeypatch.undo()
     assert model_dir is not None
+    assert len(calls) == len(data.val)  # the class thresholds and the validation metrics share one pass
     thresholds = read_card(model_dir).thresholds
     assert thresholds.per_class is not None and thresholds.decision == 0.5
     assert list(thresholds.per_class) == read_card(model_dir).class_names

@@ -18,7 +18,7 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -54,14 +54,21 @@ def data_fingerprint(samples: Sequence[Sample]) -> str:
 
 
 def score_samples(inspector: Inspector, samples: Sequence[Sample], channels: int) -> list[float]:
-    return [score for score, _, _ in score_with_masks(inspector, samples, channels)]
+    return [scored.score for scored in score_with_masks(inspector, samples, channels)]
 
 
-def score_with_masks(
-    inspector: Inspector, samples: Sequence[Sample], channels: int
-) -> list[tuple[float, np.ndarray | None, np.ndarray | None]]:
-    """(score, heat map, truth pooled to the heat map's cells or None) per sample."""
-    results: list[tuple[float, np.ndarray | None, np.ndarray | None]] = []
+class ValidationScore(NamedTuple):
+    """One validation image as the threshold choices read it."""
+
+    score: float
+    heatmap: np.ndarray | None
+    truth: np.ndarray | None  # the mask pooled to the heat map's cells, when both exist
+    class_scores: np.ndarray | None
+
+
+def score_with_masks(inspector: Inspector, samples: Sequence[Sample], channels: int) -> list[ValidationScore]:
+    """Every sample scored once: its score, heat map, pooled truth and class scores."""
+    results: list[ValidationScore] = []
     for sample in samples:
         loaded = load_sample(sample, channels)
         scored = inspector.score(np.asarray(loaded.image))
@@ -72,7 +79,7 @@ def score_with_masks(
             height, width = scored.heatmap.shape
             # A heat-map cell is defective when any pixel it covers is (as the training targets).
             pooled = F.adaptive_max_pool2d(truth[None, None], (height, width))[0, 0].numpy() > 0
-        results.append((scored.score, scored.heatmap, pooled))
+        results.append(ValidationScore(scored.score, scored.heatmap, pooled, scored.class_scores))
     return results
 
 
@@ -103,16 +110,14 @@ def good_image_pixel_threshold(heatmaps: Sequence[np.ndarray], quantile: float =
 
 
 def pixel_threshold(
-    scored: Sequence[tuple[float, np.ndarray | None, np.ndarray | None]],
-    labels: Sequence[int],
-    quantile: float,
+    scored: Sequence[ValidationScore], labels: Sequence[int], quantile: float
 ) -> tuple[float, str]:
     """(threshold, rule): pixel F1 where validation masks show defects, else the good-image rule."""
-    pairs = [(heat, truth) for _, heat, truth in scored if heat is not None and truth is not None]
+    pairs = [(v.heatmap, v.truth) for v in scored if v.heatmap is not None and v.truth is not None]
     if any(truth.any() for _, truth in pairs):
         return choose_pixel_threshold(pairs), "pixel_f1"
     good = [
-        heat for (_, heat, _), label in zip(scored, labels, strict=True) if heat is not None and label == 0
+        v.heatmap for v, label in zip(scored, labels, strict=True) if v.heatmap is not None and label == 0
     ]
     if good:
         return good_image_pixel_threshold(good, quantile), f"good_quantile:{quantile:g}"
@@ -131,22 +136,25 @@ def choose_threshold(
 
 
 def class_thresholds(
-    inspector: Inspector, samples: Sequence[Sample], channels: int, placement: Placement = "midpoint"
+    class_names: Sequence[str],
+    samples: Sequence[Sample],
+    scored: Sequence[ValidationScore],
+    placement: Placement = "midpoint",
 ) -> Thresholds:
     """One threshold per class of a multi-label model: best F1 of that class's probability on
-    the validation images whose classes are known (the decision stays 0.5 on the rescaled image
-    score, :func:`~defectkit.metrics.rescaled_to_half`). A class with no validation defect
-    cannot define one and keeps 0.5; the rule names it (no validation defect at all is an error).
+    the validation images whose classes are known (``scored``: :func:`score_with_masks` of
+    ``samples``; the decision stays 0.5 on the rescaled image score,
+    :func:`~defectkit.metrics.rescaled_to_half`). A class with no validation defect cannot
+    define one and keeps 0.5; the rule names it (no validation defect at all is an error).
     Thresholds are kept inside [1e-6, 1 - 1e-6]. The pixel threshold stays 0.5."""
-    names = inspector.card.class_names
+    names = list(class_names)
     probabilities, truth = [], []
-    for sample in samples:
+    for sample, validation in zip(samples, scored, strict=True):
         known = class_truth(sample, len(names))
         if known is None:
             continue
-        scored = inspector.score(np.asarray(load_sample(sample, channels).image))
-        assert scored.class_scores is not None, "class thresholds need a model with class scores"
-        probabilities.append(scored.class_scores[: len(names)])
+        assert validation.class_scores is not None, "class thresholds need a model with class scores"
+        probabilities.append(validation.class_scores[: len(names)])
         truth.append(known)
     if not truth:
         raise ThresholdError(
@@ -272,15 +280,14 @@ def train(
     backend = TorchBackend(model, card)
     inspector = Inspector(card, backend, MODEL_DIR)
     thresholds = spec.fixed_thresholds(config)
-    if thresholds is None and spec.multilabel and len(card.class_names) > 1:
-        thresholds = class_thresholds(
-            inspector, data.val, config.input.channels, config.trainer.threshold_placement
-        )
-        # The validation metrics below judge the rescaled image score, as deployment will.
-        inspector = Inspector(card.model_copy(update={"thresholds": thresholds}), backend, MODEL_DIR)
     labels = [int(s.label or 0) for s in data.val]
     scored = score_with_masks(inspector, data.val, config.input.channels)
-    scores = [score for score, _, _ in scored]
+    scores = [v.score for v in scored]
+    if thresholds is None and spec.multilabel and len(card.class_names) > 1:
+        thresholds = class_thresholds(card.class_names, data.val, scored, config.trainer.threshold_placement)
+        # The validation metrics below judge the rescaled image score, as deployment will.
+        judge = Inspector(card.model_copy(update={"thresholds": thresholds}), backend, MODEL_DIR)
+        scores = [v.score if v.class_scores is None else judge.image_score(v.class_scores) for v in scored]
     if thresholds is None:
         threshold = choose_threshold(labels, scores, config.trainer.threshold_placement)
         pixel, pixel_rule = pixel_threshold(scored, labels, config.trainer.pixel_quantile)
