@@ -288,6 +288,14 @@ def mix_variant(synth: SynthConfig) -> dict[str, Any]:
     return {} if synth.defect_types == len(DEFECT_TYPES) else {"defect_types": synth.defect_types}
 
 
+def mix_notes(synth: SynthConfig) -> str:
+    """What a results note says of a DAGM_MIX built with fewer defect types than the generator's."""
+    n = synth.defect_types
+    if n == len(DEFECT_TYPES):
+        return ""
+    return f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), shared by several textures"
+
+
 def harmonic(s: float, u: float) -> float:
     return 2 * s * u / (s + u) if s + u > 0 else 0.0
 
@@ -563,6 +571,7 @@ def run_sbad(request: BenchRequest) -> Path:
                     f"{synth.size} px images; figures mean ± std over {n_splits} seen / unseen splits; "
                     "the paper's on DAGM 2007 itself (its unseen pair unstated), seen accuracy on its "
                     "validation part, ours on a separate test set"
+                    + mix_notes(synth)
                     + BASELINE_NOTES.get(generator, "")
                     + (SBAD_TRIED_CPU if request.profile == "cpu" and generator not in BASELINES else "")
                 ),
