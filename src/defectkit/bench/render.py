@@ -85,6 +85,11 @@ INFO_METRICS = (
     "false_alarm_rate",
     "unseen_alert_rate",
     "detector_ap_mean",
+    # aux/efficiency: what each reduction compares (parameters in millions, CPU ms per image)
+    "params_m_multitask",
+    "params_m_single_total",
+    "ms_multitask",
+    "ms_single_total",
     # aux/<dataset>/multitask: both sides of each gain
     "map50_multitask",
     "map50_single",
