@@ -58,7 +58,7 @@ def test_packaged_imagenet_weights_load_into_the_classifier() -> None:
     assert model.backbone.classifier.out_features == 1
 
 
-@pytest.mark.parametrize("encoder", ["resnet18", "densenet121"])
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet34", "densenet121"])
 def test_user_weights_file_into_smp_encoder(tmp_path: Path, encoder: str) -> None:
     """A torchvision ImageNet checkpoint (a user's file) loads by name into smp's encoder."""
     import torchvision
@@ -70,7 +70,7 @@ def test_user_weights_file_into_smp_encoder(tmp_path: Path, encoder: str) -> Non
     path = tmp_path / f"{encoder}.pth"
     # torchvision's published DenseNet file names its layers the old way (norm.1, conv.2, ...).
     old_names = {OLD_NAME.sub(r"\1.\2", k): v for k, v in reference.state_dict().items()}
-    assert encoder == "resnet18" or old_names.keys() != reference.state_dict().keys()
+    assert encoder.startswith("resnet") or old_names.keys() != reference.state_dict().keys()
     torch.save(old_names, path)
     model = create_model("tlu_net", encoder=encoder, num_classes=2)
     load_encoder_weights(model.encoder, encoder, str(path))
@@ -82,14 +82,16 @@ def test_user_weights_file_into_smp_encoder(tmp_path: Path, encoder: str) -> Non
         load_encoder_weights(model.encoder, encoder, str(wrong))
 
 
-def test_packaged_lite_weights_into_smp_encoder() -> None:
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_packaged_lite_weights_into_smp_encoder(variant: str) -> None:
     from defectkit.models import create_model
     from defectkit.models.pretrained import load_encoder_weights
 
-    model = create_model("tlu_net", encoder="tf_efficientnet_lite0", num_classes=2)
-    load_encoder_weights(model.encoder, "tu-tf_efficientnet_lite0", "efficientnet-lite0")
-    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    load_by_position(reference, read_state_dict(weights_file("efficientnet-lite0")), "lite0")
+    name = f"tf_efficientnet_{variant}"
+    model = create_model("tlu_net", encoder=name, num_classes=2)
+    load_encoder_weights(model.encoder, f"tu-{name}", f"efficientnet-{variant}")
+    reference = timm.create_model(name, pretrained=False)
+    load_by_position(reference, read_state_dict(weights_file(f"efficientnet-{variant}")), variant)
     assert torch.equal(model.encoder.model.conv_stem.weight, reference.conv_stem.weight)
     assert torch.equal(
         model.encoder.model.blocks[6][0].conv_pwl.weight, reference.blocks[6][0].conv_pwl.weight
