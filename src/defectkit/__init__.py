@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from defectkit.inference.inspection import Inspection
     from defectkit.inference.inspector import load_inspector
+    from defectkit.inference.line import load_line
 
-__all__ = ["Inspection", "__version__", "load_inspector"]
+__all__ = ["Inspection", "__version__", "load_inspector", "load_line"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from defectkit.inference.inspector import load_inspector
 
         return load_inspector
+    if name == "load_line":
+        from defectkit.inference.line import load_line
+
+        return load_line
     if name == "Inspection":
         from defectkit.inference.inspection import Inspection
 

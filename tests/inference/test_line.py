@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import tiny_segdec
+from conftest import tiny_model, tiny_segdec
 from defectkit.cli.main import app
 from defectkit.config import RunConfig, load_config
 from defectkit.data.io import read_image
@@ -232,3 +232,37 @@ def test_line_eval_scores_every_test_image_end_to_end(line_dir: Path, tmp_path: 
     assert metrics["n_images"] == counts.sum() == len(tests) and metrics["seen_surfaces"] == SEEN
     assert counts[2].sum() == sum(p.parts[-3] == "Class3" for p in tests)  # the unseen row
     assert 0.0 <= metrics["alert_auroc"] <= 1.0 and metrics["failures"] == []
+
+
+def test_a_line_takes_any_detector_and_asks_its_classifier_the_type_of_a_defect(
+    line_dir: Path, tmp_path: Path
+) -> None:
+    # Decision 0: every part these two call defective, so each routed part reaches the classifier.
+    weak = tiny_model(tmp_path / "weak", "weak_lnet", size=(128, 64), decision=0.0)
+    types = tiny_model(tmp_path / "types", "tlu_net", size=(64, 64), decision=0.0)
+    spec = LineSpec(
+        router=str(line_dir / "router" / "model"),
+        detectors={"Class1": str(weak), "Class2": str(line_dir / "detectors" / "Class2")},
+        classifier=str(types),
+    )
+    write_line_spec(tmp_path, spec)
+    line = load_line(tmp_path)
+    classifier = load_inspector(types)
+    routed = 0
+    for path in sorted((line_dir / "data" / "Class1" / "Test").glob("*.PNG")):
+        inspection = line.inspect(path)
+        if inspection.surface == "Class1" and inspection.verdict != "unknown":
+            routed += 1
+            expected = classifier.inspect(read_image(path), str(path))
+            assert inspection.verdict == "defect" and inspection.model.endswith("/Class1")
+            assert inspection.defect_class == expected.defect_class is not None
+            assert inspection.class_scores == expected.class_scores
+        elif inspection.verdict == "ok":
+            assert inspection.defect_class is None
+    assert routed > 0
+
+
+def test_load_line_is_part_of_the_package_api() -> None:
+    import defectkit
+
+    assert defectkit.load_line is load_line and "load_line" in defectkit.__all__
