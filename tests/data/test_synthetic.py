@@ -247,6 +247,8 @@ def test_fewer_defect_types_share_each_type_among_surfaces() -> None:
     full = SynthConfig(**{**config.__dict__, "defect_types": len(DEFECT_TYPES)})
     np.testing.assert_array_equal(synthesize(config, 4, 1).image, synthesize(full, 4, 1).image)
     assert not np.array_equal(synthesize(config, 5, 1).image, synthesize(full, 5, 1).image)
+    # Cache keys made before the option existed stay valid at its default.
+    assert "defect_types" not in full.settings() and config.settings()["defect_types"] == 5
 
 
 def test_bad_config_is_rejected() -> None:

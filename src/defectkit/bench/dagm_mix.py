@@ -153,7 +153,7 @@ class MixImages:
 
 def mix_images(synth: SynthConfig, work: Path, progress: bool = True) -> MixImages:
     """Every generated image of DAGM_MIX, in surface order (cached in ``work``)."""
-    cache = work / f"images-{fingerprint(synth.__dict__)}.npz"
+    cache = work / f"images-{fingerprint(synth.settings())}.npz"
     if cache.is_file():
         stored = np.load(cache)
         return MixImages(stored["images"], stored["surface"], stored["train"], stored["label"])
@@ -174,7 +174,7 @@ def mix_images(synth: SynthConfig, work: Path, progress: bool = True) -> MixImag
 def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFeatures:
     """Frozen backbone features of every generated image (cached in ``work`` by config)."""
     synth = SynthConfig(**(config.data.synthetic or {}))
-    key = fingerprint([synth.__dict__, config.model, config.weights, config.input.model_dump()])
+    key = fingerprint([synth.settings(), config.model, config.weights, config.input.model_dump()])
     cache = work / f"features-{key}.npz"
     names = surface_names(synth)
     if cache.is_file():
@@ -199,7 +199,7 @@ def seen_features(config: RunConfig, work: Path, split: int, parts: MixSplit, op
     if options.backbone_target != "surfaces":  # earlier caches keep their keys
         training.append(options.backbone_target)
     key = fingerprint(
-        [synth.__dict__, config.model, config.weights, config.input.model_dump(), split, training]
+        [synth.settings(), config.model, config.weights, config.input.model_dump(), split, training]
     )
     cache = work / f"features-seen-{key}.npy"
     if cache.is_file():

@@ -87,7 +87,7 @@ PRODUCTS_CELL_VERSION = 1
 def mix_on_disk(synth: SynthConfig, root: Path, progress: bool) -> list[Sample]:
     """DAGM_MIX written once under ``root`` (a marker file records the generator settings)."""
     marker = root / "generated.json"
-    wanted = json.dumps(synth.__dict__, sort_keys=True)
+    wanted = json.dumps(synth.settings(), sort_keys=True)
     if not marker.is_file() or marker.read_text() != wanted:
         bar = tqdm(total=synth.surfaces * synth.per_surface, desc="DAGM_MIX", disable=not progress)
         generate(root, synth, progress=lambda done, total: bar.update(done - bar.n))
@@ -180,7 +180,7 @@ def run_line(request: BenchRequest) -> Path:
     samples = mix_on_disk(synth, root, request.progress)
     surfaces = surface_names(synth)  # the generator's order, so split k leaves out dagm-mix/sbad's pair
     keys = [_image_key(s, root) for s in samples]
-    data_key = fingerprint([synth.__dict__, keys])
+    data_key = fingerprint([synth.settings(), keys])
     cache = request.cells(name)
 
     # Router features (frozen backbone), once.

@@ -224,6 +224,14 @@ class SynthConfig:
     test_fraction: float = 0.5
     defect_types: int = len(DEFECT_TYPES)
 
+    def settings(self) -> dict[str, Any]:
+        """Every field, less ``defect_types`` at its default: what cache keys hash, so data and
+        caches made before that field existed keep their keys."""
+        fields = dict(self.__dict__)
+        if self.defect_types == len(DEFECT_TYPES):
+            del fields["defect_types"]
+        return fields
+
     def __post_init__(self) -> None:
         if self.surfaces < 1:
             raise ValueError(f"surfaces must be >= 1, got {self.surfaces}")
