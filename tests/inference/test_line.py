@@ -156,6 +156,19 @@ def test_a_router_whose_backbone_learnt_the_seen_attributes_trains_and_loads(
     assert len(route) == 1 and np.isfinite(route[0].unseen_score)
 
 
+def test_a_router_on_stage_statistics_trains_saves_and_loads(line_dir: Path, tmp_path: Path) -> None:
+    config = router_config(line_dir / "data")
+    config = config.model_copy(update={"model": {**config.model, "pooling": "stages"}})
+    model = train_router_model(config, tmp_path / "router", progress=False)
+    write_line_spec(tmp_path, LineSpec(router=str(model), detectors={}))
+    router = load_line(tmp_path).router
+    backbone = router.network.backbone
+    assert router.card.model_options["pooling"] == "stages" and backbone.pooling == "stages"
+    assert router.card.model_options["feature_dim"] == backbone.dim != backbone.network.num_features
+    route = router.route_batch([read_image(next((line_dir / "data").glob("Class1/Test/*.PNG")))])
+    assert len(route) == 1 and np.isfinite(route[0].unseen_score)
+
+
 def test_line_run_cli_writes_results_with_surfaces(line_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")

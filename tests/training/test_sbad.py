@@ -347,3 +347,22 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping
     assert score_variant(SBADOptions(unvaried="seen_value")) == {"unvaried": "seen_value"}
     assert score_variant(SBADOptions(classifier_input="semantic")) == {"classifier_input": "semantic"}
+
+
+def test_stage_pooling_is_the_mean_and_std_of_every_feature_stage() -> None:
+    import torch
+
+    from defectkit.models.sbad import FeatureBackbone
+
+    backbone = FeatureBackbone("test_efficientnet", weights=None, pooling="stages").eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        features = backbone(images)
+        stages = backbone.network.forward_intermediates(images, intermediates_only=True)
+    assert features.shape == (2, backbone.dim) and len(stages) == len(backbone.network.feature_info)
+    first = stages[0]
+    channels = first.shape[1]
+    torch.testing.assert_close(features[:, :channels], first.mean((2, 3)))
+    torch.testing.assert_close(features[:, channels : 2 * channels], first.std((2, 3)))
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        FeatureBackbone("test_efficientnet", weights=None, pooling="max")

@@ -70,10 +70,10 @@ from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.synthetic import DEFECT_TYPES, SynthConfig, surface_names, synthesize
 from defectkit.metrics.image import auroc
-from defectkit.models.sbad import FeatureBackbone
 from defectkit.training.sbad import (
     SBADOptions,
     backbone_features,
+    feature_backbone,
     finetune_backbone,
     fit_sbad,
     handle_unvaried,
@@ -181,7 +181,7 @@ def mix_features(config: RunConfig, work: Path, progress: bool = True) -> MixFea
         stored = np.load(cache)
         return MixFeatures(stored["features"], stored["surface"], stored["train"], stored["label"], names)
     mix = mix_images(synth, work, progress)
-    backbone = FeatureBackbone(str(config.model.get("backbone", "tf_efficientnet_lite0")), config.weights)
+    backbone = feature_backbone(config)
     features = backbone_features(backbone, router_input(config), mix.images, batch_size=64)
     result = MixFeatures(features, mix.surface, mix.train, mix.label, names)
     np.savez(cache, features=result.features, surface=result.surface, train=result.train, label=result.label)
@@ -206,7 +206,7 @@ def seen_features(config: RunConfig, work: Path, split: int, parts: MixSplit, op
         loaded: np.ndarray = np.load(cache)
         return loaded
     mix = mix_images(synth, work, progress)
-    network = FeatureBackbone(str(config.model.get("backbone", "tf_efficientnet_lite0")), config.weights)
+    network = feature_backbone(config)
     spec = router_input(config)
     class_of = {surface: c for c, surface in enumerate(parts.seen)}
     labels = [class_of[int(s)] for s in mix.surface[parts.train]]
@@ -286,6 +286,12 @@ def mix_variant(synth: SynthConfig) -> dict[str, Any]:
     """DAGM_MIX's own settings a results variant names: the number of defect types when it is not
     the generator's 8 (results written before the option existed describe 8 types)."""
     return {} if synth.defect_types == len(DEFECT_TYPES) else {"defect_types": synth.defect_types}
+
+
+def pooling_variant(config: RunConfig) -> dict[str, Any]:
+    """``model.pooling`` (:class:`~defectkit.models.sbad.FeatureBackbone`'s) when not ``final``."""
+    pooling = str(config.model.get("pooling", "final"))
+    return {} if pooling == "final" else {"pooling": pooling}
 
 
 def mix_notes(synth: SynthConfig) -> str:
@@ -532,7 +538,12 @@ def run_sbad(request: BenchRequest) -> Path:
                     cell["commit"] = request.commit
                     cache.put(key, cell)
                 cells.append(cell)
-            variant: dict[str, Any] = {"generator": generator, "splits": n_splits, **mix_variant(synth)}
+            variant: dict[str, Any] = {
+                "generator": generator,
+                "splits": n_splits,
+                **mix_variant(synth),
+                **pooling_variant(config),
+            }
             if generator not in BASELINES:
                 variant["ce"] = ce
             if features != "frozen":

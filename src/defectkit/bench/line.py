@@ -43,7 +43,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from defectkit.bench.dagm_mix import MixFeatures, fingerprint, mix_split, mix_variant, score_variant
+from defectkit.bench.dagm_mix import (
+    MixFeatures,
+    fingerprint,
+    mix_split,
+    mix_variant,
+    pooling_variant,
+    score_variant,
+)
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import CellCache, cells_commit, write_results
 from defectkit.config import load_config
@@ -64,6 +71,7 @@ from defectkit.training.sbad import (
     RouterSetup,
     SurfaceFeatures,
     backbone_features,
+    feature_backbone,
     fit_router,
     router_input,
     sbad_options,
@@ -95,6 +103,12 @@ def mix_on_disk(synth: SynthConfig, root: Path, progress: bool) -> list[Sample]:
         marker.write_text(wanted)
     samples = read_dataset(root, "dagm").samples
     return sorted((s for s in samples if s.label is not None), key=lambda s: s.path)
+
+
+def pooling_key(backbone: FeatureBackbone) -> list[str]:
+    """The backbone's pooling as a feature-cache key joins it: only when not the default, so
+    caches made before the option existed keep their keys."""
+    return [] if backbone.pooling == "final" else [backbone.pooling]
 
 
 def _image_key(sample: Sample, root: Path) -> str:
@@ -186,8 +200,10 @@ def run_line(request: BenchRequest) -> Path:
     # Router features (frozen backbone), once.
     backbone_name = str(router_config.model.get("backbone", "tf_efficientnet_lite0"))
     spec_input = router_input(router_config)
-    feature_key = fingerprint([data_key, backbone_name, router_config.weights, spec_input.model_dump()])
-    backbone = FeatureBackbone(backbone_name, router_config.weights)
+    backbone = feature_backbone(router_config)
+    feature_key = fingerprint(
+        [data_key, backbone_name, router_config.weights, spec_input.model_dump(), *pooling_key(backbone)]
+    )
     features, features_s = cached_features(
         samples, backbone, spec_input, work / f"features-{feature_key}.npy", request, cache
     )
@@ -284,6 +300,7 @@ def run_line(request: BenchRequest) -> Path:
             "generator": f"vaegan-{options.attribute_loss}",
             "splits": n_splits,
             **mix_variant(synth),
+            **pooling_variant(router_config),
             **score_variant(options),
         },
         profile=request.profile,
@@ -428,10 +445,16 @@ def run_products(request: BenchRequest) -> Path:
     work = request.work_root / name
     backbone_name = str(router_config.model.get("backbone", "tf_efficientnet_lite0"))
     spec_input = router_input(router_config)
+    backbone = feature_backbone(router_config)
     key = fingerprint(
-        [[s.path for s in samples], backbone_name, router_config.weights, spec_input.model_dump()]
+        [
+            [s.path for s in samples],
+            backbone_name,
+            router_config.weights,
+            spec_input.model_dump(),
+            *pooling_key(backbone),
+        ]
     )
-    backbone = FeatureBackbone(backbone_name, router_config.weights)
     cache = request.cells(name)
     features, features_s = cached_features(
         samples, backbone, spec_input, work / f"features-{key}.npy", request, cache
@@ -474,6 +497,7 @@ def run_products(request: BenchRequest) -> Path:
             "ce": options.ce,
             "generator": f"vaegan-{options.attribute_loss}",
             "per_surface": per_surface,
+            **pooling_variant(router_config),
             **score_variant(options),
         },
         profile=request.profile,

@@ -409,6 +409,13 @@ def router_input(config: RunConfig) -> InputSpec:
     return InputSpec(size=config.input.size, channels=3, mean=config.input.mean, std=config.input.std)
 
 
+def feature_backbone(config: RunConfig) -> FeatureBackbone:
+    """The config's feature backbone: ``model.backbone`` (a timm name), ``model.pooling``
+    (:class:`~defectkit.models.sbad.FeatureBackbone`'s, ``final`` by default) and ``weights``."""
+    name = str(config.model.get("backbone", "tf_efficientnet_lite0"))
+    return FeatureBackbone(name, config.weights, str(config.model.get("pooling", "final")))
+
+
 @torch.inference_mode()
 def backbone_features(backbone: FeatureBackbone, spec: InputSpec, images: Iterable[np.ndarray],
                       batch_size: int = 32) -> np.ndarray:  # fmt: skip
@@ -514,7 +521,7 @@ def router_network(model: SBADModel, backbone: FeatureBackbone, backbone_name: s
     router = model.router
     network = SurfaceRouterNet(
         backbone_name, list(attribute_names), len(router.embeddings), router.n_seen, hidden, backbone.dim,
-        router.unseen_score, len(router.memory), router.classifier_input,
+        router.unseen_score, len(router.memory), router.classifier_input, backbone.pooling,
     )  # fmt: skip
     network.backbone.load_state_dict(backbone.state_dict())
     network.router.load_state_dict(router.state_dict())
@@ -613,7 +620,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
     labels = [names.index(str(s.surface)) for s in samples]
     train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed)
     backbone_name = str(config.model.get("backbone", "tf_efficientnet_lite0"))
-    backbone = FeatureBackbone(backbone_name, config.weights)
+    backbone = feature_backbone(config)
     spec = router_input(config)
     if options.backbone_epochs > 0:
         train_images = [read_image(samples[i].path) for i in train_idx]
@@ -647,6 +654,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
             "unseen_score": options.unseen_score,
             "classifier_input": options.classifier_input,
             "memory_size": len(fitted.network.router.memory),
+            **({} if backbone.pooling == "final" else {"pooling": backbone.pooling}),
         },
         config=config.model_dump(mode="json"),
         surface_names=fitted.surfaces,

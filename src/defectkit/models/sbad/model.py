@@ -38,28 +38,49 @@ from torch import Tensor, nn
 from defectkit.models import register_model
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 
+POOLINGS = ("final", "stages")
+
 
 class FeatureBackbone(nn.Module):
-    """A timm network's globally pooled features (before its classifier), for whole images.
+    """A timm network's features of whole images, one vector per image.
+
+    ``pooling="final"``: the globally pooled last layer (before the classifier), the paper's.
+    ``"stages"``: the mean and standard deviation over space of every feature stage timm names
+    (``feature_info``; for EfficientNet-Lite0 five, 16 to 320 channels, 1,024 values in all).
+    Surface attributes (grainy, striped, regular, dark) are texture statistics at several scales,
+    which the last layer, pooled after the deepest stage, keeps only mixed with object-level
+    features; first and second moments per stage are the classic texture descriptor.
 
     ``weights``: a packaged name (``efficientnet-lite0``) or a file of the full ImageNet classifier,
     loaded by position; ``None`` keeps the random initialisation (record it as such).
     """
 
     def __init__(
-        self, name: str = "tf_efficientnet_lite0", weights: str | None = "efficientnet-lite0"
+        self,
+        name: str = "tf_efficientnet_lite0",
+        weights: str | None = "efficientnet-lite0",
+        pooling: str = "final",
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         network: Any = timm.create_model(name, pretrained=False, num_classes=1000)
         self.network = network
-        self.dim = int(network.num_features)
+        self.pooling = pooling
+        if pooling == "final":
+            self.dim = int(network.num_features)
+        else:
+            self.dim = 2 * sum(int(stage["num_chs"]) for stage in network.feature_info)
         if weights is not None:
             path = weights_file(weights)
             load_by_position(self.network, read_state_dict(path), str(path))
 
     def forward(self, images: Tensor) -> Tensor:
-        pooled: Tensor = self.network.forward_head(self.network.forward_features(images), pre_logits=True)
-        return pooled
+        if self.pooling == "final":
+            pooled: Tensor = self.network.forward_head(self.network.forward_features(images), pre_logits=True)
+            return pooled
+        stages = self.network.forward_intermediates(images, intermediates_only=True)
+        return torch.cat([torch.cat([s.mean((2, 3)), s.std((2, 3))], 1) for s in stages], 1)
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -264,7 +285,7 @@ class SurfaceRouterNet(nn.Module):
     ``surfaces`` are the class names in the router's order (seen, then unseen-known),
     ``attribute_names`` name the embedding's dimensions, for the operator's words, and
     ``memory_size`` is the number of seen features kept for ``unseen_score="nearest_seen"``;
-    ``classifier_input`` is :class:`SurfaceRouter`'s.
+    ``classifier_input`` is :class:`SurfaceRouter`'s, ``pooling`` :class:`FeatureBackbone`'s.
     """
 
     def __init__(
@@ -278,9 +299,10 @@ class SurfaceRouterNet(nn.Module):
         unseen_score: str = "attributes",
         memory_size: int = 0,
         classifier_input: str = "features",
+        pooling: str = "final",
     ) -> None:
         super().__init__()
-        self.backbone = FeatureBackbone(backbone, weights=None)
+        self.backbone = FeatureBackbone(backbone, weights=None, pooling=pooling)
         dim = feature_dim or self.backbone.dim
         attribute_dim = len(attribute_names)
         if attribute_dim == 0:
