@@ -74,9 +74,11 @@ from defectkit.training.sbad import (
     SBADOptions,
     backbone_features,
     feature_backbone,
+    feature_pooling,
     finetune_backbone,
     fit_sbad,
     handle_unvaried,
+    pooling_setting,
     router_input,
     sbad_options,
     train_linear,
@@ -291,17 +293,11 @@ def mix_variant(synth: SynthConfig) -> dict[str, Any]:
     return {} if synth.defect_types == len(DEFECT_TYPES) else {"defect_types": synth.defect_types}
 
 
-def pooling_variant(config: RunConfig) -> dict[str, Any]:
-    """``model.pooling`` (:class:`~defectkit.models.sbad.FeatureBackbone`'s) when not ``final``."""
-    pooling = str(config.model.get("pooling", "final"))
-    return {} if pooling == "final" else {"pooling": pooling}
-
-
 def mix_notes(synth: SynthConfig) -> str:
     """What a results note says of a DAGM_MIX built with fewer defect types than the generator's."""
-    n = synth.defect_types
-    if n == len(DEFECT_TYPES):
+    if not mix_variant(synth):
         return ""
+    n = synth.defect_types
     return f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), shared by several textures"
 
 
@@ -545,7 +541,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 "generator": generator,
                 "splits": n_splits,
                 **mix_variant(synth),
-                **pooling_variant(config),
+                **pooling_setting(feature_pooling(config)),
             }
             if generator not in BASELINES:
                 variant["ce"] = ce

@@ -48,7 +48,6 @@ from defectkit.bench.dagm_mix import (
     fingerprint,
     mix_split,
     mix_variant,
-    pooling_variant,
     score_variant,
 )
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
@@ -73,6 +72,7 @@ from defectkit.training.sbad import (
     backbone_features,
     feature_backbone,
     fit_router,
+    pooling_setting,
     router_input,
     sbad_options,
 )
@@ -103,12 +103,6 @@ def mix_on_disk(synth: SynthConfig, root: Path, progress: bool) -> list[Sample]:
         marker.write_text(wanted)
     samples = read_dataset(root, "dagm").samples
     return sorted((s for s in samples if s.label is not None), key=lambda s: s.path)
-
-
-def pooling_key(backbone: FeatureBackbone) -> list[str]:
-    """The backbone's pooling as a feature-cache key joins it: only when not the default, so
-    caches made before the option existed keep their keys."""
-    return [] if backbone.pooling == "final" else [backbone.pooling]
 
 
 def _image_key(sample: Sample, root: Path) -> str:
@@ -202,7 +196,13 @@ def run_line(request: BenchRequest) -> Path:
     spec_input = router_input(router_config)
     backbone = feature_backbone(router_config)
     feature_key = fingerprint(
-        [data_key, backbone_name, router_config.weights, spec_input.model_dump(), *pooling_key(backbone)]
+        [
+            data_key,
+            backbone_name,
+            router_config.weights,
+            spec_input.model_dump(),
+            *pooling_setting(backbone.pooling).values(),
+        ]
     )
     features, features_s = cached_features(
         samples, backbone, spec_input, work / f"features-{feature_key}.npy", request, cache
@@ -300,7 +300,7 @@ def run_line(request: BenchRequest) -> Path:
             "generator": f"vaegan-{options.attribute_loss}",
             "splits": n_splits,
             **mix_variant(synth),
-            **pooling_variant(router_config),
+            **pooling_setting(backbone.pooling),
             **score_variant(options),
         },
         profile=request.profile,
@@ -452,7 +452,7 @@ def run_products(request: BenchRequest) -> Path:
             backbone_name,
             router_config.weights,
             spec_input.model_dump(),
-            *pooling_key(backbone),
+            *pooling_setting(backbone.pooling).values(),
         ]
     )
     cache = request.cells(name)
@@ -497,7 +497,7 @@ def run_products(request: BenchRequest) -> Path:
             "ce": options.ce,
             "generator": f"vaegan-{options.attribute_loss}",
             "per_surface": per_surface,
-            **pooling_variant(router_config),
+            **pooling_setting(backbone.pooling),
             **score_variant(options),
         },
         profile=request.profile,

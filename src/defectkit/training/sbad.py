@@ -409,11 +409,22 @@ def router_input(config: RunConfig) -> InputSpec:
     return InputSpec(size=config.input.size, channels=3, mean=config.input.mean, std=config.input.std)
 
 
+def feature_pooling(config: RunConfig) -> str:
+    """``model.pooling`` (:class:`~defectkit.models.sbad.FeatureBackbone`'s), ``final`` unset."""
+    return str(config.model.get("pooling", "final"))
+
+
+def pooling_setting(pooling: str) -> dict[str, str]:
+    """``{"pooling": pooling}`` unless it is the default ``final``: what router cards, feature-cache
+    keys and results variants record, so those made before the option existed keep theirs."""
+    return {} if pooling == "final" else {"pooling": pooling}
+
+
 def feature_backbone(config: RunConfig) -> FeatureBackbone:
-    """The config's feature backbone: ``model.backbone`` (a timm name), ``model.pooling``
-    (:class:`~defectkit.models.sbad.FeatureBackbone`'s, ``final`` by default) and ``weights``."""
+    """The config's feature backbone: ``model.backbone`` (a timm name), :func:`feature_pooling`
+    and ``weights``."""
     name = str(config.model.get("backbone", "tf_efficientnet_lite0"))
-    return FeatureBackbone(name, config.weights, str(config.model.get("pooling", "final")))
+    return FeatureBackbone(name, config.weights, feature_pooling(config))
 
 
 @torch.inference_mode()
@@ -654,7 +665,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
             "unseen_score": options.unseen_score,
             "classifier_input": options.classifier_input,
             "memory_size": len(fitted.network.router.memory),
-            **({} if backbone.pooling == "final" else {"pooling": backbone.pooling}),
+            **pooling_setting(backbone.pooling),
         },
         config=config.model_dump(mode="json"),
         surface_names=fitted.surfaces,
