@@ -65,6 +65,19 @@ def test_model_shapes_and_stride() -> None:
         model(torch.rand(1, 3, 60, 64))
 
 
+def test_max_pooled_head_sees_one_hot_cell_that_averaging_dilutes() -> None:
+    features = torch.zeros(1, 8, 4, 4)
+    features[0, :, 1, 2] = 1.0
+    scores = {}
+    for pooling in ("avg", "max"):
+        model = create_model("tlu_net", encoder="tf_efficientnet_lite0", classifier_pooling=pooling)
+        pool, flatten = model.decision_head[0], model.decision_head[1]
+        scores[pooling] = float(flatten(pool(features)).max())
+    assert scores == {"avg": 1 / 16, "max": 1.0}
+    with pytest.raises(ValueError, match="classifier_pooling"):
+        create_model("tlu_net", encoder="tf_efficientnet_lite0", classifier_pooling="median")
+
+
 def _batch(samples: list[Sample], k: int) -> Batch:
     return collate(samples, num_classes=k)
 

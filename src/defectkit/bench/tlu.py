@@ -293,6 +293,8 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
 def _notes(dataset_name: str, config: RunConfig) -> str:
     notes = [f"input {config.input.size[0]}x{config.input.size[1]}, {config.trainer.epochs} epochs max"]
     notes.append(f"Adam betas {tuple(config.method_options.get('betas', (0.99, 0.99)))}")
+    if config.model.get("classifier_pooling", "avg") != "avg":
+        notes.append(f"classification head {config.model['classifier_pooling']}-pools the bottleneck")
     if dataset_name == "neu-det":
         notes.append("masks are NEU-DET's boxes filled (coarse): Dice measures box overlap")
     validation = config.method_options.get("threshold") == "validation"

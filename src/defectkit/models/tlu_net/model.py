@@ -5,6 +5,11 @@ K mask channels at input resolution and ``aux_params`` for the classifier, which
 paper's head (global average pooling of the encoder's deepest features, a linear layer; the
 sigmoid is applied in :meth:`TluNet.inspect` and inside the loss, never twice).
 
+``classifier_pooling`` chooses that pooling: ``avg`` (the paper's, the default) or ``max``. A
+defect that covers a cell or two of the bottleneck (KolektorSDD's thin cracks: 12 x 5 cells at
+384 x 160) is averaged with every clean cell; the maximum keeps it whole. The head stays one
+pooling and one linear layer, so the image score is still the classification head's alone.
+
 Encoders are named as the user knows them (``resnet18``, ``resnet34``, ``densenet121``,
 ``tf_efficientnet_lite0/1/2``, or any smp encoder name); :data:`ENCODER_ALIASES` maps the timm
 EfficientNet-Lite names onto smp's timm-universal encoders (``tu-...``), whose ImageNet weights
@@ -24,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 STRIDE = 32
+POOLINGS = ("avg", "max")  # smp's ClassificationHead poolings
 
 # timm names the user knows -> smp encoder names (timm-universal wrappers of the same networks).
 ENCODER_ALIASES: dict[str, str] = {
@@ -53,10 +59,13 @@ class TluNet(nn.Module):
         in_channels: int = 3,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         classifier_dropout: float | None = None,
+        classifier_pooling: str = "avg",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"tlu_net needs at least one defect class, got num_classes={num_classes}")
+        if classifier_pooling not in POOLINGS:
+            raise ValueError(f"tlu_net classifier_pooling: one of {POOLINGS}, got {classifier_pooling!r}")
         self.encoder_name = encoder
         self.unet = smp.Unet(
             encoder_name=smp_encoder_name(encoder),
@@ -66,7 +75,7 @@ class TluNet(nn.Module):
             decoder_channels=tuple(decoder_channels),
             classes=num_classes,
             activation=None,
-            aux_params={"classes": num_classes, "pooling": "avg", "dropout": classifier_dropout},
+            aux_params={"classes": num_classes, "pooling": classifier_pooling, "dropout": classifier_dropout},
         )
 
     @property
