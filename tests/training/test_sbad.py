@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -347,6 +348,25 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping
     assert score_variant(SBADOptions(unvaried="seen_value")) == {"unvaried": "seen_value"}
     assert score_variant(SBADOptions(classifier_input="semantic")) == {"classifier_input": "semantic"}
+
+
+def test_set_names_only_settings_the_variant_does_not_name_and_the_figures_read(tmp_path: Path) -> None:
+    from defectkit.bench.dagm_mix import unnamed_settings
+    from defectkit.bench.protocols import BenchRequest
+
+    def named(generator: str, *overrides: str) -> dict[str, str]:
+        request = BenchRequest("cpu", "full", "c", tmp_path, tmp_path, False, {}, list(overrides))
+        return request.set_variant(exclude=unnamed_settings(generator))
+
+    # Named by fields of their own (pooling=, unvaried=): no set= besides, for any generator.
+    for generator in ("vaegan-mse", "softmax", "ridge"):
+        assert named(generator, "model.pooling=stages", "method_options.unvaried=seen_span") == {}
+    # A router option the softmax never reads leaves its row as it is; the ridge reads unvaried.
+    assert named("softmax", "method_options.ridge=5") == {}
+    assert named("vaegan-mse", "method_options.gan_epochs=3") == {"set": "method_options.gan_epochs=3"}
+    assert named("softmax", "method_options.classifier_epochs=3", "input.size=[64,64]") == {
+        "set": "input.size=[64,64],method_options.classifier_epochs=3"
+    }
 
 
 def test_stage_pooling_is_the_mean_and_std_of_every_feature_stage() -> None:

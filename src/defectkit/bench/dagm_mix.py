@@ -53,7 +53,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,20 @@ SEEN_EPOCHS = 3
 GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax", "ridge")
 # Baselines: no VAEGAN, so no class-embedding variant (``ce``) applies to them.
 BASELINES = ("softmax", "ridge")
+# --set keys a results variant names by a field of its own (mix_variant, pooling_setting,
+# score_variant): they stay out of its ``set=``, so a run with one writes the row of that field.
+NAMED_KEYS = (
+    "data.synthetic.defect_types",
+    "model.pooling",
+    *(f"method_options.{o}" for o in ("unseen_score", "unvaried", "classifier_input", "unseen_ce", "ridge")),
+)
+# The method options each baseline's figures read (with trained features, the backbone's too). A
+# --set of another one leaves them as they are: their row keeps its name instead of a duplicate.
+BASELINE_READS = {
+    "softmax": ("classifier_lr", "classifier_epochs", "batch_size", "beta1", "alert_quantile"),
+    "ridge": ("unvaried", "alert_quantile"),
+}
+BACKBONE_OPTIONS = ("backbone_epochs", "backbone_lr", "backbone_target", "batch_size")
 # The ridge baseline's L2 penalty on standardised features (1280-d, ~3,800 training images), set
 # a priori, not tuned on any split. Cells do not key on it: bump CELL_VERSION when it changes.
 RIDGE_ALPHA = 10.0
@@ -449,6 +463,16 @@ def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
     return sbad_options(dict(config.method_options), ce=ce, seed=config.seed, **loss)
 
 
+def unnamed_settings(generator: str) -> set[str]:
+    """The ``--set`` keys a ``generator``'s results variant leaves out of ``set=``: those it names
+    by a field of its own, and for a baseline the router options its figures never read."""
+    excluded = set(NAMED_KEYS)
+    if generator in BASELINE_READS:
+        reads = {*BASELINE_READS[generator], *BACKBONE_OPTIONS}
+        excluded |= {f"method_options.{f.name}" for f in fields(SBADOptions) if f.name not in reads}
+    return excluded
+
+
 def score_variant(options: SBADOptions) -> dict[str, Any]:
     """The router choices a results variant names, each only when it is not the default (so results
     files written before the option existed keep their names): the unseen score, the unvaried
@@ -551,10 +575,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant.update(score_variant(options))
             elif generator == "ridge" and options.unvaried != SBADOptions.unvaried:
                 variant["unvaried"] = options.unvaried
-            elif generator == "softmax":
-                # Its figures ignore the router's options, but a --set run must not replace the
-                # row of the plain one.
-                variant.update(request.set_variant())
+            variant.update(request.set_variant(exclude=unnamed_settings(generator)))
             backbone = config.model.get("backbone")
             feature_words = (
                 f"frozen {backbone}"

@@ -40,15 +40,19 @@ class BenchRequest:
     def cells(self, name: str) -> CellCache:
         return CellCache(self.cells_root / name)
 
-    def set_variant(self) -> dict[str, str]:
+    def set_variant(self, exclude: Collection[str] = ()) -> dict[str, str]:
         """``{"set": ...}`` naming this run's ``--set`` overrides, for a protocol's results variant,
         so an experiment writes a results file of its own instead of replacing the profile's row
         (cells are keyed by the resolved config, so they never mix). Sorted, so one experiment has
         one name whatever the order of its options; a list past 60 characters is shortened to a
-        digest (file names have a length limit), the command keeps it all. ``{}`` without any."""
-        if not self.overrides:
+        digest (file names have a length limit), the command keeps it all. ``{}`` without any.
+
+        ``exclude``: config keys left out, those the variant already names by a field of its own
+        or that the row's figures never read."""
+        kept = [o.strip() for o in self.overrides if o.split("=", 1)[0].strip() not in exclude]
+        if not kept:
             return {}
-        named = ",".join(sorted(o.strip() for o in self.overrides))
+        named = ",".join(sorted(kept))
         if len(named) > 60:
             named = "sha1-" + hashlib.sha1(named.encode()).hexdigest()[:10]
         return {"set": named}
