@@ -354,15 +354,23 @@ def test_set_names_only_settings_the_variant_does_not_name_and_the_figures_read(
     from defectkit.bench.dagm_mix import unnamed_settings
     from defectkit.bench.protocols import BenchRequest
 
-    def named(generator: str, *overrides: str) -> dict[str, str]:
+    def named(generator: str, *overrides: str, features: str = "frozen") -> dict[str, str]:
         request = BenchRequest("cpu", "full", "c", tmp_path, tmp_path, False, {}, list(overrides))
-        return request.set_variant(exclude=unnamed_settings(generator))
+        return request.set_variant(exclude=unnamed_settings(generator, features))
 
     # Named by fields of their own (pooling=, unvaried=): no set= besides, for any generator.
     for generator in ("vaegan-mse", "softmax", "ridge"):
         assert named(generator, "model.pooling=stages", "method_options.unvaried=seen_span") == {}
-    # A router option the softmax never reads leaves its row as it is; the ridge reads unvaried.
-    assert named("softmax", "method_options.ridge=5") == {}
+    # Router options a baseline never reads leave its row as it is.
+    assert named("softmax", "method_options.gan_epochs=3") == {}
+    assert named("ridge", "method_options.classifier_epochs=3") == {}
+    assert named("ridge", "method_options.alert_quantile=0.9") == {"set": "method_options.alert_quantile=0.9"}
+    # Backbone training options: unread on frozen features; their epochs are named by features=.
+    assert named("softmax", "method_options.backbone_lr=0.1") == {}
+    assert named("softmax", "method_options.backbone_lr=0.1", features="seen") == {
+        "set": "method_options.backbone_lr=0.1"
+    }
+    assert named("ridge", "method_options.backbone_epochs=5", features="seen") == {}
     assert named("vaegan-mse", "method_options.gan_epochs=3") == {"set": "method_options.gan_epochs=3"}
     assert named("softmax", "method_options.classifier_epochs=3", "input.size=[64,64]") == {
         "set": "input.size=[64,64],method_options.classifier_epochs=3"

@@ -102,18 +102,23 @@ def test_targets_from_ids_stacks_and_labels() -> None:
 
 
 def test_train_inspect_overlay_export(tmp_path: Path) -> None:
-    config = load_config(tiny_config(), overrides=["weights=efficientnet-lite0"])
-    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    # The max-pooled head (not the default) must survive saving, loading and ONNX export.
+    overrides = ["weights=efficientnet-lite0", "model.classifier_pooling=max"]
+    model_dir = engine.train(
+        load_config(tiny_config(), overrides=overrides), tmp_path / "run", progress=False
+    )
     assert model_dir is not None
     card = read_card(model_dir)
     assert card.multilabel and len(card.class_names) == 4
     assert card.model_options["num_classes"] == 4 and card.init == "efficientnet-lite0"
+    assert card.model_options["classifier_pooling"] == "max"
     assert card.thresholds.decision == 0.5 and card.thresholds.rule.startswith("fixed")
     assert card.input.mean[0] != 0.0  # the training set's global mean, not the config's
     assert "val/dice" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
 
     inspector = load_inspector(model_dir)
-    card.thresholds.decision = card.thresholds.pixel = 0.0  # every class "present": regions of each
+    # Every class "present": regions of each. The inspector's own card (a copy read from disk).
+    inspector.card.thresholds.decision = inspector.card.thresholds.pixel = 0.0
     inspection, heatmap = inspector.inspect_with_heatmap(np.full((70, 90), 120, np.uint8), "grey")
     assert heatmap is not None and heatmap.shape == (4, 70, 90)
     assert list(inspection.class_scores) == card.class_names and inspection.verdict == "defect"

@@ -463,14 +463,17 @@ def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
     return sbad_options(dict(config.method_options), ce=ce, seed=config.seed, **loss)
 
 
-def unnamed_settings(generator: str) -> set[str]:
+def unnamed_settings(generator: str, features: str) -> set[str]:
     """The ``--set`` keys a ``generator``'s results variant leaves out of ``set=``: those it names
-    by a field of its own, and for a baseline the router options its figures never read."""
-    excluded = set(NAMED_KEYS)
+    by a field of its own (with trained ``features``, ``features=`` names the backbone's epochs),
+    and the method options its figures never read: the backbone's on frozen features, and for a
+    baseline the router's."""
+    excluded = {*NAMED_KEYS, "method_options.backbone_epochs"}
+    unread = set(BACKBONE_OPTIONS) - {"batch_size"} if features == "frozen" else set()
     if generator in BASELINE_READS:
-        reads = {*BASELINE_READS[generator], *BACKBONE_OPTIONS}
-        excluded |= {f"method_options.{f.name}" for f in fields(SBADOptions) if f.name not in reads}
-    return excluded
+        reads = {*BASELINE_READS[generator], *(BACKBONE_OPTIONS if features != "frozen" else ())}
+        unread |= {f.name for f in fields(SBADOptions) if f.name not in reads}
+    return excluded | {f"method_options.{name}" for name in unread}
 
 
 def score_variant(options: SBADOptions) -> dict[str, Any]:
@@ -575,7 +578,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant.update(score_variant(options))
             elif generator == "ridge" and options.unvaried != SBADOptions.unvaried:
                 variant["unvaried"] = options.unvaried
-            variant.update(request.set_variant(exclude=unnamed_settings(generator)))
+            variant.update(request.set_variant(exclude=unnamed_settings(generator, features)))
             backbone = config.model.get("backbone")
             feature_words = (
                 f"frozen {backbone}"
