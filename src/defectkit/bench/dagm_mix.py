@@ -96,10 +96,12 @@ GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax", "ridge")
 # Baselines: no VAEGAN, so no class-embedding variant (``ce``) applies to them.
 BASELINES = ("softmax", "ridge")
 # --set keys a results variant names by a field of its own (mix_variant, pooling_setting,
-# score_variant): they stay out of its ``set=``, so a run with one writes the row of that field.
+# score_variant; ``features=`` the backbone's epochs, which frozen features never read): they stay
+# out of its ``set=``, so a run with one writes the row of that field.
 NAMED_KEYS = (
     "data.synthetic.defect_types",
     "model.pooling",
+    "method_options.backbone_epochs",
     *(f"method_options.{o}" for o in ("unseen_score", "unvaried", "classifier_input", "unseen_ce", "ridge")),
 )
 # The method options each baseline's figures read (with trained features, the backbone's too). A
@@ -468,12 +470,11 @@ def unnamed_settings(generator: str, features: str) -> set[str]:
     by a field of its own (with trained ``features``, ``features=`` names the backbone's epochs),
     and the method options its figures never read: the backbone's on frozen features, and for a
     baseline the router's."""
-    excluded = {*NAMED_KEYS, "method_options.backbone_epochs"}
     unread = set(BACKBONE_OPTIONS) - {"batch_size"} if features == "frozen" else set()
     if generator in BASELINE_READS:
         reads = {*BASELINE_READS[generator], *(BACKBONE_OPTIONS if features != "frozen" else ())}
         unread |= {f.name for f in fields(SBADOptions) if f.name not in reads}
-    return excluded | {f"method_options.{name}" for name in unread}
+    return {*NAMED_KEYS, *(f"method_options.{name}" for name in unread)}
 
 
 def score_variant(options: SBADOptions) -> dict[str, Any]:
