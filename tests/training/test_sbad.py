@@ -348,6 +348,11 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(SBADOptions(ce="real", unseen_ce="real", ridge=1e6)) == {}  # real CEs: no mapping
     assert score_variant(SBADOptions(unvaried="seen_value")) == {"unvaried": "seen_value"}
     assert score_variant(SBADOptions(classifier_input="semantic")) == {"classifier_input": "semantic"}
+    # Baselines name only what their figures read: the ridge its unvaried attributes, softmax nothing.
+    changed = SBADOptions(unvaried="seen_span", unseen_score="nearest_seen", classifier_input="semantic")
+    assert score_variant(changed, "ridge") == {"unvaried": "seen_span"}
+    assert score_variant(changed, "softmax") == {}
+    assert score_variant(changed, "vaegan-mse") == score_variant(changed)
 
 
 def test_set_names_only_settings_the_variant_does_not_name_and_the_figures_read(tmp_path: Path) -> None:

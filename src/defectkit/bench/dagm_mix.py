@@ -477,16 +477,19 @@ def unnamed_settings(generator: str, features: str) -> set[str]:
     return {*NAMED_KEYS, *(f"method_options.{name}" for name in unread)}
 
 
-def score_variant(options: SBADOptions) -> dict[str, Any]:
+def score_variant(options: SBADOptions, generator: str | None = None) -> dict[str, Any]:
     """The router choices a results variant names, each only when it is not the default (so results
     files written before the option existed keep their names): the unseen score, the unvaried
-    attributes, and with learned CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``)."""
+    attributes, and with learned CEs how the unseen surfaces get theirs (``unseen_ce``, ``ridge``).
+    A baseline ``generator`` names only those its figures read (:data:`BASELINE_READS`)."""
     default = SBADOptions()
     named = ["unseen_score", "unvaried", "classifier_input"]
     if options.ce == "learned":
         named.append("unseen_ce")
         if options.unseen_ce == "mapped":  # the ridge maps unseen CEs only
             named.append("ridge")
+    if generator in BASELINE_READS:
+        named = [k for k in named if k in BASELINE_READS[generator]]
     changed = {k: getattr(options, k) for k in named if getattr(options, k) != getattr(default, k)}
     if "ridge" in changed:
         changed["ridge"] = float(changed["ridge"])  # 2 and 2.0 are one setting, so one file name
@@ -575,10 +578,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 variant["ce"] = ce
             if features != "frozen":
                 variant["features"] = f"{features}-{options.backbone_epochs}"
-            if generator not in BASELINES:  # the baselines' scores are their own
-                variant.update(score_variant(options))
-            elif generator == "ridge" and options.unvaried != SBADOptions.unvaried:
-                variant["unvaried"] = options.unvaried
+            variant.update(score_variant(options, generator))
             variant.update(request.set_variant(exclude=unnamed_settings(generator, features)))
             backbone = config.model.get("backbone")
             feature_words = (
