@@ -196,3 +196,7 @@ def test_restore_best_keeps_the_best_validation_weights(tmp_path: Path) -> None:
     model_dir = engine.train(config, tmp_path / "run", progress=False)
     assert model_dir is not None and (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     assert read_card(model_dir).config["trainer"]["restore_best"] is True
+    # A second run into the same directory replaces the first's checkpoints instead of versioning
+    # beside them (a stale best.ckpt next to best-v1.ckpt).
+    engine.train(config, tmp_path / "run", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
