@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from defectkit.data.io import read_image
 from defectkit.data.masks import mask_to_boxes
-from defectkit.inference.inspection import Inspection, Region, Verdict
+from defectkit.inference.inspection import ImageInspector, Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, read_card
 from defectkit.metrics.thresholds import rescaled_to_half
@@ -94,7 +93,7 @@ class Scored:
     detections: Detections | None = None  # a detector's boxes, in original-image pixels
 
 
-class Inspector:
+class Inspector(ImageInspector):
     """Judge images with the thresholds stored in the model; never re-chooses a threshold."""
 
     def __init__(self, card: ModelCard, backend: Backend, name: str) -> None:
@@ -262,17 +261,6 @@ class Inspector:
             )
         return sorted(found, key=lambda r: -r.score)
 
-    def inspect(self, image: np.ndarray | str | Path, name: str | None = None) -> Inspection:
-        """Verdict, score, threshold and defect regions for one image (array or path)."""
-        return self.inspect_with_heatmap(image, name)[0]
-
-    def inspect_with_heatmap(
-        self, image: np.ndarray | str | Path, name: str | None = None
-    ) -> tuple[Inspection, np.ndarray | None]:
-        """:meth:`inspect`, also returning the full-size heat map (for overlays, saved masks)."""
-        pixels, label = decoded(image, name)
-        return self.inspect_batch([pixels], [label])[0]
-
     def inspect_batch(
         self, images: Sequence[np.ndarray], names: Sequence[str]
     ) -> list[tuple[Inspection, np.ndarray | None]]:
@@ -365,13 +353,6 @@ class Inspector:
             regions=regions,
             latency_ms=0.0,
         )
-
-
-def decoded(image: np.ndarray | str | Path, name: str | None = None) -> tuple[np.ndarray, str]:
-    """The pixels of an array or an image file, and the name its Inspection carries."""
-    if isinstance(image, str | Path):
-        return read_image(image), name or str(image)
-    return np.asarray(image), name or "<array>"
 
 
 def _resize(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:

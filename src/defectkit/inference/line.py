@@ -35,8 +35,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit.data.attributes import describe
-from defectkit.inference.inspection import Inspection, Verdict
-from defectkit.inference.inspector import Inspector, decoded, load_inspector
+from defectkit.inference.inspection import ImageInspector, Inspection, Verdict
+from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model
 from defectkit.models.sbad import SurfaceRouterNet
@@ -124,7 +124,7 @@ def load_router(directory: str | Path) -> SurfaceRouting:
     return SurfaceRouting(network, card)
 
 
-class Line:
+class Line(ImageInspector):
     """Router + per-surface detectors (+ classifier): one Inspection per image."""
 
     def __init__(
@@ -144,15 +144,6 @@ class Line:
     def pixel_threshold_of(self, inspection: Inspection) -> float:
         detector = self.detectors.get(inspection.surface or "")
         return detector.card.thresholds.pixel if detector is not None else 0.5
-
-    def inspect(self, image: np.ndarray | str | Path, name: str | None = None) -> Inspection:
-        return self.inspect_with_heatmap(image, name)[0]
-
-    def inspect_with_heatmap(
-        self, image: np.ndarray | str | Path, name: str | None = None
-    ) -> tuple[Inspection, np.ndarray | None]:
-        pixels, label = decoded(image, name)
-        return self.inspect_batch([pixels], [label])[0]
 
     def inspect_batch(
         self, images: Sequence[np.ndarray], names: Sequence[str]

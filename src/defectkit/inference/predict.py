@@ -21,29 +21,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_image
 from defectkit.files import write_atomic
-from defectkit.inference.inspection import Inspection
+from defectkit.inference.inspection import ImageInspector, Inspection
 from defectkit.inference.overlay import heatmap_image, render_overlay
-
-
-class ImageInspector(Protocol):
-    """What :func:`predict_paths` runs: an :class:`~defectkit.inference.inspector.Inspector`, or a
-    :class:`~defectkit.inference.line.Line`."""
-
-    name: str
-
-    def inspect_with_heatmap(
-        self, image: np.ndarray | str | Path, name: str | None = None
-    ) -> tuple[Inspection, np.ndarray | None]: ...
-
-    def pixel_threshold_of(self, inspection: Inspection) -> float: ...
-
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
