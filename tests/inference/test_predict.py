@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,11 @@ def test_defect_mask_names_the_strongest_class_and_only_for_defects() -> None:
     only_second = defect_mask(heat, 0.5, "defect", [False, True])
     assert only_second.tolist() == [[0, 2, 2, 0], [0, 0, 0, 0], [0, 0, 0, 2]]  # type: ignore[union-attr]
     assert defect_mask(None, 0.5, "defect") is None
+
+
+def test_the_inspection_schema_imports_without_torch() -> None:
+    # Clients that only read Inspection JSON (dashboards, the service's consumers) must not pay
+    # for torch: the inspector base and its helpers live in their own module.
+    code = "import sys, defectkit.inference.inspection; print(sorted({'torch', 'scipy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from defectkit.cli.data import progress_bar
 from defectkit.cli.errors import fail, user_errors
 
 if TYPE_CHECKING:
-    from defectkit.inference.inspection import ImageInspector
+    from defectkit.inference.image_inspector import ImageInspector
 
 console = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)

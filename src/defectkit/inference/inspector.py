@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from defectkit.data.masks import mask_to_boxes
-from defectkit.inference.inspection import ImageInspector, Inspection, Region, Verdict
+from defectkit.inference.image_inspector import ImageInspector
+from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, read_card
 from defectkit.metrics.thresholds import rescaled_to_half

@@ -35,7 +35,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit.data.attributes import describe
-from defectkit.inference.inspection import ImageInspector, Inspection, Verdict
+from defectkit.inference.image_inspector import ImageInspector
+from defectkit.inference.inspection import Inspection, Verdict
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model

@@ -27,7 +27,8 @@ from PIL import Image
 
 from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_image
 from defectkit.files import write_atomic
-from defectkit.inference.inspection import ImageInspector, Inspection
+from defectkit.inference.image_inspector import ImageInspector
+from defectkit.inference.inspection import Inspection
 from defectkit.inference.overlay import heatmap_image, render_overlay
 
 SUMMARY_NAME = "summary.csv"

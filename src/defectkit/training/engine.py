@@ -15,8 +15,6 @@ A multi-label model of several classes gets one best-F1 threshold per class inst
 from __future__ import annotations
 
 import hashlib
-import logging
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from defectkit.config import RunConfig
 from defectkit.data.io import load_sample
@@ -40,8 +37,6 @@ from defectkit.metrics import best_f1_threshold, image_metrics
 from defectkit.metrics.thresholds import Placement
 from defectkit.registry import get_method
 from defectkit.training.data import InspectionDataModule, PreparedData, prepare_data
-
-_log = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 
@@ -198,6 +193,9 @@ def _trainer(
         mode="max",
         save_top_k=1 if config.trainer.restore_best else 0,
         filename="best",
+        # A run into a used folder replaces its checkpoints: with the counter, Lightning would write
+        # best-v1.ckpt beside a stale best.ckpt of another configuration.
+        enable_version_counter=False,
     )
     callbacks: list[Callback] = [checkpoint]
     if progress:
@@ -227,17 +225,6 @@ def _trainer(
     ), checkpoint
 
 
-@rank_zero_only
-def _clear_previous_run(out: Path) -> None:
-    """A run replaces the one before it in ``out``. Left in place, the old checkpoints would make
-    Lightning write ``best-v1.ckpt`` beside a stale ``best.ckpt`` of another configuration (its CSV
-    logger deletes the old logs anyway, with a warning)."""
-    for directory in (out / "checkpoints", out / "logs"):
-        if directory.is_dir():
-            _log.info("replacing the previous run's %s in %s", directory.name, out)
-            shutil.rmtree(directory)
-
-
 def train(
     config: RunConfig,
     out: str | Path,
@@ -259,7 +246,6 @@ def train(
     resolved = config.model_dump(mode="json")
     model = spec.build_model(resolved)
     recipe = spec.build_recipe(model, resolved)
-    _clear_previous_run(out)
     trainer, checkpoint = _trainer(config, out, progress, devices, strategy)
     with warnings.catch_warnings():
         # Lightning's hints about worker counts and tiny logging intervals are noise on 2-core machines.
