@@ -157,3 +157,40 @@ def test_epochs_and_other_overrides_name_their_own_results(bench: Any, tmp_path:
         bench("neu-cls/few-shot", {"ks": "1", "epochs": "ten"})
     with pytest.raises(KeyError, match="give it as -V epochs="):
         bench("neu-cls/split", {"fractions": "0.5"}, ["method_options.split_epochs=3"])
+
+
+def test_auto_epochs_are_chosen_on_the_base_classes_alone(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "AUTO_EPOCHS", (1, 2))
+    data = stand_in()
+    base = [data.class_names.index(n) for n in protocol.BASE_CLASSES]
+    seen: list[np.ndarray] = []
+    embeddings = protocol.Runner.embeddings
+
+    def spy(self: protocol.Runner, network: Any, indices: np.ndarray, pooled: bool = False) -> np.ndarray:
+        seen.append(data.labels[indices])
+        return embeddings(self, network, indices, pooled)
+
+    monkeypatch.setattr(protocol.Runner, "embeddings", spy)
+    few = bench(
+        "neu-cls/few-shot", {"ks": "1", "draws": "2", "methods": "scl_arcface,linear_probe", "epochs": "auto"}
+    )
+    by_method = {r["method"]: r for r in few.values()}
+    assert {r["variant"]["epochs"] for r in few.values()} == {"auto"}
+    cells = {c["key"]: c["value"] for c in _cells(tmp_path / "cells")}
+    (choice,) = [v for k, v in cells.items() if "/base-epochs/" in k]  # none for the linear probe
+    assert set(choice["accuracy_by_epochs"]) == {"1", "2"} and choice["chosen"] in (1, 2)
+    scl = by_method["scl_arcface"]
+    assert f"({choice['chosen']} epochs)" in scl["notes"] and "chosen on the base classes" in scl["notes"]
+    # Two probes (epochs 1 and 2) per left-out base class read base-class images only; the novel
+    # classes appear only in the few-shot test that follows.
+    assert all(np.isin(labels, base).all() for labels in seen[:6]) and not np.isin(seen[6], base).any()
+
+
+def test_auto_epochs_ties_go_to_the_shorter_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "_classify", lambda *args: (0.5, None))
+    config = load_config(protocol.REPO_ROOT / protocol.CONFIG, "cpu", OVERRIDES)
+    runner = protocol.Runner(config, stand_in(), progress=False)
+    choice = protocol.base_epochs_cell(runner, "ce_baseline", [1], 1, (2, 1, 3))
+    assert choice["chosen"] == 1 and choice["accuracy_by_epochs"] == {"2": 0.5, "1": 0.5, "3": 0.5}

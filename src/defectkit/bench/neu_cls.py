@@ -19,7 +19,9 @@ regression; in few-shot, fit on the k references).
 ``-V features=backbone`` and ``-V tta=dihedral`` (scl_arcface only, every protocol) change how
 references and queries are embedded (:class:`~defectkit.models.scl_arcface.EmbeddingNet`);
 ``-V epochs=N`` (every method and protocol) trains for N epochs instead of the profile's count
-(the paper's 100 on a CPU, say). Each makes rows of its own, and so does any ``--set``.
+(the paper's 100 on a CPU, say); in few-shot, ``-V epochs=auto`` chooses the base training's
+length per method on the base classes alone (:func:`base_epochs_cell`). Each makes rows of its
+own, and so does any ``--set``.
 
 Each (method, shots, repeat) is one cached cell, so the grid resumes across sessions; a results
 file per (method, shots) is written once all its repeats are done.
@@ -118,7 +120,13 @@ class Runner:
         )
 
     def train_scl(
-        self, indices: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int, seed: int
+        self,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        epochs: int,
+        seed: int,
+        callbacks: Sequence[Any] = (),
     ) -> Any:
         from defectkit.training.scl_arcface import build_embedding_net, fit, scl_recipe
 
@@ -132,11 +140,18 @@ class Runner:
             self.config.trainer.batch_size,
             seed,
             self.progress,
+            callbacks,
         )
         return network
 
     def train_ce(
-        self, indices: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int, seed: int
+        self,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        epochs: int,
+        seed: int,
+        callbacks: Sequence[Any] = (),
     ) -> Any:
         from defectkit.training.scl_arcface import CrossEntropyRecipe, build_ce_classifier, fit
 
@@ -155,6 +170,7 @@ class Runner:
             self.config.trainer.batch_size,
             seed,
             self.progress,
+            callbacks,
         )
         return network
 
@@ -320,6 +336,68 @@ def _classify(
     return _accuracy(labels[queries], predicted), scores.max(1)
 
 
+# -V epochs=auto (few-shot): the base-training lengths tried on the base classes alone, for the
+# methods that train on them (the linear probe does not).
+AUTO_EPOCHS = (1, 2, 3, 5, 8, 12, 15)
+BASE_TRAINED = ("scl_arcface", "ce_baseline")
+
+
+def base_epochs_cell(
+    runner: Runner, method: str, ks: Sequence[int], draws: int, candidates: Sequence[int]
+) -> dict[str, Any]:
+    """How long to train on the base classes, chosen without the novel ones (``-V epochs=auto``).
+
+    Paper 003 trains its ResNet-50 for 100 epochs; the length that transfers best depends on the
+    backbone and input size, and measuring it on the novel classes would tune on the test. So:
+    leave one base class out, train on the other two (the method's own training, seed 0), and after
+    each ``candidates`` epoch run the few-shot protocol's k-shot draws over all three base classes
+    (the left-out one unseen by the network, like a novel class; the two trained ones seen). The
+    score of an epoch count is the mean accuracy over the left-out classes, ``ks`` and ``draws``;
+    the best one is chosen, ties going to the shorter training. Two classes' images (600) stand in
+    for three (900): lengths are counted in epochs, passes over the same images, which is what
+    overfits them. Only base-class images are read.
+    """
+    import lightning as L
+
+    names = runner.data.class_names
+    labels = runner.data.labels
+    base = [names.index(n) for n in BASE_CLASSES]
+    base_idx = np.flatnonzero(np.isin(labels, base))
+    base_labels = labels[base_idx]
+    started = time.perf_counter()
+    scores: dict[int, list[float]] = {epoch: [] for epoch in candidates}
+
+    class Probe(L.Callback):
+        """After each candidate epoch: k-shot accuracy over the three base classes."""
+
+        def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            epoch = trainer.current_epoch + 1
+            if epoch not in scores:
+                return
+            features = runner.embeddings(module.model, base_idx, pooled=method == "ce_baseline")
+            for k in ks:
+                for draw in range(draws):
+                    refs, tests = per_class_draw(base_labels, k, seed=1000 * k + draw, classes=base)
+                    scores[epoch].append(_classify(method, features, base_labels, refs, tests, base)[0])
+            module.train()  # embedding left it in eval mode
+
+    train = runner.train_scl if method == "scl_arcface" else runner.train_ce
+    for held_out in base:
+        trained = [c for c in base if c != held_out]
+        train_idx = base_idx[base_labels != held_out]
+        relabel = {c: i for i, c in enumerate(trained)}
+        train_labels = np.asarray([relabel[int(c)] for c in labels[train_idx]])
+        train(train_idx, train_labels, len(trained), max(candidates), seed=0, callbacks=[Probe()])
+    means = {epoch: float(np.mean(values)) for epoch, values in scores.items()}
+    chosen = max(sorted(means), key=lambda epoch: (means[epoch], -epoch))
+    return {
+        "method": method,
+        "accuracy_by_epochs": {str(epoch): value for epoch, value in means.items()},
+        "chosen": chosen,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
 def _run_cells(
     cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]], commit: str | None
 ) -> list[dict[str, Any]]:
@@ -429,10 +507,13 @@ def _variant_options(
             raise KeyError(f"neu-cls: --set {override}: give it as -V {option}=, which names its rows")
     overrides, embedding, note = _scl_inference_options(request, methods)
     variant: dict[str, Any] = dict(embedding)
-    if "epochs" in request.variant:
+    if request.variant.get("epochs") == "auto" and grid == "few-shot":
+        variant["epochs"] = "auto"  # chosen per method by few_shot (base_epochs_cell)
+    elif "epochs" in request.variant:
         given = request.variant["epochs"]
         if not given.isdigit() or int(given) < 1:
-            raise KeyError(f"neu-cls: -V epochs={given}: a whole number of at least 1")
+            choices = "a whole number of at least 1" + (", or auto" if grid == "few-shot" else "")
+            raise KeyError(f"neu-cls: -V epochs={given}: {choices}")
         epochs = int(given)
         overrides.append(f"{EPOCHS_KEY[grid]}={epochs}")
         variant["epochs"] = epochs
@@ -499,7 +580,8 @@ def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], d
 @register_protocol(
     "neu-cls/few-shot",
     "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC; "
-    "-V features=backbone, -V tta=dihedral (scl_arcface only), -V epochs=N: see neu-cls/small-data",
+    "-V features=backbone, -V tta=dihedral (scl_arcface only), -V epochs=N: see neu-cls/small-data; "
+    "-V epochs=auto: base epochs chosen on the base classes alone (leave one out)",
 )
 def few_shot(request: BenchRequest) -> Path:
     check_options(request.variant, ("ks", "draws", "methods", *VARIANT_OPTIONS), "neu-cls/few-shot")
@@ -508,12 +590,28 @@ def few_shot(request: BenchRequest) -> Path:
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     overrides, named_variant, named_note = _variant_options(request, methods, "few-shot")
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
-    runner = Runner(config, load_neu_cls(), request.progress)
+    data = load_neu_cls()
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
-    digest = config_fingerprint(config, ks=ks, draws=draws)
-    epochs = config.method_options.get("fewshot_epochs", config.trainer.epochs)
     written = None
     for method in methods:
+        method_config, epochs_note = config, ""
+        if named_variant.get("epochs") == "auto" and method in BASE_TRAINED:
+            digest = config_fingerprint(config, ks=ks, draws=draws, candidates=AUTO_EPOCHS)
+            runner = Runner(config, data, request.progress)
+            validate = _bind(base_epochs_cell, runner, method, ks, draws, AUTO_EPOCHS)
+            (choice,) = _run_cells(
+                cache, [(f"{method}/base-epochs/config-{digest}", validate)], request.commit
+            )
+            chosen = f"method_options.fewshot_epochs={choice['chosen']}"
+            method_config = load_config(REPO_ROOT / CONFIG, request.profile, [*overrides, chosen])
+            curve = ", ".join(f"{e}: {a:.3f}" for e, a in choice["accuracy_by_epochs"].items())
+            epochs_note = (
+                f"; epochs chosen on the base classes alone (leave one out, k-shot accuracy over all "
+                f"three after each candidate epoch: {curve})"
+            )
+        runner = Runner(method_config, data, request.progress)
+        digest = config_fingerprint(method_config, ks=ks, draws=draws)
+        epochs = method_config.method_options.get("fewshot_epochs", method_config.trainer.epochs)
         (cell,) = _run_cells(
             cache,
             [(f"{method}/config-{digest}", _bind(few_shot_cell, runner, method, ks, draws))],
@@ -545,7 +643,9 @@ def few_shot(request: BenchRequest) -> Path:
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
-                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw" + named_note,
+                f"leave-one-novel-class-out, {confidence}; per_fold: one row per reference draw"
+                + epochs_note
+                + named_note,
                 root=request.results_root,
             )
     assert written is not None

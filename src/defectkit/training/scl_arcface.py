@@ -191,7 +191,13 @@ class CrossEntropyRecipe(L.LightningModule):
 
 
 def fit(
-    recipe: L.LightningModule, dataset: ViewsDataset, epochs: int, batch_size: int, seed: int, progress: bool
+    recipe: L.LightningModule,
+    dataset: ViewsDataset,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+    callbacks: Sequence[L.Callback] = (),
 ) -> None:
     """Train ``recipe`` on ``dataset`` for ``epochs`` on the CPU (or a GPU when present)."""
     L.seed_everything(seed, workers=True, verbose=False)
@@ -205,6 +211,7 @@ def fit(
         deterministic=False,
         accelerator="auto",
         devices=1,
+        callbacks=list(callbacks),
     )
     trainer.fit(recipe, loader)
 
