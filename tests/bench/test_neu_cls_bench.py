@@ -162,20 +162,21 @@ def test_epochs_and_other_overrides_name_their_own_results(bench: Any, tmp_path:
 def test_auto_epochs_are_chosen_on_the_base_classes_alone(
     bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(protocol, "AUTO_EPOCHS", (1, 2))
+    # Candidates 1 and 2: the grid stops at the profile's own count, here 2.
+    monkeypatch.setattr(protocol, "AUTO_EPOCHS", (1, 2, 3))
+    monkeypatch.setitem(globals(), "OVERRIDES", [*OVERRIDES, "method_options.fewshot_epochs=2"])
     data = stand_in()
     base = [data.class_names.index(n) for n in protocol.BASE_CLASSES]
-    seen: list[np.ndarray] = []
-    embeddings = protocol.Runner.embeddings
+    read: list[np.ndarray] = []
+    tensor = protocol.Runner.tensor
 
-    def spy(self: protocol.Runner, network: Any, indices: np.ndarray, pooled: bool = False) -> np.ndarray:
-        seen.append(data.labels[indices])
-        return embeddings(self, network, indices, pooled)
+    def spy(self: protocol.Runner, indices: np.ndarray) -> Any:
+        read.append(data.labels[indices])
+        return tensor(self, indices)
 
-    monkeypatch.setattr(protocol.Runner, "embeddings", spy)
-    few = bench(
-        "neu-cls/few-shot", {"ks": "1", "draws": "2", "methods": "scl_arcface,linear_probe", "epochs": "auto"}
-    )
+    monkeypatch.setattr(protocol.Runner, "tensor", spy)
+    variant = {"ks": "1", "draws": "2", "methods": "scl_arcface,linear_probe", "epochs": "auto"}
+    few = bench("neu-cls/few-shot", variant)
     by_method = {r["method"]: r for r in few.values()}
     assert {r["variant"]["epochs"] for r in few.values()} == {"auto"}
     cells = {c["key"]: c["value"] for c in _cells(tmp_path / "cells")}
@@ -183,14 +184,27 @@ def test_auto_epochs_are_chosen_on_the_base_classes_alone(
     assert set(choice["accuracy_by_epochs"]) == {"1", "2"} and choice["chosen"] in (1, 2)
     scl = by_method["scl_arcface"]
     assert f"({choice['chosen']} epochs)" in scl["notes"] and "chosen on the base classes" in scl["notes"]
-    # Two probes (epochs 1 and 2) per left-out base class read base-class images only; the novel
-    # classes appear only in the few-shot test that follows.
-    assert all(np.isin(labels, base).all() for labels in seen[:6]) and not np.isin(seen[6], base).any()
+    # Training and probing (3 left-out classes x (1 training + 2 probes)) and the final base
+    # training read base-class images only; the novel classes first appear in the few-shot test.
+    first_novel = next(i for i, labels in enumerate(read) if not np.isin(labels, base).any())
+    assert first_novel == 10 and all(np.isin(labels, base).all() for labels in read[:first_novel])
 
 
-def test_auto_epochs_ties_go_to_the_shorter_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol, "_classify", lambda *args: (0.5, None))
+def test_auto_epochs_choose_the_best_count_and_ties_go_to_the_shorter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     config = load_config(protocol.REPO_ROOT / protocol.CONFIG, "cpu", OVERRIDES)
     runner = protocol.Runner(config, stand_in(), progress=False)
-    choice = protocol.base_epochs_cell(runner, "ce_baseline", [1], 1, (2, 1, 3))
-    assert choice["chosen"] == 1 and choice["accuracy_by_epochs"] == {"2": 0.5, "1": 0.5, "3": 0.5}
+    by_epoch = {1: 0.5, 2: 0.7, 3: 0.6}
+    calls: list[int] = []
+
+    def scored(*args: Any) -> tuple[float, None]:
+        calls.append(len(calls))
+        return by_epoch[len(calls) % 3 or 3], None  # probes come in epoch order, 3 per left-out class
+
+    monkeypatch.setattr(protocol, "_classify", scored)
+    choice = protocol.base_epochs_cell(runner, "ce_baseline", [1], 1, (1, 2, 3))
+    assert choice["chosen"] == 2
+    assert choice["accuracy_by_epochs"] == pytest.approx({"1": 0.5, "2": 0.7, "3": 0.6})
+    monkeypatch.setattr(protocol, "_classify", lambda *args: (0.5, None))
+    assert protocol.base_epochs_cell(runner, "ce_baseline", [1], 1, (2, 1, 3))["chosen"] == 1

@@ -227,6 +227,8 @@ def embed_all(
     """Unit embeddings (or pooled backbone features) of uint8 C x H x W images (stacked or a list)."""
     network.eval()
     preprocess = preprocessor(size, int(images[0].shape[0]))
+    # Mid-training (a probe callback) the network may sit on a GPU; the images stay on the CPU.
+    device = next(network.parameters()).device
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -235,9 +237,9 @@ def embed_all(
             preprocess(chunk)
             if isinstance(chunk, Tensor)
             else torch.cat([preprocess(i[None]) for i in chunk])
-        )
+        ).to(device)
         out = network.features(batch) if features else network.embed(batch)  # type: ignore[operator]
-        outputs.append(F.normalize(out.float(), dim=1))
+        outputs.append(F.normalize(out.float(), dim=1).cpu())
     return torch.cat(outputs)
 
 
