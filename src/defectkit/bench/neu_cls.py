@@ -603,6 +603,7 @@ def few_shot(request: BenchRequest) -> Path:
     written = None
     for method in methods:
         method_config, epochs_note, validation_s = config, "", 0.0
+        validation: list[dict[str, Any]] = []
         if named_variant.get("epochs") == "auto" and method in BASE_TRAINED:
             longest = int(config.method_options.get("fewshot_epochs", config.trainer.epochs))
             candidates = sorted({*(e for e in AUTO_EPOCHS if e < longest), longest})
@@ -622,6 +623,7 @@ def few_shot(request: BenchRequest) -> Path:
                 "after 5, 15 and 100 epochs had been seen on the novel classes"
             )
             validation_s = float(choice["wall_s"])
+            validation.append(choice)
         runner = Runner(method_config, data, request.progress)
         digest = config_fingerprint(method_config, ks=ks, draws=draws)
         epochs = method_config.method_options.get("fewshot_epochs", method_config.trainer.epochs)
@@ -652,7 +654,7 @@ def few_shot(request: BenchRequest) -> Path:
                 paper=None if paper is None else {"accuracy": paper},
                 wall_time_s=float(cell["wall_s"]) + validation_s,
                 command=request.command,
-                commit=cells_commit([cell]),
+                commit=cells_commit([cell, *validation]),
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "
