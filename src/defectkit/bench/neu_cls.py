@@ -53,6 +53,8 @@ from defectkit.config import RunConfig, config_fingerprint, load_config
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
 METHODS = ("scl_arcface", "ce_baseline", "linear_probe")
+# The methods that train a network (Runner.train); the linear probe fits a logistic regression.
+NETWORK_METHODS = ("scl_arcface", "ce_baseline")
 BASE_CLASSES = ("inclusion", "patches", "rolled-in_scale")
 NOVEL_CLASSES = ("crazing", "pitted_surface", "scratches")
 PAPER_SMALL = {
@@ -96,6 +98,18 @@ def per_class_draw(
     return np.concatenate(chosen), np.concatenate(rest)
 
 
+def class_images(data: NeuCls, names: Sequence[str]) -> tuple[list[int], np.ndarray]:
+    """(class indices of ``names``, indices of their images)."""
+    classes = [data.class_names.index(name) for name in names]
+    return classes, np.flatnonzero(np.isin(data.labels, classes))
+
+
+def dense_labels(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """``labels`` renumbered 0..len(classes)-1 in the order of ``classes``, as a network trains on them."""
+    position = {int(c): i for i, c in enumerate(classes)}
+    return np.asarray([position[int(c)] for c in labels])
+
+
 class Runner:
     """Trains and scores one method on one draw; all three methods share this data handling."""
 
@@ -119,8 +133,9 @@ class Runner:
             self.tensor(indices), labels.tolist(), self.size, crop_scale(self.config), n_views
         )
 
-    def train_scl(
+    def train(
         self,
+        method: str,
         indices: np.ndarray,
         labels: np.ndarray,
         n_classes: int,
@@ -128,50 +143,34 @@ class Runner:
         seed: int,
         callbacks: Sequence[Any] = (),
     ) -> Any:
-        from defectkit.training.scl_arcface import build_embedding_net, fit, scl_recipe
+        """The network ``method`` (one of :data:`NETWORK_METHODS`) trains on ``indices``, labels 0..n-1."""
+        from defectkit.training.scl_arcface import (
+            CrossEntropyRecipe,
+            build_ce_classifier,
+            build_embedding_net,
+            fit,
+            scl_recipe,
+        )
 
         torch.manual_seed(seed)
-        network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
-        recipe = scl_recipe(network, n_classes, self.config)
-        fit(
-            recipe,
-            self._views(indices, labels, 2),
-            epochs,
-            self.config.trainer.batch_size,
-            seed,
-            self.progress,
-            callbacks,
-        )
-        return network
-
-    def train_ce(
-        self,
-        indices: np.ndarray,
-        labels: np.ndarray,
-        n_classes: int,
-        epochs: int,
-        seed: int,
-        callbacks: Sequence[Any] = (),
-    ) -> Any:
-        from defectkit.training.scl_arcface import CrossEntropyRecipe, build_ce_classifier, fit
-
-        torch.manual_seed(seed)
-        network, _ = build_ce_classifier(
-            str(self.config.model.get("backbone", "tf_efficientnet_lite0")),
-            self.channels,
-            n_classes,
-            self.config.weights,
-        )
-        recipe = CrossEntropyRecipe(network, lr=self.config.trainer.lr)
-        fit(
-            recipe,
-            self._views(indices, labels, 1),
-            epochs,
-            self.config.trainer.batch_size,
-            seed,
-            self.progress,
-            callbacks,
-        )
+        network: torch.nn.Module
+        if method == "scl_arcface":
+            network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
+            recipe: Any = scl_recipe(network, n_classes, self.config)
+            n_views = 2  # the contrastive pairs
+        elif method == "ce_baseline":
+            network, _ = build_ce_classifier(
+                str(self.config.model.get("backbone", "tf_efficientnet_lite0")),
+                self.channels,
+                n_classes,
+                self.config.weights,
+            )
+            recipe = CrossEntropyRecipe(network, lr=self.config.trainer.lr)
+            n_views = 1
+        else:
+            raise KeyError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
+        views = self._views(indices, labels, n_views)
+        fit(recipe, views, epochs, self.config.trainer.batch_size, seed, self.progress, callbacks)
         return network
 
     def frozen_features(self, indices: np.ndarray) -> np.ndarray:
@@ -180,10 +179,11 @@ class Runner:
         network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
         return embed_all(network, self.tensor(indices), self.size, features=True).numpy()
 
-    def embeddings(self, network: Any, indices: np.ndarray, pooled: bool = False) -> np.ndarray:
+    def embeddings(self, method: str, network: Any, indices: np.ndarray) -> np.ndarray:
+        """Unit-length features of ``indices`` from the network ``method`` trained (:meth:`train`)."""
         from defectkit.training.scl_arcface import embed_all
 
-        if pooled:  # a timm classifier: its pooled features, before the linear layer
+        if method == "ce_baseline":  # a timm classifier: its pooled features, before the linear layer
             return _pooled(network, self.tensor(indices), self.size)
         return embed_all(network, self.tensor(indices), self.size).numpy()
 
@@ -240,18 +240,18 @@ def train_and_test(
     classes = list(range(len(runner.data.class_names)))
     started = time.perf_counter()
     if method == "scl_arcface":
-        network = runner.train_scl(train_idx, labels[train_idx], len(classes), epochs, seed=seed)
+        network = runner.train(method, train_idx, labels[train_idx], len(classes), epochs, seed=seed)
         train_s = time.perf_counter() - started
         tic = time.perf_counter()
-        queries = runner.embeddings(network, test_idx)
-        references = runner.embeddings(network, train_idx)
+        queries = runner.embeddings(method, network, test_idx)
+        references = runner.embeddings(method, network, train_idx)
         predicted = np.asarray(classes)[
             prototype_scores(queries, references, labels[train_idx], classes).argmax(1)
         ]
     elif method == "ce_baseline":
         from defectkit.training.scl_arcface import predict_logits
 
-        network = runner.train_ce(train_idx, labels[train_idx], len(classes), epochs, seed=seed)
+        network = runner.train(method, train_idx, labels[train_idx], len(classes), epochs, seed=seed)
         train_s = time.perf_counter() - started
         tic = time.perf_counter()
         predicted = predict_logits(network, runner.tensor(test_idx), runner.size).argmax(1).numpy()
@@ -277,22 +277,14 @@ def train_and_test(
 
 
 def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) -> dict[str, Any]:
-    names = runner.data.class_names
     labels = runner.data.labels
-    base = [names.index(n) for n in BASE_CLASSES]
-    novel = [names.index(n) for n in NOVEL_CLASSES]
-    base_idx = np.flatnonzero(np.isin(labels, base))
-    novel_idx = np.flatnonzero(np.isin(labels, novel))
-    relabel = {c: i for i, c in enumerate(base)}
-    base_labels = np.asarray([relabel[int(c)] for c in labels[base_idx]])
+    base, base_idx = class_images(runner.data, BASE_CLASSES)
+    novel, novel_idx = class_images(runner.data, NOVEL_CLASSES)
     epochs = int(runner.options.get("fewshot_epochs", runner.config.trainer.epochs))
     started = time.perf_counter()
-    if method == "scl_arcface":
-        network = runner.train_scl(base_idx, base_labels, len(base), epochs, seed=0)
-        features = runner.embeddings(network, novel_idx)
-    elif method == "ce_baseline":
-        network = runner.train_ce(base_idx, base_labels, len(base), epochs, seed=0)
-        features = runner.embeddings(network, novel_idx, pooled=True)
+    if method in NETWORK_METHODS:
+        network = runner.train(method, base_idx, dense_labels(labels[base_idx], base), len(base), epochs, 0)
+        features = runner.embeddings(method, network, novel_idx)
     elif method == "linear_probe":
         features = runner.frozen_features(novel_idx)
     else:
@@ -341,7 +333,6 @@ def _classify(
 # methods that train on them (the linear probe does not), up to the profile's own count. The
 # grid was fixed after the 5, 15 and 100-epoch rows had been seen on the novel classes.
 AUTO_EPOCHS = (1, 2, 3, 5, 8, 12, 15, 25, 50, 100)
-BASE_TRAINED = ("scl_arcface", "ce_baseline")
 
 
 def base_epochs_cell(
@@ -363,11 +354,8 @@ def base_epochs_cell(
     """
     import lightning as L
 
-    names = runner.data.class_names
-    labels = runner.data.labels
-    base = [names.index(n) for n in BASE_CLASSES]
-    base_idx = np.flatnonzero(np.isin(labels, base))
-    base_labels = labels[base_idx]
+    base, base_idx = class_images(runner.data, BASE_CLASSES)
+    base_labels = runner.data.labels[base_idx]
     started = time.perf_counter()
     scores: dict[int, list[float]] = {epoch: [] for epoch in candidates}
 
@@ -381,7 +369,7 @@ def base_epochs_cell(
             epoch = trainer.current_epoch + 1
             if epoch not in scores:
                 return
-            features = runner.embeddings(module.model, base_idx, pooled=method == "ce_baseline")
+            features = runner.embeddings(method, module.model, base_idx)
             for k in ks:
                 for draw in range(draws):
                     refs, tests = per_class_draw(base_labels, k, seed=1000 * k + draw, classes=base)
@@ -389,13 +377,12 @@ def base_epochs_cell(
                     scores[epoch].append(_classify(method, features, base_labels, refs, queries, base)[0])
             module.train()  # embedding left it in eval mode
 
-    train = runner.train_scl if method == "scl_arcface" else runner.train_ce
     for held_out in base:
         trained = [c for c in base if c != held_out]
         train_idx = base_idx[base_labels != held_out]
-        relabel = {c: i for i, c in enumerate(trained)}
-        train_labels = np.asarray([relabel[int(c)] for c in labels[train_idx]])
-        train(train_idx, train_labels, len(trained), max(candidates), seed=0, callbacks=[Probe(held_out)])
+        train_labels = dense_labels(runner.data.labels[train_idx], trained)
+        probe = Probe(held_out)
+        runner.train(method, train_idx, train_labels, len(trained), max(candidates), 0, callbacks=[probe])
     means = {epoch: float(np.mean(values)) for epoch, values in scores.items()}
     chosen = max(sorted(means), key=lambda epoch: (means[epoch], -epoch))
     return {
@@ -604,7 +591,7 @@ def few_shot(request: BenchRequest) -> Path:
     for method in methods:
         method_config, epochs_note, validation_s = config, "", 0.0
         validation: list[dict[str, Any]] = []
-        if named_variant.get("epochs") == "auto" and method in BASE_TRAINED:
+        if named_variant.get("epochs") == "auto" and method in NETWORK_METHODS:
             longest = int(config.method_options.get("fewshot_epochs", config.trainer.epochs))
             candidates = sorted({*(e for e in AUTO_EPOCHS if e < longest), longest})
             digest = config_fingerprint(config, ks=ks, draws=draws, candidates=candidates)
