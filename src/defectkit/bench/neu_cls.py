@@ -183,6 +183,8 @@ class Runner:
         """Unit-length features of ``indices`` from the network ``method`` trained (:meth:`train`)."""
         from defectkit.training.scl_arcface import embed_all
 
+        if method not in NETWORK_METHODS:
+            raise KeyError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
         if method == "ce_baseline":  # a timm classifier: its pooled features, before the linear layer
             return _pooled(network, self.tensor(indices), self.size)
         return embed_all(network, self.tensor(indices), self.size).numpy()
