@@ -110,6 +110,11 @@ def dense_labels(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     return np.asarray([position[int(c)] for c in labels])
 
 
+def _require_network(method: str) -> None:
+    if method not in NETWORK_METHODS:
+        raise KeyError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
+
+
 class Runner:
     """Trains and scores one method on one draw; all three methods share this data handling."""
 
@@ -168,7 +173,7 @@ class Runner:
             recipe = CrossEntropyRecipe(network, lr=self.config.trainer.lr)
             n_views = 1
         else:
-            raise KeyError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
+            _require_network(method)
         views = self._views(indices, labels, n_views)
         fit(recipe, views, epochs, self.config.trainer.batch_size, seed, self.progress, callbacks)
         return network
@@ -183,8 +188,7 @@ class Runner:
         """Unit-length features of ``indices`` from the network ``method`` trained (:meth:`train`)."""
         from defectkit.training.scl_arcface import embed_all
 
-        if method not in NETWORK_METHODS:
-            raise KeyError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
+        _require_network(method)
         if method == "ce_baseline":  # a timm classifier: its pooled features, before the linear layer
             return _pooled(network, self.tensor(indices), self.size)
         return embed_all(network, self.tensor(indices), self.size).numpy()
