@@ -60,6 +60,14 @@ def test_train_save_load_predict(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_bf16_mixed_precision_trains_and_validates(tmp_path: Path) -> None:
+    # Under bf16-mixed the validation logits are bfloat16, which numpy refuses: the recipe casts.
+    config = load_config(tiny_config(trainer__precision="bf16-mixed", trainer__epochs=1))
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    assert 0.0 <= read_card(model_dir).validation_metrics["ap"] <= 1.0
+
+
 def test_backward_reaches_both_subnetworks_but_decision_loss_spares_segmentation() -> None:
     from defectkit.registry import get_method
 

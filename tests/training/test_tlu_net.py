@@ -146,6 +146,13 @@ def test_train_inspect_overlay_export(tmp_path: Path) -> None:
     assert onnx.class_scores.keys() == inspection.class_scores.keys()
 
 
+def test_bf16_mixed_precision_trains_and_validates(tmp_path: Path) -> None:
+    # The validation class probabilities are bfloat16 under bf16-mixed; numpy takes only floats.
+    config = load_config(tiny_config(trainer__precision="bf16-mixed"))
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None and "val/dice" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+
+
 def test_missing_encoder_weights_is_a_clear_error(tmp_path: Path) -> None:
     config = load_config(tiny_config(model__encoder="resnet18"), overrides=[f"weights={tmp_path}/none.pth"])
     with pytest.raises(ValueError, match="weights file not found"):

@@ -254,7 +254,8 @@ class AuxNetRecipe(L.LightningModule):
         terms, output = self.losses(batch)
         self._val.append({"loss": float(self.total(terms)), **{n: float(v) for n, v in terms.items()}})
         targets, known = class_targets(batch, self.model.num_classes)
-        self._val_probs.append(self.model.class_probabilities(output.class_logits[known]).detach().cpu())
+        probabilities = self.model.class_probabilities(output.class_logits[known])
+        self._val_probs.append(probabilities.detach().float().cpu())  # bf16-mixed: numpy takes floats
         self._val_targets.append(targets[known].detach().cpu())
         if bool(batch.has_mask.any()):
             predicted = torch.sigmoid(output.mask_logits[batch.has_mask]) >= 0.5

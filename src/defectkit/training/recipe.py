@@ -30,7 +30,8 @@ class DecisionRecipe(L.LightningModule):
         raise NotImplementedError
 
     def validation_step(self, batch: Batch, batch_index: int) -> None:
-        self._val_scores.append(self.decision_logits(batch.images).detach())
+        logits = self.decision_logits(batch.images)
+        self._val_scores.append(logits.detach().float())  # bf16-mixed: numpy takes floats
         self._val_labels.append(batch.label.detach())
 
     def on_validation_epoch_end(self) -> None:

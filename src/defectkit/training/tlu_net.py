@@ -140,7 +140,8 @@ class TluNetRecipe(L.LightningModule):
         label_loss, pixel_loss, output = self.losses(batch)
         self._val_losses.append(float(self.total(label_loss, pixel_loss)))
         targets, known = class_targets(batch, self.num_classes)
-        self._val_probs.append(torch.sigmoid(output.class_logits[known]).detach().cpu())
+        probabilities = torch.sigmoid(output.class_logits[known])
+        self._val_probs.append(probabilities.detach().float().cpu())  # bf16-mixed: numpy takes floats
         self._val_targets.append(targets[known].detach().cpu())
         if bool(batch.has_mask.any()):
             predicted = torch.sigmoid(output.mask_logits[batch.has_mask]) >= 0.5
