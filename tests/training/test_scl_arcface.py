@@ -131,3 +131,16 @@ def test_dihedral_tta_embeddings_ignore_orientation() -> None:
     assert not torch.allclose(plain, turned_plain, atol=1e-3)
     with pytest.raises(ValueError, match="tta"):
         EmbeddingNet(backbone="mobilenetv3_small_050", tta="d8")
+
+
+def test_fit_takes_the_trainer_precision(one_thread: None) -> None:
+    labels = [i % 3 for i in range(12)]
+    images = torch.from_numpy(np.stack([stripes(y, i) for i, y in enumerate(labels)]))[:, None]
+    network = EmbeddingNet(**TINY)
+    recipe = SclArcFaceRecipe(network, n_classes=3, lr=2e-3)
+    dataset = ViewsDataset(images.expand(-1, 3, -1, -1).contiguous(), labels, 32, (0.6, 1.0), n_views=2)
+    seen: list[torch.dtype] = []
+    network.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    fit(recipe, dataset, epochs=1, batch_size=6, seed=0, progress=False, precision="bf16-mixed")
+    assert seen and set(seen) == {torch.bfloat16}  # the steps ran under bfloat16 autocast
+    assert all(p.dtype == torch.float32 for p in network.parameters())  # the weights stayed float32

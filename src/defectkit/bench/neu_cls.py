@@ -175,7 +175,8 @@ class Runner:
         else:
             _require_network(method)
         views = self._views(indices, labels, n_views)
-        fit(recipe, views, epochs, self.config.trainer.batch_size, seed, self.progress, callbacks)
+        trainer = self.config.trainer
+        fit(recipe, views, epochs, trainer.batch_size, seed, self.progress, callbacks, trainer.precision)
         return network
 
     def frozen_features(self, indices: np.ndarray) -> np.ndarray:

@@ -198,8 +198,10 @@ def fit(
     seed: int,
     progress: bool,
     callbacks: Sequence[L.Callback] = (),
+    precision: str = "32-true",
 ) -> None:
-    """Train ``recipe`` on ``dataset`` for ``epochs`` on the CPU (or a GPU when present)."""
+    """Train ``recipe`` on ``dataset`` for ``epochs`` on the CPU (or a GPU when present), at Lightning's
+    ``precision`` (``trainer.precision``: "bf16-mixed" on CPUs with AMX or on GPUs)."""
     L.seed_everything(seed, workers=True, verbose=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size)
     trainer = L.Trainer(
@@ -212,6 +214,7 @@ def fit(
         accelerator="auto",
         devices=1,
         callbacks=list(callbacks),
+        precision=precision,  # type: ignore[arg-type]
     )
     trainer.fit(recipe, loader)
 
@@ -315,7 +318,10 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     views = ViewsDataset(
         [images[i] for i in train_idx], [labels[i] for i in train_idx], size, crop_scale(config), 2
     )
-    fit(recipe, views, config.trainer.epochs, config.trainer.batch_size, config.seed, progress)
+    fit(
+        recipe, views, config.trainer.epochs, config.trainer.batch_size, config.seed, progress,
+        precision=config.trainer.precision,
+    )  # fmt: skip
 
     references = embed_all(network, [images[i] for i in train_idx], size)
     reference_labels = torch.as_tensor([labels[i] for i in train_idx])
