@@ -318,10 +318,8 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     views = ViewsDataset(
         [images[i] for i in train_idx], [labels[i] for i in train_idx], size, crop_scale(config), 2
     )
-    fit(
-        recipe, views, config.trainer.epochs, config.trainer.batch_size, config.seed, progress,
-        precision=config.trainer.precision,
-    )  # fmt: skip
+    trainer = config.trainer
+    fit(recipe, views, trainer.epochs, trainer.batch_size, config.seed, progress, precision=trainer.precision)
 
     references = embed_all(network, [images[i] for i in train_idx], size)
     reference_labels = torch.as_tensor([labels[i] for i in train_idx])
