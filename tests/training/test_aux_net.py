@@ -287,6 +287,25 @@ def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
     assert paper_figures({**full, "tasks": "detection"}) == {} == paper_figures({**full, "fraction": 0.5})
 
 
+@pytest.mark.parametrize(
+    ("overrides", "noted"),
+    [
+        ([], True),
+        (["method_options.seg_loss=jaccard"], True),
+        (["method_options.seg_loss=dice+bce"], False),
+        (["method_options.seg_reduction=batch"], False),
+    ],
+)
+def test_ksdd_empty_mask_note_only_on_overlap_losses_per_image(overrides: list[str], noted: bool) -> None:
+    from defectkit.bench.aux import AUX_TRIED_CPU, _notes
+    from defectkit.bench.protocols import REPO_ROOT
+    from defectkit.config import load_config
+
+    config = load_config(REPO_ROOT / "configs/aux_net/kolektorsdd.yaml", "cpu", overrides)
+    assert (AUX_TRIED_CPU["ksdd"] in _notes("ksdd", config, True, {}, "cpu")) is noted
+    assert AUX_TRIED_CPU["ksdd"] not in _notes("ksdd", config, True, {}, "paper")
+
+
 def test_single_task_inspection_and_strides() -> None:
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
