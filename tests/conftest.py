@@ -113,8 +113,10 @@ def tiny_model(
     decision: float = 0.5,
     size: tuple[int, int] = (96, 64),
     seed: int = 0,
+    options: dict[str, Any] | None = None,
 ) -> Path:
     """A random-weight model of ``method`` saved like a trained one: fast to build, export and run.
+    ``options`` are model options on top of the tiny ones.
 
     Sides must be multiples of 64: segdec and weak_lnet halve them three times in each subnetwork
     (tlu_net needs multiples of 32).
@@ -125,7 +127,7 @@ def tiny_model(
     from defectkit.models import create_model
 
     torch.manual_seed(seed)
-    options = {**TINY_MODELS[method], "in_channels": channels}
+    options = {**TINY_MODELS[method], "in_channels": channels, **(options or {})}
     norm = (0.5,) * channels, (0.25,) * channels
     card = ModelCard(
         method=method,

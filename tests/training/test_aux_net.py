@@ -276,6 +276,38 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
     assert versus["variant"]["tasks"] == "all vs detection" and versus["paper"] == {"map50_gain_rel": 0.1795}
 
 
+def test_mask_peak_cells_rescore_the_classifier_cells_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    from dataclasses import replace
+
+    from defectkit.bench.protocols import BenchRequest, run_protocol
+    from defectkit.inference.saved_model import read_card
+
+    overrides = ["data.synthetic.per_surface=8", "data.synthetic.size=64", "input.size=[64,64]",
+                 "trainer.epochs=1", "model.pyramid_channels=32", "model.segmentation_channels=16",
+                 "weights=null"]  # fmt: skip
+    request = BenchRequest(
+        "cpu", "full", "defectkit bench aux/synthetic", tmp_path / "results", tmp_path / "work", False,
+        {"image_score": "classifier,mask_peak"}, overrides, cells_root=tmp_path / "cells",
+    )  # fmt: skip
+    run_protocol("aux/synthetic", request)
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
+    by_score = {r["variant"].get("image_score", "classifier"): r for r in records}
+    assert sorted(by_score) == ["classifier", "mask_peak"]
+    cells = [json.loads(p.read_text())["value"] for p in sorted((tmp_path / "cells").rglob("*.json"))]
+    (peak,) = [c for c in cells if "scored_from" in c]
+    (trained,) = [c for c in cells if "scored_from" not in c]
+    assert peak["train_s"] == 0.0 and trained["train_s"] > 0.0  # one training served both
+    assert peak["dice"] == trained["dice"] and peak["probabilities"] != trained["probabilities"]
+    rescored = tmp_path / "work" / "aux-synthetic-cpu" / f"{peak['scored_from']}-mask_peak" / "model"
+    assert read_card(rescored).model_options["image_score"] == "mask_peak"
+    # A model trained with any other setting is not re-scored: the mask_peak cell trains its own.
+    again = replace(request, variant={"image_score": "mask_peak"}, overrides=[*overrides, "trainer.lr=0.002"])
+    run_protocol("aux/synthetic", again)
+    cells = [json.loads(p.read_text())["value"] for p in sorted((tmp_path / "cells").rglob("*.json"))]
+    assert len(cells) == 3 and sum("scored_from" in c for c in cells) == 1
+
+
 def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
     from defectkit.bench.aux import paper_figures
 
@@ -316,6 +348,34 @@ def test_single_task_inspection_and_strides() -> None:
     with pytest.raises(ValueError, match="multiples of 64"):
         tiny()(torch.rand(1, 3, 96, 96))  # P6 (stride 64) would not tile a 96-pixel side
     assert tiny(tasks=["segmentation"]).stride == 32 and tiny(tasks=["detection"]).fpn is not None
+
+
+def test_mask_peak_judges_each_class_by_its_best_pixel(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import texture, tiny_model
+    from defectkit import load_inspector
+    from defectkit.inference.export import export_onnx_checked
+
+    image = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        probabilities, masks = tiny(image_score="mask_peak").eval().inspect(image)
+        by_classifier, same_masks = tiny().eval().inspect(image)  # same seed: same weights
+    assert masks is not None and same_masks is not None and torch.equal(masks, same_masks)
+    assert torch.equal(probabilities, masks.amax(dim=(2, 3)))
+    assert not torch.allclose(probabilities, by_classifier)
+    with pytest.raises(ValueError, match="image_score='best'"):
+        tiny(image_score="best")
+    with pytest.raises(ValueError, match="mask_peak needs the segmentation task"):
+        tiny(image_score="mask_peak", tasks=["classification", "detection"])
+    # Saved and exported, the verdict is the heat map's own peak on both back-ends.
+    directory = tiny_model(
+        tmp_path / "peak", "aux_net", 3, size=(64, 128), options={"image_score": "mask_peak"}
+    )
+    assert export_onnx_checked(directory).max_score_diff < 1e-4
+    picture = texture(7, 90, 150, 3)
+    for backend in ("torch", "onnx"):
+        scored = load_inspector(directory, backend=backend).score(picture)
+        assert scored.heatmap is not None
+        assert scored.score == pytest.approx(float(scored.heatmap.max()), abs=1e-6)
 
 
 def test_good_images_teach_every_head() -> None:

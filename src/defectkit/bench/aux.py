@@ -16,10 +16,15 @@ Options (``--variant``, comma lists make a grid): ``tasks`` (``all``, ``classifi
 ``attention`` (``none``, ``se``, ``sa``, ``se+sa``; ``se+sa``), ``seg_loss`` (``dice``, ``bce``,
 ``jaccard``, ``dice+bce``, ``jaccard+bce``; ``dice``), ``seg_reduction`` (``image``, ``batch``:
 what one Dice or Jaccard sums over, see :mod:`defectkit.training.aux_net`; ``image``, which
-stays out of the variant and the cell key so earlier cells resume) and ``fractions`` (of the
-training part; ``1``). The paper's Table I, IV and Fig. 10 grids are ``-V seg_loss=...``, ``-V attention=...``
-and ``-V fractions=0.9,0.75,0.5``; on ``ksdd`` (one class, like the paper's TekErreka) each
-multitask cell at all the data stands beside its row of Tables I and IV.
+stays out of the variant and the cell key so earlier cells resume), ``fractions`` (of the
+training part; ``1``) and ``image_score`` (``classifier``, ``mask_peak``: what judges the image,
+see :mod:`defectkit.models.aux_net.model`; ``classifier``, kept out of keys and variants like the
+reduction). Training never reads ``image_score``, so a cell whose sibling under another image
+score has its model in the work folder is that model re-scored, not trained again (its cell says
+``scored_from``); without one it trains. The paper's Table I, IV and Fig. 10 grids are
+``-V seg_loss=...``, ``-V attention=...`` and ``-V fractions=0.9,0.75,0.5``; on ``ksdd`` (one
+class, like the paper's TekErreka) each multitask cell at all the data stands beside its row of
+Tables I and IV.
 
 Whenever one invocation runs ``all`` and single-task cells of the same (attention, seg_loss,
 fraction), an ``aux/<dataset>/multitask`` record sets them side by side (mAP against the detector,
@@ -37,6 +42,7 @@ fewer parameters, 45.5 % less time.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +56,7 @@ from defectkit.bench.grid import (
     GridDataset,
     fold_splits,
     prepared_data,
+    score_cell,
     split_fingerprint,
     summarise,
     train_and_score,
@@ -67,18 +74,22 @@ from defectkit.bench.results import cells_commit, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
-from defectkit.data.sample import DatasetInfo
+from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
+from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
-from defectkit.models.aux_net.model import TASKS
+from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS
+from defectkit.registry import get_method
 from defectkit.training.aux_net import SEG_REDUCTIONS, options_of
+from defectkit.training.data import PreparedData
 
 CONFIG = "configs/aux_net/neu-det.yaml"
 PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
 SPLIT = (0.8, 0.2)
 SPLIT_SEED = 0
-GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions")
+GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score")
 DEFAULT_REDUCTION = "image"
+DEFAULT_IMAGE_SCORE = "classifier"
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
 # IoU it was measured. Table I: segmentation loss -> IoU and Dice (SE + SA attention).
@@ -224,96 +235,149 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     if wrong:
         raise KeyError(f"--variant seg_reduction: {wrong}; use {', '.join(SEG_REDUCTIONS)}")
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
+    image_scores = option_list(options, "image_score", DEFAULT_IMAGE_SCORE)
+    wrong = sorted(set(image_scores) - set(IMAGE_SCORES))
+    if wrong:
+        raise KeyError(f"--variant image_score: {wrong}; use {', '.join(IMAGE_SCORES)}")
+    if "mask_peak" in image_scores and any("segmentation" not in tasks for _, tasks in task_sets):
+        raise KeyError("--variant image_score=mask_peak needs the segmentation head in every tasks entry")
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     split_keys = [split_fingerprint(dataset, split) for split in splits]
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
     last: Path | None = None
-    finished: dict[tuple[str, str, str, float], dict[str, Any]] = {}
+    Cell = tuple[str, str, str, float, str]  # tasks, attention, seg name, fraction, image score
+    finished: dict[Cell, dict[str, Any]] = {}
     seg_variants: dict[str, dict[str, str]] = {}
     # The classifier's activation (model.class_activation, by --set) names the results when it is
     # not the default sigmoid, so a softmax run never overwrites the sigmoid rows.
     activation_variant: dict[str, str] = {}
-    for task_name, tasks in task_sets:
-        for attention in attentions:
-            for seg_loss, requested in seg_losses:
-                for fraction in fractions:
-                    # The default reduction stays out of overrides, keys and variants (earlier cells
-                    # resume); the one in force, --set included, names the cell.
-                    overrides = [
-                        f"model.tasks=[{','.join(tasks)}]",
-                        f"model.attention={attention}",
-                        f"method_options.seg_loss={seg_loss}",
-                        f"data.train_fraction={fraction}",
-                        *(
-                            [f"method_options.seg_reduction={requested}"]
-                            if requested != DEFAULT_REDUCTION
-                            else []
-                        ),
-                    ]
-                    config = load_config(
-                        REPO_ROOT / dataset.config, request.profile, [*request.overrides, *overrides]
-                    )
-                    activation = str(config.model.get("class_activation", "sigmoid"))
-                    # Only a network with a classification head has an activation to name.
-                    named = activation != "sigmoid" and "classification" in tasks
-                    activation_variant = {"class_activation": activation} if named else {}
-                    reduction = str(options_of(config)["seg_reduction"])
-                    reduced = reduction != DEFAULT_REDUCTION
-                    seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
-                    seg_variants[seg_name] = {
-                        "seg_loss": seg_loss,
-                        **({"seg_reduction": reduction} if reduced else {}),
-                    }
-                    cells = []
-                    for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
-                        key = (
-                            f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/fold{fold}/"
-                            f"config-{config_fingerprint(config)}-data-{split_keys[fold]}"
-                        )
-                        cell = cache.get(key)
-                        if cell is None:
-                            data = prepared_data(dataset, config, train_idx, val_idx)
-                            work = (
-                                request.work_root
-                                / name
-                                / f"{task_name}-{attention}-{seg_name}-f{fraction:g}-fold{fold}"
-                            )
-                            test = [dataset.samples[i] for i in test_idx]
-                            cell = train_and_score(config, request, data, test, work)
-                            cache.put(key, cell)
-                        cells.append(cell)
-                    variant: dict[str, Any] = {
-                        "tasks": task_name,
-                        "attention": attention,
-                        **seg_variants[seg_name],
-                        "fraction": fraction,
-                        **activation_variant,
-                        **request.set_variant(),
-                    }
-                    record = summarise(cells)
-                    finished[(task_name, attention, seg_name, fraction)] = record
-                    last = _write_cell_results(protocol, dataset, request, config, record, variant)
-    for (task_name, attention, seg_name, fraction), multitask in finished.items():
+    grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
+    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
+        # Defaults (reduction, image score) stay out of overrides, keys and variants, so earlier
+        # cells resume; the reduction in force, --set included, names the cell.
+        overrides = [
+            f"model.tasks=[{','.join(tasks)}]",
+            f"model.attention={attention}",
+            f"method_options.seg_loss={seg_loss}",
+            f"data.train_fraction={fraction}",
+            *([f"method_options.seg_reduction={requested}"] if requested != DEFAULT_REDUCTION else []),
+        ]
+        scored_by = [f"model.image_score={image_score}"] if image_score != DEFAULT_IMAGE_SCORE else []
+        all_overrides = [*request.overrides, *overrides, *scored_by]
+        config = load_config(REPO_ROOT / dataset.config, request.profile, all_overrides)
+        activation = str(config.model.get("class_activation", "sigmoid"))
+        # Only a network with a classification head has an activation to name.
+        named = activation != "sigmoid" and "classification" in tasks
+        activation_variant = {"class_activation": activation} if named else {}
+        reduction = str(options_of(config)["seg_reduction"])
+        reduced = reduction != DEFAULT_REDUCTION
+        seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
+        seg_variants[seg_name] = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
+        score_part = f"image_score-{image_score}/" if scored_by else ""
+        cells = []
+        for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
+            key = (
+                f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
+                f"fold{fold}/config-{config_fingerprint(config)}-data-{split_keys[fold]}"
+            )
+            cell = cache.get(key)
+            if cell is None:
+                data = prepared_data(dataset, config, train_idx, val_idx)
+                stem = (
+                    request.work_root / name / f"{task_name}-{attention}-{seg_name}-f{fraction:g}-fold{fold}"
+                )
+                work = work_folder(stem, image_score)
+                siblings = [work_folder(stem, other) for other in IMAGE_SCORES if other != image_score]
+                test = [dataset.samples[i] for i in test_idx]
+                cell = rescored_cell(config, request, data, test, siblings, work)
+                if cell is None:
+                    cell = train_and_score(config, request, data, test, work)
+                cache.put(key, cell)
+            cells.append(cell)
+        variant: dict[str, Any] = {
+            "tasks": task_name,
+            "attention": attention,
+            **seg_variants[seg_name],
+            "fraction": fraction,
+            **({"image_score": image_score} if scored_by else {}),
+            **activation_variant,
+            **request.set_variant(),
+        }
+        record = summarise(cells)
+        finished[(task_name, attention, seg_name, fraction, image_score)] = record
+        last = _write_cell_results(protocol, dataset, request, config, record, variant)
+    for (task_name, attention, seg_name, fraction, image_score), multitask in finished.items():
         if task_name != "all":
             continue
         singles = {
-            task: finished[(task, attention, seg_name, fraction)]
+            task: finished[(task, attention, seg_name, fraction, image_score)]
             for task in TASKS
-            if (task, attention, seg_name, fraction) in finished
+            if (task, attention, seg_name, fraction, image_score) in finished
         }
         if singles:
             variant = {
                 "attention": attention,
                 **seg_variants[seg_name],
                 "fraction": fraction,
+                **({"image_score": image_score} if image_score != DEFAULT_IMAGE_SCORE else {}),
                 **activation_variant,
                 **request.set_variant(),
             }
             last = _write_multitask(protocol, dataset, request, variant, multitask, singles)
     assert last is not None, "no cell ran"
     return last
+
+
+def work_folder(stem: Path, image_score: str) -> Path:
+    """Where a cell trains (the default image score's folder keeps the name it always had)."""
+    return stem if image_score == DEFAULT_IMAGE_SCORE else stem.with_name(f"{stem.name}-{image_score}")
+
+
+def without_image_score(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config as training sees it: everything but ``model.image_score``."""
+    model = {k: v for k, v in config.get("model", {}).items() if k != "image_score"}
+    return {**config, "model": model}
+
+
+def rescored_cell(
+    config: RunConfig,
+    request: BenchRequest,
+    data: PreparedData,
+    test: Sequence[Sample],
+    siblings: Sequence[Path],
+    work: Path,
+) -> dict[str, Any] | None:
+    """The cell of ``config`` from a model that one of ``siblings`` (work folders of the same cell
+    under other image scores) already holds, trained with the same config but for the image
+    score, which training never reads: it is saved with this cell's score in ``work`` and scored.
+    None when no sibling holds such a model."""
+    started = time.perf_counter()
+    spec = get_method(config.method)
+    resolved = spec.adapt_config(config, data).model_dump(mode="json")
+    for sibling in siblings:
+        try:
+            card = read_card(sibling / "model")
+        except SavedModelError:
+            continue
+        if without_image_score(card.config) != without_image_score(resolved):
+            continue
+        model, card = load_model(sibling / "model")
+        options = {
+            **card.model_options,
+            "image_score": resolved["model"].get("image_score", DEFAULT_IMAGE_SCORE),
+        }
+        rescoring = create_model(card.model, **options)
+        rescoring.load_state_dict(model.state_dict())
+        # The card's validation figures were the other score's; the fixed thresholds stand.
+        rescored = card.model_copy(
+            update={"model_options": options, "config": resolved, "validation_metrics": {}}
+        )
+        model_dir = save_model(work / "model", rescoring, rescored)
+        cell = score_cell(model_dir, config, request, data, test, sibling, started, 0.0)
+        return {**cell, "scored_from": sibling.name}
+    return None
 
 
 def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchRequest, config: RunConfig,

@@ -59,7 +59,21 @@ def train_and_score(config: RunConfig, request: BenchRequest, data: PreparedData
     started = time.perf_counter()
     model_dir = train(config, work, progress=request.progress, data=data)
     assert model_dir is not None
-    train_s = time.perf_counter() - started
+    return score_cell(model_dir, config, request, data, test, work, started, time.perf_counter() - started)
+
+
+def score_cell(
+    model_dir: Path,
+    config: RunConfig,
+    request: BenchRequest,
+    data: PreparedData,
+    test: Sequence[Sample],
+    train_dir: Path,
+    started: float,
+    train_s: float,
+) -> dict[str, Any]:
+    """One cell's record: ``model_dir`` (trained in ``train_dir``, whose log gives the validation
+    curve) scored on ``test``; ``started`` is when the cell's work began (``time.perf_counter``)."""
     inspector = load_inspector(model_dir)
     scores = score_multilabel(inspector, test, config.input.channels)
     return {
@@ -79,7 +93,7 @@ def train_and_score(config: RunConfig, request: BenchRequest, data: PreparedData
         "iou": scores.iou,
         "infer_ms": float(np.mean(scores.infer_ms)) if scores.infer_ms else None,
         "skipped": [str(p) for p in scores.skipped],
-        "curve": validation_curve(work),
+        "curve": validation_curve(train_dir),
         "mean": list(inspector.card.input.mean),
         "std": list(inspector.card.input.std),
         # A detector's boxes (empty lists for models without a detection head).

@@ -302,9 +302,10 @@ class Inspector(ImageInspector):
         if self.card.thresholds.per_class is not None:
             ranked = rescaled_to_half(ranked, thresholds)
         best = int(np.argmax(ranked))
-        if self.card.model_options.get("class_activation") == "softmax":
+        options = self.card.model_options
+        if options.get("class_activation") == "softmax" and options.get("image_score") != "mask_peak":
             # Exclusive classes cannot say "no defect": the model was trained on images with
-            # exactly one class each, so its best class is the call.
+            # exactly one class each, so its best class is the call (mask peaks are not exclusive).
             verdict: Verdict = "defect"
             called = {names[best]} if best < len(names) else set()
         else:

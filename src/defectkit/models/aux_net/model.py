@@ -16,6 +16,12 @@
   ``class_activation`` turns the logits into probabilities: ``sigmoid`` (multi-label: an image
   may show several classes or none) or ``softmax`` (exactly one class per image, as NEU-DET's
   images are; the paper offers both). Boxes and masks stay per-class sigmoids either way.
+* Image score (``image_score``): the paper judges an image by its classification head
+  (``classifier``, the default). ``mask_peak`` judges each class by its highest mask probability
+  instead, so the verdict is "some pixel reaches the threshold" and always agrees with the mask
+  drawn. On KolektorSDD (few, small defects; one class) the segmentation head, which sees every
+  defect pixel, ranks the images better than the pooled C5 features (configs/aux_net/kolektorsdd.yaml).
+  Training is the same either way: the choice only changes what :meth:`AuxNet.inspect` reports.
 * Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
   (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``.
@@ -50,6 +56,7 @@ STRIDE = 32
 PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 TASKS = ("classification", "segmentation", "detection")
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
+IMAGE_SCORES = ("classifier", "mask_peak")
 IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet blocks (not resnetv2_*)
 
 
@@ -175,10 +182,16 @@ class AuxNet(nn.Module):
         dropout: float = 0.2,
         tasks: Sequence[str] = ("classification", "segmentation", "detection"),
         class_activation: str = "sigmoid",
+        image_score: str = "classifier",
     ) -> None:
         super().__init__()
         if class_activation not in CLASS_ACTIVATIONS:
             raise ValueError(f"class_activation={class_activation!r}: use one of {CLASS_ACTIVATIONS}")
+        if image_score not in IMAGE_SCORES:
+            raise ValueError(f"image_score={image_score!r}: use one of {IMAGE_SCORES}")
+        if image_score == "mask_peak" and "segmentation" not in tasks:
+            raise ValueError(f"image_score=mask_peak needs the segmentation task (tasks {list(tasks)})")
+        self.image_score = image_score
         if class_activation == "softmax" and num_classes < 2:
             raise ValueError("class_activation=softmax needs at least 2 classes (one class: use sigmoid)")
         self.class_activation = class_activation
@@ -275,13 +288,14 @@ class AuxNet(nn.Module):
         return self._class_probabilities(output), self._mask_probabilities(output)
 
     def _class_probabilities(self, output: AuxNetOutput) -> Tensor:
-        """The classifier's probabilities; a single-task network without one judges the image by
-        its own output: a detector by its best anchor per class, a segmenter by its best pixel."""
+        """The image's class probabilities (``image_score``): the classifier's, or each class's best
+        mask pixel. A single-task network without a classifier judges the image by its own output:
+        a detector by its best anchor per class, a segmenter by its best pixel."""
+        if self.image_score == "mask_peak" or (self.decision_head is None and self.detection_head is None):
+            return torch.sigmoid(output.mask_logits).amax(dim=(2, 3))
         if self.decision_head is not None:
             return self.class_probabilities(output.class_logits)
-        if self.detection_head is not None:
-            return torch.sigmoid(output.box_logits).amax(dim=1)
-        return torch.sigmoid(output.mask_logits).amax(dim=(2, 3))
+        return torch.sigmoid(output.box_logits).amax(dim=1)
 
     def class_probabilities(self, class_logits: Tensor) -> Tensor:
         """B x K probabilities of the classification head's logits (``class_activation``)."""
