@@ -290,6 +290,16 @@ def test_mask_peak_cells_rescore_the_classifier_cells_model(tmp_path) -> None:  
         "cpu", "full", "defectkit bench aux/synthetic", tmp_path / "results", tmp_path / "work", False,
         {"image_score": "classifier,mask_peak"}, overrides, cells_root=tmp_path / "cells",
     )  # fmt: skip
+    # Values are checked before anything trains; two options after one -V are one option's values.
+    wrong = [
+        ({"seg_loss": "dice+bce,image_score=mask_peak"}, "seg_loss"),
+        ({"attention": "se,cbam"}, "attention"),
+        ({"tasks": "detection", "image_score": "mask_peak"}, "mask_peak needs the segmentation head"),
+    ]
+    for variant, named in wrong:
+        with pytest.raises(KeyError, match=named):
+            run_protocol("aux/synthetic", replace(request, variant=variant))
+    assert not (tmp_path / "work").exists()
     run_protocol("aux/synthetic", request)
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
     by_score = {r["variant"].get("image_score", "classifier"): r for r in records}

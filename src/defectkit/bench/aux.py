@@ -79,8 +79,9 @@ from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
 from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS
+from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
-from defectkit.training.aux_net import SEG_REDUCTIONS, options_of
+from defectkit.training.aux_net import SEG_LOSSES, SEG_REDUCTIONS, options_of
 from defectkit.training.data import PreparedData
 
 CONFIG = "configs/aux_net/neu-det.yaml"
@@ -231,14 +232,21 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         for loss in option_list(options, "seg_loss", "dice")
         for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
     ]
-    wrong = sorted({r for _, r in seg_losses} - set(SEG_REDUCTIONS))
-    if wrong:
-        raise KeyError(f"--variant seg_reduction: {wrong}; use {', '.join(SEG_REDUCTIONS)}")
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
     image_scores = option_list(options, "image_score", DEFAULT_IMAGE_SCORE)
-    wrong = sorted(set(image_scores) - set(IMAGE_SCORES))
-    if wrong:
-        raise KeyError(f"--variant image_score: {wrong}; use {', '.join(IMAGE_SCORES)}")
+    # Every value is checked before the first cell trains (a bad one would otherwise stop the grid
+    # an hour in): "-V a=x,b=y" is one option a with the values "x" and "b=y".
+    for option, given, known in (
+        ("attention", attentions, ATTENTIONS),
+        ("seg_loss", [loss for loss, _ in seg_losses], SEG_LOSSES),
+        ("seg_reduction", [reduction for _, reduction in seg_losses], SEG_REDUCTIONS),
+        ("image_score", image_scores, IMAGE_SCORES),
+    ):
+        wrong = sorted(set(given) - set(known))
+        if wrong:
+            raise KeyError(
+                f"--variant {option}: {wrong}; use {', '.join(known)} (one -V per option: -V a=x -V b=y)"
+            )
     if "mask_peak" in image_scores and any("segmentation" not in tasks for _, tasks in task_sets):
         raise KeyError("--variant image_score=mask_peak needs the segmentation head in every tasks entry")
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
