@@ -304,6 +304,9 @@ def test_mask_peak_cells_rescore_the_classifier_cells_model(tmp_path) -> None:  
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
     by_score = {r["variant"].get("image_score", "classifier"): r for r in records}
     assert sorted(by_score) == ["classifier", "mask_peak"]
+    assert "peak mask probability" in by_score["mask_peak"]["notes"]
+    assert "folds scored the model trained" in by_score["mask_peak"]["notes"]
+    assert "peak mask" not in by_score["classifier"]["notes"]
     cells = [json.loads(p.read_text())["value"] for p in sorted((tmp_path / "cells").rglob("*.json"))]
     (peak,) = [c for c in cells if "scored_from" in c]
     (trained,) = [c for c in cells if "scored_from" not in c]
