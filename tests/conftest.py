@@ -127,17 +127,17 @@ def tiny_model(
     from defectkit.models import create_model
 
     torch.manual_seed(seed)
-    options = {**TINY_MODELS[method], "in_channels": channels, **(options or {})}
+    model_options = {**TINY_MODELS[method], "in_channels": channels, **(options or {})}
     norm = (0.5,) * channels, (0.25,) * channels
     card = ModelCard(
         method=method,
         model=method,
-        model_options=options,
+        model_options=model_options,
         input=InputSpec(size=size, channels=channels, mean=norm[0], std=norm[1]),
         thresholds=Thresholds(decision=decision),
         class_names=["defect"],
     )
-    model = create_model(method, **options).eval()
+    model = create_model(method, **model_options).eval()
     if method in ("weak_lnet", "tlu_net", "aux_net"):
         # Fresh BatchNorm statistics are the identity; make them non-trivial so export must carry them.
         for module in model.modules():

@@ -223,6 +223,7 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "train_fraction"): 1.0,
     ("data", "masks_from_boxes"): False,
     ("data", "surfaces"): None,
+    ("model", "image_score"): "classifier",  # aux_net
 }
 
 # Later fields that only act while a switch is on: left out of the fingerprint while it is off.

@@ -26,17 +26,18 @@ from defectkit.training.aux_net import (
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+TINY: dict[str, object] = {
+    "backbone": "tf_efficientnet_lite0",
+    "num_classes": 2,
+    "pyramid_channels": 32,
+    "segmentation_channels": 16,
+    "anchor_sizes": [16, 32, 64, 128],
+}
+
+
 def tiny(**options: object) -> AuxNet:
     torch.manual_seed(0)
-    settings: dict[str, object] = {
-        "backbone": "tf_efficientnet_lite0",
-        "num_classes": 2,
-        "pyramid_channels": 32,
-        "segmentation_channels": 16,
-        "anchor_sizes": (16, 32, 64, 128),
-        **options,
-    }
-    return AuxNet(**settings)  # type: ignore[arg-type]
+    return AuxNet(**{**TINY, **options})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("attention", "paper"), [("none", 33.2), ("se", 35.7), ("se+sa", 36.2)])
@@ -276,10 +277,12 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
     assert versus["variant"]["tasks"] == "all vs detection" and versus["paper"] == {"map50_gain_rel": 0.1795}
 
 
-def test_mask_peak_cells_rescore_the_classifier_cells_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import json
     from dataclasses import replace
 
+    import defectkit.bench.aux as aux_bench
     from defectkit.bench.protocols import BenchRequest, run_protocol
     from defectkit.inference.saved_model import read_card
 
@@ -290,6 +293,14 @@ def test_mask_peak_cells_rescore_the_classifier_cells_model(tmp_path) -> None:  
         "cpu", "full", "defectkit bench aux/synthetic", tmp_path / "results", tmp_path / "work", False,
         {"image_score": "classifier,mask_peak"}, overrides, cells_root=tmp_path / "cells",
     )  # fmt: skip
+
+    def cells(excluding: frozenset[str] = frozenset()) -> list[dict[str, object]]:
+        found = sorted(p for p in (tmp_path / "cells").rglob("*.json") if p.name not in excluding)
+        return [json.loads(p.read_text())["value"] for p in found]
+
+    def names() -> frozenset[str]:
+        return frozenset(p.name for p in (tmp_path / "cells").rglob("*.json"))
+
     # Values are checked before anything trains; two options after one -V are one option's values.
     wrong = [
         ({"seg_loss": "dice+bce,image_score=mask_peak"}, "seg_loss"),
@@ -307,18 +318,29 @@ def test_mask_peak_cells_rescore_the_classifier_cells_model(tmp_path) -> None:  
     assert "peak mask probability" in by_score["mask_peak"]["notes"]
     assert "folds scored the model trained" in by_score["mask_peak"]["notes"]
     assert "peak mask" not in by_score["classifier"]["notes"]
-    cells = [json.loads(p.read_text())["value"] for p in sorted((tmp_path / "cells").rglob("*.json"))]
-    (peak,) = [c for c in cells if "scored_from" in c]
-    (trained,) = [c for c in cells if "scored_from" not in c]
-    assert peak["train_s"] == 0.0 and trained["train_s"] > 0.0  # one training served both
+    (peak,) = [c for c in cells() if "scored_from" in c]
+    (trained,) = [c for c in cells() if "scored_from" not in c]
+    assert peak["train_s"] == 0.0 and isinstance(trained["train_s"], float) and trained["train_s"] > 0.0
     assert peak["dice"] == trained["dice"] and peak["probabilities"] != trained["probabilities"]
-    rescored = tmp_path / "work" / "aux-synthetic-cpu" / f"{peak['scored_from']}-mask_peak" / "model"
+    assert peak["commit"] == trained["commit"] and "scored_commit" in peak  # the weights' code
+    versioned = tmp_path / "work" / "aux-synthetic-cpu" / f"v{aux_bench.CELL_VERSION}"
+    rescored = versioned / f"{peak['scored_from']}-mask_peak" / "model"
     assert read_card(rescored).model_options["image_score"] == "mask_peak"
-    # A model trained with any other setting is not re-scored: the mask_peak cell trains its own.
-    again = replace(request, variant={"image_score": "mask_peak"}, overrides=[*overrides, "trainer.lr=0.002"])
-    run_protocol("aux/synthetic", again)
-    cells = [json.loads(p.read_text())["value"] for p in sorted((tmp_path / "cells").rglob("*.json"))]
-    assert len(cells) == 3 and sum("scored_from" in c for c in cells) == 1
+    # --set names the cell by the score in force, as -V does: the same cell, already done.
+    as_set = replace(request, variant={}, overrides=[*overrides, "model.image_score=mask_peak"])
+    run_protocol("aux/synthetic", as_set)
+    assert len(cells()) == 2
+    # Another config trains (mask_peak first); the classifier cell then re-scores that model.
+    other = [*overrides, "trainer.lr=0.002"]
+    for score, trains in (("mask_peak", True), ("classifier", False)):
+        done = names()
+        run_protocol("aux/synthetic", replace(request, variant={"image_score": score}, overrides=other))
+        (new,) = cells(excluding=done)
+        assert ("scored_from" not in new) is trains
+    # Other training images (another split) never lend their model: the cell trains.
+    monkeypatch.setattr(aux_bench, "SPLIT_SEED", 1)
+    run_protocol("aux/synthetic", replace(request, variant={"image_score": "classifier"}, overrides=other))
+    assert len(cells()) == 5 and sum("scored_from" in c for c in cells()) == 2
 
 
 def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
@@ -389,6 +411,19 @@ def test_mask_peak_judges_each_class_by_its_best_pixel(tmp_path) -> None:  # typ
         scored = load_inspector(directory, backend=backend).score(picture)
         assert scored.heatmap is not None
         assert scored.score == pytest.approx(float(scored.heatmap.max()), abs=1e-6)
+    # Softmax classes always call their best class; mask peaks are not exclusive and may say "ok".
+    from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, save_model
+
+    options = {**TINY, "num_classes": 2, "class_activation": "softmax", "image_score": "mask_peak"}
+    quiet = AuxNet(**options).eval()  # type: ignore[arg-type]
+    assert quiet.segmentation_head is not None
+    torch.nn.init.constant_(quiet.segmentation_head.classifier.bias, -20.0)  # no pixel near 0.5
+    card = ModelCard(
+        method="aux_net", model="aux_net", model_options=options, class_names=["a", "b"],
+        input=InputSpec(size=(64, 64), channels=3), thresholds=Thresholds(decision=0.5), multilabel=True,
+    )  # fmt: skip
+    verdict = load_inspector(save_model(tmp_path / "quiet", quiet, card)).inspect(picture)
+    assert verdict.verdict == "ok" and max(verdict.class_scores.values()) < 0.5
 
 
 def test_good_images_teach_every_head() -> None:

@@ -76,13 +76,14 @@ from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
-from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
+from defectkit.inference.saved_model import SavedModelError, load_model, save_model
 from defectkit.models import create_model
 from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS
 from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
 from defectkit.training.aux_net import SEG_LOSSES, SEG_REDUCTIONS, options_of
 from defectkit.training.data import PreparedData
+from defectkit.training.engine import data_fingerprint
 
 CONFIG = "configs/aux_net/neu-det.yaml"
 PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
@@ -116,6 +117,7 @@ AUX_TRIED_CPU = {
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
+CellName = tuple[str, str, str, float, str]  # tasks, attention, seg name, fraction, image score
 
 
 def measure(model: torch.nn.Module, size: tuple[int, int], channels: int, warmup: int, repeats: int) -> float:
@@ -233,14 +235,15 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
     ]
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
-    image_scores = option_list(options, "image_score", DEFAULT_IMAGE_SCORE)
+    # None: the image score the config (or --set) gives, which still names the cell.
+    image_scores: list[str | None] = [*option_list(options, "image_score", "")] or [None]
     # Every value is checked before the first cell trains (a bad one would otherwise stop the grid
     # an hour in): "-V a=x,b=y" is one option a with the values "x" and "b=y".
     for option, given, known in (
         ("attention", attentions, ATTENTIONS),
         ("seg_loss", [loss for loss, _ in seg_losses], SEG_LOSSES),
         ("seg_reduction", [reduction for _, reduction in seg_losses], SEG_REDUCTIONS),
-        ("image_score", image_scores, IMAGE_SCORES),
+        ("image_score", [score for score in image_scores if score], IMAGE_SCORES),
     ):
         wrong = sorted(set(given) - set(known))
         if wrong:
@@ -255,8 +258,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
     last: Path | None = None
-    Cell = tuple[str, str, str, float, str]  # tasks, attention, seg name, fraction, image score
-    finished: dict[Cell, dict[str, Any]] = {}
+    finished: dict[CellName, dict[str, Any]] = {}
     seg_variants: dict[str, dict[str, str]] = {}
     # The classifier's activation (model.class_activation, by --set) names the results when it is
     # not the default sigmoid, so a softmax run never overwrites the sigmoid rows.
@@ -264,7 +266,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
     for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
         # Defaults (reduction, image score) stay out of overrides, keys and variants, so earlier
-        # cells resume; the reduction in force, --set included, names the cell.
+        # cells resume; the values in force, --set included, name the cell.
         overrides = [
             f"model.tasks=[{','.join(tasks)}]",
             f"model.attention={attention}",
@@ -272,9 +274,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             f"data.train_fraction={fraction}",
             *([f"method_options.seg_reduction={requested}"] if requested != DEFAULT_REDUCTION else []),
         ]
-        scored_by = [f"model.image_score={image_score}"] if image_score != DEFAULT_IMAGE_SCORE else []
+        scored_by = [f"model.image_score={image_score}"] if image_score else []
         all_overrides = [*request.overrides, *overrides, *scored_by]
         config = load_config(REPO_ROOT / dataset.config, request.profile, all_overrides)
+        score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
+        named_score = score != DEFAULT_IMAGE_SCORE
         activation = str(config.model.get("class_activation", "sigmoid"))
         # Only a network with a classification head has an activation to name.
         named = activation != "sigmoid" and "classification" in tasks
@@ -283,7 +287,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         reduced = reduction != DEFAULT_REDUCTION
         seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
         seg_variants[seg_name] = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
-        score_part = f"image_score-{image_score}/" if scored_by else ""
+        score_part = f"image_score-{score}/" if named_score else ""
         cells = []
         for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
             key = (
@@ -293,11 +297,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             cell = cache.get(key)
             if cell is None:
                 data = prepared_data(dataset, config, train_idx, val_idx)
-                stem = (
-                    request.work_root / name / f"{task_name}-{attention}-{seg_name}-f{fraction:g}-fold{fold}"
-                )
-                work = work_folder(stem, image_score)
-                siblings = [work_folder(stem, other) for other in IMAGE_SCORES if other != image_score]
+                # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
+                folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}-fold{fold}"
+                stem = request.work_root / name / f"v{CELL_VERSION}" / folder
+                work = work_folder(stem, score)
+                siblings = [work_folder(stem, other) for other in IMAGE_SCORES if other != score]
                 test = [dataset.samples[i] for i in test_idx]
                 cell = rescored_cell(config, request, data, test, siblings, work)
                 if cell is None:
@@ -309,27 +313,27 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             "attention": attention,
             **seg_variants[seg_name],
             "fraction": fraction,
-            **({"image_score": image_score} if scored_by else {}),
+            **({"image_score": score} if named_score else {}),
             **activation_variant,
             **request.set_variant(),
         }
         record = summarise(cells)
-        finished[(task_name, attention, seg_name, fraction, image_score)] = record
+        finished[(task_name, attention, seg_name, fraction, score)] = record
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
-    for (task_name, attention, seg_name, fraction, image_score), multitask in finished.items():
+    for (task_name, attention, seg_name, fraction, score), multitask in finished.items():
         if task_name != "all":
             continue
         singles = {
-            task: finished[(task, attention, seg_name, fraction, image_score)]
+            task: finished[(task, attention, seg_name, fraction, score)]
             for task in TASKS
-            if (task, attention, seg_name, fraction, image_score) in finished
+            if (task, attention, seg_name, fraction, score) in finished
         }
         if singles:
             variant = {
                 "attention": attention,
                 **seg_variants[seg_name],
                 "fraction": fraction,
-                **({"image_score": image_score} if image_score != DEFAULT_IMAGE_SCORE else {}),
+                **({"image_score": score} if score != DEFAULT_IMAGE_SCORE else {}),
                 **activation_variant,
                 **request.set_variant(),
             }
@@ -358,20 +362,21 @@ def rescored_cell(
     work: Path,
 ) -> dict[str, Any] | None:
     """The cell of ``config`` from a model that one of ``siblings`` (work folders of the same cell
-    under other image scores) already holds, trained with the same config but for the image
-    score, which training never reads: it is saved with this cell's score in ``work`` and scored.
-    None when no sibling holds such a model."""
+    under other image scores) already holds, trained on the same images with the same config but
+    for the image score, which training never reads: it is saved with this cell's score in
+    ``work`` and scored. None when no sibling holds such a model (the cell then trains)."""
     started = time.perf_counter()
     spec = get_method(config.method)
     resolved = spec.adapt_config(config, data).model_dump(mode="json")
+    images = data_fingerprint([*data.train, *data.val])
     for sibling in siblings:
         try:
-            card = read_card(sibling / "model")
+            model, card = load_model(sibling / "model")
         except SavedModelError:
             continue
-        if without_image_score(card.config) != without_image_score(resolved):
+        same_images = card.data_fingerprint == images
+        if not same_images or without_image_score(card.config) != without_image_score(resolved):
             continue
-        model, card = load_model(sibling / "model")
         options = {
             **card.model_options,
             "image_score": resolved["model"].get("image_score", DEFAULT_IMAGE_SCORE),
@@ -384,7 +389,8 @@ def rescored_cell(
         )
         model_dir = save_model(work / "model", rescoring, rescored)
         cell = score_cell(model_dir, config, request, data, test, sibling, started, 0.0)
-        return {**cell, "scored_from": sibling.name}
+        # The weights are the sibling's code's; this run only scored them.
+        return {**cell, "commit": card.commit, "scored_commit": request.commit, "scored_from": sibling.name}
     return None
 
 
@@ -511,9 +517,10 @@ def _notes(
     overlap_only = options["seg_reduction"] == DEFAULT_REDUCTION and "bce" not in options["seg_loss"]
     if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or overlap_only):
         notes.append(AUX_TRIED_CPU[dataset_name])
-    if config.model.get("class_activation") == "softmax":
+    mask_peak = config.model.get("image_score") == "mask_peak"
+    if config.model.get("class_activation") == "softmax" and not mask_peak:
         notes.append("softmax classes: mla counts a class called at probability >= 0.5, as for sigmoid")
-    if config.model.get("image_score") == "mask_peak":
+    if mask_peak:
         notes.append(
             "images judged by each class's peak mask probability (image_score=mask_peak), not by the "
             "classification head as in the paper; accuracy at the same fixed 0.5"

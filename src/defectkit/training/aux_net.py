@@ -25,7 +25,9 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
   (``data.masks_from_boxes``). Anchor matching: :mod:`defectkit.models.aux_net.detection`.
 
 ``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
-segmenter or a detector on the same network. Epochs are ranked by the validation loss.
+segmenter or a detector on the same network. Epochs are ranked by the validation loss; nothing
+in training reads the model's ``image_score`` (the logged ``val/mla`` is the classification
+head's either way).
 
 Thresholds are fixed (the paper presumes 0.5): ``threshold`` for class probabilities and mask
 pixels, ``box_threshold`` (0.3: focal-loss scores run lower than a classifier's) for the boxes an
