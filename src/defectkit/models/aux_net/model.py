@@ -19,8 +19,8 @@
 * Image score (``image_score``): the paper judges an image by its classification head
   (``classifier``, the default). ``mask_peak`` judges each class by its highest mask probability
   instead, so the verdict is "some pixel reaches the threshold" and always agrees with the mask
-  drawn. On KolektorSDD (few, small defects; one class) the segmentation head, which sees every
-  defect pixel, ranks the images better than the pooled C5 features (configs/aux_net/kolektorsdd.yaml).
+  drawn. It suits small defects on large parts (KolektorSDD), which global pooling of C5 dilutes;
+  BENCHMARKS.md's ``aux/ksdd`` rows with ``image_score`` compare the two on the same models.
   Training is the same either way: the choice only changes what :meth:`AuxNet.inspect` reports.
 * Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
