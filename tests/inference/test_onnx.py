@@ -39,15 +39,18 @@ IMAGES = [
         ("segdec", 3, SIZE),
         ("weak_lnet", 1, (128, 64)),
         ("tlu_net", 3, (64, 64)),
-        ("aux_net", 3, (64, 128)),
+        # Judged by its mask peak (image_score): the classifier's path is exported in
+        # tests/training/test_aux_net.py, so each aux_net export here covers the other one.
+        ("aux_net", 3, (64, 128), {"image_score": "mask_peak"}),
     ],
-    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey", "tlu_net-rgb", "aux_net-rgb"],
+    ids=["segdec-grey", "segdec-rgb", "weak_lnet-grey", "tlu_net-rgb", "aux_net-rgb-mask_peak"],
 )
 def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    method, channels, size = request.param
+    method, channels, size, *options = request.param
     directory = tiny_model(
-        tmp_path_factory.mktemp("models") / "tiny", method, channels, size=size, seed=channels
-    )
+        tmp_path_factory.mktemp("models") / "tiny", method, channels, size=size, seed=channels,
+        options=options[0] if options else None,
+    )  # fmt: skip
     result = runner.invoke(app, ["export", str(directory), "--format", "onnx"])
     assert result.exit_code == 0, result.output
     assert (directory / ONNX_NAME).is_file() and "wrote" in result.output
@@ -77,6 +80,11 @@ def test_onnx_matches_torch_on_any_size(exported: Path) -> None:
     image = texture(99, 140, 70)
     a, b = torch_inspector.inspect(image), onnx_inspector.inspect(image)
     assert (a.verdict, a.threshold) == (b.verdict, b.threshold) and abs(a.score - b.score) < 1e-4
+    if card.model_options.get("image_score") == "mask_peak":
+        for inspector in (torch_inspector, onnx_inspector):
+            scored = inspector.score(image)
+            assert scored.heatmap is not None  # the verdict is the heat map's own peak
+            assert scored.score == pytest.approx(float(scored.heatmap.max()), abs=1e-6)
 
 
 def test_batches_score_like_single_images(exported: Path) -> None:
