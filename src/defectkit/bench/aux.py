@@ -46,6 +46,7 @@ import itertools
 import statistics
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,9 @@ import torch
 
 from defectkit.bench.grid import (
     GridDataset,
+    fold_cells,
     fold_splits,
-    prepared_data,
     score_cell,
-    split_fingerprint,
     summarise,
     train_and_score,
 )
@@ -71,7 +71,7 @@ from defectkit.bench.protocols import (
     register_protocol,
 )
 from defectkit.bench.results import cells_commit, write_results
-from defectkit.config import RunConfig, config_fingerprint, load_config
+from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo, Sample
@@ -254,7 +254,6 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         raise KeyError("--variant image_score=mask_peak needs the segmentation head in every tasks entry")
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
-    split_keys = [split_fingerprint(dataset, split) for split in splits]
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
     last: Path | None = None
@@ -288,26 +287,16 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
         seg_variants[seg_name] = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
         score_part = f"image_score-{score}/" if named_score else ""
-        cells = []
-        for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
-            key = (
-                f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
-                f"fold{fold}/config-{config_fingerprint(config)}-data-{split_keys[fold]}"
-            )
-            cell = cache.get(key)
-            if cell is None:
-                data = prepared_data(dataset, config, train_idx, val_idx)
-                # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
-                folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}-fold{fold}"
-                stem = request.work_root / name / f"v{CELL_VERSION}" / folder
-                work = work_folder(stem, score)
-                siblings = [work_folder(stem, other) for other in IMAGE_SCORES if other != score]
-                test = [dataset.samples[i] for i in test_idx]
-                cell = rescored_cell(config, request, data, test, siblings, work)
-                if cell is None:
-                    cell = train_and_score(config, request, data, test, work)
-                cache.put(key, cell)
-            cells.append(cell)
+        prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
+        # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
+        stem = (
+            request.work_root
+            / name
+            / f"v{CELL_VERSION}"
+            / f"{task_name}-{attention}-{seg_name}-f{fraction:g}"
+        )
+        run = partial(rescored_or_trained, config, request, score)
+        cells = fold_cells(cache, dataset, config, splits, prefix, stem, run)
         variant: dict[str, Any] = {
             "tasks": task_name,
             "attention": attention,
@@ -351,6 +340,22 @@ def without_image_score(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config as training sees it: everything but ``model.image_score``."""
     model = {k: v for k, v in config.get("model", {}).items() if k != "image_score"}
     return {**config, "model": model}
+
+
+def rescored_or_trained(
+    config: RunConfig,
+    request: BenchRequest,
+    image_score: str,
+    data: PreparedData,
+    test: list[Sample],
+    stem: Path,
+) -> dict[str, Any]:
+    """A fold's cell under ``image_score``: a sibling image score's model re-scored when one fits
+    (:func:`rescored_cell`), else a model trained in the image score's work folder."""
+    work = work_folder(stem, image_score)
+    siblings = [work_folder(stem, other) for other in IMAGE_SCORES if other != image_score]
+    cell = rescored_cell(config, request, data, test, siblings, work)
+    return cell if cell is not None else train_and_score(config, request, data, test, work)
 
 
 def rescored_cell(

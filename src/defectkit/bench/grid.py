@@ -9,7 +9,7 @@ import csv
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from defectkit.bench.protocols import BenchRequest
-from defectkit.config import RunConfig
+from defectkit.bench.results import CellCache
+from defectkit.config import RunConfig, config_fingerprint
 from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary, score_multilabel
 from defectkit.inference.inspector import load_inspector
@@ -25,6 +26,8 @@ from defectkit.training.data import PreparedData, limit_fraction, prepare_data
 from defectkit.training.engine import train
 
 Split = tuple[list[int], list[int] | None, list[int]]  # train, validation (None: a hold-out), test
+# Trains (or re-scores) one fold's cell: (its prepared data, its test samples, its work folder).
+FoldRun = Callable[[PreparedData, list[Sample], Path], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,37 @@ def prepared_data(
         return replace(prepare_data(config, [samples[i] for i in train]), info=dataset.info)
     kept = limit_fraction([samples[i] for i in train], config)
     return PreparedData(dataset.info, kept, [samples[i] for i in val])
+
+
+def fold_cells(
+    cache: CellCache,
+    dataset: GridDataset,
+    config: RunConfig,
+    splits: Sequence[Split],
+    prefix: str,
+    work_stem: Path,
+    run: FoldRun,
+) -> list[dict[str, Any]]:
+    """One cell per fold: the cached one, else ``run``'s in ``<work_stem>-fold<k>``, cached as soon
+    as it is scored.
+
+    A cell's key is ``prefix``, the fold, the fingerprints of the resolved config and of the fold's
+    image names (:func:`split_fingerprint`): a changed config or another copy of the data runs
+    afresh.
+    """
+    cells = []
+    fingerprint = config_fingerprint(config)
+    for fold, split in enumerate(splits):
+        train_idx, val_idx, test_idx = split
+        key = f"{prefix}fold{fold}/config-{fingerprint}-data-{split_fingerprint(dataset, split)}"
+        cell = cache.get(key)
+        if cell is None:
+            data = prepared_data(dataset, config, train_idx, val_idx)
+            test = [dataset.samples[i] for i in test_idx]
+            cell = run(data, test, work_stem.with_name(f"{work_stem.name}-fold{fold}"))
+            cache.put(key, cell)
+        cells.append(cell)
+    return cells
 
 
 def split_fingerprint(dataset: GridDataset, split: tuple[list[int], list[int] | None, list[int]]) -> str:

@@ -42,6 +42,7 @@ encoder name and weights file is checked before the first cell trains.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,8 @@ import numpy as np
 
 from defectkit.bench.grid import (
     GridDataset,
+    fold_cells,
     fold_splits,
-    prepared_data,
-    split_fingerprint,
     summarise,
     train_and_score,
 )
@@ -65,7 +65,7 @@ from defectkit.bench.protocols import (
     register_protocol,
 )
 from defectkit.bench.results import cells_commit, write_results
-from defectkit.config import RunConfig, config_fingerprint, load_config
+from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo
@@ -221,7 +221,6 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     given = _check_grid(request, encoders, inits)
     dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
-    split_keys = [split_fingerprint(dataset, split) for split in splits]
     protocol = f"tlu/{dataset_name}"
     name = "-".join([protocol.replace("/", "-"), *(f"{k}-{v}" for k, v in settings.items())])
     cache = request.cells(f"{name}-{request.profile}")
@@ -232,20 +231,11 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
         for fraction in fractions:
             for init in inits:
                 config = _config(dataset, request, encoder, encoder_weights(encoder, init, given), fraction)
-                cells = []
-                for fold, (train_idx, val_idx, test_idx) in enumerate(splits):
-                    key = (
-                        f"{encoder}/{init}/fraction-{fraction:g}/fold{fold}/"
-                        f"config-{config_fingerprint(config)}-data-{split_keys[fold]}"
-                    )
-                    cell = cache.get(key)
-                    if cell is None:
-                        data = prepared_data(dataset, config, train_idx, val_idx)
-                        work = work_root / f"{encoder}-{init}-f{fraction:g}-fold{fold}"
-                        test = [dataset.samples[i] for i in test_idx]
-                        cell = train_and_score(config, request, data, test, work)
-                        cache.put(key, cell)
-                    cells.append(cell)
+                prefix = f"{encoder}/{init}/fraction-{fraction:g}/"
+                stem = work_root / f"{encoder}-{init}-f{fraction:g}"
+                cells = fold_cells(
+                    cache, dataset, config, splits, prefix, stem, partial(train_and_score, config, request)
+                )
                 record = summarise(cells)
                 finished[(encoder, init, fraction)] = record
                 variant: dict[str, Any] = {
