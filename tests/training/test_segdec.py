@@ -41,11 +41,22 @@ def tiny_config(**changes: Any) -> dict[str, Any]:
     return with_changes(config, **changes)
 
 
-def test_train_save_load_predict(tmp_path: Path) -> None:
+def test_train_save_load_predict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A commit made while training runs (HEAD moves on) is not the code that trained.
+    head = ["started"]
+    fit = engine.L.Trainer.fit
+
+    def fit_then_commit(trainer: Any, *args: Any, **kwargs: Any) -> None:
+        fit(trainer, *args, **kwargs)
+        head[0] = "moved-on"
+
+    monkeypatch.setattr(engine, "git_commit", lambda: head[0])
+    monkeypatch.setattr(engine.L.Trainer, "fit", fit_then_commit)
     config = load_config(tiny_config())
     model_dir = engine.train(config, tmp_path / "run", progress=False)
     assert model_dir is not None and (model_dir / "weights.safetensors").is_file()
     card = read_card(model_dir)
+    assert card.commit == "started"
     assert card.method == "segdec" and 0.0 <= card.thresholds.decision <= 1.0
     assert card.validation_metrics["n_pos"] > 0 and card.data_fingerprint
     assert card.config["trainer"]["epochs"] == 2  # the resolved config travels with the model

@@ -241,6 +241,7 @@ def train(
     spec = get_method(config.method)
     if spec.own_training:
         return spec.train(config, out, progress=progress)
+    commit = git_commit()  # the code that trains: a commit made while it runs is not it
     data = data or prepare_data(config)
     config = spec.adapt_config(config, data)
     resolved = config.model_dump(mode="json")
@@ -303,7 +304,7 @@ def train(
         update={
             "thresholds": thresholds,
             "validation_metrics": image_metrics(labels, scores, thresholds.decision),
-            "commit": git_commit(),
+            "commit": commit,
             "data_fingerprint": data_fingerprint([*data.train, *data.val]),
         }
     )

@@ -618,6 +618,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
     from defectkit.inference.saved_model import ModelCard, Thresholds, git_commit, save_model
     from defectkit.training.data import load_samples, of_surfaces
 
+    commit = git_commit()  # the code that trains: a commit made while it runs is not it
     options = sbad_options(dict(config.method_options), seed=config.seed)
     samples, info = load_samples(config)
     wanted = config.data.train_split
@@ -677,7 +678,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
         ),
         validation_metrics={**fitted.validation, "n_seen": fitted.n_seen, "n_train": len(train_idx)},
         init=config.weights or "random",
-        commit=git_commit(),
+        commit=commit,
     )
     return save_model(Path(out) / "model", fitted.network, card)
 
