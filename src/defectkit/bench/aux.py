@@ -76,7 +76,7 @@ from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
 from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
-from defectkit.inference.saved_model import SavedModelError, load_model, save_model
+from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
 from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS
 from defectkit.models.components import ATTENTIONS
@@ -289,12 +289,8 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         score_part = f"image_score-{score}/" if named_score else ""
         prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
         # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
-        stem = (
-            request.work_root
-            / name
-            / f"v{CELL_VERSION}"
-            / f"{task_name}-{attention}-{seg_name}-f{fraction:g}"
-        )
+        folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}"
+        stem = request.work_root / name / f"v{CELL_VERSION}" / folder
         run = partial(rescored_or_trained, config, request, score)
         cells = fold_cells(cache, dataset, config, splits, prefix, stem, run)
         variant: dict[str, Any] = {
@@ -376,23 +372,24 @@ def rescored_cell(
     images = data_fingerprint([*data.train, *data.val])
     for sibling in siblings:
         try:
-            model, card = load_model(sibling / "model")
+            card = read_card(sibling / "model")  # the card decides; weights load only on a match
+            same_images = card.data_fingerprint == images
+            if not same_images or without_image_score(card.config) != without_image_score(resolved):
+                continue
+            model, _ = load_model(sibling / "model")
         except SavedModelError:
-            continue
-        same_images = card.data_fingerprint == images
-        if not same_images or without_image_score(card.config) != without_image_score(resolved):
             continue
         options = {
             **card.model_options,
             "image_score": resolved["model"].get("image_score", DEFAULT_IMAGE_SCORE),
         }
-        rescoring = create_model(card.model, **options)
-        rescoring.load_state_dict(model.state_dict())
-        # The card's validation figures were the other score's; the fixed thresholds stand.
+        # The image score holds no weights: the sibling's are saved as they are, under this cell's
+        # card; scoring rebuilds the network from it. The card's validation figures were the other
+        # score's; the fixed thresholds stand.
         rescored = card.model_copy(
             update={"model_options": options, "config": resolved, "validation_metrics": {}}
         )
-        model_dir = save_model(work / "model", rescoring, rescored)
+        model_dir = save_model(work / "model", model, rescored)
         cell = score_cell(model_dir, config, request, data, test, sibling, started, 0.0)
         # The weights are the sibling's code's; this run only scored them.
         return {**cell, "commit": card.commit, "scored_commit": request.commit, "scored_from": sibling.name}
