@@ -81,10 +81,11 @@ def test_small_data_and_split_write_one_file_per_method_and_reuse_cells(
     cells = _cells(tmp_path / "cells")
     assert len(cells) == 3 * 2 and all(cell["value"]["commit"] == "abc1234" for cell in cells)
 
-    # One repeat has no spread: no std is written.
+    # One repeat has no spread: the std is there, and null.
     split = bench("neu-cls/split", {"fractions": "0.5", "methods": "linear_probe"})
     (record,) = split.values()
-    assert record["variant"] == {"train_fraction": 0.5} and set(record["metrics"]) == {"accuracy"}
+    assert record["variant"] == {"train_fraction": 0.5}
+    assert record["metrics"] == {"accuracy": record["metrics"]["accuracy"], "accuracy_std": None}
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished cell was computed again")

@@ -36,7 +36,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _write(root: Path, **changes: Any) -> Path:
-    fields: dict[str, Any] = {
+    return write_results(**{**_fields(root), **changes})
+
+
+def _fields(root: Path) -> dict[str, Any]:
+    return {
         "protocol": "ksdd/segdec",
         "method": "segdec",
         "dataset": "kolektorsdd",
@@ -54,8 +58,6 @@ def _write(root: Path, **changes: Any) -> Path:
         "created": "2026-11-25T12:00:00Z",
         "root": root,
     }
-    fields.update(changes)
-    return write_results(**fields)
 
 
 def test_results_path_rules(tmp_path: Path) -> None:
@@ -144,10 +146,37 @@ def test_cell_cache_resumes(tmp_path: Path) -> None:
     assert computed == [0, 1] and cache.keys() == ["fold=0", "fold=1"]
     assert run_grid() == [0.5, 0.6, 0.7] and computed == [0, 1, 2]  # only the missing cell ran
     assert run_grid() == [0.5, 0.6, 0.7] and computed == [0, 1, 2]
-    assert cache.get("fold=0") == {"ap": 0.5, "dice": None} and "fold=2" in cache
+    stored = cache.get("fold=0")
+    assert stored is not None and stored.pop("machine") == machine_info()  # who computed it
+    assert stored == {"ap": 0.5, "dice": None} and "fold=2" in cache
     assert cache.path("a/b") != cache.path("a-b")  # distinct keys never share a file
     cache.path("fold=9").write_text("{truncated")
     assert cache.get("fold=9") is None
+
+
+def test_cells_name_the_commit_and_machine_that_computed_them(tmp_path: Path) -> None:
+    """A grid re-summarised later, on another machine, keeps its cells' provenance."""
+    epyc = {**MACHINE, "cpu": "AMD EPYC 7B13"}
+    summary = {key: value for key, value in _fields(tmp_path).items() if key not in ("commit", "machine")}
+    cells = [
+        {"ap": 0.9, "commit": "aaa1111", "machine": epyc},
+        {"ap": 0.8, "commit": "bbb2222", "machine": MACHINE},
+    ]
+    record = json.loads(write_results(**summary, cells=cells).read_text())
+    assert record["commit"] == "aaa1111 bbb2222"
+    assert record["machine"] == {**MACHINE, "cpu": f"AMD EPYC 7B13 / {MACHINE['cpu']}"}
+    assert "| AMD EPYC 7B13 / Intel Xeon Platinum 8375C ×2 |" in render_markdown(read_results(tmp_path))
+
+    # Cells from before cells recorded machines: the machine the file named for the same cells, at
+    # every re-summary; this machine when the file summarised other cells.
+    unrecorded = [{"ap": 0.9, "commit": "ccc3333"}]
+    _write(tmp_path, commit="ccc3333", machine=epyc)
+    for _ in range(2):
+        assert json.loads(write_results(**summary, cells=unrecorded).read_text())["machine"] == epyc
+    _write(tmp_path, commit="ddd4444", machine=epyc)
+    assert json.loads(write_results(**summary, cells=unrecorded).read_text())["machine"] == machine_info()
+    with pytest.raises(ValueError, match="not both"):
+        write_results(**summary, cells=cells, commit="abc1234")
 
 
 def test_render_is_deterministic_and_shows_ours_vs_paper(tmp_path: Path) -> None:

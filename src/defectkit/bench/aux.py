@@ -70,7 +70,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import cells_commit, write_results
+from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
@@ -416,7 +416,7 @@ def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchReque
         wall_time_s=sum(c["wall_s"] for c in cells),
         infer_ms_per_image=_mean_ms(cells),
         command=request.command,
-        commit=cells_commit(cells),
+        cells=cells,
         init="random" if config.weights is None else str(config.weights),
         notes=_notes(dataset.name, config, bool(paper), metrics, request.profile) + _rescored_note(cells),
         root=request.results_root,
@@ -497,7 +497,7 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
         paper={"map50_gain_rel": PAPER_DETECTION_GAIN} if "detection" in singles else {},
         wall_time_s=sum(c["wall_s"] for run in runs for c in run["cells"]),
         command=request.command,
-        commit=cells_commit(c for run in runs for c in run["cells"]),
+        cells=[c for run in runs for c in run["cells"]],
         notes="; ".join(verdicts) + ". Same split, same test images; the paper's gain is over a "
         "separately designed RetinaNet on TekErreka, ours over aux_net built with the detection head "
         "only (same backbone, pyramid and anchors)",

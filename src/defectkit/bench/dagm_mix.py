@@ -65,7 +65,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
-from defectkit.bench.results import cells_commit, write_results
+from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.synthetic import DEFECT_TYPES, SynthConfig, surface_names, synthesize
@@ -599,7 +599,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 paper=PAPER.get((ce, generator), {}),
                 wall_time_s=sum(c["train_s"] for c in cells),
                 command=request.command,
-                commit=cells_commit(cells),
+                cells=cells,
                 init=str(config.weights) if config.weights else "random",
                 notes=(
                     f"features: {feature_words} at {config.input.size[0]} px of "

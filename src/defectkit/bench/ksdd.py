@@ -30,7 +30,7 @@ from defectkit.bench.protocols import (
     register_protocol,
     supervision_overrides,
 )
-from defectkit.bench.results import cells_commit, variant_slug, write_results
+from defectkit.bench.results import variant_slug, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.sample import Sample
@@ -205,7 +205,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
         wall_time_s=sum(c["wall_s"] for c in cells),  # training + scoring of every fold, across sessions
         infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
         command=request.command,
-        commit=cells_commit(cells),
+        cells=cells,
         init="random" if config.weights is None else Path(config.weights).name,
         notes=f"input {config.input.size[0]}x{config.input.size[1]}"
         + (f"; {run.notes}" if run.notes else ""),

@@ -51,7 +51,7 @@ from defectkit.bench.dagm_mix import (
     score_variant,
 )
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
-from defectkit.bench.results import CellCache, cells_commit, write_results
+from defectkit.bench.results import CellCache, write_results
 from defectkit.config import load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.formats import read_dataset
@@ -315,7 +315,7 @@ def run_line(request: BenchRequest) -> Path:
         + sum(r["train_s"] for r in routes)
         + sum(d["train_s"] + d["score_s"] for d in detectors.values()),
         command=request.command,
-        commit=cells_commit([*routes, *detectors.values()]),
+        cells=[*routes, *detectors.values()],
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
             f"{LINE_CONFIG}: sbad router ({backbone_name} frozen, {options.gan_epochs} VAEGAN epochs) + one "
@@ -510,7 +510,7 @@ def run_products(request: BenchRequest) -> Path:
         paper=PRODUCTS_PAPER,
         wall_time_s=features_s + sum(c["train_s"] for c in cells),
         command=request.command,
-        commit=cells_commit(cells),
+        cells=cells,
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
             f"router only (sbad, {backbone_name} frozen at {spec_input.size[0]} px, {options.gan_epochs} "

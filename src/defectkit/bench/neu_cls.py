@@ -48,7 +48,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import CellCache, cells_commit, write_results
+from defectkit.bench.results import CellCache, write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
@@ -415,12 +415,11 @@ def _run_cells(
     return cells
 
 
-def _accuracy_summary(accuracies: np.ndarray) -> dict[str, float]:
-    """Mean accuracy over repeats or draws, and their spread where there is more than one."""
-    summary = {"accuracy": float(accuracies.mean())}
-    if len(accuracies) > 1:
-        summary["accuracy_std"] = float(accuracies.std(ddof=0))
-    return summary
+def _accuracy_summary(accuracies: np.ndarray) -> dict[str, float | None]:
+    """Mean accuracy over repeats or draws, and their spread: ``accuracy_std`` is null for a single
+    repeat (the field is always there, as the results schema asks, but one run has no spread)."""
+    spread = float(accuracies.std(ddof=0)) if len(accuracies) > 1 else None
+    return {"accuracy": float(accuracies.mean()), "accuracy_std": spread}
 
 
 def _repeated_grid(
@@ -466,7 +465,7 @@ def _repeated_grid(
                 wall_time_s=sum(c["wall_s"] for c in cells),
                 infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells])),
                 command=request.command,
-                commit=cells_commit(cells),
+                cells=cells,
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"{repeats} repeat(s) (seed = repeat); {cells[0]['epochs']} epochs; "
                 f"{config.input.size[0]} px; backbone {config.model.get('backbone')}; accuracy as a fraction"
@@ -648,7 +647,7 @@ def few_shot(request: BenchRequest) -> Path:
                 paper=None if paper is None else {"accuracy": paper},
                 wall_time_s=float(cell["wall_s"]) + validation_s,
                 command=request.command,
-                commit=cells_commit([cell, *validation]),
+                cells=[cell, *validation],
                 init="random" if config.weights is None else str(config.weights),
                 notes=f"base classes {', '.join(BASE_CLASSES)} ({epochs} epochs); "
                 f"novel {', '.join(NOVEL_CLASSES)}; {draws} reference draws; unknown_auroc: "

@@ -148,7 +148,9 @@ def _short_cpu(name: str) -> str:
 def _machine(machine: Any) -> str:
     if not isinstance(machine, Mapping):
         return MISSING
-    cpu = _short_cpu(str(machine.get("cpu") or "cpu?"))
+    # Cells computed on different machines name them all, " / " between (results.cells_machine).
+    cpus = [_short_cpu(name) for name in str(machine.get("cpu") or "cpu?").split(" / ")]
+    cpu = " / ".join(dict.fromkeys(cpus))
     cores = machine.get("cores")
     text = f"{cpu} ×{cores}" if cores else cpu
     gpu = machine.get("gpu")

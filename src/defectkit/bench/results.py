@@ -31,6 +31,7 @@ __all__ = [
     "SCHEMA",
     "CellCache",
     "cells_commit",
+    "cells_machine",
     "machine_info",
     "read_results",
     "results_path",
@@ -121,6 +122,7 @@ def write_results(
     infer_ms_per_image: float | None = None,
     commit: str | None = None,
     machine: Mapping[str, Any] | None = None,
+    cells: Iterable[Mapping[str, Any]] | None = None,
     created: str | None = None,
     init: str | None = None,
     notes: str | None = None,
@@ -132,7 +134,18 @@ def write_results(
     ``+dirty`` when uncommitted changes could have shaped the figure), ``machine`` to
     :func:`machine_info`, ``created`` to now (UTC). ``init`` ("random" when a backbone started
     without pretrained weights) and ``notes`` are written only when given. NaN becomes null.
+
+    ``cells``, the cached cells a grid's figures summarise, give the commit and the machine instead
+    (:func:`cells_commit`, :func:`cells_machine`): a grid re-summarised in a later session, on
+    another machine, still names the code and the machine that computed it.
     """
+    path = results_path(protocol, variant, profile, root)
+    if cells is not None:
+        if commit is not None or machine is not None:
+            raise ValueError("give cells, or commit and machine, not both")
+        cells = list(cells)
+        commit = cells_commit(cells)
+        machine = cells_machine(cells, _previous_machine(path, commit))
     record: dict[str, Any] = {
         "schema": SCHEMA,
         "protocol": protocol,
@@ -155,7 +168,6 @@ def write_results(
         record["init"] = init
     if notes is not None:
         record["notes"] = notes
-    path = results_path(protocol, variant, profile, root)
     write_atomic(path, json.dumps(json_ready(record), indent=2, allow_nan=False) + "\n")
     return path
 
@@ -194,6 +206,48 @@ def cells_commit(cells: Iterable[Mapping[str, Any]]) -> str:
     return " ".join(sorted({str(cell.get("commit") or "unknown") for cell in cells})) or "unknown"
 
 
+def cells_machine(
+    cells: Iterable[Mapping[str, Any]], unrecorded: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The machine that computed ``cells`` (each cell records it when stored, see
+    :meth:`CellCache.put`); a field on which cells differ holds their values joined by `` / ``.
+
+    Cells stored before cells recorded their machine count as ``unrecorded`` when given (the
+    machine the results file already names, for cells it summarised before), else as this machine.
+    """
+    here: dict[str, Any] | None = None
+    machines: list[Mapping[str, Any]] = []
+    for cell in cells:
+        recorded = cell.get("machine")
+        if isinstance(recorded, Mapping):
+            machines.append(recorded)
+        elif unrecorded is not None:
+            machines.append(unrecorded)
+        else:
+            here = here or machine_info()
+            machines.append(here)
+    if not machines:
+        return machine_info()
+    merged: dict[str, Any] = {}
+    for field in dict.fromkeys(key for machine in machines for key in machine):
+        values = list(dict.fromkeys(machine.get(field) for machine in machines))
+        merged[field] = values[0] if len(values) == 1 else " / ".join(str(value) for value in values)
+    return merged
+
+
+def _previous_machine(path: Path, commit: str) -> Mapping[str, Any] | None:
+    """The machine ``path`` names when it was written from cells of the same ``commit``: the
+    machine of cells that predate machine records, as best known."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(previous, dict) or previous.get("commit") != commit:
+        return None
+    machine = previous.get("machine")
+    return machine if isinstance(machine, Mapping) else None
+
+
 class CellCache:
     """One JSON file per finished cell of a grid (``get`` / ``put`` by a string key).
 
@@ -227,8 +281,9 @@ class CellCache:
         return value
 
     def put(self, key: str, value: Mapping[str, Any]) -> Path:
-        """Store the result of finished cell ``key`` (NaN stored as null)."""
-        payload = {"key": key, "value": dict(value)}
+        """Store the result of finished cell ``key`` (NaN stored as null), with the machine that
+        computed it (:func:`machine_info`) unless ``value`` already names one."""
+        payload = {"key": key, "value": {"machine": machine_info(), **value}}
         return write_atomic(self.path(key), json.dumps(json_ready(payload), indent=2, allow_nan=False) + "\n")
 
     def __contains__(self, key: object) -> bool:

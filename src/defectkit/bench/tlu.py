@@ -64,7 +64,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import cells_commit, write_results
+from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
@@ -257,7 +257,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
                     wall_time_s=sum(c["wall_s"] for c in cells),
                     infer_ms_per_image=float(np.mean([c["infer_ms"] for c in cells if c["infer_ms"]])),
                     command=request.command,
-                    commit=cells_commit(cells),
+                    cells=cells,
                     init="random" if init == "random" else str(config.weights),
                     notes=_notes(dataset_name, config),
                     root=request.results_root,
@@ -382,7 +382,7 @@ def _write_transfer(protocol: str, dataset: GridDataset, request: BenchRequest, 
         paper=paper,
         wall_time_s=sum(c["wall_s"] for run in pair for c in run["cells"]),
         command=request.command,
-        commit=cells_commit(c for run in pair for c in run["cells"]),
+        cells=[c for run in pair for c in run["cells"]],
         notes=f"{verdict}. Imagenet minus random on the same test images; the paper's figures are for "
         "its ResNet (ResNet-18-sized) encoder" + ("" if paper else ", none for this encoder / fraction"),
         root=request.results_root,
@@ -404,7 +404,7 @@ def _figures(finished: Mapping[tuple[str, str, float], Mapping[str, Any]], out: 
     write_atomic(out / "fig4_dice_iou_box.png", dice_iou_boxplot_png(dice, iou, title))
     mla = {(k[0], k[1], k[2]): float(v["metrics"]["mla"]) for k, v in finished.items()}
     write_atomic(out / "fig5_mla_bars.png", mla_bars_png(mla, title))
-    curves = {label[k]: v["cells"][0]["curve"] for k, v in sorted(finished.items())}
+    curves = {label[k]: [cell["curve"] for cell in v["cells"]] for k, v in sorted(finished.items())}
     write_atomic(out / "fig8_validation_curves.png", validation_curves_png(curves, title))
     for encoder, init, fraction in finished:
         if init != "imagenet" or (encoder, "random", fraction) not in finished:

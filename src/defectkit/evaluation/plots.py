@@ -212,26 +212,41 @@ def mla_bars_png(mla: Mapping[tuple[str, str, float], float], title: str = "") -
     return _png(figure)
 
 
-def validation_curves_png(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str = "") -> bytes:
-    """Paper 001's Fig. 8: validation Dice and MLA after each epoch, one line per run."""
+def validation_curves_png(
+    curves: Mapping[str, Sequence[Sequence[Mapping[str, float]]]], title: str = ""
+) -> bytes:
+    """Paper 001's Fig. 8: validation Dice and MLA after each epoch, one line per run and fold.
+
+    ``curves`` maps a run's name to its folds' curves: a run's folds share a colour and a legend
+    entry, since early stopping ends them at different epochs and a mean would jump where one stops.
+    """
     figure = Figure(figsize=(10.0, 4.0), dpi=100)
+    # One colour per run but for the initialisation: "x imagenet f" and "x random f" share it.
+    groups = sorted({name.replace("random", "imagenet") for name in curves})
+    folds = max((len(runs) for runs in curves.values()), default=1)
     for column, key in enumerate(("dice", "mla")):
         axes = figure.add_subplot(1, 2, column + 1)
-        # One colour per run but for the initialisation: "x imagenet f" and "x random f" share it.
-        groups = sorted({name.replace("random", "imagenet") for name in curves})
-        for name, curve in curves.items():
-            points = [(p["epoch"] + 1, p[key]) for p in curve if key in p and "epoch" in p]
-            if points:
+        for name, runs in curves.items():
+            colour = f"C{groups.index(name.replace('random', 'imagenet')) % 10}"
+            style = "--" if "random" in name else "-"
+            labelled = False
+            for curve in runs:
+                points = [(p["epoch"] + 1, p[key]) for p in curve if key in p and "epoch" in p]
+                if not points:
+                    continue
                 epochs, values = zip(*points, strict=True)
-                colour = f"C{groups.index(name.replace('random', 'imagenet')) % 10}"
-                style = "--" if "random" in name else "-"
-                axes.plot(epochs, values, marker="o", markersize=3, label=name, linestyle=style, color=colour)
+                axes.plot(epochs, values, marker="o", markersize=3, linestyle=style, color=colour,
+                          label=None if labelled else name)  # fmt: skip
+                labelled = True
         axes.set_xlabel("epoch")
         axes.set_ylabel(f"validation {key.upper() if key == 'mla' else 'Dice'}")
         axes.grid(alpha=0.3)
         if column == 1:
             axes.legend(fontsize=7)
-    figure.suptitle(f"{title}: validation per epoch" if title else "validation per epoch", fontsize=10)
+    heading = f"{title}: validation per epoch" if title else "validation per epoch"
+    if folds > 1:
+        heading += f" (one line per fold, {folds} folds)"
+    figure.suptitle(heading, fontsize=10)
     figure.tight_layout()
     return _png(figure)
 
