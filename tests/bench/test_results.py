@@ -10,7 +10,14 @@ from typing import Any
 import pytest
 
 from defectkit.bench.render import render_benchmarks, render_markdown
-from defectkit.bench.results import CellCache, machine_info, read_results, results_path, write_results
+from defectkit.bench.results import (
+    CellCache,
+    cells_machine,
+    machine_info,
+    read_results,
+    results_path,
+    write_results,
+)
 
 KEYS = [
     "schema",
@@ -175,6 +182,17 @@ def test_cells_name_the_commit_and_machine_that_computed_them(tmp_path: Path) ->
         assert json.loads(write_results(**summary, cells=unrecorded).read_text())["machine"] == epyc
     _write(tmp_path, commit="ddd4444", machine=epyc)
     assert json.loads(write_results(**summary, cells=unrecorded).read_text())["machine"] == machine_info()
+    # A re-summary of mixed cells does not repeat a machine; a gpu some cells lack shows the others'.
+    h200 = {**MACHINE, "gpu": "NVIDIA H200"}
+    record = json.loads(
+        write_results(**summary, cells=[*cells, {"commit": "eee5555", "machine": h200}]).read_text()
+    )
+    mixed = record["machine"]
+    assert mixed["cpu"] == f"AMD EPYC 7B13 / {MACHINE['cpu']}" and mixed["gpu"] == "NVIDIA H200"
+    assert cells_machine([{"machine": mixed}, {"machine": MACHINE}, {"machine": epyc}]) == mixed
+    # A fresh cell comes back from the cache as it is stored: with the machine that computed it.
+    fresh = CellCache(tmp_path / "cells").put("fold=0", {"ap": 0.5, "commit": "fff6666"})
+    assert fresh["machine"] == machine_info()
     with pytest.raises(ValueError, match="not both"):
         write_results(**summary, cells=cells, commit="abc1234")
 

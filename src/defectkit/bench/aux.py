@@ -429,7 +429,8 @@ def _rescored_note(cells: Sequence[Mapping[str, Any]]) -> str:
         return ""
     return (
         f"; {rescored} of {len(cells)} folds scored the model trained for the same cell under another "
-        "image score (the same weights: training never reads the image score)"
+        "image score (the same weights: training never reads the image score); the machine named "
+        "for such a fold is the one that scored it"
     )
 
 

@@ -566,7 +566,7 @@ def run_sbad(request: BenchRequest) -> Path:
                     else:
                         cell = sbad_cell(split_data, parts, real_ce, options)
                     cell["commit"] = request.commit
-                    cache.put(key, cell)
+                    cell = cache.put(key, cell)
                 cells.append(cell)
             variant: dict[str, Any] = {
                 "generator": generator,

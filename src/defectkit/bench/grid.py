@@ -164,7 +164,7 @@ def fold_cells(
             data = prepared_data(dataset, config, train_idx, val_idx)
             test = [dataset.samples[i] for i in test_idx]
             cell = run(data, test, work_stem.with_name(f"{work_stem.name}-fold{fold}"))
-            cache.put(key, cell)
+            cell = cache.put(key, cell)
         cells.append(cell)
     return cells
 

@@ -160,7 +160,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
             work = request.work_root / name
             cell = _fold_cell(config, request, fold, train_idx, test_idx, samples, work)
             cell["commit"] = request.commit  # the code that trained it, whenever it is summarised
-            cache.put(key, cell)
+            cell = cache.put(key, cell)
         cells.append(cell)
 
     labels = np.concatenate([c["labels"] for c in cells])

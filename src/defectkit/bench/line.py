@@ -226,7 +226,7 @@ def run_line(request: BenchRequest) -> Path:
         cell = cache.get(key)
         if cell is None:
             cell = route_cell(mix, split, router_config.data.val_fraction, setup, request)
-            cache.put(key, cell)
+            cell = cache.put(key, cell)
         routes.append(cell)
 
     # Detectors, one per surface, scoring their own test split and what the routers sent them.
@@ -253,7 +253,7 @@ def run_line(request: BenchRequest) -> Path:
         trained = cache.get(trained_key)
         if trained is None:
             trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
-            cache.put(trained_key, trained)
+            trained = cache.put(trained_key, trained)
         routed = sorted(asked.get(surface, set()))
         routed_key = f"routed/{surface}/config-{detector_key}-images-{fingerprint(routed)}"
         extra = cache.get(routed_key)
@@ -262,7 +262,7 @@ def run_line(request: BenchRequest) -> Path:
             if missing and not (work_dir / "model" / CARD_NAME).is_file():
                 # The trained model is not on this machine (its cell came with the checkout).
                 trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
-                cache.put(trained_key, trained)
+                trained = cache.put(trained_key, trained)
             detector = load_inspector(work_dir / "model")
             scores, score_s = score_images(detector, samples, missing, f"{surface} routed", request)
             extra = {"scores": rounded(scores), "score_s": score_s}
@@ -479,7 +479,7 @@ def run_products(request: BenchRequest) -> Path:
         if cell is None:
             cell = product_cell(features, surface, role, names, held, setup)
             cell["commit"] = request.commit
-            cache.put(cell_key, cell)
+            cell = cache.put(cell_key, cell)
         cells.append(cell)
     numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
     metrics = {

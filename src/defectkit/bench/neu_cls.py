@@ -410,7 +410,7 @@ def _run_cells(
         cell = cache.get(key)
         if cell is None:
             cell = {**compute(), "commit": commit}
-            cache.put(key, cell)
+            cell = cache.put(key, cell)
         cells.append(cell)
     return cells
 

@@ -155,7 +155,7 @@ def _machine(machine: Any) -> str:
     text = f"{cpu} ×{cores}" if cores else cpu
     gpu = machine.get("gpu")
     if gpu:
-        text += " + " + str(gpu).removeprefix("NVIDIA ")
+        text += " + " + " / ".join(part.removeprefix("NVIDIA ") for part in str(gpu).split(" / "))
     return _cell(text)
 
 

@@ -9,6 +9,8 @@ an interrupted benchmark never leaves a half-written file for the renderer to ch
 reference draw) as its own JSON file, so a grid interrupted after hours resumes by skipping the
 cells already done. The cells (``benchmarks/cells/``, small JSON) are committed, so a grid
 resumes on a fresh checkout in a later session; trained models stay in the uncommitted work folder.
+Each cell records the machine that computed it, and a results file written from cells names their
+commits and machines, not those of the session that summarised them.
 """
 
 from __future__ import annotations
@@ -230,8 +232,20 @@ def cells_machine(
         return machine_info()
     merged: dict[str, Any] = {}
     for field in dict.fromkeys(key for machine in machines for key in machine):
-        values = list(dict.fromkeys(machine.get(field) for machine in machines))
-        merged[field] = values[0] if len(values) == 1 else " / ".join(str(value) for value in values)
+        # A value merged before (a re-summary of mixed cells) splits back into its parts; a field
+        # some cells lack (no gpu) shows the others'.
+        parts = [
+            part
+            for machine in machines
+            if machine.get(field) is not None
+            for part in (
+                str(machine[field]).split(" / ") if isinstance(machine[field], str) else [machine[field]]
+            )
+        ]
+        distinct = list(dict.fromkeys(parts))
+        merged[field] = (
+            None if not distinct else distinct[0] if len(distinct) == 1 else " / ".join(map(str, distinct))
+        )
     return merged
 
 
@@ -280,11 +294,16 @@ class CellCache:
         value: dict[str, Any] = stored["value"]
         return value
 
-    def put(self, key: str, value: Mapping[str, Any]) -> Path:
-        """Store the result of finished cell ``key`` (NaN stored as null), with the machine that
-        computed it (:func:`machine_info`) unless ``value`` already names one."""
-        payload = {"key": key, "value": {"machine": machine_info(), **value}}
-        return write_atomic(self.path(key), json.dumps(json_ready(payload), indent=2, allow_nan=False) + "\n")
+    def put(self, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
+        """Store the result of finished cell ``key`` (NaN stored as null) with the machine that
+        computed it (:func:`machine_info`) unless ``value`` already names one; return the cell as
+        stored, machine included, for the grid to summarise as it would a cell read back."""
+        cell = dict(value) if "machine" in value else {"machine": machine_info(), **value}
+        write_atomic(
+            self.path(key),
+            json.dumps(json_ready({"key": key, "value": cell}), indent=2, allow_nan=False) + "\n",
+        )
+        return cell
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
