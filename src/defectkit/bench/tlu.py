@@ -22,7 +22,7 @@ improved on 81 % of images). The comparison pairs the two runs' test images by p
 is the paper's per-image Dice (Fig. 4's box plots: an image's mean over the classes it has, over
 all classes for a good image): ``dice_gain_rel`` is the relative gain of its mean,
 ``share_improved`` the share of images whose Dice rose (Fig. 9). Figures as the paper draws them
-go to ``<work>/<name>/figures``; Fig. 8 shows the first fold's training curves.
+go to ``<work>/<name>/figures`` (not committed); Fig. 8 draws every fold's training curve.
 
 Cell keys hold the encoder, init, fraction, fold, fingerprints of the resolved config and
 of the fold's image names, so a changed config or another copy of the data trains afresh. The
