@@ -217,35 +217,28 @@ def cells_machine(
     Cells stored before cells recorded their machine count as ``unrecorded`` when given (the
     machine the results file already names, for cells it summarised before), else as this machine.
     """
-    here: dict[str, Any] | None = None
+    fallback = unrecorded
     machines: list[Mapping[str, Any]] = []
     for cell in cells:
         recorded = cell.get("machine")
-        if isinstance(recorded, Mapping):
-            machines.append(recorded)
-        elif unrecorded is not None:
-            machines.append(unrecorded)
-        else:
-            here = here or machine_info()
-            machines.append(here)
+        if not isinstance(recorded, Mapping):
+            fallback = recorded = fallback or machine_info()
+        machines.append(recorded)
     if not machines:
         return machine_info()
+
+    def parts(value: Any) -> list[Any]:
+        # A value merged before (a re-summary of mixed cells) splits back into its parts.
+        return str(value).split(" / ") if isinstance(value, str) else [value]
+
     merged: dict[str, Any] = {}
     for field in dict.fromkeys(key for machine in machines for key in machine):
-        # A value merged before (a re-summary of mixed cells) splits back into its parts; a field
-        # some cells lack (no gpu) shows the others'.
-        parts = [
-            part
-            for machine in machines
-            if machine.get(field) is not None
-            for part in (
-                str(machine[field]).split(" / ") if isinstance(machine[field], str) else [machine[field]]
-            )
+        # A field some cells lack (no gpu) shows the others'.
+        found = [
+            part for machine in machines if machine.get(field) is not None for part in parts(machine[field])
         ]
-        distinct = list(dict.fromkeys(parts))
-        merged[field] = (
-            None if not distinct else distinct[0] if len(distinct) == 1 else " / ".join(map(str, distinct))
-        )
+        distinct = list(dict.fromkeys(found))
+        merged[field] = " / ".join(map(str, distinct)) if len(distinct) > 1 else next(iter(distinct), None)
     return merged
 
 
