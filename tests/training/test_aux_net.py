@@ -113,6 +113,33 @@ def test_a_few_steps_fit_one_image() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_one_cycle_schedule_warms_up_to_the_rate_then_anneals() -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    options = options_of({"method_options": {"lr_schedule": "one_cycle", "warmup_fraction": 0.25}})
+    recipe = AuxNetRecipe(tiny(), 1e-3, 0.0, options)
+    image = np.random.default_rng(2).random((3, 64, 64)).astype(np.float32)
+    samples = [Sample(str(i), image, label=0) for i in range(4)]
+    loader = DataLoader(samples, batch_size=1, collate_fn=lambda chunk: collate(chunk, num_classes=2))
+    rates: list[float] = []
+
+    class RecordRate(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    L.Trainer(
+        max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[RecordRate()],
+    ).fit(recipe, loader)  # fmt: skip
+    assert len(rates) == 8  # stepped per batch, across epochs
+    peak = int(np.argmax(rates))
+    assert 0 < peak < 4 and rates[peak] == pytest.approx(1e-3, rel=0.05)
+    assert rates[0] < 1e-4 and rates[-1] < rates[peak] / 10
+    with pytest.raises(ValueError, match="lr_schedule"):
+        options_of({"method_options": {"lr_schedule": "cosine"}})
+
+
 def test_segmentation_losses() -> None:
     truth = torch.zeros(1, 1, 8, 8)
     truth[..., 2:6, 2:6] = 1.0

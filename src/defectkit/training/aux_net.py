@@ -29,6 +29,10 @@ segmenter or a detector on the same network. Epochs are ranked by the validation
 in training reads the model's ``image_score`` (the logged ``val/mla`` is the classification
 head's either way).
 
+Optimiser: Adam at ``trainer.lr``, constant (``lr_schedule: constant``, the default) or under the
+paper's "one cycle policy" (``one_cycle``; the paper gives neither the peak rate nor the phase
+lengths: ``trainer.lr`` and ``warmup_fraction`` here).
+
 Thresholds are fixed (the paper presumes 0.5): ``threshold`` for class probabilities and mask
 pixels, ``box_threshold`` (0.3: focal-loss scores run lower than a classifier's) for the boxes an
 Inspection reports; mAP is computed over every box above the decoder's 0.05. ``nms_iou``,
@@ -78,7 +82,13 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "nms_iou": 0.5,
     "top_k": 1000,
     "max_detections": 100,
+    # "constant": Adam at trainer.lr throughout. "one_cycle": the paper's "one cycle policy"
+    # (torch's OneCycleLR stepped per batch, peaking at trainer.lr after ``warmup_fraction`` of the
+    # steps, then annealing by cosine; Adam's beta1 cycles 0.95 -> 0.85 -> 0.95 as the policy does).
+    "lr_schedule": "constant",
+    "warmup_fraction": 0.3,
 }
+LR_SCHEDULES = ("constant", "one_cycle")
 SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
 SEG_REDUCTIONS = ("image", "batch")
 
@@ -100,6 +110,10 @@ def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
             f"method_options: nms_iou {options['nms_iou']} must be in (0, 1], top_k {options['top_k']} and "
             f"max_detections {options['max_detections']} at least 1"
         )
+    if options["lr_schedule"] not in LR_SCHEDULES:
+        raise ValueError(f"method_options.lr_schedule={options['lr_schedule']!r}: use one of {LR_SCHEDULES}")
+    if not 0.0 < float(options["warmup_fraction"]) < 1.0:
+        raise ValueError(f"method_options.warmup_fraction={options['warmup_fraction']} must be in (0, 1)")
     if options["seg_reduction"] not in SEG_REDUCTIONS:
         raise ValueError(
             f"method_options.seg_reduction={options['seg_reduction']!r}: use one of {SEG_REDUCTIONS}"
@@ -282,8 +296,17 @@ class AuxNetRecipe(L.LightningModule):
             self.log("val/mla", mla, prog_bar=True, rank_zero_only=True)
         self.log("val/selection", -means["loss"], rank_zero_only=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.options["lr_schedule"] == "constant":
+            return optimizer
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=self.lr,
+            total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
+            pct_start=float(self.options["warmup_fraction"]),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 @register_method(
