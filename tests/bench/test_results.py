@@ -273,3 +273,22 @@ def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
     assert config_fingerprint(load_config(path, "cpu", turned)) != config_fingerprint(
         load_config(path, "cpu", [*turned, "method_options.rotation_stages=[1,2,3]"])
     )
+
+
+def test_render_writes_a_note_shared_by_several_rows_once(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    finding = "tried against the shortfall: a longer schedule (AP 0.96; no gain), then a larger input"
+    notes = {
+        "a": f"input 704x256; {finding}",
+        "b": f"input 704x256; {finding}; frozen encoder",
+        "c": "input 704x256; random 90-degree turns (stages 2; 3)",
+    }
+    for name, note in notes.items():
+        _write(root, variant={"setting": name}, notes=note)
+    text = render_markdown(read_results(root))
+    assert text.count(finding) == 1 and text.count("input 704x256") == 1
+    assert "- Every row: input 704x256\n" in text and f"- [1] {finding}\n" in text
+    assert "- setting=a / cpu: [1]\n" in text and "- setting=b / cpu: [1]; frozen encoder\n" in text
+    assert "- setting=c / cpu: random 90-degree turns (stages 2; 3)\n" in text  # not split inside ( )
+    one = render_markdown(read_results(root)[:1])
+    assert f"- setting=a / cpu: input 704x256; {finding}\n" in one  # a single row keeps its note whole

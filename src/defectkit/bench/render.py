@@ -2,15 +2,17 @@
 
 One table per protocol (sorted by name), one row per variant x profile (sorted), and for each
 metric the paper reports our figure beside the paper's, then wall time, inference speed, the
-machine, the commit and the exact command that reproduces the row. The output depends only on
-the results files' contents (no render time, no absolute paths, everything sorted), so rendering
-twice without changes gives identical bytes and a diff of BENCHMARKS.md shows only real changes.
+machine, the commit and the exact command that reproduces the row; the rows' notes follow, a
+clause several rows share written once. The output depends only on the results files' contents
+(no render time, no absolute paths, everything sorted), so rendering twice without changes gives
+identical bytes and a diff of BENCHMARKS.md shows only real changes.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -205,7 +207,7 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
     header += ["images", "wall time", "infer ms/img", "machine", "commit", "command"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join("---" for _ in header) + "|")
-    notes: list[str] = []
+    notes: list[tuple[str, str]] = []
     for record in rows:
         metrics = record.get("metrics") or {}
         paper = record.get("paper") or {}
@@ -223,12 +225,50 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
         ]
         lines.append("| " + " | ".join(cells) + " |")
         if record.get("notes"):
-            notes.append(f"- {cells[0]} / {cells[1]}: {_cell(str(record['notes']))}")
-    if notes:
-        lines += ["", *notes]
+            notes.append((f"{cells[0]} / {cells[1]}", str(record["notes"])))
+    lines += _notes(notes)
     for record in records:
         lines += _confusion(record)
     lines.append("")
+    return lines
+
+
+# A clause shared by several rows' notes is written once and cited by number when it is at least
+# this long; shorter ones read better repeated in place.
+SHARED_NOTE_CHARS = 80
+
+
+def _note_clauses(note: str) -> list[str]:
+    """A note's clauses: its "; "-separated parts, never split inside parentheses."""
+    clauses, depth, start = [], 0, 0
+    for index, char in enumerate(note):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == ";" and depth <= 0 and note[index + 1 : index + 2] == " ":
+            clauses.append(note[start:index].strip())
+            start = index + 2
+    clauses.append(note[start:].strip())
+    return [clause for clause in clauses if clause]
+
+
+def _notes(labelled: Sequence[tuple[str, str]]) -> list[str]:
+    """The notes under a table, one bullet per row that has notes. A clause every row carries is
+    written once, under "Every row"; a long clause that only some rows share (the same finding noted
+    on each row it explains) is written once as a numbered note the rows cite as [n]."""
+    if not labelled:
+        return []
+    rows = [(label, list(dict.fromkeys(_note_clauses(note)))) for label, note in labelled]
+    counts = Counter(clause for _, clauses in rows for clause in clauses)
+    every = [c for c in counts if counts[c] == len(rows) > 1]
+    shared = [c for c in counts if 1 < counts[c] < len(rows) and len(c) >= SHARED_NOTE_CHARS]
+    numbered = {clause: n for n, clause in enumerate(shared, 1)}
+    lines = [""]
+    if every:
+        lines.append(f"- Every row: {_cell('; '.join(every))}")
+    lines += [f"- [{n}] {_cell(clause)}" for clause, n in numbered.items()]
+    for label, clauses in rows:
+        kept = [f"[{numbered[c]}]" if c in numbered else _cell(c) for c in clauses if c not in every]
+        if kept:
+            lines.append(f"- {label}: {'; '.join(kept)}")
     return lines
 
 
