@@ -108,9 +108,9 @@ PAPER_TABLE_IV = {"none": 0.962, "se": 0.968, "sa": 0.963, "se+sa": 0.971}
 PAPER_DETECTION_GAIN = 0.1795
 # What has been tried against the cpu shortfalls (issue 8's targets), beside the rows they explain.
 AUX_TRIED_CPU = {
-    "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile (one NEU-DET training: 46-61 min "
-    "here): the other aux/neu-det rows are what was tried; levers not in them: more epochs, a larger "
-    "input, focal gamma 2 (RetinaNet's) instead of the paper's 4",
+    "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile: the other aux/neu-det rows are what "
+    "was tried; levers not in them: more epochs, a larger input, focal gamma 2 (RetinaNet's) instead of "
+    "the paper's 4, the paper's one cycle policy (method_options.lr_schedule=one_cycle)",
     "ksdd": "against the empty masks: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish once "
     "a Dice-trained head saturates at 0) and -V seg_reduction=batch (one Dice over the batch, so the "
     "good images' empty masks stop dominating)",
