@@ -82,9 +82,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "nms_iou": 0.5,
     "top_k": 1000,
     "max_detections": 100,
-    # "constant": Adam at trainer.lr throughout. "one_cycle": the paper's "one cycle policy"
-    # (torch's OneCycleLR stepped per batch, peaking at trainer.lr after ``warmup_fraction`` of the
-    # steps, then annealing by cosine; Adam's beta1 cycles 0.95 -> 0.85 -> 0.95 as the policy does).
+    # one_cycle: torch's OneCycleLR stepped per batch (cosine annealing; beta1 0.95 -> 0.85 -> 0.95).
     "lr_schedule": "constant",
     "warmup_fraction": 0.3,
 }
