@@ -18,6 +18,7 @@ from defectkit.models.aux_net import (
 from defectkit.training.aux_net import (
     DEFAULT_OPTIONS,
     AuxNetRecipe,
+    box_regression_loss,
     load_imagenet_encoder,
     options_of,
     segmentation_loss,
@@ -64,6 +65,22 @@ def test_anchors_match_encode_and_decode() -> None:
     assert found.labels.tolist() == [2] and torch.allclose(
         found.boxes, torch.tensor([[21.0, 19.0, 41.0, 42.0]]), atol=1e-3
     )
+
+
+@pytest.mark.parametrize("kind", ["smooth_l1", "giou", "diou", "ciou"])
+def test_box_losses_vanish_on_the_goal_and_pull_towards_it(kind: str) -> None:
+    anchors = torch.tensor([[20.0, 20.0, 40.0, 40.0], [0.0, 0.0, 64.0, 32.0]])
+    goal_boxes = torch.tensor([[21.0, 19.0, 41.0, 42.0], [4.0, 2.0, 50.0, 30.0]])
+    exact = encode_boxes(goal_boxes, anchors)
+    assert float(box_regression_loss(exact, anchors, goal_boxes, kind, 1 / 9)) < 1e-4
+    deltas = (exact + torch.tensor([0.3, -0.2, 0.4, -0.5])).requires_grad_()
+    loss = box_regression_loss(deltas, anchors, goal_boxes, kind, 1 / 9)
+    assert float(loss) > 0.05
+    loss.backward()
+    stepped = deltas.detach() - 0.1 * deltas.grad  # type: ignore[operator]
+    assert float(box_regression_loss(stepped, anchors, goal_boxes, kind, 1 / 9)) < float(loss)
+    with pytest.raises(ValueError, match="box_loss"):
+        options_of({"method_options": {"box_loss": "l2"}})
 
 
 def test_every_label_level_trains_its_own_heads() -> None:

@@ -19,7 +19,10 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
 * ``L_det``: focal loss (``focal_alpha`` 0.25, ``focal_gamma`` 4 as the paper prints; RetinaNet's
   own paper uses 2) summed over non-ignored anchors, plus a box loss the paper omits (smooth L1
   with RetinaNet's beta 1/9 on the anchor offsets of positive anchors, weight ``box_weight``),
-  both divided by the number of positive anchors, averaged over images with boxes. Images with a
+  both divided by the number of positive anchors, averaged over images with boxes. ``box_loss``
+  chooses that box loss: ``smooth_l1`` (the default) on the offsets, or ``giou``, ``diou`` or
+  ``ciou`` (torchvision's IoU losses) on the decoded boxes, which score box extent directly, the
+  measure mAP@.5 judges. Images with a
   mask but no boxes get one box per connected region of each class (``boxes_from_masks``, on the
   augmented mask, so boxes follow the flips); coarse masks from boxes are a data option
   (``data.masks_from_boxes``). Anchor matching: :mod:`defectkit.models.aux_net.detection`.
@@ -49,14 +52,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import sigmoid_focal_loss
+from torchvision.ops import (
+    complete_box_iou_loss,
+    distance_box_iou_loss,
+    generalized_box_iou_loss,
+    sigmoid_focal_loss,
+)
 
 from defectkit.config import RunConfig
 from defectkit.data.sample import Batch, Sample
 from defectkit.inference.saved_model import Thresholds
 from defectkit.metrics import SegmentationMeter
 from defectkit.metrics.classification import multilabel_metrics
-from defectkit.models.aux_net import AuxNet, AuxNetOutput, MatchConfig, encode_boxes, match_anchors
+from defectkit.models.aux_net import (
+    AuxNet,
+    AuxNetOutput,
+    MatchConfig,
+    decode_boxes,
+    encode_boxes,
+    match_anchors,
+)
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 from defectkit.registry import MethodSpec, register_method
 from defectkit.training.data import PreparedData
@@ -72,6 +87,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "focal_gamma": 4.0,
     "box_weight": 1.0,
     "box_beta": 1.0 / 9.0,
+    "box_loss": "smooth_l1",
     "boxes_from_masks": True,
     "positive_iou": 0.5,
     "negative_iou": 0.4,
@@ -87,6 +103,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "warmup_fraction": 0.3,
 }
 LR_SCHEDULES = ("constant", "one_cycle")
+BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
 SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
 SEG_REDUCTIONS = ("image", "batch")
 
@@ -99,6 +116,8 @@ def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     options = {**DEFAULT_OPTIONS, **given}
     if options["seg_loss"] not in SEG_LOSSES:
         raise ValueError(f"method_options.seg_loss={options['seg_loss']!r}: use one of {SEG_LOSSES}")
+    if options["box_loss"] not in BOX_LOSSES:
+        raise ValueError(f"method_options.box_loss={options['box_loss']!r}: use one of {BOX_LOSSES}")
     if (
         not 0.0 < float(options["nms_iou"]) <= 1.0
         or int(options["top_k"]) < 1
@@ -145,6 +164,23 @@ def segmentation_loss(logits: Tensor, truth: Tensor, kind: str, reduction: str =
     return loss
 
 
+IOU_LOSSES = {
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
+
+
+def box_regression_loss(
+    deltas: Tensor, anchors: Tensor, goal_boxes: Tensor, kind: str, beta: float
+) -> Tensor:
+    """Summed box loss of positive anchors: smooth L1 on the offsets towards ``goal_boxes``
+    (``kind`` smooth_l1, transition ``beta``), else an IoU loss on the decoded boxes."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(deltas, encode_boxes(goal_boxes, anchors), beta=beta, reduction="sum")
+    return IOU_LOSSES[kind](decode_boxes(deltas, anchors), goal_boxes, reduction="sum")
+
+
 def detection_loss(
     output: AuxNetOutput, boxes: list[Tensor], labels: list[Tensor], known: Tensor, options: dict[str, Any]
 ) -> tuple[Tensor, Tensor]:
@@ -168,9 +204,12 @@ def detection_loss(
         )
         focal_terms.append(focal / count)
         if bool(positive.any()):
-            goal = encode_boxes(boxes[index][matched[positive]], output.anchors[positive])
-            box = F.smooth_l1_loss(
-                output.box_deltas[index][positive], goal, beta=float(options["box_beta"]), reduction="sum"
+            box = box_regression_loss(
+                output.box_deltas[index][positive],
+                output.anchors[positive],
+                boxes[index][matched[positive]],
+                str(options["box_loss"]),
+                float(options["box_beta"]),
             )
             box_terms.append(box / count)
     zero = output.box_logits.sum() * 0.0
