@@ -110,7 +110,7 @@ PAPER_DETECTION_GAIN = 0.1795
 AUX_TRIED_CPU = {
     "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile: the other aux/neu-det rows are what "
     "was tried; levers not in them: more epochs, a larger input, focal gamma 2 (RetinaNet's) instead of "
-    "the paper's 4, the paper's one cycle policy (method_options.lr_schedule=one_cycle)",
+    "the paper's 4, an IoU box loss on the decoded boxes (method_options.box_loss=giou|diou|ciou)",
     "ksdd": "against the empty masks: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish once "
     "a Dice-trained head saturates at 0) and -V seg_reduction=batch (one Dice over the batch, so the "
     "good images' empty masks stop dominating)",
