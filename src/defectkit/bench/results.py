@@ -292,10 +292,9 @@ class CellCache:
         computed it (:func:`machine_info`) unless ``value`` already names one; return the cell as
         stored, machine included, for the grid to summarise as it would a cell read back."""
         cell = dict(value) if "machine" in value else {"machine": machine_info(), **value}
-        write_atomic(
-            self.path(key),
-            json.dumps(json_ready({"key": key, "value": cell}), indent=2, allow_nan=False) + "\n",
-        )
+        # Compact: a cell holds per-image scores and boxes, which indenting would triple in size.
+        stored = json.dumps(json_ready({"key": key, "value": cell}), separators=(",", ":"), allow_nan=False)
+        write_atomic(self.path(key), stored + "\n")
         return cell
 
     def __contains__(self, key: object) -> bool:
