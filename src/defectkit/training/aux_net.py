@@ -22,10 +22,10 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
   both divided by the number of positive anchors, averaged over images with boxes. ``box_loss``
   chooses that box loss: ``smooth_l1`` (the default) on the offsets, or ``giou``, ``diou`` or
   ``ciou`` (torchvision's IoU losses) on the decoded boxes, which score box extent directly, the
-  measure mAP@.5 judges. Images with a
-  mask but no boxes get one box per connected region of each class (``boxes_from_masks``, on the
-  augmented mask, so boxes follow the flips); coarse masks from boxes are a data option
-  (``data.masks_from_boxes``). Anchor matching: :mod:`defectkit.models.aux_net.detection`.
+  measure mAP@.5 judges. Images with a mask but no boxes get one box per connected region of each
+  class (``boxes_from_masks``, on the augmented mask, so boxes follow the flips); coarse masks from
+  boxes are a data option (``data.masks_from_boxes``). Anchor matching:
+  :mod:`defectkit.models.aux_net.detection`.
 
 ``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
 segmenter or a detector on the same network. Epochs are ranked by the validation loss; nothing
@@ -103,7 +103,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "warmup_fraction": 0.3,
 }
 LR_SCHEDULES = ("constant", "one_cycle")
-BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
+IOU_LOSSES = {
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
+BOX_LOSSES = ("smooth_l1", *IOU_LOSSES)
 SEG_LOSSES = ("dice", "bce", "jaccard", "dice+bce", "jaccard+bce")
 SEG_REDUCTIONS = ("image", "batch")
 
@@ -162,13 +167,6 @@ def segmentation_loss(logits: Tensor, truth: Tensor, kind: str, reduction: str =
         else:
             loss = loss + overlap_loss(logits, truth, part, reduction)
     return loss
-
-
-IOU_LOSSES = {
-    "giou": generalized_box_iou_loss,
-    "diou": distance_box_iou_loss,
-    "ciou": complete_box_iou_loss,
-}
 
 
 def box_regression_loss(
