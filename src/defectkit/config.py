@@ -224,6 +224,9 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "masks_from_boxes"): False,
     ("data", "surfaces"): None,
     ("model", "image_score"): "classifier",  # aux_net
+    # aux_net: an explicit constant rate or smooth L1 is what cells computed before these were named
+    ("method_options", "lr_schedule"): "constant",
+    ("method_options", "box_loss"): "smooth_l1",
 }
 
 # Later fields that only act while a switch is on: left out of the fingerprint while it is off.

@@ -275,6 +275,20 @@ def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
     )
 
 
+def test_aux_net_defaults_named_explicitly_keep_their_cell_keys() -> None:
+    """aux_net's ``lr_schedule`` and ``box_loss`` came after the committed cells: naming their old
+    defaults (``--set method_options.lr_schedule=constant``, how the constant-rate aux/neu-det rows
+    are rebuilt now that one cycle is that config's default) must find the same cells."""
+    from defectkit.config import config_fingerprint, load_config
+
+    path = REPO / "configs/aux_net/kolektorsdd.yaml"
+    plain = config_fingerprint(load_config(path, "cpu"))
+    named = ["method_options.lr_schedule=constant", "method_options.box_loss=smooth_l1"]
+    assert config_fingerprint(load_config(path, "cpu", named)) == plain
+    assert config_fingerprint(load_config(path, "cpu", ["method_options.lr_schedule=one_cycle"])) != plain
+    assert config_fingerprint(load_config(path, "cpu", ["method_options.box_loss=giou"])) != plain
+
+
 def test_render_writes_a_note_shared_by_several_rows_once(tmp_path: Path) -> None:
     root = tmp_path / "results"
     finding = "tried against the shortfall: a longer schedule (AP 0.96; no gain), then a larger input"

@@ -417,6 +417,19 @@ def test_ksdd_empty_mask_note_only_on_overlap_losses_per_image(overrides: list[s
     assert AUX_TRIED_CPU["ksdd"] not in _notes("ksdd", config, True, {}, "paper")
 
 
+def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
+    from defectkit.bench.aux import _notes
+    from defectkit.bench.protocols import REPO_ROOT
+    from defectkit.config import load_config
+
+    path = REPO_ROOT / "configs/aux_net/kolektorsdd.yaml"
+    plain = _notes("ksdd", load_config(path, "cpu"), True, {}, "cpu")
+    assert "constant rate" in plain and "precision" not in plain
+    changed = ["method_options.lr_schedule=one_cycle", "trainer.precision=bf16-mixed"]
+    notes = _notes("ksdd", load_config(path, "cpu", changed), True, {}, "cpu")
+    assert "one cycle rate" in notes and "precision bf16-mixed" in notes
+
+
 def test_single_task_inspection_and_strides() -> None:
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -109,8 +109,11 @@ PAPER_DETECTION_GAIN = 0.1795
 # What has been tried against the cpu shortfalls (issue 8's targets), beside the rows they explain.
 AUX_TRIED_CPU = {
     "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile: the other aux/neu-det rows are what "
-    "was tried; levers not in them: more epochs, a larger input, focal gamma 2 (RetinaNet's) instead of "
-    "the paper's 4, an IoU box loss on the decoded boxes (method_options.box_loss=giou|diou|ciou)",
+    "was tried (the paper's one cycle policy is the profile's schedule since it beat a constant rate for "
+    "both the multitask model and the detector; the constant-rate rows are --set "
+    "method_options.lr_schedule=constant); levers not in them: more epochs, a larger input, focal gamma 2 "
+    "(RetinaNet's) instead of the paper's 4, an IoU box loss on the decoded boxes "
+    "(method_options.box_loss=giou|diou|ciou)",
     "ksdd": "against the empty masks: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish once "
     "a Dice-trained head saturates at 0) and -V seg_reduction=batch (one Dice over the batch, so the "
     "good images' empty masks stop dominating)",
@@ -514,9 +517,13 @@ def _mean_ms(cells: Sequence[Mapping[str, Any]]) -> float | None:
 def _notes(
     dataset_name: str, config: RunConfig, with_paper: bool, metrics: Mapping[str, Any], profile: str
 ) -> str:
-    notes = [f"input {config.input.size[0]}x{config.input.size[1]}, {config.trainer.epochs} epochs"]
-    # The KolektorSDD note is about the empty masks of an overlap loss alone, reduced per image.
     options = options_of(config)
+    schedule = "one cycle rate" if options["lr_schedule"] == "one_cycle" else "constant rate"
+    size = f"{config.input.size[0]}x{config.input.size[1]}"
+    notes = [f"input {size}, {config.trainer.epochs} epochs, {schedule}"]
+    if config.trainer.precision != "32-true":
+        notes.append(f"trained at precision {config.trainer.precision} (the other rows: 32-bit)")
+    # The KolektorSDD note is about the empty masks of an overlap loss alone, reduced per image.
     overlap_only = options["seg_reduction"] == DEFAULT_REDUCTION and "bce" not in options["seg_loss"]
     if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or overlap_only):
         notes.append(AUX_TRIED_CPU[dataset_name])
