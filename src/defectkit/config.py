@@ -224,7 +224,8 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "masks_from_boxes"): False,
     ("data", "surfaces"): None,
     ("model", "image_score"): "classifier",  # aux_net
-    # aux_net: an explicit constant rate or smooth L1 is what cells computed before these were named
+    # aux_net: an explicit constant rate or smooth L1 is what cells computed before these were named.
+    # Only aux_net has these keys; a method adding them with other defaults needs its own rule here.
     ("method_options", "lr_schedule"): "constant",
     ("method_options", "box_loss"): "smooth_l1",
 }

@@ -430,6 +430,19 @@ def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
     assert "one cycle rate" in notes and "precision bf16-mixed" in notes
 
 
+def test_multitask_verdicts_judge_each_metric_apart() -> None:
+    from defectkit.bench.aux import multitask_verdicts
+
+    metrics = {"map50_multitask": 0.758, "map50_single": 0.764, "map_multitask": 0.365, "map_single": 0.359}
+    assert multitask_verdicts(metrics) == [
+        "multitask map50 below the single-task model's",
+        "multitask map above the single-task model's",
+    ]
+    assert multitask_verdicts({"dice_multitask": 0.9, "dice_single": 0.9}) == [
+        "multitask dice equal to the single-task model's"
+    ]
+
+
 def test_single_task_inspection_and_strides() -> None:
     image = torch.rand(2, 3, 64, 64)
     with torch.no_grad():

@@ -480,16 +480,24 @@ def multitask_metrics(multitask: Run, singles: Mapping[str, Run]) -> dict[str, A
     return metrics
 
 
+def multitask_verdicts(metrics: Mapping[str, Any]) -> list[str]:
+    """Whether the multitask model is above, equal to or below its single-task model, per metric
+    of :func:`multitask_metrics` that both have."""
+    verdicts = []
+    for name in ("map50", "map", "accuracy", "dice"):
+        ours, theirs = metrics.get(f"{name}_multitask"), metrics.get(f"{name}_single")
+        if ours is not None and theirs is not None:
+            word = "above" if ours > theirs else ("equal to" if ours == theirs else "below")
+            verdicts.append(f"multitask {name} {word} the single-task model's")
+    return verdicts
+
+
 def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest, variant: Mapping[str, Any],
                      multitask: Run, singles: Mapping[str, Run]) -> Path:  # fmt: skip
     """One ``aux/<dataset>/multitask`` record: the multitask model beside its single-task baselines."""
     metrics = multitask_metrics(multitask, singles)
     runs = [multitask, *singles.values()]
-    verdicts = []
-    for name, key in (("map50", "map50_gain_rel"), ("accuracy", "accuracy_gain"), ("dice", "dice_gain_rel")):
-        if metrics.get(key) is not None:
-            word = "above" if metrics[key] > 0 else ("equal to" if metrics[key] == 0 else "below")
-            verdicts.append(f"multitask {name} {word} the single-task model's")
+    verdicts = multitask_verdicts(metrics)
     return write_results(
         protocol=f"{protocol}/multitask",
         method="aux_net",
@@ -521,7 +529,7 @@ def _notes(
     schedule = "one cycle rate" if options["lr_schedule"] == "one_cycle" else "constant rate"
     size = f"{config.input.size[0]}x{config.input.size[1]}"
     notes = [f"input {size}, {config.trainer.epochs} epochs, {schedule}"]
-    if config.trainer.precision != "32-true":
+    if config.trainer.precision not in ("32", "32-true"):  # "32": Lightning's alias
         notes.append(f"trained at precision {config.trainer.precision} (the other rows: 32-bit)")
     # The KolektorSDD note is about the empty masks of an overlap loss alone, reduced per image.
     overlap_only = options["seg_reduction"] == DEFAULT_REDUCTION and "bce" not in options["seg_loss"]
