@@ -92,3 +92,19 @@ def test_bad_input() -> None:
         detection_map(_perfect(), TARGETS, class_names=["only_one"])
     with pytest.raises(ValueError, match="scores"):
         detection_map(TARGETS, TARGETS)
+
+
+def test_map_at_other_iou_thresholds_tells_extent_from_misses() -> None:
+    # The box is in the right place but 16 of 40 wide: IoU 0.4, found at 0.3 and missed at 0.7.
+    truth = [{"boxes": np.array([[0, 0, 40, 40]], dtype=float), "labels": np.array([1])}]
+    narrow = [
+        {"boxes": np.array([[0, 0, 16, 40]], dtype=float), "labels": np.array([1]), "scores": np.ones(1)}
+    ]
+    m = detection_map(narrow, truth, iou_thresholds=[0.7, 0.3])  # IoU 0.4
+    assert m["map_at_iou"] == {0.3: pytest.approx(1.0), 0.7: pytest.approx(0.0)}
+    assert m["map"] == pytest.approx(0.5)
+    assert math.isnan(m["map50"]) and math.isnan(m["per_class_ap50"]["1"])
+    default = detection_map(narrow, truth)
+    assert len(default["map_at_iou"]) == 10 and default["map_at_iou"][0.5] == default["map50"] == 0.0
+    with pytest.raises(ValueError, match="iou_thresholds"):
+        detection_map(narrow, truth, iou_thresholds=[1.5])

@@ -10,8 +10,11 @@ Conventions:
 - The numbers are COCO's own (faster-coco-eval, a drop-in for pycocotools):
   101-point interpolated precision, area range "all", at most
   ``max_detections`` (COCO: 100) detections per image, IoU thresholds
-  .50:.05:.95. ``map`` averages over IoU thresholds and over classes that have
-  ground truth; ``map50`` is the same at IoU .5 (what NEU-DET papers quote).
+  .50:.05:.95 unless ``iou_thresholds`` names others. ``map`` averages over IoU
+  thresholds and over classes that have ground truth; ``map50`` is the same at
+  IoU .5 (what NEU-DET papers quote; ``nan`` if .5 is not among the thresholds);
+  ``map_at_iou`` gives the class mean at each threshold, which tells boxes in the
+  right place but of the wrong extent (AP high at .3, low at .5) from misses.
 - A class without ground-truth boxes has no AP: ``nan`` in ``per_class_ap50``
   and left out of the means (as COCO does). No ground truth at all -> ``nan``.
 """
@@ -62,8 +65,9 @@ def detection_map(
     targets: Sequence[Mapping[str, Any]],
     class_names: Sequence[str] | None = None,
     max_detections: int = 100,
+    iou_thresholds: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """COCO box mAP. Returns ``{"map", "map50", "per_class_ap50", "per_class_ap"}``.
+    """COCO box mAP. Returns ``{"map", "map50", "map_at_iou", "per_class_ap50", "per_class_ap"}``.
 
     ``per_class_*`` are keyed by ``class_names[k - 1]`` for class id k when names
     are given (ids then range over 1..len(class_names)), else by ``str(k)`` for
@@ -128,6 +132,10 @@ def detection_map(
     dt = gt.loadRes(dt_anns)
     ev = COCOeval_faster(gt, dt, iouType="bbox", print_function=_log.debug)
     ev.params.maxDets = [1, 10, max_detections]
+    if iou_thresholds is not None:
+        if not iou_thresholds or any(not 0.0 < t < 1.0 for t in iou_thresholds):
+            raise ValueError(f"iou_thresholds={list(iou_thresholds)}: give one or more values in (0, 1)")
+        ev.params.iouThrs = np.sort(np.asarray(iou_thresholds, dtype=np.float64))
     ev.evaluate()
     ev.accumulate()
     # precision: [IoU thresholds T, recall points R, classes K, area ranges A, maxDets M];
@@ -139,15 +147,18 @@ def detection_map(
         v = p[p > -1]
         return float(v.mean()) if v.size else NAN
 
+    thresholds = [float(t) for t in ev.params.iouThrs]
+    at_half = next((i for i, t in enumerate(thresholds) if np.isclose(t, 0.5)), None)
     per_class_ap50: dict[str, float] = {}
     per_class_ap: dict[str, float] = {}
     for c, name in zip(cat_ids, names, strict=True):
         k = eval_cat_ids.index(c)
-        per_class_ap50[name] = mean_valid(precision[0, :, k])
+        per_class_ap50[name] = NAN if at_half is None else mean_valid(precision[at_half, :, k])
         per_class_ap[name] = mean_valid(precision[:, :, k])
     return {
         "map": mean_valid(precision),
-        "map50": mean_valid(precision[0]),
+        "map50": NAN if at_half is None else mean_valid(precision[at_half]),
+        "map_at_iou": {round(t, 2): mean_valid(precision[i]) for i, t in enumerate(thresholds)},
         "per_class_ap50": per_class_ap50,
         "per_class_ap": per_class_ap,
     }
