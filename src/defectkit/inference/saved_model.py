@@ -9,6 +9,7 @@ either the old model or the new one, never half of one.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -110,7 +111,11 @@ OUTPUT_PATHSPECS = (":(top,exclude)benchmarks", ":(top,exclude)BENCHMARKS.md")
 
 
 def git_commit(root: str | Path | None = None) -> str | None:
-    """Short commit of the working tree (with ``+dirty`` when it has changes), or None outside git."""
+    """Short commit of the working tree (with ``+dirty`` when it has changes), or None outside git.
+
+    A copy of a checkout without its ``.git`` (a tree shipped to a GPU machine) names its commit in
+    ``DEFECTKIT_COMMIT``; git's own answer wins wherever git can give one.
+    """
     cwd = Path(root) if root else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -124,7 +129,7 @@ def git_commit(root: str | Path | None = None) -> str | None:
             text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("DEFECTKIT_COMMIT") or None
     return f"{commit}+dirty" if dirty else commit
 
 
