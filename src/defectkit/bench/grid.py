@@ -21,7 +21,7 @@ from defectkit.bench.results import CellCache
 from defectkit.config import RunConfig, config_fingerprint
 from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary, score_multilabel
-from defectkit.inference.inspector import load_inspector
+from defectkit.inference.inspector import inference_device, load_inspector
 from defectkit.training.data import PreparedData, limit_fraction, prepare_data
 from defectkit.training.engine import train
 
@@ -77,7 +77,7 @@ def score_cell(
 ) -> dict[str, Any]:
     """One cell's record: ``model_dir`` (trained in ``train_dir``, whose log gives the validation
     curve) scored on ``test``; ``started`` is when the cell's work began (``time.perf_counter``)."""
-    inspector = load_inspector(model_dir)
+    inspector = load_inspector(model_dir, device=inference_device(config.trainer.accelerator))
     scores = score_multilabel(inspector, test, config.input.channels)
     return {
         "commit": request.commit,  # the code that trained this cell, whenever it is summarised

@@ -36,7 +36,7 @@ from defectkit.data.formats import read_dataset
 from defectkit.data.sample import Sample
 from defectkit.data.splits import kfold
 from defectkit.evaluation.evaluate import score_dataset
-from defectkit.inference.inspector import load_inspector
+from defectkit.inference.inspector import inference_device, load_inspector
 from defectkit.metrics import image_metrics
 from defectkit.training.data import prepare_data
 from defectkit.training.engine import train
@@ -118,7 +118,7 @@ def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: l
     model_dir = train(config, work / f"fold{fold}", progress=request.progress, data=data)
     assert model_dir is not None
     train_s = time.perf_counter() - started
-    inspector = load_inspector(model_dir)
+    inspector = load_inspector(model_dir, device=inference_device(config.trainer.accelerator))
     scored = score_dataset(inspector, [samples[i] for i in test_idx])
     threshold = inspector.threshold
     metrics = image_metrics(scored.labels, scored.scores, threshold)

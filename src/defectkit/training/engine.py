@@ -31,7 +31,7 @@ from defectkit.config import RunConfig
 from defectkit.data.io import load_sample
 from defectkit.data.sample import Sample
 from defectkit.evaluation.multilabel import class_truth
-from defectkit.inference.inspector import Inspector, TorchBackend
+from defectkit.inference.inspector import Inspector, TorchBackend, inference_device
 from defectkit.inference.saved_model import InputSpec, ModelCard, Thresholds, git_commit, save_model
 from defectkit.metrics import best_f1_threshold, image_metrics
 from defectkit.metrics.thresholds import Placement
@@ -280,8 +280,9 @@ def train(
         init=config.weights or "random",
         multilabel=spec.multilabel,
     )
-    model = model.cpu().eval()
-    backend = TorchBackend(model, card)
+    device = inference_device(config.trainer.accelerator)
+    model = model.to(device).eval()
+    backend = TorchBackend(model, card, device)
     inspector = Inspector(card, backend, MODEL_DIR)
     thresholds = spec.fixed_thresholds(config)
     labels = [int(s.label or 0) for s in data.val]
@@ -308,4 +309,4 @@ def train(
             "data_fingerprint": data_fingerprint([*data.train, *data.val]),
         }
     )
-    return save_model(out / MODEL_DIR, model, card)
+    return save_model(out / MODEL_DIR, model.cpu(), card)
