@@ -113,9 +113,12 @@ OUTPUT_PATHSPECS = (":(top,exclude)benchmarks", ":(top,exclude)BENCHMARKS.md")
 def git_commit(root: str | Path | None = None) -> str | None:
     """Short commit of the working tree (with ``+dirty`` when it has changes), or None outside git.
 
-    A copy of a checkout without its ``.git`` (a tree shipped to a GPU machine) names its commit in
-    ``DEFECTKIT_COMMIT``; git's own answer wins wherever git can give one.
+    ``DEFECTKIT_COMMIT``, when set, names it instead: a tree shipped to a GPU machine may carry no
+    ``.git``, or a stale one (a lent machine's copy answered the session's first commit, plus
+    ``+dirty``, for code two commits later).
     """
+    if named := os.environ.get("DEFECTKIT_COMMIT"):
+        return named
     cwd = Path(root) if root else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
@@ -129,7 +132,7 @@ def git_commit(root: str | Path | None = None) -> str | None:
             text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("DEFECTKIT_COMMIT") or None
+        return None
     return f"{commit}+dirty" if dirty else commit
 
 
