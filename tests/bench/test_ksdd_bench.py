@@ -36,6 +36,6 @@ def test_what_was_tried_is_noted_on_the_profile_it_was_tried_on(monkeypatch: pyt
     assert protocol.WEAK_LNET_TRIED_CPU in cpu.notes and protocol.WEAK_LNET_TRIED_CPU not in paper.notes
     assert "90-degree turns" in cpu.notes and "90-degree turns" in paper.notes
     assert protocol.SEGDEC_TRIED_CPU["full"] in captured(monkeypatch, protocol.ksdd_segdec, "cpu").notes
-    assert captured(monkeypatch, protocol.ksdd_segdec, "paper").notes is None
+    assert captured(monkeypatch, protocol.ksdd_segdec, "paper").notes == protocol.SEGDEC_TRIED_PAPER["full"]
     weak = captured(monkeypatch, protocol.ksdd_segdec, "paper", supervision="weak")
     assert weak.notes == "image labels only, with " + " ".join(protocol.WEAK_OVERRIDES)

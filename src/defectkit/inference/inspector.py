@@ -9,7 +9,8 @@ onnxruntime back-end in :mod:`defectkit.inference.onnx_backend`. Both run the sa
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -71,8 +72,25 @@ class TorchBackend:
 
     @torch.inference_mode()
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, ...]:
-        outputs = self.graph(torch.from_numpy(raw).to(self.device))
-        return tuple(output.float().cpu().numpy() for output in outputs)
+        with full_float32(self.device):
+            outputs = self.graph(torch.from_numpy(raw).to(self.device))
+            return tuple(output.float().cpu().numpy() for output in outputs)
+
+
+@contextmanager
+def full_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 arithmetic on a CUDA device for the duration (TF32 off), so that thresholds
+    calibrated on a GPU hold where the model is deployed, usually the CPU; a no-op elsewhere. The
+    switches are process-wide: the previous values come back on exit."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, convolution = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, convolution
 
 
 @dataclass
@@ -366,11 +384,13 @@ def _resize(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def inference_device(accelerator: str = "auto") -> str:
-    """Where training's threshold calibration and a bench's scoring run: the GPU when the config's
-    ``trainer.accelerator`` lets Lightning train on one and one is present, else the CPU.
+    """Where training's threshold calibration and a bench's scoring run: a CUDA GPU when the config's
+    ``trainer.accelerator`` lets Lightning train on one and one is present, else the CPU (Apple's
+    MPS included: it is not used for scoring).
 
     A full-resolution model (segdec at 1408x512: about 0.5 TFLOP per image) scores in minutes on a
-    GPU and in hours on CPU cores; scores and thresholds then come from the same device.
+    GPU and in hours on CPU cores. The GPU scores in full float32 (:func:`full_float32`), so the
+    thresholds it calibrates hold on a CPU deployment too.
     """
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "cuda"

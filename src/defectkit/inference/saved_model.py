@@ -113,9 +113,9 @@ OUTPUT_PATHSPECS = (":(top,exclude)benchmarks", ":(top,exclude)BENCHMARKS.md")
 def git_commit(root: str | Path | None = None) -> str | None:
     """Short commit of the working tree (with ``+dirty`` when it has changes), or None outside git.
 
-    ``DEFECTKIT_COMMIT``, when set, names it instead: a tree shipped to a GPU machine may carry no
-    ``.git``, or a stale one (a lent machine's copy answered the session's first commit, plus
-    ``+dirty``, for code two commits later).
+    ``DEFECTKIT_COMMIT``, when set, names it instead, whatever ``root`` is: a tree copied to another
+    machine may lack ``.git`` or carry a stale one. Set it on the source checkout from this function
+    itself, so that ``+dirty`` survives (README.md shows how).
     """
     if named := os.environ.get("DEFECTKIT_COMMIT"):
         return named
