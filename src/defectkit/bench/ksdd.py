@@ -237,8 +237,10 @@ def ksdd_segdec(request: BenchRequest) -> Path:
     if request.supervision == "weak":
         overrides += WEAK_OVERRIDES
         notes.append("image labels only, with " + " ".join(WEAK_OVERRIDES))
-    tried = {"cpu": SEGDEC_TRIED_CPU}.get(request.profile, {})
-    if request.profile == "paper" and not request.overrides:
+    tried: Mapping[str, str] = {}
+    if request.profile == "cpu":
+        tried = SEGDEC_TRIED_CPU
+    elif request.profile == "paper" and not request.overrides:
         tried = SEGDEC_TRIED_PAPER
     if supervision in tried:
         notes.append(tried[supervision])

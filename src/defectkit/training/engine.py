@@ -309,4 +309,4 @@ def train(
             "data_fingerprint": data_fingerprint([*data.train, *data.val]),
         }
     )
-    return save_model(out / MODEL_DIR, model.cpu(), card)
+    return save_model(out / MODEL_DIR, model, card)  # it writes CPU copies of the weights
