@@ -51,7 +51,13 @@ def train(
     console.print(
         escape(
             f"saved {model_dir}: threshold {card.thresholds.decision:.4f} ({card.thresholds.rule}), "
-            f"validation AP {metrics.get('ap', float('nan')):.4f}, "
+            f"validation AP {_figure(metrics.get('ap'))}, "
             f"FP {metrics.get('fp')}, FN {metrics.get('fn')} on {metrics.get('n_images')} images"
         )
     )
+
+
+def _figure(value: object) -> str:
+    # AP is undefined (null) when the validation split holds one class only, e.g. NEU-DET, where
+    # every image is defective.
+    return f"{value:.4f}" if isinstance(value, int | float) else "undefined"
