@@ -1,8 +1,35 @@
-from defectkit.cli.train import _figure
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from defectkit.cli.main import app
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "aux_net" / "neu-det.yaml"
 
 
-def test_undefined_ap_is_printed_not_raised() -> None:
-    # NEU-DET validation splits hold defective images only: AP is null in the model card.
-    assert _figure(None) == "undefined"
-    assert _figure(0.98765) == "0.9877"
-    assert _figure(1) == "1.0000"
+def test_undefined_validation_ap_is_summarised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # NEU-DET's validation split holds defective images only: the model card's AP is null, and the
+    # summary line must say so rather than fail after a finished training.
+    card = SimpleNamespace(
+        validation_metrics={"ap": None, "fp": 0, "fn": 0, "n_images": 225},
+        thresholds=SimpleNamespace(decision=0.5, rule="fixed 0.5, boxes 0.3"),
+        class_names=[],
+    )
+
+    def fake_train(*args: Any, **kwargs: Any) -> Path:
+        return tmp_path / "model"
+
+    monkeypatch.setattr("defectkit.training.engine.train", fake_train)
+    monkeypatch.setattr("defectkit.inference.saved_model.read_card", lambda path: card)
+    result = CliRunner().invoke(app, ["train", str(CONFIG), "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "validation AP undefined" in result.output
+
+    card.validation_metrics["ap"] = 0.98765
+    result = CliRunner().invoke(app, ["train", str(CONFIG), "--out", str(tmp_path), "-q"])
+    assert "validation AP 0.9877" in result.output

@@ -117,10 +117,11 @@ AUX_TRIED_CPU = {
     "(--set method_options.focal_gamma=2) lifted the multitask model to mAP@.5 0.769 and its detector "
     "fell to 0.745, so the multitask gain grew to +3.1 % relative, but that multitask run took 66 min, "
     "over the issue's 60 (the gamma-4 one: 59, on another EPYC of this kind); the same at 17 epochs "
-    "(--set trainer.epochs=17, to fit the 60) took 49 min, but its mAP@.5 fell to 0.749, under 0.75 "
-    "by 0.001, with the multitask model above its detector (0.742) by +1.0 % relative; levers not in "
-    "the rows: more epochs, a larger input, bf16-mixed precision (a quarter faster per epoch on an "
-    "AVX512-BF16 EPYC, mAP unmeasured)",
+    "(--set trainer.epochs=17, to fit the 60) took 49 min, but its mAP@.5 fell to 0.7494, 0.0006 under "
+    "0.75, with the multitask model above its detector (0.742) by +1.0 % relative; not in the rows: "
+    "bf16-mixed precision (trainer.precision; one 192 px epoch took 191 s against 257 s in float32 "
+    "on an AVX512-BF16 EPYC, mAP unmeasured), which would make room inside the 60 minutes for the "
+    "20 epochs or a larger input",
     "ksdd": "against the empty masks: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish once "
     "a Dice-trained head saturates at 0) and -V seg_reduction=batch (one Dice over the batch, so the "
     "good images' empty masks stop dominating)",
