@@ -25,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from defectkit.cli.evaluate import format_metric
 from defectkit.cli.main import app
 from defectkit.data.formats import read_dataset
 from defectkit.evaluation.contact_sheet import save_contact_sheet
@@ -63,13 +64,10 @@ def _summary(out: Path, started: float) -> Table:
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
 
-    def fmt(value: object) -> str:
-        return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
     table.add_row("test images (defective)", f"{metrics['n_images']} ({metrics['n_pos']})")
     for key in ("ap", "auroc", "fp", "fn", "fp_at_full_recall", "dice_pos"):
-        table.add_row(key, fmt(metrics.get(key)))
-    table.add_row("threshold (chosen on validation)", fmt(metrics.get("threshold")))
+        table.add_row(key, format_metric(metrics.get(key), digits=3))
+    table.add_row("threshold (chosen on validation)", format_metric(metrics.get("threshold"), digits=3))
     table.add_row("ONNX verdicts ok / defect", f"{verdicts['ok']} / {verdicts['defect']}")
     if latency:
         table.add_row("ONNX latency, median ms/image", f"{latency[len(latency) // 2]:.1f}")

@@ -28,7 +28,7 @@ def test_undefined_validation_ap_is_summarised(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr("defectkit.inference.saved_model.read_card", lambda path: card)
     result = CliRunner().invoke(app, ["train", str(CONFIG), "--out", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
-    assert "validation AP undefined" in result.output
+    assert "validation AP n/a" in result.output
 
     card.validation_metrics["ap"] = 0.98765
     result = CliRunner().invoke(app, ["train", str(CONFIG), "--out", str(tmp_path), "-q"])

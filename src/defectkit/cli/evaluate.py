@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -26,9 +25,13 @@ class Split(str, Enum):
     all = "all"
 
 
-def _format(value: Any) -> str:
+def format_metric(value: object, digits: int = 4) -> str:
+    """A metric as a table cell or summary figure; every command that prints metrics shows them so."""
+    # None (read back from JSON) and NaN both mean undefined, e.g. AP on a split with one class only.
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
     if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
+        return f"{value:.{digits}f}"
     if isinstance(value, dict | list):
         return "(in metrics.json)"  # per-class tables and confusion matrices do not fit a row
     return str(value)
@@ -87,7 +90,7 @@ def evaluate(
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
     for key, value in report.metrics.items():
-        table.add_row(key, _format(value))
+        table.add_row(key, format_metric(value))
     console.print(table)
     for name, path in report.files.items():
         console.print(f"{name:<20} {escape(str(path))}", soft_wrap=True)

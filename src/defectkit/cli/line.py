@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from defectkit.cli.data import progress_bar
 from defectkit.cli.errors import UsageError, fail, user_errors
-from defectkit.cli.evaluate import Split
+from defectkit.cli.evaluate import Split, format_metric
 from defectkit.cli.predict import SAVE_MASKS_HELP
 from defectkit.config import ConfigError
 
@@ -137,6 +136,6 @@ def evaluate(
     table.add_column("value", justify="right")
     for name, value in report.metrics.items():
         if name != "confusion":  # drawn in confusion.png
-            table.add_row(name, "n/a" if math.isnan(value) else f"{value:.4f}")
+            table.add_row(name, format_metric(value))
     console.print(table)
     console.print(escape(f"wrote {' and '.join(str(path) for path in written)}"))

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from defectkit.cli.errors import UsageError, user_errors
+from defectkit.cli.evaluate import format_metric
 from defectkit.config import ConfigError, load_config
 
 console = Console(highlight=False)
@@ -51,13 +52,7 @@ def train(
     console.print(
         escape(
             f"saved {model_dir}: threshold {card.thresholds.decision:.4f} ({card.thresholds.rule}), "
-            f"validation AP {_figure(metrics.get('ap'))}, "
+            f"validation AP {format_metric(metrics.get('ap'))}, "
             f"FP {metrics.get('fp')}, FN {metrics.get('fn')} on {metrics.get('n_images')} images"
         )
     )
-
-
-def _figure(value: object) -> str:
-    # AP is undefined (null) when the validation split holds one class only, e.g. NEU-DET, where
-    # every image is defective.
-    return f"{value:.4f}" if isinstance(value, int | float) else "undefined"
