@@ -32,4 +32,5 @@ def test_undefined_validation_ap_is_summarised(monkeypatch: pytest.MonkeyPatch, 
 
     card.validation_metrics["ap"] = 0.98765
     result = CliRunner().invoke(app, ["train", str(CONFIG), "--out", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
     assert "validation AP 0.9877" in result.output

@@ -27,7 +27,8 @@ class Split(str, Enum):
 
 def format_metric(value: object, digits: int = 4) -> str:
     """A metric as a table cell or summary figure; every command that prints metrics shows them so."""
-    # None (read back from JSON) and NaN both mean undefined, e.g. AP on a split with one class only.
+    # None (a null read back from a JSON or YAML file) and NaN both mean undefined, e.g. AP on a
+    # split with one class only.
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float):

@@ -46,10 +46,10 @@ def train(
 
     line = load_line(line_dir)
     metrics = line.router.card.validation_metrics
-    routing = float(metrics.get("routing_accuracy", float("nan")))
+    routing = format_metric(metrics.get("routing_accuracy"))
     console.print(
         escape(
-            f"saved line {line_dir}: router routing accuracy {routing:.4f} on "
+            f"saved line {line_dir}: router routing accuracy {routing} on "
             f"{int(metrics.get('n_images', 0))} validation images, {len(line.detectors)} detector(s)"
         )
     )

@@ -44,7 +44,7 @@ def train(
         console.print(
             escape(
                 f"saved {model_dir}: {len(card.class_names)} classes, validation accuracy "
-                f"{metrics['accuracy']:.4f} on {metrics.get('n_images')} images; unknown below "
+                f"{format_metric(metrics['accuracy'])} on {metrics.get('n_images')} images; unknown below "
                 f"similarity {1.0 - (card.thresholds.unknown or 1.0):.4f}"
             )
         )
