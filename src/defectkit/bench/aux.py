@@ -539,7 +539,7 @@ def _notes(
     size = f"{config.input.size[0]}x{config.input.size[1]}"
     notes = [f"input {size}, {config.trainer.epochs} epochs, {schedule}"]
     if config.trainer.precision not in ("32", "32-true"):  # "32": Lightning's alias
-        notes.append(f"trained at precision {config.trainer.precision} (the other rows: 32-bit)")
+        notes.append(f"trained at precision {config.trainer.precision} (rows without this note: 32-bit)")
     # The KolektorSDD note is about the empty masks of an overlap loss alone, reduced per image.
     overlap_only = options["seg_reduction"] == DEFAULT_REDUCTION and "bce" not in options["seg_loss"]
     if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or overlap_only):
