@@ -108,21 +108,13 @@ PAPER_TABLE_IV = {"none": 0.962, "se": 0.968, "sa": 0.963, "se+sa": 0.971}
 PAPER_DETECTION_GAIN = 0.1795
 # What has been tried against the cpu shortfalls (issue 8's targets), beside the rows they explain.
 AUX_TRIED_CPU = {
-    "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile: the other aux/neu-det rows are what "
-    "was tried (the paper's one cycle policy is the profile's schedule since it beat a constant rate for "
-    "both the multitask model and the detector; the constant-rate rows are --set "
-    "method_options.lr_schedule=constant); the GIoU box loss on the decoded boxes "
-    "(method_options.box_loss=giou) at 192x192 (input.size, near NEU-DET's native 200 px) halves the "
-    "training time at the same mAP@.5; focal gamma 2 (RetinaNet's; the paper's is 4) on top of those "
-    "(--set method_options.focal_gamma=2) lifted the multitask model to mAP@.5 0.769 and its detector "
-    "fell to 0.745, so the multitask gain grew to +3.1 % relative, but that multitask run took 66 min, "
-    "over the issue's 60 (the gamma-4 one: 59, on another EPYC of this kind); the same at 17 epochs "
-    "(--set trainer.epochs=17, to fit the 60) took 49 min, but its mAP@.5 fell to 0.7494, 0.0006 under "
-    "0.75, with the multitask model above its detector (0.742) by +1.0 % relative; bf16-mixed "
-    "precision (--set trainer.precision=bf16-mixed) ran the full 20 epochs in 36.8 min: mAP@.5 0.761 "
-    "(accuracy 1.000) against its detector's 0.759, so, like the float32 GIoU row at 192 px (58.6 "
-    "min), it meets every NEU-DET target, now with 23 min to spare, but by a multitask margin "
-    "(+0.2 % relative) too small to count without repeated seeds (every row is seed 0)",
+    "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile, the other aux/neu-det rows are what "
+    "was tried: a constant rate (method_options.lr_schedule=constant; the paper's one cycle beat it); "
+    "the GIoU box loss at 192x192 (method_options.box_loss=giou, input.size; the same mAP@.5 in half "
+    "the time); focal gamma 2 (RetinaNet's; the paper's is 4) on top, multitask 0.769 but in 66 min, "
+    "over the 60, and 0.7494 at 17 epochs; then bf16-mixed precision (trainer.precision), 20 epochs "
+    "in 36.8 min at 0.761 against its detector's 0.759, which meets every NEU-DET target by a margin "
+    "one seed-0 run cannot tell from noise; configs/aux_net/neu-det.yaml has the commands",
     "ksdd": "against the empty masks: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish once "
     "a Dice-trained head saturates at 0) and -V seg_reduction=batch (one Dice over the batch, so the "
     "good images' empty masks stop dominating)",
