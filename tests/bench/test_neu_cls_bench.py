@@ -209,3 +209,36 @@ def test_auto_epochs_choose_the_best_count_and_ties_go_to_the_shorter(
     assert choice["accuracy_by_epochs"] == pytest.approx({"1": 0.5, "2": 0.7, "3": 0.6})
     monkeypatch.setattr(protocol, "_classify", lambda *args: (0.5, None))
     assert protocol.base_epochs_cell(runner, "ce_baseline", [1], 1, (2, 1, 3))["chosen"] == 1
+
+
+def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bench --cells-only`` rebuilds a results file from the finished cells, records the command
+    that computed them, and stops on a missing cell (exit 1, its file named) before any training."""
+    from typer.testing import CliRunner
+
+    from defectkit.cli.main import app
+
+    runner = CliRunner()
+    results, cells = tmp_path / "results", tmp_path / "cells"
+    args = ["bench", "neu-cls/small-data", "-V", "shots=2", "-V", "repeats=2", "-V", "methods=linear_probe"]
+    folders = ["--results", str(results), "--cells", str(cells), "--work", str(tmp_path / "work"), "-q"]
+    assert runner.invoke(app, [*args, *folders]).exit_code == 0
+    (written,) = results.glob("*.json")
+    first = json.loads(written.read_text())
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("--cells-only computed a cell")
+
+    monkeypatch.setattr(protocol, "small_data_cell", refuse)
+    written.unlink()
+    assert runner.invoke(app, [*args, *folders, "--cells-only"]).exit_code == 0
+    again = json.loads(written.read_text())
+    assert again["metrics"] == first["metrics"] and again["per_fold"] == first["per_fold"]
+    assert again["command"] == first["command"] and "--cells-only" not in again["command"]
+
+    next(cells.rglob("*.json")).unlink()
+    missing = runner.invoke(app, [*args, *folders, "--cells-only"])
+    assert missing.exit_code == 1
+    assert "--cells-only computes none" in missing.output and ".json" in missing.output

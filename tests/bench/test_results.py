@@ -12,6 +12,7 @@ import pytest
 from defectkit.bench.render import render_benchmarks, render_markdown
 from defectkit.bench.results import (
     CellCache,
+    CellMissingError,
     cells_machine,
     machine_info,
     read_results,
@@ -137,15 +138,14 @@ def test_cell_cache_resumes(tmp_path: Path) -> None:
     def run_grid(stop_after: int | None = None) -> list[float]:
         results = []
         for fold in range(3):
-            key = f"fold={fold}"
-            cell = cache.get(key)
-            if cell is None:
+
+            def compute(fold: int = fold) -> dict[str, float]:
                 if stop_after is not None and len(computed) >= stop_after:
                     raise KeyboardInterrupt
                 computed.append(fold)
-                cell = {"ap": 0.5 + fold / 10, "dice": float("nan")}
-                cache.put(key, cell)
-            results.append(cell["ap"])
+                return {"ap": 0.5 + fold / 10, "dice": float("nan")}
+
+            results.append(cache.get_or_compute(f"fold={fold}", compute)["ap"])
         return results
 
     with pytest.raises(KeyboardInterrupt):
@@ -159,6 +159,19 @@ def test_cell_cache_resumes(tmp_path: Path) -> None:
     assert cache.path("a/b") != cache.path("a-b")  # distinct keys never share a file
     cache.path("fold=9").write_text("{truncated")
     assert cache.get("fold=9") is None
+
+
+def test_a_cells_only_cache_reads_finished_cells_and_computes_none(tmp_path: Path) -> None:
+    CellCache(tmp_path).put("fold=0", {"ap": 0.5})
+    cells_only = CellCache(tmp_path, cells_only=True)
+
+    def refuse() -> dict[str, float]:
+        raise AssertionError("a cells-only cache computed a cell")
+
+    assert cells_only.get_or_compute("fold=0", refuse)["ap"] == 0.5
+    with pytest.raises(CellMissingError, match=r"'fold=1'.*\.json\).*--cells-only"):
+        cells_only.get_or_compute("fold=1", refuse)
+    assert "fold=1" not in cells_only
 
 
 def test_cells_name_the_commit_and_machine_that_computed_them(tmp_path: Path) -> None:

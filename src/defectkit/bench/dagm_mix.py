@@ -54,6 +54,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -518,6 +519,33 @@ def _per_split(split: int, cell: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def split_cell(
+    config: RunConfig,
+    data: MixFeatures,
+    split: int,
+    features: str,
+    generator: str,
+    options: SBADOptions,
+    real_ce: np.ndarray,
+    request: BenchRequest,
+    work: Path,
+) -> dict[str, Any]:
+    """One split's cell: ``generator`` trained on the split's seen surfaces (``features`` other
+    than frozen first fine-tune the backbone on them, in ``work``) and scored on its test images."""
+    parts = mix_split(data, split, config.data.val_fraction)
+    split_data = data
+    if features != "frozen":
+        seen = seen_features(config, work, split, parts, options, real_ce, request.progress)
+        split_data = replace(data, features=seen)
+    if generator == "softmax":
+        cell = softmax_cell(split_data, parts, options)
+    elif generator == "ridge":
+        cell = ridge_cell(split_data, parts, real_ce, options)
+    else:
+        cell = sbad_cell(split_data, parts, real_ce, options)
+    return {**cell, "commit": request.commit}
+
+
 def run_sbad(request: BenchRequest) -> Path:
     protocol = "dagm-mix/sbad"
     check_options(request.variant, OPTIONS, protocol)
@@ -551,23 +579,11 @@ def run_sbad(request: BenchRequest) -> Path:
                 # Frozen-feature keys stay as they were before option (b) existed.
                 trained = "" if features == "frozen" else f"/features-{features}-{options.backbone_epochs}"
                 key = f"{generator}/{ce}{trained}/split{split}/config-{config_key}"
-                cell = cache.get(key)
-                if cell is None:
-                    parts = mix_split(data, split, config.data.val_fraction)
-                    split_data = data
-                    if features != "frozen":
-                        work = request.work_root / name
-                        seen = seen_features(config, work, split, parts, options, real_ce, request.progress)
-                        split_data = replace(data, features=seen)
-                    if generator == "softmax":
-                        cell = softmax_cell(split_data, parts, options)
-                    elif generator == "ridge":
-                        cell = ridge_cell(split_data, parts, real_ce, options)
-                    else:
-                        cell = sbad_cell(split_data, parts, real_ce, options)
-                    cell["commit"] = request.commit
-                    cell = cache.put(key, cell)
-                cells.append(cell)
+                work = request.work_root / name
+                compute = partial(
+                    split_cell, config, data, split, features, generator, options, real_ce, request, work
+                )
+                cells.append(cache.get_or_compute(key, compute))
             variant: dict[str, Any] = {
                 "generator": generator,
                 "splits": n_splits,

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,16 +158,18 @@ def fold_cells(
     cells = []
     fingerprint = config_fingerprint(config)
     for fold, split in enumerate(splits):
-        train_idx, val_idx, test_idx = split
         key = f"{prefix}fold{fold}/config-{fingerprint}-data-{split_fingerprint(dataset, split)}"
-        cell = cache.get(key)
-        if cell is None:
-            data = prepared_data(dataset, config, train_idx, val_idx)
-            test = [dataset.samples[i] for i in test_idx]
-            cell = run(data, test, work_stem.with_name(f"{work_stem.name}-fold{fold}"))
-            cell = cache.put(key, cell)
-        cells.append(cell)
+        work = work_stem.with_name(f"{work_stem.name}-fold{fold}")
+        cells.append(cache.get_or_compute(key, partial(_fold_run, run, dataset, config, split, work)))
     return cells
+
+
+def _fold_run(
+    run: FoldRun, dataset: GridDataset, config: RunConfig, split: Split, work: Path
+) -> dict[str, Any]:
+    train_idx, val_idx, test_idx = split
+    data = prepared_data(dataset, config, train_idx, val_idx)
+    return run(data, [dataset.samples[i] for i in test_idx], work)
 
 
 def split_fingerprint(dataset: GridDataset, split: tuple[list[int], list[int] | None, list[int]]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,7 @@ def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: l
     segmentation = scored.segmentation.compute() if scored.segmentation is not None else {}
     wall_s = time.perf_counter() - started
     return {
+        "commit": request.commit,  # the code that trained it, whenever it is summarised
         "wall_s": wall_s,
         "fold": fold,
         "threshold": threshold,
@@ -163,13 +165,9 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
     cells = []
     for fold, (train_idx, test_idx) in enumerate(folds):
         key = f"fold{fold}/config-{config_fingerprint(config)}"
-        cell = cache.get(key)
-        if cell is None:
-            work = request.work_root / name
-            cell = _fold_cell(config, request, fold, train_idx, test_idx, samples, work)
-            cell["commit"] = request.commit  # the code that trained it, whenever it is summarised
-            cell = cache.put(key, cell)
-        cells.append(cell)
+        work = request.work_root / name
+        compute = partial(_fold_cell, config, request, fold, train_idx, test_idx, samples, work)
+        cells.append(cache.get_or_compute(key, compute))
 
     labels = np.concatenate([c["labels"] for c in cells])
     scores = np.concatenate([c["scores"] for c in cells])

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -113,18 +114,23 @@ def cached_features(samples: Sequence[Sample], backbone: FeatureBackbone, spec: 
                     request: BenchRequest, cells: CellCache) -> tuple[np.ndarray, float]:  # fmt: skip
     """The backbone's features of ``samples`` (read from ``cache`` when there) and the seconds they
     took to compute; a cache file whose time no cell recorded is computed again, so the protocol's
-    wall time is whole."""
+    wall time is whole. A cells-only run recomputes a missing file (its summary reads the features)
+    but keeps the committed time."""
     key = f"features/{cache.stem}"
     timed = cells.get(key)
     if cache.is_file() and timed is not None:
         loaded: np.ndarray = np.load(cache)
         return loaded, float(timed["seconds"])
+    if cells.cells_only and timed is None:
+        raise cells.missing(key)
     started = time.perf_counter()
     images = (read_image(s.path) for s in tqdm(samples, desc="features", disable=not request.progress))
     features = backbone_features(backbone, spec, images)
     seconds = time.perf_counter() - started
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, features)
+    if cells.cells_only and timed is not None:
+        return features, float(timed["seconds"])
     cells.put(key, {"seconds": seconds, "images": len(samples)})
     return features, seconds
 
@@ -223,11 +229,8 @@ def run_line(request: BenchRequest) -> Path:
     routes = []
     for split in range(n_splits):
         key = f"route/split{split}/config-{line_key}"
-        cell = cache.get(key)
-        if cell is None:
-            cell = route_cell(mix, split, router_config.data.val_fraction, setup, request)
-            cell = cache.put(key, cell)
-        routes.append(cell)
+        compute = partial(route_cell, mix, split, router_config.data.val_fraction, setup, request)
+        routes.append(cache.get_or_compute(key, compute))
 
     # Detectors, one per surface, scoring their own test split and what the routers sent them.
     detector_configs = {
@@ -250,23 +253,16 @@ def run_line(request: BenchRequest) -> Path:
     for surface in surfaces:
         trained_key = f"detector/{surface}/config-{detector_key}"
         work_dir = work / "detectors" / surface
-        trained = cache.get(trained_key)
-        if trained is None:
-            trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
-            trained = cache.put(trained_key, trained)
+        config = detector_configs[surface]
+        train_detector = partial(detector_cell, config, work_dir, samples, surface, request)
+        cache.get_or_compute(trained_key, train_detector)
         routed = sorted(asked.get(surface, set()))
         routed_key = f"routed/{surface}/config-{detector_key}-images-{fingerprint(routed)}"
-        extra = cache.get(routed_key)
-        if extra is None:
-            missing = [i for i in routed if str(i) not in trained["scores"]]
-            if missing and not (work_dir / "model" / CARD_NAME).is_file():
-                # The trained model is not on this machine (its cell came with the checkout).
-                trained = detector_cell(detector_configs[surface], work_dir, samples, surface, request)
-                trained = cache.put(trained_key, trained)
-            detector = load_inspector(work_dir / "model")
-            scores, score_s = score_images(detector, samples, missing, f"{surface} routed", request)
-            extra = {"scores": rounded(scores), "score_s": score_s}
-            cache.put(routed_key, extra)
+        score_routed = partial(
+            routed_cell, cache, trained_key, train_detector, work_dir, samples, routed, surface, request
+        )
+        extra = cache.get_or_compute(routed_key, score_routed)
+        trained = cache.get_or_compute(trained_key, train_detector)  # routed_cell may have retrained it
         detectors[surface] = {
             **trained,
             "scores": {**trained["scores"], **extra["scores"]},
@@ -326,6 +322,30 @@ def run_line(request: BenchRequest) -> Path:
         ),
         root=request.results_root,
     )
+
+
+def routed_cell(
+    cache: CellCache,
+    trained_key: str,
+    train_detector: Callable[[], dict[str, Any]],
+    work_dir: Path,
+    samples: list[Sample],
+    routed: Sequence[int],
+    surface: str,
+    request: BenchRequest,
+) -> dict[str, Any]:
+    """The scores of the images routers sent to ``surface``'s detector that its own cell
+    (``trained_key``) lacks. When its model is not on this machine (the cell came with the
+    checkout), the detector is trained again and its cell replaced, so both come from one model."""
+    trained = cache.get_or_compute(trained_key, train_detector)
+    missing = [i for i in routed if str(i) not in trained["scores"]]
+    if not missing:
+        return {"scores": {}, "score_s": 0.0}
+    if not (work_dir / "model" / CARD_NAME).is_file():
+        cache.put(trained_key, train_detector())
+    detector = load_inspector(work_dir / "model")
+    scores, score_s = score_images(detector, samples, missing, f"{surface} routed", request)
+    return {"scores": rounded(scores), "score_s": score_s}
 
 
 def route_cell(mix: MixFeatures, split: int, val_fraction: float, router: RouterSetup,
@@ -475,12 +495,8 @@ def run_products(request: BenchRequest) -> Path:
     cells = []
     for held, unseen in enumerate(names):
         cell_key = f"unseen-{unseen}/config-{config_key}"
-        cell = cache.get(cell_key)
-        if cell is None:
-            cell = product_cell(features, surface, role, names, held, setup)
-            cell["commit"] = request.commit
-            cell = cache.put(cell_key, cell)
-        cells.append(cell)
+        compute = partial(product_cell, features, surface, role, names, held, setup, request.commit)
+        cells.append(cache.get_or_compute(cell_key, compute))
     numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
     metrics = {
         k: {
@@ -523,8 +539,9 @@ def run_products(request: BenchRequest) -> Path:
 
 
 def product_cell(features: np.ndarray, surface: np.ndarray, role: np.ndarray, names: list[str], held: int,
-                 router: RouterSetup) -> dict[str, Any]:  # fmt: skip
-    """One product unseen: train on the other four, score their test images and all of it."""
+                 router: RouterSetup, commit: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """One product unseen: train on the other four, score their test images and all of it
+    (``commit``: the code that trained it, whenever it is summarised)."""
     seen = surface != held
     train_idx = np.flatnonzero(seen & (role == 0))
     val_idx = np.flatnonzero(seen & (role == 1))
@@ -547,6 +564,7 @@ def product_cell(features: np.ndarray, surface: np.ndarray, role: np.ndarray, na
     truth = np.asarray([names[s] for s in surface[test_idx]])
     return {
         "unseen": names[held],
+        "commit": commit,
         "train_s": train_s,
         "unknown_threshold": threshold,
         "metrics": {

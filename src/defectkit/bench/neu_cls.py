@@ -32,6 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -405,14 +406,11 @@ def _run_cells(
 ) -> list[dict[str, Any]]:
     """Each cell from the cache, or computed, stamped with ``commit`` (the code that trained it) and
     stored."""
-    cells = []
-    for key, compute in keys:
-        cell = cache.get(key)
-        if cell is None:
-            cell = {**compute(), "commit": commit}
-            cell = cache.put(key, cell)
-        cells.append(cell)
-    return cells
+    return [cache.get_or_compute(key, partial(_stamped, compute, commit)) for key, compute in keys]
+
+
+def _stamped(compute: Callable[[], dict[str, Any]], commit: str | None) -> dict[str, Any]:
+    return {**compute(), "commit": commit}
 
 
 def _accuracy_summary(accuracies: np.ndarray) -> dict[str, float | None]:

@@ -1,8 +1,10 @@
 """Paper protocols: ``defectkit bench NAME`` runs one and writes its results file.
 
-A protocol registers with :func:`register_protocol`. It must write each finished cell (a fold, a
-seed) to a :class:`~defectkit.bench.results.CellCache` and skip cells already there, so a grid
-can span sessions; the pooled results file is written once every cell is done.
+A protocol registers with :func:`register_protocol`. It must get each cell (a fold, a seed)
+through :meth:`~defectkit.bench.results.CellCache.get_or_compute`, which skips cells already
+there and stores each new one as it finishes, so a grid can span sessions and ``--cells-only``
+can rebuild its results without training; the pooled results file is written once every cell is
+done.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ class BenchRequest:
     # The code that runs is the code at start: commits made while a long grid runs must not be
     # credited with its figures.
     commit: str | None = field(default_factory=git_commit)
+    # Summarise the committed cells only; a missing one is an error, never trained (--cells-only).
+    cells_only: bool = False
 
     def cells(self, name: str) -> CellCache:
-        return CellCache(self.cells_root / name)
+        return CellCache(self.cells_root / name, cells_only=self.cells_only)
 
     def set_variant(self, exclude: Collection[str] = ()) -> dict[str, str]:
         """``{"set": ...}`` naming this run's ``--set`` overrides, for a protocol's results variant,

@@ -20,7 +20,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,17 +255,27 @@ def _previous_machine(path: Path, commit: str) -> Mapping[str, Any] | None:
     return machine if isinstance(machine, Mapping) else None
 
 
+class CellMissingError(LookupError):
+    """A cell that a cells-only cache was asked for has no finished file."""
+
+
 class CellCache:
-    """One JSON file per finished cell of a grid (``get`` / ``put`` by a string key).
+    """One JSON file per finished cell of a grid (``get`` / ``put`` by a string key, or
+    :meth:`get_or_compute`).
 
     Keys are free text (``"fold=2"``, ``"seed=1/shots=5"``); the file name is a readable slug
     plus a short hash of the exact key, so distinct keys never share a file. A cell file is
     written atomically, so it either holds a whole result or does not exist. A file that cannot
     be read back (edited by hand, disk trouble) counts as missing: the cell is simply recomputed.
+
+    ``cells_only``: never compute a cell (``defectkit bench --cells-only``): results files are
+    rebuilt from the committed cells alone, after a change to how they are summarised, and a
+    missing cell stops the run with its key and file instead of starting hours of training.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, *, cells_only: bool = False) -> None:
         self.directory = Path(directory)
+        self.cells_only = cells_only
 
     def path(self, key: str) -> Path:
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10]
@@ -296,6 +306,24 @@ class CellCache:
         stored = json.dumps(json_ready({"key": key, "value": cell}), separators=(",", ":"), allow_nan=False)
         write_atomic(self.path(key), stored + "\n")
         return cell
+
+    def get_or_compute(self, key: str, compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """The stored cell ``key``, else ``compute()``'s, stored as soon as it returns (as
+        :meth:`put` gives it back). A cells-only cache raises :class:`CellMissingError` instead of
+        computing."""
+        cell = self.get(key)
+        if cell is not None:
+            return cell
+        if self.cells_only:
+            raise self.missing(key)
+        return self.put(key, compute())
+
+    def missing(self, key: str) -> CellMissingError:
+        """The error a cells-only run stops with when cell ``key`` has no finished file."""
+        return CellMissingError(
+            f"cell {key!r} has no finished file ({self.path(key)}) and --cells-only computes none; "
+            "run without --cells-only to compute it"
+        )
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from defectkit.cli.errors import UsageError, user_errors
+from defectkit.cli.errors import UsageError, fail, user_errors
 
 console = Console(highlight=False)
 
@@ -41,6 +41,13 @@ def bench(
     cells: Path = typer.Option(
         Path("benchmarks/cells"), help="Finished cells (folds, repeats): committed, so grids span sessions."
     ),
+    cells_only: bool = typer.Option(
+        False,
+        "--cells-only",
+        help="Rewrite the results from the finished cells in CELLS only: a missing cell is an error, "
+        "nothing is trained (inputs a summary reads, such as generated images or frozen features, "
+        "are still made when absent).",
+    ),
     list_: bool = typer.Option(False, "--list", help="List the protocols and exit."),
     render_only: bool = typer.Option(False, "--render", help="Only regenerate BENCHMARKS.md from results."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -55,11 +62,13 @@ def bench(
         return
     if not render_only:
         from defectkit.bench.protocols import BenchRequest, run_protocol
+        from defectkit.bench.results import CellMissingError
 
         if protocol is None:
             raise UsageError("name a protocol (defectkit bench --list shows them)")
         tail = sys.argv[sys.argv.index(protocol) :] if protocol in sys.argv else [protocol]
-        command = "defectkit bench " + shlex.join(tail)
+        # The command that computed the cells, which --cells-only only summarises again.
+        command = "defectkit bench " + shlex.join(a for a in tail if a != "--cells-only")
         options = {}
         for item in variant:
             key, sep, value = item.partition("=")
@@ -67,10 +76,13 @@ def bench(
                 raise UsageError(f"--variant {item!r}: expected KEY=VALUE, e.g. positives=10")
             options[key.strip()] = value.strip()
         request = BenchRequest(
-            profile, supervision, command, results, work, not quiet, options, list(overrides), cells
-        )
+            profile, supervision, command, results, work, not quiet, options, list(overrides), cells,
+            cells_only=cells_only,
+        )  # fmt: skip
         try:
             path = run_protocol(protocol, request)
+        except CellMissingError as error:
+            raise fail(str(error)) from None
         except KeyError as error:
             raise UsageError(str(error.args[0])) from None
         console.print(escape(f"wrote {path}"))
