@@ -252,6 +252,31 @@ def test_render_is_deterministic_and_shows_ours_vs_paper(tmp_path: Path) -> None
     assert "No results yet" in render_markdown([])
 
 
+def test_render_sets_a_papers_ablation_side_by_side(tmp_path: Path) -> None:
+    """Under an aux protocol's table, the rows that differ in one ablated setting alone stand
+    together, in the setting's order; a setting with one value, or another protocol, gets none."""
+    root = tmp_path / "results"
+    fixed = {"tasks": "all", "seg_loss": "dice", "fraction": 1.0}
+    for attention, accuracy in (("se+sa", 0.97), ("none", 0.95), ("se", 0.96)):
+        paper = {"accuracy": 0.971} if attention == "se+sa" else {}
+        variant = {**fixed, "attention": attention}
+        _write(root, protocol="aux/x", variant=variant, metrics={"accuracy": accuracy}, paper=paper)
+    halved = {**fixed, "attention": "sa", "fraction": 0.5}
+    _write(root, protocol="aux/x", variant=halved, metrics={"accuracy": 0.9}, paper={})
+    _write(root, variant={"attention": "none"})
+    _write(root, variant={"attention": "se"})
+    text = render_benchmarks(root, tmp_path / "BENCHMARKS.md").read_text()
+    captions = [line for line in text.splitlines() if "varied" in line]
+    assert captions == [
+        "paper 000's Table IV (attention): attention varied, fraction=1.000, seg_loss=dice, tasks=all, "
+        "profile cpu (rows of the table above):"
+    ]
+    table = text.split(captions[0])[1].split("\n\n")[1].splitlines()
+    assert table[0].startswith("| attention | accuracy (ours) | accuracy (paper) |")
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| none", "| se", "| se+sa"]
+    assert table[2].startswith("| none | 0.950 | – |") and table[4].startswith("| se+sa | 0.970 | 0.971 |")
+
+
 def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> None:
     root = tmp_path / "results"
     _write(root, metrics={"ap": 0.99, "fn": 1, "pixel_auroc": 0.81, "dice_pos": None}, paper={"ap": 0.995})

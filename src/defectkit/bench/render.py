@@ -3,7 +3,8 @@
 One table per protocol (sorted by name), one row per variant x profile (sorted), and for each
 metric the paper reports our figure beside the paper's, then wall time, inference speed, the
 machine, the commit and the exact command that reproduces the row; the rows' notes follow, a
-clause several rows share written once. The output depends only on the results files' contents
+clause several rows share written once, then a paper's ablations (:data:`ABLATIONS`) as the
+paper prints them: the rows that differ in one setting alone, side by side. The output depends only on the results files' contents
 (no render time, no absolute paths, everything sorted), so rendering twice without changes gives
 identical bytes and a diff of BENCHMARKS.md shows only real changes.
 """
@@ -101,6 +102,14 @@ INFO_METRICS = (
     "dice_single",
 )
 MISSING = "–"
+# Settings a paper varies one at a time: (protocol prefix, variant key, the paper's table). Under such
+# a protocol's table, the rows that differ in that key alone are set side by side, one small table
+# per combination of the other settings, so a paper's ablation reads as the paper prints it.
+ABLATIONS = (
+    ("aux/", "attention", "paper 000's Table IV (attention)"),
+    ("aux/", "seg_loss", "paper 000's Table I (segmentation loss)"),
+    ("aux/", "fraction", "paper 000's Fig. 10 (share of the training data)"),
+)
 
 
 def _metric_key(name: str) -> tuple[int, str]:
@@ -209,12 +218,8 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
     lines.append("|" + "|".join("---" for _ in header) + "|")
     notes: list[tuple[str, str]] = []
     for record in rows:
-        metrics = record.get("metrics") or {}
-        paper = record.get("paper") or {}
         cells = [_variant(record), _cell(str(record.get("profile", MISSING)))]
-        for name in paper_metrics:
-            cells += [_number(metrics.get(name)), _number(paper.get(name))]
-        cells += [_number(metrics.get(name)) for name in own_metrics]
+        cells += _metric_cells(record, paper_metrics, own_metrics)
         cells += [
             _number(record.get("n_images")),
             _duration(record.get("wall_time_s")),
@@ -227,9 +232,66 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
         if record.get("notes"):
             notes.append((f"{cells[0]} / {cells[1]}", str(record["notes"])))
     lines += _notes(notes)
+    lines += _ablations(protocol, rows, paper_metrics, own_metrics)
     for record in records:
         lines += _confusion(record)
     lines.append("")
+    return lines
+
+
+def _metric_cells(
+    record: Mapping[str, Any], paper_metrics: Sequence[str], own_metrics: Sequence[str]
+) -> list[str]:
+    """A row's metric columns: ours beside the paper's for each of ``paper_metrics``, then ours."""
+    metrics = record.get("metrics") or {}
+    paper = record.get("paper") or {}
+    cells = []
+    for name in paper_metrics:
+        cells += [_number(metrics.get(name)), _number(paper.get(name))]
+    return cells + [_number(metrics.get(name)) for name in own_metrics]
+
+
+def _ordered(value: Any) -> tuple[int, float, str]:
+    """Numbers in numeric order, then text in alphabetical order."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return (0, float(value), "") if number else (1, 0.0, str(value))
+
+
+def _ablations(
+    protocol: str, rows: Sequence[Mapping[str, Any]], paper_metrics: Sequence[str], own_metrics: Sequence[str]
+) -> list[str]:
+    """For each of the protocol's :data:`ABLATIONS`, the rows that differ in that setting alone, one
+    small table per combination of the other settings (and profile) that has two values or more."""
+    lines: list[str] = []
+    for prefix, key, title in ABLATIONS:
+        if not protocol.startswith(prefix):
+            continue
+        groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        for record in rows:
+            variant = dict(record.get("variant") or {})
+            if key not in variant:
+                continue
+            del variant[key]
+            fixed = ", ".join(f"{k}={_number(variant[k])}" for k in sorted(variant)) or "default"
+            groups.setdefault((str(record.get("profile", MISSING)), fixed), []).append(record)
+        for (profile, fixed), members in sorted(groups.items()):
+            if len({str(m["variant"][key]) for m in members}) < 2:
+                continue
+            header = [key]
+            for name in paper_metrics:
+                header += [f"{name} (ours)", f"{name} (paper)"]
+            header += [*own_metrics, "wall time", "commit"]
+            lines += [
+                "",
+                f"{title}: {key} varied, {_cell(fixed)}, profile {_cell(profile)} (rows of the table above):",
+                "",
+                "| " + " | ".join(header) + " |",
+                "|" + "|".join("---" for _ in header) + "|",
+            ]
+            for record in sorted(members, key=lambda m: _ordered(m["variant"][key])):
+                cells = [_number(record["variant"][key]), *_metric_cells(record, paper_metrics, own_metrics)]
+                cells += [_duration(record.get("wall_time_s")), _cell(str(record.get("commit") or MISSING))]
+                lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
