@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,8 @@ def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
     results, cells = tmp_path / "results", tmp_path / "cells"
     args = ["bench", "neu-cls/small-data", "-V", "shots=2", "-V", "repeats=2", "-V", "methods=linear_probe"]
     folders = ["--results", str(results), "--cells", str(cells), "--work", str(tmp_path / "work"), "-q"]
+    # The recorded command comes from sys.argv, which CliRunner leaves alone.
+    monkeypatch.setattr(sys, "argv", ["defectkit", *args, *folders])
     assert runner.invoke(app, [*args, *folders]).exit_code == 0
     (written,) = results.glob("*.json")
     first = json.loads(written.read_text())
@@ -233,12 +236,19 @@ def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
 
     monkeypatch.setattr(protocol, "small_data_cell", refuse)
     written.unlink()
+    monkeypatch.setattr(sys, "argv", ["defectkit", *args, *folders, "--cells-only"])
     assert runner.invoke(app, [*args, *folders, "--cells-only"]).exit_code == 0
     again = json.loads(written.read_text())
     assert again["metrics"] == first["metrics"] and again["per_fold"] == first["per_fold"]
-    assert again["command"] == first["command"] and "--cells-only" not in again["command"]
+    assert again["command"] == first["command"] and "shots=2" in again["command"]
+    assert "--cells-only" not in again["command"]
 
     next(cells.rglob("*.json")).unlink()
     missing = runner.invoke(app, [*args, *folders, "--cells-only"])
     assert missing.exit_code == 1
     assert "--cells-only computes none" in missing.output and ".json" in missing.output
+
+    # A protocol that keeps no cells would measure afresh: refused, as --render with --cells-only is.
+    for refused in (["bench", "service", "--cells-only"], ["bench", "--render", "--cells-only"]):
+        usage = runner.invoke(app, refused)
+        assert usage.exit_code == 2 and "--cells-only" in usage.output

@@ -263,18 +263,22 @@ def test_render_sets_a_papers_ablation_side_by_side(tmp_path: Path) -> None:
         _write(root, protocol="aux/x", variant=variant, metrics={"accuracy": accuracy}, paper=paper)
     halved = {**fixed, "attention": "sa", "fraction": 0.5}
     _write(root, protocol="aux/x", variant=halved, metrics={"accuracy": 0.9}, paper={})
+    # Random init is another setting: the row stays out of the attention table.
+    random = {**fixed, "attention": "sa"}
+    _write(root, protocol="aux/x", variant=random, metrics={"accuracy": 0.8}, paper={}, init="random")
     _write(root, variant={"attention": "none"})
     _write(root, variant={"attention": "se"})
     text = render_benchmarks(root, tmp_path / "BENCHMARKS.md").read_text()
     captions = [line for line in text.splitlines() if "varied" in line]
     assert captions == [
         "paper 000's Table IV (attention): attention varied, fraction=1.000, seg_loss=dice, tasks=all, "
-        "profile cpu (rows of the table above):"
+        "profile cpu (rows of the table above, whose notes hold for them here):"
     ]
     table = text.split(captions[0])[1].split("\n\n")[1].splitlines()
     assert table[0].startswith("| attention | accuracy (ours) | accuracy (paper) |")
     assert [row.split(" | ")[0] for row in table[2:]] == ["| none", "| se", "| se+sa"]
     assert table[2].startswith("| none | 0.950 | – |") and table[4].startswith("| se+sa | 0.970 | 0.971 |")
+    assert "Xeon Platinum 8375C ×2" in table[2]
 
 
 def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> None:

@@ -148,7 +148,9 @@ def parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@register_protocol("aux/efficiency", "paper 000 Tables V-VI: multitask vs three single-task networks")
+@register_protocol(
+    "aux/efficiency", "paper 000 Tables V-VI: multitask vs three single-task networks", cells=False
+)
 def efficiency(request: BenchRequest) -> Path:
     check_options(request.variant, ("num_classes", "repeats"), "aux/efficiency")
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)

@@ -543,7 +543,7 @@ def split_cell(
         cell = ridge_cell(split_data, parts, real_ce, options)
     else:
         cell = sbad_cell(split_data, parts, real_ce, options)
-    return {**cell, "commit": request.commit}
+    return cell
 
 
 def run_sbad(request: BenchRequest) -> Path:

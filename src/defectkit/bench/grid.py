@@ -81,7 +81,6 @@ def score_cell(
     inspector = load_inspector(model_dir, device=inference_device(config.trainer.accelerator))
     scores = score_multilabel(inspector, test, config.input.channels)
     return {
-        "commit": request.commit,  # the code that trained this cell, whenever it is summarised
         "wall_s": time.perf_counter() - started,
         "train_s": train_s,
         "train_images": len(data.train),

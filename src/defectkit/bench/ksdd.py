@@ -134,7 +134,6 @@ def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: l
     segmentation = scored.segmentation.compute() if scored.segmentation is not None else {}
     wall_s = time.perf_counter() - started
     return {
-        "commit": request.commit,  # the code that trained it, whenever it is summarised
         "wall_s": wall_s,
         "fold": fold,
         "threshold": threshold,

@@ -114,23 +114,23 @@ def cached_features(samples: Sequence[Sample], backbone: FeatureBackbone, spec: 
                     request: BenchRequest, cells: CellCache) -> tuple[np.ndarray, float]:  # fmt: skip
     """The backbone's features of ``samples`` (read from ``cache`` when there) and the seconds they
     took to compute; a cache file whose time no cell recorded is computed again, so the protocol's
-    wall time is whole. A cells-only run recomputes a missing file (its summary reads the features)
-    but keeps the committed time."""
+    wall time is whole. A cells-only run computes no cell, and only cells read the features: it
+    gets the committed time and, without the file, a feature-less array of the right length."""
     key = f"features/{cache.stem}"
     timed = cells.get(key)
     if cache.is_file() and timed is not None:
         loaded: np.ndarray = np.load(cache)
         return loaded, float(timed["seconds"])
-    if cells.cells_only and timed is None:
-        raise cells.missing(key)
+    if cells.cells_only:
+        if timed is None:
+            raise cells.missing(key)
+        return np.zeros((len(samples), 0), dtype=np.float32), float(timed["seconds"])
     started = time.perf_counter()
     images = (read_image(s.path) for s in tqdm(samples, desc="features", disable=not request.progress))
     features = backbone_features(backbone, spec, images)
     seconds = time.perf_counter() - started
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, features)
-    if cells.cells_only and timed is not None:
-        return features, float(timed["seconds"])
     cells.put(key, {"seconds": seconds, "images": len(samples)})
     return features, seconds
 
@@ -168,7 +168,6 @@ def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, 
     truth = [int(samples[i].label or 0) for i in own]
     return {
         "surface": surface,
-        "commit": request.commit,
         "train_s": train_s,
         "score_s": score_s,
         "threshold": inspector.threshold,
@@ -283,7 +282,8 @@ def run_line(request: BenchRequest) -> Path:
         "columns": list(VERDICTS),
         "counts": np.sum([c["metrics"]["confusion"] for c in cells], axis=0).tolist(),
     }
-    aps = {s: float(d["test_ap"]) for s, d in detectors.items()}
+    # A surface whose test split holds one class has no AP: NaN, stored in its cell as null.
+    aps = {s: float("nan") if d["test_ap"] is None else float(d["test_ap"]) for s, d in detectors.items()}
     metrics["detector_ap"] = aps
     metrics["detector_ap_min"] = min(aps.values())
     metrics["detector_ap_mean"] = float(np.mean(list(aps.values())))
@@ -367,7 +367,6 @@ def route_cell(mix: MixFeatures, split: int, val_fraction: float, router: Router
     return {
         "seen": [names[s] for s in parts.seen],
         "unseen": [names[s] for s in parts.unseen],
-        "commit": request.commit,
         "train_s": time.perf_counter() - started,
         "unknown_threshold": fitted.unknown_threshold,
         "test": test.tolist(),
@@ -495,7 +494,7 @@ def run_products(request: BenchRequest) -> Path:
     cells = []
     for held, unseen in enumerate(names):
         cell_key = f"unseen-{unseen}/config-{config_key}"
-        compute = partial(product_cell, features, surface, role, names, held, setup, request.commit)
+        compute = partial(product_cell, features, surface, role, names, held, setup)
         cells.append(cache.get_or_compute(cell_key, compute))
     numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
     metrics = {
@@ -539,9 +538,8 @@ def run_products(request: BenchRequest) -> Path:
 
 
 def product_cell(features: np.ndarray, surface: np.ndarray, role: np.ndarray, names: list[str], held: int,
-                 router: RouterSetup, commit: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """One product unseen: train on the other four, score their test images and all of it
-    (``commit``: the code that trained it, whenever it is summarised)."""
+                 router: RouterSetup) -> dict[str, Any]:  # fmt: skip
+    """One product unseen: train on the other four, score their test images and all of it."""
     seen = surface != held
     train_idx = np.flatnonzero(seen & (role == 0))
     val_idx = np.flatnonzero(seen & (role == 1))
@@ -564,7 +562,6 @@ def product_cell(features: np.ndarray, surface: np.ndarray, role: np.ndarray, na
     truth = np.asarray([names[s] for s in surface[test_idx]])
     return {
         "unseen": names[held],
-        "commit": commit,
         "train_s": train_s,
         "unknown_threshold": threshold,
         "metrics": {

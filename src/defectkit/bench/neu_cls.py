@@ -49,7 +49,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import CellCache, write_results
+from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
@@ -401,18 +401,6 @@ def base_epochs_cell(
     }
 
 
-def _run_cells(
-    cache: CellCache, keys: Sequence[tuple[str, Callable[[], dict[str, Any]]]], commit: str | None
-) -> list[dict[str, Any]]:
-    """Each cell from the cache, or computed, stamped with ``commit`` (the code that trained it) and
-    stored."""
-    return [cache.get_or_compute(key, partial(_stamped, compute, commit)) for key, compute in keys]
-
-
-def _stamped(compute: Callable[[], dict[str, Any]], commit: str | None) -> dict[str, Any]:
-    return {**compute(), "commit": commit}
-
-
 def _accuracy_summary(accuracies: np.ndarray) -> dict[str, float | None]:
     """Mean accuracy over repeats or draws, and their spread: ``accuracy_std`` is null for a single
     repeat (the field is always there, as the results schema asks, but one run has no spread)."""
@@ -443,11 +431,11 @@ def _repeated_grid(
             keys = [
                 (
                     f"{method}/{variant_key}-{value}/repeat-{r}/config-{digest}",
-                    _bind(cell, runner, method, value, r),
+                    partial(cell, runner, method, value, r),
                 )
                 for r in range(repeats)
             ]
-            cells = _run_cells(cache, keys, request.commit)
+            cells = [cache.get_or_compute(key, compute) for key, compute in keys]
             accuracies = np.asarray([c["accuracy"] for c in cells])
             figure = paper.get(method, {}).get(value)
             written = write_results(
@@ -572,10 +560,6 @@ def small_data(request: BenchRequest) -> Path:
     )
 
 
-def _bind(function: Callable[..., dict[str, Any]], *args: Any) -> Callable[[], dict[str, Any]]:
-    return lambda: function(*args)
-
-
 @register_protocol(
     "neu-cls/few-shot",
     "paper 003 Table IV: 3 base classes, k = 1/3/5 references, unknown AUROC; "
@@ -600,10 +584,8 @@ def few_shot(request: BenchRequest) -> Path:
             candidates = sorted({*(e for e in AUTO_EPOCHS if e < longest), longest})
             digest = config_fingerprint(config, ks=ks, draws=draws, candidates=candidates)
             runner = Runner(config, data, request.progress)
-            validate = _bind(base_epochs_cell, runner, method, ks, draws, candidates)
-            (choice,) = _run_cells(
-                cache, [(f"{method}/base-epochs/config-{digest}", validate)], request.commit
-            )
+            validate = partial(base_epochs_cell, runner, method, ks, draws, candidates)
+            choice = cache.get_or_compute(f"{method}/base-epochs/config-{digest}", validate)
             chosen = f"method_options.fewshot_epochs={choice['chosen']}"
             method_config = load_config(REPO_ROOT / CONFIG, request.profile, [*overrides, chosen])
             curve = ", ".join(f"{e}: {a:.3f}" for e, a in choice["accuracy_by_epochs"].items())
@@ -618,10 +600,8 @@ def few_shot(request: BenchRequest) -> Path:
         runner = Runner(method_config, data, request.progress)
         digest = config_fingerprint(method_config, ks=ks, draws=draws)
         epochs = method_config.method_options.get("fewshot_epochs", method_config.trainer.epochs)
-        (cell,) = _run_cells(
-            cache,
-            [(f"{method}/config-{digest}", _bind(few_shot_cell, runner, method, ks, draws))],
-            request.commit,
+        cell = cache.get_or_compute(
+            f"{method}/config-{digest}", partial(few_shot_cell, runner, method, ks, draws)
         )
         # The linear probe's confidence is its best class probability, not a similarity.
         confidence = "best class probability" if method == "linear_probe" else "best mean similarity"

@@ -42,7 +42,7 @@ class BenchRequest:
     cells_only: bool = False
 
     def cells(self, name: str) -> CellCache:
-        return CellCache(self.cells_root / name, cells_only=self.cells_only)
+        return CellCache(self.cells_root / name, cells_only=self.cells_only, commit=self.commit)
 
     def set_variant(self, exclude: Collection[str] = ()) -> dict[str, str]:
         """``{"set": ...}`` naming this run's ``--set`` overrides, for a protocol's results variant,
@@ -64,17 +64,21 @@ class BenchRequest:
 
 ProtocolRunner = Callable[[BenchRequest], Path]
 _PROTOCOLS: dict[str, tuple[ProtocolRunner, str]] = {}
+_MEASURED_AFRESH: set[str] = set()  # protocols that keep no cells (one measurement, minutes)
 
 
 def register_protocol(
-    name: str, description: str, aliases: tuple[str, ...] = ()
+    name: str, description: str, aliases: tuple[str, ...] = (), cells: bool = True
 ) -> Callable[[ProtocolRunner], ProtocolRunner]:
-    """Register ``runner`` as protocol ``name`` (and under each short ``alias``, e.g. ``service``)."""
+    """Register ``runner`` as protocol ``name`` (and under each short ``alias``, e.g. ``service``).
+    ``cells=False``: the protocol measures afresh every time and keeps no cells, so a cells-only
+    request is refused rather than allowed to overwrite its committed results with a new measurement."""
 
     def decorator(runner: ProtocolRunner) -> ProtocolRunner:
-        _PROTOCOLS[name] = (runner, description)
-        for alias in aliases:
-            _PROTOCOLS[alias] = (runner, f"same as {name}")
+        for registered in (name, *aliases):
+            _PROTOCOLS[registered] = (runner, description if registered == name else f"same as {name}")
+            if not cells:
+                _MEASURED_AFRESH.add(registered)
         return runner
 
     return decorator
@@ -93,6 +97,10 @@ def run_protocol(name: str, request: BenchRequest) -> Path:
     _load_all()
     if name not in _PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
+    if request.cells_only and name in _MEASURED_AFRESH:
+        raise KeyError(
+            f"{name} keeps no cells (it measures afresh each run): --cells-only has nothing to summarise"
+        )
     return _PROTOCOLS[name][0](request)
 
 

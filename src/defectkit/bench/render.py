@@ -4,9 +4,10 @@ One table per protocol (sorted by name), one row per variant x profile (sorted),
 metric the paper reports our figure beside the paper's, then wall time, inference speed, the
 machine, the commit and the exact command that reproduces the row; the rows' notes follow, a
 clause several rows share written once, then a paper's ablations (:data:`ABLATIONS`) as the
-paper prints them: the rows that differ in one setting alone, side by side. The output depends only on the results files' contents
-(no render time, no absolute paths, everything sorted), so rendering twice without changes gives
-identical bytes and a diff of BENCHMARKS.md shows only real changes.
+paper prints them: the rows that differ in one setting alone, side by side. The output depends
+only on the results files' contents (no render time, no absolute paths, everything sorted), so
+rendering twice without changes gives identical bytes and a diff of BENCHMARKS.md shows only
+real changes.
 """
 
 from __future__ import annotations
@@ -106,8 +107,8 @@ MISSING = "–"
 # a protocol's table, the rows that differ in that key alone are set side by side, one small table
 # per combination of the other settings, so a paper's ablation reads as the paper prints it.
 ABLATIONS = (
-    ("aux/", "attention", "paper 000's Table IV (attention)"),
     ("aux/", "seg_loss", "paper 000's Table I (segmentation loss)"),
+    ("aux/", "attention", "paper 000's Table IV (attention)"),
     ("aux/", "fraction", "paper 000's Fig. 10 (share of the training data)"),
 )
 
@@ -272,25 +273,31 @@ def _ablations(
             if key not in variant:
                 continue
             del variant[key]
-            fixed = ", ".join(f"{k}={_number(variant[k])}" for k in sorted(variant)) or "default"
+            # The rest of the row's name (_variant), random init included: only ``key`` may differ.
+            fixed = _variant({"variant": variant, "init": record.get("init")})
             groups.setdefault((str(record.get("profile", MISSING)), fixed), []).append(record)
         for (profile, fixed), members in sorted(groups.items()):
-            if len({str(m["variant"][key]) for m in members}) < 2:
+            if len({_number(m["variant"][key]) for m in members}) < 2:
                 continue
             header = [key]
             for name in paper_metrics:
                 header += [f"{name} (ours)", f"{name} (paper)"]
-            header += [*own_metrics, "wall time", "commit"]
+            header += [*own_metrics, "wall time", "machine", "commit"]
             lines += [
                 "",
-                f"{title}: {key} varied, {_cell(fixed)}, profile {_cell(profile)} (rows of the table above):",
+                f"{title}: {key} varied, {fixed}, profile {_cell(profile)} (rows of the table above, "
+                "whose notes hold for them here):",
                 "",
                 "| " + " | ".join(header) + " |",
                 "|" + "|".join("---" for _ in header) + "|",
             ]
             for record in sorted(members, key=lambda m: _ordered(m["variant"][key])):
                 cells = [_number(record["variant"][key]), *_metric_cells(record, paper_metrics, own_metrics)]
-                cells += [_duration(record.get("wall_time_s")), _cell(str(record.get("commit") or MISSING))]
+                cells += [
+                    _duration(record.get("wall_time_s")),
+                    _machine(record.get("machine")),
+                    _cell(str(record.get("commit") or MISSING)),
+                ]
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
 

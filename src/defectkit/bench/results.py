@@ -273,9 +273,10 @@ class CellCache:
     missing cell stops the run with its key and file instead of starting hours of training.
     """
 
-    def __init__(self, directory: str | Path, *, cells_only: bool = False) -> None:
+    def __init__(self, directory: str | Path, *, cells_only: bool = False, commit: str | None = None) -> None:
         self.directory = Path(directory)
         self.cells_only = cells_only
+        self.commit = commit  # the code computing new cells, stamped on each by put
 
     def path(self, key: str) -> Path:
         digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:10]
@@ -299,9 +300,11 @@ class CellCache:
 
     def put(self, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
         """Store the result of finished cell ``key`` (NaN stored as null) with the machine that
-        computed it (:func:`machine_info`) unless ``value`` already names one; return the cell as
-        stored, machine included, for the grid to summarise as it would a cell read back."""
-        cell = dict(value) if "machine" in value else {"machine": machine_info(), **value}
+        computed it (:func:`machine_info`) and the cache's ``commit``, each unless ``value`` already
+        names one (a re-scored cell names its model's commit); return the cell as stored, for the
+        grid to summarise as it would a cell read back, whenever that is."""
+        stamps = {"machine": machine_info(), **({"commit": self.commit} if self.commit is not None else {})}
+        cell = {**{k: v for k, v in stamps.items() if k not in value}, **value}
         # Compact: a cell holds per-image scores and boxes, which indenting would triple in size.
         stored = json.dumps(json_ready({"key": key, "value": cell}), separators=(",", ":"), allow_nan=False)
         write_atomic(self.path(key), stored + "\n")
@@ -321,8 +324,8 @@ class CellCache:
     def missing(self, key: str) -> CellMissingError:
         """The error a cells-only run stops with when cell ``key`` has no finished file."""
         return CellMissingError(
-            f"cell {key!r} has no finished file ({self.path(key)}) and --cells-only computes none; "
-            "run without --cells-only to compute it"
+            f"cell {key!r} has no finished file ({self.path(key)}) and --cells-only computes none "
+            "(a changed config or code version keys new cells); run without --cells-only to compute it"
         )
 
     def __contains__(self, key: object) -> bool:

@@ -314,6 +314,7 @@ def _options(request: BenchRequest) -> dict[str, str]:
     PROTOCOL,
     "HTTP service vs the bare ONNX Inspector: throughput, latency, records, SIGKILL",
     aliases=("service",),
+    cells=False,
 )
 def service_load(request: BenchRequest) -> Path:
     options = _options(request)

@@ -60,6 +60,8 @@ def bench(
     if list_:
         _list_protocols()
         return
+    if render_only and cells_only:
+        raise UsageError("--render rewrites BENCHMARKS.md alone; --cells-only needs a protocol to summarise")
     if not render_only:
         from defectkit.bench.protocols import BenchRequest, run_protocol
         from defectkit.bench.results import CellMissingError
@@ -67,7 +69,7 @@ def bench(
         if protocol is None:
             raise UsageError("name a protocol (defectkit bench --list shows them)")
         tail = sys.argv[sys.argv.index(protocol) :] if protocol in sys.argv else [protocol]
-        # The command that computed the cells, which --cells-only only summarises again.
+        # What reruns the row: this command, less --cells-only, which only re-summarises its cells.
         command = "defectkit bench " + shlex.join(a for a in tail if a != "--cells-only")
         options = {}
         for item in variant:
