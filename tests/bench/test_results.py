@@ -268,6 +268,8 @@ def test_render_sets_a_papers_ablation_side_by_side(tmp_path: Path) -> None:
     _write(root, protocol="aux/x", variant=random, metrics={"accuracy": 0.8}, paper={}, init="random")
     _write(root, variant={"attention": "none"})
     _write(root, variant={"attention": "se"})
+    for attention in ("none", "se"):  # gains of a multitask protocol: no paper table
+        _write(root, protocol="aux/x/multitask", variant={**fixed, "attention": attention})
     text = render_benchmarks(root, tmp_path / "BENCHMARKS.md").read_text()
     captions = [line for line in text.splitlines() if "varied" in line]
     assert captions == [

@@ -103,13 +103,14 @@ INFO_METRICS = (
     "dice_single",
 )
 MISSING = "–"
-# Settings a paper varies one at a time: (protocol prefix, variant key, the paper's table). Under such
-# a protocol's table, the rows that differ in that key alone are set side by side, one small table
-# per combination of the other settings, so a paper's ablation reads as the paper prints it.
+# Settings a paper varies one at a time: (protocols, as a regular expression the whole name matches;
+# variant key; the paper's table). Under such a protocol's table, the rows that differ in that key
+# alone are set side by side, one small table per combination of the other settings, so a paper's
+# ablation reads as the paper prints it. aux/<dataset>/multitask rows are gains, not the tables' figures.
 ABLATIONS = (
-    ("aux/", "seg_loss", "paper 000's Table I (segmentation loss)"),
-    ("aux/", "attention", "paper 000's Table IV (attention)"),
-    ("aux/", "fraction", "paper 000's Fig. 10 (share of the training data)"),
+    (r"aux/[^/]+", "seg_loss", "paper 000's Table I (segmentation loss)"),
+    (r"aux/[^/]+", "attention", "paper 000's Table IV (attention)"),
+    (r"aux/[^/]+", "fraction", "paper 000's Fig. 10 (share of the training data)"),
 )
 
 
@@ -264,8 +265,8 @@ def _ablations(
     """For each of the protocol's :data:`ABLATIONS`, the rows that differ in that setting alone, one
     small table per combination of the other settings (and profile) that has two values or more."""
     lines: list[str] = []
-    for prefix, key, title in ABLATIONS:
-        if not protocol.startswith(prefix):
+    for protocols, key, title in ABLATIONS:
+        if not re.fullmatch(protocols, protocol):
             continue
         groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
         for record in rows:

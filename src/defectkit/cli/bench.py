@@ -45,8 +45,8 @@ def bench(
         False,
         "--cells-only",
         help="Rewrite the results from the finished cells in CELLS only: a missing cell is an error, "
-        "nothing is trained (inputs a summary reads, such as generated images or frozen features, "
-        "are still made when absent).",
+        "nothing is trained (a protocol's shared inputs, such as generated images or dagm-mix/sbad's "
+        "frozen features, are still made when absent).",
     ),
     list_: bool = typer.Option(False, "--list", help="List the protocols and exit."),
     render_only: bool = typer.Option(False, "--render", help="Only regenerate BENCHMARKS.md from results."),
