@@ -254,14 +254,15 @@ def run_line(request: BenchRequest) -> Path:
         work_dir = work / "detectors" / surface
         config = detector_configs[surface]
         train_detector = partial(detector_cell, config, work_dir, samples, surface, request)
-        cache.get_or_compute(trained_key, train_detector)
         routed = sorted(asked.get(surface, set()))
         routed_key = f"routed/{surface}/config-{detector_key}-images-{fingerprint(routed)}"
         score_routed = partial(
             routed_cell, cache, trained_key, train_detector, work_dir, samples, routed, surface, request
         )
         extra = cache.get_or_compute(routed_key, score_routed)
-        trained = cache.get_or_compute(trained_key, train_detector)  # routed_cell may have retrained it
+        # After the routed scores: routed_cell trains the detector first, or again when its model
+        # is not on this machine, replacing its cell.
+        trained = cache.get_or_compute(trained_key, train_detector)
         detectors[surface] = {
             **trained,
             "scores": {**trained["scores"], **extra["scores"]},

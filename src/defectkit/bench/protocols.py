@@ -63,8 +63,8 @@ class BenchRequest:
 
 
 ProtocolRunner = Callable[[BenchRequest], Path]
-_PROTOCOLS: dict[str, tuple[ProtocolRunner, str]] = {}
-_MEASURED_AFRESH: set[str] = set()  # protocols that keep no cells (one measurement, minutes)
+# name -> (runner, description, whether it keeps cells)
+_PROTOCOLS: dict[str, tuple[ProtocolRunner, str, bool]] = {}
 
 
 def register_protocol(
@@ -76,9 +76,7 @@ def register_protocol(
 
     def decorator(runner: ProtocolRunner) -> ProtocolRunner:
         for registered in (name, *aliases):
-            _PROTOCOLS[registered] = (runner, description if registered == name else f"same as {name}")
-            if not cells:
-                _MEASURED_AFRESH.add(registered)
+            _PROTOCOLS[registered] = (runner, description if registered == name else f"same as {name}", cells)
         return runner
 
     return decorator
@@ -90,18 +88,19 @@ def _load_all() -> None:
 
 def list_protocols() -> dict[str, str]:
     _load_all()
-    return {name: description for name, (_, description) in sorted(_PROTOCOLS.items())}
+    return {name: description for name, (_, description, _) in sorted(_PROTOCOLS.items())}
 
 
 def run_protocol(name: str, request: BenchRequest) -> Path:
     _load_all()
     if name not in _PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
-    if request.cells_only and name in _MEASURED_AFRESH:
+    runner, _, keeps_cells = _PROTOCOLS[name]
+    if request.cells_only and not keeps_cells:
         raise KeyError(
             f"{name} keeps no cells (it measures afresh each run): --cells-only has nothing to summarise"
         )
-    return _PROTOCOLS[name][0](request)
+    return runner(request)
 
 
 def dataset_root(name: str) -> Path:
