@@ -16,6 +16,10 @@ cross-entropy, the paper's "ResNet-50 (Backbone)"; in few-shot, its pooled featu
 embedding) and ``linear_probe`` (the frozen ImageNet backbone's pooled features, logistic
 regression; in few-shot, fit on the k references).
 
+``neu-cls/split`` (Table II): 60, 70 and 80 % of each class's images for training (``fractions``,
+drawn per class with seed = repeat), the rest tested; ``repeats`` (default 1) draws, the same
+three methods.
+
 ``-V features=backbone`` and ``-V tta=dihedral`` (scl_arcface only, every protocol) change how
 references and queries are embedded (:class:`~defectkit.models.scl_arcface.EmbeddingNet`);
 ``-V epochs=N`` (every method and protocol) trains for N epochs instead of the profile's count
@@ -23,8 +27,10 @@ references and queries are embedded (:class:`~defectkit.models.scl_arcface.Embed
 length per method on the base classes alone (:func:`base_epochs_cell`). Each makes rows of its
 own, and so does any ``--set``.
 
-Each (method, shots, repeat) is one cached cell, so the grid resumes across sessions; a results
-file per (method, shots) is written once all its repeats are done.
+Each (method, shots or fraction, repeat) of small-data and split is one cached cell, and so is
+each method's whole few-shot run (every k and draw; with ``-V epochs=auto``, its base-epoch choice
+another), so a grid resumes across sessions; a results file per (method, shots, fraction or k) is
+written once all its cells are done.
 """
 
 from __future__ import annotations

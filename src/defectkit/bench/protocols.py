@@ -4,7 +4,8 @@ A protocol registers with :func:`register_protocol`. It must get each cell (a fo
 through :meth:`~defectkit.bench.results.CellCache.get_or_compute`, which skips cells already
 there and stores each new one as it finishes, so a grid can span sessions and ``--cells-only``
 can rebuild its results without training; the pooled results file is written once every cell is
-done.
+done. A protocol that measures afresh on each run and keeps no cells (``service/load``,
+``aux/efficiency``) registers with ``cells=False``, and ``--cells-only`` is refused for it.
 """
 
 from __future__ import annotations

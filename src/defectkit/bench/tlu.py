@@ -11,18 +11,18 @@ cell trains one model and scores it on held-out images:
 * ``ksdd``: the 3-fold split by commutator of the other KolektorSDD protocols; within each
   training fold a grouped 20 % hold-out validates. Figures pool the three folds' test images.
 
-Per cell (results file ``tlu-<dataset>-<encoder>-<fraction>-<init>-<profile>.json``): MLA at the
-stored class thresholds, mean per-class AUROC, per-class Dice / IoU, ``dice_pos``, image AP / AUROC
-of the model's image score (the best class probability, rescaled where classes have their own
-thresholds), the arg-max accuracy where each image has one class, wall time and
-inference ms per image. Per (encoder, fraction) with both inits done, a ``tlu/<dataset>/transfer``
-record sets our ImageNet-minus-random gains beside the paper's claims (ResNet: +5 % absolute MLA
-at 100 % data and +8 % at 50 %; Dice +26 % relative at 100 %, +12 % at 50 %; per-image Dice
-improved on 81 % of images). The comparison pairs the two runs' test images by path; its Dice
-is the paper's per-image Dice (Fig. 4's box plots: an image's mean over the classes it has, over
-all classes for a good image): ``dice_gain_rel`` is the relative gain of its mean,
-``share_improved`` the share of images whose Dice rose (Fig. 9). Figures as the paper draws them
-go to ``<work>/<name>/figures`` (not committed); Fig. 8 draws every fold's training curve.
+Per cell (results file ``tlu-<dataset>-encoder-<e>_fraction-<f>_init-<i>[_<option>-<value>...]-
+<profile>.json``): MLA at the stored class thresholds, mean per-class AUROC, per-class Dice / IoU,
+``dice_pos``, image AP / AUROC of the model's image score (the best class probability, rescaled
+where classes have their own thresholds), the arg-max accuracy where each image has one class, wall
+time and inference ms per image. Per (encoder, fraction) with both inits done, a
+``tlu/<dataset>/transfer`` record sets our ImageNet-minus-random gains beside the paper's claims
+(ResNet: +5 % absolute MLA at 100 % data and +8 % at 50 %; Dice +26 % relative at 100 %, +12 % at
+50 %; per-image Dice improved on 81 % of images). The comparison pairs the two runs' test images by
+path; its Dice is the paper's per-image Dice (Fig. 4's box plots: an image's mean over the classes
+it has, over all classes for a good image): ``dice_gain_rel`` is the relative gain of its mean,
+``share_improved`` the share of images whose Dice rose (Fig. 9). Figures as the paper draws them go
+to ``<work>/<name>/figures`` (not committed); Fig. 8 draws every fold's training curve.
 
 Cell keys hold the encoder, init, fraction, fold, fingerprints of the resolved config and
 of the fold's image names, so a changed config or another copy of the data trains afresh. The
