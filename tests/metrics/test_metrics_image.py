@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from defectkit.metrics import auroc, average_precision, fp_at_full_recall, image_metrics
+from defectkit.metrics import auroc, average_precision, fp_at_full_recall, image_metrics, verdict_metrics
 
 
 @st.composite
@@ -70,6 +70,18 @@ def test_image_metrics_with_threshold() -> None:
     assert m["fp_at_full_recall"] == 3  # negatives 0.7, 0.3, 0.6 >= lowest defect 0.2
     json.dumps(m)  # plain Python types only
     assert all(type(v) in (int, float) for v in m.values())
+
+
+def test_verdict_metrics_count_given_verdicts() -> None:
+    m = verdict_metrics([1, 1, 0, 0, 0], [True, False, True, False, False])
+    assert (m["tp"], m["fn"], m["fp"], m["tn"], m["false_calls"]) == (1, 1, 1, 2, 2)
+    assert m["precision"] == m["recall"] == m["f1"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    nothing_called = verdict_metrics([1, 0], [0, 0])
+    assert nothing_called["precision"] == nothing_called["f1"] == 0.0  # zero_division=0
+    assert math.isnan(verdict_metrics([], [])["accuracy"])
+    with pytest.raises(ValueError, match="differ in length"):
+        verdict_metrics([1, 0], [1])
 
 
 def test_image_metrics_without_threshold_has_no_threshold_entries() -> None:

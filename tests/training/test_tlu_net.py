@@ -281,9 +281,14 @@ def test_summary_judges_each_class_at_its_own_threshold() -> None:
         probabilities=[[0.30, 0.10], [0.10, 0.80], [0.05, 0.60]], truth=[[1, 0], [0, 1], [0, 0]],
         dice=[[1.0, 1.0]] * 3, iou=[[1.0, 1.0]] * 3,
     )  # fmt: skip
-    assert multilabel_summary(scores, 0.5)["mla"] == pytest.approx(4 / 6)  # a missed on x, b false on z
+    shared = multilabel_summary(scores, 0.5)
+    assert shared["mla"] == pytest.approx(4 / 6)  # a missed on x, b false on z
+    # The image verdicts (defective = any class called): y caught, x missed, z a false call.
+    assert (shared["fp"], shared["fn"]) == (1, 1)
+    assert shared["precision"] == shared["recall"] == shared["f1"] == pytest.approx(0.5)
     per_class = multilabel_summary(scores, np.array([0.2, 0.7]))
     assert per_class["mla"] == 1.0 and per_class["fp"] == 0 and per_class["fn"] == 0
+    assert per_class["precision"] == per_class["recall"] == per_class["f1"] == 1.0
     pooled = multilabel_summary(scores, np.array([[0.2, 0.7], [0.2, 0.7], [0.5, 0.5]]))
     assert pooled["mla"] == pytest.approx(5 / 6)  # z judged by its own fold's 0.5
 

@@ -5,8 +5,9 @@ and Dice / IoU of each class's map at the model's stored pixel threshold against
 mask (DESIGN.md: both empty -> 1). Aggregates: MLA at the stored class thresholds, mean
 per-class AUROC, per-class Dice / IoU, ``dice_pos`` over image x class pairs with a defect, the
 image-level AP / AUROC of the model's image score (the best class probability, rescaled where
-classes have thresholds of their own; defective = any class present), and, where
-every image has exactly one class (NEU-DET), the accuracy of the arg-max class.
+classes have thresholds of their own; defective = any class present), the image verdict's FP,
+FN, precision, recall and F1 (defective = any class called; where the data has good images or one
+class), and, where every image has exactly one class (NEU-DET), the accuracy of the arg-max class.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from defectkit.data.masks import mask_to_boxes
 from defectkit.data.sample import Problem, Sample
 from defectkit.evaluation.scoring import TimedScorer
 from defectkit.inference.inspector import Inspector
-from defectkit.metrics import SegmentationMeter, image_metrics
+from defectkit.metrics import SegmentationMeter, image_metrics, verdict_metrics
 from defectkit.metrics._utils import nanmean
 from defectkit.metrics.classification import multilabel_accuracy, multilabel_metrics
 from defectkit.metrics.detection import detection_map
@@ -157,11 +158,11 @@ def multilabel_summary(scores: MultilabelScores, class_thresholds: float | np.nd
     thresholds = np.broadcast_to(np.asarray(class_thresholds, dtype=np.float64), probabilities.shape)
     called = probabilities >= thresholds
     classification = multilabel_metrics(truth, probabilities)  # per-class AUROC: no threshold
-    defective = positive.any(axis=1)
+    defective = np.any(positive, axis=1)
+    called_defective = np.any(called, axis=1)
     image_scores = rescaled_to_half(probabilities, thresholds).max(axis=1)
     image = image_metrics(defective.astype(int), image_scores)
-    called_defective = called.any(axis=1)
-    fp, fn = int(np.sum(called_defective & ~defective)), int(np.sum(~called_defective & defective))
+    verdicts = verdict_metrics(defective, called_defective)
     metrics: dict[str, Any] = {
         "mla": multilabel_accuracy(positive, called) if len(truth) else float("nan"),
         "mean_auroc": classification["mean_auroc"],
@@ -194,7 +195,7 @@ def multilabel_summary(scores: MultilabelScores, class_thresholds: float | np.nd
         metrics["accuracy"] = float(np.mean(predicted == positive[single].argmax(axis=1)))
         metrics["accuracy_images"] = int(single.sum())
     if len(names) == 1 or image["n_neg"]:
-        metrics.update({"fp": fp, "fn": fn, "false_calls": fp + fn})
+        metrics.update({k: verdicts[k] for k in ("fp", "fn", "false_calls", "precision", "recall", "f1")})
     return metrics
 
 

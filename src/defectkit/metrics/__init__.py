@@ -7,8 +7,9 @@ value (AUROC of a one-class set, dice_pos without defects, ...) is
 {0, 1}, no positives when choosing a threshold) is a ``ValueError``.
 
 - image level (positive = defective): `average_precision`, `auroc`,
-  `fp_at_full_recall`, `image_metrics`; thresholds: `best_f1_threshold`,
-  `fp_fn_at_threshold`, `rescaled_to_half` (one threshold per class as one at 0.5)
+  `fp_at_full_recall`, `image_metrics`, `verdict_metrics` (counts and rates of given verdicts);
+  thresholds: `best_f1_threshold`, `fp_fn_at_threshold`, `rescaled_to_half` (one threshold per
+  class as one at 0.5)
 - segmentation: `dice_score`, `iou_score`, `SegmentationMeter`, `PixelAUROC`,
   `segmentation_metrics`
 - detection: `detection_map` (COCO, faster-coco-eval)
@@ -21,7 +22,13 @@ value (AUROC of a one-class set, dice_pos without defects, ...) is
 from defectkit.metrics.classification import classification_metrics, multilabel_accuracy, multilabel_metrics
 from defectkit.metrics.detection import detection_map
 from defectkit.metrics.fewshot import fewshot_summary
-from defectkit.metrics.image import auroc, average_precision, fp_at_full_recall, image_metrics
+from defectkit.metrics.image import (
+    auroc,
+    average_precision,
+    fp_at_full_recall,
+    image_metrics,
+    verdict_metrics,
+)
 from defectkit.metrics.segmentation import (
     PixelAUROC,
     SegmentationMeter,
@@ -53,4 +60,5 @@ __all__ = [
     "rescaled_to_half",
     "segmentation_metrics",
     "unknown_alert_auroc",
+    "verdict_metrics",
 ]

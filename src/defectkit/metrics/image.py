@@ -25,9 +25,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from defectkit.metrics._utils import NAN, ArrayLike, binary_labels_scores
-from defectkit.metrics.thresholds import fp_fn_at_threshold
 
-__all__ = ["auroc", "average_precision", "fp_at_full_recall", "image_metrics"]
+__all__ = ["auroc", "average_precision", "fp_at_full_recall", "image_metrics", "verdict_metrics"]
 
 
 def _one_class(y: np.ndarray) -> bool:
@@ -81,24 +80,28 @@ def image_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float | None 
     }
     if threshold is None:
         return out
-    fp, fn = fp_fn_at_threshold(y, s, threshold)
-    tp = n_pos - fn
-    tn = int(y.size) - n_pos - fp
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / n_pos if n_pos else 0.0
-    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
-    out.update(
-        {
-            "threshold": float(threshold),
-            "tp": tp,
-            "tn": tn,
-            "fp": fp,
-            "fn": fn,
-            "false_calls": fp + fn,
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "accuracy": float((tp + tn) / y.size) if y.size else NAN,
-        }
-    )
-    return out
+    return {**out, "threshold": float(threshold), **verdict_metrics(y, s >= threshold)}
+
+
+def verdict_metrics(labels: ArrayLike, called: ArrayLike) -> dict[str, Any]:
+    """The image verdicts' counts and rates: ``tp``, ``tn``, ``fp``, ``fn``, ``false_calls``,
+    ``precision``, ``recall``, ``f1``, ``accuracy``, from the truth (1 defective) and the images
+    called defective. Precision / recall / F1 whose denominator is zero are 0.0 (scikit-learn's
+    ``zero_division=0``); accuracy of no image is ``nan``."""
+    y = np.asarray(labels).astype(bool).ravel()
+    pred = np.asarray(called).astype(bool).ravel()
+    if y.shape != pred.shape:
+        raise ValueError(f"labels ({y.size}) and verdicts ({pred.size}) differ in length")
+    tp, fp = int(np.count_nonzero(pred & y)), int(np.count_nonzero(pred & ~y))
+    fn, tn = int(np.count_nonzero(~pred & y)), int(np.count_nonzero(~pred & ~y))
+    return {
+        "tp": tp,
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+        "false_calls": fp + fn,
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "accuracy": (tp + tn) / y.size if y.size else NAN,
+    }
