@@ -397,6 +397,10 @@ def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
     assert paper_figures({**full, "attention": "se"}) == {"accuracy": 0.968}
     assert paper_figures({**full, "attention": "se", "seg_loss": "bce"}) == {}
     assert paper_figures({**full, "tasks": "detection"}) == {} == paper_figures({**full, "fraction": 0.5})
+    # Single-task baselines at the paper's settings: Table II's FPN, Table III's SEResNet-50.
+    assert paper_figures({**full, "tasks": "segmentation"}) == {"iou": 0.881, "dice": 0.902}
+    assert paper_figures({**full, "tasks": "classification"})["accuracy"] == 0.955
+    assert paper_figures({**full, "tasks": "segmentation", "attention": "none"}) == {}
 
 
 @pytest.mark.parametrize(
