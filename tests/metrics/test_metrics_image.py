@@ -82,6 +82,11 @@ def test_verdict_metrics_count_given_verdicts() -> None:
     assert math.isnan(verdict_metrics([], [])["accuracy"])
     with pytest.raises(ValueError, match="differ in length"):
         verdict_metrics([1, 0], [1])
+    with pytest.raises(ValueError, match="not scores"):
+        verdict_metrics([1, 0], [0.7, 0.2])
+    with pytest.raises(ValueError, match="labels must be 0"):
+        verdict_metrics([-1, 0], [1, 0])  # evaluate's "unknown" label is not a defect
+    assert verdict_metrics(torch.tensor([1, 0]), torch.tensor([True, True]))["fp"] == 1
 
 
 def test_image_metrics_without_threshold_has_no_threshold_entries() -> None:

@@ -399,8 +399,30 @@ def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
     assert paper_figures({**full, "tasks": "detection"}) == {} == paper_figures({**full, "fraction": 0.5})
     # Single-task baselines at the paper's settings: Table II's FPN, Table III's SEResNet-50.
     assert paper_figures({**full, "tasks": "segmentation"}) == {"iou": 0.881, "dice": 0.902}
-    assert paper_figures({**full, "tasks": "classification"})["accuracy"] == 0.955
+    se_resnet = {"recall": 0.803, "precision": 0.968, "f1": 0.878, "accuracy": 0.955}
+    assert paper_figures({**full, "tasks": "classification"}) == se_resnet
+    assert paper_figures({**full, "tasks": "classification", "seg_loss": "bce"}) == se_resnet  # no mask
     assert paper_figures({**full, "tasks": "segmentation", "attention": "none"}) == {}
+    # The image verdict's figures stand only beside cells judged by the classification head.
+    peak = {**full, "image_score": "mask_peak"}
+    assert paper_figures(peak) == {"iou": 0.903, "dice": 0.926}
+    assert paper_figures({**peak, "tasks": "classification"}) == {}
+
+
+def test_paper_gains_stand_beside_matching_multitask_records_only() -> None:
+    from defectkit.bench.aux import paper_gains
+
+    full = {"attention": "se+sa", "seg_loss": "dice", "fraction": 1.0}
+    every = ["classification", "detection", "segmentation"]
+    assert paper_gains("ksdd", full, every) == {
+        "accuracy_gain": pytest.approx(0.016),
+        "map50_gain_rel": 0.1795,
+        "dice_gain_rel": pytest.approx(0.926 / 0.902 - 1),
+    }
+    # Elsewhere, or at other settings, only section H's relative mAP gain stands beside ours.
+    assert paper_gains("neu-det", full, every) == {"map50_gain_rel": 0.1795}
+    assert paper_gains("ksdd", {**full, "seg_loss": "bce"}, every) == {"map50_gain_rel": 0.1795}
+    assert paper_gains("ksdd", {**full, "fraction": 0.5}, ["classification"]) == {}
 
 
 @pytest.mark.parametrize(

@@ -87,11 +87,12 @@ def verdict_metrics(labels: ArrayLike, called: ArrayLike) -> dict[str, Any]:
     """The image verdicts' counts and rates: ``tp``, ``tn``, ``fp``, ``fn``, ``false_calls``,
     ``precision``, ``recall``, ``f1``, ``accuracy``, from the truth (1 defective) and the images
     called defective. Precision / recall / F1 whose denominator is zero are 0.0 (scikit-learn's
-    ``zero_division=0``); accuracy of no image is ``nan``."""
-    y = np.asarray(labels).astype(bool).ravel()
-    pred = np.asarray(called).astype(bool).ravel()
-    if y.shape != pred.shape:
-        raise ValueError(f"labels ({y.size}) and verdicts ({pred.size}) differ in length")
+    ``zero_division=0``); accuracy of no image is ``nan``. Verdicts are bool or 0 / 1: scores
+    must meet a threshold first."""
+    truth, verdicts = binary_labels_scores(labels, called)
+    if verdicts.size and not np.isin(verdicts, (0.0, 1.0)).all():
+        raise ValueError("verdicts must be bool or 0 / 1 (1 = called defective), not scores")
+    y, pred = truth.astype(bool), verdicts.astype(bool)
     tp, fp = int(np.count_nonzero(pred & y)), int(np.count_nonzero(pred & ~y))
     fn, tn = int(np.count_nonzero(~pred & y)), int(np.count_nonzero(~pred & ~y))
     return {

@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from defectkit.metrics._utils import ArrayLike, binary_labels_scores
+from defectkit.metrics.image import verdict_metrics
 
 __all__ = ["best_f1_threshold", "fp_fn_at_threshold", "rescaled_to_half"]
 
@@ -83,10 +84,8 @@ def best_f1_threshold(labels: ArrayLike, scores: ArrayLike, placement: Placement
 def fp_fn_at_threshold(labels: ArrayLike, scores: ArrayLike, threshold: float) -> tuple[int, int]:
     """(false positives, false negatives) when ``score >= threshold`` is called defective."""
     y, s = binary_labels_scores(labels, scores)
-    pred = s >= threshold
-    fp = int(np.count_nonzero(pred & (y == 0)))
-    fn = int(np.count_nonzero(~pred & (y == 1)))
-    return fp, fn
+    verdicts = verdict_metrics(y, s >= threshold)
+    return verdicts["fp"], verdicts["fn"]
 
 
 def rescaled_to_half(probabilities: ArrayLike, thresholds: ArrayLike) -> np.ndarray:
