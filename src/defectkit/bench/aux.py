@@ -31,7 +31,10 @@ FPN and Table III's SEResNet-50, and the multitask record's gains beside the pap
 Whenever one invocation runs ``all`` and single-task cells of the same (attention, seg_loss,
 fraction), an ``aux/<dataset>/multitask`` record sets them side by side (mAP against the detector,
 accuracy against the classifier, Dice against the segmenter): the paper's claim that the
-auxiliary labels help, checked on the same split.
+auxiliary labels help, checked on the same split. The classifier and the detector never read the
+mask loss: each trains once per (attention, fraction), keyed and named by the default Dice, and
+stands beside the multitask cell of every seg_loss (``-V seg_loss=dice+bce -V tasks=all,singles``
+trains only the segmenter anew).
 
 ``aux/efficiency`` (Tables V-VI): parameters and single-core CPU time per image of the multitask
 network against the three single-task networks on the same backbone (a classifier, an FPN
@@ -92,6 +95,7 @@ PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
 SPLIT = (0.8, 0.2)
 SPLIT_SEED = 0
 GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score")
+DEFAULT_SEG_LOSS = "dice"  # the paper's
 DEFAULT_REDUCTION = "image"
 DEFAULT_IMAGE_SCORE = "classifier"
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
@@ -267,7 +271,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     attentions = option_list(options, "attention", "se+sa")
     seg_losses = [
         (loss, reduction)
-        for loss in option_list(options, "seg_loss", "dice")
+        for loss in option_list(options, "seg_loss", DEFAULT_SEG_LOSS)
         for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
     ]
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
@@ -300,6 +304,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     activation_variant: dict[str, str] = {}
     grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
     for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
+        asked_seg = f"{seg_loss}-{requested}" if requested != DEFAULT_REDUCTION else seg_loss
+        # A network without the segmentation head never reads the mask loss: it trains once, keyed
+        # and named by the default loss whatever the grid asks, and serves every loss's record.
+        if "segmentation" not in tasks:
+            seg_loss, requested = DEFAULT_SEG_LOSS, DEFAULT_REDUCTION
         # Defaults (reduction, image score) stay out of overrides, keys and variants, so earlier
         # cells resume; the values in force, --set included, name the cell.
         overrides = [
@@ -321,7 +330,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         reduction = str(options_of(config)["seg_reduction"])
         reduced = reduction != DEFAULT_REDUCTION
         seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
-        seg_variants[seg_name] = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
+        seg_variant = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
+        # The mask loss a multitask record and its single-task cells are matched by.
+        grid_seg = seg_name if "segmentation" in tasks else asked_seg
+        if "segmentation" in tasks:
+            seg_variants[seg_name] = seg_variant
         score_part = f"image_score-{score}/" if named_score else ""
         prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
         # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
@@ -332,14 +345,14 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         variant: dict[str, Any] = {
             "tasks": task_name,
             "attention": attention,
-            **seg_variants[seg_name],
+            **seg_variant,
             "fraction": fraction,
             **({"image_score": score} if named_score else {}),
             **activation_variant,
             **request.set_variant(),
         }
         record = summarise(cells)
-        finished[(task_name, attention, seg_name, fraction, score)] = record
+        finished[(task_name, attention, grid_seg, fraction, score)] = record
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
     for (task_name, attention, seg_name, fraction, score), multitask in finished.items():
         if task_name != "all":
