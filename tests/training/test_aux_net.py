@@ -293,6 +293,7 @@ def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # 
 
 def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
+    from dataclasses import replace
 
     from defectkit.bench.protocols import BenchRequest, run_protocol
 
@@ -323,6 +324,15 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
     assert pooled_versus["metrics"]["map50_multitask"] == pooled[0]["metrics"]["map50"]
     assert pooled_versus["metrics"]["map50_single"] == by_tasks["detection"]["map50"]
     assert versus["variant"]["tasks"] == "all vs detection" and versus["paper"] == {"map50_gain_rel": 0.1795}
+    # A reduction given by --set reaches every cell's config, and the pair is still matched.
+    as_set = replace(
+        request,
+        variant={"tasks": "all,detection", "seg_loss": "bce"},
+        overrides=[*request.overrides, "method_options.seg_reduction=batch"],
+    )
+    last = json.loads(run_protocol("aux/synthetic", as_set).read_text())
+    assert last["protocol"] == "aux/synthetic/multitask"
+    assert (last["variant"]["seg_loss"], last["variant"]["seg_reduction"]) == ("bce", "batch")
 
 
 @pytest.mark.slow

@@ -263,6 +263,11 @@ def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:
     return chosen
 
 
+def _seg_name(loss: str, reduction: str) -> str:
+    """A mask loss's name in cell keys and folders (the default reduction stays unnamed)."""
+    return f"{loss}-{reduction}" if reduction != DEFAULT_REDUCTION else loss
+
+
 def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     protocol = f"aux/{dataset_name}"
     check_options(request.variant, GRID_OPTIONS, protocol)
@@ -304,7 +309,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     activation_variant: dict[str, str] = {}
     grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
     for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
-        asked_seg = f"{seg_loss}-{requested}" if requested != DEFAULT_REDUCTION else seg_loss
+        asked_loss, asked_reduction = seg_loss, requested
         # A network without the segmentation head never reads the mask loss: it trains once, keyed
         # and named by the default loss whatever the grid asks, and serves every loss's record.
         if "segmentation" not in tasks:
@@ -329,10 +334,12 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         activation_variant = {"class_activation": activation} if named else {}
         reduction = str(options_of(config)["seg_reduction"])
         reduced = reduction != DEFAULT_REDUCTION
-        seg_name = f"{seg_loss}-{reduction}" if reduced else seg_loss
+        seg_name = _seg_name(seg_loss, reduction)
         seg_variant = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
-        # The mask loss a multitask record and its single-task cells are matched by.
-        grid_seg = seg_name if "segmentation" in tasks else asked_seg
+        # The mask loss a multitask record and its single-task cells are matched by: the one asked
+        # for, with the reduction in force (-V, else --set, which reaches every cell's config).
+        in_force = asked_reduction if asked_reduction != DEFAULT_REDUCTION else reduction
+        grid_seg = _seg_name(asked_loss, in_force)
         if "segmentation" in tasks:
             seg_variants[seg_name] = seg_variant
         score_part = f"image_score-{score}/" if named_score else ""
