@@ -303,10 +303,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     cache = request.cells(name)
     last: Path | None = None
     finished: dict[CellName, dict[str, Any]] = {}
-    seg_variants: dict[str, dict[str, str]] = {}
-    # The classifier's activation (model.class_activation, by --set) names the results when it is
-    # not the default sigmoid, so a softmax run never overwrites the sigmoid rows.
-    activation_variant: dict[str, str] = {}
+    variants: dict[CellName, dict[str, Any]] = {}
     grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
     for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
         asked_loss, asked_reduction = seg_loss, requested
@@ -329,7 +326,9 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
         named_score = score != DEFAULT_IMAGE_SCORE
         activation = str(config.model.get("class_activation", "sigmoid"))
-        # Only a network with a classification head has an activation to name.
+        # The classifier's activation (model.class_activation, by --set) names the results when it
+        # is not the default sigmoid, so a softmax run never overwrites the sigmoid rows; only a
+        # network with a classification head has one to name.
         named = activation != "sigmoid" and "classification" in tasks
         activation_variant = {"class_activation": activation} if named else {}
         reduction = str(options_of(config)["seg_reduction"])
@@ -340,8 +339,6 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         # for, with the reduction in force (-V, else --set, which reaches every cell's config).
         in_force = asked_reduction if asked_reduction != DEFAULT_REDUCTION else reduction
         grid_seg = _seg_name(asked_loss, in_force)
-        if "segmentation" in tasks:
-            seg_variants[seg_name] = seg_variant
         score_part = f"image_score-{score}/" if named_score else ""
         prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
         # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
@@ -360,6 +357,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         }
         record = summarise(cells)
         finished[(task_name, attention, grid_seg, fraction, score)] = record
+        variants[(task_name, attention, grid_seg, fraction, score)] = variant
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
     for (task_name, attention, seg_name, fraction, score), multitask in finished.items():
         if task_name != "all":
@@ -370,14 +368,9 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             if (task, attention, seg_name, fraction, score) in finished
         }
         if singles:
-            variant = {
-                "attention": attention,
-                **seg_variants[seg_name],
-                "fraction": fraction,
-                **({"image_score": score} if score != DEFAULT_IMAGE_SCORE else {}),
-                **activation_variant,
-                **request.set_variant(),
-            }
+            # Named as its multitask cell is (its own activation, not the last cell's), less tasks.
+            variant = dict(variants[(task_name, attention, seg_name, fraction, score)])
+            del variant["tasks"]
             last = _write_multitask(protocol, dataset, request, variant, multitask, singles)
     assert last is not None, "no cell ran"
     return last
