@@ -482,6 +482,12 @@ def test_multitask_verdicts_judge_each_metric_apart() -> None:
     assert multitask_verdicts({"dice_multitask": 0.9, "dice_single": 0.9}) == [
         "multitask dice equal to the single-task model's"
     ]
+    pooled_and_positive = {"dice_multitask": 0.945, "dice_single": 0.95, "dice_pos_multitask": 0.58,
+                           "dice_pos_single": 0.5}  # fmt: skip
+    assert multitask_verdicts(pooled_and_positive) == [
+        "multitask dice below the single-task model's",
+        "multitask dice_pos above the single-task model's",
+    ]
 
 
 def test_single_task_inspection_and_strides() -> None:

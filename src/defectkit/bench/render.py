@@ -104,6 +104,8 @@ INFO_METRICS = (
     "accuracy_single",
     "dice_multitask",
     "dice_single",
+    "dice_pos_multitask",
+    "dice_pos_single",
 )
 MISSING = "–"
 # Settings a paper varies one at a time: (protocols, as a regular expression the whole name matches;
