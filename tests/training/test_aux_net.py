@@ -471,6 +471,21 @@ def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
     assert "one cycle rate" in notes and "precision bf16-mixed" in notes
 
 
+def test_multitask_metrics_set_each_single_task_model_beside_the_multitask_one() -> None:
+    from defectkit.bench.aux import multitask_metrics
+
+    multitask = {"metrics": {"map50": 0.6, "map": 0.3, "mla": 0.99, "dice": 0.945, "dice_pos": 0.58}}
+    classifier = {"metrics": {"mla": 0.98}}
+    segmenter = {"metrics": {"mla": 0.985, "dice": 0.936, "dice_pos": 0.573}}
+    metrics = multitask_metrics(multitask, {"classification": classifier, "segmentation": segmenter})
+    assert metrics["accuracy_gain"] == pytest.approx(0.01)
+    assert metrics["dice_gain_rel"] == pytest.approx(0.945 / 0.936 - 1.0)
+    assert (metrics["dice_pos_multitask"], metrics["dice_pos_single"]) == (0.58, 0.573)
+    assert "map50_single" not in metrics  # no detector, no mAP gain
+    no_positives = {"metrics": {"mla": 0.9, "dice": 0.9}}
+    assert "dice_pos_single" not in multitask_metrics(multitask, {"segmentation": no_positives})
+
+
 def test_multitask_verdicts_judge_each_metric_apart() -> None:
     from defectkit.bench.aux import multitask_verdicts
 

@@ -28,13 +28,15 @@ Tables I and IV, and the SE + SA, Dice cell beside Table III's (recall, precisio
 verdict); at those settings, ``-V tasks=singles``' segmenter and classifier stand beside Table II's
 FPN and Table III's SEResNet-50, and the multitask record's gains beside the paper's.
 
-Whenever one invocation runs ``all`` and single-task cells of the same (attention, seg_loss,
-fraction), an ``aux/<dataset>/multitask`` record sets them side by side (mAP against the detector,
-accuracy against the classifier, Dice against the segmenter): the paper's claim that the
-auxiliary labels help, checked on the same split. The classifier and the detector never read the
-mask loss: each trains once per (attention, fraction), keyed and named by the default Dice, and
-stands beside the multitask cell of every seg_loss (``-V seg_loss=dice+bce -V tasks=all,singles``
-trains only the segmenter anew).
+Whenever one invocation runs ``all`` and single-task cells of the same settings (attention,
+seg_loss and reduction, fraction, image score), an ``aux/<dataset>/multitask`` record sets them
+side by side (mAP against the detector, accuracy against the classifier, Dice and Dice on
+defective images against the segmenter): the paper's claim that the auxiliary labels help,
+checked on the same split. The classifier and the detector never read the mask loss: each trains
+under the default Dice (and the reduction a ``--set`` gives, which reaches every config), is named
+so, and stands beside the multitask cell of every seg_loss in the grid, so a second loss reuses
+them (``-V seg_loss=dice+bce -V tasks=all,singles`` trains the multitask network and the segmenter
+under dice+bce, and the classifier and detector only where no Dice cell of theirs exists).
 
 ``aux/efficiency`` (Tables V-VI): parameters and single-core CPU time per image of the multitask
 network against the three single-task networks on the same backbone (a classifier, an FPN
@@ -86,7 +88,7 @@ from defectkit.models import create_model
 from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS
 from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
-from defectkit.training.aux_net import SEG_LOSSES, SEG_REDUCTIONS, options_of
+from defectkit.training.aux_net import DEFAULT_OPTIONS, SEG_LOSSES, SEG_REDUCTIONS, options_of
 from defectkit.training.data import PreparedData
 from defectkit.training.engine import data_fingerprint
 
@@ -95,8 +97,8 @@ PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
 SPLIT = (0.8, 0.2)
 SPLIT_SEED = 0
 GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score")
-DEFAULT_SEG_LOSS = "dice"  # the paper's
-DEFAULT_REDUCTION = "image"
+DEFAULT_SEG_LOSS = str(DEFAULT_OPTIONS["seg_loss"])  # the paper's Dice
+DEFAULT_REDUCTION = str(DEFAULT_OPTIONS["seg_reduction"])
 DEFAULT_IMAGE_SCORE = "classifier"
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
@@ -155,7 +157,7 @@ AUX_TRIED_CPU = {
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
-CellName = tuple[str, str, str, float, str]  # tasks, attention, seg name, fraction, image score
+CellName = tuple[str, str, str, float, str]  # tasks, attention, matched loss, fraction, image score
 
 
 def measure(model: torch.nn.Module, size: tuple[int, int], channels: int, warmup: int, repeats: int) -> float:
@@ -263,9 +265,10 @@ def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:
     return chosen
 
 
-def _seg_name(loss: str, reduction: str) -> str:
-    """A mask loss's name in cell keys and folders (the default reduction stays unnamed)."""
-    return f"{loss}-{reduction}" if reduction != DEFAULT_REDUCTION else loss
+def _seg_variant(loss: str, reduction: str) -> dict[str, str]:
+    """A mask loss as results name it (the default reduction stays unnamed); its values joined by
+    "-" name cells and work folders."""
+    return {"seg_loss": loss, **({"seg_reduction": reduction} if reduction != DEFAULT_REDUCTION else {})}
 
 
 def run_aux(dataset_name: str, request: BenchRequest) -> Path:
@@ -302,45 +305,53 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
     last: Path | None = None
-    finished: dict[CellName, dict[str, Any]] = {}
-    variants: dict[CellName, dict[str, Any]] = {}
+    # Each cell's summary and results variant, keyed by the loss its multitask record matches.
+    finished: dict[CellName, tuple[dict[str, Any], dict[str, Any]]] = {}
+    # The same per trained cell (its key prefix): a classifier or detector met again under another
+    # mask loss is neither summarised nor written again.
+    summarised: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
     for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
-        asked_loss, asked_reduction = seg_loss, requested
-        # A network without the segmentation head never reads the mask loss: it trains once, keyed
-        # and named by the default loss whatever the grid asks, and serves every loss's record.
-        if "segmentation" not in tasks:
-            seg_loss, requested = DEFAULT_SEG_LOSS, DEFAULT_REDUCTION
+        # A network without the segmentation head never reads the mask loss: it trains under the
+        # default whatever the grid asks, and serves every loss's multitask record.
+        trained_loss, trained_reduction = (
+            (seg_loss, requested) if "segmentation" in tasks else (DEFAULT_SEG_LOSS, DEFAULT_REDUCTION)
+        )
         # Defaults (reduction, image score) stay out of overrides, keys and variants, so earlier
         # cells resume; the values in force, --set included, name the cell.
         overrides = [
             f"model.tasks=[{','.join(tasks)}]",
             f"model.attention={attention}",
-            f"method_options.seg_loss={seg_loss}",
+            f"method_options.seg_loss={trained_loss}",
             f"data.train_fraction={fraction}",
-            *([f"method_options.seg_reduction={requested}"] if requested != DEFAULT_REDUCTION else []),
+            *(
+                [f"method_options.seg_reduction={trained_reduction}"]
+                if trained_reduction != DEFAULT_REDUCTION
+                else []
+            ),
         ]
         scored_by = [f"model.image_score={image_score}"] if image_score else []
         all_overrides = [*request.overrides, *overrides, *scored_by]
         config = load_config(REPO_ROOT / dataset.config, request.profile, all_overrides)
         score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
         named_score = score != DEFAULT_IMAGE_SCORE
+        reduction = str(options_of(config)["seg_reduction"])
+        seg_variant = _seg_variant(trained_loss, reduction)
+        seg_name = "-".join(seg_variant.values())
+        # The loss a multitask record and its single-task cells are matched by: the one asked for,
+        # with the reduction in force (-V, else --set, which reaches every cell's config).
+        matched = _seg_variant(seg_loss, requested if requested != DEFAULT_REDUCTION else reduction)
+        key = (task_name, attention, "-".join(matched.values()), fraction, score)
+        score_part = f"image_score-{score}/" if named_score else ""
+        prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
+        if prefix in summarised:
+            finished[key] = summarised[prefix]
+            continue
         activation = str(config.model.get("class_activation", "sigmoid"))
         # The classifier's activation (model.class_activation, by --set) names the results when it
         # is not the default sigmoid, so a softmax run never overwrites the sigmoid rows; only a
         # network with a classification head has one to name.
         named = activation != "sigmoid" and "classification" in tasks
-        activation_variant = {"class_activation": activation} if named else {}
-        reduction = str(options_of(config)["seg_reduction"])
-        reduced = reduction != DEFAULT_REDUCTION
-        seg_name = _seg_name(seg_loss, reduction)
-        seg_variant = {"seg_loss": seg_loss, **({"seg_reduction": reduction} if reduced else {})}
-        # The mask loss a multitask record and its single-task cells are matched by: the one asked
-        # for, with the reduction in force (-V, else --set, which reaches every cell's config).
-        in_force = asked_reduction if asked_reduction != DEFAULT_REDUCTION else reduction
-        grid_seg = _seg_name(asked_loss, in_force)
-        score_part = f"image_score-{score}/" if named_score else ""
-        prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
         # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
         folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}"
         stem = request.work_root / name / f"v{CELL_VERSION}" / folder
@@ -352,26 +363,24 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **seg_variant,
             "fraction": fraction,
             **({"image_score": score} if named_score else {}),
-            **activation_variant,
+            **({"class_activation": activation} if named else {}),
             **request.set_variant(),
         }
         record = summarise(cells)
-        finished[(task_name, attention, grid_seg, fraction, score)] = record
-        variants[(task_name, attention, grid_seg, fraction, score)] = variant
+        finished[key] = summarised[prefix] = (record, variant)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
-    for (task_name, attention, seg_name, fraction, score), multitask in finished.items():
+    for (task_name, attention, seg_name, fraction, score), (multitask, variant) in finished.items():
         if task_name != "all":
             continue
         singles = {
-            task: finished[(task, attention, seg_name, fraction, score)]
+            task: finished[(task, attention, seg_name, fraction, score)][0]
             for task in TASKS
             if (task, attention, seg_name, fraction, score) in finished
         }
         if singles:
             # Named as its multitask cell is (its own activation, not the last cell's), less tasks.
-            variant = dict(variants[(task_name, attention, seg_name, fraction, score)])
-            del variant["tasks"]
-            last = _write_multitask(protocol, dataset, request, variant, multitask, singles)
+            shared = {k: v for k, v in variant.items() if k != "tasks"}
+            last = _write_multitask(protocol, dataset, request, shared, multitask, singles)
     assert last is not None, "no cell ran"
     return last
 
@@ -530,7 +539,8 @@ Run = Mapping[str, Any]  # one summarised cell: summarise()'s record
 def multitask_metrics(multitask: Run, singles: Mapping[str, Run]) -> dict[str, Any]:
     """The multitask model against each single-task model of the same cell, on the same test
     images: box mAP against the detector, image accuracy against the classifier, Dice against the
-    segmenter (relative gains for mAP and Dice, absolute for accuracy)."""
+    segmenter (relative gains for mAP and Dice, absolute for accuracy), and both models' Dice on
+    defective images alone where the cells have it."""
     ours = multitask["metrics"]
     accuracy = "accuracy" if "accuracy" in ours else "mla"
     metrics: dict[str, Any] = {}
