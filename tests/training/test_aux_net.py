@@ -446,6 +446,7 @@ def test_paper_gains_stand_beside_matching_multitask_records_only() -> None:
         (["method_options.seg_loss=jaccard"], True),
         (["method_options.seg_loss=dice+bce"], False),
         (["method_options.seg_reduction=batch"], False),
+        (["model.tasks=[classification]"], False),  # no mask head: the loss is never read
     ],
 )
 def test_ksdd_empty_mask_note_only_on_overlap_losses_per_image(overrides: list[str], noted: bool) -> None:
@@ -456,6 +457,23 @@ def test_ksdd_empty_mask_note_only_on_overlap_losses_per_image(overrides: list[s
     config = load_config(REPO_ROOT / "configs/aux_net/kolektorsdd.yaml", "cpu", overrides)
     assert (AUX_TRIED_CPU["ksdd"] in _notes("ksdd", config, True, {}, "cpu")) is noted
     assert AUX_TRIED_CPU["ksdd"] not in _notes("ksdd", config, True, {}, "paper")
+
+
+@pytest.mark.parametrize(
+    ("tasks", "judge"),
+    [("[segmentation]", "peak mask"), ("[detection]", "best anchor"),
+     ("[segmentation,detection]", "best anchor"), ("[classification]", None),
+     ("[classification,segmentation,detection]", None)],
+)  # fmt: skip
+def test_notes_say_what_judges_a_network_without_a_classifier(tasks: str, judge: str | None) -> None:
+    from defectkit.bench.aux import _notes
+    from defectkit.bench.protocols import REPO_ROOT
+    from defectkit.config import load_config
+
+    config = load_config(REPO_ROOT / "configs/aux_net/kolektorsdd.yaml", "cpu", [f"model.tasks={tasks}"])
+    notes = _notes("ksdd", config, False, {}, "cpu")
+    assert ("no classification head" in notes) is (judge is not None)
+    assert judge is None or f"each class's {judge} probability" in notes
 
 
 def test_notes_name_the_schedule_and_any_reduced_precision() -> None:

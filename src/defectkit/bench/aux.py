@@ -620,9 +620,11 @@ def _notes(
     notes = [f"input {size}, {config.trainer.epochs} epochs, {schedule}"]
     if config.trainer.precision not in ("32", "32-true"):  # "32": Lightning's alias
         notes.append(f"trained at precision {config.trainer.precision} (rows without this note: 32-bit)")
+    tasks = tuple(config.model.get("tasks", TASKS))
     # The KolektorSDD note is about the empty masks of an overlap loss alone, reduced per image.
     overlap_only = options["seg_reduction"] == DEFAULT_REDUCTION and "bce" not in options["seg_loss"]
-    if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or overlap_only):
+    masks_noted = overlap_only and "segmentation" in tasks
+    if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or masks_noted):
         notes.append(AUX_TRIED_CPU[dataset_name])
     mask_peak = config.model.get("image_score") == "mask_peak"
     if config.model.get("class_activation") == "softmax" and not mask_peak:
@@ -632,6 +634,10 @@ def _notes(
             "images judged by each class's peak mask probability (image_score=mask_peak), not by the "
             "classification head as in the paper; accuracy at the same fixed 0.5"
         )
+    elif "classification" not in tasks:
+        # As AuxNet.inspect judges a network without a classification head.
+        judge = "best anchor" if "detection" in tasks else "peak mask"
+        notes.append(f"no classification head: images judged by each class's {judge} probability, at 0.5")
     if metrics.get("dice_pos") == 0.0:
         # Dice scores an empty prediction on a good image a perfect 1, so with no defect pixel
         # found it measures only how many images are good.
