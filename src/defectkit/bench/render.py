@@ -97,7 +97,11 @@ INFO_METRICS = (
     "params_m_single_total",
     "ms_multitask",
     "ms_single_total",
-    # aux/<dataset>/multitask: both sides of each gain
+    # aux/<dataset>/multitask: each gain (also where the paper gives none at the row's settings)
+    # and both of its sides
+    "map50_gain_rel",
+    "accuracy_gain",
+    "dice_gain_rel",
     "map50_multitask",
     "map50_single",
     "accuracy_multitask",
