@@ -12,9 +12,11 @@ from defectkit.models.aux_net import (
     DecodeConfig,
     decode_boxes,
     encode_boxes,
+    image_judge,
     match_anchors,
     select_detections,
 )
+from defectkit.models.aux_net.model import TASKS
 from defectkit.training.aux_net import (
     DEFAULT_OPTIONS,
     AuxNetRecipe,
@@ -533,6 +535,28 @@ def test_single_task_inspection_and_strides() -> None:
     with pytest.raises(ValueError, match="multiples of 64"):
         tiny()(torch.rand(1, 3, 96, 96))  # P6 (stride 64) would not tile a 96-pixel side
     assert tiny(tasks=["segmentation"]).stride == 32 and tiny(tasks=["detection"]).fpn is not None
+
+
+@pytest.mark.parametrize(
+    ("tasks", "image_score", "judge"),
+    [(["classification"], "classifier", "classifier"), (["segmentation"], "classifier", "mask_peak"),
+     (["detection"], "classifier", "best_anchor"),
+     (["segmentation", "detection"], "classifier", "best_anchor"),
+     (list(TASKS), "classifier", "classifier"), (list(TASKS), "mask_peak", "mask_peak")],
+)  # fmt: skip
+def test_image_judge_names_what_inspect_reads(tasks: list[str], image_score: str, judge: str) -> None:
+    model = tiny(tasks=tasks, image_score=image_score).eval()
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        output = model(image)
+        probabilities, _ = model.inspect(image)
+    source = {
+        "classifier": lambda: model.class_probabilities(output.class_logits),
+        "mask_peak": lambda: torch.sigmoid(output.mask_logits).amax(dim=(2, 3)),
+        "best_anchor": lambda: torch.sigmoid(output.box_logits).amax(dim=1),
+    }
+    assert image_judge(tasks, image_score) == judge
+    assert torch.allclose(probabilities, source[judge]())
 
 
 def test_mask_peak_judges_each_class_by_its_best_pixel(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -85,7 +85,7 @@ from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
-from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS
+from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS, image_judge
 from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
 from defectkit.training.aux_net import DEFAULT_OPTIONS, SEG_LOSSES, SEG_REDUCTIONS, options_of
@@ -626,18 +626,17 @@ def _notes(
     masks_noted = overlap_only and "segmentation" in tasks
     if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or masks_noted):
         notes.append(AUX_TRIED_CPU[dataset_name])
-    mask_peak = config.model.get("image_score") == "mask_peak"
-    if config.model.get("class_activation") == "softmax" and not mask_peak:
+    judge = image_judge(tasks, config.model.get("image_score", "classifier"))
+    if config.model.get("class_activation") == "softmax" and judge == "classifier":
         notes.append("softmax classes: mla counts a class called at probability >= 0.5, as for sigmoid")
-    if mask_peak:
+    if judge != "classifier" and "classification" in tasks:
         notes.append(
             "images judged by each class's peak mask probability (image_score=mask_peak), not by the "
             "classification head as in the paper; accuracy at the same fixed 0.5"
         )
-    elif "classification" not in tasks:
-        # As AuxNet.inspect judges a network without a classification head.
-        judge = "best anchor" if "detection" in tasks else "peak mask"
-        notes.append(f"no classification head: images judged by each class's {judge} probability, at 0.5")
+    elif judge != "classifier":
+        where = "peak mask" if judge == "mask_peak" else "best anchor"
+        notes.append(f"no classification head: images judged by each class's {where} probability, at 0.5")
     if metrics.get("dice_pos") == 0.0:
         # Dice scores an empty prediction on a good image a perfect 1, so with no defect pixel
         # found it measures only how many images are good.

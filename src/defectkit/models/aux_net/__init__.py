@@ -12,12 +12,20 @@ from defectkit.models.aux_net.detection import (
     match_anchors,
     select_detections,
 )
-from defectkit.models.aux_net.model import STRIDE, AttentionEncoder, AuxNet, AuxNetOutput
+from defectkit.models.aux_net.model import (
+    IMAGE_JUDGES,
+    STRIDE,
+    AttentionEncoder,
+    AuxNet,
+    AuxNetOutput,
+    image_judge,
+)
 
 # The constructor is the builder: its keyword arguments are the config's ``model`` section.
 aux_net = register_model("aux_net")(AuxNet)
 
 __all__ = [
+    "IMAGE_JUDGES",
     "STRIDE",
     "AttentionEncoder",
     "AuxNet",
@@ -28,6 +36,7 @@ __all__ = [
     "aux_net",
     "decode_boxes",
     "encode_boxes",
+    "image_judge",
     "match_anchors",
     "select_detections",
 ]

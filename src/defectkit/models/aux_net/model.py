@@ -57,7 +57,21 @@ PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 TASKS = ("classification", "segmentation", "detection")
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 IMAGE_SCORES = ("classifier", "mask_peak")
+IMAGE_JUDGES = ("classifier", "mask_peak", "best_anchor")
 IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet blocks (not resnetv2_*)
+
+
+def image_judge(tasks: Sequence[str], image_score: str = "classifier") -> str:
+    """What gives a network's image class probabilities, one of :data:`IMAGE_JUDGES`.
+
+    ``image_score`` decides where the classification head exists; a single-task network without
+    one is judged by its own output: a segmenter by each class's best mask pixel (``mask_peak``),
+    a detector by each class's best anchor (``best_anchor``). Benchmarks name the judge from this
+    too, so their notes cannot drift from what :meth:`AuxNet.inspect` does.
+    """
+    if image_score == "mask_peak" or not {"classification", "detection"} & set(tasks):
+        return "mask_peak"
+    return "classifier" if "classification" in tasks else "best_anchor"
 
 
 @dataclass
@@ -288,12 +302,11 @@ class AuxNet(nn.Module):
         return self._class_probabilities(output), self._mask_probabilities(output)
 
     def _class_probabilities(self, output: AuxNetOutput) -> Tensor:
-        """The image's class probabilities (``image_score``): the classifier's, or each class's best
-        mask pixel. A single-task network without a classifier judges the image by its own output:
-        a detector by its best anchor per class, a segmenter by its best pixel."""
-        if self.image_score == "mask_peak" or (self.decision_head is None and self.detection_head is None):
+        """The image's class probabilities, as :func:`image_judge` names their source."""
+        judge = image_judge(self.tasks, self.image_score)
+        if judge == "mask_peak":
             return torch.sigmoid(output.mask_logits).amax(dim=(2, 3))
-        if self.decision_head is not None:
+        if judge == "classifier":
             return self.class_probabilities(output.class_logits)
         return torch.sigmoid(output.box_logits).amax(dim=1)
 
