@@ -506,6 +506,36 @@ def test_multitask_metrics_set_each_single_task_model_beside_the_multitask_one()
     assert "dice_pos_single" not in multitask_metrics(multitask, {"segmentation": no_positives})
 
 
+def test_multitask_record_names_each_runs_machine(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+    from types import SimpleNamespace
+
+    from defectkit.bench.aux import _write_multitask
+    from defectkit.bench.protocols import BenchRequest
+
+    def run(cpu: str, wall_s: float) -> dict[str, object]:
+        # Cells stored before cells recorded their machine: only the run's results name it.
+        cells = [{"wall_s": wall_s, "commit": "c0ffee"}]
+        return {"metrics": {"mla": 0.9, "dice": 0.9}, "scores": SimpleNamespace(paths=["a.png", "b.png"]),
+                "cells": cells, "machine": {"cpu": cpu}}  # fmt: skip
+
+    dataset = SimpleNamespace(name="ksdd", info=SimpleNamespace(name="KolektorSDD"))
+    request = BenchRequest("cpu", "full", "defectkit bench aux/ksdd", tmp_path, tmp_path, commit="c0ffee")
+    variant = {"attention": "se+sa", "seg_loss": "dice", "fraction": 1.0}
+    path = _write_multitask(
+        "aux/ksdd",
+        dataset,
+        request,
+        variant,
+        run("Intel Xeon", 2.0),
+        {"classification": run("AMD EPYC", 3.0)},
+    )  # type: ignore[arg-type]
+    record = json.loads(path.read_text())
+    assert record["machine"] == {"cpu": "Intel Xeon / AMD EPYC"}
+    assert record["commit"] == "c0ffee" and record["wall_time_s"] == 5.0
+    assert record["variant"]["tasks"] == "all vs classification"
+
+
 def test_multitask_verdicts_judge_each_metric_apart() -> None:
     from defectkit.bench.aux import multitask_verdicts
 

@@ -77,7 +77,7 @@ from defectkit.bench.protocols import (
     option_list,
     register_protocol,
 )
-from defectkit.bench.results import write_results
+from defectkit.bench.results import cells_commit, cells_machine, recorded_machine, write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
@@ -367,8 +367,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **request.set_variant(),
         }
         record = summarise(cells)
-        finished[key] = summarised[prefix] = (record, variant)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
+        # The machine its results name (cells_machine's best knowledge for cells stored before cells
+        # recorded one), for the multitask record that cites this cell.
+        record["machine"] = recorded_machine(last)
+        finished[key] = summarised[prefix] = (record, variant)
     for (task_name, attention, seg_name, fraction, score), (multitask, variant) in finished.items():
         if task_name != "all":
             continue
@@ -585,6 +588,7 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
     """One ``aux/<dataset>/multitask`` record: the multitask model beside its single-task baselines."""
     metrics = multitask_metrics(multitask, singles)
     runs = [multitask, *singles.values()]
+    cells = [c for run in runs for c in run["cells"]]
     verdicts = multitask_verdicts(metrics)
     return write_results(
         protocol=f"{protocol}/multitask",
@@ -597,7 +601,10 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
         paper=paper_gains(dataset.name, variant, singles),
         wall_time_s=sum(c["wall_s"] for run in runs for c in run["cells"]),
         command=request.command,
-        cells=[c for run in runs for c in run["cells"]],
+        commit=cells_commit(cells),
+        # Each run's machine as its own results name it: a new record cannot know the machine of
+        # cells stored before cells recorded one, but the single-task results it cites do.
+        machine=cells_machine(run for run in runs),
         notes="; ".join(verdicts)
         + ". Same split, same test images; the paper's "
         + " and ".join(PAPER_BASELINES[task] for task in sorted(singles))

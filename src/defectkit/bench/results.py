@@ -36,6 +36,7 @@ __all__ = [
     "cells_machine",
     "machine_info",
     "read_results",
+    "recorded_machine",
     "results_path",
     "variant_slug",
     "write_results",
@@ -242,6 +243,16 @@ def cells_machine(
     return merged
 
 
+def recorded_machine(path: str | Path) -> dict[str, Any] | None:
+    """The machine a results file names; ``None`` when the file is missing, unreadable or names none."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    machine = record.get("machine") if isinstance(record, dict) else None
+    return dict(machine) if isinstance(machine, Mapping) else None
+
+
 def _previous_machine(path: Path, commit: str) -> Mapping[str, Any] | None:
     """The machine ``path`` names when it was written from cells of the same ``commit``: the
     machine of cells that predate machine records, as best known."""
@@ -251,8 +262,7 @@ def _previous_machine(path: Path, commit: str) -> Mapping[str, Any] | None:
         return None
     if not isinstance(previous, dict) or previous.get("commit") != commit:
         return None
-    machine = previous.get("machine")
-    return machine if isinstance(machine, Mapping) else None
+    return recorded_machine(path)
 
 
 class CellMissingError(LookupError):
