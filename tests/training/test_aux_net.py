@@ -462,20 +462,31 @@ def test_ksdd_empty_mask_note_only_on_overlap_losses_per_image(overrides: list[s
 
 
 @pytest.mark.parametrize(
-    ("tasks", "judge"),
-    [("[segmentation]", "peak mask"), ("[detection]", "best anchor"),
-     ("[segmentation,detection]", "best anchor"), ("[classification]", None),
-     ("[classification,segmentation,detection]", None)],
+    ("tasks", "score", "judge"),
+    [("[segmentation]", "classifier", "peak mask"), ("[detection]", "classifier", "best anchor"),
+     ("[segmentation,detection]", "classifier", "best anchor"), ("[classification]", "classifier", None),
+     ("[classification,segmentation,detection]", "classifier", None),
+     ("[segmentation,detection]", "mask_peak", "peak mask probability (image_score=mask_peak)")],
 )  # fmt: skip
-def test_notes_say_what_judges_a_network_without_a_classifier(tasks: str, judge: str | None) -> None:
+def test_notes_say_what_judges_a_network_without_a_classifier(
+    tasks: str, score: str, judge: str | None
+) -> None:
     from defectkit.bench.aux import _notes
     from defectkit.bench.protocols import REPO_ROOT
     from defectkit.config import load_config
 
-    config = load_config(REPO_ROOT / "configs/aux_net/kolektorsdd.yaml", "cpu", [f"model.tasks={tasks}"])
-    notes = _notes("ksdd", config, False, {}, "cpu")
+    overrides = [f"model.tasks={tasks}", f"model.image_score={score}", "model.class_activation=softmax"]
+    notes = _notes(
+        "ksdd",
+        load_config(REPO_ROOT / "configs/aux_net/kolektorsdd.yaml", "cpu", overrides),
+        False,
+        {},
+        "cpu",
+    )
     assert ("no classification head" in notes) is (judge is not None)
-    assert judge is None or f"each class's {judge} probability" in notes
+    assert judge is None or f"each class's {judge}" in notes
+    # Only a classification head reads the activation.
+    assert ("softmax classes" in notes) is (judge is None)
 
 
 def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
@@ -572,7 +583,8 @@ def test_single_task_inspection_and_strides() -> None:
     [(["classification"], "classifier", "classifier"), (["segmentation"], "classifier", "mask_peak"),
      (["detection"], "classifier", "best_anchor"),
      (["segmentation", "detection"], "classifier", "best_anchor"),
-     (list(TASKS), "classifier", "classifier"), (list(TASKS), "mask_peak", "mask_peak")],
+     (list(TASKS), "classifier", "classifier"), (list(TASKS), "mask_peak", "mask_peak"),
+     (["segmentation"], "mask_peak", "mask_peak"), (["segmentation", "detection"], "mask_peak", "mask_peak")],
 )  # fmt: skip
 def test_image_judge_names_what_inspect_reads(tasks: list[str], image_score: str, judge: str) -> None:
     model = tiny(tasks=tasks, image_score=image_score).eval()

@@ -368,8 +368,8 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         }
         record = summarise(cells)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
-        # The machine its results name (cells_machine's best knowledge for cells stored before cells
-        # recorded one), for the multitask record that cites this cell.
+        # Cells stored before cells recorded their machine leave a new multitask record to guess it;
+        # the results just written name it (their file's earlier record, else this machine).
         record["machine"] = recorded_machine(last)
         finished[key] = summarised[prefix] = (record, variant)
     for (task_name, attention, seg_name, fraction, score), (multitask, variant) in finished.items():
@@ -536,7 +536,7 @@ def paper_gains(dataset_name: str, variant: Mapping[str, Any], singles: Iterable
     return gains
 
 
-Run = Mapping[str, Any]  # one summarised cell: summarise()'s record
+Run = Mapping[str, Any]  # one summarised cell: summarise()'s record, plus the machine its results name
 
 
 def multitask_metrics(multitask: Run, singles: Mapping[str, Run]) -> dict[str, Any]:
@@ -604,7 +604,7 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
         commit=cells_commit(cells),
         # Each run's machine as its own results name it: a new record cannot know the machine of
         # cells stored before cells recorded one, but the single-task results it cites do.
-        machine=cells_machine(run for run in runs),
+        machine=cells_machine(runs),
         notes="; ".join(verdicts)
         + ". Same split, same test images; the paper's "
         + " and ".join(PAPER_BASELINES[task] for task in sorted(singles))
@@ -633,17 +633,21 @@ def _notes(
     masks_noted = overlap_only and "segmentation" in tasks
     if profile == "cpu" and dataset_name in AUX_TRIED_CPU and (dataset_name != "ksdd" or masks_noted):
         notes.append(AUX_TRIED_CPU[dataset_name])
-    judge = image_judge(tasks, config.model.get("image_score", "classifier"))
+    score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
+    judge = image_judge(tasks, score)
     if config.model.get("class_activation") == "softmax" and judge == "classifier":
         notes.append("softmax classes: mla counts a class called at probability >= 0.5, as for sigmoid")
-    if judge != "classifier" and "classification" in tasks:
+    if "classification" in tasks and judge == "mask_peak":
         notes.append(
             "images judged by each class's peak mask probability (image_score=mask_peak), not by the "
             "classification head as in the paper; accuracy at the same fixed 0.5"
         )
-    elif judge != "classifier":
+    elif "classification" not in tasks:
         where = "peak mask" if judge == "mask_peak" else "best anchor"
-        notes.append(f"no classification head: images judged by each class's {where} probability, at 0.5")
+        asked = " (image_score=mask_peak)" if score == "mask_peak" else ""
+        notes.append(
+            f"no classification head: images judged by each class's {where} probability{asked}, at 0.5"
+        )
     if metrics.get("dice_pos") == 0.0:
         # Dice scores an empty prediction on a good image a perfect 1, so with no defect pixel
         # found it measures only how many images are good.

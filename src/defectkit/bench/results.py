@@ -245,24 +245,27 @@ def cells_machine(
 
 def recorded_machine(path: str | Path) -> dict[str, Any] | None:
     """The machine a results file names; ``None`` when the file is missing, unreadable or names none."""
-    try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    machine = record.get("machine") if isinstance(record, dict) else None
+    record = _read_record(Path(path))
+    machine = record.get("machine") if record is not None else None
     return dict(machine) if isinstance(machine, Mapping) else None
 
 
 def _previous_machine(path: Path, commit: str) -> Mapping[str, Any] | None:
     """The machine ``path`` names when it was written from cells of the same ``commit``: the
     machine of cells that predate machine records, as best known."""
+    previous = _read_record(path)
+    if previous is None or previous.get("commit") != commit:
+        return None
+    machine = previous.get("machine")
+    return machine if isinstance(machine, Mapping) else None
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if not isinstance(previous, dict) or previous.get("commit") != commit:
-        return None
-    return recorded_machine(path)
+    return record if isinstance(record, dict) else None
 
 
 class CellMissingError(LookupError):

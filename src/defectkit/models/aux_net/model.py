@@ -64,14 +64,18 @@ IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet b
 def image_judge(tasks: Sequence[str], image_score: str = "classifier") -> str:
     """What gives a network's image class probabilities, one of :data:`IMAGE_JUDGES`.
 
-    ``image_score`` decides where the classification head exists; a single-task network without
-    one is judged by its own output: a segmenter by each class's best mask pixel (``mask_peak``),
-    a detector by each class's best anchor (``best_anchor``). Benchmarks name the judge from this
-    too, so their notes cannot drift from what :meth:`AuxNet.inspect` does.
+    ``image_score=mask_peak`` chooses each class's best mask pixel whatever the heads. Otherwise
+    the classification head judges where there is one; without it a detector judges by each
+    class's best anchor (its scores are trained per object, where the mask's are per pixel), and a
+    segmenter alone by its best mask pixel. Benchmark notes name the judge from this too, so they
+    cannot drift from what :meth:`AuxNet.inspect` does.
     """
     if image_score == "mask_peak" or not {"classification", "detection"} & set(tasks):
-        return "mask_peak"
-    return "classifier" if "classification" in tasks else "best_anchor"
+        judge = "mask_peak"
+    else:
+        judge = "classifier" if "classification" in tasks else "best_anchor"
+    assert judge in IMAGE_JUDGES
+    return judge
 
 
 @dataclass
