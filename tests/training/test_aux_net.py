@@ -545,6 +545,11 @@ def test_multitask_record_names_each_runs_machine(tmp_path) -> None:  # type: ig
     assert record["machine"] == {"cpu": "Intel Xeon / AMD EPYC"}
     assert record["commit"] == "c0ffee" and record["wall_time_s"] == 5.0
     assert record["variant"]["tasks"] == "all vs classification"
+    assert "Dice comparison is void" not in record["notes"]
+    collapsed = {**run("AMD EPYC", 1.0), "metrics": {"mla": 0.9, "dice": 0.87, "dice_pos": 0.0}}
+    path = _write_multitask("aux/ksdd", dataset, request, variant, collapsed, {"segmentation": collapsed})  # type: ignore[arg-type]
+    notes = json.loads(path.read_text())["notes"]
+    assert "the multitask model and the single-task segmenter found no defect pixel" in notes
 
 
 def test_multitask_verdicts_judge_each_metric_apart() -> None:

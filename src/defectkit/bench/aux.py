@@ -590,6 +590,14 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
     runs = [multitask, *singles.values()]
     cells = [c for run in runs for c in run["cells"]]
     verdicts = multitask_verdicts(metrics)
+    models = {"multitask": "the multitask model", "single": "the single-task segmenter"}
+    empty = [model for name, model in models.items() if metrics.get(f"dice_pos_{name}") == 0.0]
+    if empty:
+        # A head that found no defect pixel scores each good image's empty mask a perfect Dice: its
+        # Dice counts good images, so a gain between such heads says nothing of segmentation.
+        verdicts.append(
+            f"{' and '.join(empty)} found no defect pixel (dice_pos 0): the Dice comparison is void"
+        )
     return write_results(
         protocol=f"{protocol}/multitask",
         method="aux_net",
