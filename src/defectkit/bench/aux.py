@@ -573,13 +573,21 @@ def multitask_metrics(multitask: Run, singles: Mapping[str, Run]) -> dict[str, A
 
 def multitask_verdicts(metrics: Mapping[str, Any]) -> list[str]:
     """Whether the multitask model is above, equal to or below its single-task model, per metric
-    of :func:`multitask_metrics` that both have."""
+    of :func:`multitask_metrics` that both have, and which segmentation head found no defect pixel."""
     verdicts = []
     for name in ("map50", "map", "accuracy", "dice", "dice_pos"):
         ours, theirs = metrics.get(f"{name}_multitask"), metrics.get(f"{name}_single")
         if ours is not None and theirs is not None:
             word = "above" if ours > theirs else ("equal to" if ours == theirs else "below")
             verdicts.append(f"multitask {name} {word} the single-task model's")
+    models = {"multitask": "the multitask model", "single": "the single-task segmenter"}
+    empty = [model for name, model in models.items() if metrics.get(f"dice_pos_{name}") == 0.0]
+    if empty:
+        # A head that found no defect pixel scores each good image's empty mask a perfect Dice: its
+        # Dice counts good images, so a gain between such heads says nothing of segmentation.
+        verdicts.append(
+            f"{' and '.join(empty)} found no defect pixel (dice_pos 0): the Dice comparison is void"
+        )
     return verdicts
 
 
@@ -590,14 +598,6 @@ def _write_multitask(protocol: str, dataset: GridDataset, request: BenchRequest,
     runs = [multitask, *singles.values()]
     cells = [c for run in runs for c in run["cells"]]
     verdicts = multitask_verdicts(metrics)
-    models = {"multitask": "the multitask model", "single": "the single-task segmenter"}
-    empty = [model for name, model in models.items() if metrics.get(f"dice_pos_{name}") == 0.0]
-    if empty:
-        # A head that found no defect pixel scores each good image's empty mask a perfect Dice: its
-        # Dice counts good images, so a gain between such heads says nothing of segmentation.
-        verdicts.append(
-            f"{' and '.join(empty)} found no defect pixel (dice_pos 0): the Dice comparison is void"
-        )
     return write_results(
         protocol=f"{protocol}/multitask",
         method="aux_net",
