@@ -10,20 +10,26 @@ from defectkit.data.sample import Sample, collate
 from defectkit.models.aux_net import (
     AuxNet,
     DecodeConfig,
+    anchor_boxes,
+    anchor_coverage,
     decode_boxes,
     encode_boxes,
+    fit_aspect_ratios,
     image_judge,
+    level_stride,
     match_anchors,
     select_detections,
 )
 from defectkit.models.aux_net.model import TASKS
 from defectkit.training.aux_net import (
     DEFAULT_OPTIONS,
+    AuxNetMethod,
     AuxNetRecipe,
     box_regression_loss,
     load_imagenet_encoder,
     options_of,
     segmentation_loss,
+    training_boxes,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,6 +73,82 @@ def test_anchors_match_encode_and_decode() -> None:
     assert found.labels.tolist() == [2] and torch.allclose(
         found.boxes, torch.tensor([[21.0, 19.0, 41.0, 42.0]]), atol=1e-3
     )
+
+
+def flat_boxes(count: int, ratio: float, seed: int = 0) -> np.ndarray:
+    """``count`` boxes (xyxy) of height / width about ``ratio``, 40-120 px wide, inside 192x448."""
+    rng = np.random.default_rng(seed)
+    width = rng.uniform(40, 120, count)
+    height = width * ratio * np.exp(rng.normal(0, 0.3, count))
+    x0, y0 = rng.uniform(0, 192 - width), rng.uniform(0, 448 - height)
+    return np.stack([x0, y0, x0 + width, y0 + height], axis=1)
+
+
+def test_fitted_aspect_ratios_give_flat_defects_positive_anchors() -> None:
+    boxes = flat_boxes(200, 0.17)
+    fitted = fit_aspect_ratios(boxes)
+    assert len(fitted) == 3 and fitted[0] < fitted[1] < fitted[2] and 0.1 < fitted[1] < 0.3
+    strides = [level_stride(level) for level in ("p3", "p4", "p5", "p6")]
+    truth = torch.as_tensor(boxes, dtype=torch.float32)
+
+    def covered(ratios: tuple[float, ...]) -> float:
+        return anchor_coverage(truth, anchor_boxes((448, 192), strides, (32, 64, 128, 256), ratios))
+
+    # RetinaNet's ratios leave most such boxes to low-quality matches; the fitted ones do not.
+    assert covered((0.5, 1.0, 2.0)) < 0.5 < 0.75 < covered(fitted)
+    # The anchors placed without the network are the network's own.
+    network = tiny(anchor_sizes=[32, 64, 128, 256], aspect_ratios=fitted, tasks=["detection"]).eval()
+    with torch.no_grad():
+        placed = network(torch.zeros(1, 3, 448, 192)).anchors
+    assert torch.equal(placed, anchor_boxes((448, 192), strides, (32, 64, 128, 256), fitted))
+    with pytest.raises(ValueError, match="no box"):
+        fit_aspect_ratios(np.zeros((0, 4)))
+    with pytest.raises(ValueError, match="'auto' is fitted to the training boxes"):
+        tiny(aspect_ratios="auto")
+
+
+def test_auto_anchors_are_fitted_to_training_boxes_only() -> None:
+    from defectkit.config import load_config
+    from defectkit.data.sample import DatasetInfo
+    from defectkit.training.data import PreparedData
+
+    def sample(index: int, boxes: np.ndarray) -> Sample:
+        # Images twice the input's size: boxes are scaled to the network's pixels before fitting.
+        return Sample(
+            f"{index}.png",
+            image=np.zeros((896, 384), np.uint8),
+            label=1,
+            boxes=boxes * 2,
+            box_classes=np.ones(len(boxes), np.int64),
+        )
+
+    flat, tall = flat_boxes(60, 0.17), flat_boxes(60, 0.17)[:, [1, 0, 3, 2]]
+    good = Sample("good.png", image=np.zeros((896, 384), np.uint8), label=0)
+    data = PreparedData(
+        DatasetInfo("d", "f", "/", class_names=["crack"]),
+        train=[sample(i, flat[i : i + 3]) for i in range(0, 60, 3)] + [good],
+        val=[sample(100 + i, tall[i : i + 3]) for i in range(0, 60, 3)],
+    )
+    at_input = training_boxes(data.train, (448, 192), from_masks=True)
+    assert at_input.shape == (60, 4) and np.allclose(at_input, flat)
+
+    def adapted(model: dict[str, object]) -> dict[str, object]:
+        config = load_config(
+            {
+                "method": "aux_net",
+                "data": {"root": "."},
+                "input": {"size": [448, 192], "channels": 1},
+                "model": model,
+            }
+        )
+        return dict(AuxNetMethod.adapt_config(config, data).model)
+
+    with pytest.warns(UserWarning, match="only .* of the 60 training boxes have an anchor"):
+        assert "aspect_ratios" not in adapted({})
+    fitted = adapted({"aspect_ratios": "auto"})["aspect_ratios"]
+    assert fitted == list(fit_aspect_ratios(flat))  # the validation images' tall boxes are not read
+    # A network that does not detect needs no anchors: nothing is fitted or read.
+    assert adapted({"aspect_ratios": "auto", "tasks": ["classification"]})["aspect_ratios"] == "auto"
 
 
 @pytest.mark.parametrize("kind", ["smooth_l1", "giou", "diou", "ciou"])
@@ -219,6 +301,7 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
                 "backbone": "tf_efficientnet_lite0",
                 "pyramid_channels": 32,
                 "segmentation_channels": 16,
+                "aspect_ratios": "auto",
             },
             "trainer": {"epochs": 1, "batch_size": 8, "lr": 0.001, "val_every": 1},
         }
@@ -227,6 +310,9 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     assert model_dir is not None
     card = read_card(model_dir)
     assert card.multilabel and len(card.class_names) == 4 and card.model_options["num_classes"] == 4
+    # The fitted anchors are saved as numbers: the Inspector and the ONNX graph below rebuild them.
+    fitted = card.model_options["aspect_ratios"]
+    assert len(fitted) == 3 and all(isinstance(r, float) and r > 0 for r in fitted)
     assert card.thresholds.box == 0.3
     assert "val/focal_loss" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
     inspector = load_inspector(model_dir)

@@ -25,7 +25,8 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
   measure mAP@.5 judges. Images with a mask but no boxes get one box per connected region of each
   class (``boxes_from_masks``, on the augmented mask, so boxes follow the flips); coarse masks from
   boxes are a data option (``data.masks_from_boxes``). Anchor matching:
-  :mod:`defectkit.models.aux_net.detection`.
+  :mod:`defectkit.models.aux_net.detection`. ``model.aspect_ratios: auto`` fits the anchor shapes
+  to the training boxes before the network is built (:func:`fit_anchors`).
 
 ``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
 segmenter or a detector on the same network. Epochs are ranked by the validation loss; nothing
@@ -45,6 +46,8 @@ Inspection reports; mAP is computed over every box above the decoder's 0.05. ``n
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -61,6 +64,8 @@ from torchvision.ops import (
 )
 
 from defectkit.config import RunConfig
+from defectkit.data.io import load_sample
+from defectkit.data.masks import mask_to_boxes
 from defectkit.data.sample import Batch, Sample
 from defectkit.inference.saved_model import Thresholds
 from defectkit.metrics import SegmentationMeter
@@ -69,8 +74,12 @@ from defectkit.models.aux_net import (
     AuxNet,
     AuxNetOutput,
     MatchConfig,
+    anchor_boxes,
+    anchor_coverage,
     decode_boxes,
     encode_boxes,
+    fit_aspect_ratios,
+    level_stride,
     match_anchors,
 )
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
@@ -236,6 +245,57 @@ def batch_boxes(
     return [b.to(batch.images.device) for b in boxes], [c.to(batch.images.device) for c in labels], known
 
 
+def training_boxes(samples: Sequence[Sample], size: tuple[int, int], from_masks: bool) -> np.ndarray:
+    """Every box of ``samples`` (N x 4 xyxy) at the network input ``size`` = (height, width), as
+    training matches them: the annotated boxes, else (``from_masks``) one per connected region of
+    each class of a known mask. Good images hold none and are not read."""
+    height, width = size
+    found = [np.zeros((0, 4))]
+    for sample in samples:
+        if sample.label == 0 or not (sample.has_boxes or (from_masks and sample.has_mask)):
+            continue
+        loaded = load_sample(sample)
+        image_height, image_width = np.asarray(loaded.image).shape[:2]
+        if loaded.boxes is not None:
+            boxes = np.asarray(loaded.boxes, dtype=np.float64).reshape(-1, 4)
+        else:
+            boxes, _ = mask_to_boxes(np.asarray(loaded.mask))
+        found.append(boxes * np.array([width / image_width, height / image_height] * 2))
+    return np.concatenate(found)
+
+
+def fit_anchors(config: RunConfig, data: PreparedData) -> RunConfig:
+    """The config with ``model.aspect_ratios: auto`` replaced by ratios fitted to the training
+    boxes (:func:`~defectkit.models.aux_net.detection.fit_aspect_ratios`; validation and test
+    images are never read). Whatever the ratios, warns when fewer than half of the training boxes
+    have an anchor at IoU >= ``positive_iou``: most defects would then train on low-quality
+    matches only, and box mAP suffers (KolektorSDD at RetinaNet's ratios: 30 %)."""
+    model, defaults = dict(config.model), inspect.signature(AuxNet).parameters
+    if "detection" not in model.get("tasks", defaults["tasks"].default):
+        return config
+    options = options_of(config)
+    boxes = training_boxes(data.train, config.input.size, bool(options["boxes_from_masks"]))
+    fitted = model.get("aspect_ratios") == "auto"
+    if fitted:
+        if not len(boxes):
+            raise ValueError("model.aspect_ratios=auto: the training images hold no box to fit anchors to")
+        model["aspect_ratios"] = list(fit_aspect_ratios(boxes))
+    levels = model.get("detection_levels", defaults["detection_levels"].default)
+    sizes = model.get("anchor_sizes", defaults["anchor_sizes"].default)
+    ratios = model.get("aspect_ratios", defaults["aspect_ratios"].default)
+    anchors = anchor_boxes(config.input.size, [level_stride(level) for level in levels], sizes, ratios)
+    iou = float(options["positive_iou"])
+    covered = anchor_coverage(torch.as_tensor(boxes, dtype=torch.float32), anchors, iou)
+    if covered < 0.5:
+        advice = "other anchor_sizes" if fitted else "model.aspect_ratios=auto or other anchor_sizes"
+        warnings.warn(
+            f"aux_net anchors: only {covered:.0%} of the {len(boxes)} training boxes have an anchor at "
+            f"IoU >= {iou:g} (sizes {list(sizes)}, aspect ratios {list(ratios)}); try {advice}",
+            stacklevel=2,
+        )
+    return config.model_copy(update={"model": model})
+
+
 class AuxNetRecipe(L.LightningModule):
     """LightningModule around an :class:`AuxNet`: equation 6 over the labels each image has."""
 
@@ -370,7 +430,8 @@ class AuxNetMethod(MethodSpec):
         if config.model.get("class_activation") == "softmax":
             check_one_class_each([*data.train, *data.val])
         num_classes = max(1, data.info.num_classes)
-        return config.model_copy(update={"model": {**config.model, "num_classes": num_classes}})
+        config = config.model_copy(update={"model": {**config.model, "num_classes": num_classes}})
+        return fit_anchors(config, data)
 
     @classmethod
     def fixed_thresholds(cls, config: RunConfig) -> Thresholds | None:

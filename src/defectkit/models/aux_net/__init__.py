@@ -7,8 +7,11 @@ from defectkit.models.aux_net.detection import (
     DecodeConfig,
     Detections,
     MatchConfig,
+    anchor_boxes,
+    anchor_coverage,
     decode_boxes,
     encode_boxes,
+    fit_aspect_ratios,
     match_anchors,
     select_detections,
 )
@@ -19,6 +22,7 @@ from defectkit.models.aux_net.model import (
     AuxNet,
     AuxNetOutput,
     image_judge,
+    level_stride,
 )
 
 # The constructor is the builder: its keyword arguments are the config's ``model`` section.
@@ -33,10 +37,14 @@ __all__ = [
     "DecodeConfig",
     "Detections",
     "MatchConfig",
+    "anchor_boxes",
+    "anchor_coverage",
     "aux_net",
     "decode_boxes",
     "encode_boxes",
+    "fit_aspect_ratios",
     "image_judge",
+    "level_stride",
     "match_anchors",
     "select_detections",
 ]

@@ -24,7 +24,9 @@
   Training is the same either way: the choice only changes what :meth:`AuxNet.inspect` reports.
 * Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
-  (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``.
+  (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``, aspect ratios
+  (height / width) from ``aspect_ratios``; the aux_net recipe turns ``aspect_ratios: auto`` into
+  ratios fitted to the training boxes (:func:`~defectkit.models.aux_net.detection.fit_aspect_ratios`).
 
 The paper leaves widths, levels and anchors open; each is a constructor argument, as are the
 attention's reduction ratio (``se_ratio``, 16 as the paper) and spatial kernel (``sa_kernel``, 7).
@@ -43,13 +45,12 @@ import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from defectkit.models.aux_net.detection import decode_boxes
+from defectkit.models.aux_net.detection import anchor_generator, decode_boxes
 from defectkit.models.components import Attention, ChannelSpatialAttention
 
 STRIDE = 32
@@ -176,9 +177,9 @@ class ClassificationHead(nn.Module):
         return out
 
 
-def retinanet_anchor_sizes(base_sizes: Sequence[float]) -> tuple[tuple[float, ...], ...]:
-    """RetinaNet's three sizes per level: base x 2^0, 2^(1/3), 2^(2/3)."""
-    return tuple(tuple(float(base) * 2.0 ** (i / 3.0) for i in range(3)) for base in base_sizes)
+def level_stride(level: str) -> int:
+    """The input pixels per cell of pyramid level ``level`` (p2: 4 ... p6: 64)."""
+    return int(2 ** (2 + PYRAMID_LEVELS.index(level)))
 
 
 class AuxNet(nn.Module):
@@ -219,6 +220,11 @@ class AuxNet(nn.Module):
                 f"detection_levels {list(detection_levels)} (from {PYRAMID_LEVELS}) need one anchor "
                 f"size each, got {list(anchor_sizes)}"
             )
+        if isinstance(aspect_ratios, str):
+            raise ValueError(
+                f"aspect_ratios={aspect_ratios!r}: give numbers (height / width); 'auto' is fitted to "
+                "the training boxes by the aux_net recipe before the network is built"
+            )
         if not tasks or set(tasks) - set(TASKS):
             raise ValueError(f"tasks {list(tasks)}: choose from {TASKS}")
         self.num_classes = num_classes
@@ -238,8 +244,8 @@ class AuxNet(nn.Module):
             else None
         )
         # Every pyramid level must tile the input exactly, or the anchors drift from their cells.
-        deepest = max(PYRAMID_LEVELS.index(level) for level in self.detection_levels)
-        self.stride = max(STRIDE, 2 ** (2 + deepest)) if self.detects else STRIDE
+        deepest = max(level_stride(level) for level in self.detection_levels)
+        self.stride = max(STRIDE, deepest) if self.detects else STRIDE
         self.segmentation_head = (
             SegmentationHead(pyramid_channels, segmentation_channels, num_classes, dropout)
             if "segmentation" in tasks
@@ -250,8 +256,7 @@ class AuxNet(nn.Module):
             if "classification" in tasks
             else None
         )
-        sizes = retinanet_anchor_sizes(anchor_sizes)
-        self.anchor_generator = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
+        self.anchor_generator = anchor_generator(anchor_sizes, aspect_ratios)
         self.detection_head = (
             RetinaNetHead(
                 pyramid_channels,
