@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +12,12 @@ from defectkit.data.sample import Sample, collate
 from defectkit.models.aux_net import (
     AuxNet,
     DecodeConfig,
-    anchor_boxes,
     anchor_coverage,
     decode_boxes,
+    detection_anchors,
     encode_boxes,
     fit_aspect_ratios,
     image_judge,
-    level_stride,
     match_anchors,
     select_detections,
 )
@@ -87,24 +88,32 @@ def flat_boxes(count: int, ratio: float, seed: int = 0) -> np.ndarray:
 def test_fitted_aspect_ratios_give_flat_defects_positive_anchors() -> None:
     boxes = flat_boxes(200, 0.17)
     fitted = fit_aspect_ratios(boxes)
-    assert len(fitted) == 3 and fitted[0] < fitted[1] < fitted[2] and 0.1 < fitted[1] < 0.3
-    strides = [level_stride(level) for level in ("p3", "p4", "p5", "p6")]
+    # Each ratio stands for a third of the boxes: it sits at the centre of its share.
+    ratios = (boxes[:, 3] - boxes[:, 1]) / (boxes[:, 2] - boxes[:, 0])
+    below = [float((ratios < fit).mean()) for fit in fitted]
+    assert below == pytest.approx([1 / 6, 1 / 2, 5 / 6], abs=0.02)
+    levels, sizes = ("p3", "p4", "p5", "p6"), (32, 64, 128, 256)
     truth = torch.as_tensor(boxes, dtype=torch.float32)
 
     def covered(ratios: tuple[float, ...]) -> float:
-        return anchor_coverage(truth, anchor_boxes((448, 192), strides, (32, 64, 128, 256), ratios))
+        return anchor_coverage(truth, detection_anchors((448, 192), levels, sizes, ratios))
 
     # RetinaNet's ratios leave most such boxes to low-quality matches; the fitted ones do not.
     assert covered((0.5, 1.0, 2.0)) < 0.5 < 0.75 < covered(fitted)
     # The anchors placed without the network are the network's own.
-    network = tiny(anchor_sizes=[32, 64, 128, 256], aspect_ratios=fitted, tasks=["detection"]).eval()
+    network = tiny(anchor_sizes=list(sizes), aspect_ratios=fitted, tasks=["detection"]).eval()
     with torch.no_grad():
         placed = network(torch.zeros(1, 3, 448, 192)).anchors
-    assert torch.equal(placed, anchor_boxes((448, 192), strides, (32, 64, 128, 256), fitted))
+    assert torch.equal(placed, detection_anchors((448, 192), levels, sizes, fitted))
+    with pytest.raises(ValueError, match="need one anchor size each"):
+        detection_anchors((448, 192), ("p3", "p9"), (32, 64), fitted)
+    with pytest.raises(ValueError, match="multiples of 64"):
+        detection_anchors((440, 192), levels, sizes, fitted)
     with pytest.raises(ValueError, match="no box"):
         fit_aspect_ratios(np.zeros((0, 4)))
     with pytest.raises(ValueError, match="'auto' is fitted to the training boxes"):
         tiny(aspect_ratios="auto")
+    assert tiny(aspect_ratios="auto", tasks=["classification"]).anchor_generator is None  # no anchor
 
 
 def test_auto_anchors_are_fitted_to_training_boxes_only() -> None:
@@ -112,42 +121,59 @@ def test_auto_anchors_are_fitted_to_training_boxes_only() -> None:
     from defectkit.data.sample import DatasetInfo
     from defectkit.training.data import PreparedData
 
+    # Images are 3 times the input's width and twice its height: boxes are fitted at the input.
+    scale = np.array([3.0, 2.0, 3.0, 2.0])
+    blank = np.zeros((896, 576), np.uint8)
+
     def sample(index: int, boxes: np.ndarray) -> Sample:
-        # Images twice the input's size: boxes are scaled to the network's pixels before fitting.
         return Sample(
             f"{index}.png",
-            image=np.zeros((896, 384), np.uint8),
+            image=blank,
             label=1,
-            boxes=boxes * 2,
+            boxes=boxes * scale,
             box_classes=np.ones(len(boxes), np.int64),
         )
 
+    # A mask without boxes gives one box per region: rows 200-219, columns 90-389 -> 30-130 x 100-110.
+    mask = np.zeros((896, 576), np.uint8)
+    mask[200:220, 90:390] = 1
+    masked = Sample("mask.png", image=blank, label=1, mask=mask)
     flat, tall = flat_boxes(60, 0.17), flat_boxes(60, 0.17)[:, [1, 0, 3, 2]]
-    good = Sample("good.png", image=np.zeros((896, 384), np.uint8), label=0)
+    good = Sample("good.png", image=blank, label=0)
     data = PreparedData(
         DatasetInfo("d", "f", "/", class_names=["crack"]),
-        train=[sample(i, flat[i : i + 3]) for i in range(0, 60, 3)] + [good],
+        train=[sample(i, flat[i : i + 3]) for i in range(0, 60, 3)] + [masked, good],
         val=[sample(100 + i, tall[i : i + 3]) for i in range(0, 60, 3)],
     )
-    at_input = training_boxes(data.train, (448, 192), from_masks=True)
-    assert at_input.shape == (60, 4) and np.allclose(at_input, flat)
+    expected = np.concatenate([flat, [[30.0, 100.0, 130.0, 110.0]]])
+    assert np.allclose(training_boxes(data.train, (448, 192), from_masks=True), expected)
+    assert np.allclose(training_boxes(data.train, (448, 192), from_masks=False), flat)
 
-    def adapted(model: dict[str, object]) -> dict[str, object]:
+    def adapted(model: dict[str, object], **options: object) -> dict[str, object]:
         config = load_config(
             {
                 "method": "aux_net",
                 "data": {"root": "."},
                 "input": {"size": [448, 192], "channels": 1},
                 "model": model,
+                "method_options": options,
             }
         )
         return dict(AuxNetMethod.adapt_config(config, data).model)
 
-    with pytest.warns(UserWarning, match="only .* of the 60 training boxes have an anchor"):
+    with pytest.warns(UserWarning, match="only .* of the 61 training boxes have an anchor"):
         assert "aspect_ratios" not in adapted({})
-    fitted = adapted({"aspect_ratios": "auto"})["aspect_ratios"]
-    assert fitted == list(fit_aspect_ratios(flat))  # the validation images' tall boxes are not read
-    # A network that does not detect needs no anchors: nothing is fitted or read.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fitted anchors cover these boxes: no warning
+        fitted = adapted({"aspect_ratios": "auto"})["aspect_ratios"]
+    assert fitted == list(fit_aspect_ratios(expected))  # the validation images' tall boxes are not read
+    assert adapted({"aspect_ratios": "auto"}, boxes_from_masks=False)["aspect_ratios"] == list(
+        fit_aspect_ratios(flat)
+    )
+    # The warning measures the anchors configured: larger ones miss these boxes even when fitted.
+    with pytest.warns(UserWarning, match=r"sizes \[256, 512, 1024, 2048\].*try other anchor_sizes"):
+        adapted({"aspect_ratios": "auto", "anchor_sizes": [256, 512, 1024, 2048]})
+    # A network that does not detect places no anchor: nothing is fitted or read.
     assert adapted({"aspect_ratios": "auto", "tasks": ["classification"]})["aspect_ratios"] == "auto"
 
 

@@ -26,7 +26,7 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
   class (``boxes_from_masks``, on the augmented mask, so boxes follow the flips); coarse masks from
   boxes are a data option (``data.masks_from_boxes``). Anchor matching:
   :mod:`defectkit.models.aux_net.detection`. ``model.aspect_ratios: auto`` fits the anchor shapes
-  to the training boxes before the network is built (:func:`fit_anchors`).
+  to the training boxes before the network is built (:func:`resolve_anchors`).
 
 ``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
 segmenter or a detector on the same network. Epochs are ranked by the validation loss; nothing
@@ -74,12 +74,11 @@ from defectkit.models.aux_net import (
     AuxNet,
     AuxNetOutput,
     MatchConfig,
-    anchor_boxes,
     anchor_coverage,
     decode_boxes,
+    detection_anchors,
     encode_boxes,
     fit_aspect_ratios,
-    level_stride,
     match_anchors,
 )
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
@@ -246,9 +245,11 @@ def batch_boxes(
 
 
 def training_boxes(samples: Sequence[Sample], size: tuple[int, int], from_masks: bool) -> np.ndarray:
-    """Every box of ``samples`` (N x 4 xyxy) at the network input ``size`` = (height, width), as
-    training matches them: the annotated boxes, else (``from_masks``) one per connected region of
-    each class of a known mask. Good images hold none and are not read."""
+    """Every box of ``samples`` (N x 4 xyxy) scaled to the network input ``size`` = (height,
+    width): the annotated boxes, else (``from_masks``) one per connected region of each class of
+    a known mask. Training takes the regions of the resized, augmented mask instead; a plain
+    resize and flips keep the shapes (a thin region may split or vanish in the resize). Good
+    images hold none and are not read."""
     height, width = size
     found = [np.zeros((0, 4))]
     for sample in samples:
@@ -264,30 +265,33 @@ def training_boxes(samples: Sequence[Sample], size: tuple[int, int], from_masks:
     return np.concatenate(found)
 
 
-def fit_anchors(config: RunConfig, data: PreparedData) -> RunConfig:
+def resolve_anchors(config: RunConfig, data: PreparedData) -> RunConfig:
     """The config with ``model.aspect_ratios: auto`` replaced by ratios fitted to the training
     boxes (:func:`~defectkit.models.aux_net.detection.fit_aspect_ratios`; validation and test
     images are never read). Whatever the ratios, warns when fewer than half of the training boxes
     have an anchor at IoU >= ``positive_iou``: most defects would then train on low-quality
-    matches only, and box mAP suffers (KolektorSDD at RetinaNet's ratios: 30 %)."""
+    matches only, and box mAP suffers (KolektorSDD at RetinaNet's ratios: 30 %). A network
+    without the detection task places no anchor and is left as it is."""
     model, defaults = dict(config.model), inspect.signature(AuxNet).parameters
     if "detection" not in model.get("tasks", defaults["tasks"].default):
         return config
     options = options_of(config)
     boxes = training_boxes(data.train, config.input.size, bool(options["boxes_from_masks"]))
-    fitted = model.get("aspect_ratios") == "auto"
-    if fitted:
+    auto = model.get("aspect_ratios") == "auto"
+    if auto:
         if not len(boxes):
             raise ValueError("model.aspect_ratios=auto: the training images hold no box to fit anchors to")
         model["aspect_ratios"] = list(fit_aspect_ratios(boxes))
-    levels = model.get("detection_levels", defaults["detection_levels"].default)
+    if not len(boxes):
+        return config  # nothing to measure the anchors against (image labels only)
     sizes = model.get("anchor_sizes", defaults["anchor_sizes"].default)
     ratios = model.get("aspect_ratios", defaults["aspect_ratios"].default)
-    anchors = anchor_boxes(config.input.size, [level_stride(level) for level in levels], sizes, ratios)
+    levels = model.get("detection_levels", defaults["detection_levels"].default)
+    anchors = detection_anchors(config.input.size, levels, sizes, ratios)
     iou = float(options["positive_iou"])
     covered = anchor_coverage(torch.as_tensor(boxes, dtype=torch.float32), anchors, iou)
     if covered < 0.5:
-        advice = "other anchor_sizes" if fitted else "model.aspect_ratios=auto or other anchor_sizes"
+        advice = "other anchor_sizes" if auto else "model.aspect_ratios=auto or other anchor_sizes"
         warnings.warn(
             f"aux_net anchors: only {covered:.0%} of the {len(boxes)} training boxes have an anchor at "
             f"IoU >= {iou:g} (sizes {list(sizes)}, aspect ratios {list(ratios)}); try {advice}",
@@ -431,7 +435,7 @@ class AuxNetMethod(MethodSpec):
             check_one_class_each([*data.train, *data.val])
         num_classes = max(1, data.info.num_classes)
         config = config.model_copy(update={"model": {**config.model, "num_classes": num_classes}})
-        return fit_anchors(config, data)
+        return resolve_anchors(config, data)
 
     @classmethod
     def fixed_thresholds(cls, config: RunConfig) -> Thresholds | None:

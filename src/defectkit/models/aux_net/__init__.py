@@ -21,6 +21,7 @@ from defectkit.models.aux_net.model import (
     AttentionEncoder,
     AuxNet,
     AuxNetOutput,
+    detection_anchors,
     image_judge,
     level_stride,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "anchor_coverage",
     "aux_net",
     "decode_boxes",
+    "detection_anchors",
     "encode_boxes",
     "fit_aspect_ratios",
     "image_judge",

@@ -50,7 +50,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from defectkit.models.aux_net.detection import anchor_generator, decode_boxes
+from defectkit.models.aux_net.detection import anchor_boxes, anchor_generator, decode_boxes
 from defectkit.models.components import Attention, ChannelSpatialAttention
 
 STRIDE = 32
@@ -182,6 +182,44 @@ def level_stride(level: str) -> int:
     return int(2 ** (2 + PYRAMID_LEVELS.index(level)))
 
 
+def check_detection_levels(detection_levels: Sequence[str], anchor_sizes: Sequence[float]) -> None:
+    unknown = sorted(set(detection_levels) - set(PYRAMID_LEVELS))
+    if unknown or len(anchor_sizes) != len(detection_levels):
+        raise ValueError(
+            f"detection_levels {list(detection_levels)} (from {PYRAMID_LEVELS}) need one anchor "
+            f"size each, got {list(anchor_sizes)}"
+        )
+
+
+def input_stride(detection_levels: Sequence[str], detects: bool) -> int:
+    """What the input's sides must be multiples of: every pyramid level must tile the input
+    exactly, or the anchors drift from their cells."""
+    deepest = max(level_stride(level) for level in detection_levels)
+    return max(STRIDE, deepest) if detects else STRIDE
+
+
+def check_input_size(height: int, width: int, stride: int, detection_levels: Sequence[str]) -> None:
+    if height % stride or width % stride:
+        raise ValueError(
+            f"aux_net input sides must be multiples of {stride} (detection levels "
+            f"{list(detection_levels)}), got {height}x{width}"
+        )
+
+
+def detection_anchors(
+    size: tuple[int, int],
+    detection_levels: Sequence[str],
+    anchor_sizes: Sequence[float],
+    aspect_ratios: Sequence[float],
+) -> Tensor:
+    """The anchors (A x 4 xyxy) an :class:`AuxNet` with these options places on a ``size`` =
+    (height, width) input, without building it; the same checks as the network's."""
+    check_detection_levels(detection_levels, anchor_sizes)
+    check_input_size(*size, input_stride(detection_levels, True), detection_levels)
+    strides = [level_stride(level) for level in detection_levels]
+    return anchor_boxes(size, strides, anchor_sizes, aspect_ratios)
+
+
 class AuxNet(nn.Module):
     """Defect-Aux-Net: attention encoder, FPN, and classification, segmentation, detection heads."""
 
@@ -214,22 +252,18 @@ class AuxNet(nn.Module):
         if class_activation == "softmax" and num_classes < 2:
             raise ValueError("class_activation=softmax needs at least 2 classes (one class: use sigmoid)")
         self.class_activation = class_activation
-        unknown = sorted(set(detection_levels) - set(PYRAMID_LEVELS))
-        if unknown or len(anchor_sizes) != len(detection_levels):
-            raise ValueError(
-                f"detection_levels {list(detection_levels)} (from {PYRAMID_LEVELS}) need one anchor "
-                f"size each, got {list(anchor_sizes)}"
-            )
-        if isinstance(aspect_ratios, str):
-            raise ValueError(
-                f"aspect_ratios={aspect_ratios!r}: give numbers (height / width); 'auto' is fitted to "
-                "the training boxes by the aux_net recipe before the network is built"
-            )
+        check_detection_levels(detection_levels, anchor_sizes)
         if not tasks or set(tasks) - set(TASKS):
             raise ValueError(f"tasks {list(tasks)}: choose from {TASKS}")
         self.num_classes = num_classes
         self.tasks = tuple(tasks)
         self.detects = "detection" in self.tasks
+        # A network without the detection head places no anchor, so their shapes are moot.
+        if self.detects and isinstance(aspect_ratios, str):
+            raise ValueError(
+                f"aspect_ratios={aspect_ratios!r}: give numbers (height / width); 'auto' is fitted to "
+                "the training boxes by the aux_net recipe before the network is built"
+            )
         self.detection_levels = tuple(detection_levels)
         self.encoder = AttentionEncoder(backbone, in_channels, attention, se_ratio, sa_kernel)
         # Heads (and the FPN) exist only for the tasks asked: the single-task baselines are this
@@ -243,9 +277,7 @@ class AuxNet(nn.Module):
             if {"segmentation", "detection"} & set(tasks)
             else None
         )
-        # Every pyramid level must tile the input exactly, or the anchors drift from their cells.
-        deepest = max(level_stride(level) for level in self.detection_levels)
-        self.stride = max(STRIDE, deepest) if self.detects else STRIDE
+        self.stride = input_stride(self.detection_levels, self.detects)
         self.segmentation_head = (
             SegmentationHead(pyramid_channels, segmentation_channels, num_classes, dropout)
             if "segmentation" in tasks
@@ -256,7 +288,7 @@ class AuxNet(nn.Module):
             if "classification" in tasks
             else None
         )
-        self.anchor_generator = anchor_generator(anchor_sizes, aspect_ratios)
+        self.anchor_generator = anchor_generator(anchor_sizes, aspect_ratios) if self.detects else None
         self.detection_head = (
             RetinaNetHead(
                 pyramid_channels,
@@ -264,7 +296,7 @@ class AuxNet(nn.Module):
                 num_classes,
                 norm_layer=functools.partial(nn.GroupNorm, groups_of(pyramid_channels)),
             )
-            if self.detects
+            if self.anchor_generator is not None
             else None
         )
 
@@ -277,11 +309,7 @@ class AuxNet(nn.Module):
 
     def forward(self, images: Tensor) -> AuxNetOutput:
         height, width = images.shape[-2:]
-        if height % self.stride or width % self.stride:
-            raise ValueError(
-                f"aux_net input sides must be multiples of {self.stride} (detection levels "
-                f"{list(self.detection_levels)}), got {height}x{width}"
-            )
+        check_input_size(height, width, self.stride, self.detection_levels)
         batch, k = images.shape[0], self.num_classes
         features = self.encoder(images)
         levels = self.pyramid(features)
@@ -294,7 +322,7 @@ class AuxNet(nn.Module):
             if self.segmentation_head is not None
             else images.new_zeros(batch, k, height, width)
         )
-        if self.detection_head is None:
+        if self.detection_head is None or self.anchor_generator is None:
             empty = images.new_zeros(batch, 0, k), images.new_zeros(batch, 0, 4), images.new_zeros(0, 4)
             return AuxNetOutput(class_logits, mask_logits, *empty)
         detection = [levels[name] for name in self.detection_levels]
