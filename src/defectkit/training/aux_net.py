@@ -278,12 +278,12 @@ def resolve_anchors(config: RunConfig, data: PreparedData) -> RunConfig:
     options = options_of(config)
     boxes = training_boxes(data.train, config.input.size, bool(options["boxes_from_masks"]))
     auto = model.get("aspect_ratios") == "auto"
-    if auto:
-        if not len(boxes):
-            raise ValueError("model.aspect_ratios=auto: the training images hold no box to fit anchors to")
-        model["aspect_ratios"] = list(fit_aspect_ratios(boxes))
     if not len(boxes):
+        if auto:
+            raise ValueError("model.aspect_ratios=auto: the training images hold no box to fit anchors to")
         return config  # nothing to measure the anchors against (image labels only)
+    if auto:
+        model["aspect_ratios"] = list(fit_aspect_ratios(boxes))
     sizes = model.get("anchor_sizes", defaults["anchor_sizes"].default)
     ratios = model.get("aspect_ratios", defaults["aspect_ratios"].default)
     levels = model.get("detection_levels", defaults["detection_levels"].default)
