@@ -390,3 +390,19 @@ def test_dice_nonempty_does_not_reward_empty_predictions() -> None:
     meter.reset()
     meter.update(truth, truth)
     assert dice_nonempty(meter) == 1.0
+
+
+def test_balanced_sampling_draws_rare_defects_as_often_as_good_images() -> None:
+    from defectkit.registry import get_method
+
+    labels: list[int | None] = [1] * 12 + [0] * 88  # KolektorSDD's share of defective images
+    method = get_method("tlu_net")
+    assert method.train_sampler(labels, load_config(tiny_config())) is None  # the paper: a shuffle
+    balanced = load_config(tiny_config(method_options__sampling="balanced"))
+    sampler = method.train_sampler(labels, balanced)
+    assert sampler is not None
+    drawn = [labels[i] for i in sampler]
+    assert len(drawn) == len(labels)  # the epoch keeps its length
+    assert 0.35 < float(np.mean(drawn)) < 0.65
+    with pytest.raises(ValueError, match="sampling"):
+        method.train_sampler(labels, load_config(tiny_config(method_options__sampling="oversample")))

@@ -32,6 +32,11 @@ Options (``method_options``):
   defects stops the second early while the classifier is still learning; the third follows both.
 * ``pixel_pos_weight``: BCE weight of defect pixels (1: the paper). Thin defects covering a
   fraction of a percent of the pixels leave an unweighted mask head predicting nothing.
+* ``sampling``: ``shuffle`` (the paper: every training image once per epoch) or ``balanced``
+  (as many draws per epoch, with replacement, good and defective images equally likely:
+  ``class_balanced_sampler`` on the image labels). Where defective images are rare (KolektorSDD:
+  12 %), ``balanced`` shows each of them about four times an epoch, each time augmented afresh,
+  for the same epoch length.
 
 Early stopping (``trainer.early_stopping_patience``) and ``trainer.restore_best`` rank epochs by
 the validation Dice (``selection``), the paper's segmentation measure;
@@ -47,10 +52,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.data import Sampler
 
 from defectkit.config import RunConfig
 from defectkit.data.io import load_sample
 from defectkit.data.sample import Batch
+from defectkit.data.samplers import class_balanced_sampler
 from defectkit.inference.saved_model import Thresholds
 from defectkit.metrics import SegmentationMeter
 from defectkit.metrics.classification import multilabel_metrics
@@ -68,9 +75,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "pixel_weight": 1.0,
     "selection": "dice",
     "pixel_pos_weight": 1.0,
+    "sampling": "shuffle",
 }
 NORMALISATIONS = ("dataset", "weights", "config")
 SELECTIONS = ("dice", "dice_nonempty", "auroc+dice_nonempty")
+SAMPLINGS = ("shuffle", "balanced")
 STATS_IMAGES = 2000  # training images read for the global mean / std (a seeded subset beyond)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's files
 
@@ -87,6 +96,8 @@ def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"method_options.normalisation={options['normalisation']!r}: use {NORMALISATIONS}")
     if options["selection"] not in SELECTIONS:
         raise ValueError(f"method_options.selection={options['selection']!r}: use one of {SELECTIONS}")
+    if options["sampling"] not in SAMPLINGS:
+        raise ValueError(f"method_options.sampling={options['sampling']!r}: use one of {SAMPLINGS}")
     if options["threshold"] != "validation" and not isinstance(options["threshold"], int | float):
         raise ValueError(f"method_options.threshold={options['threshold']!r}: a number or 'validation'")
     return options
@@ -251,6 +262,12 @@ class TluNetMethod(MethodSpec):
             return None
         value = float(threshold)
         return Thresholds(decision=value, pixel=value, rule=f"fixed {value:g} (paper 001)")
+
+    @classmethod
+    def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
+        if options_of(config)["sampling"] == "shuffle":
+            return None
+        return class_balanced_sampler([-1 if label is None else label for label in labels], seed=config.seed)
 
     @classmethod
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> TluNetRecipe:
