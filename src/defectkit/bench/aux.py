@@ -428,10 +428,13 @@ def rescored_cell(
     for the image score, which training never reads: it is saved with this cell's score in
     ``work`` and scored. None when no sibling holds such a model (the cell then trains)."""
     started = time.perf_counter()
+    held = [sibling for sibling in siblings if (sibling / "model").is_dir()]
+    if not held:
+        return None  # before resolving the config, which may read the training masks (anchors: auto)
     spec = get_method(config.method)
     resolved = spec.adapt_config(config, data).model_dump(mode="json")
     images = data_fingerprint([*data.train, *data.val])
-    for sibling in siblings:
+    for sibling in held:
         try:
             card = read_card(sibling / "model")  # the card decides; weights load only on a match
             same_images = card.data_fingerprint == images
