@@ -90,6 +90,10 @@ def test_class_balanced_sampler_evens_out_classes() -> None:
     drawn = np.asarray(targets)[list(sampler)]
     assert 0.45 < drawn.mean() < 0.55
     assert list(class_balanced_sampler(targets, seed=3)) == list(class_balanced_sampler(targets, seed=3))
+    unknown: list[int | None] = [None] * 50 + [0] * 45 + [1] * 5
+    assert all(unknown[i] is not None for i in class_balanced_sampler(unknown, seed=0))
+    with pytest.raises(ValueError, match="two classes"):
+        class_balanced_sampler([None, 1, 1])
 
 
 def test_alternating_sampler() -> None:

@@ -401,8 +401,18 @@ def test_balanced_sampling_draws_rare_defects_as_often_as_good_images() -> None:
     balanced = load_config(tiny_config(method_options__sampling="balanced"))
     sampler = method.train_sampler(labels, balanced)
     assert sampler is not None
-    drawn = [labels[i] for i in sampler]
+    first, second = list(sampler), list(sampler)
+    drawn = [labels[i] for i in first]
     assert len(drawn) == len(labels)  # the epoch keeps its length
     assert 0.35 < float(np.mean(drawn)) < 0.65
+    assert first != second  # each epoch draws afresh ...
+    again = method.train_sampler(labels, balanced)
+    assert again is not None and list(again) == first  # ... and a rerun repeats the run
+    reseeded = method.train_sampler(
+        labels, load_config(tiny_config(seed=1, method_options__sampling="balanced"))
+    )
+    assert reseeded is not None and list(reseeded) != first
+    with pytest.raises(ValueError, match="two classes"):
+        method.train_sampler([1] * 20, balanced)  # NEU-DET: every image defective
     with pytest.raises(ValueError, match="sampling"):
         method.train_sampler(labels, load_config(tiny_config(method_options__sampling="oversample")))

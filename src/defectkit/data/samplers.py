@@ -10,19 +10,30 @@ from torch.utils.data import Sampler, WeightedRandomSampler
 
 
 def class_balanced_sampler(
-    targets: Sequence[int], num_samples: int | None = None, seed: int = 0
+    targets: Sequence[int | None], num_samples: int | None = None, seed: int = 0
 ) -> WeightedRandomSampler:
     """Draw with replacement so every class is equally likely (weights 1 / class count).
 
-    ``targets`` are class ids (or image labels); ``num_samples`` defaults to the dataset size.
+    ``targets`` are class ids (or image labels); one that is ``None`` is never drawn (as in the
+    samplers below), and fewer than two known classes is an error: there is nothing to balance.
+    ``num_samples`` defaults to the dataset size. The generator is made here, once: successive
+    passes draw afresh, and the same ``seed`` repeats a run. It is not checkpointed, so a run
+    resumed mid-way would draw differently from one never stopped.
     """
-    values = np.asarray(targets)
-    if values.size == 0:
-        raise ValueError("class-balanced sampling needs at least one target")
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    weights = (1.0 / counts[inverse]).tolist()
+    known = np.asarray([t is not None for t in targets], dtype=bool)
+    values = np.asarray([-1 if t is None else int(t) for t in targets])
+    classes, inverse, counts = np.unique(values[known], return_inverse=True, return_counts=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"class-balanced sampling needs at least two classes among the known targets; got "
+            f"{dict(zip(classes.tolist(), counts.tolist(), strict=True))} ({int((~known).sum())} unknown)"
+        )
+    weights = np.zeros(len(values))
+    weights[known] = 1.0 / counts[inverse]
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples or len(values), replacement=True, generator=generator)
+    return WeightedRandomSampler(
+        weights.tolist(), num_samples or len(values), replacement=True, generator=generator
+    )
 
 
 class AlternatingSampler(Sampler[int]):

@@ -34,9 +34,12 @@ Options (``method_options``):
   fraction of a percent of the pixels leave an unweighted mask head predicting nothing.
 * ``sampling``: ``shuffle`` (the paper: every training image once per epoch) or ``balanced``
   (as many draws per epoch, with replacement, good and defective images equally likely:
-  ``class_balanced_sampler`` on the image labels). Where defective images are rare (KolektorSDD:
+  ``class_balanced_sampler`` on the image labels; data with one image class, such as NEU-DET
+  where every image is defective, is refused). Where defective images are rare (KolektorSDD:
   12 %), ``balanced`` shows each of them about four times an epoch, each time augmented afresh,
-  for the same epoch length.
+  for the same epoch length; the price is that each good image is drawn about 0.57 times, so an
+  epoch leaves out over half of them and early-stopping patience, counted in epochs, covers less
+  of the good data.
 
 Early stopping (``trainer.early_stopping_patience``) and ``trainer.restore_best`` rank epochs by
 the validation Dice (``selection``), the paper's segmentation measure;
@@ -267,7 +270,7 @@ class TluNetMethod(MethodSpec):
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
         if options_of(config)["sampling"] == "shuffle":
             return None
-        return class_balanced_sampler([-1 if label is None else label for label in labels], seed=config.seed)
+        return class_balanced_sampler(labels, seed=config.seed)
 
     @classmethod
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> TluNetRecipe:
