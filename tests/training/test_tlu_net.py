@@ -395,7 +395,7 @@ def test_dice_nonempty_does_not_reward_empty_predictions() -> None:
 def test_balanced_sampling_draws_rare_defects_as_often_as_good_images() -> None:
     from defectkit.registry import get_method
 
-    labels: list[int | None] = [1] * 12 + [0] * 88  # KolektorSDD's share of defective images
+    labels: list[int | None] = [1] * 12 + [0] * 88  # about KolektorSDD's share of defective images (13 %)
     method = get_method("tlu_net")
     assert method.train_sampler(labels, load_config(tiny_config())) is None  # the paper: a shuffle
     balanced = load_config(tiny_config(method_options__sampling="balanced"))

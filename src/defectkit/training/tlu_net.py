@@ -36,7 +36,7 @@ Options (``method_options``):
   (as many draws per epoch, with replacement, good and defective images equally likely:
   ``class_balanced_sampler`` on the image labels; data with one image class, such as NEU-DET
   where every image is defective, is refused). Where defective images are rare (KolektorSDD:
-  12 %), ``balanced`` shows each of them about four times an epoch, each time augmented afresh,
+  13 %), ``balanced`` shows each of them about four times an epoch, each time augmented afresh,
   for the same epoch length; the price is that each good image is drawn about 0.57 times, so an
   epoch leaves out over half of them and early-stopping patience, counted in epochs, covers less
   of the good data.
