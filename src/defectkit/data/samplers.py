@@ -20,19 +20,19 @@ def class_balanced_sampler(
     passes draw afresh, and the same ``seed`` repeats a run. It is not checkpointed, so a run
     resumed mid-way would draw differently from one never stopped.
     """
-    known = np.asarray([t is not None for t in targets], dtype=bool)
-    values = np.asarray([-1 if t is None else int(t) for t in targets])
-    classes, inverse, counts = np.unique(values[known], return_inverse=True, return_counts=True)
+    known = [i for i, t in enumerate(targets) if t is not None]
+    classes, inverse, counts = np.unique([targets[i] for i in known], return_inverse=True, return_counts=True)
     if len(classes) < 2:
         raise ValueError(
-            f"class-balanced sampling needs at least two classes among the known targets; got "
-            f"{dict(zip(classes.tolist(), counts.tolist(), strict=True))} ({int((~known).sum())} unknown)"
+            "class-balanced sampling needs at least two classes among the known targets; got "
+            f"{dict(zip(classes.tolist(), counts.tolist(), strict=True))} "
+            f"({len(targets) - len(known)} unknown)"
         )
-    weights = np.zeros(len(values))
+    weights = np.zeros(len(targets))
     weights[known] = 1.0 / counts[inverse]
     generator = torch.Generator().manual_seed(seed)
     return WeightedRandomSampler(
-        weights.tolist(), num_samples or len(values), replacement=True, generator=generator
+        weights.tolist(), num_samples or len(targets), replacement=True, generator=generator
     )
 
 
