@@ -292,6 +292,17 @@ def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> 
     assert "| 0.990 | 0.995 | 0.810 |" in text
 
 
+def test_render_without_paper_figures_keeps_a_wide_protocols_box_and_error_columns(tmp_path: Path) -> None:
+    # aux/synthetic's 15 figures: the box mAPs sort last and were once cut off at ten columns.
+    names = ["ap", "auroc", "fp", "fn", "false_calls", "mla", "mean_auroc", "dice", "dice_pos", "iou"]
+    names += ["iou_pos", "map", "map50", "accuracy", "server_errors"]
+    root = tmp_path / "results"
+    _write(root, metrics={name: 0.5 for name in names}, paper={})
+    lines = render_markdown(read_results(root)).splitlines()
+    header = next(line for line in lines if line.startswith("| variant"))
+    assert all(f"| {name} |" in header for name in names)
+
+
 def test_config_fingerprint_keeps_committed_cell_keys() -> None:
     """Fields added to the config later must not re-key cells committed before them: this is the
     key of the committed ksdd/segdec cpu folds (benchmarks/cells/ksdd-segdec-full-cpu)."""

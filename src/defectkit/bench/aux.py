@@ -151,9 +151,10 @@ AUX_TRIED_CPU = {
     "in 36.8 min at 0.761 against its detector's 0.759, which meets every NEU-DET target, the "
     "multitask one by a margin (+0.2 %) one seed-0 run cannot tell from noise; "
     "configs/aux_net/neu-det.yaml has the commands",
-    "ksdd": "against the empty masks: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish once "
-    "a Dice-trained head saturates at 0) and -V seg_reduction=batch (one Dice over the batch, so the "
-    "good images' empty masks stop dominating)",
+    "ksdd": "against the empty masks, tried: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish "
+    "once a Dice-trained head saturates at 0; the seg_loss=dice+bce rows); offered but not yet run on "
+    "KolektorSDD: -V seg_reduction=batch (one Dice over the batch, so the good images' empty masks stop "
+    "dominating)",
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1

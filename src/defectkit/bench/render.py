@@ -67,8 +67,10 @@ METRIC_ORDER = (
     "records_minus_accepted",
     "kill_lost_records",
 )
-# Without any paper figure a protocol still shows this many of our metrics.
-MAX_OWN_METRICS = 10
+# Without any paper figure a protocol shows at most this many of our metrics: enough for the widest
+# table (aux/synthetic: image verdict, mask and box figures; service/load: its error counts), so a
+# cap never hides the figure a protocol exists for.
+MAX_OWN_METRICS = 16
 # Shown beside the paper's figures whenever a row has them (localisation quality, for information).
 INFO_METRICS = (
     # the image verdict's quality, whichever of these the paper left out
