@@ -658,6 +658,7 @@ def test_multitask_record_names_each_runs_machine(tmp_path) -> None:  # type: ig
     assert record["commit"] == "c0ffee" and record["wall_time_s"] == 5.0
     assert record["variant"]["tasks"] == "all vs classification"
     assert "Dice comparison is void" not in record["notes"]
+    assert "Table II's LinkNet, U-Net and PSPNet" in record["notes"]  # KolektorSDD stands for TekErreka
     collapsed = {**run("AMD EPYC", 1.0), "metrics": {"mla": 0.9, "dice": 0.87, "dice_pos": 0.0}}
     path = _write_multitask("aux/ksdd", dataset, request, variant, collapsed, {"segmentation": collapsed})  # type: ignore[arg-type]
     notes = json.loads(path.read_text())["notes"]
