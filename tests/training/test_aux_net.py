@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -357,6 +358,20 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
         assert len(inspector.inspect(image).regions) == 1
     finally:
         inspector.card.config["method_options"] = trained_options
+    # What `defectkit predict` writes: boxes with classes, the mask and the verdict in one
+    # Inspection file and one overlay.
+    from PIL import Image
+
+    from defectkit.inference.overlay import VERDICT_COLOURS
+    from defectkit.inference.predict import predict_paths
+
+    Image.fromarray(image).save(tmp_path / "part.png")
+    report = predict_paths(inspector, [tmp_path / "part.png"], tmp_path / "out", save_masks=True)
+    written = json.loads((tmp_path / "out" / "part.json").read_text())
+    assert not report.failures and written["verdict"] == "defect" and written["mask"]
+    assert written["regions"] and all(r["class"] in card.class_names for r in written["regions"])
+    overlay = np.asarray(Image.open(tmp_path / "out" / "part.png").convert("RGB"))
+    assert tuple(overlay[1, 1]) == VERDICT_COLOURS["defect"]
 
     from defectkit.data.synthetic import SynthConfig, synthetic_dataset
     from defectkit.evaluation.multilabel import multilabel_summary, score_multilabel
@@ -382,7 +397,6 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 
 def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import json
 
     from defectkit.bench.protocols import BenchRequest, run_protocol
 
@@ -406,7 +420,6 @@ def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # 
 
 
 def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import json
     from dataclasses import replace
 
     from defectkit.bench.protocols import BenchRequest, run_protocol
@@ -451,7 +464,6 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
 
 @pytest.mark.slow
 def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import json
     from dataclasses import replace
 
     import defectkit.bench.aux as aux_bench
@@ -630,7 +642,6 @@ def test_multitask_metrics_set_each_single_task_model_beside_the_multitask_one()
 
 
 def test_multitask_record_names_each_runs_machine(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import json
     from types import SimpleNamespace
 
     from defectkit.bench.aux import _write_multitask
