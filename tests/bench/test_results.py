@@ -292,15 +292,16 @@ def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> 
     assert "| 0.990 | 0.995 | 0.810 |" in text
 
 
-def test_render_without_paper_figures_keeps_a_wide_protocols_box_and_error_columns(tmp_path: Path) -> None:
+def test_render_without_paper_figures_shows_ours_and_names_any_left_out(tmp_path: Path) -> None:
     # aux/synthetic's 15 figures: the box mAPs sort last and were once cut off at ten columns.
     names = ["ap", "auroc", "fp", "fn", "false_calls", "mla", "mean_auroc", "dice", "dice_pos", "iou"]
-    names += ["iou_pos", "map", "map50", "accuracy", "server_errors"]
+    names += ["iou_pos", "map", "map50", "accuracy", "server_errors", "zz_first_left_out", "zz_second"]
     root = tmp_path / "results"
     _write(root, metrics={name: 0.5 for name in names}, paper={})
     lines = render_markdown(read_results(root)).splitlines()
     header = next(line for line in lines if line.startswith("| variant"))
-    assert all(f"| {name} |" in header for name in names)
+    assert all(f"| {name} |" in header for name in names[:-1]) and "zz_second" not in header
+    assert "Not shown, in the rows' results files: zz_second." in lines
 
 
 def test_config_fingerprint_keeps_committed_cell_keys() -> None:

@@ -366,10 +366,16 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     from defectkit.inference.predict import predict_paths
 
     Image.fromarray(image).save(tmp_path / "part.png")
-    report = predict_paths(inspector, [tmp_path / "part.png"], tmp_path / "out", save_masks=True)
+    pixel_threshold, inspector.card.thresholds.pixel = inspector.card.thresholds.pixel, 0.0
+    try:  # every pixel a defect pixel: the mask cannot be empty
+        report = predict_paths(inspector, [tmp_path / "part.png"], tmp_path / "out", save_masks=True)
+    finally:
+        inspector.card.thresholds.pixel = pixel_threshold
     written = json.loads((tmp_path / "out" / "part.json").read_text())
-    assert not report.failures and written["verdict"] == "defect" and written["mask"]
+    assert not report.failures and written["verdict"] == "defect"
     assert written["regions"] and all(r["class"] in card.class_names for r in written["regions"])
+    mask = np.asarray(Image.open(written["mask"]))
+    assert mask.shape == (70, 90) and 1 <= mask.min() <= mask.max() <= len(card.class_names)
     overlay = np.asarray(Image.open(tmp_path / "out" / "part.png").convert("RGB"))
     assert tuple(overlay[1, 1]) == VERDICT_COLOURS["defect"]
 
@@ -397,7 +403,6 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 
 def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # type: ignore[no-untyped-def]
-
     from defectkit.bench.protocols import BenchRequest, run_protocol
 
     image = torch.rand(1, 3, 64, 64)
@@ -669,7 +674,8 @@ def test_multitask_record_names_each_runs_machine(tmp_path) -> None:  # type: ig
     assert record["commit"] == "c0ffee" and record["wall_time_s"] == 5.0
     assert record["variant"]["tasks"] == "all vs classification"
     assert "Dice comparison is void" not in record["notes"]
-    assert "Table II's LinkNet, U-Net and PSPNet" in record["notes"]  # KolektorSDD stands for TekErreka
+    assert "Table III's ResNet-50 and EfficientNet-B0" in record["notes"]  # KolektorSDD for TekErreka
+    assert "LinkNet" not in record["notes"]  # no single-task segmenter in this record
     collapsed = {**run("AMD EPYC", 1.0), "metrics": {"mla": 0.9, "dice": 0.87, "dice_pos": 0.0}}
     path = _write_multitask("aux/ksdd", dataset, request, variant, collapsed, {"segmentation": collapsed})  # type: ignore[arg-type]
     notes = json.loads(path.read_text())["notes"]

@@ -67,9 +67,8 @@ METRIC_ORDER = (
     "records_minus_accepted",
     "kill_lost_records",
 )
-# Without any paper figure a protocol shows at most this many of our metrics: enough for the widest
-# table (aux/synthetic: image verdict, mask and box figures; service/load: its error counts), so a
-# cap never hides the figure a protocol exists for.
+# Without any paper figure a protocol shows at most this many of our metrics (the widest now,
+# aux/synthetic, has 15); any further ones are named under the table, never silently dropped.
 MAX_OWN_METRICS = 16
 # Shown beside the paper's figures whenever a row has them (localisation quality, for information).
 INFO_METRICS = (
@@ -203,11 +202,12 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
     paper_metrics = sorted({k for r in rows for k in (r.get("paper") or {})}, key=_metric_key)
     present = {k for r in rows for k, v in (r.get("metrics") or {}).items() if v is not None}
     own_metrics = [name for name in INFO_METRICS if name in present and name not in paper_metrics]
+    hidden: list[str] = []
     if not paper_metrics:
         own_metrics = sorted(
             {k for r in rows for k in _scalar_metrics(r.get("metrics") or {})}, key=_metric_key
         )
-        own_metrics = own_metrics[:MAX_OWN_METRICS]
+        own_metrics, hidden = own_metrics[:MAX_OWN_METRICS], own_metrics[MAX_OWN_METRICS:]
     methods = sorted({str(r.get("method")) for r in rows if r.get("method")})
     datasets = sorted({str(r.get("dataset")) for r in rows if r.get("dataset")})
 
@@ -245,6 +245,8 @@ def _table(protocol: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
         if record.get("notes"):
             notes.append((f"{cells[0]} / {cells[1]}", str(record["notes"])))
     lines += _notes(notes)
+    if hidden:
+        lines += ["", f"Not shown, in the rows' results files: {', '.join(hidden)}."]
     lines += _ablations(protocol, rows, paper_metrics, own_metrics)
     for record in records:
         lines += _confusion(record)
