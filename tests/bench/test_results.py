@@ -283,6 +283,31 @@ def test_render_sets_a_papers_ablation_side_by_side(tmp_path: Path) -> None:
     assert "Xeon Platinum 8375C ×2" in table[2]
 
 
+def test_render_counts_a_row_without_the_ablated_key_at_its_default(tmp_path: Path) -> None:
+    """Table II's decoder stays out of the FPN segmenter's variant (its rows keep their names), yet
+    that row heads the decoder table, as the value the key defaults to."""
+    root = tmp_path / "results"
+    fixed = {"tasks": "segmentation", "attention": "se+sa", "seg_loss": "dice", "fraction": 1.0}
+    _write(root, protocol="aux/x", variant=fixed, metrics={"dice": 0.9}, paper={"dice": 0.902})
+    for decoder, dice in (("unet", 0.8), ("linknet", 0.85)):
+        variant = {**fixed, "decoder": decoder}
+        _write(root, protocol="aux/x", variant=variant, metrics={"dice": dice}, paper={"dice": 0.856})
+    _write(root, protocol="aux/x", variant={**fixed, "tasks": "all"}, metrics={"dice": 0.95}, paper={})
+    text = render_benchmarks(root, tmp_path / "BENCHMARKS.md").read_text()
+    captions = [line for line in text.splitlines() if "varied" in line]
+    assert captions == [
+        "paper 000's Table II (single-task segmenters): decoder varied, attention=se+sa, fraction=1.000, "
+        "seg_loss=dice, tasks=segmentation, profile cpu (rows of the table above, whose notes hold for "
+        "them here):"
+    ]
+    table = text.split(captions[0])[1].split("\n\n")[1].splitlines()
+    assert [row.split(" | ")[:2] for row in table[2:]] == [
+        ["| fpn", "0.900"],
+        ["| linknet", "0.850"],
+        ["| unet", "0.800"],
+    ]
+
+
 def test_render_shows_localisation_figures_beside_the_papers(tmp_path: Path) -> None:
     root = tmp_path / "results"
     _write(root, metrics={"ap": 0.99, "fn": 1, "pixel_auroc": 0.81, "dice_pos": None}, paper={"ap": 0.995})

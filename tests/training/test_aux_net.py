@@ -51,6 +51,30 @@ def tiny(**options: object) -> AuxNet:
     return AuxNet(**{**TINY, **options})  # type: ignore[arg-type]
 
 
+def synthetic_run(
+    model: dict[str, object], size: list[int] | None = None, per_surface: int = 16, batch_size: int = 8
+) -> dict[str, object]:
+    """A one-epoch Lite0 training config on the generator's multi-class images."""
+    return {
+        "method": "aux_net",
+        "seed": 0,
+        "data": {
+            "synthetic": {
+                "mode": "multiclass",
+                "surfaces": 1,
+                "per_surface": per_surface,
+                "size": 64,
+                "seed": 2,
+            },
+            "val_fraction": 0.25,
+            "train_split": None,
+        },
+        "input": {"size": size or [64, 64], "channels": 3, "mean": [0.5], "std": [0.5]},
+        "model": {"backbone": "tf_efficientnet_lite0", **model},
+        "trainer": {"epochs": 1, "batch_size": batch_size, "lr": 0.001, "val_every": 1},
+    }
+
+
 @pytest.mark.parametrize(("attention", "paper"), [("none", 33.2), ("se", 35.7), ("se+sa", 36.2)])
 def test_resnet50_parameter_counts_match_table_iv(attention: str, paper: float) -> None:
     model = AuxNet("resnet50", attention=attention, pyramid_channels=256, segmentation_channels=128)  # type: ignore[arg-type]
@@ -315,23 +339,7 @@ def test_train_save_and_inspect(tmp_path) -> None:  # type: ignore[no-untyped-de
     from defectkit.inference.saved_model import read_card
 
     config = load_config(
-        {
-            "method": "aux_net",
-            "seed": 0,
-            "data": {
-                "synthetic": {"mode": "multiclass", "surfaces": 1, "per_surface": 16, "size": 64, "seed": 2},
-                "val_fraction": 0.25,
-                "train_split": None,
-            },
-            "input": {"size": [64, 64], "channels": 3, "mean": [0.5], "std": [0.5]},
-            "model": {
-                "backbone": "tf_efficientnet_lite0",
-                "pyramid_channels": 32,
-                "segmentation_channels": 16,
-                "aspect_ratios": "auto",
-            },
-            "trainer": {"epochs": 1, "batch_size": 8, "lr": 0.001, "val_every": 1},
-        }
+        synthetic_run({"pyramid_channels": 32, "segmentation_channels": 16, "aspect_ratios": "auto"})
     )
     model_dir = engine.train(config, tmp_path / "run", progress=False)
     assert model_dir is not None
@@ -424,20 +432,30 @@ def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # 
     assert record["paper"]["params_reduction"] == 0.571
 
 
-def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from dataclasses import replace
-
+def synthetic_bench(tmp_path, variant: dict[str, str], per_surface: int = 6):  # type: ignore[no-untyped-def]
+    """``aux/synthetic`` run once with ``variant`` at one epoch on small images: its request and
+    every results record it wrote."""
     from defectkit.bench.protocols import BenchRequest, run_protocol
 
     request = BenchRequest(
         "cpu", "full", "defectkit bench aux/synthetic", tmp_path / "results", tmp_path / "work", False,
-        {"tasks": "all,detection", "attention": "se+sa", "seg_reduction": "image,batch"},
-        ["data.synthetic.per_surface=10", "data.synthetic.size=64", "input.size=[64,64]", "trainer.epochs=1",
-         "model.pyramid_channels=32", "model.segmentation_channels=16", "weights=null"],
+        variant,
+        [f"data.synthetic.per_surface={per_surface}", "data.synthetic.size=64", "input.size=[64,64]",
+         "trainer.epochs=1", "model.pyramid_channels=32", "model.segmentation_channels=16", "weights=null"],
         cells_root=tmp_path / "cells",
     )  # fmt: skip
     run_protocol("aux/synthetic", request)
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
+    return request, records
+
+
+def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from defectkit.bench.protocols import run_protocol
+
+    variant = {"tasks": "all,detection", "attention": "se+sa", "seg_reduction": "image,batch"}
+    request, records = synthetic_bench(tmp_path, variant, per_surface=10)
     every_cell = [r for r in records if r["protocol"] == "aux/synthetic"]
     pooled = [r for r in every_cell if r["variant"].get("seg_reduction") == "batch"]
     cells = [r for r in every_cell if "seg_reduction" not in r["variant"]]  # the default stays unnamed
@@ -465,6 +483,31 @@ def test_aux_bench_on_generated_data(tmp_path) -> None:  # type: ignore[no-untyp
     last = json.loads(run_protocol("aux/synthetic", as_set).read_text())
     assert last["protocol"] == "aux/synthetic/multitask"
     assert (last["variant"]["seg_loss"], last["variant"]["seg_reduction"]) == ("bce", "batch")
+
+
+def test_aux_bench_trains_table_ii_decoders_as_segmenters_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from defectkit.bench.protocols import run_protocol
+
+    request, records = synthetic_bench(tmp_path, {"tasks": "all,segmentation", "decoders": "fpn,linknet"})
+    cells = {(r["variant"]["tasks"], r["variant"].get("decoder")): r for r in records}
+    # The multitask network keeps the FPN: three cells, the FPN's named as before.
+    assert set(cells) == {
+        ("all", None),
+        ("segmentation", None),
+        ("segmentation", "linknet"),
+        ("all vs segmentation", None),
+    }
+    assert len(list((tmp_path / "cells").rglob("*.json"))) == 3
+    versus = cells[("all vs segmentation", None)]["metrics"]
+    assert versus["dice_single"] == cells[("segmentation", None)]["metrics"]["dice"]
+    with pytest.raises(KeyError, match="decoders"):
+        run_protocol("aux/synthetic", replace(request, variant={"tasks": "all", "decoders": "unet"}))
+    with pytest.raises(KeyError, match="decoders"):
+        run_protocol(
+            "aux/synthetic", replace(request, variant={"tasks": "segmentation", "decoders": "deeplab"})
+        )
 
 
 @pytest.mark.slow
@@ -548,6 +591,17 @@ def test_paper_tables_stand_beside_the_matching_cells_only() -> None:
     assert paper_figures({**full, "tasks": "classification"}) == se_resnet
     assert paper_figures({**full, "tasks": "classification", "seg_loss": "bce"}) == se_resnet  # no mask
     assert paper_figures({**full, "tasks": "segmentation", "attention": "none"}) == {}
+    # Table II's other segmenters, by decoder; Table III's classifiers without attention, by backbone.
+    unet = {**full, "tasks": "segmentation", "decoder": "unet"}
+    assert paper_figures(unet) == {"iou": 0.832, "dice": 0.856}
+    assert paper_figures({**unet, "seg_loss": "bce"}) == {} == paper_figures({**unet, "fraction": 0.5})
+    plain = {**full, "tasks": "classification", "attention": "none"}
+    efficientnet_b0 = {"recall": 0.858, "precision": 0.928, "f1": 0.892, "accuracy": 0.958}
+    assert paper_figures(plain, "tf_efficientnet_lite0") == efficientnet_b0
+    assert paper_figures(plain, "resnet50")["accuracy"] == 0.949
+    assert (
+        paper_figures(plain, "convnext_tiny") == {} == paper_figures({**plain, "attention": "se"}, "resnet50")
+    )
     # The image verdict's figures stand only beside cells judged by the classification head.
     peak = {**full, "image_score": "mask_peak"}
     assert paper_figures(peak) == {"iou": 0.903, "dice": 0.926}
@@ -629,6 +683,11 @@ def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
     changed = ["method_options.lr_schedule=one_cycle", "trainer.precision=bf16-mixed"]
     notes = _notes("ksdd", load_config(path, "cpu", changed), True, {}, "cpu")
     assert "one cycle rate" in notes and "precision bf16-mixed" in notes
+    # A classifier without attention stands beside Table III's classifier of its family, and says so.
+    classifier = ["model.tasks=[classification]", "model.attention=none"]
+    notes = _notes("ksdd", load_config(path, "cpu", classifier), True, {}, "cpu")
+    assert "Table III's EfficientNet-B0 classifier" in notes and "headline" not in notes
+    assert "Table III" not in plain and "headline" in plain
 
 
 def test_multitask_metrics_set_each_single_task_model_beside_the_multitask_one() -> None:
@@ -825,3 +884,43 @@ def test_softmax_classes_are_exclusive_and_need_one_class_per_image() -> None:
         tiny(class_activation="softmax", num_classes=1)
     with pytest.raises(ValueError, match="class_activation='tanh'"):
         tiny(class_activation="tanh")
+
+
+@pytest.mark.parametrize("decoder", ["unet", "linknet", "pspnet"])
+def test_table_ii_decoders_segment_alone_on_the_same_encoder(decoder: str) -> None:
+    fpn = tiny(tasks=["segmentation"])
+    model = tiny(tasks=["segmentation"], segmentation_decoder=decoder)
+    images = torch.rand(2, 3, 64, 96)
+    output = model(images)
+    assert output.mask_logits.shape == (2, 2, 64, 96) and output.box_logits.shape[1] == 0
+    output.mask_logits.mean().backward()
+    stem = model.encoder.body.conv_stem.weight
+    assert stem.grad is not None and stem.grad.abs().sum() > 0
+    # The same encoder with its attention; PSPNet reads C3 only, so the stages past it are not built.
+    assert type(model.encoder.stage_attention[-1]) is type(fpn.encoder.stage_attention[-1])
+    counted = sum(p.numel() for p in model.encoder.parameters())
+    whole = sum(p.numel() for p in fpn.encoder.parameters())
+    assert (counted < whole / 10) if decoder == "pspnet" else (counted >= whole)
+    assert model.fpn is None and model.decision_head is None
+    with pytest.raises(ValueError, match="needs tasks \\[segmentation\\]"):
+        tiny(tasks=["classification", "segmentation"], segmentation_decoder=decoder)
+    with pytest.raises(ValueError, match="use one of"):
+        tiny(tasks=["segmentation"], segmentation_decoder="deeplab")
+
+
+def test_a_table_ii_segmenter_trains_saves_and_exports(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import defectkit.training.engine as engine
+    from defectkit import load_inspector
+    from defectkit.config import load_config
+    from defectkit.inference.export import export_onnx_checked
+
+    model = {"tasks": ["segmentation"], "segmentation_decoder": "pspnet"}
+    config = load_config(synthetic_run(model, size=[64, 96], per_surface=8, batch_size=4))
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    image = np.random.default_rng(3).integers(0, 255, (70, 90), dtype=np.uint8)
+    inspection = load_inspector(model_dir).inspect(image)
+    result = export_onnx_checked(model_dir)  # PSP's adaptive pooling included
+    assert result.max_score_diff < 1e-3 and result.max_heatmap_diff < 1e-3
+    again = load_inspector(model_dir, backend="onnx").inspect(image)
+    assert again.class_scores == pytest.approx(inspection.class_scores, abs=1e-3)

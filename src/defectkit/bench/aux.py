@@ -17,16 +17,22 @@ Options (``--variant``, comma lists make a grid): ``tasks`` (``all``, ``classifi
 ``jaccard``, ``dice+bce``, ``jaccard+bce``; ``dice``), ``seg_reduction`` (``image``, ``batch``:
 what one Dice or Jaccard sums over, see :mod:`defectkit.training.aux_net`; ``image``, which
 stays out of the variant and the cell key so earlier cells resume), ``fractions`` (of the
-training part; ``1``) and ``image_score`` (``classifier``, ``mask_peak``: what judges the image,
+training part; ``1``), ``image_score`` (``classifier``, ``mask_peak``: what judges the image,
 see :mod:`defectkit.models.aux_net.model`; ``classifier``, kept out of keys and variants like the
-reduction). Training never reads ``image_score``, so a cell whose sibling under another image
-score has its model in the work folder is that model re-scored, not trained again (its cell says
-``scored_from``); without one it trains. The paper's Table I, IV and Fig. 10 grids are
+reduction) and ``decoders`` (``fpn``, ``unet``, ``linknet``, ``pspnet``: the segmenter's decoder,
+see :mod:`defectkit.models.aux_net.decoders`; ``fpn``, kept out likewise; the others apply to the
+``segmentation`` tasks entry alone, as the other networks need the FPN). Training never reads
+``image_score``, so a cell whose sibling under another image score has its model in the work
+folder is that model re-scored, not trained again (its cell says ``scored_from``); without one it
+trains. The paper's Table I, IV and Fig. 10 grids are
 ``-V seg_loss=...``, ``-V attention=...`` and ``-V fractions=0.9,0.75,0.5``; on ``ksdd`` (one
 class, like the paper's TekErreka) each multitask cell at all the data stands beside its row of
 Tables I and IV, and the SE + SA, Dice cell beside Table III's (recall, precision, F1 of the image
 verdict); at those settings, ``-V tasks=singles``' segmenter and classifier stand beside Table II's
-FPN and Table III's SEResNet-50, and the multitask record's gains beside the paper's.
+FPN and Table III's SEResNet-50, and the multitask record's gains beside the paper's;
+``-V tasks=segmentation -V decoders=linknet,unet,pspnet`` beside Table II's other segmenters, and
+``-V tasks=classification -V attention=none`` beside Table III's classifier of the backbone's family
+without attention (EfficientNet-B0's row for EfficientNet-Lite0, ResNet-50's for ResNet-50).
 
 Whenever one invocation runs ``all`` and single-task cells of the same settings (attention,
 seg_loss and reduction, fraction, image score), an ``aux/<dataset>/multitask`` record sets them
@@ -85,6 +91,7 @@ from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
+from defectkit.models.aux_net.decoders import SEGMENTATION_DECODERS
 from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS, image_judge
 from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
@@ -96,10 +103,11 @@ CONFIG = "configs/aux_net/neu-det.yaml"
 PAPER_EFFICIENCY = {"params_reduction": 0.571, "time_reduction": 0.455}
 SPLIT = (0.8, 0.2)
 SPLIT_SEED = 0
-GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score")
+GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score", "decoders")
 DEFAULT_SEG_LOSS = str(DEFAULT_OPTIONS["seg_loss"])  # the paper's Dice
 DEFAULT_REDUCTION = str(DEFAULT_OPTIONS["seg_reduction"])
 DEFAULT_IMAGE_SCORE = "classifier"
+DEFAULT_DECODER = "fpn"  # the multitask network's, and the only one its other heads can share
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
 # IoU it was measured. Table I: segmentation loss -> IoU and Dice (SE + SA attention).
@@ -117,14 +125,30 @@ PAPER_TABLE_IV = {"none": 0.962, "se": 0.968, "sa": 0.963, "se+sa": 0.971}
 # detection modules "are removed" while the classification is evaluated; read as at inference, since
 # the same section credits the segmentation task with the better classification.
 PAPER_TABLE_III = {"recall": 0.887, "precision": 0.939, "f1": 0.912}
+# Table II: single-task segmenters on the paper's backbone (ResNet-50 with SE + SA) -> IoU and Dice;
+# ours are aux_net segmenters alone under each smp decoder (-V decoders), on the profile's encoder.
+PAPER_TABLE_II = {
+    "fpn": {"iou": 0.881, "dice": 0.902},
+    "linknet": {"iou": 0.876, "dice": 0.895},
+    "unet": {"iou": 0.832, "dice": 0.856},
+    "pspnet": {"iou": 0.885, "dice": 0.917},
+}
 # The paper's single-task baselines on TekErreka, beside ours (aux_net with one head) at the same
 # settings: Table II's FPN segmenter, and of Table III's classifiers SEResNet-50, the nearest to a
 # bottom-up path with channel attention in every block (its ResNet-50 has none; EfficientNet-B0 is
 # nearer our backbone but has SE blocks of its own design).
 PAPER_SINGLE_TASK = {
-    "segmentation": {"iou": 0.881, "dice": 0.902},
+    "segmentation": PAPER_TABLE_II["fpn"],
     "classification": {"recall": 0.803, "precision": 0.968, "f1": 0.878, "accuracy": 0.955},
 }
+# Table III's classifiers without attention (TekErreka): beside ours at attention none, by backbone.
+# On EfficientNet-Lite0 (B0 without its squeeze-and-excitation and swish) ours stands beside
+# EfficientNet-B0's row; on ResNet-50 (the paper profile) beside ResNet-50's.
+PAPER_PLAIN_CLASSIFIERS = {
+    "resnet50": {"recall": 0.759, "precision": 0.979, "f1": 0.855, "accuracy": 0.949},
+    "tf_efficientnet_lite0": {"recall": 0.858, "precision": 0.928, "f1": 0.892, "accuracy": 0.958},
+}
+PLAIN_CLASSIFIER_NAMES = {"resnet50": "ResNet-50", "tf_efficientnet_lite0": "EfficientNet-B0"}
 PAPER_BASELINES = {
     "classification": "accuracy gain is over SEResNet-50 (Table III)",
     "detection": "mAP gain is over a separately designed RetinaNet (section H)",
@@ -133,9 +157,11 @@ PAPER_BASELINES = {
 # The rest of Tables II and III, outside issue 8's baselines (an FPN segmenter, a classifier and a
 # RetinaNet on the multitask model's own backbone); KolektorSDD's multitask records say so.
 PAPER_OTHER_BASELINES = {
-    "segmentation": "Table II's LinkNet, U-Net and PSPNet (other decoders on the paper's backbone) "
-    "are not run",
-    "classification": "Table III's ResNet-50 and EfficientNet-B0 classifiers are not run",
+    "segmentation": "Table II's LinkNet, U-Net and PSPNet segmenters are not set beside the multitask "
+    "model, whose decoder is the FPN (-V tasks=segmentation -V decoders=linknet,unet,pspnet trains them)",
+    "classification": "Table III's ResNet-50 and EfficientNet-B0 classifiers are not set beside the "
+    "multitask model (-V tasks=classification -V attention=none trains a classifier without attention, "
+    "beside EfficientNet-B0's figures on EfficientNet-Lite0 and ResNet-50's on ResNet-50)",
 }
 # The multitask model's gains over those baselines in the paper, as multitask_metrics computes ours
 # (Dice relative, accuracy absolute); section H gives the mAP gain alone (17.95 % over a RetinaNet).
@@ -165,7 +191,9 @@ AUX_TRIED_CPU = {
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
-CellName = tuple[str, str, str, float, str]  # tasks, attention, matched loss, fraction, image score
+CellName = tuple[
+    str, str, str, float, str, str
+]  # tasks, attention, matched loss, fraction, image score, decoder
 
 
 def measure(model: torch.nn.Module, size: tuple[int, int], channels: int, warmup: int, repeats: int) -> float:
@@ -293,6 +321,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
     # None: the image score the config (or --set) gives, which still names the cell.
     image_scores: list[str | None] = [*option_list(options, "image_score", "")] or [None]
+    decoders = option_list(options, "decoders", DEFAULT_DECODER)
     # Every value is checked before the first cell trains (a bad one would otherwise stop the grid
     # an hour in): "-V a=x,b=y" is one option a with the values "x" and "b=y".
     for option, given, known in (
@@ -300,6 +329,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         ("seg_loss", [loss for loss, _ in seg_losses], SEG_LOSSES),
         ("seg_reduction", [reduction for _, reduction in seg_losses], SEG_REDUCTIONS),
         ("image_score", [score for score in image_scores if score], IMAGE_SCORES),
+        ("decoders", decoders, SEGMENTATION_DECODERS),
     ):
         wrong = sorted(set(given) - set(known))
         if wrong:
@@ -308,6 +338,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             )
     if "mask_peak" in image_scores and any("segmentation" not in tasks for _, tasks in task_sets):
         raise KeyError("--variant image_score=mask_peak needs the segmentation head in every tasks entry")
+    if set(decoders) != {DEFAULT_DECODER} and ("segmentation", ("segmentation",)) not in task_sets:
+        raise KeyError(
+            "--variant decoders: Table II's decoders build segmenters alone; add -V tasks=segmentation"
+        )
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     name = f"{protocol.replace('/', '-')}-{request.profile}"
@@ -318,8 +352,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     # The same per trained cell (its key prefix): a classifier or detector met again under another
     # mask loss is neither summarised nor written again.
     summarised: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores)
-    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score in grid:
+    grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores, decoders)
+    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score, decoder in grid:
+        if decoder != DEFAULT_DECODER and tasks != ("segmentation",):
+            continue  # the other networks have the FPN only (they serve every decoder's grid)
         # A network without the segmentation head never reads the mask loss: it trains under the
         # default whatever the grid asks, and serves every loss's multitask record.
         trained_loss, trained_reduction = (
@@ -337,6 +373,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                 if trained_reduction != DEFAULT_REDUCTION
                 else []
             ),
+            *([f"model.segmentation_decoder={decoder}"] if decoder != DEFAULT_DECODER else []),
         ]
         scored_by = [f"model.image_score={image_score}"] if image_score else []
         all_overrides = [*request.overrides, *overrides, *scored_by]
@@ -349,9 +386,13 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         # The loss a multitask record and its single-task cells are matched by: the one asked for,
         # with the reduction in force (-V, else --set, which reaches every cell's config).
         matched = _seg_variant(seg_loss, requested if requested != DEFAULT_REDUCTION else reduction)
-        key = (task_name, attention, "-".join(matched.values()), fraction, score)
+        key = (task_name, attention, "-".join(matched.values()), fraction, score, decoder)
         score_part = f"image_score-{score}/" if named_score else ""
-        prefix = f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
+        decoder_part = f"decoder-{decoder}/" if decoder != DEFAULT_DECODER else ""
+        prefix = (
+            f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
+            f"{decoder_part}"
+        )
         if prefix in summarised:
             finished[key] = summarised[prefix]
             continue
@@ -361,7 +402,9 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         # network with a classification head has one to name.
         named = activation != "sigmoid" and "classification" in tasks
         # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
-        folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}"
+        folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}" + (
+            f"-{decoder}" if decoder != DEFAULT_DECODER else ""
+        )
         stem = request.work_root / name / f"v{CELL_VERSION}" / folder
         run = partial(rescored_or_trained, config, request, score)
         cells = fold_cells(cache, dataset, config, splits, prefix, stem, run)
@@ -371,6 +414,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **seg_variant,
             "fraction": fraction,
             **({"image_score": score} if named_score else {}),
+            **({"decoder": decoder} if decoder != DEFAULT_DECODER else {}),
             **({"class_activation": activation} if named else {}),
             **request.set_variant(),
         }
@@ -380,13 +424,14 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         # the results just written name it (their file's earlier record, else this machine).
         record["machine"] = recorded_machine(last)
         finished[key] = summarised[prefix] = (record, variant)
-    for (task_name, attention, seg_name, fraction, score), (multitask, variant) in finished.items():
+    for (task_name, attention, seg_name, fraction, score, decoder), (multitask, variant) in finished.items():
         if task_name != "all":
             continue
+        # The multitask network's own decoder (FPN) picks its segmenter among Table II's.
         singles = {
-            task: finished[(task, attention, seg_name, fraction, score)][0]
+            task: finished[(task, attention, seg_name, fraction, score, decoder)][0]
             for task in TASKS
-            if (task, attention, seg_name, fraction, score) in finished
+            if (task, attention, seg_name, fraction, score, decoder) in finished
         }
         if singles:
             # Named as its multitask cell is (its own activation, not the last cell's), less tasks.
@@ -474,7 +519,7 @@ def _write_cell_results(protocol: str, dataset: GridDataset, request: BenchReque
     metrics = dict(record["metrics"])
     if len(record["scores"].class_names) == 1:
         metrics["accuracy"] = metrics["mla"]  # one class: the image verdict's accuracy
-    paper = paper_figures(variant) if dataset.name == "ksdd" else {}
+    paper = paper_figures(variant, str(config.model.get("backbone", ""))) if dataset.name == "ksdd" else {}
     return write_results(
         protocol=protocol,
         method="aux_net",
@@ -506,19 +551,23 @@ def _rescored_note(cells: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def paper_figures(variant: Mapping[str, Any]) -> dict[str, float]:
+def paper_figures(variant: Mapping[str, Any], backbone: str = "") -> dict[str, float]:
     """The paper's Table I, III and IV figures for one multitask cell at all the training data, and
-    Tables II and III's baselines for a single-task segmenter or classifier at the paper's settings
-    (Fig. 10's fractions are only drawn, on Severstal). Figures of the image verdict stand only
-    beside cells judged as the paper judges: by the classification head's sigmoid."""
+    Tables II and III's baselines for a single-task segmenter (by decoder) or classifier (SE + SA;
+    without attention, by ``backbone``) at the paper's settings (Fig. 10's fractions are only
+    drawn, on Severstal). Figures of the image verdict stand only beside cells judged as the paper
+    judges: by the classification head's sigmoid."""
     if variant["fraction"] != 1.0:
         return {}
     judged_as_paper = "image_score" not in variant and "class_activation" not in variant
     if variant["tasks"] != "all":
+        plain = variant["tasks"] == "classification" and variant["attention"] == "none"
+        if plain and judged_as_paper:
+            return dict(PAPER_PLAIN_CLASSIFIERS.get(backbone, {}))
         if variant["attention"] != "se+sa":
             return {}
         if variant["tasks"] == "segmentation" and variant["seg_loss"] == "dice":
-            return dict(PAPER_SINGLE_TASK["segmentation"])
+            return dict(PAPER_TABLE_II[variant.get("decoder", DEFAULT_DECODER)])
         if variant["tasks"] == "classification" and judged_as_paper:  # no mask, so no seg_loss
             return dict(PAPER_SINGLE_TASK["classification"])
         return {}
@@ -681,7 +730,14 @@ def _notes(
         )
     if dataset_name == "neu-det":
         notes.append("masks are NEU-DET's boxes filled (coarse)")
-    if with_paper:
+    backbone = str(config.model.get("backbone", ""))
+    if with_paper and tasks == ("classification",) and config.model.get("attention") == "none":
+        notes.append(
+            f"the paper's figures are Table III's {PLAIN_CLASSIFIER_NAMES[backbone]} classifier on "
+            f"TekErreka, its own one-class data; ours is {backbone} without attention"
+            + (" (B0 without its own squeeze-and-excitation)" if "efficientnet_lite" in backbone else "")
+        )
+    elif with_paper:
         notes.append(
             "the paper's figures are its headline on TekErreka, its own one-class data (its mAP 0.762, "
             "IoU unstated, is not set beside ours)"

@@ -114,13 +114,15 @@ INFO_METRICS = (
 )
 MISSING = "–"
 # Settings a paper varies one at a time: (protocols, as a regular expression the whole name matches;
-# variant key; the paper's table). Under such a protocol's table, the rows that differ in that key
-# alone are set side by side, one small table per combination of the other settings, so a paper's
-# ablation reads as the paper prints it. aux/<dataset>/multitask rows are gains, not the tables' figures.
-ABLATIONS = (
-    (r"aux/[^/]+", "seg_loss", "paper 000's Table I (segmentation loss)"),
-    (r"aux/[^/]+", "attention", "paper 000's Table IV (attention)"),
-    (r"aux/[^/]+", "fraction", "paper 000's Fig. 10 (share of the training data)"),
+# variant key; the paper's table; the value a row without the key has, for a key whose default stays
+# out of variants, else None). Under such a protocol's table, the rows that differ in that key alone
+# are set side by side, one small table per combination of the other settings, so a paper's ablation
+# reads as the paper prints it. aux/<dataset>/multitask rows are gains, not the tables' figures.
+ABLATIONS: tuple[tuple[str, str, str, str | None], ...] = (
+    (r"aux/[^/]+", "seg_loss", "paper 000's Table I (segmentation loss)", None),
+    (r"aux/[^/]+", "decoder", "paper 000's Table II (single-task segmenters)", "fpn"),
+    (r"aux/[^/]+", "attention", "paper 000's Table IV (attention)", None),
+    (r"aux/[^/]+", "fraction", "paper 000's Fig. 10 (share of the training data)", None),
 )
 
 
@@ -278,20 +280,20 @@ def _ablations(
     """For each of the protocol's :data:`ABLATIONS`, the rows that differ in that setting alone, one
     small table per combination of the other settings (and profile) that has two values or more."""
     lines: list[str] = []
-    for protocols, key, title in ABLATIONS:
+    for protocols, key, title, default in ABLATIONS:
         if not re.fullmatch(protocols, protocol):
             continue
-        groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+        groups: dict[tuple[str, str], list[tuple[Any, Mapping[str, Any]]]] = {}
         for record in rows:
             variant = dict(record.get("variant") or {})
-            if key not in variant:
+            if key not in variant and default is None:
                 continue
-            del variant[key]
+            value = variant.pop(key, default)
             # The rest of the row's name (_variant), random init included: only ``key`` may differ.
             fixed = _variant({"variant": variant, "init": record.get("init")})
-            groups.setdefault((str(record.get("profile", MISSING)), fixed), []).append(record)
+            groups.setdefault((str(record.get("profile", MISSING)), fixed), []).append((value, record))
         for (profile, fixed), members in sorted(groups.items()):
-            if len({_number(m["variant"][key]) for m in members}) < 2:
+            if len({_number(value) for value, _ in members}) < 2:
                 continue
             header = [key]
             for name in paper_metrics:
@@ -305,8 +307,8 @@ def _ablations(
                 "| " + " | ".join(header) + " |",
                 "|" + "|".join("---" for _ in header) + "|",
             ]
-            for record in sorted(members, key=lambda m: _ordered(m["variant"][key])):
-                cells = [_number(record["variant"][key]), *_metric_cells(record, paper_metrics, own_metrics)]
+            for value, record in sorted(members, key=lambda member: _ordered(member[0])):
+                cells = [_number(value), *_metric_cells(record, paper_metrics, own_metrics)]
                 cells += [
                     _duration(record.get("wall_time_s")),
                     _machine(record.get("machine")),

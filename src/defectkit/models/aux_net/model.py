@@ -11,6 +11,10 @@
 * Segmentation head (Seferbekov's FPN segmentation, as smp's FPN decoder): each of P2..P5 goes
   through 3x3 conv-GroupNorm-ReLU blocks with x2 bilinear upsampling until it is at 1/4 scale;
   the four are summed, a 1x1 convolution gives K mask logits, upsampled x4 to the input.
+  ``segmentation_decoder`` (``unet``, ``linknet``, ``pspnet``; default ``fpn``) builds a segmenter
+  alone on smp's decoder of that name instead, Table II's other baselines on the same encoder
+  (:mod:`~defectkit.models.aux_net.decoders`); the other heads need the FPN, so it takes
+  ``tasks: [segmentation]``.
 * Classification head: global average pooling of C5 and a linear layer to K logits; it reads
   the bottom-up path only, so its loss trains only the encoder (the paper's gradient routing).
   ``class_activation`` turns the logits into probabilities: ``sigmoid`` (multi-label: an image
@@ -50,6 +54,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from defectkit.models.aux_net.decoders import DECODER_STAGES, SEGMENTATION_DECODERS, SmpDecoderHead
 from defectkit.models.aux_net.detection import anchor_boxes, anchor_generator, decode_boxes
 from defectkit.models.components import Attention, ChannelSpatialAttention
 
@@ -89,7 +94,10 @@ class AuxNetOutput:
 
 
 class AttentionEncoder(nn.Module):
-    """C2..C5 of a timm encoder with channel + spatial attention (see the module docstring)."""
+    """The ``stages`` features of a timm encoder with channel + spatial attention (see the module
+    docstring): C2..C5 by default (timm's out_indices 1..4, strides 4..32). The stride-2 stem
+    features (index 0, read by U-Net and LinkNet decoders) get no attention module, as the paper
+    puts attention in the residual stages; stages past the deepest asked for are not built."""
 
     def __init__(
         self,
@@ -98,6 +106,7 @@ class AttentionEncoder(nn.Module):
         attention: Attention = "se+sa",
         se_ratio: int = 16,
         sa_kernel: int = 7,
+        stages: Sequence[int] = (1, 2, 3, 4),
     ) -> None:
         super().__init__()
         self.in_blocks = IN_BLOCK_FAMILY.match(backbone) is not None
@@ -108,18 +117,32 @@ class AttentionEncoder(nn.Module):
         if self.in_blocks and attention != "none":
             options["block_args"] = {"attn_layer": attend}
         self.body: nn.Module = timm.create_model(
-            backbone, pretrained=False, features_only=True, out_indices=(1, 2, 3, 4), in_chans=in_channels,
+            backbone, pretrained=False, features_only=True, out_indices=tuple(stages), in_chans=in_channels,
             **options,
         )  # fmt: skip
+        drop_unused_blocks(self.body)
         self.channels: list[int] = list(self.body.feature_info.channels())  # type: ignore[operator,union-attr]
         stage_attention = attention != "none" and not self.in_blocks
         self.stage_attention = nn.ModuleList(
-            attend(c) if stage_attention else nn.Identity() for c in self.channels
+            attend(c) if stage_attention and stage > 0 else nn.Identity()
+            for stage, c in zip(stages, self.channels, strict=True)
         )
 
     def forward(self, images: Tensor) -> list[Tensor]:
         features = self.body(images)
         return [attend(f) for attend, f in zip(self.stage_attention, features, strict=True)]
+
+
+def drop_unused_blocks(body: nn.Module) -> None:
+    """Cut a timm feature encoder's block list after the deepest block it returns. timm's ResNet
+    feature wrapper stops there itself; EfficientNet's runs every block and drops the rest, which
+    would cost time and count parameters a shallow decoder (PSPNet) never reads. The names kept are
+    the classifier's, so ImageNet weights still load by name."""
+    blocks = getattr(body, "blocks", None)
+    names = body.feature_info.module_name()  # type: ignore[operator,union-attr]
+    used = [int(name.split(".")[1]) for name in names if name.startswith("blocks.")]
+    if isinstance(blocks, nn.Sequential) and used and max(used) + 1 < len(blocks):
+        body.blocks = blocks[: max(used) + 1]
 
 
 def groups_of(channels: int) -> int:
@@ -240,8 +263,19 @@ class AuxNet(nn.Module):
         tasks: Sequence[str] = ("classification", "segmentation", "detection"),
         class_activation: str = "sigmoid",
         image_score: str = "classifier",
+        segmentation_decoder: str = "fpn",
     ) -> None:
         super().__init__()
+        if segmentation_decoder not in SEGMENTATION_DECODERS:
+            raise ValueError(
+                f"segmentation_decoder={segmentation_decoder!r}: use one of {SEGMENTATION_DECODERS}"
+            )
+        if segmentation_decoder != "fpn" and tuple(tasks) != ("segmentation",):
+            raise ValueError(
+                f"segmentation_decoder={segmentation_decoder!r} builds Table II's single-task segmenter: "
+                f"it needs tasks [segmentation], got {list(tasks)} (the other heads read the FPN)"
+            )
+        self.segmentation_decoder = segmentation_decoder
         if class_activation not in CLASS_ACTIVATIONS:
             raise ValueError(f"class_activation={class_activation!r}: use one of {CLASS_ACTIVATIONS}")
         if image_score not in IMAGE_SCORES:
@@ -265,7 +299,9 @@ class AuxNet(nn.Module):
                 "the training boxes by the aux_net recipe before the network is built"
             )
         self.detection_levels = tuple(detection_levels)
-        self.encoder = AttentionEncoder(backbone, in_channels, attention, se_ratio, sa_kernel)
+        self.encoder = AttentionEncoder(
+            backbone, in_channels, attention, se_ratio, sa_kernel, DECODER_STAGES[segmentation_decoder]
+        )
         # Heads (and the FPN) exist only for the tasks asked: the single-task baselines are this
         # network with one head, so parameters and time compare like for like.
         # The segmenter needs P2..P5; a detector alone builds its pyramid from C3 (no P2), as RetinaNet.
@@ -274,15 +310,19 @@ class AuxNet(nn.Module):
             FeaturePyramidNetwork(
                 self.encoder.channels[self.first_level :], pyramid_channels, extra_blocks=LastLevelMaxPool()
             )
-            if {"segmentation", "detection"} & set(tasks)
+            if {"segmentation", "detection"} & set(tasks) and segmentation_decoder == "fpn"
             else None
         )
         self.stride = input_stride(self.detection_levels, self.detects)
-        self.segmentation_head = (
-            SegmentationHead(pyramid_channels, segmentation_channels, num_classes, dropout)
-            if "segmentation" in tasks
-            else None
-        )
+        self.segmentation_head: SegmentationHead | SmpDecoderHead | None = None
+        if segmentation_decoder != "fpn":
+            self.segmentation_head = SmpDecoderHead(
+                segmentation_decoder, [in_channels, *self.encoder.channels], num_classes
+            )
+        elif "segmentation" in tasks:
+            self.segmentation_head = SegmentationHead(
+                pyramid_channels, segmentation_channels, num_classes, dropout
+            )
         self.decision_head = (
             ClassificationHead(self.encoder.channels[-1], num_classes, dropout)
             if "classification" in tasks
@@ -317,11 +357,7 @@ class AuxNet(nn.Module):
         class_logits = (
             self.decision_head(features[-1]) if self.decision_head is not None else images.new_zeros(batch, k)
         )
-        mask_logits = (
-            self.segmentation_head([levels[name] for name in PYRAMID_LEVELS[:4]], (height, width))
-            if self.segmentation_head is not None
-            else images.new_zeros(batch, k, height, width)
-        )
+        mask_logits = self._mask_logits(images, features, levels)
         if self.detection_head is None or self.anchor_generator is None:
             empty = images.new_zeros(batch, 0, k), images.new_zeros(batch, 0, 4), images.new_zeros(0, 4)
             return AuxNetOutput(class_logits, mask_logits, *empty)
@@ -332,6 +368,14 @@ class AuxNet(nn.Module):
         image_list = ImageList(images[:1].float(), [(int(height), int(width))])
         anchors = self.anchor_generator(image_list, [level[:1].float() for level in detection])[0]
         return AuxNetOutput(class_logits, mask_logits, head["cls_logits"], head["bbox_regression"], anchors)
+
+    def _mask_logits(self, images: Tensor, features: Sequence[Tensor], levels: dict[str, Tensor]) -> Tensor:
+        height, width = images.shape[-2:]
+        if isinstance(self.segmentation_head, SmpDecoderHead):
+            return self.segmentation_head([images, *features], (height, width))
+        if isinstance(self.segmentation_head, SegmentationHead):
+            return self.segmentation_head([levels[name] for name in PYRAMID_LEVELS[:4]], (height, width))
+        return images.new_zeros(images.shape[0], self.num_classes, height, width)
 
     def inspect(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         """(class probabilities B x K, per-class mask probabilities B x K x H x W or None)."""
