@@ -502,8 +502,21 @@ def test_aux_bench_trains_table_ii_decoders_as_segmenters_alone(tmp_path) -> Non
     assert len(list((tmp_path / "cells").rglob("*.json"))) == 3
     versus = cells[("all vs segmentation", None)]["metrics"]
     assert versus["dice_single"] == cells[("segmentation", None)]["metrics"]["dice"]
+    # Without fpn among the decoders the multitask network still runs (its cell resumes here).
+    pspnet = replace(request, variant={"tasks": "all,segmentation", "decoders": "pspnet"})
+    assert "decoder-pspnet" in run_protocol("aux/synthetic", pspnet).name
+    assert len(list((tmp_path / "cells").rglob("*.json"))) == 4
     with pytest.raises(KeyError, match="decoders"):
         run_protocol("aux/synthetic", replace(request, variant={"tasks": "all", "decoders": "unet"}))
+    by_set = [*request.overrides, "model.segmentation_decoder=unet"]
+    with pytest.raises(KeyError, match="builds segmenters alone"):
+        run_protocol("aux/synthetic", replace(request, variant={"tasks": "all"}, overrides=by_set))
+    both = {"tasks": "segmentation", "decoders": "linknet"}
+    with pytest.raises(KeyError, match="not both"):
+        run_protocol("aux/synthetic", replace(request, variant=both, overrides=by_set))
+    # A decoder given by --set names the cell as -V would.
+    alone = replace(request, variant={"tasks": "segmentation"}, overrides=by_set)
+    assert "decoder-unet" in run_protocol("aux/synthetic", alone).name
     with pytest.raises(KeyError, match="decoders"):
         run_protocol(
             "aux/synthetic", replace(request, variant={"tasks": "segmentation", "decoders": "deeplab"})
@@ -688,6 +701,10 @@ def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
     notes = _notes("ksdd", load_config(path, "cpu", classifier), True, {}, "cpu")
     assert "Table III's EfficientNet-B0 classifier" in notes and "headline" not in notes
     assert "Table III" not in plain and "headline" in plain
+    segmenter = ["model.tasks=[segmentation]", "model.segmentation_decoder=unet"]
+    assert "Table II's U-Net segmenter" in _notes(
+        "ksdd", load_config(path, "cpu", segmenter), True, {}, "cpu"
+    )
 
 
 def test_multitask_metrics_set_each_single_task_model_beside_the_multitask_one() -> None:

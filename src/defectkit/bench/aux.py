@@ -149,6 +149,7 @@ PAPER_PLAIN_CLASSIFIERS = {
     "tf_efficientnet_lite0": {"recall": 0.858, "precision": 0.928, "f1": 0.892, "accuracy": 0.958},
 }
 PLAIN_CLASSIFIER_NAMES = {"resnet50": "ResNet-50", "tf_efficientnet_lite0": "EfficientNet-B0"}
+DECODER_NAMES = {"fpn": "FPN", "unet": "U-Net", "linknet": "LinkNet", "pspnet": "PSPNet"}
 PAPER_BASELINES = {
     "classification": "accuracy gain is over SEResNet-50 (Table III)",
     "detection": "mAP gain is over a separately designed RetinaNet (section H)",
@@ -343,6 +344,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             "--variant decoders: Table II's decoders build segmenters alone; add -V tasks=segmentation"
         )
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
+    _check_set_decoder(dataset.config, request, "decoders" in options, task_sets)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
@@ -353,9 +355,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     # mask loss is neither summarised nor written again.
     summarised: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores, decoders)
-    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score, decoder in grid:
-        if decoder != DEFAULT_DECODER and tasks != ("segmentation",):
-            continue  # the other networks have the FPN only (they serve every decoder's grid)
+    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score, asked in grid:
+        # Only a segmenter alone takes another decoder; the other networks keep the FPN and are
+        # met again under each decoder asked (summarised once, below).
+        wanted = asked if tasks == ("segmentation",) else DEFAULT_DECODER
         # A network without the segmentation head never reads the mask loss: it trains under the
         # default whatever the grid asks, and serves every loss's multitask record.
         trained_loss, trained_reduction = (
@@ -373,13 +376,14 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
                 if trained_reduction != DEFAULT_REDUCTION
                 else []
             ),
-            *([f"model.segmentation_decoder={decoder}"] if decoder != DEFAULT_DECODER else []),
+            *([f"model.segmentation_decoder={wanted}"] if wanted != DEFAULT_DECODER else []),
         ]
         scored_by = [f"model.image_score={image_score}"] if image_score else []
         all_overrides = [*request.overrides, *overrides, *scored_by]
         config = load_config(REPO_ROOT / dataset.config, request.profile, all_overrides)
         score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
         named_score = score != DEFAULT_IMAGE_SCORE
+        decoder = str(config.model.get("segmentation_decoder", DEFAULT_DECODER))  # -V, else --set
         reduction = str(options_of(config)["seg_reduction"])
         seg_variant = _seg_variant(trained_loss, reduction)
         seg_name = "-".join(seg_variant.values())
@@ -439,6 +443,25 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             last = _write_multitask(protocol, dataset, request, shared, multitask, singles)
     assert last is not None, "no cell ran"
     return last
+
+
+def _check_set_decoder(
+    config: str, request: BenchRequest, asked: bool, task_sets: Sequence[tuple[str, tuple[str, ...]]]
+) -> None:
+    """A decoder given by ``--set model.segmentation_decoder`` names the cells as ``-V decoders``
+    does; refused before the first cell trains where a network would need the FPN, or where
+    ``-V decoders`` gives one too."""
+    given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
+    decoder = str(given.get("segmentation_decoder", DEFAULT_DECODER))
+    if decoder == DEFAULT_DECODER:
+        return
+    if asked:
+        raise KeyError("give the segmenter's decoder by -V decoders or by --set, not both")
+    if any(tasks != ("segmentation",) for _, tasks in task_sets):
+        raise KeyError(
+            f"--set model.segmentation_decoder={decoder} builds segmenters alone: use -V tasks=segmentation "
+            "(or -V decoders, which leaves the other networks at the FPN)"
+        )
 
 
 def work_folder(stem: Path, image_score: str) -> Path:
@@ -730,19 +753,37 @@ def _notes(
         )
     if dataset_name == "neu-det":
         notes.append("masks are NEU-DET's boxes filled (coarse)")
-    backbone = str(config.model.get("backbone", ""))
-    if with_paper and tasks == ("classification",) and config.model.get("attention") == "none":
-        notes.append(
-            f"the paper's figures are Table III's {PLAIN_CLASSIFIER_NAMES[backbone]} classifier on "
-            f"TekErreka, its own one-class data; ours is {backbone} without attention"
-            + (" (B0 without its own squeeze-and-excitation)" if "efficientnet_lite" in backbone else "")
-        )
-    elif with_paper:
-        notes.append(
-            "the paper's figures are its headline on TekErreka, its own one-class data (its mAP 0.762, "
-            "IoU unstated, is not set beside ours)"
-        )
+    if with_paper:
+        notes.append(_paper_note(config, tasks))
     return "; ".join(notes)
+
+
+def _paper_note(config: RunConfig, tasks: tuple[str, ...]) -> str:
+    """Which of the paper's figures stand beside a KolektorSDD row (see :func:`paper_figures`)."""
+    backbone = str(config.model.get("backbone", ""))
+    source = "on TekErreka, its own one-class data"
+    if tasks == ("segmentation",):
+        decoder = str(config.model.get("segmentation_decoder", DEFAULT_DECODER))
+        return (
+            f"the paper's figures are Table II's {DECODER_NAMES[decoder]} segmenter {source} (on its "
+            f"ResNet-50 with SE + SA); ours is that decoder alone on {backbone} with the multitask "
+            "model's attention"
+        )
+    if tasks == ("classification",) and config.model.get("attention") == "none":
+        lite = " (B0 without its own squeeze-and-excitation)" if "efficientnet_lite" in backbone else ""
+        name = PLAIN_CLASSIFIER_NAMES.get(backbone, backbone)
+        return (
+            f"the paper's figures are Table III's {name} classifier {source}; ours is {backbone}{lite} "
+            "without attention"
+        )
+    if tasks == ("classification",):
+        return (
+            f"the paper's figures are Table III's SEResNet-50 classifier {source}; ours is the "
+            f"classification head alone on {backbone} with SE + SA"
+        )
+    return (
+        f"the paper's figures are its headline {source} (its mAP 0.762, IoU unstated, is not set beside ours)"
+    )
 
 
 def _register(dataset_name: str, description: str) -> None:

@@ -12,10 +12,12 @@ defaults, fed by :class:`~defectkit.models.aux_net.model.AttentionEncoder`:
 
 U-Net and LinkNet decode five levels back to the input's size, so they also read the encoder's
 stride-2 features (C1, which gets no attention module: the paper's attention sits in the residual
-stages) and the input itself, as smp's encoders hand them over. Each decoder ends in smp's
-segmentation head (a 3x3 convolution to K logits) and smp's initialisation. ``fpn`` is not here:
-it is :class:`~defectkit.models.aux_net.model.SegmentationHead` on the FPN that the detection head
-shares.
+stages). The input leads the feature list only because smp's encoders list it first: U-Net takes
+its size as the last upsampling's target, and neither decodes it. Each decoder ends in smp's
+segmentation head and initialisation, as its smp model has them (K logits from a 3x3 convolution;
+1x1 for LinkNet); smp's fixed dropouts stand (PSPNet's 0.2), not AuxNet's ``dropout``. ``fpn`` is
+not here: it is :class:`~defectkit.models.aux_net.model.SegmentationHead` on the FPN that the
+detection head shares.
 """
 
 from __future__ import annotations
@@ -54,16 +56,16 @@ class SmpDecoderHead(nn.Module):
         self.decoder: nn.Module
         if decoder == "unet":
             self.decoder = UnetDecoder(channels, UNET_CHANNELS, n_blocks=len(UNET_CHANNELS))
-            out_channels, upsampling = UNET_CHANNELS[-1], 1
+            out_channels, upsampling, kernel = UNET_CHANNELS[-1], 1, 3
         elif decoder == "linknet":
             self.decoder = LinknetDecoder(channels, prefinal_channels=LINKNET_CHANNELS, n_blocks=5)
-            out_channels, upsampling = LINKNET_CHANNELS, 1
+            out_channels, upsampling, kernel = LINKNET_CHANNELS, 1, 1
         elif decoder == "pspnet":
             self.decoder = PSPDecoder(channels, out_channels=PSP_CHANNELS, dropout=0.2)
-            out_channels, upsampling = PSP_CHANNELS, PSP_UPSAMPLING
+            out_channels, upsampling, kernel = PSP_CHANNELS, PSP_UPSAMPLING, 3
         else:
             raise ValueError(f"segmentation_decoder={decoder!r}: smp decoders are unet, linknet, pspnet")
-        self.head = SmpHead(out_channels, num_classes, kernel_size=3, upsampling=upsampling)
+        self.head = SmpHead(out_channels, num_classes, kernel_size=kernel, upsampling=upsampling)
         initialize_decoder(self.decoder)
         initialize_head(self.head)
 
