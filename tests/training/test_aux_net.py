@@ -502,10 +502,12 @@ def test_aux_bench_trains_table_ii_decoders_as_segmenters_alone(tmp_path) -> Non
     assert len(list((tmp_path / "cells").rglob("*.json"))) == 3
     versus = cells[("all vs segmentation", None)]["metrics"]
     assert versus["dice_single"] == cells[("segmentation", None)]["metrics"]["dice"]
-    # Without fpn among the decoders the multitask network still runs (its cell resumes here).
-    pspnet = replace(request, variant={"tasks": "all,segmentation", "decoders": "pspnet"})
+    # Without fpn among the decoders the other networks still run (the multitask cell resumes here),
+    # but no multitask record is written without its FPN segmenter.
+    pspnet = replace(request, variant={"tasks": "all,classification,segmentation", "decoders": "pspnet"})
     assert "decoder-pspnet" in run_protocol("aux/synthetic", pspnet).name
-    assert len(list((tmp_path / "cells").rglob("*.json"))) == 4
+    assert len(list((tmp_path / "cells").rglob("*.json"))) == 5
+    assert not list((tmp_path / "results").glob("*vs-classification-cpu.json"))
     with pytest.raises(KeyError, match="decoders"):
         run_protocol("aux/synthetic", replace(request, variant={"tasks": "all", "decoders": "unet"}))
     by_set = [*request.overrides, "model.segmentation_decoder=unet"]

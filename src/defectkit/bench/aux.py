@@ -420,7 +420,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **({"image_score": score} if named_score else {}),
             **({"decoder": decoder} if decoder != DEFAULT_DECODER else {}),
             **({"class_activation": activation} if named else {}),
-            **request.set_variant(),
+            # A decoder given by --set is named by its own field, so both ways share one row.
+            **request.set_variant(
+                exclude=["model.segmentation_decoder"] if decoder != DEFAULT_DECODER else []
+            ),
         }
         record = summarise(cells)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
@@ -428,6 +431,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         # the results just written name it (their file's earlier record, else this machine).
         record["machine"] = recorded_machine(last)
         finished[key] = summarised[prefix] = (record, variant)
+    segmenter_asked = ("segmentation", ("segmentation",)) in task_sets
     for (task_name, attention, seg_name, fraction, score, decoder), (multitask, variant) in finished.items():
         if task_name != "all":
             continue
@@ -437,6 +441,8 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             for task in TASKS
             if (task, attention, seg_name, fraction, score, decoder) in finished
         }
+        if segmenter_asked and "segmentation" not in singles:
+            continue  # only other decoders' segmenters ran: a record without its FPN one would be partial
         if singles:
             # Named as its multitask cell is (its own activation, not the last cell's), less tasks.
             shared = {k: v for k, v in variant.items() if k != "tasks"}
