@@ -21,7 +21,7 @@ training part; ``1``), ``image_score`` (``classifier``, ``mask_peak``: what judg
 see :mod:`defectkit.models.aux_net.model`; ``classifier``, kept out of keys and variants like the
 reduction) and ``decoders`` (``fpn``, ``unet``, ``linknet``, ``pspnet``: the segmenter's decoder,
 see :mod:`defectkit.models.aux_net.decoders`; ``fpn``, kept out likewise; the others apply to the
-``segmentation`` tasks entry alone, as the other networks need the FPN). Training never reads
+``segmentation`` tasks entry alone: the others keep the multitask network's FPN). Training never reads
 ``image_score``, so a cell whose sibling under another image score has its model in the work
 folder is that model re-scored, not trained again (its cell says ``scored_from``); without one it
 trains. The paper's Table I, IV and Fig. 10 grids are
@@ -107,7 +107,7 @@ GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", 
 DEFAULT_SEG_LOSS = str(DEFAULT_OPTIONS["seg_loss"])  # the paper's Dice
 DEFAULT_REDUCTION = str(DEFAULT_OPTIONS["seg_reduction"])
 DEFAULT_IMAGE_SCORE = "classifier"
-DEFAULT_DECODER = "fpn"  # the multitask network's, and the only one its other heads can share
+DEFAULT_DECODER = "fpn"  # the multitask network's, which its detection head shares
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
 # IoU it was measured. Table I: segmentation loss -> IoU and Dice (SE + SA attention).

@@ -13,8 +13,8 @@
   the four are summed, a 1x1 convolution gives K mask logits, upsampled x4 to the input.
   ``segmentation_decoder`` (``unet``, ``linknet``, ``pspnet``; default ``fpn``) builds a segmenter
   alone on smp's decoder of that name instead, Table II's other baselines on the same encoder
-  (:mod:`~defectkit.models.aux_net.decoders`); the other heads need the FPN, so it takes
-  ``tasks: [segmentation]``.
+  (:mod:`~defectkit.models.aux_net.decoders`). It takes ``tasks: [segmentation]``: the detection
+  head reads the FPN, and a classifier beside another decoder is none of the paper's baselines.
 * Classification head: global average pooling of C5 and a linear layer to K logits; it reads
   the bottom-up path only, so its loss trains only the encoder (the paper's gradient routing).
   ``class_activation`` turns the logits into probabilities: ``sigmoid`` (multi-label: an image
@@ -273,7 +273,7 @@ class AuxNet(nn.Module):
         if segmentation_decoder != "fpn" and tuple(tasks) != ("segmentation",):
             raise ValueError(
                 f"segmentation_decoder={segmentation_decoder!r} builds Table II's single-task segmenter: "
-                f"it needs tasks [segmentation], got {list(tasks)} (the other heads read the FPN)"
+                f"it needs tasks [segmentation], got {list(tasks)} (the detection head reads the FPN)"
             )
         self.segmentation_decoder = segmentation_decoder
         if class_activation not in CLASS_ACTIVATIONS:
