@@ -192,9 +192,8 @@ AUX_TRIED_CPU = {
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
-CellName = tuple[
-    str, str, str, float, str, str
-]  # tasks, attention, matched loss, fraction, image score, decoder
+# tasks, attention, matched loss, fraction, image score, decoder
+CellName = tuple[str, str, str, float, str, str]
 
 
 def measure(model: torch.nn.Module, size: tuple[int, int], channels: int, warmup: int, repeats: int) -> float:
@@ -384,6 +383,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
         named_score = score != DEFAULT_IMAGE_SCORE
         decoder = str(config.model.get("segmentation_decoder", DEFAULT_DECODER))  # -V, else --set
+        named_decoder = decoder != DEFAULT_DECODER
         reduction = str(options_of(config)["seg_reduction"])
         seg_variant = _seg_variant(trained_loss, reduction)
         seg_name = "-".join(seg_variant.values())
@@ -392,7 +392,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         matched = _seg_variant(seg_loss, requested if requested != DEFAULT_REDUCTION else reduction)
         key = (task_name, attention, "-".join(matched.values()), fraction, score, decoder)
         score_part = f"image_score-{score}/" if named_score else ""
-        decoder_part = f"decoder-{decoder}/" if decoder != DEFAULT_DECODER else ""
+        decoder_part = f"decoder-{decoder}/" if named_decoder else ""
         prefix = (
             f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
             f"{decoder_part}"
@@ -407,7 +407,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         named = activation != "sigmoid" and "classification" in tasks
         # A CELL_VERSION bump starts new work folders: no model of older code is re-scored.
         folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}" + (
-            f"-{decoder}" if decoder != DEFAULT_DECODER else ""
+            f"-{decoder}" if named_decoder else ""
         )
         stem = request.work_root / name / f"v{CELL_VERSION}" / folder
         run = partial(rescored_or_trained, config, request, score)
@@ -418,12 +418,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **seg_variant,
             "fraction": fraction,
             **({"image_score": score} if named_score else {}),
-            **({"decoder": decoder} if decoder != DEFAULT_DECODER else {}),
+            **({"decoder": decoder} if named_decoder else {}),
             **({"class_activation": activation} if named else {}),
             # A decoder given by --set is named by its own field, so both ways share one row.
-            **request.set_variant(
-                exclude=["model.segmentation_decoder"] if decoder != DEFAULT_DECODER else []
-            ),
+            **request.set_variant(exclude=["model.segmentation_decoder"] if named_decoder else []),
         }
         record = summarise(cells)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
