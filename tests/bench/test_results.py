@@ -270,13 +270,21 @@ def test_render_sets_a_papers_ablation_side_by_side(tmp_path: Path) -> None:
     _write(root, variant={"attention": "se"})
     for attention in ("none", "se"):  # gains of a multitask protocol: no paper table
         _write(root, protocol="aux/x/multitask", variant={**fixed, "attention": attention})
+    # Classifiers alone, with and without attention, are Table III's rows, not Table IV's.
+    for attention, accuracy in (("se+sa", 0.98), ("none", 0.97)):
+        variant = {**fixed, "tasks": "classification", "attention": attention}
+        _write(root, protocol="aux/x", variant=variant, metrics={"accuracy": accuracy}, paper={})
     text = render_benchmarks(root, tmp_path / "BENCHMARKS.md").read_text()
     captions = [line for line in text.splitlines() if "varied" in line]
     assert captions == [
+        "paper 000's Table III (single-task classifiers): attention varied, fraction=1.000, seg_loss=dice, "
+        "tasks=classification, profile cpu (rows of the table above, whose notes hold for them here):",
         "paper 000's Table IV (attention): attention varied, fraction=1.000, seg_loss=dice, tasks=all, "
-        "profile cpu (rows of the table above, whose notes hold for them here):"
+        "profile cpu (rows of the table above, whose notes hold for them here):",
     ]
-    table = text.split(captions[0])[1].split("\n\n")[1].splitlines()
+    classifiers = text.split(captions[0])[1].split("\n\n")[1].splitlines()
+    assert [row.split(" | ")[:2] for row in classifiers[2:]] == [["| none", "0.970"], ["| se+sa", "0.980"]]
+    table = text.split(captions[1])[1].split("\n\n")[1].splitlines()
     assert table[0].startswith("| attention | accuracy (ours) | accuracy (paper) |")
     assert [row.split(" | ")[0] for row in table[2:]] == ["| none", "| se", "| se+sa"]
     assert table[2].startswith("| none | 0.950 | – |") and table[4].startswith("| se+sa | 0.970 | 0.971 |")

@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from defectkit.bench.results import DEFAULT_ROOT, read_results
 from defectkit.files import write_atomic
@@ -113,16 +113,44 @@ INFO_METRICS = (
     "dice_pos_single",
 )
 MISSING = "–"
-# Settings a paper varies one at a time: (protocols, as a regular expression the whole name matches;
-# variant key; the paper's table; the value a row without the key has, for a key whose default stays
-# out of variants, else None). Under such a protocol's table, the rows that differ in that key alone
-# are set side by side, one small table per combination of the other settings, so a paper's ablation
-# reads as the paper prints it. aux/<dataset>/multitask rows are gains, not the tables' figures.
-ABLATIONS: tuple[tuple[str, str, str, str | None], ...] = (
-    (r"aux/[^/]+", "seg_loss", "paper 000's Table I (segmentation loss)", None),
-    (r"aux/[^/]+", "decoder", "paper 000's Table II (single-task segmenters)", "fpn"),
-    (r"aux/[^/]+", "attention", "paper 000's Table IV (attention)", None),
-    (r"aux/[^/]+", "fraction", "paper 000's Fig. 10 (share of the training data)", None),
+
+
+class Ablation(NamedTuple):
+    """A setting a paper varies one at a time, and the table it prints the rows in."""
+
+    # The protocols it applies to, as a regular expression the whole name matches.
+    protocols: str
+    # The variant key varied.
+    key: str
+    # The paper's table.
+    title: str
+    # The value a row without the key has, for a key whose default stays out of variants.
+    default: str | None = None
+    # Other settings a row must have (variant key, value as rendered) to fall under this table.
+    where: tuple[tuple[str, str], ...] = ()
+
+    def claims(self, variant: Mapping[str, Any]) -> bool:
+        """Whether a row of this variant falls under the table (before any earlier entry's claim)."""
+        if self.key not in variant and self.default is None:
+            return False
+        return all(key in variant and _number(variant[key]) == value for key, value in self.where)
+
+
+# Under such a protocol's table, the rows that differ in one key alone are set side by side, one small
+# table per combination of the other settings, so a paper's ablation reads as the paper prints it.
+# Where two entries vary the same key, a row goes to the first that claims it: the one with a
+# ``where`` comes first. aux/<dataset>/multitask rows are gains, not the tables' figures.
+ABLATIONS: tuple[Ablation, ...] = (
+    Ablation(r"aux/[^/]+", "seg_loss", "paper 000's Table I (segmentation loss)"),
+    Ablation(r"aux/[^/]+", "decoder", "paper 000's Table II (single-task segmenters)", default="fpn"),
+    Ablation(
+        r"aux/[^/]+",
+        "attention",
+        "paper 000's Table III (single-task classifiers)",
+        where=(("tasks", "classification"),),
+    ),
+    Ablation(r"aux/[^/]+", "attention", "paper 000's Table IV (attention)"),
+    Ablation(r"aux/[^/]+", "fraction", "paper 000's Fig. 10 (share of the training data)"),
 )
 
 
@@ -277,18 +305,20 @@ def _ordered(value: Any) -> tuple[int, float, str]:
 def _ablations(
     protocol: str, rows: Sequence[Mapping[str, Any]], paper_metrics: Sequence[str], own_metrics: Sequence[str]
 ) -> list[str]:
-    """For each of the protocol's :data:`ABLATIONS`, the rows that differ in that setting alone, one
-    small table per combination of the other settings (and profile) that has two values or more."""
+    """For each of the protocol's :data:`ABLATIONS`, the rows it claims that differ in its setting
+    alone, one small table per combination of the other settings (and profile) that has two values
+    or more."""
     lines: list[str] = []
-    for protocols, key, title, default in ABLATIONS:
-        if not re.fullmatch(protocols, protocol):
-            continue
+    ablations = [ablation for ablation in ABLATIONS if re.fullmatch(ablation.protocols, protocol)]
+    for index, ablation in enumerate(ablations):
+        key = ablation.key
+        earlier = [other for other in ablations[:index] if other.key == key]
         groups: dict[tuple[str, str], list[tuple[Any, Mapping[str, Any]]]] = {}
         for record in rows:
             variant = dict(record.get("variant") or {})
-            if key not in variant and default is None:
+            if not ablation.claims(variant) or any(other.claims(variant) for other in earlier):
                 continue
-            value = variant.pop(key, default)
+            value = variant.pop(key, ablation.default)
             # The rest of the row's name (_variant), random init included: only ``key`` may differ.
             fixed = _variant({"variant": variant, "init": record.get("init")})
             groups.setdefault((str(record.get("profile", MISSING)), fixed), []).append((value, record))
@@ -301,8 +331,8 @@ def _ablations(
             header += [*own_metrics, "wall time", "machine", "commit"]
             lines += [
                 "",
-                f"{title}: {key} varied, {fixed}, profile {_cell(profile)} (rows of the table above, "
-                "whose notes hold for them here):",
+                f"{ablation.title}: {key} varied, {fixed}, profile {_cell(profile)} (rows of the table "
+                "above, whose notes hold for them here):",
                 "",
                 "| " + " | ".join(header) + " |",
                 "|" + "|".join("---" for _ in header) + "|",
