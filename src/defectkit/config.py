@@ -224,6 +224,7 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("data", "masks_from_boxes"): False,
     ("data", "surfaces"): None,
     ("model", "image_score"): "classifier",  # aux_net
+    ("model", "mask_guidance"): "none",  # aux_net
     # aux_net: an explicit constant rate or smooth L1 is what cells computed before these were named.
     # Only aux_net has these keys; a method adding them with other defaults needs its own rule here.
     ("method_options", "lr_schedule"): "constant",

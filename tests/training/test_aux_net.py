@@ -218,6 +218,26 @@ def test_box_losses_vanish_on_the_goal_and_pull_towards_it(kind: str) -> None:
         options_of({"method_options": {"box_loss": "l2"}})
 
 
+def test_classifier_guidance_empties_the_mask_of_a_rejected_class() -> None:
+    """mask_guidance=classifier (the paper's undefined "classification-guidance module", as gating):
+    no pixel of a class passes a threshold the classification head's probability does not."""
+    image = torch.rand(2, 3, 64, 64)
+    plain, guided = tiny().eval(), tiny(mask_guidance="classifier").eval()
+    guided.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        guided.decision_head.linear.bias.copy_(torch.tensor([-30.0, 30.0]))  # type: ignore[union-attr]
+        classes, masks = guided.inspect(image)
+        _, raw = plain.inspect(image)
+    assert masks is not None and raw is not None
+    assert float(masks[:, 0].max()) <= float(classes[:, 0].max()) < 1e-6  # rejected: empty at any threshold
+    assert torch.equal(masks[:, 1], raw[:, 1])  # accepted: the segmentation head's mask as it is
+    assert torch.all(masks <= classes[:, :, None, None])
+    with pytest.raises(ValueError, match="needs tasks classification and segmentation"):
+        tiny(tasks=["segmentation"], mask_guidance="classifier")
+    with pytest.raises(ValueError, match="use one of"):
+        tiny(mask_guidance="boxes")
+
+
 def test_every_label_level_trains_its_own_heads() -> None:
     model = tiny()
     recipe = AuxNetRecipe(model, 1e-3, 0.0, dict(DEFAULT_OPTIONS))
@@ -430,6 +450,17 @@ def test_single_task_networks_and_the_efficiency_protocol(tmp_path) -> None:  # 
     metrics = record["metrics"]
     assert 0.0 < metrics["params_reduction"] < 1.0 and metrics["ms_multitask"] > 0
     assert record["paper"]["params_reduction"] == 0.571
+    assert "ms_multitask" not in record["paper"]  # Table VI's ResNet-50 figures: paper profile only
+
+
+def test_table_vi_as_transcribed_adds_up_to_the_papers_reductions() -> None:
+    from defectkit.bench.aux import PAPER_TABLE_VI as vi
+
+    for unit in ("params_m", "ms"):
+        parts = sum(vi[f"{unit}_{task}"] for task in ("classification", "segmentation", "detection"))
+        assert parts == pytest.approx(vi[f"{unit}_single_total"])
+    assert 1 - vi["params_m_multitask"] / vi["params_m_single_total"] == pytest.approx(0.571, abs=5e-4)
+    assert 1 - vi["ms_multitask"] / vi["ms_single_total"] == pytest.approx(0.455, abs=1e-3)
 
 
 def synthetic_bench(tmp_path, variant: dict[str, str], per_surface: int = 6):  # type: ignore[no-untyped-def]
@@ -702,6 +733,7 @@ def test_notes_name_the_schedule_and_any_reduced_precision() -> None:
     classifier = ["model.tasks=[classification]", "model.attention=none"]
     notes = _notes("ksdd", load_config(path, "cpu", classifier), True, {}, "cpu")
     assert "Table III's EfficientNet-B0 classifier" in notes and "headline" not in notes
+    assert "Severstal rows are not run" in notes and "Severstal" not in plain
     assert "Table III" not in plain and "headline" in plain
     segmenter = ["model.tasks=[segmentation]", "model.segmentation_decoder=unet"]
     assert "Table II's U-Net segmenter" in _notes(

@@ -225,7 +225,9 @@ def _flag(options: Mapping[str, str], key: str, default: bool) -> bool:
     return value in ("true", "1", "yes")
 
 
-@register_protocol("ksdd/segdec", "segdec on KolektorSDD, 3-fold CV by commutator (paper 002, SBDD)")
+@register_protocol(
+    "ksdd/segdec", "segdec on KolektorSDD, 3-fold CV by commutator (paper 002, SBDD)", supervision=True
+)
 def ksdd_segdec(request: BenchRequest) -> Path:
     check_options(request.variant, {}, "ksdd/segdec")
     variant, overrides = supervision_overrides(request.supervision)

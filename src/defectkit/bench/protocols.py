@@ -64,20 +64,23 @@ class BenchRequest:
 
 
 ProtocolRunner = Callable[[BenchRequest], Path]
-# name -> (runner, description, whether it keeps cells)
-_PROTOCOLS: dict[str, tuple[ProtocolRunner, str, bool]] = {}
+# name -> (runner, description, whether it keeps cells, whether it reads --supervision)
+_PROTOCOLS: dict[str, tuple[ProtocolRunner, str, bool, bool]] = {}
 
 
 def register_protocol(
-    name: str, description: str, aliases: tuple[str, ...] = (), cells: bool = True
+    name: str, description: str, aliases: tuple[str, ...] = (), cells: bool = True, supervision: bool = False
 ) -> Callable[[ProtocolRunner], ProtocolRunner]:
     """Register ``runner`` as protocol ``name`` (and under each short ``alias``, e.g. ``service``).
     ``cells=False``: the protocol measures afresh every time and keeps no cells, so a cells-only
-    request is refused rather than allowed to overwrite its committed results with a new measurement."""
+    request is refused rather than allowed to overwrite its committed results with a new measurement.
+    ``supervision``: the protocol reads ``--supervision``; any other refuses all but the default
+    ``full``, which would otherwise be ignored without a word."""
 
     def decorator(runner: ProtocolRunner) -> ProtocolRunner:
         for registered in (name, *aliases):
-            _PROTOCOLS[registered] = (runner, description if registered == name else f"same as {name}", cells)
+            described = description if registered == name else f"same as {name}"
+            _PROTOCOLS[registered] = (runner, described, cells, supervision)
         return runner
 
     return decorator
@@ -89,17 +92,22 @@ def _load_all() -> None:
 
 def list_protocols() -> dict[str, str]:
     _load_all()
-    return {name: description for name, (_, description, _) in sorted(_PROTOCOLS.items())}
+    return {name: description for name, (_, description, _, _) in sorted(_PROTOCOLS.items())}
 
 
 def run_protocol(name: str, request: BenchRequest) -> Path:
     _load_all()
     if name not in _PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
-    runner, _, keeps_cells = _PROTOCOLS[name]
+    runner, _, keeps_cells, reads_supervision = _PROTOCOLS[name]
     if request.cells_only and not keeps_cells:
         raise KeyError(
             f"{name} keeps no cells (it measures afresh each run): --cells-only has nothing to summarise"
+        )
+    if request.supervision != "full" and not reads_supervision:
+        raise KeyError(
+            f"{name} takes no --supervision (its labels are the protocol's own); "
+            f"--supervision {request.supervision} would be ignored"
         )
     return runner(request)
 

@@ -29,7 +29,9 @@ def _list_protocols() -> None:
 def bench(
     protocol: str | None = typer.Argument(None, help="Protocol, e.g. ksdd/segdec (--list shows them)."),
     profile: str = typer.Option("cpu", "--profile", "-p", help="cpu or paper."),
-    supervision: str = typer.Option("full", "--supervision", "-s", help="full, weak or mixed:N."),
+    supervision: str = typer.Option(
+        "full", "--supervision", "-s", help="full, weak or mixed:N (ksdd/segdec; others refuse all but full)."
+    ),
     variant: list[str] = typer.Option(
         [], "--variant", "-V", help="Protocol option KEY=VALUE, repeatable (--list names each protocol's)."
     ),

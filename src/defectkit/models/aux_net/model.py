@@ -26,6 +26,12 @@
   drawn. It suits small defects on large parts (KolektorSDD), which global pooling of C5 dilutes;
   BENCHMARKS.md's ``aux/ksdd`` rows with ``image_score`` compare the two on the same models.
   Training is the same either way: the choice only changes what :meth:`AuxNet.inspect` reports.
+* Mask guidance (``mask_guidance``): the paper credits a "classification-guidance module" with
+  avoiding over-segmentation, and never defines it. ``classifier`` reads it as gating at
+  inference: each class's mask probability is capped at the classification head's probability for
+  that class, so at any threshold no pixel passes where the image's class does not, and the mask
+  of a class the classifier rejects is empty. ``none`` (the default, as every benchmark row was
+  scored) leaves the mask as the segmentation head gives it. Training never reads it.
 * Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
   (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``, aspect ratios
@@ -63,6 +69,7 @@ PYRAMID_LEVELS = ("p2", "p3", "p4", "p5", "p6")
 TASKS = ("classification", "segmentation", "detection")
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 IMAGE_SCORES = ("classifier", "mask_peak")
+MASK_GUIDANCES = ("none", "classifier")
 IMAGE_JUDGES = ("classifier", "mask_peak", "best_anchor")
 IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet blocks (not resnetv2_*)
 
@@ -264,6 +271,7 @@ class AuxNet(nn.Module):
         class_activation: str = "sigmoid",
         image_score: str = "classifier",
         segmentation_decoder: str = "fpn",
+        mask_guidance: str = "none",
     ) -> None:
         super().__init__()
         if segmentation_decoder not in SEGMENTATION_DECODERS:
@@ -283,6 +291,14 @@ class AuxNet(nn.Module):
         if image_score == "mask_peak" and "segmentation" not in tasks:
             raise ValueError(f"image_score=mask_peak needs the segmentation task (tasks {list(tasks)})")
         self.image_score = image_score
+        if mask_guidance not in MASK_GUIDANCES:
+            raise ValueError(f"mask_guidance={mask_guidance!r}: use one of {MASK_GUIDANCES}")
+        if mask_guidance == "classifier" and not {"classification", "segmentation"} <= set(tasks):
+            raise ValueError(
+                f"mask_guidance=classifier gates the mask by the classification head: it needs tasks "
+                f"classification and segmentation (tasks {list(tasks)})"
+            )
+        self.mask_guidance = mask_guidance
         if class_activation == "softmax" and num_classes < 2:
             raise ValueError("class_activation=softmax needs at least 2 classes (one class: use sigmoid)")
         self.class_activation = class_activation
@@ -398,7 +414,13 @@ class AuxNet(nn.Module):
         return torch.sigmoid(class_logits)
 
     def _mask_probabilities(self, output: AuxNetOutput) -> Tensor | None:
-        return torch.sigmoid(output.mask_logits) if self.segmentation_head is not None else None
+        if self.segmentation_head is None:
+            return None
+        masks = torch.sigmoid(output.mask_logits)
+        if self.mask_guidance == "classifier":
+            gate = self.class_probabilities(output.class_logits)
+            masks = torch.minimum(masks, gate[:, :, None, None])
+        return masks
 
     def inspect_detections(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """:meth:`inspect` plus every anchor's class probabilities (B x A x K) and decoded box

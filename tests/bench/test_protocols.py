@@ -1,0 +1,27 @@
+"""The protocol registry refuses requests a protocol would otherwise ignore without a word."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from defectkit.bench.protocols import BenchRequest, run_protocol
+
+
+def request(tmp_path: Path, supervision: str = "full", cells_only: bool = False) -> BenchRequest:
+    return BenchRequest(
+        "cpu", supervision, "test", tmp_path, tmp_path, False, cells_root=tmp_path, cells_only=cells_only
+    )
+
+
+@pytest.mark.parametrize("protocol", ["aux/efficiency", "aux/ksdd", "neu-cls/small-data", "dagm-mix/line"])
+def test_a_protocol_without_supervision_levels_refuses_one(tmp_path: Path, protocol: str) -> None:
+    with pytest.raises(KeyError, match=f"{protocol} takes no --supervision.*mixed:5 would be ignored"):
+        run_protocol(protocol, request(tmp_path, supervision="mixed:5"))
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_a_protocol_that_keeps_no_cells_refuses_cells_only(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="aux/efficiency keeps no cells"):
+        run_protocol("aux/efficiency", request(tmp_path, cells_only=True))
