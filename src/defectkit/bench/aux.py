@@ -195,8 +195,9 @@ PAPER_GAINS = {
 AUX_TRIED_CPU = {
     "neu-det": "against the issue's mAP@.5 0.75 on the cpu profile, the other aux/neu-det rows are what "
     "was tried: a constant rate (method_options.lr_schedule=constant; the paper's one cycle beat it); "
-    "the GIoU box loss at 192x192 (method_options.box_loss=giou, input.size; the same mAP@.5 in half "
-    "the time); focal gamma 2 (RetinaNet's; the paper's is 4) on top, multitask 0.769 but in 66 min, "
+    "the GIoU box loss at 192x192 (the same mAP@.5 in half the time: the profile since 2026-12-06, "
+    "whose earlier rows at 256x256 and smooth L1 carry those two --set values); focal gamma 2 "
+    "(RetinaNet's; the paper's is 4) on top, multitask 0.769 but in 66 min, "
     "over the 60, and 0.7494 at 17 epochs; then bf16-mixed precision (trainer.precision), 20 epochs "
     "in 36.8 min at 0.761 against its detector's 0.759 at seed 0; at seed 1 (--set seed=1) 0.748 "
     "against 0.732 in 38.1 min, so the multitask model beats its detector at both seeds (+0.2 %, "
