@@ -22,6 +22,13 @@ def test_a_protocol_without_supervision_levels_refuses_one(tmp_path: Path, proto
     assert not any(tmp_path.iterdir())  # refused before anything ran
 
 
+def test_ksdd_segdec_takes_every_supervision_level(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEFECTKIT_DATA", str(tmp_path / "no-data"))
+    for supervision in ("weak", "mixed:5"):  # past the registry's check, it stops at the missing data
+        with pytest.raises(FileNotFoundError, match="kolektorsdd"):
+            run_protocol("ksdd/segdec", request(tmp_path, supervision=supervision))
+
+
 def test_a_protocol_that_keeps_no_cells_refuses_cells_only(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="aux/efficiency keeps no cells"):
         run_protocol("aux/efficiency", request(tmp_path, cells_only=True))

@@ -236,6 +236,9 @@ def test_classifier_guidance_empties_the_mask_of_a_rejected_class() -> None:
         tiny(tasks=["segmentation"], mask_guidance="classifier")
     with pytest.raises(ValueError, match="use one of"):
         tiny(mask_guidance="boxes")
+    for other in ({"class_activation": "softmax", "num_classes": 2}, {"image_score": "mask_peak"}):
+        with pytest.raises(ValueError, match="takes class_activation=sigmoid and image_score=classifier"):
+            tiny(mask_guidance="classifier", **other)
 
 
 def test_every_label_level_trains_its_own_heads() -> None:
@@ -554,6 +557,10 @@ def test_aux_bench_trains_table_ii_decoders_as_segmenters_alone(tmp_path) -> Non
         run_protocol(
             "aux/synthetic", replace(request, variant={"tasks": "segmentation", "decoders": "deeplab"})
         )
+    # A mask guided by the classifier is refused before training where a network lacks either.
+    guided = [*request.overrides, "model.mask_guidance=classifier"]
+    with pytest.raises(KeyError, match="every tasks entry needs both heads"):
+        run_protocol("aux/synthetic", replace(request, variant={"tasks": "all,singles"}, overrides=guided))
 
 
 @pytest.mark.slow

@@ -31,12 +31,13 @@ masks, with boxes, with only image labels, or with nothing but an OK/NG label:
 ``tasks`` (model option) drops heads' losses for the single-task baselines: a classifier, a
 segmenter or a detector on the same network. Epochs are ranked by the validation loss; nothing
 in training reads the model's ``image_score`` (the logged ``val/mla`` is the classification
-head's either way).
+head's either way) or ``mask_guidance`` (the logged ``val/dice`` is the ungated mask's).
 
 Optimiser: Adam at ``trainer.lr``, constant (``lr_schedule: constant``, the default) or under the
 paper's "one cycle policy" (``one_cycle``; the paper gives neither the peak rate nor the phase
 lengths: ``trainer.lr`` and ``warmup_fraction`` here). ``configs/aux_net/neu-det.yaml`` sets
-``one_cycle``: it lifted NEU-DET's mAP@.5 for the multitask model and its detector alike.
+``one_cycle``: it lifted NEU-DET's mAP@.5 for the multitask model and its detector alike (its cpu
+profile also sets ``box_loss: giou`` at 192x192, which fits the 60-minute budget).
 
 Thresholds are fixed (the paper presumes 0.5): ``threshold`` for class probabilities and mask
 pixels, ``box_threshold`` (0.3: focal-loss scores run lower than a classifier's) for the boxes an

@@ -31,7 +31,10 @@
   inference: each class's mask probability is capped at the classification head's probability for
   that class, so at any threshold no pixel passes where the image's class does not, and the mask
   of a class the classifier rejects is empty. ``none`` (the default, as every benchmark row was
-  scored) leaves the mask as the segmentation head gives it. Training never reads it.
+  scored) leaves the mask as the segmentation head gives it. Training never reads it, nor does the
+  logged validation Dice (ungated). It takes sigmoid classes judged by the classifier: softmax
+  classes share one probability mass (the cap would empty the chosen class's mask too), and
+  ``mask_peak`` would judge the image by the ungated mask.
 * Detection head: torchvision's RetinaNet subnets (4 x 3x3 conv + GroupNorm, classification
   prior 0.01) shared over the detection levels (P3..P6 by default), with 9 anchors per location
   (3 sizes x 3 aspect ratios, RetinaNet's), anchor sizes from ``anchor_sizes``, aspect ratios
@@ -293,11 +296,20 @@ class AuxNet(nn.Module):
         self.image_score = image_score
         if mask_guidance not in MASK_GUIDANCES:
             raise ValueError(f"mask_guidance={mask_guidance!r}: use one of {MASK_GUIDANCES}")
-        if mask_guidance == "classifier" and not {"classification", "segmentation"} <= set(tasks):
-            raise ValueError(
-                f"mask_guidance=classifier gates the mask by the classification head: it needs tasks "
-                f"classification and segmentation (tasks {list(tasks)})"
-            )
+        if mask_guidance == "classifier":
+            if not {"classification", "segmentation"} <= set(tasks):
+                raise ValueError(
+                    f"mask_guidance=classifier gates the mask by the classification head: it needs tasks "
+                    f"classification and segmentation (tasks {list(tasks)})"
+                )
+            # Softmax classes share one probability mass, so its cap would empty even the chosen
+            # class's mask; mask_peak judges the image by the ungated mask, against the gated one drawn.
+            if class_activation == "softmax" or image_score == "mask_peak":
+                raise ValueError(
+                    "mask_guidance=classifier caps each mask at its class's own sigmoid probability: it "
+                    f"takes class_activation=sigmoid and image_score=classifier (got {class_activation}, "
+                    f"{image_score})"
+                )
         self.mask_guidance = mask_guidance
         if class_activation == "softmax" and num_classes < 2:
             raise ValueError("class_activation=softmax needs at least 2 classes (one class: use sigmoid)")
