@@ -93,7 +93,7 @@ from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
 from defectkit.models.aux_net.decoders import SEGMENTATION_DECODERS
-from defectkit.models.aux_net.model import IMAGE_SCORES, TASKS, image_judge
+from defectkit.models.aux_net.model import GUIDED_TASKS, IMAGE_SCORES, TASKS, image_judge
 from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
 from defectkit.training.aux_net import DEFAULT_OPTIONS, SEG_LOSSES, SEG_REDUCTIONS, options_of
@@ -256,7 +256,7 @@ def efficiency(request: BenchRequest) -> Path:
     figures: dict[str, tuple[int, float]] = {}
     for name, tasks in (("multitask", TASKS), *((task, (task,)) for task in TASKS)):
         # A single head has no other to be guided by (inference-only gating; no parameter).
-        guidance = options.get("mask_guidance", "none") if name == "multitask" else "none"
+        guidance = options.get("mask_guidance", "none") if set(tasks) >= GUIDED_TASKS else "none"
         model = create_model("aux_net", **{**options, "tasks": list(tasks), "mask_guidance": guidance})
         figures[name] = (parameters(model), measure(model, size, config.input.channels, 3, repeats))
     single_params = sum(figures[t][0] for t in TASKS)
@@ -364,7 +364,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             "--variant decoders: Table II's decoders build segmenters alone; add -V tasks=segmentation"
         )
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
-    _check_set_decoder(dataset.config, request, "decoders" in options, task_sets)
+    _check_set_model_options(dataset.config, request, "decoders" in options, task_sets)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
@@ -470,7 +470,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     return last
 
 
-def _check_set_decoder(
+def _check_set_model_options(
     config: str, request: BenchRequest, asked: bool, task_sets: Sequence[tuple[str, tuple[str, ...]]]
 ) -> None:
     """A decoder given by ``--set model.segmentation_decoder`` names the cells as ``-V decoders``
@@ -479,7 +479,7 @@ def _check_set_decoder(
     network lacks the classifier or the mask it joins."""
     given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
     guidance = str(given.get("mask_guidance", "none"))
-    if guidance != "none" and any(not {"classification", "segmentation"} <= set(t) for _, t in task_sets):
+    if guidance != "none" and any(not set(tasks) >= GUIDED_TASKS for _, tasks in task_sets):
         raise KeyError(
             f"--set model.mask_guidance={guidance} gates the mask by the classifier: every tasks entry "
             "needs both heads (-V tasks=all, not the single-task baselines)"

@@ -73,6 +73,7 @@ TASKS = ("classification", "segmentation", "detection")
 CLASS_ACTIVATIONS = ("sigmoid", "softmax")
 IMAGE_SCORES = ("classifier", "mask_peak")
 MASK_GUIDANCES = ("none", "classifier")
+GUIDED_TASKS = frozenset({"classification", "segmentation"})  # what mask_guidance=classifier joins
 IMAGE_JUDGES = ("classifier", "mask_peak", "best_anchor")
 IN_BLOCK_FAMILY = re.compile(r"(resnet|resnext|wide_resnet)\d")  # timm ResNet blocks (not resnetv2_*)
 
@@ -297,7 +298,7 @@ class AuxNet(nn.Module):
         if mask_guidance not in MASK_GUIDANCES:
             raise ValueError(f"mask_guidance={mask_guidance!r}: use one of {MASK_GUIDANCES}")
         if mask_guidance == "classifier":
-            if not {"classification", "segmentation"} <= set(tasks):
+            if not set(tasks) >= GUIDED_TASKS:
                 raise ValueError(
                     f"mask_guidance=classifier gates the mask by the classification head: it needs tasks "
                     f"classification and segmentation (tasks {list(tasks)})"
