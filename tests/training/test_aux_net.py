@@ -591,6 +591,9 @@ def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  
         ({"seg_loss": "dice+bce,image_score=mask_peak"}, "seg_loss"),
         ({"attention": "se,cbam"}, "attention"),
         ({"tasks": "detection", "image_score": "mask_peak"}, "mask_peak needs the segmentation head"),
+        ({"tasks": "all,singles", "mask_guidance": "classifier"}, "every tasks entry needs both heads"),
+        ({"image_score": "mask_peak", "mask_guidance": "classifier"}, "ungated mask"),
+        ({"mask_guidance": "boxes"}, "mask_guidance"),
     ]
     for variant, named in wrong:
         with pytest.raises(KeyError, match=named):
@@ -615,6 +618,16 @@ def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  
     as_set = replace(request, variant={}, overrides=[*overrides, "model.image_score=mask_peak"])
     run_protocol("aux/synthetic", as_set)
     assert len(cells()) == 2
+    # The classifier's cap on the mask is read at inference only: the same model, re-scored.
+    done = names()
+    guided = json.loads(
+        run_protocol("aux/synthetic", replace(request, variant={"mask_guidance": "classifier"})).read_text()
+    )
+    assert guided["variant"]["mask_guidance"] == "classifier" and "capped" in guided["notes"]
+    (gated,) = cells(excluding=done)
+    assert gated["train_s"] == 0.0 and gated["probabilities"] == trained["probabilities"]
+    guided_model = versioned / f"{gated['scored_from']}-guided-by-classifier" / "model"
+    assert read_card(guided_model).model_options["mask_guidance"] == "classifier"
     # Another config trains (mask_peak first); the classifier cell then re-scores that model.
     other = [*overrides, "trainer.lr=0.002"]
     for score, trains in (("mask_peak", True), ("classifier", False)):
@@ -625,7 +638,7 @@ def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  
     # Other training images (another split) never lend their model: the cell trains.
     monkeypatch.setattr(aux_bench, "SPLIT_SEED", 1)
     run_protocol("aux/synthetic", replace(request, variant={"image_score": "classifier"}, overrides=other))
-    assert len(cells()) == 5 and sum("scored_from" in c for c in cells()) == 2
+    assert len(cells()) == 6 and sum("scored_from" in c for c in cells()) == 3
 
 
 def test_paper_tables_stand_beside_the_matching_cells_only() -> None:

@@ -93,7 +93,7 @@ from defectkit.data.synthetic import SynthConfig, synthetic_dataset
 from defectkit.inference.saved_model import SavedModelError, load_model, read_card, save_model
 from defectkit.models import create_model
 from defectkit.models.aux_net.decoders import SEGMENTATION_DECODERS
-from defectkit.models.aux_net.model import GUIDED_TASKS, IMAGE_SCORES, TASKS, image_judge
+from defectkit.models.aux_net.model import GUIDED_TASKS, IMAGE_SCORES, MASK_GUIDANCES, TASKS, image_judge
 from defectkit.models.components import ATTENTIONS
 from defectkit.registry import get_method
 from defectkit.training.aux_net import DEFAULT_OPTIONS, SEG_LOSSES, SEG_REDUCTIONS, options_of
@@ -120,10 +120,21 @@ PAPER_TABLE_VI = {
 }
 SPLIT = (0.8, 0.2)
 SPLIT_SEED = 0
-GRID_OPTIONS = ("tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score", "decoders")
+GRID_OPTIONS = (
+    "tasks", "attention", "seg_loss", "seg_reduction", "fractions", "image_score", "mask_guidance", "decoders"
+)  # fmt: skip
 DEFAULT_SEG_LOSS = str(DEFAULT_OPTIONS["seg_loss"])  # the paper's Dice
 DEFAULT_REDUCTION = str(DEFAULT_OPTIONS["seg_reduction"])
 DEFAULT_IMAGE_SCORE = "classifier"
+DEFAULT_GUIDANCE = MASK_GUIDANCES[0]  # none
+# Model options training never reads, with their defaults and the tag each other value adds to a
+# work folder's name: a cell under other values re-scores a sibling's model (rescored_cell).
+# image_score's tag is its bare value, as its folders have always been named.
+SCORING_OPTIONS: dict[str, tuple[str, str]] = {
+    "image_score": (DEFAULT_IMAGE_SCORE, "{}"),
+    "mask_guidance": (DEFAULT_GUIDANCE, "guided-by-{}"),
+}
+SCORING_CHOICES: dict[str, tuple[str, ...]] = {"image_score": IMAGE_SCORES, "mask_guidance": MASK_GUIDANCES}
 DEFAULT_DECODER = "fpn"  # the multitask network's, which its detection head shares
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
@@ -211,8 +222,8 @@ AUX_TRIED_CPU = {
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
-# tasks, attention, matched loss, fraction, image score, decoder
-CellName = tuple[str, str, str, float, str, str]
+# tasks, attention, matched loss, fraction, image score, mask guidance, decoder
+CellName = tuple[str, str, str, float, str, str, str]
 
 
 def measure(model: torch.nn.Module, size: tuple[int, int], channels: int, warmup: int, repeats: int) -> float:
@@ -340,8 +351,9 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
     ]
     fractions = [float(f) for f in option_list(options, "fractions", "1")]
-    # None: the image score the config (or --set) gives, which still names the cell.
+    # None: the value the config (or --set) gives, which still names the cell.
     image_scores: list[str | None] = [*option_list(options, "image_score", "")] or [None]
+    guidances: list[str | None] = [*option_list(options, "mask_guidance", "")] or [None]
     decoders = option_list(options, "decoders", DEFAULT_DECODER)
     # Every value is checked before the first cell trains (a bad one would otherwise stop the grid
     # an hour in): "-V a=x,b=y" is one option a with the values "x" and "b=y".
@@ -350,6 +362,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         ("seg_loss", [loss for loss, _ in seg_losses], SEG_LOSSES),
         ("seg_reduction", [reduction for _, reduction in seg_losses], SEG_REDUCTIONS),
         ("image_score", [score for score in image_scores if score], IMAGE_SCORES),
+        ("mask_guidance", [guidance for guidance in guidances if guidance], MASK_GUIDANCES),
         ("decoders", decoders, SEGMENTATION_DECODERS),
     ):
         wrong = sorted(set(given) - set(known))
@@ -357,14 +370,13 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             raise KeyError(
                 f"--variant {option}: {wrong}; use {', '.join(known)} (one -V per option: -V a=x -V b=y)"
             )
-    if "mask_peak" in image_scores and any("segmentation" not in tasks for _, tasks in task_sets):
-        raise KeyError("--variant image_score=mask_peak needs the segmentation head in every tasks entry")
     if set(decoders) != {DEFAULT_DECODER} and ("segmentation", ("segmentation",)) not in task_sets:
         raise KeyError(
             "--variant decoders: Table II's decoders build segmenters alone; add -V tasks=segmentation"
         )
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
     _check_set_model_options(dataset.config, request, "decoders" in options, task_sets)
+    _check_scoring(dataset.config, request, task_sets, image_scores, guidances)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
@@ -374,8 +386,8 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     # The same per trained cell (its key prefix): a classifier or detector met again under another
     # mask loss is neither summarised nor written again.
     summarised: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-    grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores, decoders)
-    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score, asked in grid:
+    grid = itertools.product(task_sets, attentions, seg_losses, fractions, image_scores, guidances, decoders)
+    for (task_name, tasks), attention, (seg_loss, requested), fraction, image_score, guided, asked in grid:
         # Only a segmenter alone takes another decoder; the other networks keep the FPN and are
         # met again under each decoder asked (summarised once, below).
         wanted = asked if tasks == ("segmentation",) else DEFAULT_DECODER
@@ -398,11 +410,20 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             ),
             *([f"model.segmentation_decoder={wanted}"] if wanted != DEFAULT_DECODER else []),
         ]
-        scored_by = [f"model.image_score={image_score}"] if image_score else []
+        scored_by = [
+            f"model.{option}={value}"
+            for option, value in (("image_score", image_score), ("mask_guidance", guided))
+            if value
+        ]
         all_overrides = [*request.overrides, *overrides, *scored_by]
         config = load_config(REPO_ROOT / dataset.config, request.profile, all_overrides)
-        score = str(config.model.get("image_score", DEFAULT_IMAGE_SCORE))
+        # The values in force (-V, else --set, else the config's).
+        scoring = {
+            option: str(config.model.get(option, default)) for option, (default, _) in SCORING_OPTIONS.items()
+        }
+        score, guidance = scoring["image_score"], scoring["mask_guidance"]
         named_score = score != DEFAULT_IMAGE_SCORE
+        named_guidance = guidance != DEFAULT_GUIDANCE
         decoder = str(config.model.get("segmentation_decoder", DEFAULT_DECODER))  # -V, else --set
         named_decoder = decoder != DEFAULT_DECODER
         reduction = str(options_of(config)["seg_reduction"])
@@ -411,12 +432,13 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         # The loss a multitask record and its single-task cells are matched by: the one asked for,
         # with the reduction in force (-V, else --set, which reaches every cell's config).
         matched = _seg_variant(seg_loss, requested if requested != DEFAULT_REDUCTION else reduction)
-        key = (task_name, attention, "-".join(matched.values()), fraction, score, decoder)
+        key = (task_name, attention, "-".join(matched.values()), fraction, score, guidance, decoder)
         score_part = f"image_score-{score}/" if named_score else ""
+        guidance_part = f"mask_guidance-{guidance}/" if named_guidance else ""
         decoder_part = f"decoder-{decoder}/" if named_decoder else ""
         prefix = (
             f"v{CELL_VERSION}/{task_name}/{attention}/{seg_name}/fraction-{fraction:g}/{score_part}"
-            f"{decoder_part}"
+            f"{guidance_part}{decoder_part}"
         )
         if prefix in summarised:
             finished[key] = summarised[prefix]
@@ -431,7 +453,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             f"-{decoder}" if named_decoder else ""
         )
         stem = request.work_root / name / f"v{CELL_VERSION}" / folder
-        run = partial(rescored_or_trained, config, request, score)
+        run = partial(rescored_or_trained, config, request, scoring)
         cells = fold_cells(cache, dataset, config, splits, prefix, stem, run)
         variant: dict[str, Any] = {
             "tasks": task_name,
@@ -439,10 +461,16 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **seg_variant,
             "fraction": fraction,
             **({"image_score": score} if named_score else {}),
+            **({"mask_guidance": guidance} if named_guidance else {}),
             **({"decoder": decoder} if named_decoder else {}),
             **({"class_activation": activation} if named else {}),
-            # A decoder given by --set is named by its own field, so both ways share one row.
-            **request.set_variant(exclude=["model.segmentation_decoder"] if named_decoder else []),
+            # A decoder or guidance given by --set is named by its own field, so both ways share one row.
+            **request.set_variant(
+                exclude=[
+                    *(["model.segmentation_decoder"] if named_decoder else []),
+                    *(["model.mask_guidance"] if named_guidance else []),
+                ]
+            ),
         }
         record = summarise(cells)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)
@@ -451,15 +479,12 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         record["machine"] = recorded_machine(last)
         finished[key] = summarised[prefix] = (record, variant)
     segmenter_asked = ("segmentation", ("segmentation",)) in task_sets
-    for (task_name, attention, seg_name, fraction, score, decoder), (multitask, variant) in finished.items():
-        if task_name != "all":
+    for cell_name, (multitask, variant) in finished.items():
+        if cell_name[0] != "all":
             continue
+        settings = cell_name[1:]
         # The multitask network's own decoder (FPN) picks its segmenter among Table II's.
-        singles = {
-            task: finished[(task, attention, seg_name, fraction, score, decoder)][0]
-            for task in TASKS
-            if (task, attention, seg_name, fraction, score, decoder) in finished
-        }
+        singles = {task: finished[(task, *settings)][0] for task in TASKS if (task, *settings) in finished}
         if segmenter_asked and "segmentation" not in singles:
             continue  # only other decoders' segmenters ran: a record without its FPN one would be partial
         if singles:
@@ -475,15 +500,8 @@ def _check_set_model_options(
 ) -> None:
     """A decoder given by ``--set model.segmentation_decoder`` names the cells as ``-V decoders``
     does; refused before the first cell trains where a network would need the FPN, or where
-    ``-V decoders`` gives one too. A mask guidance given by ``--set`` is refused as early where a
-    network lacks the classifier or the mask it joins."""
+    ``-V decoders`` gives one too."""
     given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
-    guidance = str(given.get("mask_guidance", "none"))
-    if guidance != "none" and any(not set(tasks) >= GUIDED_TASKS for _, tasks in task_sets):
-        raise KeyError(
-            f"--set model.mask_guidance={guidance} gates the mask by the classifier: every tasks entry "
-            "needs both heads (-V tasks=all, not the single-task baselines)"
-        )
     decoder = str(given.get("segmentation_decoder", DEFAULT_DECODER))
     if decoder == DEFAULT_DECODER:
         return
@@ -496,29 +514,68 @@ def _check_set_model_options(
         )
 
 
-def work_folder(stem: Path, image_score: str) -> Path:
-    """Where a cell trains (the default image score's folder keeps the name it always had)."""
-    return stem if image_score == DEFAULT_IMAGE_SCORE else stem.with_name(f"{stem.name}-{image_score}")
+def _check_scoring(
+    config: str,
+    request: BenchRequest,
+    task_sets: Sequence[tuple[str, tuple[str, ...]]],
+    image_scores: Sequence[str | None],
+    guidances: Sequence[str | None],
+) -> None:
+    """The image scores and mask guidances in force (``-V``, else ``--set``, else the config's),
+    refused before the first cell trains where a network lacks a head they read, or where both
+    would be in one cell (the model refuses the pair: the verdict would read the ungated mask)."""
+    given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
+    scores = {score or str(given.get("image_score", DEFAULT_IMAGE_SCORE)) for score in image_scores}
+    guided = {guide or str(given.get("mask_guidance", DEFAULT_GUIDANCE)) for guide in guidances}
+    guided.discard(DEFAULT_GUIDANCE)
+    if "mask_peak" in scores and any("segmentation" not in tasks for _, tasks in task_sets):
+        raise KeyError("image_score=mask_peak needs the segmentation head in every tasks entry")
+    if guided and any(not set(tasks) >= GUIDED_TASKS for _, tasks in task_sets):
+        raise KeyError(
+            f"mask_guidance={','.join(sorted(guided))} gates the mask by the classifier: every tasks entry "
+            "needs both heads (-V tasks=all, not the single-task baselines)"
+        )
+    if guided and "mask_peak" in scores:
+        raise KeyError(
+            "image_score=mask_peak would judge images by the ungated mask: run it apart from mask_guidance"
+        )
 
 
-def without_image_score(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved config as training sees it: everything but ``model.image_score``."""
-    model = {k: v for k, v in config.get("model", {}).items() if k != "image_score"}
+def work_folder(stem: Path, scoring: Mapping[str, str]) -> Path:
+    """Where a cell trains under ``scoring`` (the :data:`SCORING_OPTIONS` in force): each value but
+    the default tags the name, so the defaults' folder keeps the name it always had."""
+    tags = [
+        tag.format(scoring[option])
+        for option, (default, tag) in SCORING_OPTIONS.items()
+        if scoring[option] != default
+    ]
+    return stem.with_name("-".join([stem.name, *tags]))
+
+
+def training_view(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config as training sees it: everything but the :data:`SCORING_OPTIONS`."""
+    model = {k: v for k, v in config.get("model", {}).items() if k not in SCORING_OPTIONS}
     return {**config, "model": model}
 
 
 def rescored_or_trained(
     config: RunConfig,
     request: BenchRequest,
-    image_score: str,
+    scoring: Mapping[str, str],
     data: PreparedData,
     test: list[Sample],
     stem: Path,
 ) -> dict[str, Any]:
-    """A fold's cell under ``image_score``: a sibling image score's model re-scored when one fits
-    (:func:`rescored_cell`), else a model trained in the image score's work folder."""
-    work = work_folder(stem, image_score)
-    siblings = [work_folder(stem, other) for other in IMAGE_SCORES if other != image_score]
+    """A fold's cell under ``scoring`` (image score and mask guidance): a model trained under other
+    such values re-scored when one fits (:func:`rescored_cell`), else a model trained in this
+    cell's work folder."""
+    work = work_folder(stem, scoring)
+    others = itertools.product(*(SCORING_CHOICES[option] for option in SCORING_OPTIONS))
+    siblings = [
+        work_folder(stem, dict(zip(SCORING_OPTIONS, values, strict=True)))
+        for values in others
+        if dict(zip(SCORING_OPTIONS, values, strict=True)) != dict(scoring)
+    ]
     cell = rescored_cell(config, request, data, test, siblings, work)
     return cell if cell is not None else train_and_score(config, request, data, test, work)
 
@@ -532,9 +589,9 @@ def rescored_cell(
     work: Path,
 ) -> dict[str, Any] | None:
     """The cell of ``config`` from a model that one of ``siblings`` (work folders of the same cell
-    under other image scores) already holds, trained on the same images with the same config but
-    for the image score, which training never reads: it is saved with this cell's score in
-    ``work`` and scored. None when no sibling holds such a model (the cell then trains)."""
+    under other image scores or mask guidances) already holds, trained on the same images with the
+    same config but for those options, which training never reads: it is saved with this cell's
+    options in ``work`` and scored. None when no sibling holds such a model (the cell then trains)."""
     started = time.perf_counter()
     held = [sibling for sibling in siblings if (sibling / "model").is_dir()]
     if not held:
@@ -546,18 +603,21 @@ def rescored_cell(
         try:
             card = read_card(sibling / "model")  # the card decides; weights load only on a match
             same_images = card.data_fingerprint == images
-            if not same_images or without_image_score(card.config) != without_image_score(resolved):
+            if not same_images or training_view(card.config) != training_view(resolved):
                 continue
             model, _ = load_model(sibling / "model")
         except SavedModelError:
             continue
         options = {
             **card.model_options,
-            "image_score": resolved["model"].get("image_score", DEFAULT_IMAGE_SCORE),
+            **{
+                option: resolved["model"].get(option, default)
+                for option, (default, _) in SCORING_OPTIONS.items()
+            },
         }
-        # The image score holds no weights: the sibling's are saved as they are, under this cell's
+        # These options hold no weights: the sibling's are saved as they are, under this cell's
         # card; scoring rebuilds the network from it. The card's validation figures were the other
-        # score's; the fixed thresholds stand.
+        # options'; the fixed thresholds stand.
         rescored = card.model_copy(
             update={"model_options": options, "config": resolved, "validation_metrics": {}}
         )
@@ -601,8 +661,8 @@ def _rescored_note(cells: Sequence[Mapping[str, Any]]) -> str:
         return ""
     return (
         f"; {rescored} of {len(cells)} folds scored the model trained for the same cell under another "
-        "image score (the same weights: training never reads the image score); the machine named "
-        "for such a fold is the one that scored it"
+        "image score or mask guidance (the same weights: training never reads either); the machine "
+        "named for such a fold is the one that scored it"
     )
 
 
@@ -775,6 +835,12 @@ def _notes(
         asked = " (image_score=mask_peak)" if score == "mask_peak" else ""
         notes.append(
             f"no classification head: images judged by each class's {where} probability{asked}, at 0.5"
+        )
+    if config.model.get("mask_guidance", DEFAULT_GUIDANCE) == "classifier":
+        notes.append(
+            "each class's mask capped at its classification probability at inference "
+            "(mask_guidance=classifier: our reading of the paper's undefined classification-guidance "
+            "module); training and its validation Dice never read the cap"
         )
     if metrics.get("dice_pos") == 0.0:
         # Dice scores an empty prediction on a good image a perfect 1, so with no defect pixel

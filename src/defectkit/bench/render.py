@@ -151,6 +151,13 @@ ABLATIONS: tuple[Ablation, ...] = (
     ),
     Ablation(r"aux/[^/]+", "attention", "paper 000's Table IV (attention)"),
     Ablation(r"aux/[^/]+", "fraction", "paper 000's Fig. 10 (share of the training data)"),
+    Ablation(
+        r"aux/[^/]+",
+        "mask_guidance",
+        "paper 000's classification-guidance module (undefined there; ours caps the mask at its class's "
+        "probability)",
+        default="none",
+    ),
 )
 
 
