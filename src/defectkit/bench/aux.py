@@ -19,12 +19,14 @@ what one Dice or Jaccard sums over, see :mod:`defectkit.training.aux_net`; ``ima
 stays out of the variant and the cell key so earlier cells resume), ``fractions`` (of the
 training part; ``1``), ``image_score`` (``classifier``, ``mask_peak``: what judges the image,
 see :mod:`defectkit.models.aux_net.model`; ``classifier``, kept out of keys and variants like the
-reduction) and ``decoders`` (``fpn``, ``unet``, ``linknet``, ``pspnet``: the segmenter's decoder,
+reduction), ``mask_guidance`` (``none``, ``classifier``: each class's mask capped at its class
+probability, our reading of the paper's classification-guidance module; ``none``, kept out
+likewise; networks with both heads only) and ``decoders`` (``fpn``, ``unet``, ``linknet``, ``pspnet``: the segmenter's decoder,
 see :mod:`defectkit.models.aux_net.decoders`; ``fpn``, kept out likewise; the others apply to the
 ``segmentation`` tasks entry alone: the others keep the multitask network's FPN). Training never reads
-``image_score``, so a cell whose sibling under another image score has its model in the work
-folder is that model re-scored, not trained again (its cell says ``scored_from``); without one it
-trains. The paper's Table I, IV and Fig. 10 grids are
+``image_score`` or ``mask_guidance``, so a cell whose sibling under other such values has its model
+in the work folder is that model re-scored, not trained again (its cell says ``scored_from``);
+without one it trains. The paper's Table I, IV and Fig. 10 grids are
 ``-V seg_loss=...``, ``-V attention=...`` and ``-V fractions=0.9,0.75,0.5``; on ``ksdd`` (one
 class, like the paper's TekErreka) each multitask cell at all the data stands beside its row of
 Tables I and IV, and the SE + SA, Dice cell beside Table III's (recall, precision, F1 of the image
