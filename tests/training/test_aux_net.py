@@ -564,7 +564,7 @@ def test_aux_bench_trains_table_ii_decoders_as_segmenters_alone(tmp_path) -> Non
 
 
 @pytest.mark.slow
-def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_one_training_serves_every_scoring_option(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
     import defectkit.bench.aux as aux_bench
@@ -598,6 +598,11 @@ def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  
     for variant, named in wrong:
         with pytest.raises(KeyError, match=named):
             run_protocol("aux/synthetic", replace(request, variant=variant))
+    softmax = [*overrides, "model.class_activation=softmax"]
+    with pytest.raises(KeyError, match="needs sigmoid classes"):
+        run_protocol(
+            "aux/synthetic", replace(request, variant={"mask_guidance": "classifier"}, overrides=softmax)
+        )
     assert not (tmp_path / "work").exists()
     run_protocol("aux/synthetic", request)
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "results").glob("*.json"))]
@@ -618,8 +623,11 @@ def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  
     as_set = replace(request, variant={}, overrides=[*overrides, "model.image_score=mask_peak"])
     run_protocol("aux/synthetic", as_set)
     assert len(cells()) == 2
-    # The classifier's cap on the mask is read at inference only: the same model, re-scored.
+    # The default guidance, asked for, is the cell already done.
     done = names()
+    run_protocol("aux/synthetic", replace(request, variant={"mask_guidance": "none"}))
+    assert names() == done
+    # The classifier's cap on the mask is read at inference only: the same model, re-scored.
     guided = json.loads(
         run_protocol("aux/synthetic", replace(request, variant={"mask_guidance": "classifier"})).read_text()
     )
@@ -627,7 +635,12 @@ def test_one_training_serves_both_image_scores(tmp_path, monkeypatch) -> None:  
     (gated,) = cells(excluding=done)
     assert gated["train_s"] == 0.0 and gated["probabilities"] == trained["probabilities"]
     guided_model = versioned / f"{gated['scored_from']}-guided-by-classifier" / "model"
-    assert read_card(guided_model).model_options["mask_guidance"] == "classifier"
+    guided_card = read_card(guided_model)
+    assert (
+        guided_card.model_options["mask_guidance"]
+        == guided_card.config["model"]["mask_guidance"]
+        == "classifier"
+    )
     # Another config trains (mask_peak first); the classifier cell then re-scores that model.
     other = [*overrides, "trainer.lr=0.002"]
     for score, trains in (("mask_peak", True), ("classifier", False)):

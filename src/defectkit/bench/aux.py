@@ -21,8 +21,9 @@ training part; ``1``), ``image_score`` (``classifier``, ``mask_peak``: what judg
 see :mod:`defectkit.models.aux_net.model`; ``classifier``, kept out of keys and variants like the
 reduction), ``mask_guidance`` (``none``, ``classifier``: each class's mask capped at its class
 probability, our reading of the paper's classification-guidance module; ``none``, kept out
-likewise; networks with both heads only) and ``decoders`` (``fpn``, ``unet``, ``linknet``, ``pspnet``: the segmenter's decoder,
-see :mod:`defectkit.models.aux_net.decoders`; ``fpn``, kept out likewise; the others apply to the
+likewise; only for networks with both heads and sigmoid classes, judged by the classifier) and
+``decoders`` (``fpn``, ``unet``, ``linknet``, ``pspnet``: the segmenter's decoder, see
+:mod:`defectkit.models.aux_net.decoders`; ``fpn``, kept out likewise; the others apply to the
 ``segmentation`` tasks entry alone: the others keep the multitask network's FPN). Training never reads
 ``image_score`` or ``mask_guidance``, so a cell whose sibling under other such values has its model
 in the work folder is that model re-scored, not trained again (its cell says ``scored_from``);
@@ -398,7 +399,8 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         trained_loss, trained_reduction = (
             (seg_loss, requested) if "segmentation" in tasks else (DEFAULT_SEG_LOSS, DEFAULT_REDUCTION)
         )
-        # Defaults (reduction, image score) stay out of overrides, keys and variants, so earlier
+        # Defaults (reduction, image score, mask guidance, decoder) stay out of overrides, keys and
+        # variants, so earlier
         # cells resume; the values in force, --set included, name the cell.
         overrides = [
             f"model.tasks=[{','.join(tasks)}]",
@@ -466,12 +468,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **({"mask_guidance": guidance} if named_guidance else {}),
             **({"decoder": decoder} if named_decoder else {}),
             **({"class_activation": activation} if named else {}),
-            # A decoder or guidance given by --set is named by its own field, so both ways share one row.
+            # A decoder or scoring option given by --set is named by its own field (or, at its default,
+            # by none), so -V and --set share one row.
             **request.set_variant(
-                exclude=[
-                    *(["model.segmentation_decoder"] if named_decoder else []),
-                    *(["model.mask_guidance"] if named_guidance else []),
-                ]
+                exclude=["model.segmentation_decoder", *(f"model.{option}" for option in SCORING_OPTIONS)]
             ),
         }
         record = summarise(cells)
@@ -524,8 +524,10 @@ def _check_scoring(
     guidances: Sequence[str | None],
 ) -> None:
     """The image scores and mask guidances in force (``-V``, else ``--set``, else the config's),
-    refused before the first cell trains where a network lacks a head they read, or where both
-    would be in one cell (the model refuses the pair: the verdict would read the ungated mask)."""
+    refused before the first cell trains where a network lacks a head they read, where guidance
+    meets softmax classes (the cap would empty the chosen class's mask too), or where the grid asks
+    for mask_peak and a guidance (its product would pair them: the verdict would read the ungated
+    mask). The model refuses all of these too, but only when a cell builds it, hours in."""
     given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
     scores = {score or str(given.get("image_score", DEFAULT_IMAGE_SCORE)) for score in image_scores}
     guided = {guide or str(given.get("mask_guidance", DEFAULT_GUIDANCE)) for guide in guidances}
@@ -536,6 +538,12 @@ def _check_scoring(
         raise KeyError(
             f"mask_guidance={','.join(sorted(guided))} gates the mask by the classifier: every tasks entry "
             "needs both heads (-V tasks=all, not the single-task baselines)"
+        )
+    activation = str(given.get("class_activation", "sigmoid"))
+    if guided and activation != "sigmoid":
+        raise KeyError(
+            f"mask_guidance={','.join(sorted(guided))} caps each mask at its class's sigmoid probability: "
+            f"it needs sigmoid classes, not model.class_activation={activation}"
         )
     if guided and "mask_peak" in scores:
         raise KeyError(
@@ -572,12 +580,11 @@ def rescored_or_trained(
     such values re-scored when one fits (:func:`rescored_cell`), else a model trained in this
     cell's work folder."""
     work = work_folder(stem, scoring)
-    others = itertools.product(*(SCORING_CHOICES[option] for option in SCORING_OPTIONS))
-    siblings = [
-        work_folder(stem, dict(zip(SCORING_OPTIONS, values, strict=True)))
-        for values in others
-        if dict(zip(SCORING_OPTIONS, values, strict=True)) != dict(scoring)
+    combinations = [
+        dict(zip(SCORING_OPTIONS, values, strict=True))
+        for values in itertools.product(*(SCORING_CHOICES[option] for option in SCORING_OPTIONS))
     ]
+    siblings = [work_folder(stem, other) for other in combinations if other != dict(scoring)]
     cell = rescored_cell(config, request, data, test, siblings, work)
     return cell if cell is not None else train_and_score(config, request, data, test, work)
 
