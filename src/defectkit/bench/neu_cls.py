@@ -578,6 +578,11 @@ def few_shot(request: BenchRequest) -> Path:
     draws = int(request.variant.get("draws", "20"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     overrides, named_variant, named_note = _variant_options(request, methods, "few-shot")
+    if named_variant.get("features") == "backbone":
+        named_note += (
+            " (first tried after the projection's rows had been seen on the novel classes, which are "
+            "the test: a choice informed by them)"
+        )
     config = load_config(REPO_ROOT / CONFIG, request.profile, overrides)
     data = load_neu_cls()
     cache = request.cells(f"neu-cls-few-shot-{request.profile}")
