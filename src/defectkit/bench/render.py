@@ -1,6 +1,8 @@
 """Render ``BENCHMARKS.md`` from the results files; the file is generated, never edited by hand.
 
-One table per protocol (sorted by name), one row per variant x profile (sorted), and for each
+First the issues' acceptance targets (:mod:`~defectkit.bench.targets`), each checked against the
+row the profile's own command writes. Then one table per protocol (sorted by name), one row per
+variant x profile (sorted), and for each
 metric the paper reports our figure beside the paper's, then wall time, inference speed, the
 machine, the commit and the exact command that reproduces the row; the rows' notes follow, a
 clause several rows share written once, then a paper's ablations (:data:`ABLATIONS`) as the
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from defectkit.bench.results import DEFAULT_ROOT, read_results
+from defectkit.bench.targets import TARGETS, Target, check_targets
 from defectkit.files import write_atomic
 
 __all__ = ["render_benchmarks", "render_markdown"]
@@ -411,8 +414,43 @@ def _confusion(record: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(results: Sequence[Mapping[str, Any]]) -> str:
-    """BENCHMARKS.md's text for ``results`` (records as :func:`~.results.read_results` gives)."""
+def _bound(target: Target) -> str:
+    if target.baseline is not None:
+        return f"> {target.baseline.protocol} ({_variant({'variant': target.baseline.variant})})"
+    sign = {(False, False): "≥", (False, True): ">", (True, False): "≤", (True, True): "<"}
+    return f"{sign[(target.at_most, target.strict)]} {_number(target.bound)}"
+
+
+def _targets(results: Sequence[Mapping[str, Any]], targets: Iterable[Target]) -> list[str]:
+    """The issues' acceptance targets against the profiles' own rows (:mod:`~.targets`)."""
+    checks = check_targets(results, targets)
+    if not checks:
+        return []
+    lines = [
+        "## Targets",
+        "",
+        "Each issue's acceptance targets, checked against the row its shipped command writes at the "
+        "`cpu` profile (defectkit.bench.targets); rows of other settings, however good, do not count. "
+        '"no row": that row has not been run.',
+        "",
+        "| issue | row | metric | target | ours | baseline's | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for check in checks:
+        target = check.target
+        row = f"{target.row.protocol} ({_variant({'variant': target.row.variant})})"
+        verdict = {True: "met", False: "**not met**", None: "no row"}[check.met]
+        if target.text:
+            verdict += f" ({_cell(target.text)})"
+        cells = [str(target.issue), _cell(row), target.metric, _cell(_bound(target)), _number(check.ours)]
+        cells += [_number(check.theirs) if target.baseline is not None else "", verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def render_markdown(results: Sequence[Mapping[str, Any]], targets: Iterable[Target] = TARGETS) -> str:
+    """BENCHMARKS.md's text for ``results`` (records as :func:`~.results.read_results` gives), the
+    ``targets`` checked against them first."""
     lines = [
         HEADER,
         "",
@@ -428,6 +466,8 @@ def render_markdown(results: Sequence[Mapping[str, Any]]) -> str:
         by_protocol.setdefault(str(record["protocol"]), []).append(record)
     if not by_protocol:
         lines += ["No results yet: run `defectkit bench <protocol>` to produce some.", ""]
+    else:
+        lines += _targets(results, targets)
     for protocol in sorted(by_protocol):
         lines += _table(protocol, by_protocol[protocol])
     return "\n".join(lines).rstrip("\n") + "\n"
