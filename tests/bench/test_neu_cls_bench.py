@@ -212,6 +212,46 @@ def test_auto_epochs_choose_the_best_count_and_ties_go_to_the_shorter(
     assert protocol.base_epochs_cell(runner, "ce_baseline", [1], 1, (2, 1, 3))["chosen"] == 1
 
 
+def test_auto_features_choose_the_embedding_on_the_base_classes(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-V features=auto scores both of scl_arcface's embeddings on the same probes (base classes
+    only) and trains the few-shot network to compare by the better; elsewhere it is refused."""
+    embeddings = protocol.Runner.embeddings
+    compared: list[str] = []
+
+    def marked(self: protocol.Runner, method: str, network: Any, indices: np.ndarray) -> np.ndarray:
+        compared.append(network.reference_features)
+        return embeddings(self, method, network, indices)
+
+    real_classify = protocol._classify
+
+    def classify(*args: Any) -> tuple[float, Any]:
+        # Backbone features score better wherever they are compared (the few-shot test included).
+        return (0.9 if compared[-1] == "backbone" else 0.5), real_classify(*args)[1]
+
+    monkeypatch.setattr(protocol.Runner, "embeddings", marked)
+    monkeypatch.setattr(protocol, "_classify", classify)
+    few = bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "methods": "scl_arcface", "features": "auto"})
+    (record,) = few.values()
+    assert record["variant"] == {"k": 1, "features": "auto"}
+    (choice,) = [c["value"] for c in _cells(tmp_path / "cells") if "/base-epochs/" in c["key"]]
+    assert choice["features"] == "backbone" and choice["chosen"] == 1  # the profile's count, here 1
+    assert set(choice["accuracy_by_features"]) == {"projection", "backbone"}
+    assert (
+        "embeddings chosen on the base classes alone" in record["notes"]
+        and ": backbone, 1 epochs" in record["notes"]
+    )
+    # Three probes (one per left-out class) x two embeddings, then the few-shot network's own.
+    assert compared[:6] == ["projection", "backbone"] * 3 and set(compared[6:]) == {"backbone"}
+    with pytest.raises(KeyError, match="use one of projection, backbone"):
+        bench(
+            "neu-cls/small-data", {"shots": "2", "repeats": "1", "methods": "scl_arcface", "features": "auto"}
+        )
+    with pytest.raises(KeyError, match="scl_arcface only"):
+        bench("neu-cls/few-shot", {"ks": "1", "features": "auto"})
+
+
 def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
     bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,8 +24,9 @@ three methods.
 references and queries are embedded (:class:`~defectkit.models.scl_arcface.EmbeddingNet`);
 ``-V epochs=N`` (every method and protocol) trains for N epochs instead of the profile's count
 (the paper's 100 on a CPU, say); in few-shot, ``-V epochs=auto`` chooses the base training's
-length per method on the base classes alone (:func:`base_epochs_cell`). Each makes rows of its
-own, and so does any ``--set``.
+length per method on the base classes alone (:func:`base_epochs_cell`), and ``-V features=auto``
+(scl_arcface) the embedding to compare by, the same way (both together choose the pair). Each
+makes rows of its own, and so does any ``--set``.
 
 Each (method, shots or fraction, repeat) of small-data and split is one cached cell, and so is
 each method's whole few-shot run (every k and draw; with ``-V epochs=auto``, its base-epoch choice
@@ -343,6 +344,8 @@ def _classify(
     return _accuracy(labels[queries], predicted), scores.max(1)
 
 
+# scl_arcface's embeddings to compare by (EmbeddingNet.reference_features), the paper's first.
+REFERENCE_FEATURES = ("projection", "backbone")
 # -V epochs=auto (few-shot): the base-training lengths tried on the base classes alone, for the
 # methods that train on them (the linear probe does not), up to the profile's own count. The
 # grid was fixed after the 5, 15 and 100-epoch rows had been seen on the novel classes.
@@ -350,9 +353,16 @@ AUTO_EPOCHS = (1, 2, 3, 5, 8, 12, 15, 25, 50, 100)
 
 
 def base_epochs_cell(
-    runner: Runner, method: str, ks: Sequence[int], draws: int, candidates: Sequence[int]
+    runner: Runner,
+    method: str,
+    ks: Sequence[int],
+    draws: int,
+    candidates: Sequence[int],
+    features: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """How long to train on the base classes, chosen without the novel ones (``-V epochs=auto``).
+    """How long to train on the base classes, chosen without the novel ones (``-V epochs=auto``),
+    and, given ``features`` (``-V features=auto``: scl_arcface's ``reference_features`` values),
+    which embedding to compare by, chosen the same way.
 
     Paper 003 trains its ResNet-50 for 100 epochs; the length that transfers best depends on the
     backbone and input size, and measuring it on the novel classes would tune on the test. So:
@@ -365,13 +375,23 @@ def base_epochs_cell(
     count is chosen, ties going to the shorter training. Two classes' images (600) stand in for
     three (900): lengths are counted in epochs, passes over the same images, which is what overfits
     them. Only base-class images are read.
+
+    With ``features``, each probe embeds the images once per value (the same network: the choice
+    changes only what is compared), and the best (features, epochs) pair is chosen, ties going to
+    the shorter training, then to the earlier value (the paper's projection first).
     """
     import lightning as L
+
+    from defectkit.models.scl_arcface import EmbeddingNet
 
     base, base_idx = class_images(runner.data, BASE_CLASSES)
     base_labels = runner.data.labels[base_idx]
     started = time.perf_counter()
-    scores: dict[int, list[float]] = {epoch: [] for epoch in candidates}
+    # None: the embedding the network was built with (no choice asked).
+    choices: list[str | None] = [*features] or [None]
+    scores: dict[tuple[str | None, int], list[float]] = {
+        (feature, epoch): [] for feature in choices for epoch in candidates
+    }
 
     class Probe(L.Callback):
         """After each candidate epoch: the left-out class's k-shot accuracy among all three."""
@@ -381,14 +401,24 @@ def base_epochs_cell(
 
         def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             epoch = trainer.current_epoch + 1
-            if epoch not in scores:
+            if epoch not in candidates:
                 return
-            features = runner.embeddings(method, module.model, base_idx)
-            for k in ks:
-                for draw in range(draws):
-                    refs, tests = per_class_draw(base_labels, k, seed=1000 * k + draw, classes=base)
-                    queries = tests[base_labels[tests] == self.held_out]
-                    scores[epoch].append(_classify(method, features, base_labels, refs, queries, base)[0])
+            network = module.model
+            # Only scl_arcface's network has embeddings to choose among (features=auto is its alone).
+            chooser = network if isinstance(network, EmbeddingNet) else None
+            built_with = None if chooser is None else chooser.reference_features
+            for feature in choices:
+                if chooser is not None and feature is not None:
+                    chooser.reference_features = feature
+                embedded = runner.embeddings(method, network, base_idx)
+                for k in ks:
+                    for draw in range(draws):
+                        refs, tests = per_class_draw(base_labels, k, seed=1000 * k + draw, classes=base)
+                        queries = tests[base_labels[tests] == self.held_out]
+                        accuracy = _classify(method, embedded, base_labels, refs, queries, base)[0]
+                        scores[(feature, epoch)].append(accuracy)
+            if chooser is not None and built_with is not None:
+                chooser.reference_features = built_with
             module.train()  # embedding left it in eval mode
 
     for held_out in base:
@@ -397,14 +427,41 @@ def base_epochs_cell(
         train_labels = dense_labels(runner.data.labels[train_idx], trained)
         probe = Probe(held_out)
         runner.train(method, train_idx, train_labels, len(trained), max(candidates), 0, callbacks=[probe])
-    means = {epoch: float(np.mean(values)) for epoch, values in scores.items()}
-    chosen = max(sorted(means), key=lambda epoch: (means[epoch], -epoch))
-    return {
-        "method": method,
-        "accuracy_by_epochs": {str(epoch): value for epoch, value in means.items()},
-        "chosen": chosen,
-        "wall_s": time.perf_counter() - started,
-    }
+    means = {pair: float(np.mean(values)) for pair, values in scores.items()}
+    order = {feature: rank for rank, feature in enumerate(choices)}
+    feature, chosen = max(means, key=lambda pair: (means[pair], -pair[1], -order[pair[0]]))
+    by_epochs = {str(epoch): means[(feature, epoch)] for epoch in candidates}
+    choice: dict[str, Any] = {"method": method, "accuracy_by_epochs": by_epochs, "chosen": chosen}
+    if features:
+        choice["features"] = feature
+        choice["accuracy_by_features"] = {
+            str(option): {str(epoch): means[(option, epoch)] for epoch in candidates} for option in choices
+        }
+    return {**choice, "wall_s": time.perf_counter() - started}
+
+
+def _base_choice_note(choice: Mapping[str, Any], epochs_auto: bool) -> str:
+    """What :func:`base_epochs_cell` chose and from what, for a few-shot row's notes."""
+    grid = "; the candidate grid was fixed after 5, 15 and 100 epochs had been seen on the novel classes"
+    minutes = f"{choice['wall_s'] / 60:.0f} min, in the wall time"
+    if "features" not in choice:
+        curve = ", ".join(f"{e}: {a:.3f}" for e, a in choice["accuracy_by_epochs"].items())
+        return (
+            "; epochs chosen on the base classes alone (leave one out: the left-out class's k-shot "
+            f"accuracy among all three after each candidate epoch: {curve}; {minutes})" + grid
+        )
+    curves = "; ".join(
+        f"{feature}: " + ", ".join(f"{e}: {a:.3f}" for e, a in by_epochs.items())
+        for feature, by_epochs in choice["accuracy_by_features"].items()
+    )
+    what = "embeddings and epochs" if epochs_auto else "embeddings"
+    return (
+        f"; {what} chosen on the base classes alone (leave one out: the left-out class's k-shot "
+        f"accuracy among all three after each candidate epoch, per embedding: {curves}; "
+        f"{minutes}): {choice['features']}, {choice['chosen']} epochs"
+        + (grid if epochs_auto else "")
+        + "; both embeddings had been seen on the novel classes before this choice was written"
+    )
 
 
 def _accuracy_summary(accuracies: np.ndarray) -> dict[str, float | None]:
@@ -498,7 +555,7 @@ def _variant_options(
         option = SET_BY_OPTION.get(override.partition("=")[0].strip())
         if option:
             raise KeyError(f"neu-cls: --set {override}: give it as -V {option}=, which names its rows")
-    overrides, embedding, note = _scl_inference_options(request, methods)
+    overrides, embedding, note = _scl_inference_options(request, methods, grid)
     variant: dict[str, Any] = dict(embedding)
     if request.variant.get("epochs") == "auto" and grid == "few-shot":
         variant["epochs"] = "auto"  # chosen per method by few_shot (base_epochs_cell)
@@ -515,9 +572,10 @@ def _variant_options(
 
 
 def _scl_inference_options(
-    request: BenchRequest, methods: Sequence[str]
+    request: BenchRequest, methods: Sequence[str], grid: str
 ) -> tuple[list[str], dict[str, str], str]:
-    """(config overrides, variant entries, notes) of ``-V features=backbone`` and ``-V tta=dihedral``.
+    """(config overrides, variant entries, notes) of ``-V features=backbone`` and ``-V tta=dihedral``
+    (and, in few-shot, ``-V features=auto``: chosen by :func:`few_shot` on the base classes).
 
     Both change how scl_arcface compares references and queries, not how it trains, so they
     apply to it alone; the defaults (the paper's) leave the variant as it was. They enter the
@@ -529,7 +587,8 @@ def _scl_inference_options(
         "features": request.variant.get("features", "projection"),
         "tta": request.variant.get("tta", "none"),
     }
-    allowed = {"features": ("projection", "backbone"), "tta": ("none", "dihedral")}
+    auto = ("auto",) if grid == "few-shot" else ()
+    allowed = {"features": (*REFERENCE_FEATURES, *auto), "tta": ("none", "dihedral")}
     model_key = {"features": "reference_features", "tta": "tta"}
     overrides = list(request.overrides)
     variant: dict[str, str] = {}
@@ -540,10 +599,11 @@ def _scl_inference_options(
             continue
         if list(methods) != ["scl_arcface"]:
             raise KeyError(f"neu-cls: -V {option}={value} applies to -V methods=scl_arcface only")
-        overrides.append(f"model.{model_key[option]}={value}")
+        if value != "auto":
+            overrides.append(f"model.{model_key[option]}={value}")
         variant[option] = value
     note = ""
-    if "features" in variant:
+    if variant.get("features") == "backbone":
         note += "; embeddings: pooled backbone features"
     if "tta" in variant:
         note += "; embeddings: normalised mean over the eight dihedral orientations (tta=dihedral)"
@@ -590,22 +650,25 @@ def few_shot(request: BenchRequest) -> Path:
     for method in methods:
         method_config, epochs_note, validation_s = config, "", 0.0
         validation: list[dict[str, Any]] = []
-        if named_variant.get("epochs") == "auto" and method in NETWORK_METHODS:
+        epochs_auto = named_variant.get("epochs") == "auto"
+        features_auto = named_variant.get("features") == "auto"  # scl_arcface alone (or refused)
+        if (epochs_auto or features_auto) and method in NETWORK_METHODS:
             longest = int(config.method_options.get("fewshot_epochs", config.trainer.epochs))
-            candidates = sorted({*(e for e in AUTO_EPOCHS if e < longest), longest})
-            digest = config_fingerprint(config, ks=ks, draws=draws, candidates=candidates)
-            runner = Runner(config, data, request.progress)
-            validate = partial(base_epochs_cell, runner, method, ks, draws, candidates)
-            choice = cache.get_or_compute(f"{method}/base-epochs/config-{digest}", validate)
-            chosen = f"method_options.fewshot_epochs={choice['chosen']}"
-            method_config = load_config(REPO_ROOT / CONFIG, request.profile, [*overrides, chosen])
-            curve = ", ".join(f"{e}: {a:.3f}" for e, a in choice["accuracy_by_epochs"].items())
-            epochs_note = (
-                f"; epochs chosen on the base classes alone (leave one out: the left-out class's "
-                f"k-shot accuracy among all three after each candidate epoch: {curve}; "
-                f"{choice['wall_s'] / 60:.0f} min, in the wall time); the candidate grid was fixed "
-                "after 5, 15 and 100 epochs had been seen on the novel classes"
+            candidates = (
+                sorted({*(e for e in AUTO_EPOCHS if e < longest), longest}) if epochs_auto else [longest]
             )
+            features = REFERENCE_FEATURES if features_auto else ()
+            # The embeddings enter the key only when chosen, so earlier epoch choices resume.
+            among = {"features": list(features)} if features else {}
+            digest = config_fingerprint(config, ks=ks, draws=draws, candidates=candidates, **among)
+            runner = Runner(config, data, request.progress)
+            validate = partial(base_epochs_cell, runner, method, ks, draws, candidates, features)
+            choice = cache.get_or_compute(f"{method}/base-epochs/config-{digest}", validate)
+            chosen = [f"method_options.fewshot_epochs={choice['chosen']}"]
+            if features:
+                chosen.append(f"model.reference_features={choice['features']}")
+            method_config = load_config(REPO_ROOT / CONFIG, request.profile, [*overrides, *chosen])
+            epochs_note = _base_choice_note(choice, epochs_auto)
             validation_s = float(choice["wall_s"])
             validation.append(choice)
         runner = Runner(method_config, data, request.progress)
