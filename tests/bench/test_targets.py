@@ -42,6 +42,23 @@ def test_each_verdict_reads_the_named_row_and_its_bound() -> None:
     assert (checks[5].ours, checks[5].theirs) == (0.9, 0.95)
 
 
+def test_clearly_above_needs_a_gap_beyond_the_spread_of_repeats() -> None:
+    row, near, far = Row("p/x", {}), Row("p/near", {}), Row("p/far", {})
+    results = [
+        _record("p/x", {}, accuracy=0.970, accuracy_std=0.009),
+        _record("p/near", {}, accuracy=0.965, accuracy_std=0.004),
+        _record("p/far", {}, accuracy=0.950, accuracy_std=0.004),
+    ]
+    targets = [
+        Target(1, row, "accuracy", baseline=near),
+        Target(1, row, "accuracy", baseline=near, clearly=True),
+        Target(1, row, "accuracy", baseline=far, clearly=True),
+    ]
+    assert [check.met for check in check_targets(results, targets)] == [True, False, True]
+    text = render_markdown(results, targets)
+    assert "| accuracy | > p/near (default) + the larger std | 0.970 | 0.965 | **not met** |" in text
+
+
 def test_targets_render_first_with_their_verdicts() -> None:
     results = [_record("p/x", {"k": 1}, ap=0.97), _record("p/y", {}, ap=0.99)]
     targets = [

@@ -416,7 +416,8 @@ def _confusion(record: Mapping[str, Any]) -> list[str]:
 
 def _bound(target: Target) -> str:
     if target.baseline is not None:
-        return f"> {target.baseline.protocol} ({_variant({'variant': target.baseline.variant})})"
+        margin = " + the larger std" if target.clearly else ""
+        return f"> {target.baseline.protocol} ({_variant({'variant': target.baseline.variant})}){margin}"
     sign = {(False, False): "≥", (False, True): ">", (True, False): "≤", (True, True): "<"}
     return f"{sign[(target.at_most, target.strict)]} {_number(target.bound)}"
 
