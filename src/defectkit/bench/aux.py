@@ -130,14 +130,13 @@ DEFAULT_SEG_LOSS = str(DEFAULT_OPTIONS["seg_loss"])  # the paper's Dice
 DEFAULT_REDUCTION = str(DEFAULT_OPTIONS["seg_reduction"])
 DEFAULT_IMAGE_SCORE = "classifier"
 DEFAULT_GUIDANCE = MASK_GUIDANCES[0]  # none
-# Model options training never reads, with their defaults and the tag each other value adds to a
-# work folder's name: a cell under other values re-scores a sibling's model (rescored_cell).
+# Model options training never reads: (default, values, the tag each other value adds to a work
+# folder's name). A cell under other values re-scores a sibling's model (rescored_cell).
 # image_score's tag is its bare value, as its folders have always been named.
-SCORING_OPTIONS: dict[str, tuple[str, str]] = {
-    "image_score": (DEFAULT_IMAGE_SCORE, "{}"),
-    "mask_guidance": (DEFAULT_GUIDANCE, "guided-by-{}"),
+SCORING_OPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "image_score": (DEFAULT_IMAGE_SCORE, IMAGE_SCORES, "{}"),
+    "mask_guidance": (DEFAULT_GUIDANCE, MASK_GUIDANCES, "guided-by-{}"),
 }
-SCORING_CHOICES: dict[str, tuple[str, ...]] = {"image_score": IMAGE_SCORES, "mask_guidance": MASK_GUIDANCES}
 DEFAULT_DECODER = "fpn"  # the multitask network's, which its detection head shares
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
@@ -378,8 +377,10 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             "--variant decoders: Table II's decoders build segmenters alone; add -V tasks=segmentation"
         )
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
-    _check_set_model_options(dataset.config, request, "decoders" in options, task_sets)
-    _check_scoring(dataset.config, request, task_sets, image_scores, guidances)
+    # The model options the whole grid shares (the profile's, under --set), checked once up front.
+    shared = load_config(REPO_ROOT / dataset.config, request.profile, list(request.overrides)).model
+    _check_set_model_options(shared, "decoders" in options, task_sets)
+    _check_scoring(shared, task_sets, image_scores, guidances)
     splits = fold_splits(dataset, SPLIT, SPLIT_SEED)
     name = f"{protocol.replace('/', '-')}-{request.profile}"
     cache = request.cells(name)
@@ -423,7 +424,8 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         config = load_config(REPO_ROOT / dataset.config, request.profile, all_overrides)
         # The values in force (-V, else --set, else the config's).
         scoring = {
-            option: str(config.model.get(option, default)) for option, (default, _) in SCORING_OPTIONS.items()
+            option: str(config.model.get(option, default))
+            for option, (default, _, _) in SCORING_OPTIONS.items()
         }
         score, guidance = scoring["image_score"], scoring["mask_guidance"]
         named_score = score != DEFAULT_IMAGE_SCORE
@@ -498,12 +500,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
 
 
 def _check_set_model_options(
-    config: str, request: BenchRequest, asked: bool, task_sets: Sequence[tuple[str, tuple[str, ...]]]
+    given: Mapping[str, Any], asked: bool, task_sets: Sequence[tuple[str, tuple[str, ...]]]
 ) -> None:
     """A decoder given by ``--set model.segmentation_decoder`` names the cells as ``-V decoders``
     does; refused before the first cell trains where a network would need the FPN, or where
     ``-V decoders`` gives one too."""
-    given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
     decoder = str(given.get("segmentation_decoder", DEFAULT_DECODER))
     if decoder == DEFAULT_DECODER:
         return
@@ -517,8 +518,7 @@ def _check_set_model_options(
 
 
 def _check_scoring(
-    config: str,
-    request: BenchRequest,
+    given: Mapping[str, Any],
     task_sets: Sequence[tuple[str, tuple[str, ...]]],
     image_scores: Sequence[str | None],
     guidances: Sequence[str | None],
@@ -528,7 +528,6 @@ def _check_scoring(
     meets softmax classes (the cap would empty the chosen class's mask too), or where the grid asks
     for mask_peak and a guidance (its product would pair them: the verdict would read the ungated
     mask). The model refuses all of these too, but only when a cell builds it, hours in."""
-    given = load_config(REPO_ROOT / config, request.profile, list(request.overrides)).model
     scores = {score or str(given.get("image_score", DEFAULT_IMAGE_SCORE)) for score in image_scores}
     guided = {guide or str(given.get("mask_guidance", DEFAULT_GUIDANCE)) for guide in guidances}
     guided.discard(DEFAULT_GUIDANCE)
@@ -556,7 +555,7 @@ def work_folder(stem: Path, scoring: Mapping[str, str]) -> Path:
     the default tags the name, so the defaults' folder keeps the name it always had."""
     tags = [
         tag.format(scoring[option])
-        for option, (default, tag) in SCORING_OPTIONS.items()
+        for option, (default, _, tag) in SCORING_OPTIONS.items()
         if scoring[option] != default
     ]
     return stem.with_name("-".join([stem.name, *tags]))
@@ -582,7 +581,7 @@ def rescored_or_trained(
     work = work_folder(stem, scoring)
     combinations = [
         dict(zip(SCORING_OPTIONS, values, strict=True))
-        for values in itertools.product(*(SCORING_CHOICES[option] for option in SCORING_OPTIONS))
+        for values in itertools.product(*(values for _, values, _ in SCORING_OPTIONS.values()))
     ]
     siblings = [work_folder(stem, other) for other in combinations if other != dict(scoring)]
     cell = rescored_cell(config, request, data, test, siblings, work)
@@ -621,7 +620,7 @@ def rescored_cell(
             **card.model_options,
             **{
                 option: resolved["model"].get(option, default)
-                for option, (default, _) in SCORING_OPTIONS.items()
+                for option, (default, _, _) in SCORING_OPTIONS.items()
             },
         }
         # These options hold no weights: the sibling's are saved as they are, under this cell's

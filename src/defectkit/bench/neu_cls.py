@@ -58,6 +58,7 @@ from defectkit.bench.protocols import (
 )
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
+from defectkit.models.scl_arcface.model import REFERENCE_FEATURES
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
 METHODS = ("scl_arcface", "ce_baseline", "linear_probe")
@@ -344,8 +345,6 @@ def _classify(
     return _accuracy(labels[queries], predicted), scores.max(1)
 
 
-# scl_arcface's embeddings to compare by (EmbeddingNet.reference_features), the paper's first.
-REFERENCE_FEATURES = ("projection", "backbone")
 # -V epochs=auto (few-shot): the base-training lengths tried on the base classes alone, for the
 # methods that train on them (the linear probe does not), up to the profile's own count. The
 # grid was fixed after the 5, 15 and 100-epoch rows had been seen on the novel classes.

@@ -71,16 +71,15 @@ def metric_value(record: Mapping[str, Any] | None, metric: str) -> float | int |
 def check_targets(results: Sequence[Mapping[str, Any]], targets: Iterable[Target]) -> list[TargetCheck]:
     checks = []
     for target in targets:
-        ours = metric_value(target.row.find(results), target.metric)
-        theirs = (
-            None if target.baseline is None else metric_value(target.baseline.find(results), target.metric)
-        )
+        row = target.row.find(results)
+        baseline = None if target.baseline is None else target.baseline.find(results)
+        ours, theirs = metric_value(row, target.metric), metric_value(baseline, target.metric)
         met: bool | None
         if ours is None or (target.baseline is not None and theirs is None):
             met = None
         elif target.baseline is not None:
             assert theirs is not None
-            met = ours - theirs > _margin(results, target)
+            met = ours - theirs > _margin(target, row, baseline)
         else:
             assert target.bound is not None
             met = {
@@ -93,12 +92,11 @@ def check_targets(results: Sequence[Mapping[str, Any]], targets: Iterable[Target
     return checks
 
 
-def _margin(results: Sequence[Mapping[str, Any]], target: Target) -> float:
+def _margin(target: Target, row: Mapping[str, Any] | None, baseline: Mapping[str, Any] | None) -> float:
     """The gap a ``clearly`` target needs over its baseline (0 without ``clearly``)."""
-    if not target.clearly or target.baseline is None:
+    if not target.clearly:
         return 0.0
-    rows = (target.row.find(results), target.baseline.find(results))
-    spreads = [metric_value(row, f"{target.metric}_std") for row in rows]
+    spreads = [metric_value(record, f"{target.metric}_std") for record in (row, baseline)]
     return float(max((spread for spread in spreads if spread is not None), default=0.0))
 
 

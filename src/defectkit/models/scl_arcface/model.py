@@ -32,6 +32,10 @@ class ProjectionHead(nn.Module):
         return out
 
 
+# What references and queries can be compared by (EmbeddingNet.reference_features), the paper's first.
+REFERENCE_FEATURES = ("projection", "backbone")
+
+
 class EmbeddingNet(nn.Module):
     """Backbone -> global average pool -> projection: ``forward(images) -> B x embedding_dim``.
 
@@ -64,7 +68,7 @@ class EmbeddingNet(nn.Module):
         tta: str = "none",
     ) -> None:
         super().__init__()
-        if reference_features not in ("projection", "backbone"):
+        if reference_features not in REFERENCE_FEATURES:
             raise ValueError(f"reference_features={reference_features!r}: use projection or backbone")
         if tta not in ("none", "dihedral"):
             raise ValueError(f"tta={tta!r}: use none or dihedral")
