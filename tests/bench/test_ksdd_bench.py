@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 import defectkit.bench.ksdd as protocol
-from defectkit.bench.protocols import BenchRequest
+from defectkit.bench.protocols import REPO_ROOT, BenchRequest
+from defectkit.config import config_fingerprint, load_config
 
 
 def captured(monkeypatch: pytest.MonkeyPatch, runner: Any, profile: str, **request: Any) -> Any:
@@ -39,3 +40,15 @@ def test_what_was_tried_is_noted_on_the_profile_it_was_tried_on(monkeypatch: pyt
     assert captured(monkeypatch, protocol.ksdd_segdec, "paper").notes == protocol.SEGDEC_TRIED_PAPER["full"]
     weak = captured(monkeypatch, protocol.ksdd_segdec, "paper", supervision="weak")
     assert weak.notes == "image labels only, with " + " ".join(protocol.WEAK_OVERRIDES)
+
+
+def test_only_mask_reading_methods_below_full_supervision_key_new_cells() -> None:
+    # Their validation positives lost their masks (so the pixel threshold and dice_pos changed);
+    # every other cell keeps its key and resumes.
+    segdec = REPO_ROOT / "configs/segdec/kolektorsdd.yaml"
+    full = load_config(segdec, "cpu")
+    assert protocol.fold_key(full, 0) == f"fold0/config-{config_fingerprint(full)}"
+    weak = load_config(segdec, "cpu", ["data.supervision=weak"])
+    assert protocol.fold_key(weak, 1) == f"fold1/config-{config_fingerprint(weak)}/validation-v2"
+    lnet = load_config(REPO_ROOT / "configs/weak_lnet/kolektorsdd.yaml", "cpu")
+    assert lnet.data.supervision == "weak" and "validation" not in protocol.fold_key(lnet, 2)

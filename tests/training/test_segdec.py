@@ -145,6 +145,22 @@ def test_supervision_levels_hide_masks_of_positives() -> None:
     assert all(s.has_mask for s in full)
 
 
+@pytest.mark.parametrize("level", ["weak", "mixed"])
+def test_below_full_supervision_no_validation_mask_picks_the_pixel_threshold(
+    tmp_path: Path, level: str
+) -> None:
+    config = load_config(tiny_config(data__supervision=level, data__num_segmented=2))
+    data = prepare_data(config)
+    assert any(s.label == 1 for s in data.val)
+    assert not any(s.has_mask for s in data.val if s.label == 1)
+    assert all(s.has_mask for s in data.val if s.label == 0)  # known-empty masks are image labels
+    model_dir = engine.train(config, tmp_path / "run", progress=False, data=data)
+    assert model_dir is not None
+    assert "pixel good_quantile" in read_card(model_dir).thresholds.rule
+    full = prepare_data(load_config(tiny_config()))
+    assert all(s.has_mask for s in full.val)
+
+
 def test_segmentation_targets_and_distance_weights() -> None:
     mask = torch.zeros(1, 1, 32, 32, dtype=torch.long)
     mask[0, 0, 10, 10] = 1

@@ -2,7 +2,10 @@
 
 Supervision levels are applied here, once, by removing what the model may not see: ``weak``
 drops the masks of defective images (good images keep their known-empty masks), ``mixed`` keeps
-masks for ``num_segmented`` defective images drawn with the split seed, ``full`` keeps them all.
+masks for ``num_segmented`` defective training images drawn with the split seed, ``full`` keeps
+them all. Below ``full`` the validation positives lose their masks too: a user with image labels
+has none there either, so the pixel threshold then comes from the good validation images
+(:func:`defectkit.training.engine.pixel_threshold`), not from pixel F1 on masks.
 A method that learns from image labels alone (``MethodSpec.uses_masks`` false) gets no mask at
 all, in training or validation, so no pixel label can reach it. ``train_positives`` keeps a
 seeded subset of the training positives (the paper-004 "number of defect samples" studies).
@@ -34,6 +37,10 @@ def without_mask(sample: Sample) -> Sample:
     return sample.replace(mask=None, meta=meta)
 
 
+def _unsegmented(sample: Sample) -> Sample:
+    return without_mask(sample) if sample.label == 1 else sample
+
+
 def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
     """Hide the masks the chosen supervision level does not allow (positives only)."""
     level = config.data.supervision
@@ -45,7 +52,7 @@ def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Samp
         count = min(int(config.data.num_segmented or 0), len(positives))
         rng = np.random.default_rng(config.data.split_seed)
         keep = {positives[i] for i in rng.choice(len(positives), size=count, replace=False)}
-    return [without_mask(s) if s.label == 1 and i not in keep else s for i, s in enumerate(samples)]
+    return [_unsegmented(s) if i not in keep else s for i, s in enumerate(samples)]
 
 
 def of_surfaces(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
@@ -105,7 +112,8 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
     val = [samples[i] for i in val_idx]
     if not get_method(config.method).uses_masks:
         return PreparedData(info, [without_mask(s) for s in train], [without_mask(s) for s in val])
-    return PreparedData(info, apply_supervision(train, config), val)
+    held_out = val if config.data.supervision == "full" else [_unsegmented(s) for s in val]
+    return PreparedData(info, apply_supervision(train, config), held_out)
 
 
 def limit_fraction(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
