@@ -49,6 +49,7 @@ Features are extracted once per config (frozen backbone) and cached under the wo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -521,7 +522,7 @@ def _per_split(split: int, cell: dict[str, Any]) -> dict[str, Any]:
 
 def split_cell(
     config: RunConfig,
-    data: MixFeatures,
+    load_features: Callable[[], MixFeatures],
     split: int,
     features: str,
     generator: str,
@@ -531,7 +532,9 @@ def split_cell(
     work: Path,
 ) -> dict[str, Any]:
     """One split's cell: ``generator`` trained on the split's seen surfaces (``features`` other
-    than frozen first fine-tune the backbone on them, in ``work``) and scored on its test images."""
+    than frozen first fine-tune the backbone on them, in ``work``) and scored on its test images.
+    The frozen features come from ``load_features`` (minutes the first time), called only here."""
+    data = load_features()
     parts = mix_split(data, split, config.data.val_fraction)
     split_data = data
     if features != "frozen":
@@ -560,10 +563,11 @@ def run_sbad(request: BenchRequest) -> Path:
         raise KeyError(f"--variant features: {feature_kinds}; use {', '.join(FEATURES)}")
     config = load_config(REPO_ROOT / CONFIG, request.profile, list(request.overrides))
     name = f"dagm-mix-sbad-{request.profile}"
-    data = mix_features(config, request.work_root / name, request.progress)
     synth = SynthConfig(**(config.data.synthetic or {}))
+    # Only a computed cell reads the features, so a cells-only run summarises without them.
+    load_features = functools.cache(partial(mix_features, config, request.work_root / name, request.progress))
     attributes = table1_attributes(synth)
-    real_ce = attributes.matrix(data.surfaces)
+    real_ce = attributes.matrix(surface_names(synth))
     cache = request.cells(name)
     config_key = fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
     last: Path | None = None
@@ -581,8 +585,9 @@ def run_sbad(request: BenchRequest) -> Path:
                 key = f"{generator}/{ce}{trained}/split{split}/config-{config_key}"
                 work = request.work_root / name
                 compute = partial(
-                    split_cell, config, data, split, features, generator, options, real_ce, request, work
-                )
+                    split_cell, config, load_features, split, features, generator, options, real_ce, request,
+                    work,
+                )  # fmt: skip
                 cells.append(cache.get_or_compute(key, compute))
             variant: dict[str, Any] = {
                 "generator": generator,
@@ -611,7 +616,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 profile=request.profile,
                 metrics=_summary(cells),
                 per_fold=[_per_split(k, cell) for k, cell in enumerate(cells)],
-                n_images=len(data.features),
+                n_images=synth.surfaces * synth.per_surface,
                 paper=PAPER.get((ce, generator), {}),
                 wall_time_s=sum(c["train_s"] for c in cells),
                 command=request.command,
