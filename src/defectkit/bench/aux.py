@@ -218,9 +218,9 @@ AUX_TRIED_CPU = {
     "+2.2 %) and meets the 0.75 at one of two (mean 0.755); "
     "configs/aux_net/neu-det.yaml has the commands",
     "ksdd": "against the empty masks, tried: -V seg_loss=dice+bce (BCE's pixel gradient does not vanish "
-    "once a Dice-trained head saturates at 0; the seg_loss=dice+bce rows); offered but not yet run on "
-    "KolektorSDD: -V seg_reduction=batch (one Dice over the batch, so the good images' empty masks stop "
-    "dominating)",
+    "once a Dice-trained head saturates at 0; the seg_loss=dice+bce rows); and -V seg_reduction=batch "
+    "(one Dice over the batch, so the good images' empty masks stop dominating; run on the FPN "
+    "segmenter alone, where it segments on every fold: the seg_reduction=batch row)",
 }
 # Part of every cell key: bump when model, loss or scoring code changes what a cell would hold.
 CELL_VERSION = 1
