@@ -249,6 +249,7 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type:
 
     monkeypatch.setattr(protocol, "sbad_cell", refuse)
     monkeypatch.setattr(protocol, "softmax_cell", refuse)
+    monkeypatch.setattr(protocol, "mix_features", refuse)  # only a computed cell reads the features
     run_protocol("dagm-mix/sbad", request)
     again = {p.name: json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")}
     assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in records.items()}

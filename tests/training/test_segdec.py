@@ -143,22 +143,25 @@ def test_supervision_levels_hide_masks_of_positives() -> None:
     assert sum(s.has_mask for s in mixed[:6]) == 2
     full = apply_supervision(samples, load_config(tiny_config()))
     assert all(s.has_mask for s in full)
+    boxed = [Sample("p", label=1, boxes=np.zeros((1, 4))), Sample("n", label=0, boxes=np.zeros((0, 4)))]
+    weak_boxes = apply_supervision(boxed, load_config(tiny_config(data__supervision="weak")))
+    assert [s.has_boxes for s in weak_boxes] == [False, True]  # a box locates the defect, as a mask
+    held_out = prepare_data(load_config(tiny_config())).val
+    assert any(s.label == 1 for s in held_out) and all(s.has_mask for s in held_out)
 
 
 @pytest.mark.parametrize("level", ["weak", "mixed"])
-def test_below_full_supervision_no_validation_mask_picks_the_pixel_threshold(
+def test_below_full_supervision_the_pixel_threshold_comes_from_good_validation_images(
     tmp_path: Path, level: str
 ) -> None:
     config = load_config(tiny_config(data__supervision=level, data__num_segmented=2))
     data = prepare_data(config)
     assert any(s.label == 1 for s in data.val)
-    assert not any(s.has_mask for s in data.val if s.label == 1)
+    assert not any(s.has_mask or s.has_boxes for s in data.val if s.label == 1)
     assert all(s.has_mask for s in data.val if s.label == 0)  # known-empty masks are image labels
     model_dir = engine.train(config, tmp_path / "run", progress=False, data=data)
     assert model_dir is not None
     assert "pixel good_quantile" in read_card(model_dir).thresholds.rule
-    full = prepare_data(load_config(tiny_config()))
-    assert all(s.has_mask for s in full.val)
 
 
 def test_segmentation_targets_and_distance_weights() -> None:

@@ -9,7 +9,9 @@ recall over the pooled scores, FP / FN as the sum of each fold's errors at its o
 Heat-map figures (Dice on defective images, pixel AUROC) are means over the folds' test images.
 
 Each fold is one cached cell keyed by the fold and a hash of its resolved config, so a rerun
-after a config change retrains instead of reusing a stale fold.
+after a config change retrains instead of reusing a stale fold (:func:`fold_key`; a mask-reading
+method below full supervision adds the version of its validation, whose positives lost their
+masks in version 2).
 """
 
 from __future__ import annotations

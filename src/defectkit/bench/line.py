@@ -92,7 +92,7 @@ LINE_TRIED_CPU = (
     "loss spiked and test AP fell to 0.92 on the weak surfaces) and batch 1 at lr 0.01 (as stable as "
     "batch 8, 1.75x slower); batch 8 kept. The surfaces below 0.99 hold the smallest defects (Class3: "
     "spots of a few pixels on a weave; Class8: faint dents), which 128 px halves: Class3 at the generated "
-    "256 px reached validation AP 0.990 against 0.984, but at about an hour a surface on 2 cores ten "
+    "256 px reached validation AP 0.990 against 0.984, but at about an hour a surface on 2 cores, ten "
     "detectors would not fit the protocol's 60 minutes (configs/line/dagm-mix.yaml)"
 )
 

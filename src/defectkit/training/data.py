@@ -1,14 +1,17 @@
 """From a run config to training and validation samples, datasets and loaders.
 
 Supervision levels are applied here, once, by removing what the model may not see: ``weak``
-drops the masks of defective images (good images keep their known-empty masks), ``mixed`` keeps
-masks for ``num_segmented`` defective training images drawn with the split seed, ``full`` keeps
-them all. Below ``full`` the validation positives lose their masks too: a user with image labels
-has none there either, so the pixel threshold then comes from the good validation images
-(:func:`defectkit.training.engine.pixel_threshold`), not from pixel F1 on masks.
-A method that learns from image labels alone (``MethodSpec.uses_masks`` false) gets no mask at
-all, in training or validation, so no pixel label can reach it. ``train_positives`` keeps a
-seeded subset of the training positives (the paper-004 "number of defect samples" studies).
+drops the masks and boxes of defective images (good images keep their known-empty ones),
+``mixed`` keeps them for ``num_segmented`` defective training images drawn with the split seed,
+``full`` keeps them all. Below ``full`` the validation positives lose theirs too: ``weak`` users
+have only image labels, and ``mixed`` users spend their few masks on training. So the pixel
+threshold then comes from the good validation images
+(:func:`defectkit.training.engine.pixel_threshold`), not from pixel F1 on masks, and a recipe's
+validation Dice (aux_net's, part of its model selection) sees only the good images' empty masks.
+A method that learns from image labels alone (``MethodSpec.uses_masks`` false) gets no mask or
+box at all, in training or validation, so no localisation label can reach it.
+``train_positives`` keeps a seeded subset of the training positives (the paper-004 "number of
+defect samples" studies).
 """
 
 from __future__ import annotations
@@ -32,17 +35,18 @@ from defectkit.data.transforms import AugmentConfig, SampleTransform, build_tran
 from defectkit.registry import get_method
 
 
-def without_mask(sample: Sample) -> Sample:
+def image_label_only(sample: Sample) -> Sample:
+    """``sample`` without its mask or boxes (known or still to be read): its image label alone."""
     meta = {k: v for k, v in sample.meta.items() if k not in MASK_KEYS}
-    return sample.replace(mask=None, meta=meta)
+    return sample.replace(mask=None, boxes=None, meta=meta)
 
 
-def _unsegmented(sample: Sample) -> Sample:
-    return without_mask(sample) if sample.label == 1 else sample
+def _unlocalised(sample: Sample) -> Sample:
+    return image_label_only(sample) if sample.label == 1 else sample
 
 
 def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
-    """Hide the masks the chosen supervision level does not allow (positives only)."""
+    """Hide the masks and boxes the chosen supervision level does not allow (positives only)."""
     level = config.data.supervision
     if level == "full":
         return list(samples)
@@ -52,7 +56,7 @@ def apply_supervision(samples: Sequence[Sample], config: RunConfig) -> list[Samp
         count = min(int(config.data.num_segmented or 0), len(positives))
         rng = np.random.default_rng(config.data.split_seed)
         keep = {positives[i] for i in rng.choice(len(positives), size=count, replace=False)}
-    return [_unsegmented(s) if i not in keep else s for i, s in enumerate(samples)]
+    return [_unlocalised(s) if i not in keep else s for i, s in enumerate(samples)]
 
 
 def of_surfaces(samples: Sequence[Sample], config: RunConfig) -> list[Sample]:
@@ -92,7 +96,8 @@ def load_samples(config: RunConfig) -> tuple[list[Sample], DatasetInfo]:
 
 def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> PreparedData:
     """Training and validation samples: the train split (if the data has one), then a grouped,
-    stratified hold-out of ``val_fraction`` for validation and threshold choice."""
+    stratified hold-out of ``val_fraction`` for validation and threshold choice; both with only
+    the labels the supervision level allows (the module docstring)."""
     if samples is None:
         samples, info = load_samples(config)
     else:
@@ -111,8 +116,8 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
     train = limit_positives(limit_fraction([samples[i] for i in train_idx], config), config)
     val = [samples[i] for i in val_idx]
     if not get_method(config.method).uses_masks:
-        return PreparedData(info, [without_mask(s) for s in train], [without_mask(s) for s in val])
-    held_out = val if config.data.supervision == "full" else [_unsegmented(s) for s in val]
+        return PreparedData(info, [image_label_only(s) for s in train], [image_label_only(s) for s in val])
+    held_out = val if config.data.supervision == "full" else [_unlocalised(s) for s in val]
     return PreparedData(info, apply_supervision(train, config), held_out)
 
 

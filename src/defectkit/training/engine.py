@@ -104,7 +104,8 @@ def choose_pixel_threshold(pairs: Sequence[tuple[np.ndarray, np.ndarray]], defau
 def good_image_pixel_threshold(heatmaps: Sequence[np.ndarray], quantile: float = 1.0) -> float:
     """Pixel threshold from image labels alone: the ``quantile`` of every heat value on the good
     validation images, nudged just above it, so (at 1.0) no good validation image shows a region.
-    For models that never see a mask (weak supervision), where pixel F1 cannot be computed."""
+    For validation without a defect mask (below full supervision), where pixel F1 cannot be
+    computed."""
     values = np.concatenate([np.asarray(h, dtype=np.float64).ravel() for h in heatmaps])
     return float(np.nextafter(np.quantile(values, quantile), np.inf))
 
