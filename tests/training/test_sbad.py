@@ -400,3 +400,19 @@ def test_stage_pooling_is_the_mean_and_std_of_every_feature_stage() -> None:
     torch.testing.assert_close(features[:, channels : 2 * channels], first.std((2, 3)))
     with pytest.raises(ValueError, match="pooling 'max'"):
         FeatureBackbone("test_efficientnet", weights=None, pooling="max")
+
+
+def test_sbad_cells_keyed_before_data_surfaces_existed_are_found() -> None:
+    import defectkit.bench.dagm_mix as protocol
+    from defectkit.bench.protocols import REPO_ROOT
+    from defectkit.config import load_config
+
+    config = load_config(REPO_ROOT / protocol.CONFIG, "cpu")
+    keys = protocol.sbad_config_keys(config)
+    assert len(keys) == 2 and keys[0] != keys[1]
+    # The profile's default row was computed before the field: its committed cells resume.
+    cells = REPO_ROOT / "benchmarks/cells/dagm-mix-sbad-cpu"
+    assert list(cells.glob(f"vaegan-mse-learned-split0-config-{keys[1]}-*.json"))
+    named = config.model_copy(update={"data": config.data.model_copy(update={"surfaces": ["Class1"]})})
+    dump = named.model_dump(exclude={"profile"})
+    assert protocol.sbad_config_keys(named) == [protocol.fingerprint([dump, protocol.CELL_VERSION])]

@@ -549,6 +549,17 @@ def split_cell(
     return cell
 
 
+def sbad_config_keys(config: RunConfig) -> list[str]:
+    """The config part of a cell key, as now and, where ``data.surfaces`` is unset, as before the
+    config had that field (2026-11-30): a cell stored under either is reused."""
+    dump = config.model_dump(exclude={"profile"})
+    keys = [fingerprint([dump, CELL_VERSION])]
+    if dump["data"].get("surfaces") is None:
+        dump["data"].pop("surfaces", None)
+        keys.append(fingerprint([dump, CELL_VERSION]))
+    return keys
+
+
 def run_sbad(request: BenchRequest) -> Path:
     protocol = "dagm-mix/sbad"
     check_options(request.variant, OPTIONS, protocol)
@@ -569,7 +580,7 @@ def run_sbad(request: BenchRequest) -> Path:
     attributes = table1_attributes(synth)
     real_ce = attributes.matrix(surface_names(synth))
     cache = request.cells(name)
-    config_key = fingerprint([config.model_dump(exclude={"profile"}), CELL_VERSION])
+    config_keys = sbad_config_keys(config)
     last: Path | None = None
     for features, generator in ((f, g) for f in feature_kinds for g in generators):
         for ce in ces if generator not in BASELINES else ["none"]:
@@ -582,7 +593,8 @@ def run_sbad(request: BenchRequest) -> Path:
             for split in range(n_splits):
                 # Frozen-feature keys stay as they were before option (b) existed.
                 trained = "" if features == "frozen" else f"/features-{features}-{options.backbone_epochs}"
-                key = f"{generator}/{ce}{trained}/split{split}/config-{config_key}"
+                keys = [f"{generator}/{ce}{trained}/split{split}/config-{k}" for k in config_keys]
+                key = next((k for k in keys if k in cache), keys[0])
                 work = request.work_root / name
                 compute = partial(
                     split_cell, config, load_features, split, features, generator, options, real_ce, request,
