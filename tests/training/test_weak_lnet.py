@@ -17,6 +17,7 @@ import defectkit.training.engine as engine
 from conftest import TINY_WEAK_LNET, with_changes
 from defectkit import load_inspector
 from defectkit.config import load_config
+from defectkit.inference.inspector import Inspector
 from defectkit.inference.saved_model import load_model, read_card
 from defectkit.models import create_model
 from defectkit.registry import get_method
@@ -181,6 +182,17 @@ def test_train_from_image_labels_only_then_predict_regions(tmp_path: Path, masks
     assert inspection.verdict in ("ok", "defect")
     # Regions are the connected components above the stored pixel threshold (none below it).
     assert all(region.score >= card.thresholds.pixel for region in inspection.regions)
+    # At a threshold just under the map's peak the peak is a region; just above it, none is
+    # (float32 steps: the heat map's own precision).
+    peak = np.float32(heatmap.max())
+    for pixel, found in (
+        (np.nextafter(peak, np.float32(-1)), True),
+        (np.nextafter(peak, np.float32(2)), False),
+    ):
+        thresholds = card.thresholds.model_copy(update={"pixel": float(pixel)})
+        judged = Inspector(card.model_copy(update={"thresholds": thresholds}), inspector.backend, "t")
+        regions = judged.regions(heatmap)
+        assert bool(regions) is found and all(r.score >= pixel for r in regions)
 
 
 def _params(model: torch.nn.Module, part: str) -> dict[str, torch.Tensor]:
