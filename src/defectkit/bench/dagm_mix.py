@@ -594,13 +594,14 @@ def run_sbad(request: BenchRequest) -> Path:
                 # Frozen-feature keys stay as they were before option (b) existed.
                 trained = "" if features == "frozen" else f"/features-{features}-{options.backbone_epochs}"
                 keys = [f"{generator}/{ce}{trained}/split{split}/config-{k}" for k in config_keys]
-                key = next((k for k in keys if k in cache), keys[0])
                 work = request.work_root / name
                 compute = partial(
                     split_cell, config, load_features, split, features, generator, options, real_ce, request,
                     work,
                 )  # fmt: skip
-                cells.append(cache.get_or_compute(key, compute))
+                # Each stored file is read once: the first key that has one, else computed under the first.
+                stored = next((cell for cell in map(cache.get, keys) if cell is not None), None)
+                cells.append(stored if stored is not None else cache.get_or_compute(keys[0], compute))
             variant: dict[str, Any] = {
                 "generator": generator,
                 "splits": n_splits,
