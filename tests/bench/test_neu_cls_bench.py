@@ -96,7 +96,10 @@ def test_small_data_and_split_write_one_file_per_method_and_reuse_cells(
     assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in small.items()}
 
 
-def test_few_shot_keeps_each_draw_and_names_each_confidence(bench: Any, tmp_path: Path) -> None:
+def test_few_shot_keeps_each_draw_and_names_each_confidence(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "PROFILE_FEWSHOT_AUTO", {})  # the profile's choices: tested below
     few = bench("neu-cls/few-shot", {"ks": "1", "draws": "3", "methods": "linear_probe,scl_arcface"})
     assert len(few) == 2
     (cell_of,) = [{c["value"]["method"]: c["value"] for c in _cells(tmp_path / "cells")}]
@@ -250,6 +253,39 @@ def test_auto_features_choose_the_embedding_on_the_base_classes(
         )
     with pytest.raises(KeyError, match="scl_arcface only"):
         bench("neu-cls/few-shot", {"ks": "1", "features": "auto"})
+
+
+def test_the_cpu_profile_chooses_scl_arcface_few_shot_settings_on_the_base_classes(
+    bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With neither -V epochs nor -V features, the cpu profile's scl_arcface few-shot row makes the
+    explicit auto run's choice (the same cells: nothing is computed again) and says so; the other
+    methods, and a row that names either option, keep the profile's settings."""
+    variant = {"ks": "1", "draws": "1", "methods": "scl_arcface"}
+    explicit = bench("neu-cls/few-shot", {**variant, "epochs": "auto", "features": "auto"})
+    (explicit_record,) = explicit.values()
+    keys = {cell["key"] for cell in _cells(tmp_path / "cells")}
+    assert any("/base-epochs/" in key for key in keys)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the profile's choice computed a cell the explicit run had")
+
+    few_shot_cell = protocol.few_shot_cell
+    monkeypatch.setattr(protocol, "base_epochs_cell", refuse)
+    monkeypatch.setattr(protocol, "few_shot_cell", refuse)
+    default = bench("neu-cls/few-shot", variant)
+    record = default["neu-cls-scl_arcface-few-shot-1-cpu.json"]
+    assert record["variant"] == {"k": 1} and record["metrics"] == explicit_record["metrics"]
+    assert "embeddings and epochs chosen on the base classes" in record["notes"]
+    assert "the cpu profile's default for scl_arcface" in record["notes"]
+    assert {cell["key"] for cell in _cells(tmp_path / "cells")} == keys
+
+    monkeypatch.setattr(protocol, "few_shot_cell", few_shot_cell)  # base_epochs_cell stays refused
+    named = bench("neu-cls/few-shot", {**variant, "features": "backbone"})
+    (named_record,) = [r for r in named.values() if r["variant"].get("features") == "backbone"]
+    assert "chosen on the base classes" not in named_record["notes"]
+    probe = bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "methods": "linear_probe"})
+    assert "chosen on the base classes" not in probe["neu-cls-linear_probe-few-shot-1-cpu.json"]["notes"]
 
 
 def test_cells_only_rewrites_results_from_cells_and_trains_nothing(

@@ -114,6 +114,9 @@ def _weak_lnet(positives: int | str) -> Row:
 _TLU = {"encoder": "tf_efficientnet_lite0", "init": "imagenet", "fraction": 1.0}
 _SBAD = {"generator": "vaegan-mse", "splits": 5, "ce": "learned"}
 _LINE = {"ce": "learned", "generator": "vaegan-mse", "unseen_score": "nearest_seen"}
+# The cpu profile's few-shot row chooses scl_arcface's base epochs and embedding on the base classes
+# (neu_cls.PROFILE_FEWSHOT_AUTO); that default was adopted after its novel-class figures were seen.
+_FEWSHOT_CHOICE = "epochs and embedding chosen on the base classes; the default since these figures were seen"
 _EFFICIENCY = Row("aux/efficiency", {"backbone": "tf_efficientnet_lite0", "input": "192x192"})
 
 TARGETS: tuple[Target, ...] = (
@@ -140,8 +143,10 @@ TARGETS: tuple[Target, ...] = (
         for shots in (10, 20)
         for baseline in ("ce_baseline", "linear_probe")
     ),
-    Target(5, Row("neu-cls/scl_arcface/few-shot", {"k": 1}), "accuracy", 0.822),
-    Target(5, Row("neu-cls/scl_arcface/few-shot", {"k": 5}), "accuracy", 0.90),
+    *(
+        Target(5, Row("neu-cls/scl_arcface/few-shot", {"k": k}), "accuracy", bound, text=_FEWSHOT_CHOICE)
+        for k, bound in ((1, 0.822), (5, 0.90))
+    ),
     # Issue 7: TLU-Net, ImageNet encoder, all the training data.
     Target(7, Row("tlu/neu-det", _TLU), "accuracy", 0.99),
     Target(7, Row("tlu/ksdd", _TLU), "ap", 0.98, text="from the classification head alone"),
