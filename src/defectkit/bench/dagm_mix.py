@@ -28,7 +28,8 @@ a correct unseen call, which is generous to it; ``ridge``, a second baseline wit
 all: a ridge regression from the standardised features to the seen surfaces' attribute vectors,
 each image given the surface whose real embedding is nearest its predicted attributes, the
 distance to the nearest seen embedding as the unseen score, the direct-attribute-prediction idea
-that generative ZSL set out to beat), ``splits`` (how many, 5), ``features``
+that generative ZSL set out to beat), ``splits`` (how many, 5: the issue's variant key ``split``
+is named for what it counts, one file holding every split, ``per_fold`` each), ``features``
 (``frozen``: (a), the ImageNet backbone as it is; ``seen``: (b), the backbone first trained to tell
 the split's seen surfaces apart, on their training images only; ``seen-attributes``: (b) trained
 instead to regress those surfaces' attribute vectors; both baselines then use the same
