@@ -54,7 +54,7 @@ import functools
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -499,12 +499,15 @@ def score_variant(options: SBADOptions, generator: str | None = None) -> dict[st
     return changed
 
 
-def _summary(cells: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = [
-        k for k, v in cells[0].items() if isinstance(v, float) and k not in ("train_s", "alert_threshold")
-    ]
+def mean_and_std(figures: Sequence[Mapping[str, Any]], skip: Sequence[str] = ()) -> dict[str, Any]:
+    """Mean and std over splits of every float figure (but ``skip``); a split's NaN (a figure it
+    cannot have, such as an AP over one class) is left out of both."""
+    keys = [k for k, v in figures[0].items() if isinstance(v, float) and k not in skip]
     return {
-        k: {"mean": float(np.mean([c[k] for c in cells])), "std": float(np.std([c[k] for c in cells]))}
+        k: {
+            "mean": float(np.nanmean([f[k] for f in figures])),
+            "std": float(np.nanstd([f[k] for f in figures])),
+        }
         for k in keys
     }
 
@@ -628,7 +631,7 @@ def run_sbad(request: BenchRequest) -> Path:
                 dataset="dagm-mix (generated)",
                 variant=variant,
                 profile=request.profile,
-                metrics=_summary(cells),
+                metrics=mean_and_std(cells, skip=("train_s", "alert_threshold")),
                 per_fold=[_per_split(k, cell) for k, cell in enumerate(cells)],
                 n_images=synth.surfaces * synth.per_surface,
                 paper=PAPER.get((ce, generator), {}),

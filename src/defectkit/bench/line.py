@@ -55,6 +55,7 @@ from tqdm import tqdm
 from defectkit.bench.dagm_mix import (
     MixFeatures,
     fingerprint,
+    mean_and_std,
     mix_split,
     mix_variant,
     score_variant,
@@ -281,14 +282,7 @@ def run_line(request: BenchRequest) -> Path:
         }
 
     cells = [judge_split(mix, route, detectors) for route in routes]
-    numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
-    metrics: dict[str, Any] = {
-        k: {
-            "mean": float(np.nanmean([c["metrics"][k] for c in cells])),
-            "std": float(np.nanstd([c["metrics"][k] for c in cells])),
-        }
-        for k in numeric
-    }
+    metrics = mean_and_std([c["metrics"] for c in cells])
     metrics["confusion"] = {
         "rows": list(ROWS),
         "columns": list(VERDICTS),
@@ -515,14 +509,7 @@ def run_products(request: BenchRequest) -> Path:
         cell_key = f"unseen-{unseen}/config-{config_key}"
         compute = partial(product_cell, features, surface, role, names, held, setup)
         cells.append(cache.get_or_compute(cell_key, compute))
-    numeric = [k for k, v in cells[0]["metrics"].items() if isinstance(v, float)]
-    metrics = {
-        k: {
-            "mean": float(np.mean([c["metrics"][k] for c in cells])),
-            "std": float(np.std([c["metrics"][k] for c in cells])),
-        }
-        for k in numeric
-    }
+    metrics = mean_and_std([c["metrics"] for c in cells])
     return write_results(
         protocol=protocol,
         method="sbad",
