@@ -258,9 +258,10 @@ def test_auto_features_choose_the_embedding_on_the_base_classes(
 def test_the_cpu_profile_chooses_scl_arcface_few_shot_settings_on_the_base_classes(
     bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With neither -V epochs nor -V features, the cpu profile's scl_arcface few-shot row makes the
+    """With no epochs or embedding option, the cpu profile's scl_arcface few-shot row makes the
     explicit auto run's choice (the same cells: nothing is computed again) and says so; the other
-    methods, and a row that names either option, keep the profile's settings."""
+    methods, and a row that names any such option (a paper default too), keep the profile's
+    settings and never take the chosen row's name."""
     variant = {"ks": "1", "draws": "1", "methods": "scl_arcface"}
     explicit = bench("neu-cls/few-shot", {**variant, "epochs": "auto", "features": "auto"})
     (explicit_record,) = explicit.values()
@@ -281,11 +282,15 @@ def test_the_cpu_profile_chooses_scl_arcface_few_shot_settings_on_the_base_class
     assert {cell["key"] for cell in _cells(tmp_path / "cells")} == keys
 
     monkeypatch.setattr(protocol, "few_shot_cell", few_shot_cell)  # base_epochs_cell stays refused
-    named = bench("neu-cls/few-shot", {**variant, "features": "backbone"})
-    (named_record,) = [r for r in named.values() if r["variant"].get("features") == "backbone"]
-    assert "chosen on the base classes" not in named_record["notes"]
-    probe = bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "methods": "linear_probe"})
-    assert "chosen on the base classes" not in probe["neu-cls-linear_probe-few-shot-1-cpu.json"]["notes"]
+    for option, value in (("features", "backbone"), ("features", "projection"), ("tta", "none")):
+        named = bench("neu-cls/few-shot", {**variant, option: value})
+        (named_record,) = [r for r in named.values() if r["variant"].get(option) == value]
+        assert named_record["variant"] == {"k": 1, option: value}
+        assert "chosen on the base classes" not in named_record["notes"]
+        assert named["neu-cls-scl_arcface-few-shot-1-cpu.json"] == record  # the chosen row, untouched
+    baseline = bench("neu-cls/few-shot", {"ks": "1", "draws": "1", "methods": "ce_baseline"})
+    notes = baseline["neu-cls-ce_baseline-few-shot-1-cpu.json"]["notes"]
+    assert "not chosen on the base classes as this profile's scl_arcface row chooses its own" in notes
 
 
 def test_cells_only_rewrites_results_from_cells_and_trains_nothing(

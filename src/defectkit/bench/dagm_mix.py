@@ -28,8 +28,8 @@ a correct unseen call, which is generous to it; ``ridge``, a second baseline wit
 all: a ridge regression from the standardised features to the seen surfaces' attribute vectors,
 each image given the surface whose real embedding is nearest its predicted attributes, the
 distance to the nearest seen embedding as the unseen score, the direct-attribute-prediction idea
-that generative ZSL set out to beat), ``splits`` (how many, 5: the issue's variant key ``split``
-is named for what it counts, one file holding every split, ``per_fold`` each), ``features``
+that generative ZSL set out to beat), ``splits`` (how many, 5; the issue calls the variant key
+``split``, but one file holds every split, each in ``per_fold``, so the key counts them), ``features``
 (``frozen``: (a), the ImageNet backbone as it is; ``seen``: (b), the backbone first trained to tell
 the split's seen surfaces apart, on their training images only; ``seen-attributes``: (b) trained
 instead to regress those surfaces' attribute vectors; both baselines then use the same
@@ -499,15 +499,16 @@ def score_variant(options: SBADOptions, generator: str | None = None) -> dict[st
     return changed
 
 
-def mean_and_std(figures: Sequence[Mapping[str, Any]], skip: Sequence[str] = ()) -> dict[str, Any]:
-    """Mean and std over splits of every float figure (but ``skip``); a split's NaN (a figure it
-    cannot have, such as an AP over one class) is left out of both."""
+def mean_and_std(
+    figures: Sequence[Mapping[str, Any]], skip: tuple[str, ...] = (), omit_nan: bool = False
+) -> dict[str, Any]:
+    """Mean and std over cells (splits, or left-out products) of every float figure but ``skip``.
+    A NaN makes its figure's mean NaN, unless ``omit_nan`` (for a figure some cells cannot have,
+    such as an AP over one class) leaves it out."""
+    mean, std = (np.nanmean, np.nanstd) if omit_nan else (np.mean, np.std)
     keys = [k for k, v in figures[0].items() if isinstance(v, float) and k not in skip]
     return {
-        k: {
-            "mean": float(np.nanmean([f[k] for f in figures])),
-            "std": float(np.nanstd([f[k] for f in figures])),
-        }
+        k: {"mean": float(mean([f[k] for f in figures])), "std": float(std([f[k] for f in figures]))}
         for k in keys
     }
 
