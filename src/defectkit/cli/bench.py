@@ -54,9 +54,11 @@ def bench(
     render_only: bool = typer.Option(False, "--render", help="Only regenerate BENCHMARKS.md from results."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Run PROTOCOL. Finished cells are kept in CELLS and skipped when run again, so a long grid
-    can be stopped and resumed (commit CELLS to resume on another checkout); the results file is
-    written when every cell is done."""
+    """Run PROTOCOL: a paper's protocol, written to its results file and BENCHMARKS.md.
+
+    Finished cells are kept in CELLS and skipped when run again, so a long grid can be stopped and
+    resumed (commit CELLS to resume on another checkout); the results file is written when every
+    cell is done."""
     from defectkit.bench.render import render_benchmarks
 
     if list_:

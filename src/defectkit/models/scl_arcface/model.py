@@ -54,7 +54,8 @@ class EmbeddingNet(nn.Module):
     already draws those eight orientations as augmentations (the paper's rotations and flips), and
     steel surface textures have no upright; averaging over them makes an embedding exactly
     invariant to them and less noisy when only a few references per class exist. It costs eight
-    forward passes per image. Training is the same either way.
+    times the compute per image, in two batched passes (the orientations of the input's shape, then
+    the transposed ones). Training is the same either way.
     """
 
     def __init__(
@@ -101,10 +102,17 @@ class EmbeddingNet(nn.Module):
     def embed(self, images: Tensor) -> Tensor:
         """Unit-length reference embeddings (``reference_features``, each view of ``tta``): cosine
         similarity is then a dot product."""
-        views = dihedral_views(images) if self.tta == "dihedral" else [images]
-        # One view at a time: a quarter turn of a non-square batch cannot share a tensor with it.
-        unit = [F.normalize(self._reference_output(view), dim=1) for view in views]
-        return F.normalize(torch.stack(unit).sum(0), dim=1)
+        if self.tta == "none":
+            return F.normalize(self._reference_output(images), dim=1)
+        views = dihedral_views(images)
+        # Views of one shape share a pass: an even number of quarter turns keeps H x W, an odd one
+        # gives W x H. Grouped by turn count, not by comparing sizes, so an export keeps H and W free.
+        # One pass per view would trace eight copies of the backbone into an exported graph.
+        unit = [
+            F.normalize(self._reference_output(torch.cat(group)), dim=1)
+            for group in (views[0::2], views[1::2])
+        ]
+        return F.normalize(torch.cat(unit).unflatten(0, (len(views), -1)).sum(0), dim=1)
 
     def _reference_output(self, images: Tensor) -> Tensor:
         return self.features(images) if self.reference_features == "backbone" else self(images)
