@@ -21,6 +21,22 @@ def test_read_image_gray_rgb_and_equal_channel_rgb(tmp_path: Path) -> None:
     assert read_image(rgb, channels=1).shape == (64, 48)
 
 
+def test_palette_images_keep_their_colours(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from defectkit.data.io import decode_image
+
+    colour = np.zeros((8, 8, 3), dtype=np.uint8)
+    colour[..., 0], colour[4:, :, 2] = 200, 30
+    path = tmp_path / "indexed.png"
+    Image.fromarray(colour).quantize(4).save(path)  # a palette (P mode) PNG, as GIFs and many tools write
+    assert np.array_equal(read_image(path), colour)
+    assert np.array_equal(decode_image(path.read_bytes()).pixels, colour)  # the service's decoder
+    assert read_image(path, channels=1).shape == (8, 8)
+    grey_palette = save(tmp_path / "grey.png", texture(3), palette=True)
+    assert read_image(grey_palette).shape == (64, 48)  # an all-grey palette stays one channel
+
+
 def test_truncated_and_missing_images_raise_with_the_file_name(tmp_path: Path) -> None:
     good = save(tmp_path / "ok.jpg", texture(0, 128, 128))
     truncated = tmp_path / "cut.jpg"

@@ -128,3 +128,13 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
     refused = runner.invoke(app, ["export", str(odd)])
     assert refused.exit_code == 1 and "multiples of 64" in refused.output and "64x96" in refused.output
     assert len(refused.output.strip().splitlines()) == 1 and not (odd / ONNX_NAME).exists()
+
+
+def test_parity_counts_a_nan_or_a_one_sided_infinity_as_a_disagreement() -> None:
+    from defectkit.inference.export import _largest_difference
+
+    inf, nan = np.inf, np.nan
+    # -inf on both sides: a class without references scores so in both backends, and they agree.
+    assert _largest_difference(np.array([-inf, 0.5]), np.array([-inf, 0.50001])) == pytest.approx(1e-5)
+    for expected, got in (([0.5, 0.2], [0.5, nan]), ([nan], [nan]), ([-inf], [0.0]), ([inf], [-inf])):
+        assert _largest_difference(np.array(expected), np.array(got)) == inf

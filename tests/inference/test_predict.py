@@ -103,17 +103,51 @@ def test_predict_nothing_readable(model_dir: Path, images: Path, tmp_path: Path)
 
 
 def test_collect_images_and_names(images: Path, tmp_path: Path) -> None:
-    found, failures = collect_images([images, images / "part.png", images / "notes.txt", tmp_path / "gone"])
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "readme.txt").write_text("no images here\n")
+    paths = [images, images / "part.png", images / "notes.txt", tmp_path / "gone", tmp_path / "empty"]
+    found, failures = collect_images(paths)
     assert len(found) == 5  # 4 images under the folder (the same part.png once) + the named text file
-    assert [f.reason for f in failures] == ["no such file or folder"]
+    assert [(f.path, f.reason) for f in failures] == [
+        (str(tmp_path / "gone"), "no such file or folder"),
+        (str(tmp_path / "empty"), "no image files in this folder"),  # named, not skipped in silence
+    ]
     names = output_names(found)
     assert len(set(names)) == len(names) and "other" in names
 
 
 def test_python_api_inspects_a_path(model_dir: Path, images: Path) -> None:
     inspection = defectkit.load_inspector(model_dir).inspect(images / "other.jpg")
-    assert inspection.image == str(images / "other.jpg") and inspection.model == "tiny"
+    assert inspection.image == str(images / "other.jpg") and inspection.model.startswith("tiny@")
     assert inspection.verdict == ("defect" if inspection.score >= 0.5 else "ok")
+
+
+def test_models_in_folders_of_one_name_are_named_apart(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from defectkit.inference.saved_model import CARD_NAME, model_identity
+
+    # Training writes every model to <out>/model: the name must tell two of them apart.
+    first = tiny_segdec(tmp_path / "a" / "model", size=(96, 64), seed=1)
+    second = tiny_segdec(tmp_path / "b" / "model", size=(96, 64), seed=2)
+    assert model_identity(first).startswith("model@") and model_identity(first) != model_identity(second)
+    copy = shutil.copytree(first, tmp_path / "c" / "model")
+    assert model_identity(copy) == model_identity(first)  # the same files: the same model
+    card = copy / CARD_NAME
+    card.write_text(card.read_text().replace("decision: 0.5", "decision: 0.6"))
+    assert model_identity(copy) != model_identity(first)  # a threshold changed: another model
+    assert defectkit.load_inspector(copy).name == model_identity(copy)
+
+
+def test_regions_measure_their_own_pixels(model_dir: Path) -> None:
+    inspector = defectkit.load_inspector(model_dir)
+    pixel = inspector.card.thresholds.pixel
+    heatmap = np.zeros((40, 40), dtype=np.float32)
+    heatmap[5:30, 5:8] = heatmap[27:30, 5:30] = min(1.0, pixel + 0.1)  # an L: 25x3 + 3x22 pixels
+    heatmap[12, 20] = 1.0  # a speck inside the L's box, with the highest score
+    regions = inspector.regions(heatmap)
+    assert [(r.box, r.area_px) for r in regions] == [((20, 12, 21, 13), 1), ((5, 5, 30, 30), 75 + 66)]
+    assert regions[1].score == pytest.approx(min(1.0, pixel + 0.1))  # not the speck's
 
 
 def test_overlay_marks_verdict_contour_and_boxes() -> None:

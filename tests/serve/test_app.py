@@ -90,6 +90,33 @@ def test_batch_judges_each_file_on_its_own(client: TestClient) -> None:
     assert client.get("/v1/inspections").json()["total"] == 2
 
 
+def test_an_internal_error_fails_its_file_not_the_batch(
+    serve_settings: ServeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.serve.service import InspectionService
+
+    judge = InspectionService.inspect
+
+    async def full_disk(self: InspectionService, data: bytes, name: str | None, overlay: bool) -> Any:
+        if name == "b.png":
+            raise OSError(28, "No space left on device")
+        return await judge(self, data, name, overlay)
+
+    monkeypatch.setattr(InspectionService, "inspect", full_disk)
+    files = [
+        ("files", (name, png_bytes(seed), "image/png"))
+        for seed, name in enumerate(["a.png", "b.png", "c.png"])
+    ]
+    with TestClient(create_app(serve_settings)) as client:
+        response = client.post("/v1/inspect/batch", files=files)
+        assert response.status_code == 200, response.text
+        items = response.json()["items"]
+        # The recorded files keep their ids, so a retry need not send them again.
+        assert [item["status"] for item in items] == [200, 500, 200]
+        assert items[1]["error"] == "internal error (OSError)" and items[0]["inspection"]["id"]
+        assert client.get("/v1/inspections").json()["total"] == 2
+
+
 def test_filters_paging_and_review(client: TestClient) -> None:
     ids = [upload(client, png_bytes(seed)).json()["id"] for seed in range(6)]
     everything = client.get("/v1/inspections", params={"limit": 4})

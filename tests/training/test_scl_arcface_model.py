@@ -126,6 +126,30 @@ def test_enroll_adds_a_class_without_training_and_refreshes_onnx(
     assert refused.exit_code == 2 and "no such file" in refused.output
 
 
+def test_a_failed_export_at_enrolment_leaves_no_stale_graph(
+    trained: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from defectkit.inference.export import ExportError
+    from defectkit.inference.saved_model import ONNX_NAME
+
+    model = shutil.copytree(trained, tmp_path / "model")
+    (model / ONNX_NAME).write_bytes(b"stands for a graph that knows the old classes only")
+
+    def refuse(directory: Path) -> None:
+        raise ExportError(f"{directory}: exported graph disagrees with PyTorch; nothing written")
+
+    monkeypatch.setattr("defectkit.inference.export.export_onnx", refuse)
+    for index in range(2):
+        save(tmp_path / "checks" / f"c{index}.png", pattern("checks", 200 + index))
+    result = runner.invoke(app, ["enroll", str(model), str(tmp_path / "checks"), "--class", "checks"])
+    assert result.exit_code == 1 and "nothing written" in result.output and "was removed" in result.output
+    # A service on backend auto now takes the torch backend, which knows the new class.
+    assert not (model / ONNX_NAME).exists() and read_card(model).class_names[-1] == "checks"
+    assert "checks" in load_inspector(model).inspect(pattern("checks", 200)).class_scores
+
+
 def test_eval_reports_accuracy_confusion_and_grad_cam_sheet(
     trained: Path, tmp_path: Path, one_thread: None
 ) -> None:

@@ -101,7 +101,9 @@ def _decode(handle: Image.Image, channels: int | None) -> np.ndarray:
     handle.load()
     image: Image.Image = handle
     if image.mode in ("P", "PA"):
-        image = image.convert("RGB" if channels == 3 else "L")
+        # A palette may hold colours: RGB unless grey is asked for (an all-grey palette comes out
+        # grey again from convert_channels(None)).
+        image = image.convert("L" if channels == 1 else "RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # A fixed 16-bit to 8-bit scale, so brightness means the same in every image.
         return (np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0 + 0.5).astype(np.uint8)

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+
+def connected_regions(layer: np.ndarray) -> Iterator[tuple[tuple[slice, slice], np.ndarray]]:
+    """The 8-connected regions of boolean H x W ``layer``: each one's (rows, columns) slices and its
+    own pixels within them (a boolean window: another region reaching into the box is not in it)."""
+    labelled, _ = ndimage.label(layer, structure=np.ones((3, 3), dtype=bool))
+    for index, region in enumerate(ndimage.find_objects(labelled), start=1):
+        if region is not None:
+            yield (region[0], region[1]), labelled[region] == index
 
 
 def mask_to_boxes(mask: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -25,16 +35,10 @@ def mask_to_boxes(mask: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, np.n
         raise ValueError(f"mask must be HxW or KxHxW, got shape {mask.shape}")
     boxes: list[list[float]] = []
     classes: list[int] = []
-    eight = np.ones((3, 3), dtype=bool)
     for class_id, layer in layers:
-        labelled, count = ndimage.label(layer, structure=eight)
-        if count == 0:
-            continue
-        areas = np.bincount(labelled.ravel(), minlength=count + 1)
-        for index, region in enumerate(ndimage.find_objects(labelled), start=1):
-            if region is None or areas[index] < min_area:
+        for (rows, cols), pixels in connected_regions(layer):
+            if pixels.sum() < min_area:
                 continue
-            rows, cols = region
             boxes.append([cols.start, rows.start, cols.stop, rows.stop])
             classes.append(class_id)
     return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(classes, dtype=np.int64)

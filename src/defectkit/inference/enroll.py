@@ -5,13 +5,14 @@ network through the same pre-processing as inspection, and appended to
 ``references.safetensors``; a new class name is appended to the model card. No retraining:
 the next ``predict`` uses the class; a running service loads its model once, so it knows the class
 after a restart. The card is written before the references, so
-an interruption leaves a loadable model (a class with no references is never predicted); an
-existing ``model.onnx`` (which carries the database as constants) is exported again.
+an interruption leaves a loadable model (a class with no references is never predicted). An
+existing ``model.onnx`` carries the old database as constants: it is removed before anything is
+written and exported again at the end, so no graph that disagrees with the card is ever left
+behind (a failed export leaves the model without one: the torch backend serves it).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, cast
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from defectkit.data.io import read_image
 from defectkit.files import write_atomic
@@ -77,16 +78,24 @@ def enroll(model_dir: str | Path, class_name: str, images: Sequence[str | Path])
     updated = card.model_copy(
         update={"class_names": names, "model_options": {**card.model_options, "n_classes": len(names)}}
     )
+    exported = model_dir / ONNX_NAME
+    onnx_updated = exported.is_file()
+    exported.unlink(missing_ok=True)
     write_atomic(model_dir / CARD_NAME, yaml.safe_dump(updated.model_dump(mode="json"), sort_keys=False))
-    staging = model_dir / f".{REFERENCES_NAME}.tmp"
-    save_file({"embeddings": references.contiguous(), "labels": labels.contiguous()}, str(staging))
-    os.replace(staging, model_dir / REFERENCES_NAME)
-    onnx_updated = False
-    if (model_dir / ONNX_NAME).is_file():
-        from defectkit.inference.export import export_onnx
+    write_atomic(
+        model_dir / REFERENCES_NAME,
+        save({"embeddings": references.contiguous(), "labels": labels.contiguous()}),
+    )
+    if onnx_updated:
+        from defectkit.inference.export import ExportError, export_onnx
 
-        export_onnx(model_dir)
-        onnx_updated = True
+        try:
+            export_onnx(model_dir)
+        except ExportError as error:
+            raise ExportError(
+                f"{error}. The images were enrolled; the old {ONNX_NAME}, which did not know them, was "
+                "removed, so the torch backend serves the model until `defectkit export` succeeds"
+            ) from error
     return EnrollReport(
         class_name, new_class, len(embeddings), int((labels == index).sum()), names, onnx_updated
     )

@@ -127,8 +127,16 @@ def _parity(
             ours = graph(torch.from_numpy(raw))
         theirs = session.run(names, {INPUT_NAME: raw})
         for name, mine, exported in zip(names, ours, theirs, strict=True):
-            diffs[name] = max(diffs[name], float(np.abs(mine.numpy() - exported).max()))
+            diffs[name] = max(diffs[name], _largest_difference(mine.numpy(), exported))
     return max(diffs["scores"], diffs["anchor_scores"]), diffs["heatmaps"], diffs["anchor_boxes"]
+
+
+def _largest_difference(expected: np.ndarray, got: np.ndarray) -> float:
+    """max |expected - got|, where equal values (-inf for a class with no references) differ by 0
+    and a NaN or an infinity on one side only by inf: NaN must never pass a comparison unseen."""
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, made inf below
+        difference = np.where(expected == got, 0.0, np.abs(expected.astype(np.float64) - got))
+    return float(np.nan_to_num(difference, nan=np.inf, posinf=np.inf).max(initial=0.0))
 
 
 def _root_cause(error: BaseException) -> str:

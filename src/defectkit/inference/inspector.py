@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from defectkit.data.masks import mask_to_boxes
+from defectkit.data.masks import connected_regions
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
-from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, read_card
+from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, model_identity, read_card
 from defectkit.metrics.thresholds import rescaled_to_half
 from defectkit.models.aux_net.detection import DecodeConfig, Detections, select_detections
 
@@ -262,20 +262,17 @@ class Inspector(ImageInspector):
                 for region in self.regions(heatmap[k], names[k] if k < len(names) else str(k + 1))
             ]
             return sorted(found, key=lambda r: -r.score)
-        mask = heatmap >= self.card.thresholds.pixel
-        boxes, _ = mask_to_boxes(mask.astype(np.uint8))
         single_class = self.card.class_names[0] if len(self.card.class_names) == 1 else None
         single_class = class_name or single_class
         found = []
-        for x0, y0, x1, y1 in boxes.astype(int):
-            window = heatmap[y0:y1, x0:x1]
-            inside = mask[y0:y1, x0:x1]
+        # Score and area from the region's own pixels: another region may reach into its box.
+        for (rows, cols), pixels in connected_regions(heatmap >= self.card.thresholds.pixel):
             found.append(
                 Region(
-                    box=(float(x0), float(y0), float(x1), float(y1)),
-                    score=float(window[inside].max()),
+                    box=(float(cols.start), float(rows.start), float(cols.stop), float(rows.stop)),
+                    score=float(heatmap[rows, cols][pixels].max()),
                     **{"class": single_class},
-                    area_px=int(inside.sum()),
+                    area_px=int(pixels.sum()),
                 )
             )
         return sorted(found, key=lambda r: -r.score)
@@ -409,8 +406,8 @@ def load_inspector(directory: str | Path, backend: str = "torch", device: str = 
         from defectkit.inference.onnx_backend import OnnxBackend
 
         card = read_card(directory)
-        return Inspector(card, OnnxBackend(directory), directory.name)
+        return Inspector(card, OnnxBackend(directory), model_identity(directory))
     if backend != "torch":
         raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
     model, card = load_model(directory, device)
-    return Inspector(card, TorchBackend(model, card, device), directory.name)
+    return Inspector(card, TorchBackend(model, card, device), model_identity(directory))

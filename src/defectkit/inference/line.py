@@ -35,14 +35,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit.data.attributes import describe
+from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection, Verdict
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.preprocess import Preprocess, to_network_layout
-from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model
+from defectkit.inference.saved_model import LINE_FILE, ModelCard, SavedModelError, load_model, model_identity
 from defectkit.models.sbad import SurfaceRouterNet
-
-LINE_FILE = "line.yaml"
 
 
 class LineSpec(BaseModel):
@@ -243,11 +242,10 @@ def load_line(directory: str | Path) -> Line:
         classifier = load_inspector(resolve(spec.classifier)) if spec.classifier else None
     except SavedModelError as error:
         raise SavedModelError(f"{where}: classifier: {error}") from None
-    return Line(router, detectors, classifier, directory.name, spec.attributes_top)
+    return Line(router, detectors, classifier, model_identity(directory), spec.attributes_top)
 
 
 def write_line_spec(directory: str | Path, spec: LineSpec) -> Path:
-    path = Path(directory) / LINE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec.model_dump(exclude_none=True), sort_keys=False))
-    return path
+    return write_atomic(
+        Path(directory) / LINE_FILE, yaml.safe_dump(spec.model_dump(exclude_none=True), sort_keys=False)
+    )

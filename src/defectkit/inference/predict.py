@@ -29,7 +29,7 @@ from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_
 from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection
-from defectkit.inference.overlay import heatmap_image, render_overlay
+from defectkit.inference.overlay import heatmap_image, png_bytes, render_overlay
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
@@ -72,7 +72,10 @@ def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Failur
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            if not images:
+                failures.append(Failure(str(entry), "no image files in this folder"))
+            found.extend(images)
         elif path.is_file():
             found.append(path)
         elif GLOB_CHARACTERS & set(str(entry)):
@@ -112,12 +115,6 @@ def output_names(images: Sequence[Path]) -> list[str]:
         else:
             names.append(image.stem)
     return names
-
-
-def _png_bytes(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)  # speed over size: one per image
-    return buffer.getvalue()
 
 
 def defect_mask(
@@ -200,18 +197,18 @@ def predict_paths(
                 )
                 if mask is not None:
                     mask_path = out / f"{name}.mask.png"
-                    write_atomic(mask_path, _png_bytes(Image.fromarray(mask)))
+                    write_atomic(mask_path, png_bytes(Image.fromarray(mask)))
                     inspection.mask = str(mask_path)
             if explainer is not None:
                 heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
             if (save_heatmaps or explainer is not None) and heatmap is not None:
                 heatmap_path = out / f"{name}.heatmap.png"
-                write_atomic(heatmap_path, _png_bytes(heatmap_image(heatmap)))
+                write_atomic(heatmap_path, png_bytes(heatmap_image(heatmap)))
                 inspection.heatmap = str(heatmap_path)
             if overlays:
                 pixel_threshold = inspector.pixel_threshold_of(inspection)
                 overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
-                write_atomic(out / f"{name}.png", _png_bytes(overlay))
+                write_atomic(out / f"{name}.png", png_bytes(overlay))
             json_path = out / f"{name}.json"
             write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
             report.results.append((json_path, inspection))

@@ -9,6 +9,7 @@ either the old model or the new one, never half of one.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ CARD_NAME = "model.yaml"
 WEIGHTS_NAME = "weights.safetensors"
 REFERENCES_NAME = "references.safetensors"  # few-shot reference database (embeddings + labels)
 ONNX_NAME = "model.onnx"
+LINE_FILE = "line.yaml"  # a line directory (defectkit.inference.line): router, detectors, classifier
 
 
 def utc_timestamp() -> str:
@@ -175,6 +177,28 @@ def read_card(directory: str | Path) -> ModelCard:
         return ModelCard.model_validate(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, ValueError) as error:
         raise SavedModelError(f"{path}: invalid model card ({error})") from None
+
+
+def model_identity(directory: str | Path) -> str:
+    """``NAME@DIGEST``, what inspections and service records name a model (or a line) by.
+
+    Training writes every model to ``<out>/model``, so the folder's name alone would name them all
+    alike, and a service could take another model's records for its own. The digest (12 hex
+    digits) covers every file below ``directory`` that decides a verdict: YAML files (model cards,
+    ``line.yaml``), weights and reference databases. A retrained model, a changed threshold and an
+    enrolment each change the name; a copy keeps it. ``model.onnx`` is left out: it is made from
+    the others.
+    """
+    directory = Path(directory).resolve()
+    digest = hashlib.sha256()
+    decisive = (WEIGHTS_NAME, REFERENCES_NAME)
+    files = sorted(
+        p for p in directory.rglob("*") if p.is_file() and (p.suffix == ".yaml" or p.name in decisive)
+    )
+    for path in files:
+        digest.update(path.relative_to(directory).as_posix().encode("utf-8") + b"\0")
+        digest.update(path.read_bytes())
+    return f"{directory.name}@{digest.hexdigest()[:12]}"
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import shutil
 import tempfile
 import time
@@ -43,6 +44,7 @@ from defectkit.serve.reviews import ExportError, export_reviews, zip_folder
 from defectkit.serve.service import InspectionService, OverlayUnavailableError
 from defectkit.serve.settings import ServeSettings
 
+LOGGER = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
 RECORD_ID = r"^[0-9a-f]{32}$"
 RAW_TYPES = ("image/", "application/octet-stream")
@@ -342,6 +344,11 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
                 record = await inspect_bytes(data, filename, overlay)
             except HTTPException as error:
                 return BatchItem(file=label, status=error.status_code, error=str(error.detail))
+            except Exception as error:
+                # The other files are judged and recorded: failing the whole request would hide
+                # their ids, and a client's retry would record them twice.
+                LOGGER.exception("inspecting %r in a batch failed", label)
+                return BatchItem(file=label, status=500, error=f"internal error ({type(error).__name__})")
             return BatchItem(file=label, status=200, inspection=record_out(record))
 
         return BatchOut(items=list(await asyncio.gather(*(one(*f) for f in files))))

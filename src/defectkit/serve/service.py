@@ -9,7 +9,6 @@ no half-written file (at most an unreferenced image, which a later identical upl
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,15 +22,14 @@ from defectkit import __version__
 from defectkit.data.io import DecodedImage, decode_image
 from defectkit.inference.inspection import Inspection
 from defectkit.inference.inspector import Inspector, Scored, load_inspector
-from defectkit.inference.overlay import render_overlay
-from defectkit.inference.saved_model import ONNX_NAME, SavedModelError
+from defectkit.inference.overlay import png_bytes, render_overlay
+from defectkit.inference.saved_model import LINE_FILE, ONNX_NAME, SavedModelError
 from defectkit.serve.batcher import MicroBatcher
 from defectkit.serve.metrics import ServiceMetrics
 from defectkit.serve.records import InspectionRecord, RecordStore, new_id, utcnow
 from defectkit.serve.settings import ServeSettings
 from defectkit.serve.store import SUFFIXES, ContentStore
 
-LINE_FILE = "line.yaml"
 MAX_NAME = 300
 
 
@@ -64,12 +62,6 @@ def clean_name(name: str | None) -> str:
     base = (name or "upload").replace("\\", "/").rsplit("/", 1)[-1]
     printable = "".join(c for c in base if c.isprintable()).strip()
     return (printable or "upload")[:MAX_NAME]
-
-
-def png_bytes(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 class OverlayUnavailableError(LookupError):
