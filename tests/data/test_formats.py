@@ -179,6 +179,23 @@ def test_manifest_problems(tmp_path: Path) -> None:
     assert [p.path.rsplit(":", 1)[1] for p in dataset.problems] == ["2", "3", "4"]
 
 
+def test_spreadsheet_and_hand_written_manifests(tmp_path: Path) -> None:
+    save(tmp_path / "csv" / "a.png", texture(0))
+    save(tmp_path / "csv" / "b.png", texture(1))
+    # Excel's "CSV UTF-8" starts with a byte-order mark; people put spaces after commas.
+    text = "path, label, class\na.png, 1, scratch\nb.png, 0,\n"
+    (tmp_path / "csv" / "manifest.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    dataset = read_dataset(tmp_path / "csv")
+    assert not dataset.problems and dataset.info.class_names == ["scratch"]
+    assert [(s.label, s.classes) for s in dataset.samples] == [(1, [1]), (0, [])]
+    assert all(set(s.meta) == {"source"} for s in dataset.samples)  # no stray " label" column
+    save(tmp_path / "jsonl" / "a.png", texture(0))
+    line = json.dumps({"path": "a.png", "label": 1})
+    (tmp_path / "jsonl" / "manifest.jsonl").write_bytes(b"\xef\xbb\xbf" + line.encode("utf-8") + b"\n")
+    jsonl = read_dataset(tmp_path / "jsonl")
+    assert not jsonl.problems and [s.label for s in jsonl.samples] == [1]
+
+
 def test_unknown_layout_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(FormatError, match="layout not recognised"):
@@ -204,6 +221,29 @@ def test_folder_defect_masks_stay_binary_and_ambiguous_stems_are_reported(tmp_pa
     assert d1.classes is None and set(np.unique(np.asarray(load_sample(d1).mask))) == {0, 1}
     assert d1.meta.get("mask_binary") and "mask_class" not in d1.meta
     assert any("ambiguous mask" in p.reason for p in dataset.problems)
+
+
+def test_folder_masks_match_by_path_before_stem(tmp_path: Path) -> None:
+    root = tmp_path / "mine"
+    for kind in ("good", "scratch", "dent"):
+        save(root / kind / "000.png", texture(1))
+    save(root / "defect" / "007.png", texture(2))
+    for kind, row in (("scratch", 1), ("dent", 40)):  # MVTec's ground_truth/<type>/<stem>_mask.png
+        mask = np.zeros((64, 48), np.uint8)
+        mask[row : row + 4, 1:5] = 255
+        save(root / "ground_truth" / kind / "000_mask.png", mask)
+    save(root / "ground_truth" / "elsewhere" / "007_mask.png", mask)  # a unique stem still matches
+    dataset = read_dataset(root, "folder")
+    by_name = {Path(s.path).parent.name: s for s in dataset.samples}
+    assert "mask_path" not in by_name["good"].meta  # never guessed between scratch's and dent's
+    for kind, row in (("scratch", 1), ("dent", 40)):
+        assert Path(by_name[kind].meta["mask_path"]).parent.name == kind
+        assert (
+            np.asarray(load_sample(by_name[kind]).mask)[row + 1, 2]
+            == dataset.info.class_names.index(kind) + 1
+        )
+    assert by_name["defect"].meta["mask_path"].endswith("007_mask.png")
+    assert not dataset.problems
 
 
 def test_manifest_bad_cells_become_problems(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import pytest
 
 from defectkit.data.sample import Sample
 from defectkit.data.samplers import AlternatingSampler, class_balanced_sampler
-from defectkit.data.splits import few_shot, group_ids, kfold, split_fractions
+from defectkit.data.splits import few_shot, group_ids, kfold, split_fractions, stratified_split
 
 
 def _samples(n_parts: int = 30, per_part: int = 4) -> list[Sample]:
@@ -51,6 +51,24 @@ def test_split_fractions_is_deterministic_disjoint_and_grouped() -> None:
     assert all(any(samples[i].label == 1 for i in s) for s in first)  # stratified: positives everywhere
     with pytest.raises(ValueError, match="sum to 1"):
         split_fractions(samples, (0.5, 0.2))
+
+
+def test_stratified_split_keeps_parts_and_duplicates_whole() -> None:
+    samples = _samples()
+    surfaces = [int(s.part[4:]) % 3 for s in samples if s.part]  # three "surfaces", one per part
+    groups = group_ids(samples)
+    for seed in range(5):
+        train, validation = stratified_split(surfaces, 0.25, seed, groups)
+        assert sorted(train + validation) == list(range(len(samples)))
+        assert not _side(train, samples) & _side(validation, samples)  # no part on both sides
+        held = [sum(surfaces[i] == k for i in validation) for k in range(3)]
+        # About a quarter of each surface's 40 images; the duplicate ties a part of surface 2 to one
+        # of surface 1, and that group of 8 goes where its first image's surface sends it.
+        assert all(8 <= n <= 16 for n in held) and 32 <= sum(held) <= 40
+    # Without groups every image is its own group: one class's images shuffled and cut.
+    train, validation = stratified_split([0] * 8 + [1] * 4, 0.25, 3)
+    assert len(validation) == 3 and sum(i >= 8 for i in validation) == 1
+    assert stratified_split([0] * 8 + [1] * 4, 0.25, 3, np.arange(12)) == (train, validation)
 
 
 def test_kfold_tests_every_group_once() -> None:

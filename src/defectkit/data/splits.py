@@ -170,16 +170,37 @@ def few_shot(
     return sorted(support), [i for i in range(len(samples)) if i not in chosen]
 
 
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, validation) indices with ``fraction`` of each class held out (at least one of two+).
+def stratified_split(
+    labels: Sequence[int], fraction: float, seed: int, groups: Sequence[int] | np.ndarray | None = None
+) -> tuple[list[int], list[int]]:
+    """(train, validation) indices with about ``fraction`` of each class's images held out (at
+    least one group of a class with two or more).
 
-    Stratified by an arbitrary class (a defect type, a surface), not grouped by part: for data
-    whose images are independent parts; :func:`split_fractions` groups parts and duplicates."""
+    Stratified by an arbitrary class (a defect type, a surface) rather than the OK/NG label of
+    :func:`split_fractions`. ``groups`` (:func:`group_ids`: parts and duplicate images) moves whole
+    groups, each with the class of its first image, so no part or duplicated image straddles the
+    split; without it every image is a group of its own, and the split is the same as with
+    singleton groups.
+    """
+    group_of = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    if len(group_of) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(group_of)} groups")
+    members_of: dict[int, list[int]] = defaultdict(list)
+    for index, group in enumerate(group_of.tolist()):
+        members_of[group].append(index)
     rng = np.random.default_rng(seed)
-    train, validation = [], []
+    train: list[int] = []
+    validation: list[int] = []
     for label in sorted(set(labels)):
-        members = rng.permutation([i for i, y in enumerate(labels) if y == label]).tolist()
-        held = max(1, round(fraction * len(members))) if len(members) > 1 else 0
-        validation.extend(members[:held])
-        train.extend(members[held:])
+        firsts = [i for i, y in enumerate(labels) if y == label and members_of[int(group_of[i])][0] == i]
+        images = sum(len(members_of[int(group_of[i])]) for i in firsts)
+        target = max(1, round(fraction * images)) if len(firsts) > 1 else 0
+        held = 0
+        for first in rng.permutation(firsts).tolist():
+            members = members_of[int(group_of[first])]
+            if held < target:
+                validation.extend(members)
+                held += len(members)
+            else:
+                train.extend(members)
     return sorted(train), sorted(validation)

@@ -614,7 +614,7 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
     """
     from tqdm import tqdm
 
-    from defectkit.data.splits import stratified_split
+    from defectkit.data.splits import group_ids, stratified_split
     from defectkit.inference.saved_model import ModelCard, Thresholds, git_commit, save_model
     from defectkit.training.data import load_samples, of_surfaces
 
@@ -630,7 +630,9 @@ def train_router_model(config: RunConfig, out: str | Path, progress: bool = True
     attributes = resolve_attributes(options.attributes, info, config.data.resolved_root())
     names = sorted({str(s.surface) for s in samples})
     labels = [names.index(str(s.surface)) for s in samples]
-    train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed)
+    # Grouped by part and content: KolektorSDD's parts hold 8 images each, of one surface.
+    groups = group_ids(samples)
+    train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed, groups)
     backbone_name = str(config.model.get("backbone", "tf_efficientnet_lite0"))
     backbone = feature_backbone(config)
     spec = router_input(config)

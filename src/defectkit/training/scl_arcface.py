@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from defectkit.config import RunConfig
-from defectkit.data.splits import stratified_split
+from defectkit.data.splits import group_ids, stratified_split
 from defectkit.inference.preprocess import Preprocess
 from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
@@ -308,7 +308,9 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     labels = [int(s.classes[0]) - 1 for s in samples if s.classes]
     channels = int(config.input.channels)
     images = [as_channels(read_image(s.path, channels=1)[None], channels)[0] for s in samples]
-    train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed)
+    # Grouped: NEU-CLS and X-SDD hold byte-identical pairs, which must not sit on both sides.
+    groups = group_ids(samples)
+    train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed, groups)
     if not val_idx:
         raise ValueError(f"{root}: too few images per class to hold out validation images")
     options = dict(config.method_options)

@@ -6,7 +6,9 @@
       good/            *.png|jpg|bmp...   label 0 (also ``ok/``, ``normal/``, ``pass/``)
       defect/          ...                label 1, defect type not known (also ``ng/``, ``bad/``, ``fail/``)
       <class name>/    ...                label 1, defect class <class name> (one id per folder, sorted)
-      masks/           <stem>.png or <stem>_mask.png   optional pixel masks, matched by image stem
+      masks/           <stem>.png or <stem>_mask.png   optional pixel masks (also ``ground_truth/``), matched
+                       by the image's path (masks/<class>/<stem>_mask.png, as MVTec lays them out),
+                       else by its stem where one mask alone has it
       annotations.json optional COCO boxes, matched by ``file_name`` (relative path or base name)
 
 Images may sit in nested sub-folders of a class folder (the class is the top folder). A binary
@@ -92,21 +94,17 @@ def read(root: Path) -> Dataset:
         class_names = ["defect"]
     ids = {name: i + 1 for i, name in enumerate(class_names)}
 
-    masks: dict[str, Path] = {}
+    by_path: dict[str, Path] = {}
+    by_stem: dict[str, list[Path]] = {}
     for mask_dir in (p for p in root.iterdir() if p.is_dir() and p.name.lower() in MASK_DIRS):
         for mask in sorted(mask_dir.rglob("*")):
             if is_image_file(mask):
-                stem = mask.stem[: -len("_mask")] if mask.stem.lower().endswith("_mask") else mask.stem
-                if stem.lower() in masks:
-                    problems.append(
-                        Problem(str(mask), f"ambiguous mask: {masks[stem.lower()]} has the same stem")
-                    )
-                    continue
-                masks[stem.lower()] = mask
+                key = _mask_key(mask.relative_to(mask_dir))
+                by_path.setdefault(key, mask)
+                by_stem.setdefault(key.rsplit("/", 1)[-1], []).append(mask)
 
     samples: list[Sample] = []
-    used_masks: set[str] = set()
-    mask_users: dict[str, list[Path]] = {}
+    mask_users: dict[Path, list[Path]] = {}
     for folder in class_dirs:
         kind = folder.name.lower()
         for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f)):
@@ -119,10 +117,9 @@ def read(root: Path) -> Dataset:
                 sample.label = 1
             else:
                 sample.label, sample.classes = 1, [ids[folder.name]]
-            mask_file = masks.get(image.stem.lower())
+            mask_file = _mask_of(image, root, by_path, by_stem, None if kind in GOOD_NAMES else problems)
             if mask_file is not None:
-                used_masks.add(image.stem.lower())
-                mask_users.setdefault(image.stem.lower(), []).append(image)
+                mask_users.setdefault(mask_file, []).append(image)
                 sample.meta["mask_path"] = str(mask_file)
                 if sample.classes and len(sample.classes) == 1:
                     sample.meta["mask_class"] = sample.classes[0]
@@ -135,13 +132,46 @@ def read(root: Path) -> Dataset:
                 sample.boxes = np.asarray([b for b, _ in boxes], dtype=np.float32).reshape(-1, 4)
                 sample.box_classes = np.asarray([ids[c] for _, c in boxes], dtype=np.int64)
             samples.append(sample)
-    problems += [Problem(str(m), "mask without image") for s, m in masks.items() if s not in used_masks]
-    for stem, users in mask_users.items():
+    problems += [Problem(str(m), "mask without image") for m in by_path.values() if m not in mask_users]
+    for mask, users in mask_users.items():
         if len(users) > 1:
             names = ", ".join(str(u) for u in users)
-            problems.append(Problem(str(masks[stem]), f"ambiguous mask: images {names} share its stem"))
+            problems.append(Problem(str(mask), f"ambiguous mask: images {names} share its stem"))
     for name in defect_classes:
         if not any(s.classes == [ids[name]] for s in samples):
             problems.append(Problem(str(root / name), "empty class (folder holds no images)"))
     info = DatasetInfo(name=root.name, format="folder", root=str(root), class_names=class_names)
     return Dataset(samples, info, problems)
+
+
+def _mask_key(relative: Path) -> str:
+    """A mask's path below its masks folder, lower case, without suffix or ``_mask``."""
+    key = relative.with_suffix("").as_posix().lower()
+    return key[: -len("_mask")] if key.endswith("_mask") else key
+
+
+def _mask_of(
+    image: Path,
+    root: Path,
+    by_path: dict[str, Path],
+    by_stem: dict[str, list[Path]],
+    problems: list[Problem] | None,
+) -> Path | None:
+    """``image``'s mask: the one at its own path below a masks folder, else the one mask with its
+    stem. Several masks of one stem are never guessed between (a wrong mask would teach a defect
+    where there is none); that is a problem for a defective image, and expected of a good one
+    (``problems`` None), such as MVTec's good/000.png beside ground_truth/<type>/000_mask.png."""
+    found = by_path.get(image.relative_to(root).with_suffix("").as_posix().lower())
+    if found is not None:
+        return found
+    candidates = by_stem.get(image.stem.lower(), [])
+    if len(candidates) > 1 and problems is not None:
+        listed = ", ".join(str(c) for c in candidates)
+        problems.append(
+            Problem(
+                str(image),
+                f"ambiguous mask: {listed} all have its stem, none is used (put the mask at the "
+                "image's own path below the masks folder)",
+            )
+        )
+    return candidates[0] if len(candidates) == 1 else None

@@ -53,15 +53,20 @@ def _detect(root: Path) -> bool:
 
 
 def _rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    # utf-8-sig: spreadsheet programs start a "CSV UTF-8" file with a byte-order mark.
     if manifest.suffix.lower() == ".csv":
-        with open(manifest, newline="", encoding="utf-8", errors="replace") as handle:
-            reader = csv.DictReader(handle)
+        with open(manifest, newline="", encoding="utf-8-sig", errors="replace") as handle:
+            # Hand-written files put spaces after the commas ("path, label"): without
+            # skipinitialspace, " label" would be an unknown column and every label lost.
+            reader = csv.DictReader(handle, skipinitialspace=True)
+            if reader.fieldnames is not None:
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
             if reader.fieldnames is None or "path" not in reader.fieldnames:
                 raise FormatError(f"{manifest}: CSV manifest needs a header with a 'path' column")
             for line, row in enumerate(reader, start=2):
                 yield line, dict(row)
     else:
-        with open(manifest, encoding="utf-8", errors="replace") as handle:
+        with open(manifest, encoding="utf-8-sig", errors="replace") as handle:
             for line, text in enumerate(handle, start=1):
                 if not text.strip():
                     continue
