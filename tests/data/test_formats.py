@@ -244,6 +244,17 @@ def test_folder_masks_match_by_path_before_stem(tmp_path: Path) -> None:
         )
     assert by_name["defect"].meta["mask_path"].endswith("007_mask.png")
     assert not dataset.problems
+    # One defect type: its mask, matched by path, is not offered to good/000.png by stem.
+    for folder in ("dent", "ground_truth/dent"):
+        for path in (root / folder).iterdir():
+            path.unlink()
+        (root / folder).rmdir()
+    single = read_dataset(root, "folder")
+    assert [Path(s.path).parent.name for s in single.samples if "mask_path" in s.meta] == [
+        "defect",
+        "scratch",
+    ]
+    assert not single.problems
 
 
 def test_manifest_bad_cells_become_problems(tmp_path: Path) -> None:

@@ -127,6 +127,19 @@ def test_line_without_a_detector_for_a_surface_calls_it_unknown(line_dir: Path, 
         load_line(tmp_path)
 
 
+def test_a_lines_name_changes_with_any_of_its_models(line_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    detector = shutil.copytree(line_dir / "detectors" / "Class1", tmp_path / "elsewhere" / "Class1")
+    spec = LineSpec(router=str(line_dir / "router" / "model"), detectors={"Class1": str(detector)})
+    write_line_spec(tmp_path / "line", spec)
+    before = load_line(tmp_path / "line").name
+    card = detector / "model.yaml"
+    card.write_text(card.read_text().replace("decision: 0.5", "decision: 0.6"))
+    # The detector lives outside the line's folder, and line.yaml did not change.
+    assert before.startswith("line@") and load_line(tmp_path / "line").name != before
+
+
 def test_a_nearest_seen_router_saves_its_memory_and_scores_with_it(line_dir: Path, tmp_path: Path) -> None:
     config = router_config(line_dir / "data", unseen_score="nearest_seen", memory_size=10)
     train_router_model(config, tmp_path / "router", progress=False)

@@ -115,6 +115,7 @@ def test_an_internal_error_fails_its_file_not_the_batch(
         assert [item["status"] for item in items] == [200, 500, 200]
         assert items[1]["error"] == "internal error (OSError)" and items[0]["inspection"]["id"]
         assert client.get("/v1/inspections").json()["total"] == 2
+        assert 'defectkit_rejected_inputs_total{reason="internal_error"} 1.0' in client.get("/metrics").text
 
 
 def test_filters_paging_and_review(client: TestClient) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from defectkit.bench.neu_cls import per_class_draw, prototype_scores
 from defectkit.models.scl_arcface import EmbeddingNet, ReferenceClassifier, class_similarities
+from defectkit.models.scl_arcface.model import dihedral_views
 from defectkit.training.scl_arcface import SclArcFaceRecipe, ViewsDataset, fit
 
 TINY = {"backbone": "mobilenetv3_small_050", "in_channels": 3, "embedding_dim": 16}
@@ -125,6 +127,9 @@ def test_dihedral_tta_embeddings_ignore_orientation() -> None:
         upright = network.embed(images)
         for turned in (torch.rot90(images, 1, dims=(2, 3)), torch.flip(images, dims=(2,))):
             assert torch.allclose(network.embed(turned), upright, atol=1e-5)
+        # The batched passes give the mean of the eight views, each embedded on its own.
+        one_by_one = torch.stack([F.normalize(network(view), dim=1) for view in dihedral_views(images)])
+        assert torch.allclose(upright, F.normalize(one_by_one.sum(0), dim=1), atol=1e-6)
         network.tta = "none"
         plain, turned_plain = network.embed(images), network.embed(torch.rot90(images, 1, dims=(2, 3)))
     assert torch.allclose(upright.norm(dim=1), torch.ones(2))

@@ -81,11 +81,19 @@ def enroll(model_dir: str | Path, class_name: str, images: Sequence[str | Path])
     exported = model_dir / ONNX_NAME
     onnx_updated = exported.is_file()
     exported.unlink(missing_ok=True)
-    write_atomic(model_dir / CARD_NAME, yaml.safe_dump(updated.model_dump(mode="json"), sort_keys=False))
-    write_atomic(
-        model_dir / REFERENCES_NAME,
-        save({"embeddings": references.contiguous(), "labels": labels.contiguous()}),
-    )
+    try:
+        write_atomic(model_dir / CARD_NAME, yaml.safe_dump(updated.model_dump(mode="json"), sort_keys=False))
+        write_atomic(
+            model_dir / REFERENCES_NAME,
+            save({"embeddings": references.contiguous(), "labels": labels.contiguous()}),
+        )
+    except OSError as error:
+        if not onnx_updated:
+            raise
+        removed = (
+            f"{error.strerror or error}; {ONNX_NAME} was removed first (`defectkit export` makes it again)"
+        )
+        raise OSError(error.errno, removed, error.filename) from error
     if onnx_updated:
         from defectkit.inference.export import ExportError, export_onnx
 

@@ -57,8 +57,9 @@ def explain_class(
     if class_index is None:
         with torch.no_grad():
             class_index = int(wrapper(raw).argmax(1)[0])
-    # Grad-CAM reads one pass through the target layer; with dihedral TTA there would be eight,
-    # so the map explains the upright view's evidence for the class the full model chose.
+    # Grad-CAM reads one image's pass through the target layer; dihedral TTA passes eight
+    # orientations, so the map explains the upright view's evidence for the class the full model
+    # chose.
     tta = getattr(network, "tta", None)
     if tta is not None:
         network.tta = "none"

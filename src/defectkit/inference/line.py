@@ -242,7 +242,10 @@ def load_line(directory: str | Path) -> Line:
         classifier = load_inspector(resolve(spec.classifier)) if spec.classifier else None
     except SavedModelError as error:
         raise SavedModelError(f"{where}: classifier: {error}") from None
-    return Line(router, detectors, classifier, model_identity(directory), spec.attributes_top)
+    # Its models may live outside the line's folder: their names enter the line's.
+    components = [model_identity(resolve(spec.router)), *(detectors[s].name for s in sorted(detectors))]
+    name = model_identity(directory, [*components, classifier.name if classifier else ""])
+    return Line(router, detectors, classifier, name, spec.attributes_top)
 
 
 def write_line_spec(directory: str | Path, spec: LineSpec) -> Path:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -179,25 +180,24 @@ def read_card(directory: str | Path) -> ModelCard:
         raise SavedModelError(f"{path}: invalid model card ({error})") from None
 
 
-def model_identity(directory: str | Path) -> str:
+def model_identity(directory: str | Path, components: Sequence[str] = ()) -> str:
     """``NAME@DIGEST``, what inspections and service records name a model (or a line) by.
 
     Training writes every model to ``<out>/model``, so the folder's name alone would name them all
     alike, and a service could take another model's records for its own. The digest (12 hex
-    digits) covers every file below ``directory`` that decides a verdict: YAML files (model cards,
-    ``line.yaml``), weights and reference databases. A retrained model, a changed threshold and an
-    enrolment each change the name; a copy keeps it. ``model.onnx`` is left out: it is made from
-    the others.
+    digits) covers the folder's own files that decide a verdict (card, weights, references;
+    ``line.yaml`` for a line) and the names of a line's ``components`` (its models, wherever they
+    live). A retrained model, a changed threshold and an enrolment each change the name; a copy
+    keeps it, and other files in the folder (notes, reports) do not count. ``model.onnx`` is made
+    from the others. The weights are read once more at load (a SHA-256 of some megabytes).
     """
     directory = Path(directory).resolve()
     digest = hashlib.sha256()
-    decisive = (WEIGHTS_NAME, REFERENCES_NAME)
-    files = sorted(
-        p for p in directory.rglob("*") if p.is_file() and (p.suffix == ".yaml" or p.name in decisive)
-    )
-    for path in files:
-        digest.update(path.relative_to(directory).as_posix().encode("utf-8") + b"\0")
-        digest.update(path.read_bytes())
+    for name in (CARD_NAME, WEIGHTS_NAME, REFERENCES_NAME, LINE_FILE):
+        if (directory / name).is_file():
+            digest.update(name.encode("utf-8") + b"\0" + (directory / name).read_bytes())
+    for component in components:
+        digest.update(b"\0" + component.encode("utf-8"))
     return f"{directory.name}@{digest.hexdigest()[:12]}"
 
 

@@ -348,6 +348,7 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
                 # The other files are judged and recorded: failing the whole request would hide
                 # their ids, and a client's retry would record them twice.
                 LOGGER.exception("inspecting %r in a batch failed", label)
+                metrics.rejected.labels("internal_error").inc()  # the request itself answers 200
                 return BatchItem(file=label, status=500, error=f"internal error ({type(error).__name__})")
             return BatchItem(file=label, status=200, inspection=record_out(record))
 

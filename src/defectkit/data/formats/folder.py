@@ -20,6 +20,7 @@ that is a defect-classification set (X-SDD's layout).
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -94,45 +95,39 @@ def read(root: Path) -> Dataset:
         class_names = ["defect"]
     ids = {name: i + 1 for i, name in enumerate(class_names)}
 
-    by_path: dict[str, Path] = {}
-    by_stem: dict[str, list[Path]] = {}
-    for mask_dir in (p for p in root.iterdir() if p.is_dir() and p.name.lower() in MASK_DIRS):
-        for mask in sorted(mask_dir.rglob("*")):
-            if is_image_file(mask):
-                key = _mask_key(mask.relative_to(mask_dir))
-                by_path.setdefault(key, mask)
-                by_stem.setdefault(key.rsplit("/", 1)[-1], []).append(mask)
+    images = [
+        (folder, image)
+        for folder in class_dirs
+        for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f))
+    ]
+    masks = _match_masks(root, [(f.name.lower() in GOOD_NAMES, i) for f, i in images], problems)
 
     samples: list[Sample] = []
     mask_users: dict[Path, list[Path]] = {}
-    for folder in class_dirs:
+    for folder, image in images:
         kind = folder.name.lower()
-        for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f)):
-            sample = Sample(
-                path=str(image), meta={"part": image.relative_to(root).with_suffix("").as_posix()}
-            )
-            if kind in GOOD_NAMES:
-                sample.label, sample.classes = 0, []
-            elif kind in DEFECT_NAMES:
-                sample.label = 1
+        sample = Sample(path=str(image), meta={"part": image.relative_to(root).with_suffix("").as_posix()})
+        if kind in GOOD_NAMES:
+            sample.label, sample.classes = 0, []
+        elif kind in DEFECT_NAMES:
+            sample.label = 1
+        else:
+            sample.label, sample.classes = 1, [ids[folder.name]]
+        mask_file = masks.get(image)
+        if mask_file is not None:
+            mask_users.setdefault(mask_file, []).append(image)
+            sample.meta["mask_path"] = str(mask_file)
+            if sample.classes and len(sample.classes) == 1:
+                sample.meta["mask_class"] = sample.classes[0]
             else:
-                sample.label, sample.classes = 1, [ids[folder.name]]
-            mask_file = _mask_of(image, root, by_path, by_stem, None if kind in GOOD_NAMES else problems)
-            if mask_file is not None:
-                mask_users.setdefault(mask_file, []).append(image)
-                sample.meta["mask_path"] = str(mask_file)
-                if sample.classes and len(sample.classes) == 1:
-                    sample.meta["mask_class"] = sample.classes[0]
-                else:
-                    # Type unknown (defect/) or good: any non-zero pixel is "defect", no class implied.
-                    sample.meta["mask_binary"] = True
-            rel = image.relative_to(root).as_posix()
-            boxes = coco.get(rel, coco.get(image.name))
-            if boxes is not None:
-                sample.boxes = np.asarray([b for b, _ in boxes], dtype=np.float32).reshape(-1, 4)
-                sample.box_classes = np.asarray([ids[c] for _, c in boxes], dtype=np.int64)
-            samples.append(sample)
-    problems += [Problem(str(m), "mask without image") for m in by_path.values() if m not in mask_users]
+                # Type unknown (defect/) or good: any non-zero pixel is "defect", no class implied.
+                sample.meta["mask_binary"] = True
+        rel = image.relative_to(root).as_posix()
+        boxes = coco.get(rel, coco.get(image.name))
+        if boxes is not None:
+            sample.boxes = np.asarray([b for b, _ in boxes], dtype=np.float32).reshape(-1, 4)
+            sample.box_classes = np.asarray([ids[c] for _, c in boxes], dtype=np.int64)
+        samples.append(sample)
     for mask, users in mask_users.items():
         if len(users) > 1:
             names = ", ".join(str(u) for u in users)
@@ -150,28 +145,44 @@ def _mask_key(relative: Path) -> str:
     return key[: -len("_mask")] if key.endswith("_mask") else key
 
 
-def _mask_of(
-    image: Path,
-    root: Path,
-    by_path: dict[str, Path],
-    by_stem: dict[str, list[Path]],
-    problems: list[Problem] | None,
-) -> Path | None:
-    """``image``'s mask: the one at its own path below a masks folder, else the one mask with its
-    stem. Several masks of one stem are never guessed between (a wrong mask would teach a defect
-    where there is none); that is a problem for a defective image, and expected of a good one
-    (``problems`` None), such as MVTec's good/000.png beside ground_truth/<type>/000_mask.png."""
-    found = by_path.get(image.relative_to(root).with_suffix("").as_posix().lower())
-    if found is not None:
-        return found
-    candidates = by_stem.get(image.stem.lower(), [])
-    if len(candidates) > 1 and problems is not None:
-        listed = ", ".join(str(c) for c in candidates)
-        problems.append(
-            Problem(
-                str(image),
-                f"ambiguous mask: {listed} all have its stem, none is used (put the mask at the "
-                "image's own path below the masks folder)",
+def _match_masks(root: Path, images: list[tuple[bool, Path]], problems: list[Problem]) -> dict[Path, Path]:
+    """Each image's mask, for ``images`` as (is good, path): the mask at the image's own path below a
+    masks folder, else the one mask left with its stem. A mask matched by path is no longer offered
+    by stem, and several masks of one stem are never guessed between (a wrong mask would teach a
+    defect where there is none): that is a problem for a defective image, and expected of a good
+    one (MVTec's good/000.png beside ground_truth/<type>/000_mask.png)."""
+    by_path: dict[str, Path] = {}
+    for mask_dir in (p for p in root.iterdir() if p.is_dir() and p.name.lower() in MASK_DIRS):
+        for mask in sorted(mask_dir.rglob("*")):
+            if not is_image_file(mask):
+                continue
+            key = _mask_key(mask.relative_to(mask_dir))
+            if key in by_path:
+                problems.append(Problem(str(mask), f"ambiguous mask: {by_path[key]} is the same image's"))
+                continue
+            by_path[key] = mask
+    matched: dict[Path, Path] = {}
+    for _, image in images:
+        own = by_path.get(image.relative_to(root).with_suffix("").as_posix().lower())
+        if own is not None:
+            matched[image] = own
+    by_stem: dict[str, list[Path]] = defaultdict(list)
+    for key, mask in by_path.items():
+        if mask not in matched.values():
+            by_stem[key.rsplit("/", 1)[-1]].append(mask)
+    for good, image in images:
+        candidates = by_stem.get(image.stem.lower(), []) if image not in matched else []
+        if len(candidates) == 1:
+            matched[image] = candidates[0]
+        elif candidates and not good:
+            listed = ", ".join(str(c) for c in candidates)
+            problems.append(
+                Problem(
+                    str(image),
+                    f"ambiguous mask: {listed} all have its stem, none is used (put the mask at the "
+                    "image's own path below the masks folder)",
+                )
             )
-        )
-    return candidates[0] if len(candidates) == 1 else None
+    used = set(matched.values())
+    problems += [Problem(str(m), "mask without image") for m in by_path.values() if m not in used]
+    return matched

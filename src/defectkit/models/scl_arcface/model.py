@@ -55,7 +55,8 @@ class EmbeddingNet(nn.Module):
     steel surface textures have no upright; averaging over them makes an embedding exactly
     invariant to them and less noisy when only a few references per class exist. It costs eight
     times the compute per image, in two batched passes (the orientations of the input's shape, then
-    the transposed ones). Training is the same either way.
+    the transposed ones), each four times the batch: callers size batches for that. Training is the
+    same either way.
     """
 
     def __init__(
