@@ -221,6 +221,8 @@ def test_folder_defect_masks_stay_binary_and_ambiguous_stems_are_reported(tmp_pa
     assert d1.classes is None and set(np.unique(np.asarray(load_sample(d1).mask))) == {0, 1}
     assert d1.meta.get("mask_binary") and "mask_class" not in d1.meta
     assert any("ambiguous mask" in p.reason for p in dataset.problems)
+    untyped = [p for p in dataset.problems if "no known type" in p.reason]
+    assert len(untyped) == 1 and untyped[0].severity == "warning" and "'crack'" in untyped[0].reason
 
 
 def test_folder_masks_match_by_path_before_stem(tmp_path: Path) -> None:
@@ -243,7 +245,7 @@ def test_folder_masks_match_by_path_before_stem(tmp_path: Path) -> None:
             == dataset.info.class_names.index(kind) + 1
         )
     assert by_name["defect"].meta["mask_path"].endswith("007_mask.png")
-    assert not dataset.problems
+    assert [p.severity for p in dataset.problems] == ["warning"]  # defect/007's mask has no type
     # One defect type: its mask, matched by path, is not offered to good/000.png by stem.
     for folder in ("dent", "ground_truth/dent"):
         for path in (root / folder).iterdir():
@@ -254,7 +256,7 @@ def test_folder_masks_match_by_path_before_stem(tmp_path: Path) -> None:
         "defect",
         "scratch",
     ]
-    assert not single.problems
+    assert [p.severity for p in single.problems] == ["warning"]
 
 
 def test_manifest_bad_cells_become_problems(tmp_path: Path) -> None:

@@ -128,6 +128,18 @@ def read(root: Path) -> Dataset:
             sample.boxes = np.asarray([b for b, _ in boxes], dtype=np.float32).reshape(-1, 4)
             sample.box_classes = np.asarray([ids[c] for _, c in boxes], dtype=np.int64)
         samples.append(sample)
+    untyped = [s for s in samples if s.label == 1 and not s.classes and "mask_path" in s.meta]
+    if untyped and defect_classes:
+        # A mask holds class ids; an untyped defect's pixels can only be read as some class.
+        problems.append(
+            Problem(
+                str(Path(untyped[0].path).parent),
+                f"{len(untyped)} masks of defects of no known type: methods with a mask per class "
+                f"(tlu_net, aux_net) read their pixels as class 1, {class_names[0]!r}; move the images "
+                "into their class folders",
+                severity="warning",
+            )
+        )
     for mask, users in mask_users.items():
         if len(users) > 1:
             names = ", ".join(str(u) for u in users)
