@@ -152,3 +152,22 @@ def test_cli_eval(model_dir: Path, data_root: Path, tmp_path: Path) -> None:
     assert "Traceback" not in missing.output
     no_data = runner.invoke(app, ["eval", str(model_dir), "--data", str(tmp_path / "absent")])
     assert no_data.exit_code == 1 and "no such file or directory" in no_data.output
+
+
+def test_classifier_metrics_count_unknown_calls_beside_the_confusion_matrix() -> None:
+    from defectkit.evaluation.classifier import ClassifiedSet, classifier_metrics
+
+    classified = ClassifiedSet(
+        class_names=["crack", "dent"],
+        truth=[0, 0, 0, 1, 1],
+        called=[0, 1, 0, 1, 1],
+        unknown=[False, False, True, False, True],
+    )
+    metrics = classifier_metrics(classified)
+    assert metrics["confusion_matrix"] == [[1, 1], [0, 1]]  # columns: the known classes called
+    assert metrics["unknown_by_class"] == {"crack": 1, "dent": 1}
+    rows = [
+        sum(row) + metrics["unknown_by_class"][name]
+        for row, name in zip(metrics["confusion_matrix"], ["crack", "dent"], strict=True)
+    ]
+    assert rows == [3, 2] and metrics["accuracy"] == pytest.approx(2 / 5)

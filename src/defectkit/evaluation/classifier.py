@@ -93,6 +93,11 @@ def classifier_metrics(classified: ClassifiedSet) -> dict[str, Any]:
     called = np.where(unknown, 0, np.asarray(classified.called) + 1)  # 0: unknown, never right
     metrics = classification_metrics(truth, called, len(names), class_names=names)
     metrics["unknown_share"] = float(unknown.mean())
+    # The confusion matrix has the known classes as columns: unknown calls are counted here, so each
+    # class's row plus its unknown count is its number of images.
+    metrics["unknown_by_class"] = {
+        name: int((unknown & (truth == k + 1)).sum()) for k, name in enumerate(names)
+    }
     known = ~unknown
     metrics["accuracy_when_called"] = float(np.mean(truth[known] == called[known])) if known.any() else None
     metrics["infer_ms_per_image"] = float(np.mean(classified.infer_ms)) if classified.infer_ms else None
