@@ -123,6 +123,19 @@ def test_binned_pixel_auroc_close_to_exact() -> None:
     assert binned.compute() == pytest.approx(ref, abs=1e-4)
 
 
+def test_binned_pixel_auroc_tells_scores_near_one_apart() -> None:
+    # A confident model: defect pixels and its hardest false alarms both just below 1, apart by
+    # 5e-5; linear bins, or log bins of the score itself (2**-13 wide there), lump them together.
+    rng = np.random.default_rng(4)
+    positives = rng.uniform(0.99996, 0.99999, 1000)
+    negatives = np.concatenate([rng.uniform(0.99990, 0.99994, 1000), rng.uniform(0, 1e-3, 100_000)])
+    scores = np.concatenate([positives, negatives]).astype(np.float32)
+    truth = np.arange(scores.size) < positives.size
+    meter = PixelAUROC()
+    meter.update(scores, truth)
+    assert roc_auc_score(truth, scores) == 1.0 and meter.compute() == pytest.approx(1.0, abs=1e-6)
+
+
 def test_binned_pixel_auroc_exact_on_coarse_scores() -> None:
     # Scores on a coarse grid fall into distinct bins, so binned == exact (ties included).
     rng = np.random.default_rng(3)

@@ -32,13 +32,16 @@ Why pixel AUROC is hand-written: the test set of a real benchmark holds
 hundreds of millions of pixels. torchmetrics' exact ``BinaryAUROC`` keeps every
 pixel, and its binned mode uses linearly spaced thresholds, which lumps the
 many near-zero background scores of a confident model into one bin. The
-default here is an exact ROC over scores rounded on a *logarithmic* grid: the
-float32 bit pattern of a score in [0, 1] is monotone in its value, so dropping
-its low mantissa bits gives bins of constant relative width (2**-12 ≈ 2.4e-4
-with the default 12 mantissa bits, about 520k bins, 8 MB). Pixels in one bin
-count as tied (half credit, as scikit-learn does for equal scores), so the
-result equals the exact AUROC of the rounded scores. ``exact=True`` keeps every
-pixel and calls scikit-learn; use it for small test sets and tests.
+default here is an exact ROC over scores rounded on a *logarithmic* grid, fine
+at both ends: the float32 bit pattern of a score is monotone in its value, so
+dropping its low mantissa bits gives bins of constant relative width (2**-12 ≈
+2.4e-4 with the default 12 mantissa bits). Scores below 0.5 are binned by their
+own bits, scores from 0.5 up by the bits of ``1 - score`` (exact in float32
+there), mirrored: a confident model's defect pixels just below 1 are told apart
+as finely as its background just above 0 (about a million bins, 16 MB). Pixels
+in one bin count as tied (half credit, as scikit-learn does for equal scores),
+so the result equals the exact AUROC of the rounded scores. ``exact=True`` keeps
+every pixel and calls scikit-learn; use it for small test sets and tests.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ __all__ = [
     "segmentation_metrics",
 ]
 
-_ONE_F32_BITS = 0x3F800000  # bit pattern of float32 1.0
+_HALF_F32_BITS = 0x3F000000  # bit pattern of float32 0.5
 
 
 def _binary_mask(x: ArrayLike) -> np.ndarray:
@@ -92,7 +95,8 @@ class PixelAUROC:
     Args:
         exact: keep every pixel and use scikit-learn (memory grows with the data).
         mantissa_bits: binned mode resolution; bins have relative width
-            ``2**-mantissa_bits``. Scores must lie in [0, 1] in binned mode.
+            ``2**-mantissa_bits`` of the score below 0.5, of ``1 - score`` above.
+            Scores must lie in [0, 1] in binned mode.
     """
 
     def __init__(self, exact: bool = False, mantissa_bits: int = 12) -> None:
@@ -100,7 +104,8 @@ class PixelAUROC:
             raise ValueError("mantissa_bits must be in 1..16 (more would need > 100 MB of bins)")
         self.exact = exact
         self._shift = 23 - mantissa_bits
-        self._n_bins = (_ONE_F32_BITS >> self._shift) + 1
+        self._half_bin = _HALF_F32_BITS >> self._shift
+        self._n_bins = 2 * self._half_bin + 1
         self.reset()
 
     def reset(self) -> None:
@@ -122,9 +127,13 @@ class PixelAUROC:
         s32 = s.astype(np.float32) + np.float32(0.0)
         if not ((s32 >= 0) & (s32 <= 1)).all():
             raise ValueError("pixel scores must lie in [0, 1] (NaN is not allowed) for binned pixel AUROC")
-        bins = s32.view(np.uint32) >> self._shift
+        low = s32 < 0.5
+        mirrored = np.where(low, s32, np.float32(1.0) - s32)  # exact for s32 in [0.5, 1]
+        bits = (mirrored.view(np.uint32) >> self._shift).astype(np.int64)
+        # Below 0.5 bins count up from 0; from 0.5 they count down from the top (score 1.0).
+        bins = np.where(low, bits, 2 * self._half_bin - bits)
         assert self._hist is not None
-        self._hist += np.bincount(bins.astype(np.int64) * 2 + t, minlength=2 * self._n_bins).reshape(-1, 2).T
+        self._hist += np.bincount(bins * 2 + t, minlength=2 * self._n_bins).reshape(-1, 2).T
 
     def compute(self) -> float:
         if self.exact:
