@@ -52,3 +52,28 @@ def test_only_mask_reading_methods_below_full_supervision_key_new_cells() -> Non
     assert protocol.fold_key(weak, 1) == f"fold1/config-{config_fingerprint(weak)}/validation-v2"
     lnet = load_config(REPO_ROOT / "configs/weak_lnet/kolektorsdd.yaml", "cpu")
     assert lnet.data.supervision == "weak" and "validation" not in protocol.fold_key(lnet, 2)
+
+
+def test_a_cell_of_another_fold_split_is_refused() -> None:
+    fold = [
+        "/data/kolektorsdd/kos04/Part0.jpg",
+        "/data/kolektorsdd/kos04/Part1.jpg",
+        "/data/kolektorsdd/kos09/Part3.jpg",
+    ]
+    # Computed on another machine's copy, one image unreadable there: still this fold's images.
+    elsewhere = {
+        "paths": ["/tmp/dk/kolektorsdd/kos04/Part0.jpg", "/tmp/dk/kolektorsdd/kos04/Part1.jpg"],
+        "skipped": ["x"],
+    }
+    protocol.check_fold_cell(elsewhere, fold, "ksdd-segdec-full-cpu/fold0")
+    moved = {
+        "paths": [
+            "/data/kolektorsdd/kos04/Part0.jpg",
+            "/data/kolektorsdd/kos05/Part1.jpg",
+            "/data/kolektorsdd/kos09/Part3.jpg",
+        ]
+    }
+    with pytest.raises(ValueError, match=r"fold0 scored images other.*kos05/Part1\.jpg"):
+        protocol.check_fold_cell(moved, fold, "ksdd-segdec-full-cpu/fold0")
+    with pytest.raises(ValueError, match="has changed"):
+        protocol.check_fold_cell({"paths": fold[:2]}, fold, "ksdd-segdec-full-cpu/fold0")  # one missing

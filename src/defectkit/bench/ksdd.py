@@ -17,7 +17,7 @@ masks in version 2).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -169,6 +169,28 @@ def fold_key(config: RunConfig, fold: int) -> str:
     return key
 
 
+def check_fold_cell(cell: dict[str, Any], test_paths: Sequence[str], where: str) -> None:
+    """Refuse a cell that scored other images than this fold's test images.
+
+    A cell's key names the fold and the config, not the data: a changed copy of KolektorSDD or a
+    change in how folds are drawn would otherwise pool old folds with new ones unseen. Images are
+    compared by part and file name (``kos04/Part0.jpg``), so a checkout elsewhere still matches.
+    """
+
+    def name(path: str) -> str:
+        return "/".join(Path(path).parts[-2:])
+
+    expected = {name(p) for p in test_paths}
+    scored = [name(p) for p in cell["paths"]]
+    outside = sorted(set(scored) - expected)
+    if outside or len(scored) + len(cell.get("skipped", [])) != len(expected):
+        raise ValueError(
+            f"cell {where} scored images other than this fold's {len(expected)} test images "
+            f"({len(scored)} scored, e.g. {outside[:3]} not in the fold): the data or the fold split "
+            "has changed since it was computed; delete the cell to compute it again"
+        )
+
+
 def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
     """Train and score every fold of ``run`` (cached cells skipped), then write its results file."""
     samples = ksdd_samples()
@@ -181,7 +203,9 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
         key = fold_key(config, fold)
         work = request.work_root / name
         compute = partial(_fold_cell, config, request, fold, train_idx, test_idx, samples, work)
-        cells.append(cache.get_or_compute(key, compute))
+        cell = cache.get_or_compute(key, compute)
+        check_fold_cell(cell, [samples[i].path for i in test_idx], f"{name}/{key}")
+        cells.append(cell)
 
     labels = np.concatenate([c["labels"] for c in cells])
     scores = np.concatenate([c["scores"] for c in cells])

@@ -203,6 +203,9 @@ TARGETS: tuple[Target, ...] = (
         Row("products/line", {**_LINE, "per_surface": 300}),
         "alert_auroc",
         0.95,
-        text="leave-one-surface-out, on average",
+        text=(
+            "leave-one-surface-out, on average; the unseen score (nearest_seen) was chosen after this "
+            "protocol's alert AUROCs had been seen (the paper's attribute distance: 0.948)"
+        ),
     ),
 )
