@@ -103,8 +103,8 @@ def per_class_draw(
     Images are drawn one by one, not by :func:`~defectkit.data.splits.group_ids` groups, so NEU-CLS's
     one byte-identical pair (patches Pa_101 / Pa_105) can fall on both sides: a 2026-12-06 audit
     found it so in two committed cells (small-data shots=50 repeat 2, split 0.7 repeat 0), one test
-    image of 1,500 and of 540. Grouping now would redraw every committed cell; the rows keep the
-    published protocol's plain per-class draw.
+    image of 1,500 and of 540. Grouping now would redraw every committed cell, so it is left as is
+    and disclosed here.
     """
     rng = np.random.default_rng(seed)
     chosen, rest = [], []
