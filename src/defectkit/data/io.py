@@ -37,6 +37,11 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files anywhere below ``folder``, sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
+
+
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     """Decode ``path`` fully to uint8 HxW (1 channel) or HxWx3.
 

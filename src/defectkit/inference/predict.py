@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from defectkit.data.io import ImageReadError, error_reason, is_image_file, read_image
+from defectkit.data.io import ImageReadError, error_reason, image_files, is_image_file, read_image
 from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection
@@ -72,7 +72,7 @@ def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Failur
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            images = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            images = image_files(path)
             if not images:
                 failures.append(Failure(str(entry), "no image files in this folder"))
             found.extend(images)
@@ -82,7 +82,7 @@ def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Failur
             matches = sorted(Path(m) for m in glob.glob(str(entry), recursive=True))
             images = [m for m in matches if m.is_file() and is_image_file(m)]
             for folder in (m for m in matches if m.is_dir()):
-                images.extend(sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)))
+                images.extend(image_files(folder))
             if not images:
                 failures.append(Failure(str(entry), "no image files match this pattern"))
             found.extend(images)

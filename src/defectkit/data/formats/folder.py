@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from defectkit.data.formats import FormatError, register_format
-from defectkit.data.io import is_image_file
+from defectkit.data.io import image_files, is_image_file
 from defectkit.data.sample import Dataset, DatasetInfo, Problem, Sample
 
 GOOD_NAMES = frozenset({"good", "ok", "normal", "pass", "non-defective", "nondefective"})
@@ -95,11 +95,7 @@ def read(root: Path) -> Dataset:
         class_names = ["defect"]
     ids = {name: i + 1 for i, name in enumerate(class_names)}
 
-    images = [
-        (folder, image)
-        for folder in class_dirs
-        for image in sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f))
-    ]
+    images = [(folder, image) for folder in class_dirs for image in image_files(folder)]
     masks = _match_masks(root, [(f.name.lower() in GOOD_NAMES, i) for f, i in images], problems)
 
     samples: list[Sample] = []
@@ -178,9 +174,10 @@ def _match_masks(root: Path, images: list[tuple[bool, Path]], problems: list[Pro
         own = by_path.get(image.relative_to(root).with_suffix("").as_posix().lower())
         if own is not None:
             matched[image] = own
+    taken = set(matched.values())  # a set: matched.values() is a linear scan per mask
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for key, mask in by_path.items():
-        if mask not in matched.values():
+        if mask not in taken:
             by_stem[key.rsplit("/", 1)[-1]].append(mask)
     for good, image in images:
         candidates = by_stem.get(image.stem.lower(), []) if image not in matched else []
