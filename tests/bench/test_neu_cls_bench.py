@@ -30,7 +30,8 @@ def stand_in() -> protocol.NeuCls:
     for index, label in enumerate(labels):
         images[index, :: 2 + label, :: 2 + label] += 20 * (label + 1)
     names = sorted([*protocol.BASE_CLASSES, *protocol.NOVEL_CLASSES])
-    return protocol.NeuCls(np.clip(images, 0, 255).astype(np.uint8), labels, names)
+    files = [f"{names[label][:2]}_{index}.jpg" for index, label in enumerate(labels)]
+    return protocol.NeuCls(np.clip(images, 0, 255).astype(np.uint8), labels, names, files)
 
 
 @pytest.fixture
@@ -96,6 +97,33 @@ def test_small_data_and_split_write_one_file_per_method_and_reuse_cells(
     assert {k: v["metrics"] for k, v in again.items()} == {k: v["metrics"] for k, v in small.items()}
 
 
+def test_a_cell_from_another_draw_is_refused(bench: Any, tmp_path: Path) -> None:
+    """A cell's key names its seed and config, not the images: a cell drawn from another copy of the
+    data (here, one file renamed) must stop the bench, not be pooled with the new draws."""
+    variant = {"shots": "2", "repeats": "1", "methods": "linear_probe"}
+    bench("neu-cls/small-data", variant)
+    (path,) = (tmp_path / "cells").rglob("*.json")
+    stored = json.loads(path.read_text())
+    data = stand_in()
+    train_idx, test_idx = protocol.small_data_draw(data, 2, 0)
+    assert stored["value"]["draw"] == protocol.draw_digest(data, train_idx, test_idx)
+
+    renamed = [*data.files[:-1], "Sc_renamed.jpg"]
+    other = protocol.NeuCls(data.images, data.labels, data.class_names, renamed)
+    with pytest.raises(ValueError, match="other images than this draw's 12 training and 36 test"):
+        protocol.check_draw_cell(stored["value"], other, train_idx, test_idx, path.name)
+    # The same draw listed in another order is the same draw.
+    protocol.check_draw_cell(stored["value"], data, train_idx[::-1], test_idx[::-1], path.name)
+
+    # A cell from before the digest is checked by its test count alone.
+    legacy = {k: v for k, v in stored["value"].items() if k != "draw"}
+    path.write_text(json.dumps({**stored, "value": {**legacy, "n_test": 35}}))
+    with pytest.raises(ValueError, match="delete the cell to compute it again"):
+        bench("neu-cls/small-data", variant)
+    path.write_text(json.dumps({**stored, "value": legacy}))
+    bench("neu-cls/small-data", variant)
+
+
 def test_few_shot_keeps_each_draw_and_names_each_confidence(
     bench: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,6 +131,8 @@ def test_few_shot_keeps_each_draw_and_names_each_confidence(
     few = bench("neu-cls/few-shot", {"ks": "1", "draws": "3", "methods": "linear_probe,scl_arcface"})
     assert len(few) == 2
     (cell_of,) = [{c["value"]["method"]: c["value"] for c in _cells(tmp_path / "cells")}]
+    expected_draw = protocol.draw_digest(stand_in(), *protocol.few_shot_draw(stand_in()))
+    assert [cell["draw"] for cell in cell_of.values()] == [expected_draw] * 2
     for record in few.values():
         method = record["method"]
         assert record["variant"] == {"k": 1} and [f["fold"] for f in record["per_fold"]] == [0, 1, 2]

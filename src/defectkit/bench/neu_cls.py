@@ -32,11 +32,14 @@ for scl_arcface when ``-V`` names no epochs or embedding option (:data:`PROFILE_
 Each (method, shots or fraction, repeat) of small-data and split is one cached cell, and so is
 each method's whole few-shot run (every k and draw; with ``-V epochs=auto``, its base-epoch choice
 another), so a grid resumes across sessions; a results file per (method, shots, fraction or k) is
-written once all its cells are done.
+written once all its cells are done. Each cell records a digest of the files it trained and tested
+on (``draw``); a cell whose digest is not its key's draw on the data at hand is refused
+(:func:`check_draw_cell`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +83,37 @@ class NeuCls:
     images: np.ndarray  # N x H x W uint8 (grey)
     labels: np.ndarray  # N class indices in [0, 6)
     class_names: list[str]
+    files: list[str]  # each image's file name (``Cr_1.jpg``): what a cell's draw is checked by
+
+
+def draw_digest(data: NeuCls, train_idx: np.ndarray, test_idx: np.ndarray) -> str:
+    """A short digest of which files a cell trained on and which it tested on (order aside)."""
+    listing = "\n".join(
+        [*sorted(data.files[i] for i in train_idx), "--", *sorted(data.files[i] for i in test_idx)]
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def check_draw_cell(
+    cell: Mapping[str, Any], data: NeuCls, train_idx: np.ndarray, test_idx: np.ndarray, where: str
+) -> None:
+    """Refuse a cell computed on another draw than the one its key stands for.
+
+    A cell's key names the method, the draw's seed and the config, not the data: a changed copy of
+    NEU-CLS or a change in how draws are made would otherwise pool old cells with new ones unseen.
+    Cells written before 2026-12-07 carry no ``draw`` digest; for those only the test count is
+    checked, where the cell has one (few-shot cells have none).
+    """
+    if "draw" in cell:
+        same = cell["draw"] == draw_digest(data, train_idx, test_idx)
+    else:
+        same = int(cell.get("n_test", len(test_idx))) == len(test_idx)
+    if not same:
+        raise ValueError(
+            f"cell {where} trained or tested on other images than this draw's {len(train_idx)} training "
+            f"and {len(test_idx)} test images: the data or the draw has changed since it was computed; "
+            "delete the cell to compute it again"
+        )
 
 
 def load_neu_cls() -> NeuCls:
@@ -92,7 +126,7 @@ def load_neu_cls() -> NeuCls:
     samples = [s for s in dataset.samples if s.classes]
     images = np.stack([read_image(s.path, channels=1) for s in samples])
     labels = np.asarray([s.classes[0] - 1 for s in samples if s.classes], dtype=np.int64)
-    return NeuCls(images, labels, list(dataset.info.class_names))
+    return NeuCls(images, labels, list(dataset.info.class_names), [Path(s.path).name for s in samples])
 
 
 def per_class_draw(
@@ -240,17 +274,33 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(truth == predicted))
 
 
+def small_data_draw(data: NeuCls, shots: int, repeat: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of small-data's repeat: ``shots`` per class, seed = repeat."""
+    classes = list(range(len(data.class_names)))
+    return per_class_draw(data.labels, shots, seed=repeat, classes=classes)
+
+
+def split_draw(data: NeuCls, fraction: float, repeat: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of split's repeat: ``fraction`` of the smallest class, per class."""
+    classes = list(range(len(data.class_names)))
+    per_class = round(fraction * int(np.bincount(data.labels).min()))
+    return per_class_draw(data.labels, per_class, seed=repeat, classes=classes)
+
+
+def few_shot_draw(data: NeuCls) -> tuple[np.ndarray, np.ndarray]:
+    """(base-class, novel-class) indices: the few-shot protocol trains on the first and draws its
+    references and tests from the second."""
+    return class_images(data, BASE_CLASSES)[1], class_images(data, NOVEL_CLASSES)[1]
+
+
 def small_data_cell(runner: Runner, method: str, shots: int, repeat: int) -> dict[str, Any]:
-    classes = list(range(len(runner.data.class_names)))
-    train_idx, test_idx = per_class_draw(runner.data.labels, shots, seed=repeat, classes=classes)
+    train_idx, test_idx = small_data_draw(runner.data, shots, repeat)
     cell = train_and_test(runner, method, train_idx, test_idx, runner.config.trainer.epochs, seed=repeat)
     return {**cell, "shots": shots, "repeat": repeat}
 
 
 def split_cell(runner: Runner, method: str, fraction: float, repeat: int) -> dict[str, Any]:
-    classes = list(range(len(runner.data.class_names)))
-    per_class = round(fraction * int(np.bincount(runner.data.labels).min()))
-    train_idx, test_idx = per_class_draw(runner.data.labels, per_class, seed=repeat, classes=classes)
+    train_idx, test_idx = split_draw(runner.data, fraction, repeat)
     epochs = int(runner.options.get("split_epochs", runner.config.trainer.epochs))
     cell = train_and_test(runner, method, train_idx, test_idx, epochs, seed=repeat)
     return {**cell, "train_fraction": fraction, "repeat": repeat}
@@ -294,6 +344,7 @@ def train_and_test(
         "epochs": epochs,
         "accuracy": _accuracy(labels[test_idx], predicted),
         "n_test": len(test_idx),
+        "draw": draw_digest(runner.data, train_idx, test_idx),
         "train_s": train_s,
         "wall_s": time.perf_counter() - started,
         "infer_ms": infer_ms,
@@ -331,7 +382,13 @@ def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) ->
                 truth = np.concatenate([np.ones(len(known_tests)), np.zeros(len(unseen))])
                 aurocs.append(float(roc_auc_score(truth, best)))
         per_k[str(k)] = {"accuracy": accuracies, "unknown_auroc": aurocs}
-    return {"method": method, "per_k": per_k, "train_s": train_s, "wall_s": time.perf_counter() - started}
+    return {
+        "method": method,
+        "per_k": per_k,
+        "draw": draw_digest(runner.data, base_idx, novel_idx),
+        "train_s": train_s,
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def _classify(
@@ -454,7 +511,9 @@ def base_epochs_cell(
         choice["accuracy_by_features"] = {
             str(option): {str(epoch): means[(option, epoch)] for epoch in candidates} for option in choices
         }
-    return {**choice, "wall_s": time.perf_counter() - started}
+    # The novel images are unused here; the digest is the few-shot cell's, whose choice this is.
+    draw = draw_digest(runner.data, *few_shot_draw(runner.data))
+    return {**choice, "draw": draw, "wall_s": time.perf_counter() - started}
 
 
 def _base_choice_note(choice: Mapping[str, Any], epochs_auto: bool) -> str:
@@ -496,6 +555,7 @@ def _repeated_grid(
     repeats: int,
     methods: Sequence[str],
     cell: Callable[[Runner, str, Any, int], dict[str, Any]],
+    draw: Callable[[NeuCls, Any, int], tuple[np.ndarray, np.ndarray]],
     paper: Mapping[str, Mapping[Any, float]],
 ) -> Path:
     """Every (method, value) over ``repeats`` seeded draws; one results file per (method, value)."""
@@ -516,6 +576,8 @@ def _repeated_grid(
                 for r in range(repeats)
             ]
             cells = [cache.get_or_compute(key, compute) for key, compute in keys]
+            for (key, _), computed in zip(keys, cells, strict=True):
+                check_draw_cell(computed, runner.data, *draw(runner.data, value, computed["repeat"]), key)
             accuracies = np.asarray([c["accuracy"] for c in cells])
             figure = paper.get(method, {}).get(value)
             written = write_results(
@@ -639,7 +701,7 @@ def small_data(request: BenchRequest) -> Path:
     repeats = int(request.variant.get("repeats", "5"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     return _repeated_grid(
-        request, "small-data", "shots", shots, repeats, methods, small_data_cell, PAPER_SMALL
+        request, "small-data", "shots", shots, repeats, methods, small_data_cell, small_data_draw, PAPER_SMALL
     )
 
 
@@ -697,7 +759,9 @@ def few_shot(request: BenchRequest) -> Path:
             digest = config_fingerprint(config, ks=ks, draws=draws, candidates=candidates, **among)
             runner = Runner(config, data, request.progress)
             validate = partial(base_epochs_cell, runner, method, ks, draws, candidates, features)
-            choice = cache.get_or_compute(f"{method}/base-epochs/config-{digest}", validate)
+            key = f"{method}/base-epochs/config-{digest}"
+            choice = cache.get_or_compute(key, validate)
+            check_draw_cell(choice, data, *few_shot_draw(data), key)
             chosen = [f"method_options.fewshot_epochs={choice['chosen']}"]
             if features:
                 chosen.append(f"model.reference_features={choice['features']}")
@@ -713,9 +777,9 @@ def few_shot(request: BenchRequest) -> Path:
         runner = Runner(method_config, data, request.progress)
         digest = config_fingerprint(method_config, ks=ks, draws=draws)
         epochs = method_config.method_options.get("fewshot_epochs", method_config.trainer.epochs)
-        cell = cache.get_or_compute(
-            f"{method}/config-{digest}", partial(few_shot_cell, runner, method, ks, draws)
-        )
+        key = f"{method}/config-{digest}"
+        cell = cache.get_or_compute(key, partial(few_shot_cell, runner, method, ks, draws))
+        check_draw_cell(cell, data, *few_shot_draw(data), key)
         # The linear probe's confidence is its best class probability, not a similarity.
         confidence = "best class probability" if method == "linear_probe" else "best mean similarity"
         for k in ks:
@@ -762,5 +826,5 @@ def split(request: BenchRequest) -> Path:
     repeats = int(request.variant.get("repeats", "1"))
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     return _repeated_grid(
-        request, "split", "train_fraction", fractions, repeats, methods, split_cell, PAPER_SPLIT
+        request, "split", "train_fraction", fractions, repeats, methods, split_cell, split_draw, PAPER_SPLIT
     )
