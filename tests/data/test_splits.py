@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,26 @@ def test_frequency_sampler_balances_and_visits_rare_negatives_first() -> None:
         seen += [i for i in epoch if labels[i] == 0]
     assert sorted(seen) == [2, 3, 4, 5, 6, 7]  # three epochs of two negatives: each negative once
     assert 8 not in seen
+
+
+def test_without_frequency_the_segdec_epoch_stays_balanced_with_random_negatives() -> None:
+    """Frequency sampling off (the reference's ablation) changes which negatives an epoch draws, not
+    how many: still every positive and as many negatives, not a shuffle of every image."""
+    from defectkit.config import load_config
+    from defectkit.registry import get_method
+
+    labels: list[int | None] = [1] * 5 + [0] * 30
+    config = load_config(
+        Path(__file__).parents[2] / "configs/segdec/kolektorsdd.yaml",
+        "cpu",
+        ["method_options.frequency_sampling=false"],
+    )
+    sampler = get_method("segdec").train_sampler(labels, config)
+    assert sampler is not None
+    negatives: list[int] = []
+    for _ in range(6):
+        epoch = list(sampler)
+        assert len(epoch) == 10 and sum(labels[i] == 1 for i in epoch) == 5
+        negatives += [i for i in epoch if labels[i] == 0]
+    # Six draws of five from thirty at random: some negative repeats (frequency sampling would not).
+    assert len(set(negatives)) < len(negatives)

@@ -188,6 +188,37 @@ def test_input_sides_must_be_divisible_by_8() -> None:
         model(torch.rand(1, 1, 56, 64))
 
 
+def test_the_mask_head_can_score_a_good_image_clean_and_old_weights_still_load() -> None:
+    """The normalised mask needs its bias, as the reference trains one: without it every map averages
+    logit 0, so a good image's mask loss cannot fall below ln 2. Weights saved before the bias
+    existed load as a zero bias, the network they were."""
+    import torch.nn.functional as F
+
+    from defectkit.models import create_model
+
+    options: dict[str, Any] = {"widths": [4, 4, 4], "volume_channels": 8, "decision_widths": [4, 4, 4]}
+    torch.manual_seed(0)
+    volume, clean = torch.randn(2, 8, 8, 8), torch.zeros(2, 1, 8, 8)
+    final = {}
+    for bias in (False, True):
+        head = create_model("segdec", mask_bias=bias, **options).mask_head
+        optimiser = torch.optim.SGD(head.parameters(), lr=0.5)
+        for _ in range(300):
+            optimiser.zero_grad()
+            loss = F.binary_cross_entropy_with_logits(head(volume), clean)
+            loss.backward()
+            optimiser.step()
+        final[bias] = float(loss)
+    assert final[False] >= np.log(2) - 1e-4 and final[True] < 0.1
+
+    old = create_model("segdec", mask_bias=False, **options).eval()
+    new = create_model("segdec", **options).eval()
+    new.load_state_dict(old.state_dict())  # strict: the missing bias is filled in
+    assert float(new.mask_head.norm.bias.abs().sum()) == 0.0
+    images = torch.rand(1, 1, 64, 64)
+    torch.testing.assert_close(new(images).mask_logits, old(images).mask_logits)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_two_steps(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"

@@ -91,7 +91,8 @@ SEGDEC_TRIED_CPU = {
 SEGDEC_TRIED_PAPER = {
     "full": "an H200 run at 86db1b3 with the paper's settings to the letter (lr 1, 50 epochs, "
     "last-epoch weights) diverged late in folds 0 and 2 (fold 2's validation AP: 1.0 at epochs 14-29, "
-    "0.15 at 34-49); its mask loss stayed near ln 2, as mask_norm's standardised logits imply. "
+    "0.15 at 34-49); its mask loss stayed near ln 2: the mask head then had no bias (the reference "
+    "trains one; model.mask_bias since 2026-12-06), and a standardised map without one cannot go lower. "
     "Untried on a GPU then: restore_best (folds 0 and 2 reached validation AP 1.0) and lr 0.1, the "
     "cpu profile's remedies",
 }

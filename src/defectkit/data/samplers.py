@@ -83,10 +83,11 @@ class FrequencyNegativeSampler(Sampler[int]):
 
     Over several epochs this walks through all negatives while keeping classes balanced. The
     counts live in the sampler, so one sampler must serve the whole fit (Lightning keeps it).
-    Samples with unknown labels are never drawn.
+    Samples with unknown labels are never drawn. ``by_frequency=False`` is the reference's sampling
+    with frequency sampling off: the same balanced epoch, its negatives a fresh random draw.
     """
 
-    def __init__(self, labels: Sequence[int | None], seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[int | None], seed: int = 0, by_frequency: bool = True) -> None:
         values = [-1 if v is None else int(v) for v in labels]
         self.positives = [i for i, v in enumerate(values) if v == 1]
         self.negatives = [i for i, v in enumerate(values) if v == 0]
@@ -97,6 +98,7 @@ class FrequencyNegativeSampler(Sampler[int]):
             )
         self.seen = np.zeros(len(self.negatives), dtype=np.int64)
         self.seed = seed
+        self.by_frequency = by_frequency
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -108,11 +110,12 @@ class FrequencyNegativeSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         count = min(len(self.positives), len(self.negatives))
-        order = np.lexsort((rng.random(len(self.negatives)), self.seen))[:count]
+        seen = self.seen if self.by_frequency else np.zeros_like(self.seen)
+        order = np.lexsort((rng.random(len(self.negatives)), seen))[:count]
         self.seen[order] += 1
         chosen = self.positives + [self.negatives[i] for i in order]
         if count < len(self.positives):
-            # Fewer negatives than positives: repeat the least-seen ones to keep the epoch balanced.
+            # Fewer negatives than positives: every one is drawn, and random ones again to balance.
             extra = rng.choice(self.negatives, len(self.positives) - count)
             chosen += [int(i) for i in extra]
         self.epoch += 1

@@ -10,7 +10,8 @@ Options (``method_options`` in the config; defaults are the paper's KolektorSDD 
 ``delta`` 0.01 (decision-loss weight), ``dyn_balance`` true, ``gradient_adjustment`` true,
 ``dilate`` 7 (mask dilation kernel in input pixels; 1 = none), ``seg_weight_p`` 2 and
 ``seg_weight_max`` 1 (positive-pixel weight ``max * (d / d_max) ** p``; ``weighted_seg_loss``
-false for plain BCE), ``frequency_sampling`` true (see ``FrequencyNegativeSampler``).
+false for plain BCE), ``frequency_sampling`` true (see ``FrequencyNegativeSampler``; false draws
+each epoch's negatives at random, still as many as the positives).
 The distance transform is computed at the 1/8 training resolution (the reference code computes
 it at full resolution and then downsamples); at 1/8 scale thin defects are 1-2 px wide.
 """
@@ -142,7 +143,8 @@ class SegDec(MethodSpec):
     @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
         options = {**DEFAULT_OPTIONS, **config.method_options}
-        return FrequencyNegativeSampler(labels, seed=config.seed) if options["frequency_sampling"] else None
+        # Off, the epoch is still balanced (as in the reference); only the negatives' choice changes.
+        return FrequencyNegativeSampler(labels, seed=config.seed, by_frequency=options["frequency_sampling"])
 
     @classmethod
     def build_recipe(cls, model: Any, config: dict[str, Any]) -> L.LightningModule:

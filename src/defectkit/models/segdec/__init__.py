@@ -15,10 +15,11 @@ def segdec(
     volume_channels: int = 1024,
     decision_widths: Sequence[int] = (8, 16, 32),
     mask_norm: bool = True,
+    mask_bias: bool = True,
 ) -> SegDecNet:
     a, b, c = widths
     d, e, f = decision_widths
-    return SegDecNet(in_channels, (a, b, c), volume_channels, (d, e, f), mask_norm)
+    return SegDecNet(in_channels, (a, b, c), volume_channels, (d, e, f), mask_norm, mask_bias)
 
 
 __all__ = ["STRIDE", "DecisionNet", "SegDecNet", "SegDecOutput", "SegmentationNet", "segdec"]

@@ -11,8 +11,13 @@ linear layer gives the image-level defect logit.
 Choices where the paper leaves room (each a parameter):
 
 * ``widths`` scales the segmentation trunk (paper: 32, 64, 64), ``volume_channels`` the 15x15 layer.
-* ``mask_norm``: the reference code standardises the 1x1 mask logits per image (feature norm with
-  a learnt scale, no bias); kept by default because it produced the paper's numbers.
+* ``mask_norm``: the reference code standardises the 1x1 mask logits per image (feature norm);
+  kept by default because it produced the paper's numbers.
+* ``mask_bias``: that feature norm's bias. The reference declares it "not included" but builds it
+  as an ``nn.Parameter``, which trains (the flag it passes is overridden), so it has one in effect;
+  so does this network by default. Without it a standardised map averages logit 0 on every image,
+  and a good image's mask loss cannot fall below ln 2. Models saved before the option existed had
+  none: they load with a zero bias, which is the same network.
 * The gradient-flow adjustment multiplies by ``decision_gradient`` (0 = paper) the gradient that
   flows from the decision head into the volume and the pooled mask; the recipe sets it.
 """
@@ -20,6 +25,7 @@ Choices where the paper leaves room (each a parameter):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -62,14 +68,21 @@ class SegmentationNet(nn.Module):
 
 
 class MaskHead(nn.Module):
-    def __init__(self, volume_channels: int, normalise: bool = True) -> None:
+    def __init__(self, volume_channels: int, normalise: bool = True, bias: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(volume_channels, 1, kernel_size=1, bias=not normalise)
         nn.init.xavier_normal_(self.conv.weight)
-        self.norm = FeatureNorm(1, bias=False) if normalise else nn.Identity()
+        self.norm = FeatureNorm(1, bias=bias) if normalise else nn.Identity()
 
     def forward(self, volume: Tensor) -> Tensor:
         return self.norm(self.conv(volume))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Weights saved before ``mask_bias`` existed carry no norm bias: zero is what they computed.
+        key = f"{prefix}norm.bias"
+        if isinstance(self.norm, FeatureNorm) and self.norm.bias is not None and key not in state_dict:
+            state_dict[key] = torch.zeros_like(self.norm.bias)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class DecisionNet(nn.Module):
@@ -107,10 +120,11 @@ class SegDecNet(nn.Module):
         volume_channels: int = 1024,
         decision_widths: tuple[int, int, int] = (8, 16, 32),
         mask_norm: bool = True,
+        mask_bias: bool = True,
     ) -> None:
         super().__init__()
         self.segmentation = SegmentationNet(in_channels, widths, volume_channels)
-        self.mask_head = MaskHead(volume_channels, mask_norm)
+        self.mask_head = MaskHead(volume_channels, mask_norm, mask_bias)
         self.decision_head = DecisionNet(volume_channels, decision_widths)
         # Gradient-flow adjustment: how much decision-loss gradient reaches the segmentation net.
         self.decision_gradient = GradientMultiply(1.0)
