@@ -39,8 +39,12 @@ def pattern(kind: str, seed: int, size: int = 48) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def train_types(root: Path, **model_options: str) -> Path:
-    """Train on three pattern classes (8 images each) under ``root``; the model directory."""
+def train_types(
+    root: Path, norm: tuple[list[float], list[float]] | None = None, **model_options: str
+) -> Path:
+    """Train on three pattern classes (8 images each) under ``root``; the model directory. ``norm``:
+    the config's input mean and std (the EfficientNet-Lite weights' 0.5 and 0.5 otherwise)."""
+    mean, std = norm or ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     data = root / "data"
     rows = []
     for kind in ("dots", "frame", "blob"):
@@ -53,7 +57,7 @@ def train_types(root: Path, **model_options: str) -> Path:
         "seed": 0,
         "weights": None,
         "data": {"root": str(data), "val_fraction": 0.25},
-        "input": {"size": [32, 32], "channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+        "input": {"size": [32, 32], "channels": 3, "mean": mean, "std": std},
         "model": {"backbone": "mobilenetv3_small_050", "embedding_dim": 16, **model_options},
         "method_options": {"arc_scale": 16.0, "unknown_quantile": 0.0},
         "trainer": {"epochs": 12, "batch_size": 9, "lr": 0.002},
@@ -98,6 +102,30 @@ def test_predict_names_the_class_and_flags_the_unknown(
         heatmap
     )
     assert np.asarray(Image.open(heatmap)).shape == (48, 48)
+
+
+def test_references_are_embedded_as_the_card_says_queries_will_be(tmp_path: Path, one_thread: None) -> None:
+    """A config's own ``input.mean`` / ``std`` (ImageNet's, for a user's ResNet-50 weights) must reach
+    training and the reference database, not only the card that predict and enroll read: a training
+    image queried through the card's pre-processor then finds its own reference."""
+    import torch
+    from safetensors.torch import load_file
+
+    from defectkit.data.io import read_image
+    from defectkit.inference.preprocess import Preprocess, to_network_layout
+    from defectkit.inference.saved_model import load_model
+
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    directory = train_types(tmp_path, norm=imagenet)
+    model, card = load_model(directory)
+    assert (list(card.input.mean), list(card.input.std)) == imagenet
+    references = load_file(str(directory / REFERENCES_NAME))["embeddings"]
+    images = sorted((tmp_path / "data").rglob("*.png"))
+    raw = torch.cat([torch.from_numpy(to_network_layout(read_image(p, channels=1), 3)) for p in images])
+    with torch.inference_mode():
+        queries = torch.nn.functional.normalize(model.network.embed(Preprocess(card.input)(raw)), dim=1)
+    nearest = (references @ queries.T).max(dim=1).values
+    assert len(references) == 18 and float(nearest.min()) > 0.99999
 
 
 def test_enroll_adds_a_class_without_training_and_refreshes_onnx(

@@ -62,6 +62,7 @@ from defectkit.bench.protocols import (
 )
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, config_fingerprint, load_config
+from defectkit.inference.preprocess import Preprocess
 from defectkit.models.scl_arcface.model import REFERENCE_FEATURES
 
 CONFIG = "configs/scl_arcface/neu-cls.yaml"
@@ -176,6 +177,9 @@ class Runner:
         self.options = dict(config.method_options)
         self.size = int(config.input.size[0])
         self.channels = int(config.input.channels)
+        from defectkit.training.scl_arcface import input_norm
+
+        self.norm = input_norm(config)
 
     def tensor(self, indices: np.ndarray) -> torch.Tensor:
         from defectkit.training.scl_arcface import as_channels
@@ -186,7 +190,7 @@ class Runner:
         from defectkit.training.scl_arcface import ViewsDataset, crop_scale
 
         return ViewsDataset(
-            self.tensor(indices), labels.tolist(), self.size, crop_scale(self.config), n_views
+            self.tensor(indices), labels.tolist(), self.size, crop_scale(self.config), n_views, **self.norm
         )
 
     def train(
@@ -234,7 +238,7 @@ class Runner:
         from defectkit.training.scl_arcface import build_embedding_net, embed_all
 
         network, _ = build_embedding_net(dict(self.config.model), self.config.weights)
-        return embed_all(network, self.tensor(indices), self.size, features=True).numpy()
+        return embed_all(network, self.tensor(indices), self.size, features=True, **self.norm).numpy()
 
     def embeddings(self, method: str, network: Any, indices: np.ndarray) -> np.ndarray:
         """Unit-length features of ``indices`` from the network ``method`` trained (:meth:`train`)."""
@@ -242,17 +246,19 @@ class Runner:
 
         _require_network(method)
         if method == "ce_baseline":  # a timm classifier: its pooled features, before the linear layer
-            return _pooled(network, self.tensor(indices), self.size)
-        return embed_all(network, self.tensor(indices), self.size).numpy()
+            return _pooled(network, self.tensor(indices), self.preprocessor())
+        return embed_all(network, self.tensor(indices), self.size, **self.norm).numpy()
+
+    def preprocessor(self) -> Preprocess:
+        from defectkit.training.scl_arcface import preprocessor
+
+        return preprocessor(self.size, self.channels, **self.norm)
 
 
-def _pooled(network: Any, images: torch.Tensor, size: int) -> np.ndarray:
+def _pooled(network: Any, images: torch.Tensor, preprocess: Preprocess) -> np.ndarray:
     import torch.nn.functional as F
 
-    from defectkit.training.scl_arcface import preprocessor
-
     network.eval()
-    preprocess = preprocessor(size, int(images.shape[1]))
     device = next(network.parameters()).device  # a GPU mid-training (base_epochs_cell's probe)
     outputs = []
     with torch.inference_mode():
@@ -328,7 +334,8 @@ def train_and_test(
         network = runner.train(method, train_idx, labels[train_idx], len(classes), epochs, seed=seed)
         train_s = time.perf_counter() - started
         tic = time.perf_counter()
-        predicted = predict_logits(network, runner.tensor(test_idx), runner.size).argmax(1).numpy()
+        logits = predict_logits(network, runner.tensor(test_idx), runner.size, **runner.norm)
+        predicted = logits.argmax(1).numpy()
     elif method == "linear_probe":
         train_features = runner.frozen_features(train_idx)
         train_s = time.perf_counter() - started

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import lightning as L
 import numpy as np
@@ -44,8 +44,20 @@ from defectkit.models.pretrained import load_by_position, read_state_dict, weigh
 from defectkit.models.scl_arcface import EmbeddingNet
 from defectkit.registry import MethodSpec, register_method
 
-NORMAL_MEAN = 0.5  # the offline EfficientNet-Lite weights' own normalisation (mean = std = 0.5)
-NORMAL_STD = 0.5
+# The offline EfficientNet-Lite weights' own normalisation; configs set theirs in input.mean / std.
+NORMAL_MEAN: tuple[float, ...] = (0.5,)
+NORMAL_STD: tuple[float, ...] = (0.5,)
+
+
+class InputNorm(TypedDict):
+    """A config's ``input.mean`` and ``input.std``, as keywords of the functions below."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def input_norm(config: RunConfig) -> InputNorm:
+    return {"mean": tuple(config.input.mean), "std": tuple(config.input.std)}
 
 
 class RandomRot90(nn.Module):
@@ -68,14 +80,12 @@ def view_transform(size: int, crop_scale: tuple[float, float]) -> nn.Module:
     )
 
 
-def normalise(images: Tensor) -> Tensor:
-    """uint8 (or 0..255 float) images -> the network's input scale."""
-    return (images.float() / 255.0 - NORMAL_MEAN) / NORMAL_STD
-
-
-def preprocessor(size: int, channels: int) -> Preprocess:
-    """The inference pre-processor itself: what training's originals and evaluation go through."""
-    spec = InputSpec(size=(size, size), channels=channels, mean=(NORMAL_MEAN,), std=(NORMAL_STD,))
+def preprocessor(
+    size: int, channels: int, mean: Sequence[float] = NORMAL_MEAN, std: Sequence[float] = NORMAL_STD
+) -> Preprocess:
+    """The inference pre-processor itself: what every training view, reference and query goes
+    through, with the config's ``input.mean`` / ``input.std`` (the model card's, at inference)."""
+    spec = InputSpec(size=(size, size), channels=channels, mean=tuple(mean), std=tuple(std))
     return Preprocess(spec)
 
 
@@ -97,10 +107,12 @@ class ViewsDataset(Dataset[tuple[Tensor, ...]]):
         size: int,
         crop_scale: tuple[float, float],
         n_views: int,
+        mean: Sequence[float] = NORMAL_MEAN,
+        std: Sequence[float] = NORMAL_STD,
     ) -> None:
         self.images = images
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
-        self.preprocess = preprocessor(size, int(images[0].shape[0]))
+        self.preprocess = preprocessor(size, int(images[0].shape[0]), mean, std)
         self.augment = view_transform(size, crop_scale)
         self.n_views = n_views
 
@@ -109,8 +121,9 @@ class ViewsDataset(Dataset[tuple[Tensor, ...]]):
 
     def __getitem__(self, index: int) -> tuple[Tensor, ...]:
         image = self.images[index]
-        views = [self.augment(image) for _ in range(self.n_views)]
-        return (self.preprocess(image[None])[0], *(normalise(v) for v in views), self.labels[index])
+        # Views are already at the input size, which the pre-processor's resize leaves exact.
+        views = [self.preprocess(self.augment(image)[None])[0] for _ in range(self.n_views)]
+        return (self.preprocess(image[None])[0], *views, self.labels[index])
 
 
 def load_imagenet(backbone: nn.Module, weights: str | None) -> str:
@@ -226,10 +239,12 @@ def embed_all(
     size: int,
     batch_size: int = 64,
     features: bool = False,
+    mean: Sequence[float] = NORMAL_MEAN,
+    std: Sequence[float] = NORMAL_STD,
 ) -> Tensor:
     """Unit embeddings (or pooled backbone features) of uint8 C x H x W images (stacked or a list)."""
     network.eval()
-    preprocess = preprocessor(size, int(images[0].shape[0]))
+    preprocess = preprocessor(size, int(images[0].shape[0]), mean, std)
     # Mid-training (a probe callback) the network may sit on a GPU; the images stay on the CPU.
     device = next(network.parameters()).device
     outputs = []
@@ -247,9 +262,16 @@ def embed_all(
 
 
 @torch.inference_mode()
-def predict_logits(network: nn.Module, images: Tensor, size: int, batch_size: int = 64) -> Tensor:
+def predict_logits(
+    network: nn.Module,
+    images: Tensor,
+    size: int,
+    batch_size: int = 64,
+    mean: Sequence[float] = NORMAL_MEAN,
+    std: Sequence[float] = NORMAL_STD,
+) -> Tensor:
     network.eval()
-    preprocess = preprocessor(size, int(images.shape[1]))
+    preprocess = preprocessor(size, int(images.shape[1]), mean, std)
     return torch.cat(
         [network(preprocess(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
     )
@@ -317,17 +339,18 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     size = int(config.input.size[0])
     network, init = build_embedding_net(dict(config.model), config.weights)
     recipe = scl_recipe(network, len(class_names), config)
+    # The card's normalisation, which predict and enroll will use, is the one trained and embedded with.
+    norm = input_norm(config)
     views = ViewsDataset(
-        [images[i] for i in train_idx], [labels[i] for i in train_idx], size, crop_scale(config), 2
+        [images[i] for i in train_idx], [labels[i] for i in train_idx], size, crop_scale(config), 2, **norm
     )
     trainer = config.trainer
     fit(recipe, views, trainer.epochs, trainer.batch_size, config.seed, progress, precision=trainer.precision)
 
-    references = embed_all(network, [images[i] for i in train_idx], size)
+    references = embed_all(network, [images[i] for i in train_idx], size, **norm)
     reference_labels = torch.as_tensor([labels[i] for i in train_idx])
-    val_scores = class_similarities(
-        embed_all(network, [images[i] for i in val_idx], size), references, reference_labels, len(class_names)
-    )
+    val_embeddings = embed_all(network, [images[i] for i in val_idx], size, **norm)
+    val_scores = class_similarities(val_embeddings, references, reference_labels, len(class_names))
     val_truth = np.asarray([labels[i] for i in val_idx])
     accuracy = float((val_scores.argmax(1).numpy() == val_truth).mean())
     similarity = float(
