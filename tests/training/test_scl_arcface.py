@@ -149,3 +149,24 @@ def test_fit_takes_the_trainer_precision(one_thread: None) -> None:
     fit(recipe, dataset, epochs=1, batch_size=6, seed=0, progress=False, precision="bf16-mixed")
     assert seen and set(seen) == {torch.bfloat16}  # the steps ran under bfloat16 autocast
     assert all(p.dtype == torch.float32 for p in network.parameters())  # the weights stayed float32
+
+
+def test_the_paper_departures_are_options_whose_defaults_keep_the_committed_rows(one_thread: None) -> None:
+    """``drop_last`` (default: drop a partial last batch) and ``arc_init_std`` (default: the library's
+    N(0, 1) class centres); see the module docstring."""
+    labels = [i % 3 for i in range(10)]
+    images = torch.from_numpy(np.stack([stripes(y, i) for i, y in enumerate(labels)]))[:, None]
+    dataset = ViewsDataset(images.expand(-1, 3, -1, -1).contiguous(), labels, 32, (0.6, 1.0), n_views=2)
+    steps = {}
+    for drop_last in (True, False):
+        network = EmbeddingNet(**TINY)
+        batches: list[int] = []
+        network.register_forward_hook(lambda module, inputs, output, into=batches: into.append(len(output)))
+        recipe = SclArcFaceRecipe(network, n_classes=3, lr=2e-3)
+        fit(recipe, dataset, epochs=1, batch_size=4, seed=0, progress=False, drop_last=drop_last)
+        steps[drop_last] = [size // 3 for size in batches]  # x_n, x_i, x_j of each image in one pass
+    assert steps == {True: [4, 4], False: [4, 4, 2]}
+
+    default = SclArcFaceRecipe(EmbeddingNet(**TINY), n_classes=3).arcface.W
+    small = SclArcFaceRecipe(EmbeddingNet(**TINY), n_classes=3, arc_init_std=0.01).arcface.W
+    assert 0.5 < float(default.std()) < 1.5 and 0.005 < float(small.std()) < 0.015

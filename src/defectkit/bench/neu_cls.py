@@ -231,7 +231,18 @@ class Runner:
             _require_network(method)
         views = self._views(indices, labels, n_views)
         trainer = self.config.trainer
-        fit(recipe, views, epochs, trainer.batch_size, seed, self.progress, callbacks, trainer.precision)
+        drop_last = bool(self.options.get("drop_last", True))
+        fit(
+            recipe,
+            views,
+            epochs,
+            trainer.batch_size,
+            seed,
+            self.progress,
+            callbacks,
+            trainer.precision,
+            drop_last,
+        )
         return network
 
     def frozen_features(self, indices: np.ndarray) -> np.ndarray:
