@@ -229,6 +229,9 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     # Only aux_net has these keys; a method adding them with other defaults needs its own rule here.
     ("method_options", "lr_schedule"): "constant",
     ("method_options", "box_loss"): "smooth_l1",
+    ("model", "mask_bias"): False,  # segdec: cells before 2026-12-06 had no bias on the mask's norm
+    ("method_options", "drop_last"): True,  # scl_arcface and its baselines
+    ("method_options", "arc_init_std"): None,  # scl_arcface: the library's N(0, 1) centres
 }
 
 # Later fields that only act while a switch is on: left out of the fingerprint while it is off.
@@ -242,8 +245,9 @@ def fingerprint_dump(config: RunConfig) -> dict[str, Any]:
     nor :data:`LATER_WHEN_ON` fields whose switch is off."""
     dump = config.model_dump(mode="json")
     for (section, key), default in LATER_DEFAULTS.items():
-        if dump.get(section, {}).get(key) == default:
-            del dump[section][key]
+        fields = dump.get(section, {})
+        if key in fields and fields[key] == default:
+            del fields[key]
     for (section, key), (switch_section, switch) in LATER_WHEN_ON.items():
         if key in dump.get(section, {}) and not dump.get(switch_section, {}).get(switch):
             del dump[section][key]

@@ -131,7 +131,7 @@ def test_few_shot_keeps_each_draw_and_names_each_confidence(
     few = bench("neu-cls/few-shot", {"ks": "1", "draws": "3", "methods": "linear_probe,scl_arcface"})
     assert len(few) == 2
     (cell_of,) = [{c["value"]["method"]: c["value"] for c in _cells(tmp_path / "cells")}]
-    expected_draw = protocol.draw_digest(stand_in(), *protocol.few_shot_draw(stand_in()))
+    expected_draw = protocol.draw_digest(stand_in(), *protocol.few_shot_draw(stand_in()), ordered=True)
     assert [cell["draw"] for cell in cell_of.values()] == [expected_draw] * 2
     for record in few.values():
         method = record["method"]

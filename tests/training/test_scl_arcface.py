@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from defectkit.bench.neu_cls import per_class_draw, prototype_scores
 from defectkit.models.scl_arcface import EmbeddingNet, ReferenceClassifier, class_similarities
 from defectkit.models.scl_arcface.model import dihedral_views
-from defectkit.training.scl_arcface import SclArcFaceRecipe, ViewsDataset, fit
+from defectkit.training.scl_arcface import InputNorm, SclArcFaceRecipe, ViewsDataset, fit
 
 TINY = {"backbone": "mobilenetv3_small_050", "in_channels": 3, "embedding_dim": 16}
+HALF: InputNorm = {"mean": (0.5,), "std": (0.5,)}  # the EfficientNet-Lite weights' normalisation
 
 
 def stripes(label: int, seed: int, size: int = 40) -> np.ndarray:
@@ -54,7 +55,7 @@ def test_training_separates_classes_and_references_classify(one_thread: None) ->
     classifier = ReferenceClassifier(n_classes=3, **TINY)
     network = classifier.network
     recipe = SclArcFaceRecipe(network, n_classes=3, lr=2e-3)
-    dataset = ViewsDataset(images.contiguous(), labels, size=32, crop_scale=(0.6, 1.0), n_views=2)
+    dataset = ViewsDataset(images.contiguous(), labels, size=32, crop_scale=(0.6, 1.0), n_views=2, **HALF)
     original, view_i, view_j, label = dataset[0]
     assert original.shape == view_i.shape == view_j.shape == (3, 32, 32) and int(label) == 0
     whole = next(iter(torch.utils.data.DataLoader(dataset, batch_size=24)))  # one fixed set of views
@@ -143,7 +144,7 @@ def test_fit_takes_the_trainer_precision(one_thread: None) -> None:
     images = torch.from_numpy(np.stack([stripes(y, i) for i, y in enumerate(labels)]))[:, None]
     network = EmbeddingNet(**TINY)
     recipe = SclArcFaceRecipe(network, n_classes=3, lr=2e-3)
-    dataset = ViewsDataset(images.expand(-1, 3, -1, -1).contiguous(), labels, 32, (0.6, 1.0), n_views=2)
+    dataset = ViewsDataset(images.expand(-1, 3, -1, -1).contiguous(), labels, 32, (0.6, 1.0), 2, **HALF)
     seen: list[torch.dtype] = []
     network.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     fit(recipe, dataset, epochs=1, batch_size=6, seed=0, progress=False, precision="bf16-mixed")
@@ -156,7 +157,7 @@ def test_the_paper_departures_are_options_whose_defaults_keep_the_committed_rows
     N(0, 1) class centres); see the module docstring."""
     labels = [i % 3 for i in range(10)]
     images = torch.from_numpy(np.stack([stripes(y, i) for i, y in enumerate(labels)]))[:, None]
-    dataset = ViewsDataset(images.expand(-1, 3, -1, -1).contiguous(), labels, 32, (0.6, 1.0), n_views=2)
+    dataset = ViewsDataset(images.expand(-1, 3, -1, -1).contiguous(), labels, 32, (0.6, 1.0), 2, **HALF)
     steps = {}
     for drop_last in (True, False):
         network = EmbeddingNet(**TINY)

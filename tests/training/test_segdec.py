@@ -190,8 +190,8 @@ def test_input_sides_must_be_divisible_by_8() -> None:
 
 def test_the_mask_head_can_score_a_good_image_clean_and_old_weights_still_load() -> None:
     """The normalised mask needs its bias, as the reference trains one: without it every map averages
-    logit 0, so a good image's mask loss cannot fall below ln 2. Weights saved before the bias
-    existed load as a zero bias, the network they were."""
+    logit 0, so a good image's mask loss cannot fall below ln 2. Weights saved without the bias load
+    into a network with one as a zero bias, the network they were; a partial load keeps the bias."""
     import torch.nn.functional as F
 
     from defectkit.models import create_model
@@ -211,12 +211,19 @@ def test_the_mask_head_can_score_a_good_image_clean_and_old_weights_still_load()
         final[bias] = float(loss)
     assert final[False] >= np.log(2) - 1e-4 and final[True] < 0.1
 
-    old = create_model("segdec", mask_bias=False, **options).eval()
-    new = create_model("segdec", **options).eval()
+    old = create_model("segdec", **options).eval()  # the default: no bias, as before the option
+    new = create_model("segdec", mask_bias=True, **options).eval()
+    with torch.no_grad():
+        new.mask_head.norm.bias.fill_(3.0)
     new.load_state_dict(old.state_dict())  # strict: the missing bias is filled in
     assert float(new.mask_head.norm.bias.abs().sum()) == 0.0
     images = torch.rand(1, 1, 64, 64)
     torch.testing.assert_close(new(images).mask_logits, old(images).mask_logits)
+    with torch.no_grad():
+        new.mask_head.norm.bias.fill_(3.0)
+    trunk_only = {k: v for k, v in old.state_dict().items() if k.startswith("segmentation.")}
+    new.load_state_dict(trunk_only, strict=False)
+    assert float(new.mask_head.norm.bias.sum()) == 3.0
 
 
 @pytest.mark.slow

@@ -87,16 +87,25 @@ class NeuCls:
     files: list[str]  # each image's file name (``Cr_1.jpg``): what a cell's draw is checked by
 
 
-def draw_digest(data: NeuCls, train_idx: np.ndarray, test_idx: np.ndarray) -> str:
-    """A short digest of which files a cell trained on and which it tested on (order aside)."""
-    listing = "\n".join(
-        [*sorted(data.files[i] for i in train_idx), "--", *sorted(data.files[i] for i in test_idx)]
-    )
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+def draw_digest(data: NeuCls, train_idx: np.ndarray, test_idx: np.ndarray, ordered: bool = False) -> str:
+    """A short digest of which files a cell trained on and which it tested on: as sets, or, with
+    ``ordered``, as sequences (few-shot draws its references from the order of the test side)."""
+
+    def listing(indices: np.ndarray) -> list[str]:
+        names = [data.files[i] for i in indices]
+        return names if ordered else sorted(names)
+
+    text = "\n".join([*listing(train_idx), "--", *listing(test_idx)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def check_draw_cell(
-    cell: Mapping[str, Any], data: NeuCls, train_idx: np.ndarray, test_idx: np.ndarray, where: str
+    cell: Mapping[str, Any],
+    data: NeuCls,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    where: str,
+    ordered: bool = False,
 ) -> None:
     """Refuse a cell computed on another draw than the one its key stands for.
 
@@ -106,7 +115,7 @@ def check_draw_cell(
     checked, where the cell has one (few-shot cells have none).
     """
     if "draw" in cell:
-        same = cell["draw"] == draw_digest(data, train_idx, test_idx)
+        same = cell["draw"] == draw_digest(data, train_idx, test_idx, ordered)
     else:
         same = int(cell.get("n_test", len(test_idx))) == len(test_idx)
     if not same:
@@ -208,6 +217,7 @@ class Runner:
             CrossEntropyRecipe,
             build_ce_classifier,
             build_embedding_net,
+            drop_last,
             fit,
             scl_recipe,
         )
@@ -231,7 +241,6 @@ class Runner:
             _require_network(method)
         views = self._views(indices, labels, n_views)
         trainer = self.config.trainer
-        drop_last = bool(self.options.get("drop_last", True))
         fit(
             recipe,
             views,
@@ -240,8 +249,8 @@ class Runner:
             seed,
             self.progress,
             callbacks,
-            trainer.precision,
-            drop_last,
+            precision=trainer.precision,
+            drop_last=drop_last(self.config),
         )
         return network
 
@@ -306,7 +315,7 @@ def split_draw(data: NeuCls, fraction: float, repeat: int) -> tuple[np.ndarray, 
 
 def few_shot_draw(data: NeuCls) -> tuple[np.ndarray, np.ndarray]:
     """(base-class, novel-class) indices: the few-shot protocol trains on the first and draws its
-    references and tests from the second."""
+    references and tests from the second, by position (so its cells check both in order)."""
     return class_images(data, BASE_CLASSES)[1], class_images(data, NOVEL_CLASSES)[1]
 
 
@@ -403,7 +412,7 @@ def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) ->
     return {
         "method": method,
         "per_k": per_k,
-        "draw": draw_digest(runner.data, base_idx, novel_idx),
+        "draw": draw_digest(runner.data, base_idx, novel_idx, ordered=True),
         "train_s": train_s,
         "wall_s": time.perf_counter() - started,
     }
@@ -530,7 +539,7 @@ def base_epochs_cell(
             str(option): {str(epoch): means[(option, epoch)] for epoch in candidates} for option in choices
         }
     # The novel images are unused here; the digest is the few-shot cell's, whose choice this is.
-    draw = draw_digest(runner.data, *few_shot_draw(runner.data))
+    draw = draw_digest(runner.data, *few_shot_draw(runner.data), ordered=True)
     return {**choice, "draw": draw, "wall_s": time.perf_counter() - started}
 
 
@@ -594,8 +603,8 @@ def _repeated_grid(
                 for r in range(repeats)
             ]
             cells = [cache.get_or_compute(key, compute) for key, compute in keys]
-            for (key, _), computed in zip(keys, cells, strict=True):
-                check_draw_cell(computed, runner.data, *draw(runner.data, value, computed["repeat"]), key)
+            for repeat, ((key, _), computed) in enumerate(zip(keys, cells, strict=True)):
+                check_draw_cell(computed, runner.data, *draw(runner.data, value, repeat), key)
             accuracies = np.asarray([c["accuracy"] for c in cells])
             figure = paper.get(method, {}).get(value)
             written = write_results(
@@ -779,7 +788,7 @@ def few_shot(request: BenchRequest) -> Path:
             validate = partial(base_epochs_cell, runner, method, ks, draws, candidates, features)
             key = f"{method}/base-epochs/config-{digest}"
             choice = cache.get_or_compute(key, validate)
-            check_draw_cell(choice, data, *few_shot_draw(data), key)
+            check_draw_cell(choice, data, *few_shot_draw(data), key, ordered=True)
             chosen = [f"method_options.fewshot_epochs={choice['chosen']}"]
             if features:
                 chosen.append(f"model.reference_features={choice['features']}")
@@ -797,7 +806,7 @@ def few_shot(request: BenchRequest) -> Path:
         epochs = method_config.method_options.get("fewshot_epochs", method_config.trainer.epochs)
         key = f"{method}/config-{digest}"
         cell = cache.get_or_compute(key, partial(few_shot_cell, runner, method, ks, draws))
-        check_draw_cell(cell, data, *few_shot_draw(data), key)
+        check_draw_cell(cell, data, *few_shot_draw(data), key, ordered=True)
         # The linear probe's confidence is its best class probability, not a similarity.
         confidence = "best class probability" if method == "linear_probe" else "best mean similarity"
         for k in ks:

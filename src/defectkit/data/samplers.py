@@ -93,7 +93,7 @@ class FrequencyNegativeSampler(Sampler[int]):
         self.negatives = [i for i, v in enumerate(values) if v == 0]
         if not self.positives or not self.negatives:
             raise ValueError(
-                f"frequency sampling needs both classes; got {len(self.positives)} positive "
+                f"segdec's balanced sampling needs both classes; got {len(self.positives)} positive "
                 f"and {len(self.negatives)} negative images"
             )
         self.seen = np.zeros(len(self.negatives), dtype=np.int64)

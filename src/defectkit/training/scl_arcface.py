@@ -56,13 +56,10 @@ from defectkit.models.pretrained import load_by_position, read_state_dict, weigh
 from defectkit.models.scl_arcface import EmbeddingNet
 from defectkit.registry import MethodSpec, register_method
 
-# The offline EfficientNet-Lite weights' own normalisation; configs set theirs in input.mean / std.
-NORMAL_MEAN: tuple[float, ...] = (0.5,)
-NORMAL_STD: tuple[float, ...] = (0.5,)
-
 
 class InputNorm(TypedDict):
-    """A config's ``input.mean`` and ``input.std``, as keywords of the functions below."""
+    """A config's ``input.mean`` and ``input.std``, as keywords of the functions below. They have no
+    default: references embedded otherwise than the model card says queries are would not match."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -92,9 +89,7 @@ def view_transform(size: int, crop_scale: tuple[float, float]) -> nn.Module:
     )
 
 
-def preprocessor(
-    size: int, channels: int, mean: Sequence[float] = NORMAL_MEAN, std: Sequence[float] = NORMAL_STD
-) -> Preprocess:
+def preprocessor(size: int, channels: int, *, mean: Sequence[float], std: Sequence[float]) -> Preprocess:
     """The inference pre-processor itself: what every training view, reference and query goes
     through, with the config's ``input.mean`` / ``input.std`` (the model card's, at inference)."""
     spec = InputSpec(size=(size, size), channels=channels, mean=tuple(mean), std=tuple(std))
@@ -119,12 +114,13 @@ class ViewsDataset(Dataset[tuple[Tensor, ...]]):
         size: int,
         crop_scale: tuple[float, float],
         n_views: int,
-        mean: Sequence[float] = NORMAL_MEAN,
-        std: Sequence[float] = NORMAL_STD,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
     ) -> None:
         self.images = images
         self.labels = torch.as_tensor(list(labels), dtype=torch.long)
-        self.preprocess = preprocessor(size, int(images[0].shape[0]), mean, std)
+        self.preprocess = preprocessor(size, int(images[0].shape[0]), mean=mean, std=std)
         self.augment = view_transform(size, crop_scale)
         self.n_views = n_views
 
@@ -258,12 +254,13 @@ def embed_all(
     size: int,
     batch_size: int = 64,
     features: bool = False,
-    mean: Sequence[float] = NORMAL_MEAN,
-    std: Sequence[float] = NORMAL_STD,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> Tensor:
     """Unit embeddings (or pooled backbone features) of uint8 C x H x W images (stacked or a list)."""
     network.eval()
-    preprocess = preprocessor(size, int(images[0].shape[0]), mean, std)
+    preprocess = preprocessor(size, int(images[0].shape[0]), mean=mean, std=std)
     # Mid-training (a probe callback) the network may sit on a GPU; the images stay on the CPU.
     device = next(network.parameters()).device
     outputs = []
@@ -286,11 +283,12 @@ def predict_logits(
     images: Tensor,
     size: int,
     batch_size: int = 64,
-    mean: Sequence[float] = NORMAL_MEAN,
-    std: Sequence[float] = NORMAL_STD,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> Tensor:
     network.eval()
-    preprocess = preprocessor(size, int(images.shape[1]), mean, std)
+    preprocess = preprocessor(size, int(images.shape[1]), mean=mean, std=std)
     return torch.cat(
         [network(preprocess(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
     )
@@ -316,8 +314,13 @@ def scl_recipe(network: EmbeddingNet, n_classes: int, config: RunConfig) -> SclA
     """The recipe with the loss options of ``config.method_options`` (the rest keep their defaults)."""
     options = config.method_options
     keys = ("temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight", "arc_init_std")
-    chosen = {k: float(options[k]) for k in keys if k in options}
+    chosen = {k: float(options[k]) for k in keys if options.get(k) is not None}
     return SclArcFaceRecipe(network, n_classes, lr=config.trainer.lr, **chosen)
+
+
+def drop_last(config: RunConfig) -> bool:
+    """``method_options.drop_last`` (true unless set): see the module docstring."""
+    return bool(config.method_options.get("drop_last", True))
 
 
 def crop_scale(config: RunConfig) -> tuple[float, float]:
@@ -364,7 +367,6 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
         [images[i] for i in train_idx], [labels[i] for i in train_idx], size, crop_scale(config), 2, **norm
     )
     trainer = config.trainer
-    drop_last = bool(options.get("drop_last", True))
     fit(
         recipe,
         views,
@@ -372,9 +374,8 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
         trainer.batch_size,
         config.seed,
         progress,
-        (),
-        trainer.precision,
-        drop_last,
+        precision=trainer.precision,
+        drop_last=drop_last(config),
     )
 
     references = embed_all(network, [images[i] for i in train_idx], size, **norm)

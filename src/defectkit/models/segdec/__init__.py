@@ -15,7 +15,7 @@ def segdec(
     volume_channels: int = 1024,
     decision_widths: Sequence[int] = (8, 16, 32),
     mask_norm: bool = True,
-    mask_bias: bool = True,
+    mask_bias: bool = False,
 ) -> SegDecNet:
     a, b, c = widths
     d, e, f = decision_widths

@@ -14,10 +14,12 @@ Choices where the paper leaves room (each a parameter):
 * ``mask_norm``: the reference code standardises the 1x1 mask logits per image (feature norm);
   kept by default because it produced the paper's numbers.
 * ``mask_bias``: that feature norm's bias. The reference declares it "not included" but builds it
-  as an ``nn.Parameter``, which trains (the flag it passes is overridden), so it has one in effect;
-  so does this network by default. Without it a standardised map averages logit 0 on every image,
-  and a good image's mask loss cannot fall below ln 2. Models saved before the option existed had
-  none: they load with a zero bias, which is the same network.
+  as an ``nn.Parameter``, which trains (the flag it passes is overridden), so it has one in effect,
+  and the shipped configs set ``mask_bias: true``. Without it a standardised map averages logit 0
+  on every image, and a good image's mask loss cannot fall below ln 2. The default (false) is what
+  models and benchmark cells made before the option existed computed, so a config or model card
+  that does not name it means what it meant then. Weights without a bias loaded into a network
+  with one get a zero bias, the same network.
 * The gradient-flow adjustment multiplies by ``decision_gradient`` (0 = paper) the gradient that
   flows from the decision head into the volume and the pooled mask; the recipe sets it.
 """
@@ -68,7 +70,7 @@ class SegmentationNet(nn.Module):
 
 
 class MaskHead(nn.Module):
-    def __init__(self, volume_channels: int, normalise: bool = True, bias: bool = True) -> None:
+    def __init__(self, volume_channels: int, normalise: bool = True, bias: bool = False) -> None:
         super().__init__()
         self.conv = nn.Conv2d(volume_channels, 1, kernel_size=1, bias=not normalise)
         nn.init.xavier_normal_(self.conv.weight)
@@ -78,10 +80,12 @@ class MaskHead(nn.Module):
         return self.norm(self.conv(volume))
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # Weights saved before ``mask_bias`` existed carry no norm bias: zero is what they computed.
+        # Weights saved without ``mask_bias`` carry the norm's scale but no bias: zero is what they
+        # computed. A partial state dict (no scale either) leaves the bias as it is.
         key = f"{prefix}norm.bias"
-        if isinstance(self.norm, FeatureNorm) and self.norm.bias is not None and key not in state_dict:
-            state_dict[key] = torch.zeros_like(self.norm.bias)
+        has_bias = isinstance(self.norm, FeatureNorm) and self.norm.bias is not None
+        if has_bias and key not in state_dict and f"{prefix}norm.scale" in state_dict:
+            state_dict[key] = torch.zeros_like(state_dict[f"{prefix}norm.scale"])
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
@@ -120,7 +124,7 @@ class SegDecNet(nn.Module):
         volume_channels: int = 1024,
         decision_widths: tuple[int, int, int] = (8, 16, 32),
         mask_norm: bool = True,
-        mask_bias: bool = True,
+        mask_bias: bool = False,
     ) -> None:
         super().__init__()
         self.segmentation = SegmentationNet(in_channels, widths, volume_channels)
