@@ -84,8 +84,9 @@ PROTOCOL_NOTE = (
 # beside its figures (other profiles have their own history).
 SEGDEC_TRIED_CPU = {
     "full": "tried on the cpu profile: 30 epochs (AP 0.964), then the paper's 50 with the mid-gap "
-    "threshold (0.966); the paper's lr 1 diverged with the slimmer cpu network (lr 0.1, best "
-    "validation weights kept)",
+    "threshold (0.966), both without the mask head's bias, which the reference trains and this row has "
+    "(model.mask_bias, 2026-12-06); the paper's lr 1 diverged with the slimmer cpu network "
+    "(lr 0.1, best validation weights kept)",
 }
 # History of the paper profile's rows, noted only on runs without --set (those are other runs).
 SEGDEC_TRIED_PAPER = {
