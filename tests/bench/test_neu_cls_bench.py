@@ -105,15 +105,16 @@ def test_a_cell_from_another_draw_is_refused(bench: Any, tmp_path: Path) -> None
     (path,) = (tmp_path / "cells").rglob("*.json")
     stored = json.loads(path.read_text())
     data = stand_in()
-    train_idx, test_idx = protocol.small_data_draw(data, 2, 0)
-    assert stored["value"]["draw"] == protocol.draw_digest(data, train_idx, test_idx)
+    draw = protocol.small_data_draw(data, 2, 0)
+    assert stored["value"]["draw"] == draw.digest(data)
 
     renamed = [*data.files[:-1], "Sc_renamed.jpg"]
     other = protocol.NeuCls(data.images, data.labels, data.class_names, renamed)
     with pytest.raises(ValueError, match="other images than this draw's 12 training and 36 test"):
-        protocol.check_draw_cell(stored["value"], other, train_idx, test_idx, path.name)
+        protocol.check_draw_cell(stored["value"], other, draw, path.name)
     # The same draw listed in another order is the same draw.
-    protocol.check_draw_cell(stored["value"], data, train_idx[::-1], test_idx[::-1], path.name)
+    reversed_draw = protocol.Draw(draw.train[::-1], draw.test[::-1])
+    protocol.check_draw_cell(stored["value"], data, reversed_draw, path.name)
 
     # A cell from before the digest is checked by its test count alone.
     legacy = {k: v for k, v in stored["value"].items() if k != "draw"}
@@ -131,7 +132,7 @@ def test_few_shot_keeps_each_draw_and_names_each_confidence(
     few = bench("neu-cls/few-shot", {"ks": "1", "draws": "3", "methods": "linear_probe,scl_arcface"})
     assert len(few) == 2
     (cell_of,) = [{c["value"]["method"]: c["value"] for c in _cells(tmp_path / "cells")}]
-    expected_draw = protocol.draw_digest(stand_in(), *protocol.few_shot_draw(stand_in()), ordered=True)
+    expected_draw = protocol.few_shot_draw(stand_in()).digest(stand_in())
     assert [cell["draw"] for cell in cell_of.values()] == [expected_draw] * 2
     for record in few.values():
         method = record["method"]

@@ -87,26 +87,31 @@ class NeuCls:
     files: list[str]  # each image's file name (``Cr_1.jpg``): what a cell's draw is checked by
 
 
-def draw_digest(data: NeuCls, train_idx: np.ndarray, test_idx: np.ndarray, ordered: bool = False) -> str:
-    """A short digest of which files a cell trained on and which it tested on: as sets, or, with
-    ``ordered``, as sequences (few-shot draws its references from the order of the test side)."""
+@dataclass(frozen=True)
+class Draw:
+    """The images a cell trains on and those it tests on (indices into :class:`NeuCls`).
 
-    def listing(indices: np.ndarray) -> list[str]:
-        names = [data.files[i] for i in indices]
-        return names if ordered else sorted(names)
+    ``ordered``: the cell depends on the order of each side, not only on which images it holds
+    (few-shot draws its references from the test side by position), so its digest lists them in
+    order; otherwise as sets.
+    """
 
-    text = "\n".join([*listing(train_idx), "--", *listing(test_idx)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    train: np.ndarray
+    test: np.ndarray
+    ordered: bool = False
+
+    def digest(self, data: NeuCls) -> str:
+        """A short digest of the files on each side, recorded in a cell as its ``draw``."""
+
+        def listing(indices: np.ndarray) -> list[str]:
+            names = [data.files[i] for i in indices]
+            return names if self.ordered else sorted(names)
+
+        text = "\n".join([*listing(self.train), "--", *listing(self.test)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_draw_cell(
-    cell: Mapping[str, Any],
-    data: NeuCls,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    where: str,
-    ordered: bool = False,
-) -> None:
+def check_draw_cell(cell: Mapping[str, Any], data: NeuCls, draw: Draw, where: str) -> None:
     """Refuse a cell computed on another draw than the one its key stands for.
 
     A cell's key names the method, the draw's seed and the config, not the data: a changed copy of
@@ -115,14 +120,14 @@ def check_draw_cell(
     checked, where the cell has one (few-shot cells have none).
     """
     if "draw" in cell:
-        same = cell["draw"] == draw_digest(data, train_idx, test_idx, ordered)
+        same = cell["draw"] == draw.digest(data)
     else:
-        same = int(cell.get("n_test", len(test_idx))) == len(test_idx)
+        same = int(cell.get("n_test", len(draw.test))) == len(draw.test)
     if not same:
         raise ValueError(
-            f"cell {where} trained or tested on other images than this draw's {len(train_idx)} training "
-            f"and {len(test_idx)} test images: the data or the draw has changed since it was computed; "
-            "delete the cell to compute it again"
+            f"cell {where} trained or tested on other images than this draw's {len(draw.train)} "
+            f"training and {len(draw.test)} test images: the data or the draw has changed since it "
+            "was computed; delete the cell to compute it again"
         )
 
 
@@ -300,42 +305,41 @@ def _accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean(truth == predicted))
 
 
-def small_data_draw(data: NeuCls, shots: int, repeat: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices of small-data's repeat: ``shots`` per class, seed = repeat."""
+def small_data_draw(data: NeuCls, shots: int, repeat: int) -> Draw:
+    """Small-data's repeat: ``shots`` per class for training, seed = repeat."""
     classes = list(range(len(data.class_names)))
-    return per_class_draw(data.labels, shots, seed=repeat, classes=classes)
+    return Draw(*per_class_draw(data.labels, shots, seed=repeat, classes=classes))
 
 
-def split_draw(data: NeuCls, fraction: float, repeat: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) indices of split's repeat: ``fraction`` of the smallest class, per class."""
+def split_draw(data: NeuCls, fraction: float, repeat: int) -> Draw:
+    """Split's repeat: ``fraction`` of the smallest class, per class, for training."""
     classes = list(range(len(data.class_names)))
     per_class = round(fraction * int(np.bincount(data.labels).min()))
-    return per_class_draw(data.labels, per_class, seed=repeat, classes=classes)
+    return Draw(*per_class_draw(data.labels, per_class, seed=repeat, classes=classes))
 
 
-def few_shot_draw(data: NeuCls) -> tuple[np.ndarray, np.ndarray]:
-    """(base-class, novel-class) indices: the few-shot protocol trains on the first and draws its
-    references and tests from the second, by position (so its cells check both in order)."""
-    return class_images(data, BASE_CLASSES)[1], class_images(data, NOVEL_CLASSES)[1]
+def few_shot_draw(data: NeuCls) -> Draw:
+    """The base classes' images to train on, the novel classes' to draw references and tests from,
+    by position (so the draw is ordered)."""
+    return Draw(class_images(data, BASE_CLASSES)[1], class_images(data, NOVEL_CLASSES)[1], ordered=True)
 
 
 def small_data_cell(runner: Runner, method: str, shots: int, repeat: int) -> dict[str, Any]:
-    train_idx, test_idx = small_data_draw(runner.data, shots, repeat)
-    cell = train_and_test(runner, method, train_idx, test_idx, runner.config.trainer.epochs, seed=repeat)
+    draw = small_data_draw(runner.data, shots, repeat)
+    cell = train_and_test(runner, method, draw, runner.config.trainer.epochs, seed=repeat)
     return {**cell, "shots": shots, "repeat": repeat}
 
 
 def split_cell(runner: Runner, method: str, fraction: float, repeat: int) -> dict[str, Any]:
-    train_idx, test_idx = split_draw(runner.data, fraction, repeat)
+    draw = split_draw(runner.data, fraction, repeat)
     epochs = int(runner.options.get("split_epochs", runner.config.trainer.epochs))
-    cell = train_and_test(runner, method, train_idx, test_idx, epochs, seed=repeat)
+    cell = train_and_test(runner, method, draw, epochs, seed=repeat)
     return {**cell, "train_fraction": fraction, "repeat": repeat}
 
 
-def train_and_test(
-    runner: Runner, method: str, train_idx: np.ndarray, test_idx: np.ndarray, epochs: int, seed: int
-) -> dict[str, Any]:
-    """Train ``method`` on ``train_idx`` and report its accuracy on ``test_idx``."""
+def train_and_test(runner: Runner, method: str, draw: Draw, epochs: int, seed: int) -> dict[str, Any]:
+    """Train ``method`` on ``draw``'s training images and report its accuracy on its test images."""
+    train_idx, test_idx = draw.train, draw.test
     labels = runner.data.labels
     classes = list(range(len(runner.data.class_names)))
     started = time.perf_counter()
@@ -371,7 +375,7 @@ def train_and_test(
         "epochs": epochs,
         "accuracy": _accuracy(labels[test_idx], predicted),
         "n_test": len(test_idx),
-        "draw": draw_digest(runner.data, train_idx, test_idx),
+        "draw": draw.digest(runner.data),
         "train_s": train_s,
         "wall_s": time.perf_counter() - started,
         "infer_ms": infer_ms,
@@ -412,7 +416,7 @@ def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) ->
     return {
         "method": method,
         "per_k": per_k,
-        "draw": draw_digest(runner.data, base_idx, novel_idx, ordered=True),
+        "draw": few_shot_draw(runner.data).digest(runner.data),
         "train_s": train_s,
         "wall_s": time.perf_counter() - started,
     }
@@ -539,8 +543,11 @@ def base_epochs_cell(
             str(option): {str(epoch): means[(option, epoch)] for epoch in candidates} for option in choices
         }
     # The novel images are unused here; the digest is the few-shot cell's, whose choice this is.
-    draw = draw_digest(runner.data, *few_shot_draw(runner.data), ordered=True)
-    return {**choice, "draw": draw, "wall_s": time.perf_counter() - started}
+    return {
+        **choice,
+        "draw": few_shot_draw(runner.data).digest(runner.data),
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def _base_choice_note(choice: Mapping[str, Any], epochs_auto: bool) -> str:
@@ -582,7 +589,7 @@ def _repeated_grid(
     repeats: int,
     methods: Sequence[str],
     cell: Callable[[Runner, str, Any, int], dict[str, Any]],
-    draw: Callable[[NeuCls, Any, int], tuple[np.ndarray, np.ndarray]],
+    draw: Callable[[NeuCls, Any, int], Draw],
     paper: Mapping[str, Mapping[Any, float]],
 ) -> Path:
     """Every (method, value) over ``repeats`` seeded draws; one results file per (method, value)."""
@@ -604,7 +611,7 @@ def _repeated_grid(
             ]
             cells = [cache.get_or_compute(key, compute) for key, compute in keys]
             for repeat, ((key, _), computed) in enumerate(zip(keys, cells, strict=True)):
-                check_draw_cell(computed, runner.data, *draw(runner.data, value, repeat), key)
+                check_draw_cell(computed, runner.data, draw(runner.data, value, repeat), key)
             accuracies = np.asarray([c["accuracy"] for c in cells])
             figure = paper.get(method, {}).get(value)
             written = write_results(
@@ -788,7 +795,7 @@ def few_shot(request: BenchRequest) -> Path:
             validate = partial(base_epochs_cell, runner, method, ks, draws, candidates, features)
             key = f"{method}/base-epochs/config-{digest}"
             choice = cache.get_or_compute(key, validate)
-            check_draw_cell(choice, data, *few_shot_draw(data), key, ordered=True)
+            check_draw_cell(choice, data, few_shot_draw(data), key)
             chosen = [f"method_options.fewshot_epochs={choice['chosen']}"]
             if features:
                 chosen.append(f"model.reference_features={choice['features']}")
@@ -806,7 +813,7 @@ def few_shot(request: BenchRequest) -> Path:
         epochs = method_config.method_options.get("fewshot_epochs", method_config.trainer.epochs)
         key = f"{method}/config-{digest}"
         cell = cache.get_or_compute(key, partial(few_shot_cell, runner, method, ks, draws))
-        check_draw_cell(cell, data, *few_shot_draw(data), key, ordered=True)
+        check_draw_cell(cell, data, few_shot_draw(data), key)
         # The linear probe's confidence is its best class probability, not a similarity.
         confidence = "best class probability" if method == "linear_probe" else "best mean similarity"
         for k in ks:
