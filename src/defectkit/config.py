@@ -232,6 +232,7 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("model", "mask_bias"): False,  # segdec: cells before 2026-12-06 had no bias on the mask's norm
     ("method_options", "drop_last"): True,  # scl_arcface and its baselines
     ("method_options", "arc_init_std"): None,  # scl_arcface: the library's N(0, 1) centres
+    ("method_options", "pair_loss"): "mean",  # weak_lnet: one update on the pair's mean loss
 }
 
 # Later fields that only act while a switch is on: left out of the fingerprint while it is off.

@@ -309,3 +309,23 @@ def test_rotation_stages_outside_the_schedule_are_refused(options: dict[str, Any
 
 def test_rotation_turns_the_dnet_stages_by_default() -> None:
     assert resolved_options({"rotation": True})["rotation_stages"] == (2, 3)
+
+
+def test_summed_pair_loss_steps_twice_as_far(tmp_path: Path) -> None:
+    """One stage-1 iteration (a positive and a negative): plain SGD on the pair's summed loss moves
+    every weight twice as far as on its mean, as far as the paper's two per-image steps would."""
+    moves = {}
+    for pair_loss in ("mean", "sum"):
+        initial, trained = _train_schedule(
+            tmp_path / pair_loss,
+            stage1_iterations=1,
+            stage2_iterations=0,
+            stage3_iterations=0,
+            pair_loss=pair_loss,
+        )
+        before, after = _params(initial, "lnet."), _params(trained, "lnet.")
+        moves[pair_loss] = torch.cat([(after[k] - before[k]).flatten() for k in before])
+    assert moves["mean"].abs().max() > 0
+    torch.testing.assert_close(moves["sum"], 2 * moves["mean"], rtol=1e-3, atol=1e-7)
+    with pytest.raises(ValueError, match="pair_loss"):
+        resolved_options({"pair_loss": "max"})

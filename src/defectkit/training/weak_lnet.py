@@ -34,6 +34,10 @@ unchanged).
 The paper updates after every image (``trainer.batch_size: 1``); the configs use batches of 2,
 one positive and one negative, so an iteration is one update on the pair and its BatchNorm
 statistics are shared by both images (why: ``norm`` in ``defectkit.models.weak_lnet.model``).
+``pair_loss`` says how the pair's losses make that update: ``"mean"`` (the default, what every
+committed row measured) moves the weights half as far per iteration as the paper's two per-image
+steps; ``"sum"`` moves them as far (to first order, without momentum: two SGD steps at ``lr`` on
+one image each, against one on the sum).
 The schedule counts the images of one process, so training runs on one device. Momentum and
 weight decay are not given in the paper (0).
 Every count, learning rate and switch is an option (``method_options``); defaults are the paper's.
@@ -73,7 +77,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "stage3_weak_weight": 1.0,
     "rotation": False,
     "rotation_stages": (2, 3),
+    "pair_loss": "mean",
 }
+PAIR_LOSSES = ("mean", "sum")
 
 EPS = 1e-6
 
@@ -92,6 +98,8 @@ def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
     if resolved["rotation"] and not stages:
         raise ValueError("weak_lnet: rotation is on but rotation_stages is empty: no batch would turn")
     resolved["rotation_stages"] = tuple(stages)
+    if resolved["pair_loss"] not in PAIR_LOSSES:
+        raise ValueError(f"weak_lnet: pair_loss must be one of {PAIR_LOSSES}, got {resolved['pair_loss']!r}")
     return resolved
 
 
@@ -212,7 +220,8 @@ class WeakLNetRecipe(DecisionRecipe):
             losses["weak"] = weight * weak_loss(heatmap, labels, alpha)
         loss = sum(losses.values(), torch.zeros((), device=images.device))
         optimizer.zero_grad()
-        self.manual_backward(loss)
+        # The losses are batch means (logged as such); "sum" steps by the batch's total instead.
+        self.manual_backward(loss * len(batch) if self.options["pair_loss"] == "sum" else loss)
         optimizer.step()
 
         size = len(batch)
