@@ -311,16 +311,18 @@ def test_rotation_turns_the_dnet_stages_by_default() -> None:
     assert resolved_options({"rotation": True})["rotation_stages"] == (2, 3)
 
 
-def test_summed_pair_loss_steps_twice_as_far(tmp_path: Path) -> None:
-    """One stage-1 iteration (a positive and a negative): plain SGD on the pair's summed loss moves
-    every weight twice as far as on its mean, as far as the paper's two per-image steps would."""
+@pytest.mark.parametrize("stage", [1, 3])
+def test_summed_pair_loss_steps_twice_as_far(tmp_path: Path, stage: int) -> None:
+    """One iteration (a positive and a negative) of stage 1 (weak loss) or 3 (BCE + weak loss):
+    plain SGD on the pair's summed loss moves every weight twice as far as on its mean, as far as
+    the paper's two per-image steps would."""
     moves = {}
     for pair_loss in ("mean", "sum"):
         initial, trained = _train_schedule(
             tmp_path / pair_loss,
-            stage1_iterations=1,
+            stage1_iterations=int(stage == 1),
             stage2_iterations=0,
-            stage3_iterations=0,
+            stage3_iterations=int(stage == 3),
             pair_loss=pair_loss,
         )
         before, after = _params(initial, "lnet."), _params(trained, "lnet.")

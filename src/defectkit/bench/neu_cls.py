@@ -87,7 +87,7 @@ class NeuCls:
     files: list[str]  # each image's file name (``Cr_1.jpg``): what a cell's draw is checked by
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # index arrays: compared by digest, never by ==
 class Draw:
     """The images a cell trains on and those it tests on (indices into :class:`NeuCls`).
 
