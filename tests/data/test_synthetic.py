@@ -251,11 +251,33 @@ def test_fewer_defect_types_share_each_type_among_surfaces() -> None:
     assert "defect_types" not in full.settings() and config.settings()["defect_types"] == 5
 
 
+def test_fewer_families_make_later_surfaces_variants_of_seen_textures() -> None:
+    config = SynthConfig(surfaces=10, per_surface=2, size=64, seed=0, families=5)
+    dataset = synthetic_dataset(config)
+    assert dataset.info.extra["families"]["Class6"] == dataset.info.extra["families"]["Class1"]
+    assert dataset.info.extra["families"]["Class10"] == SURFACE_FAMILIES[4]
+    _, vectors = surface_attributes(config)
+    names = list(ATTRIBUTE_NAMES)
+    family_slots = [names.index(f"texture_{f}") for f in SURFACE_FAMILIES]
+    # Class1 and Class6 share the texture one-hot but not the variant's brightness.
+    assert [vectors["Class1"][i] for i in family_slots] == [vectors["Class6"][i] for i in family_slots]
+    brightness = names.index("mean_intensity")
+    assert vectors["Class1"][brightness] != vectors["Class6"][brightness]
+    # The first `families` surfaces are the same images as with all twelve families.
+    full = SynthConfig(**{**config.__dict__, "families": len(SURFACE_FAMILIES)})
+    np.testing.assert_array_equal(synthesize(config, 4, 1).image, synthesize(full, 4, 1).image)
+    assert not np.array_equal(synthesize(config, 5, 1).image, synthesize(full, 5, 1).image)
+    assert "families" not in full.settings() and config.settings()["families"] == 5
+    assert "families" not in synthetic_dataset(SMALL).info.extra["generator"]
+
+
 def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="defect_fraction"):
         SynthConfig(defect_fraction=1.5)
     with pytest.raises(ValueError, match="defect_types"):
         SynthConfig(defect_types=9)
+    with pytest.raises(ValueError, match="families"):
+        SynthConfig(families=0)
     with pytest.raises(ValueError, match="mode"):
         SynthConfig(mode="severstal")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="index"):

@@ -71,7 +71,7 @@ from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, op
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
-from defectkit.data.synthetic import DEFECT_TYPES, SynthConfig, surface_names, synthesize
+from defectkit.data.synthetic import DEFECT_TYPES, SURFACE_FAMILIES, SynthConfig, surface_names, synthesize
 from defectkit.metrics.image import auroc
 from defectkit.training.sbad import (
     SBADOptions,
@@ -101,6 +101,7 @@ GENERATORS = ("vaegan-mse", "tfvaegan-l1", "softmax", "ridge")
 # out of its ``set=``, so a run with one writes the row of that field.
 NAMED_KEYS = (
     "data.synthetic.defect_types",
+    "data.synthetic.families",
     "model.pooling",
     "method_options.backbone_epochs",
     *(f"method_options.{o}" for o in ("unseen_score", "unvaried", "classifier_input", "unseen_ce", "ridge")),
@@ -307,17 +308,33 @@ def alert_figures(validation: np.ndarray, seen: np.ndarray, unseen: np.ndarray, 
 
 
 def mix_variant(synth: SynthConfig) -> dict[str, Any]:
-    """DAGM_MIX's own settings a results variant names: the number of defect types when it is not
-    the generator's 8 (results written before the option existed describe 8 types)."""
-    return {} if synth.defect_types == len(DEFECT_TYPES) else {"defect_types": synth.defect_types}
+    """DAGM_MIX's own settings a results variant names: the numbers of defect types and texture
+    families where they are not the generator's 8 and 12 (results written before these options
+    existed describe 8 and 12)."""
+    variant: dict[str, Any] = {}
+    if synth.defect_types != len(DEFECT_TYPES):
+        variant["defect_types"] = synth.defect_types
+    if synth.families != len(SURFACE_FAMILIES):
+        variant["families"] = synth.families
+    return variant
 
 
 def mix_notes(synth: SynthConfig) -> str:
-    """What a results note says of a DAGM_MIX built with fewer defect types than the generator's."""
-    if not mix_variant(synth):
-        return ""
-    n = synth.defect_types
-    return f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), shared by several textures"
+    """What a results note says of a DAGM_MIX built with fewer defect types or texture families
+    than the generator's."""
+    notes = ""
+    if synth.defect_types != len(DEFECT_TYPES):
+        n = synth.defect_types
+        notes += (
+            f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), shared by several textures"
+        )
+    if synth.families != len(SURFACE_FAMILIES):
+        n = synth.families
+        notes += (
+            f"; DAGM_MIX with {n} texture families (surface s gets family s mod {n}; a second surface of "
+            "a family is a variant of it: other brightness, contrast, orientation and scale)"
+        )
+    return notes
 
 
 def harmonic(s: float, u: float) -> float:

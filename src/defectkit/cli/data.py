@@ -169,7 +169,10 @@ def synth(
     defect_fraction: float = typer.Option(0.25, "--defect-fraction", help="Share of defective images."),
     test_fraction: float = typer.Option(0.5, "--test-fraction", help="Share of each surface in Test/."),
     defect_types: int = typer.Option(
-        8, "--defect-types", help="dagm mode: surface s gets defect type s mod this (DAGM_MIX: 5)."
+        8, "--defect-types", help="dagm mode: surface s gets defect type s mod this (1-8)."
+    ),
+    families: int = typer.Option(
+        12, "--families", help="Surface s gets texture family s mod this (1-12); later ones are variants."
     ),
 ) -> None:
     """Generate a DAGM-style synthetic dataset with masks, boxes, classes and surface attributes."""
@@ -185,6 +188,7 @@ def synth(
             defect_fraction=defect_fraction,
             test_fraction=test_fraction,
             defect_types=defect_types,
+            families=families,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

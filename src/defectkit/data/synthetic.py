@@ -7,11 +7,13 @@ with image labels, defect classes, boxes and pixel masks at once.
 Surfaces
     :data:`SURFACE_FAMILIES` lists twelve procedural textures (grain noise, oriented stripes, weave,
     cells, marble, brushed metal, speckle, blotches under uneven light, a dot lattice, wood, pebbles,
-    cross-hatching). Surface ``s`` (named ``Class{s + 1}``) uses family ``s % 12``; surfaces past the
-    twelfth are *variants* of a family: the same texture with another orientation, scale, mean
-    brightness and contrast, drawn from ``(seed, s)``. Every image of a surface differs: its texture
-    phase, a small orientation / scale jitter, illumination gradient, vignetting and sensor noise are
-    drawn per image.
+    cross-hatching). Surface ``s`` (named ``Class{s + 1}``) uses family ``s % families`` (``families``
+    12 by default); surfaces past the first ``families`` are *variants* of a family: the same texture
+    with another orientation, scale, mean brightness and contrast, drawn from ``(seed, s)``. Fewer
+    families (``families=5``: paper 002's Table 1 has five texture words for DAGM's ten classes) give
+    every texture to two surfaces, so an unseen surface's texture has been seen on another surface.
+    Every image of a surface differs: its texture phase, a small orientation / scale jitter,
+    illumination gradient, vignetting and sensor noise are drawn per image.
 
 Defects
     :data:`DEFECT_TYPES`: scratch, crack (random-walk polyline), spot, stain (soft ellipse), pits
@@ -22,7 +24,7 @@ Defects
 Modes
     ``"dagm"``: one defect type per surface (surface ``s`` gets ``DEFECT_TYPES[s % defect_types]``,
     ``defect_types`` 8 by default), one defect per defective image; ``class_names`` are the defect
-    types used, in :data:`DEFECT_TYPES` order. Fewer types (DAGM_MIX uses 5) give each type to
+    types used, in :data:`DEFECT_TYPES` order. Fewer types (e.g. 5) give each type to
     several surfaces of different textures, so no defect attribute belongs to one surface alone:
     zero-shot learning needs every attribute of an unseen surface to vary among the seen ones.
     ``"multiclass"`` (Severstal-like): four classes :data:`MULTICLASS_TYPES` (pits, inclusion,
@@ -223,13 +225,16 @@ class SynthConfig:
     defect_fraction: float = 0.25
     test_fraction: float = 0.5
     defect_types: int = len(DEFECT_TYPES)
+    families: int = len(SURFACE_FAMILIES)
 
     def settings(self) -> dict[str, Any]:
-        """Every field, less ``defect_types`` at its default: what cache keys hash, so data and
-        caches made before that field existed keep their keys."""
+        """Every field, less ``defect_types`` and ``families`` at their defaults: what cache keys
+        hash, so data and caches made before those fields existed keep their keys."""
         fields = dict(self.__dict__)
         if self.defect_types == len(DEFECT_TYPES):
             del fields["defect_types"]
+        if self.families == len(SURFACE_FAMILIES):
+            del fields["families"]
         return fields
 
     def __post_init__(self) -> None:
@@ -245,6 +250,8 @@ class SynthConfig:
             raise ValueError(f"mode must be 'dagm' or 'multiclass', got {self.mode!r}")
         if not 1 <= self.defect_types <= len(DEFECT_TYPES):
             raise ValueError(f"defect_types must be in 1..{len(DEFECT_TYPES)}, got {self.defect_types}")
+        if not 1 <= self.families <= len(SURFACE_FAMILIES):
+            raise ValueError(f"families must be in 1..{len(SURFACE_FAMILIES)}, got {self.families}")
         for name in ("defect_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -319,9 +326,10 @@ def surface_names(config: SynthConfig) -> list[str]:
     return [surface_name(s) for s in range(config.surfaces)]
 
 
-def surface_family(surface: int) -> str:
-    """The texture family of surface ``surface`` (0-based)."""
-    return SURFACE_FAMILIES[surface % len(SURFACE_FAMILIES)]
+def surface_family(surface: int, families: int = len(SURFACE_FAMILIES)) -> str:
+    """The texture family of surface ``surface`` (0-based), cycling through the first ``families``
+    of :data:`SURFACE_FAMILIES`."""
+    return SURFACE_FAMILIES[surface % families]
 
 
 def surface_defect_type(surface: int, defect_types: int = len(DEFECT_TYPES)) -> str:
@@ -343,10 +351,16 @@ def _rng(*entropy: int) -> np.random.Generator:
 
 
 @lru_cache(maxsize=256)
-def _surface(seed: int, surface: int, mode: Mode, defect_types: int = len(DEFECT_TYPES)) -> _Surface:
-    family = surface_family(surface)
+def _surface(
+    seed: int,
+    surface: int,
+    mode: Mode,
+    defect_types: int = len(DEFECT_TYPES),
+    families: int = len(SURFACE_FAMILIES),
+) -> _Surface:
+    family = surface_family(surface, families)
     base = _FAMILIES[family]
-    variant = surface // len(SURFACE_FAMILIES)
+    variant = surface // families
     rng = _rng(seed, surface, _SURFACE_STREAM)
     if variant == 0:
         mean = base.mean + rng.normal(0.0, 6.0)
@@ -401,7 +415,7 @@ def surface_attributes(config: SynthConfig) -> tuple[list[str], dict[str, list[f
     names = list(ATTRIBUTE_NAMES)
     result: dict[str, list[float]] = {}
     for s in range(config.surfaces):
-        surf = _surface(config.seed, s, config.mode, config.defect_types)
+        surf = _surface(config.seed, s, config.mode, config.defect_types, config.families)
         base = _FAMILIES[surf.family]
         types = MULTICLASS_TYPES if config.mode == "multiclass" else (surf.defect_type or "",)
         kinds = [_DEFECTS[t] for t in types]
@@ -873,7 +887,7 @@ def synthesize(config: SynthConfig, surface: int, index: int) -> SynthImage:
     The result depends only on ``config`` and ``(surface, index)``, never on what else was generated.
     """
     _check_index(config, surface, index)
-    surf = _surface(config.seed, surface, config.mode, config.defect_types)
+    surf = _surface(config.seed, surface, config.mode, config.defect_types, config.families)
     defective, test = _plan(config, surface)
     # Separate streams for texture, defects and lighting: a defective image is exactly its good
     # twin (same surface, index and seed, defect_fraction 0) plus the defect.
@@ -943,6 +957,9 @@ def _info(
     config: SynthConfig, name: str, format: str, root: str, extra: dict[str, Any] | None = None
 ) -> DatasetInfo:
     names, vectors = surface_attributes(config)
+    settings = asdict(config)
+    if config.families == len(SURFACE_FAMILIES):
+        del settings["families"]  # files written before the option existed stay byte-identical
     return DatasetInfo(
         name=name,
         format=format,
@@ -951,8 +968,8 @@ def _info(
         surface_names=surface_names(config),
         extra={
             "attributes": {"attribute_names": names, "surfaces": vectors},
-            "generator": {"name": GENERATOR_NAME, **asdict(config), **(extra or {})},
-            "families": {surface_name(s): surface_family(s) for s in range(config.surfaces)},
+            "generator": {"name": GENERATOR_NAME, **settings, **(extra or {})},
+            "families": {surface_name(s): surface_family(s, config.families) for s in range(config.surfaces)},
         },
     )
 
