@@ -356,6 +356,16 @@ def test_results_variants_name_only_the_router_choices_that_differ_from_the_defa
     assert score_variant(changed, "vaegan-mse") == score_variant(changed)
 
 
+def test_mix_variants_name_only_the_generator_settings_off_their_defaults() -> None:
+    from defectkit.bench.dagm_mix import mix_notes, mix_variant
+    from defectkit.data.synthetic import SynthConfig
+
+    assert mix_variant(SynthConfig()) == {} and mix_notes(SynthConfig()) == ""
+    assert mix_variant(SynthConfig(families=5)) == {"families": 5}
+    assert mix_variant(SynthConfig(defect_types=5, families=5)) == {"defect_types": 5, "families": 5}
+    assert "5 texture families" in mix_notes(SynthConfig(families=5))
+
+
 def test_set_names_only_settings_the_variant_does_not_name_and_the_figures_read(tmp_path: Path) -> None:
     from defectkit.bench.dagm_mix import unnamed_settings
     from defectkit.bench.protocols import BenchRequest
