@@ -325,14 +325,13 @@ def mix_notes(synth: SynthConfig) -> str:
     notes = ""
     if synth.defect_types != len(DEFECT_TYPES):
         n = synth.defect_types
-        notes += (
-            f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), shared by several textures"
-        )
+        notes += f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), each on several surfaces"
     if synth.families != len(SURFACE_FAMILIES):
         n = synth.families
         notes += (
             f"; DAGM_MIX with {n} texture families (surface s gets family s mod {n}; a second surface of "
-            "a family is a variant of it: other brightness, contrast, orientation and scale)"
+            "a family is a variant of it: other brightness, contrast, orientation and scale; a split "
+            "whose two unseen surfaces share a family leaves that texture unseen)"
         )
     return notes
 

@@ -56,6 +56,7 @@ from defectkit.bench.dagm_mix import (
     MixFeatures,
     fingerprint,
     mean_and_std,
+    mix_notes,
     mix_split,
     mix_variant,
     score_variant,
@@ -329,7 +330,9 @@ def run_line(request: BenchRequest) -> Path:
             f"segdec per surface (batch {detector_trainer.batch_size}, {detector_trainer.epochs} epochs); "
             f"totals over {n_splits} seen / unseen splits (confusion summed); detectors trained once per "
             "surface; wall time: features, routers, detectors (training and scoring)"
-            + (LINE_TRIED_CPU if request.profile == "cpu" else "")
+            + mix_notes(synth)
+            # What was tried concerns the shipped DAGM_MIX's detectors, not another build of it.
+            + (LINE_TRIED_CPU if request.profile == "cpu" and not mix_variant(synth) else "")
         ),
         root=request.results_root,
     )

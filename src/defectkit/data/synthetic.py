@@ -11,7 +11,8 @@ Surfaces
     12 by default); surfaces past the first ``families`` are *variants* of a family: the same texture
     with another orientation, scale, mean brightness and contrast, drawn from ``(seed, s)``. Fewer
     families (``families=5``: paper 002's Table 1 has five texture words for DAGM's ten classes) give
-    every texture to two surfaces, so an unseen surface's texture has been seen on another surface.
+    every texture to two surfaces, so an unseen surface's texture has been seen on another surface
+    unless both surfaces of its family are unseen.
     Every image of a surface differs: its texture phase, a small orientation / scale jitter,
     illumination gradient, vignetting and sensor noise are drawn per image.
 
