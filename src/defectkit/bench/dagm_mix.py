@@ -71,7 +71,7 @@ from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, op
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
-from defectkit.data.synthetic import DEFECT_TYPES, SURFACE_FAMILIES, SynthConfig, surface_names, synthesize
+from defectkit.data.synthetic import SynthConfig, surface_names, synthesize
 from defectkit.metrics.image import auroc
 from defectkit.training.sbad import (
     SBADOptions,
@@ -308,25 +308,20 @@ def alert_figures(validation: np.ndarray, seen: np.ndarray, unseen: np.ndarray, 
 
 
 def mix_variant(synth: SynthConfig) -> dict[str, Any]:
-    """DAGM_MIX's own settings a results variant names: the numbers of defect types and texture
-    families where they are not the generator's 8 and 12 (results written before these options
-    existed describe 8 and 12)."""
-    variant: dict[str, Any] = {}
-    if synth.defect_types != len(DEFECT_TYPES):
-        variant["defect_types"] = synth.defect_types
-    if synth.families != len(SURFACE_FAMILIES):
-        variant["families"] = synth.families
-    return variant
+    """DAGM_MIX's own settings a results variant names: the generator's later fields (defect types,
+    texture families) off their defaults (results written before they existed describe those)."""
+    return synth.later_settings()
 
 
 def mix_notes(synth: SynthConfig) -> str:
     """What a results note says of a DAGM_MIX built with fewer defect types or texture families
     than the generator's."""
     notes = ""
-    if synth.defect_types != len(DEFECT_TYPES):
+    variant = mix_variant(synth)
+    if "defect_types" in variant:
         n = synth.defect_types
         notes += f"; DAGM_MIX with {n} defect types (surface s gets type s mod {n}), each on several surfaces"
-    if synth.families != len(SURFACE_FAMILIES):
+    if "families" in variant:
         n = synth.families
         notes += (
             f"; DAGM_MIX with {n} texture families (surface s gets family s mod {n}; a second surface of "

@@ -210,6 +210,11 @@ _DEFECTS: dict[str, _DefectKind] = {
 }
 
 
+# SynthConfig fields added after generated data, caches and results were first keyed, with the
+# value everything made before them implies.
+LATER_DEFAULTS: dict[str, int] = {"defect_types": len(DEFECT_TYPES), "families": len(SURFACE_FAMILIES)}
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What to generate. Every field takes part in the output, so equal configs give equal files.
@@ -228,15 +233,20 @@ class SynthConfig:
     defect_types: int = len(DEFECT_TYPES)
     families: int = len(SURFACE_FAMILIES)
 
+    def later_settings(self) -> dict[str, Any]:
+        """The fields added after data and caches were first keyed (:data:`LATER_DEFAULTS`), where
+        they are off their defaults: what results variants name."""
+        return {
+            name: getattr(self, name)
+            for name, default in LATER_DEFAULTS.items()
+            if getattr(self, name) != default
+        }
+
     def settings(self) -> dict[str, Any]:
-        """Every field, less ``defect_types`` and ``families`` at their defaults: what cache keys
-        hash, so data and caches made before those fields existed keep their keys."""
-        fields = dict(self.__dict__)
-        if self.defect_types == len(DEFECT_TYPES):
-            del fields["defect_types"]
-        if self.families == len(SURFACE_FAMILIES):
-            del fields["families"]
-        return fields
+        """Every field, less the later ones at their defaults: what cache keys hash, so data and
+        caches made before those fields existed keep their keys."""
+        fields = {name: value for name, value in self.__dict__.items() if name not in LATER_DEFAULTS}
+        return {**fields, **self.later_settings()}
 
     def __post_init__(self) -> None:
         if self.surfaces < 1:
