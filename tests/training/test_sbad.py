@@ -237,6 +237,7 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type:
     assert len(records) == 2
     sbad = next(r for r in records.values() if r["variant"]["generator"] == "vaegan-mse")
     assert {"s", "u", "h", "zsl", "alert_auroc", "false_alert_rate"} <= set(sbad["metrics"])
+    assert {"s_gated", "u_gated", "h_gated"} <= set(sbad["metrics"])
     assert sbad["paper"]["h"] == 0.9703 and len(sbad["per_fold"]) == 2
     assert sbad["per_fold"][0]["unseen"] != sbad["per_fold"][1]["unseen"]
     assert [f["fold"] for f in sbad["per_fold"]] == [0, 1] and "h" in sbad["per_fold"][0]["metrics"]
@@ -422,7 +423,24 @@ def test_sbad_cells_keyed_before_data_surfaces_existed_are_found() -> None:
     assert len(keys) == 2 and keys[0] != keys[1]
     # The profile's default row was computed before the field: its committed cells resume.
     cells = REPO_ROOT / "benchmarks/cells/dagm-mix-sbad-cpu"
-    assert list(cells.glob(f"vaegan-mse-learned-split0-config-{keys[1]}-*.json"))
+    assert list(cells.glob(f"softmax-none-split0-config-{keys[1]}-*.json"))
     named = config.model_copy(update={"data": config.data.model_copy(update={"surfaces": ["Class1"]})})
     dump = named.model_dump(exclude={"profile"})
     assert protocol.sbad_config_keys(named) == [protocol.fingerprint([dump, protocol.CELL_VERSION])]
+
+
+def test_gated_decision_sends_alerted_images_to_the_unseen_classes_only() -> None:
+    from defectkit.bench.dagm_mix import gated_calls, mean_and_std
+    from defectkit.models.sbad import RouterOutput
+
+    out = RouterOutput(
+        logits=torch.zeros(4, 5),
+        attributes=torch.zeros(4, 2),
+        seen_class=torch.tensor([0, 1, 2, 1]),
+        unseen_score=torch.tensor([0.1, 0.5, 0.9, 0.49]),
+    )
+    unseen_call = np.array([3, 4, 4, 3])
+    assert gated_calls(out, 0.5, unseen_call).tolist() == [0, 4, 4, 1]  # at the threshold alerts
+    # A figure only newer cells carry is left out of the summary, not averaged over some of them.
+    summary = mean_and_std([{"h": 0.5, "h_gated": 0.7}, {"h": 0.7}])
+    assert set(summary) == {"h"} and summary["h"]["mean"] == pytest.approx(0.6)

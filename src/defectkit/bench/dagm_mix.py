@@ -12,7 +12,10 @@ unseen once). Metrics per cell, then mean and std over the splits:
 
 * ``s``, ``u``, ``h``: GZSL per-surface mean top-1 accuracy over all 10 surfaces on the seen and
   on the unseen test images, and their harmonic mean (Tables 3-5); ``zsl``: the unseen test images
-  classified among the unseen surfaces only.
+  classified among the unseen surfaces only. ``s_gated``, ``u_gated``, ``h_gated``: the same with
+  the gated decision (:func:`gated_calls`; SBAD only): an image the unseen alert flags is classified
+  among the unseen surfaces (the ZSL classifier), any other among the seen ones, which is how the
+  line uses the router; the paper's joint classifier (``s``, ``u``, ``h``) stays the headline.
 * ``alert_auroc``: the unseen score (distance between Encoder-2's attributes and the best seen
   surface's embedding; ``--set method_options.unseen_score=nearest_seen``: the feature-memory
   score, named in the variant) separating unseen from seen test images (``alert_auroc_gzsl``: the same
@@ -73,6 +76,7 @@ from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.synthetic import SynthConfig, surface_names, synthesize
 from defectkit.metrics.image import auroc
+from defectkit.models.sbad import RouterOutput
 from defectkit.training.sbad import (
     SBADOptions,
     backbone_features,
@@ -307,6 +311,15 @@ def alert_figures(validation: np.ndarray, seen: np.ndarray, unseen: np.ndarray, 
     }
 
 
+def gated_calls(router_output: RouterOutput, threshold: float, unseen_call: np.ndarray) -> np.ndarray:
+    """The gated GZSL decision (Socher et al. 2013; Atzmon & Chechik's COSMO, 2019): an image whose
+    unseen score reaches the alert threshold gets ``unseen_call`` (its class among the unseen
+    surfaces), any other its best seen surface. The threshold is the seen validation images' (no
+    unseen image sets it), so this is the line's own decision put as a class."""
+    alert = router_output.unseen_score.numpy() >= threshold
+    return np.where(alert, unseen_call, router_output.seen_class.numpy())
+
+
 def mix_variant(synth: SynthConfig) -> dict[str, Any]:
     """DAGM_MIX's own settings a results variant names: the generator's later fields (defect types,
     texture families) off their defaults (results written before they existed describe those)."""
@@ -381,19 +394,33 @@ def sbad_cell(
     )
     s = per_class_accuracy(seen_truth, seen.logits.argmax(1).numpy())
     u = per_class_accuracy(unseen_truth, unseen.logits.argmax(1).numpy())
-    with torch.no_grad():
-        unseen_scaled = router.scale(torch.as_tensor(data.features[split.unseen_test]))
-        zsl_logits = model.zsl_classifier(router.classifier_features(unseen_scaled))
-    zsl = per_class_accuracy(unseen_truth - n_seen, zsl_logits.argmax(1).numpy())
+
+    def zsl_call(indices: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            scaled = router.scale(torch.as_tensor(data.features[indices]))
+            return model.zsl_classifier(router.classifier_features(scaled)).argmax(1).numpy()
+
+    zsl = per_class_accuracy(unseen_truth - n_seen, zsl_call(split.unseen_test))
     alerts = alert_figures(
         validation.unseen_score.numpy(), seen.unseen_score.numpy(), unseen.unseen_score.numpy(),
         seen.seen_class.numpy(), seen_truth, options.alert_quantile,
     )  # fmt: skip
+    threshold = alerts["alert_threshold"]
+    gated = {
+        name: per_class_accuracy(truth, gated_calls(out, threshold, n_seen + zsl_call(indices)))
+        for name, truth, out, indices in (
+            ("s_gated", seen_truth, seen, split.seen_test),
+            ("u_gated", unseen_truth, unseen, split.unseen_test),
+        )
+    }
     is_unseen = np.r_[np.zeros(len(seen_truth)), np.ones(len(unseen_truth))]
     gzsl_mass = np.concatenate(
         [torch.softmax(out.logits, 1)[:, n_seen:].sum(1).numpy() for out in (seen, unseen)]
     )
-    return cell_record(split, s, u, train_s, zsl=zsl, **alerts, alert_auroc_gzsl=auroc(is_unseen, gzsl_mass))
+    return cell_record(
+        split, s, u, train_s, zsl=zsl, **alerts, alert_auroc_gzsl=auroc(is_unseen, gzsl_mass),
+        **gated, h_gated=harmonic(gated["s_gated"], gated["u_gated"]),
+    )  # fmt: skip
 
 
 def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> dict[str, Any]:
@@ -517,7 +544,9 @@ def mean_and_std(
     A NaN makes its figure's mean NaN, unless ``omit_nan`` (for a figure some cells cannot have,
     such as an AP over one class) leaves it out."""
     mean, std = (np.nanmean, np.nanstd) if omit_nan else (np.mean, np.std)
-    keys = [k for k, v in figures[0].items() if isinstance(v, float) and k not in skip]
+    # Figures added after some cells were stored are summarised only once every cell has them.
+    common = set.intersection(*(set(f) for f in figures))
+    keys = [k for k, v in figures[0].items() if isinstance(v, float) and k not in skip and k in common]
     return {
         k: {"mean": float(mean([f[k] for f in figures])), "std": float(std([f[k] for f in figures]))}
         for k in keys
