@@ -430,17 +430,16 @@ def test_sbad_cells_keyed_before_data_surfaces_existed_are_found() -> None:
 
 
 def test_gated_decision_sends_alerted_images_to_the_unseen_classes_only() -> None:
-    from defectkit.bench.dagm_mix import gated_calls, mean_and_std
-    from defectkit.models.sbad import RouterOutput
+    from defectkit.bench.dagm_mix import gated_calls, gated_figures, mean_and_std
 
-    out = RouterOutput(
-        logits=torch.zeros(4, 5),
-        attributes=torch.zeros(4, 2),
-        seen_class=torch.tensor([0, 1, 2, 1]),
-        unseen_score=torch.tensor([0.1, 0.5, 0.9, 0.49]),
+    score, seen_call, unseen_call = (
+        np.array([0.1, 0.5, 0.9, 0.49]),
+        np.array([0, 1, 2, 1]),
+        np.array([3, 4, 4, 3]),
     )
-    unseen_call = np.array([3, 4, 4, 3])
-    assert gated_calls(out, 0.5, unseen_call).tolist() == [0, 4, 4, 1]  # at the threshold alerts
+    assert gated_calls(score, seen_call, unseen_call, 0.5).tolist() == [0, 4, 4, 1]  # at the threshold alerts
+    record = gated_figures(np.array([0, 1]), np.array([0, 4]), np.array([3, 4]), np.array([3, 4]))
+    assert record == {"s_gated": 0.5, "u_gated": 1.0, "h_gated": pytest.approx(2 / 3)}
     # A figure only newer cells carry is left out of the summary, not averaged over some of them.
     summary = mean_and_std([{"h": 0.5, "h_gated": 0.7}, {"h": 0.7}])
     assert set(summary) == {"h"} and summary["h"]["mean"] == pytest.approx(0.6)

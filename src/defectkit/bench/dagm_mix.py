@@ -13,9 +13,10 @@ unseen once). Metrics per cell, then mean and std over the splits:
 * ``s``, ``u``, ``h``: GZSL per-surface mean top-1 accuracy over all 10 surfaces on the seen and
   on the unseen test images, and their harmonic mean (Tables 3-5); ``zsl``: the unseen test images
   classified among the unseen surfaces only. ``s_gated``, ``u_gated``, ``h_gated``: the same with
-  the gated decision (:func:`gated_calls`; SBAD only): an image the unseen alert flags is classified
-  among the unseen surfaces (the ZSL classifier), any other among the seen ones, which is how the
-  line uses the router; the paper's joint classifier (``s``, ``u``, ``h``) stays the headline.
+  the gated decision (:func:`gated_calls`; SBAD and the ridge baseline): an image the unseen alert
+  flags is classified among the unseen surfaces (SBAD's ZSL classifier), any other among the seen
+  ones, which is how the line uses the router; the paper's joint classifier (``s``, ``u``, ``h``)
+  stays the headline.
 * ``alert_auroc``: the unseen score (distance between Encoder-2's attributes and the best seen
   surface's embedding; ``--set method_options.unseen_score=nearest_seen``: the feature-memory
   score, named in the variant) separating unseen from seen test images (``alert_auroc_gzsl``: the same
@@ -311,13 +312,21 @@ def alert_figures(validation: np.ndarray, seen: np.ndarray, unseen: np.ndarray, 
     }
 
 
-def gated_calls(router_output: RouterOutput, threshold: float, unseen_call: np.ndarray) -> np.ndarray:
+def gated_calls(
+    unseen_score: np.ndarray, seen_call: np.ndarray, unseen_call: np.ndarray, threshold: float
+) -> np.ndarray:
     """The gated GZSL decision (Socher et al. 2013; Atzmon & Chechik's COSMO, 2019): an image whose
     unseen score reaches the alert threshold gets ``unseen_call`` (its class among the unseen
-    surfaces), any other its best seen surface. The threshold is the seen validation images' (no
-    unseen image sets it), so this is the line's own decision put as a class."""
-    alert = router_output.unseen_score.numpy() >= threshold
-    return np.where(alert, unseen_call, router_output.seen_class.numpy())
+    surfaces), any other ``seen_call`` (its best seen surface). The threshold is the seen
+    validation images' (no unseen image sets it), so this is the line's own decision put as a class."""
+    return np.where(unseen_score >= threshold, unseen_call, seen_call)
+
+
+def gated_figures(seen_truth: np.ndarray, seen_calls: np.ndarray, unseen_truth: np.ndarray,
+                  unseen_calls: np.ndarray) -> dict[str, float]:  # fmt: skip
+    """GZSL ``s``, ``u`` and ``h`` of gated calls (:func:`gated_calls`), named ``*_gated``."""
+    s, u = per_class_accuracy(seen_truth, seen_calls), per_class_accuracy(unseen_truth, unseen_calls)
+    return {"s_gated": s, "u_gated": u, "h_gated": harmonic(s, u)}
 
 
 def mix_variant(synth: SynthConfig) -> dict[str, Any]:
@@ -405,21 +414,21 @@ def sbad_cell(
         validation.unseen_score.numpy(), seen.unseen_score.numpy(), unseen.unseen_score.numpy(),
         seen.seen_class.numpy(), seen_truth, options.alert_quantile,
     )  # fmt: skip
-    threshold = alerts["alert_threshold"]
-    gated = {
-        name: per_class_accuracy(truth, gated_calls(out, threshold, n_seen + zsl_call(indices)))
-        for name, truth, out, indices in (
-            ("s_gated", seen_truth, seen, split.seen_test),
-            ("u_gated", unseen_truth, unseen, split.unseen_test),
-        )
-    }
+
+    def gated(out: RouterOutput, indices: np.ndarray) -> np.ndarray:
+        calls = (out.unseen_score.numpy(), out.seen_class.numpy(), n_seen + zsl_call(indices))
+        return gated_calls(*calls, alerts["alert_threshold"])
+
+    gated_record = gated_figures(
+        seen_truth, gated(seen, split.seen_test), unseen_truth, gated(unseen, split.unseen_test)
+    )
     is_unseen = np.r_[np.zeros(len(seen_truth)), np.ones(len(unseen_truth))]
     gzsl_mass = np.concatenate(
         [torch.softmax(out.logits, 1)[:, n_seen:].sum(1).numpy() for out in (seen, unseen)]
     )
     return cell_record(
         split, s, u, train_s, zsl=zsl, **alerts, alert_auroc_gzsl=auroc(is_unseen, gzsl_mass),
-        **gated, h_gated=harmonic(gated["s_gated"], gated["u_gated"]),
+        **gated_record,
     )  # fmt: skip
 
 
@@ -498,7 +507,14 @@ def ridge_cell(
         validation[:, :n_seen].min(1), seen[:, :n_seen].min(1), unseen[:, :n_seen].min(1),
         seen[:, :n_seen].argmin(1), seen_truth, options.alert_quantile,
     )  # fmt: skip
-    return cell_record(split, s, u, train_s, zsl=zsl, **alerts)
+
+    def gated(distance: np.ndarray) -> np.ndarray:
+        seen_part = distance[:, :n_seen]
+        calls = (seen_part.min(1), seen_part.argmin(1), n_seen + distance[:, n_seen:].argmin(1))
+        return gated_calls(*calls, alerts["alert_threshold"])
+
+    gated_record = gated_figures(seen_truth, gated(seen), unseen_truth, gated(unseen))
+    return cell_record(split, s, u, train_s, zsl=zsl, **alerts, **gated_record)
 
 
 def _options(config: RunConfig, ce: str, generator: str) -> SBADOptions:
