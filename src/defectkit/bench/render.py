@@ -86,7 +86,10 @@ INFO_METRICS = (
     "map50",
     "accuracy_std",
     "unknown_auroc",
-    # dagm-mix/sbad: the unseen alert and routing the paper does not measure
+    # dagm-mix/sbad: the gated decision (the line's), the unseen alert and routing the paper does
+    # not measure
+    "h_gated",
+    "u_gated",
     "alert_auroc",
     "false_alert_rate",
     "routing_accuracy",
