@@ -147,7 +147,10 @@ SBAD_TRIED_CPU = (
     "blotches or stripes / dots stay near chance). Texture statistics as features (model.pooling="
     "stages: mean and std of every backbone stage) gave the ridge baseline ZSL 0.70 / 0.80 "
     "(keep / seen_span) and H 0.00 / 0.69, against 0.725 / 0.832 and 0.00 / 0.43 on the final pooled "
-    "features: a better H, not a better ZSL"
+    "features: a better H, not a better ZSL. Choosing the unvaried treatment per split by ZSL on held-out "
+    "pairs of seen surfaces (ridge on the other six, all 28 pairs; no unseen image read) failed: that "
+    "ZSL stayed near chance (0.37-0.67 a split) and picked a treatment worse than seen_span in 2 of 5 "
+    "splits (ZSL 0.745 against 0.832)"
 )
 # Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
 PAPER: dict[tuple[str, str], dict[str, float]] = {
@@ -460,11 +463,12 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
     alerts = alert_figures(
         validation, seen_score, unseen_score_, seen_call, seen_truth, options.alert_quantile
     )
-    seen_alert, unseen_alert = (
-        seen_score >= alerts["alert_threshold"],
-        unseen_score_ >= alerts["alert_threshold"],
+    # Its gated decision, with "unseen" (-1) as the one unseen class: an alerted image counts as
+    # a correct unseen call, whichever unseen surface it is.
+    s = per_class_accuracy(
+        seen_truth, gated_calls(seen_score, seen_call, np.array(-1), alerts["alert_threshold"])
     )
-    s = per_class_accuracy(seen_truth, np.where(seen_alert, -1, seen_call))
+    unseen_alert = unseen_score_ >= alerts["alert_threshold"]
     unseen_truth = data.surface[split.unseen_test]
     u = float(np.mean([unseen_alert[unseen_truth == c].mean() for c in np.unique(unseen_truth)]))
     return cell_record(split, s, u, train_s, **alerts)
