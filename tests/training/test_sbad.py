@@ -421,7 +421,7 @@ def test_sbad_cells_keyed_before_data_surfaces_existed_are_found() -> None:
     config = load_config(REPO_ROOT / protocol.CONFIG, "cpu")
     keys = protocol.sbad_config_keys(config)
     assert len(keys) == 2 and keys[0] != keys[1]
-    # The profile's default row was computed before the field: its committed cells resume.
+    # The softmax row was computed before the field: its committed cells resume under the old key.
     cells = REPO_ROOT / "benchmarks/cells/dagm-mix-sbad-cpu"
     assert list(cells.glob(f"softmax-none-split0-config-{keys[1]}-*.json"))
     named = config.model_copy(update={"data": config.data.model_copy(update={"surfaces": ["Class1"]})})

@@ -14,9 +14,9 @@ unseen once). Metrics per cell, then mean and std over the splits:
   on the unseen test images, and their harmonic mean (Tables 3-5); ``zsl``: the unseen test images
   classified among the unseen surfaces only. ``s_gated``, ``u_gated``, ``h_gated``: the same with
   the gated decision (:func:`gated_calls`; SBAD and the ridge baseline): an image the unseen alert
-  flags is classified among the unseen surfaces (SBAD's ZSL classifier), any other among the seen
-  ones, which is how the line uses the router; the paper's joint classifier (``s``, ``u``, ``h``)
-  stays the headline.
+  flags is classified among the unseen surfaces (SBAD's ZSL classifier; the ridge's nearest unseen
+  embedding), any other among the seen ones, which is how the line uses the router; the paper's
+  joint classifier (``s``, ``u``, ``h``) stays the headline.
 * ``alert_auroc``: the unseen score (distance between Encoder-2's attributes and the best seen
   surface's embedding; ``--set method_options.unseen_score=nearest_seen``: the feature-memory
   score, named in the variant) separating unseen from seen test images (``alert_auroc_gzsl``: the same
@@ -412,18 +412,19 @@ def sbad_cell(
             scaled = router.scale(torch.as_tensor(data.features[indices]))
             return model.zsl_classifier(router.classifier_features(scaled)).argmax(1).numpy()
 
-    zsl = per_class_accuracy(unseen_truth - n_seen, zsl_call(split.unseen_test))
+    unseen_zsl_call = zsl_call(split.unseen_test)
+    zsl = per_class_accuracy(unseen_truth - n_seen, unseen_zsl_call)
     alerts = alert_figures(
         validation.unseen_score.numpy(), seen.unseen_score.numpy(), unseen.unseen_score.numpy(),
         seen.seen_class.numpy(), seen_truth, options.alert_quantile,
     )  # fmt: skip
 
-    def gated(out: RouterOutput, indices: np.ndarray) -> np.ndarray:
-        calls = (out.unseen_score.numpy(), out.seen_class.numpy(), n_seen + zsl_call(indices))
+    def gated(out: RouterOutput, zsl_calls: np.ndarray) -> np.ndarray:
+        calls = (out.unseen_score.numpy(), out.seen_class.numpy(), n_seen + zsl_calls)
         return gated_calls(*calls, alerts["alert_threshold"])
 
     gated_record = gated_figures(
-        seen_truth, gated(seen, split.seen_test), unseen_truth, gated(unseen, split.unseen_test)
+        seen_truth, gated(seen, zsl_call(split.seen_test)), unseen_truth, gated(unseen, unseen_zsl_call)
     )
     is_unseen = np.r_[np.zeros(len(seen_truth)), np.ones(len(unseen_truth))]
     gzsl_mass = np.concatenate(
@@ -463,12 +464,11 @@ def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> di
     alerts = alert_figures(
         validation, seen_score, unseen_score_, seen_call, seen_truth, options.alert_quantile
     )
-    # Its gated decision, with "unseen" (-1) as the one unseen class: an alerted image counts as
-    # a correct unseen call, whichever unseen surface it is.
-    s = per_class_accuracy(
-        seen_truth, gated_calls(seen_score, seen_call, np.array(-1), alerts["alert_threshold"])
+    seen_alert, unseen_alert = (
+        seen_score >= alerts["alert_threshold"],
+        unseen_score_ >= alerts["alert_threshold"],
     )
-    unseen_alert = unseen_score_ >= alerts["alert_threshold"]
+    s = per_class_accuracy(seen_truth, np.where(seen_alert, -1, seen_call))
     unseen_truth = data.surface[split.unseen_test]
     u = float(np.mean([unseen_alert[unseen_truth == c].mean() for c in np.unique(unseen_truth)]))
     return cell_record(split, s, u, train_s, **alerts)
@@ -562,7 +562,8 @@ def mean_and_std(
 ) -> dict[str, Any]:
     """Mean and std over cells (splits, or left-out products) of every float figure but ``skip``.
     A NaN makes its figure's mean NaN, unless ``omit_nan`` (for a figure some cells cannot have,
-    such as an AP over one class) leaves it out."""
+    such as an AP over one class) leaves it out. A figure some cells lack (added after they were
+    stored) is left out of the summary; the per-cell figures keep it."""
     mean, std = (np.nanmean, np.nanstd) if omit_nan else (np.mean, np.std)
     # Figures added after some cells were stored are summarised only once every cell has them.
     common = set.intersection(*(set(f) for f in figures))
