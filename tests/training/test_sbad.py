@@ -238,6 +238,9 @@ def test_dagm_mix_protocol_on_tiny_data(tmp_path, monkeypatch) -> None:  # type:
     sbad = next(r for r in records.values() if r["variant"]["generator"] == "vaegan-mse")
     assert {"s", "u", "h", "zsl", "alert_auroc", "false_alert_rate"} <= set(sbad["metrics"])
     assert {"s_gated", "u_gated", "h_gated"} <= set(sbad["metrics"])
+    diagnosis = {"zsl_attributes", "zsl_attributes_cosine", "generated_gap_seen", "generated_gap_unseen"}
+    assert diagnosis <= set(sbad["metrics"])
+    assert all(0 <= sbad["metrics"][k]["mean"] <= 1 for k in ("zsl_attributes", "zsl_attributes_cosine"))
     assert sbad["paper"]["h"] == 0.9703 and len(sbad["per_fold"]) == 2
     assert sbad["per_fold"][0]["unseen"] != sbad["per_fold"][1]["unseen"]
     assert [f["fold"] for f in sbad["per_fold"]] == [0, 1] and "h" in sbad["per_fold"][0]["metrics"]

@@ -90,6 +90,10 @@ INFO_METRICS = (
     # not measure
     "h_gated",
     "u_gated",
+    # dagm-mix/sbad: ZSL with no generated feature, and how far generated unseen features land
+    "zsl_attributes",
+    "zsl_attributes_cosine",
+    "generated_gap_unseen",
     "alert_auroc",
     "false_alert_rate",
     "routing_accuracy",

@@ -160,6 +160,7 @@ class SBADModel:
     zsl_classifier: nn.Linear  # over the unseen surfaces only, on router.classifier_features
     embeddings: np.ndarray  # C x A, seen then unseen, as used in stage B
     learned_seen: np.ndarray | None  # the seen classes' learned CE (None: ce="real")
+    generator: FeatureGenerator  # stage B's, kept for the benchmark's look at what it generates
     history: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -391,7 +392,7 @@ def fit_sbad(features: np.ndarray, labels: np.ndarray, real_ce: np.ndarray, n_se
         low, high, gzsl, regressor, embeddings, n_seen, options.unseen_score, memory, options.classifier_input
     )
     router.eval()
-    return SBADModel(router, zsl, embeddings.numpy(), learned_seen, history)
+    return SBADModel(router, zsl, embeddings.numpy(), learned_seen, generator, history)
 
 
 def sbad_options(method_options: dict[str, Any], **updates: Any) -> SBADOptions:
