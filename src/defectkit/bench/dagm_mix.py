@@ -17,6 +17,11 @@ unseen once). Metrics per cell, then mean and std over the splits:
   flags is classified among the unseen surfaces (SBAD's ZSL classifier; the ridge's nearest unseen
   embedding), any other among the seen ones, which is how the line uses the router; the paper's
   joint classifier (``s``, ``u``, ``h``) stays the headline.
+* Where SBAD's ZSL is lost (:func:`attribute_zsl`, :func:`generation_gaps`): ``zsl_attributes``
+  (and ``_cosine``), the unseen test images named by the unseen embedding nearest Encoder-2's
+  reconstruction of their attributes, with no generated feature; ``generated_gap_seen`` and
+  ``generated_gap_unseen``, how far the generator's class means land from the real ones, in units
+  of the distance between two seen surfaces.
 * ``alert_auroc``: the unseen score (distance between Encoder-2's attributes and the best seen
   surface's embedding; ``--set method_options.unseen_score=nearest_seen``: the feature-memory
   score, named in the variant) separating unseen from seen test images (``alert_auroc_gzsl``: the same
@@ -66,6 +71,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -460,10 +466,7 @@ def attribute_zsl(
     figures beside the paper's ``zsl`` (the classifier trained on generated features), not a
     choice: they show how much of the ZSL shortfall is the generator's."""
     squared = (reconstructed[:, None, :] - unseen_embeddings[None]).pow(2).mean(-1)
-    cosine = (
-        torch.nn.functional.normalize(reconstructed, dim=1)
-        @ torch.nn.functional.normalize(unseen_embeddings, dim=1).T
-    )
+    cosine = F.normalize(reconstructed, dim=1) @ F.normalize(unseen_embeddings, dim=1).T
     return {
         "zsl_attributes": per_class_accuracy(truth, squared.argmin(1).numpy()),
         "zsl_attributes_cosine": per_class_accuracy(truth, cosine.argmax(1).numpy()),
