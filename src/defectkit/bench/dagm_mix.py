@@ -156,7 +156,11 @@ SBAD_TRIED_CPU = (
     "features: a better H, not a better ZSL. Choosing the unvaried treatment per split by ZSL on held-out "
     "pairs of seen surfaces (ridge on the other six, all 28 pairs; no unseen image read) failed: that "
     "ZSL stayed near chance (0.37-0.67 a split) and picked a treatment worse than seen_span in 2 of 5 "
-    "splits (ZSL 0.745 against 0.832)"
+    "splits (ZSL 0.745 against 0.832). Where the ZSL is lost (zsl_attributes, generated_gap_*, "
+    "docs/dagm-mix-attributes.md): the generator fits the seen surfaces (their generated means "
+    "within about 5 % of a surface-to-surface distance of the real ones) but not the unseen ones "
+    "(about one whole distance away), while Encoder-2's reconstructed attributes name more unseen "
+    "images than the classifier trained on generated features does"
 )
 # Tables 3-5 (their rows: TF-VAEGAN = tfvaegan-l1, the proposed VAEGAN = vaegan-mse).
 PAPER: dict[tuple[str, str], dict[str, float]] = {
