@@ -87,6 +87,7 @@ from defectkit.models.sbad import FeatureGenerator, RouterOutput
 from defectkit.training.sbad import (
     SBADOptions,
     backbone_features,
+    class_means,
     feature_backbone,
     feature_pooling,
     finetune_backbone,
@@ -417,12 +418,18 @@ def sbad_cell(
     s = per_class_accuracy(seen_truth, seen.logits.argmax(1).numpy())
     u = per_class_accuracy(unseen_truth, unseen.logits.argmax(1).numpy())
 
-    def zsl_call(indices: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            scaled = router.scale(torch.as_tensor(data.features[indices]))
-            return model.zsl_classifier(router.classifier_features(scaled)).argmax(1).numpy()
-
-    unseen_zsl_call = zsl_call(split.unseen_test)
+    with torch.no_grad():
+        scaled_seen, scaled_unseen = (
+            router.scale(torch.as_tensor(data.features[indices]))
+            for indices in (split.seen_test, split.unseen_test)
+        )
+        seen_zsl_call, unseen_zsl_call = (
+            model.zsl_classifier(router.classifier_features(scaled)).argmax(1).numpy()
+            for scaled in (scaled_seen, scaled_unseen)
+        )
+        generated_means = generated_class_means(
+            model.generator, router.embeddings, options.synthetic_per_class, options.seed
+        )
     zsl = per_class_accuracy(unseen_truth - n_seen, unseen_zsl_call)
     alerts = alert_figures(
         validation.unseen_score.numpy(), seen.unseen_score.numpy(), unseen.unseen_score.numpy(),
@@ -434,20 +441,12 @@ def sbad_cell(
         return gated_calls(*calls, alerts["alert_threshold"])
 
     gated_record = gated_figures(
-        seen_truth, gated(seen, zsl_call(split.seen_test)), unseen_truth, gated(unseen, unseen_zsl_call)
+        seen_truth, gated(seen, seen_zsl_call), unseen_truth, gated(unseen, unseen_zsl_call)
     )
-    embeddings = torch.as_tensor(model.embeddings, dtype=torch.float32)
-    with torch.no_grad():
-        scaled_seen, scaled_unseen = (
-            router.scale(torch.as_tensor(data.features[indices]))
-            for indices in (split.seen_test, split.unseen_test)
-        )
-        generated_means = generated_class_means(
-            model.generator, embeddings, options.synthetic_per_class, options.seed
-        )
+    test_truth = torch.as_tensor(np.r_[seen_truth, unseen_truth])
     diagnosis = {
-        **attribute_zsl(unseen.attributes, embeddings[n_seen:], unseen_truth - n_seen),
-        **generation_gaps(generated_means, scaled_seen, seen_truth, scaled_unseen, unseen_truth),
+        **attribute_zsl(unseen.attributes, router.embeddings[n_seen:], unseen_truth - n_seen),
+        **generation_gaps(generated_means, torch.cat([scaled_seen, scaled_unseen]), test_truth, n_seen),
     }
     is_unseen = np.r_[np.zeros(len(seen_truth)), np.ones(len(unseen_truth))]
     gzsl_mass = np.concatenate(
@@ -486,27 +485,24 @@ def generated_class_means(
         torch.manual_seed(seed + 5)
         labels = torch.arange(len(embeddings)).repeat_interleave(per_class)
         generated = generator.sample(embeddings[labels])
-    return torch.stack([generated[labels == c].mean(0) for c in range(len(embeddings))])
+    return class_means(generated, labels, range(len(embeddings)))
 
 
-def generation_gaps(generated_means: torch.Tensor, seen: torch.Tensor, seen_truth: np.ndarray,
-                    unseen: torch.Tensor, unseen_truth: np.ndarray) -> dict[str, float]:  # fmt: skip
-    """How far the generator's class means land from the real test images' class means, in units
-    of the mean distance between two real seen surfaces' means: ``generated_gap_seen`` over the
-    surfaces it was trained on (how well it fits), ``generated_gap_unseen`` over those it only got
-    the embedding of (how well it transfers; near 1, its unseen features are as far from the real
-    ones as one surface is from another, and no classifier trained on them can name them)."""
-    real_means = [
-        torch.stack([images[torch.as_tensor(truth == c)].mean(0) for c in np.unique(truth)])
-        for images, truth in ((seen, seen_truth), (unseen, unseen_truth))
-    ]
-    classes = [np.unique(truth) for truth in (seen_truth, unseen_truth)]
-    between = torch.pdist(real_means[0]).mean()
-    gaps = [
-        float(((generated_means[list(c)] - means).norm(dim=1) / between).mean())
-        for c, means in zip(classes, real_means, strict=True)
-    ]
-    return {"generated_gap_seen": gaps[0], "generated_gap_unseen": gaps[1]}
+def generation_gaps(
+    generated_means: torch.Tensor, test_features: torch.Tensor, test_truth: torch.Tensor, n_seen: int
+) -> dict[str, float]:
+    """How far the generator's class means land from the real test images' class means (every
+    class has test images), in units of the mean distance between two real seen surfaces' means:
+    ``generated_gap_seen`` over the surfaces it was trained on (how well it fits),
+    ``generated_gap_unseen`` over those it only got the embedding of (how well it transfers; near
+    1, its unseen features are as far from the real ones as one surface is from another, and no
+    classifier trained on them can name them)."""
+    real_means = class_means(test_features, test_truth, range(len(generated_means)))
+    gaps = (generated_means - real_means).norm(dim=1) / torch.pdist(real_means[:n_seen]).mean()
+    return {
+        "generated_gap_seen": float(gaps[:n_seen].mean()),
+        "generated_gap_unseen": float(gaps[n_seen:].mean()),
+    }
 
 
 def softmax_cell(data: MixFeatures, split: MixSplit, options: SBADOptions) -> dict[str, Any]:
@@ -638,7 +634,6 @@ def mean_and_std(
     such as an AP over one class) leaves it out. A figure some cells lack (added after they were
     stored) is left out of the summary; the per-cell figures keep it."""
     mean, std = (np.nanmean, np.nanstd) if omit_nan else (np.mean, np.std)
-    # Figures added after some cells were stored are summarised only once every cell has them.
     common = set.intersection(*(set(f) for f in figures))
     keys = [k for k, v in figures[0].items() if isinstance(v, float) and k not in skip and k in common]
     return {

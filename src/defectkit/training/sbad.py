@@ -220,6 +220,11 @@ def pin_unvaried(embeddings: np.ndarray, n_seen: int) -> np.ndarray:
     return pinned
 
 
+def class_means(features: Tensor, labels: Tensor, classes: Iterable[int]) -> Tensor:
+    """One row per class of ``classes``: the mean of the rows of ``features`` labelled with it."""
+    return torch.stack([features[labels == c].mean(dim=0) for c in classes])
+
+
 def train_ce_vae(features: Tensor, labels: Tensor, real_ce: Tensor, options: SBADOptions,
                  progress: Progress | None = None) -> Tensor:  # fmt: skip
     """Stage A: the learned CE of each seen class (rows in the order of ``real_ce``)."""
@@ -239,7 +244,7 @@ def train_ce_vae(features: Tensor, labels: Tensor, real_ce: Tensor, options: SBA
     vae.eval()
     with torch.no_grad():
         mu, _ = vae.encoder(features)
-    return torch.stack([mu[labels == c].mean(dim=0) for c in range(len(real_ce))])
+    return class_means(mu, labels, range(len(real_ce)))
 
 
 def map_unseen(real_seen: np.ndarray, learned_seen: np.ndarray, real_unseen: np.ndarray,
