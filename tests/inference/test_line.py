@@ -220,13 +220,20 @@ detector:
   config: {repo / "configs/segdec/synthetic.yaml"}
   set: [trainer.epochs=1, trainer.val_every=1, "input.size=[64,64]", "model.widths=[8,8,8]",
         model.volume_channels=16, "model.decision_widths=[4,4,4]"]
+  surfaces: {{Class2: ["input.size=[72,72]"]}}
 """
     )
     out = tmp_path / "line"
+    stranger = tmp_path / "stranger.yaml"
+    stranger.write_text(spec.read_text().replace("{Class2:", "{Class3:"))
+    refused = CliRunner().invoke(app, ["line", "train", str(stranger), "--out", str(out), "-q"])
+    assert refused.exit_code != 0 and "['Class3'], not seen surfaces" in refused.output, refused.output
     result = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     line = load_line(out)
     assert sorted(line.detectors) == SEEN and line.router.seen == SEEN
+    sizes = {s: load_inspector(out / "detectors" / s / "model").card.input.size for s in SEEN}
+    assert sizes == {"Class1": (64, 64), "Class2": (72, 72)}  # Class2's own override
     assert line.inspect(next((line_dir / "data" / "Class1" / "Test").glob("*.PNG"))).verdict in (
         "ok",
         "defect",
@@ -240,7 +247,8 @@ detector:
     )
     rescored = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert rescored.exit_code != 0 and "'nearest_seen'" in rescored.output, rescored.output
-    spec.write_text(original.replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]"))
+    moved = original.replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]")
+    spec.write_text(moved.replace("{Class2:", "{Class3:"))  # its override follows, so only the router differs
     changed = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert changed.exit_code != 0 and "remove" in changed.output
 

@@ -63,7 +63,7 @@ from defectkit.bench.dagm_mix import (
 )
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import CellCache, write_results
-from defectkit.config import load_config
+from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
@@ -76,7 +76,7 @@ from defectkit.inference.saved_model import CARD_NAME, InputSpec
 from defectkit.metrics.image import auroc, average_precision
 from defectkit.models.sbad import FeatureBackbone
 from defectkit.training.engine import train
-from defectkit.training.line import read_line_train_spec, stage_config
+from defectkit.training.line import detector_config, read_line_train_spec, stage_config
 from defectkit.training.sbad import (
     RouterSetup,
     SurfaceFeatures,
@@ -249,16 +249,9 @@ def run_line(request: BenchRequest) -> Path:
 
     # Detectors, one per surface, scoring their own test split and what the routers sent them.
     detector_configs = {
-        s: stage_config(spec.detector, spec_path.parent, str(root), request.profile, [f"data.surface={s}"])
-        for s in surfaces
+        s: detector_config(spec, spec_path.parent, str(root), request.profile, s) for s in surfaces
     }
-    # Everything but the data root and the surface (which name the same images wherever they lie).
-    detector_trainer = detector_configs[surfaces[0]].trainer  # the same for every surface
-    detector_settings = detector_configs[surfaces[0]].model_dump(mode="json")
-    detector_settings["data"] = {
-        k: v for k, v in detector_settings["data"].items() if k not in ("root", "surface")
-    }
-    detector_key = fingerprint([detector_settings, data_key, CELL_VERSION])
+    detector_trainer = stage_config(spec.detector, spec_path.parent, str(root), request.profile, []).trainer
     asked: dict[str, set[int]] = {}  # per surface: the test images some router sent it, no alert
     for route in routes:
         for image, call, unknown in route_calls(route):
@@ -266,6 +259,7 @@ def run_line(request: BenchRequest) -> Path:
                 asked.setdefault(call, set()).add(image)
     detectors: dict[str, dict[str, Any]] = {}
     for surface in surfaces:
+        detector_key = detector_config_key(detector_configs[surface], data_key)
         trained_key = f"detector/{surface}/config-{detector_key}"
         work_dir = work / "detectors" / surface
         config = detector_configs[surface]
@@ -327,7 +321,9 @@ def run_line(request: BenchRequest) -> Path:
         init=str(router_config.weights) if router_config.weights else "random",
         notes=(
             f"{LINE_CONFIG}: sbad router ({backbone_name} frozen, {options.gan_epochs} VAEGAN epochs) + one "
-            f"segdec per surface (batch {detector_trainer.batch_size}, {detector_trainer.epochs} epochs); "
+            f"segdec per surface (batch {detector_trainer.batch_size}, {detector_trainer.epochs} epochs"
+            + "".join(f"; {name}: {', '.join(own)}" for name, own in sorted(spec.detector.surfaces.items()))
+            + "); "
             f"totals over {n_splits} seen / unseen splits (confusion summed); detectors trained once per "
             "surface; wall time: features, routers, detectors (training and scoring)"
             + mix_notes(synth)
@@ -336,6 +332,14 @@ def run_line(request: BenchRequest) -> Path:
         ),
         root=request.results_root,
     )
+
+
+def detector_config_key(config: RunConfig, data_key: str) -> str:
+    """A detector cell's config key: everything but the data root and the surface, which name the
+    same images wherever they lie, so surfaces trained alike share one key."""
+    settings = config.model_dump(mode="json")
+    settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("root", "surface")}
+    return fingerprint([settings, data_key, CELL_VERSION])
 
 
 def routed_cell(

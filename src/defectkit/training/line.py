@@ -3,9 +3,11 @@
 The line's training file (``configs/line/*.yaml``, :class:`LineTrainSpec`) names one dataset with
 surface names (``data_root``), the router's training config (``sbad``) and the detectors' (any
 method with an OK/NG decision; ``segdec`` is the paper's SBDD), each with optional ``set``
-overrides. The same ``--profile`` applies to both. Seen surfaces are ``surfaces`` or, when it is
-omitted, every surface in the data's train split; surfaces of the router's attribute table that
-have no images stay unseen-known (the router can name them, no detector judges them).
+overrides; ``detector.surfaces`` adds overrides for named surfaces (``{Class3:
+["input.size=[192,192]"]}``). The same ``--profile`` applies to both. Seen surfaces are
+``surfaces`` or, when it is omitted, every surface in the data's train split; surfaces of the
+router's attribute table that have no images stay unseen-known (the router can name them, no
+detector judges them).
 
 Written under ``OUT``: ``router/model``, ``detectors/<surface>/model`` and ``line.yaml`` pointing
 at them (relative paths, so the folder moves as one). A detector already saved is kept, so an
@@ -36,6 +38,16 @@ class StageSpec(BaseModel):
     set: list[str] = Field(default_factory=list, description="overrides a.b=c, as --set")
 
 
+class DetectorStageSpec(StageSpec):
+    """The detectors' stage: one config for every surface, plus overrides for some of them."""
+
+    # Surfaces differ: a weave with spots of a few pixels may need a larger input than a plain
+    # sheet with long scratches, and training every detector at the larger size costs them all.
+    surfaces: dict[str, list[str]] = Field(
+        default_factory=dict, description="per-surface overrides a.b=c, applied after set"
+    )
+
+
 class LineTrainSpec(BaseModel):
     """Contents of a line training file."""
 
@@ -44,7 +56,7 @@ class LineTrainSpec(BaseModel):
     data_root: str = Field(description="dataset folder with surface names ($VARS expanded)")
     surfaces: list[str] | None = Field(None, description="seen surfaces; None: all in the train split")
     router: StageSpec
-    detector: StageSpec
+    detector: DetectorStageSpec
     classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
     attributes_top: int = 3
 
@@ -69,6 +81,13 @@ def stage_config(stage: StageSpec, base: Path, data_root: str, profile: str | No
     """A stage's run config on the line's data (generated-data settings in it are dropped)."""
     overrides = [*stage.set, f"data.root={data_root}", "data.synthetic=null", *extra]
     return load_config(_config_path(stage.config, base), profile, overrides)
+
+
+def detector_config(spec: LineTrainSpec, base: Path, data_root: str, profile: str | None,
+                    surface: str) -> RunConfig:  # fmt: skip
+    """``surface``'s detector config: the stage's, on that surface, with its own overrides."""
+    own = [f"data.surface={surface}", *spec.detector.surfaces.get(surface, [])]
+    return stage_config(spec.detector, base, data_root, profile, own)
 
 
 def seen_surfaces(config: RunConfig) -> list[str]:
@@ -102,6 +121,11 @@ def train_line(
         raise ConfigError(f"{spec.router.config}: the router must be method sbad, not {router_config.method}")
     surfaces = seen_surfaces(router_config)
     say(f"seen surfaces ({len(surfaces)}): {', '.join(surfaces)}")
+    strangers = sorted(set(spec.detector.surfaces) - set(surfaces))
+    if strangers:
+        raise ConfigError(
+            f"{spec_path}: detector.surfaces names {strangers}, not seen surfaces ({', '.join(surfaces)})"
+        )
     router_dir = out / ROUTER_DIR / "model"
     if (router_dir / CARD_NAME).is_file():
         card = read_card(router_dir)
@@ -129,7 +153,7 @@ def train_line(
         if (target / "model" / CARD_NAME).is_file():
             say(f"detector {k}/{len(surfaces)} {surface}: kept {target / 'model'}")
         else:
-            config = stage_config(spec.detector, base, spec.data_root, profile, [f"data.surface={surface}"])
+            config = detector_config(spec, base, spec.data_root, profile, surface)
             say(f"detector {k}/{len(surfaces)} {surface}: training {config.method}")
             train(config, target, progress=progress)
         detectors[surface] = str(Path(DETECTORS_DIR) / surface / "model")
