@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from conftest import tiny_model, tiny_segdec
@@ -19,6 +20,7 @@ from defectkit.data.synthetic import SynthConfig, generate
 from defectkit.inference.inspector import load_inspector
 from defectkit.inference.line import LineSpec, cascade_verdict, load_line, write_line_spec
 from defectkit.inference.saved_model import SavedModelError
+from defectkit.training.line import DetectorStageSpec
 from defectkit.training.sbad import train_router_model
 
 SEEN = ["Class1", "Class2"]
@@ -220,14 +222,15 @@ detector:
   config: {repo / "configs/segdec/synthetic.yaml"}
   set: [trainer.epochs=1, trainer.val_every=1, "input.size=[64,64]", "model.widths=[8,8,8]",
         model.volume_channels=16, "model.decision_widths=[4,4,4]"]
-  surfaces: {{Class2: ["input.size=[72,72]"]}}
+  per_surface: {{Class2: ["input.size=[72,72]"]}}
 """
     )
     out = tmp_path / "line"
     stranger = tmp_path / "stranger.yaml"
-    stranger.write_text(spec.read_text().replace("{Class2:", "{Class3:"))
+    stranger.write_text(spec.read_text().replace("{Class2:", "{Class9:"))
     refused = CliRunner().invoke(app, ["line", "train", str(stranger), "--out", str(out), "-q"])
-    assert refused.exit_code != 0 and "['Class3'], not seen surfaces" in refused.output, refused.output
+    assert refused.exit_code != 0 and "names Class9, which the data has no" in refused.output, refused.output
+    assert not out.exists()  # refused before anything trained
     result = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     line = load_line(out)
@@ -242,15 +245,30 @@ detector:
     again = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert again.exit_code == 0 and again.output.count("kept") == 3, again.output
     original = spec.read_text()
+    spec.write_text(original.replace("input.size=[72,72]", "input.size=[80,80]"))
+    resized = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
+    assert resized.exit_code != 0 and "Class2/model: a detector trained with other input" in resized.output
     spec.write_text(
         original.replace("critic_steps=1]", "critic_steps=1, method_options.unseen_score=nearest_seen]")
     )
     rescored = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert rescored.exit_code != 0 and "'nearest_seen'" in rescored.output, rescored.output
-    moved = original.replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]")
-    spec.write_text(moved.replace("{Class2:", "{Class3:"))  # its override follows, so only the router differs
+    spec.write_text(original.replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]"))
     changed = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert changed.exit_code != 0 and "remove" in changed.output
+
+
+def test_per_surface_overrides_follow_the_profile_and_leave_data_alone() -> None:
+    stage = DetectorStageSpec(
+        config="segdec.yaml",
+        per_surface={"Class3": ["input.size=[192,192]"], "Class8": {"cpu": ["trainer.epochs=40"]}},
+    )
+    assert stage.overrides("Class3", None) == stage.overrides("Class3", "paper") == ["input.size=[192,192]"]
+    assert stage.overrides("Class8", "cpu") == ["trainer.epochs=40"]
+    assert stage.overrides("Class8", "paper") == stage.overrides("Class8", None) == []
+    assert stage.overrides("Class1", "cpu") == []
+    with pytest.raises(ValidationError, match="would change its data"):
+        DetectorStageSpec(config="segdec.yaml", per_surface={"Class3": {"cpu": ["data.surface=Class4"]}})
 
 
 def test_line_eval_scores_every_test_image_end_to_end(line_dir: Path, tmp_path: Path) -> None:

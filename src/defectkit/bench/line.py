@@ -11,11 +11,13 @@ test images and every image of the unseen surfaces. The line is ``configs/line/d
 3. Per split (:func:`~defectkit.bench.dagm_mix.mix_split`, as ``dagm-mix/sbad``): SBAD trained on the
    8 seen surfaces' training images, its unknown threshold on their validation images; every test
    image routed (a surface, or unknown).
-4. One detector per surface (10 ``segdec`` models, data.surface = that surface; a detector does not
-   depend on which other surfaces are unseen, so each trains once and serves every split in which
-   its surface is seen). It scores its own test split (its AP), then every image any split's
-   router sent it (a separate cell, so new routes rescore with the saved model rather than
-   retrain it); nothing else: what a line would ask of it.
+4. One detector per surface (10 ``segdec`` models, data.surface = that surface, with the line
+   file's ``detector.per_surface`` overrides; a detector does not depend on which other surfaces
+   are unseen, so each trains once and serves every split in which its surface is seen; its cell
+   and folder are keyed by its own config, so surfaces trained alike share a key). It scores its
+   own test split (its AP), then every image any split's router sent it (a separate cell, so new
+   routes rescore with the saved model rather than retrain it); nothing else: what a line would
+   ask of it.
 5. Each test image judged by :func:`~defectkit.inference.line.cascade_verdict`.
 
 The wall time is the whole protocol's but writing the generated images: features, routers (fit and
@@ -63,7 +65,7 @@ from defectkit.bench.dagm_mix import (
 )
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import CellCache, write_results
-from defectkit.config import RunConfig, load_config
+from defectkit.config import ConfigError, RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
@@ -248,6 +250,11 @@ def run_line(request: BenchRequest) -> Path:
         routes.append(cache.get_or_compute(key, compute))
 
     # Detectors, one per surface, scoring their own test split and what the routers sent them.
+    if strangers := sorted(set(spec.detector.per_surface) - set(surfaces)):
+        raise ConfigError(
+            f"{spec_path}: detector.per_surface names {', '.join(strangers)}, which DAGM_MIX does not "
+            f"have (it has {', '.join(surfaces)})"
+        )
     detector_configs = {
         s: detector_config(spec, spec_path.parent, str(root), request.profile, s) for s in surfaces
     }
@@ -261,7 +268,8 @@ def run_line(request: BenchRequest) -> Path:
     for surface in surfaces:
         detector_key = detector_config_key(detector_configs[surface], data_key)
         trained_key = f"detector/{surface}/config-{detector_key}"
-        work_dir = work / "detectors" / surface
+        # One folder per config: routed_cell scores with the model it finds there.
+        work_dir = work / "detectors" / f"{surface}-{detector_key}"
         config = detector_configs[surface]
         train_detector = partial(detector_cell, config, work_dir, samples, surface, request)
         routed = sorted(asked.get(surface, set()))
@@ -322,7 +330,11 @@ def run_line(request: BenchRequest) -> Path:
         notes=(
             f"{LINE_CONFIG}: sbad router ({backbone_name} frozen, {options.gan_epochs} VAEGAN epochs) + one "
             f"segdec per surface (batch {detector_trainer.batch_size}, {detector_trainer.epochs} epochs"
-            + "".join(f"; {name}: {', '.join(own)}" for name, own in sorted(spec.detector.surfaces.items()))
+            + "".join(
+                f"; {name}: {', '.join(own)}"
+                for name in sorted(spec.detector.per_surface)
+                if (own := spec.detector.overrides(name, request.profile))
+            )
             + "); "
             f"totals over {n_splits} seen / unseen splits (confusion summed); detectors trained once per "
             "surface; wall time: features, routers, detectors (training and scoring)"
@@ -335,8 +347,8 @@ def run_line(request: BenchRequest) -> Path:
 
 
 def detector_config_key(config: RunConfig, data_key: str) -> str:
-    """A detector cell's config key: everything but the data root and the surface, which name the
-    same images wherever they lie, so surfaces trained alike share one key."""
+    """A detector cell's config key: everything but the data root (the same images wherever they
+    lie) and the surface (its cell's key names it), so surfaces trained alike share one key."""
     settings = config.model_dump(mode="json")
     settings["data"] = {k: v for k, v in settings["data"].items() if k not in ("root", "surface")}
     return fingerprint([settings, data_key, CELL_VERSION])

@@ -3,16 +3,16 @@
 The line's training file (``configs/line/*.yaml``, :class:`LineTrainSpec`) names one dataset with
 surface names (``data_root``), the router's training config (``sbad``) and the detectors' (any
 method with an OK/NG decision; ``segdec`` is the paper's SBDD), each with optional ``set``
-overrides; ``detector.surfaces`` adds overrides for named surfaces (``{Class3:
-["input.size=[192,192]"]}``). The same ``--profile`` applies to both. Seen surfaces are
-``surfaces`` or, when it is omitted, every surface in the data's train split; surfaces of the
-router's attribute table that have no images stay unseen-known (the router can name them, no
-detector judges them).
+overrides; ``detector.per_surface`` adds overrides for named surfaces (``{Class3:
+["input.size=[192,192]"]}``, or per profile ``{Class3: {cpu: [...]}}``). The same ``--profile``
+applies to both. Seen surfaces are ``surfaces`` or, when it is omitted, every surface in the data's
+train split; surfaces of the router's attribute table that have no images stay unseen-known (the
+router can name them, no detector judges them).
 
 Written under ``OUT``: ``router/model``, ``detectors/<surface>/model`` and ``line.yaml`` pointing
 at them (relative paths, so the folder moves as one). A detector already saved is kept, so an
-interrupted training resumes where it stopped (a kept router must have the same seen surfaces;
-a kept detector is not compared with the config: remove it to retrain).
+interrupted training resumes where it stopped (a kept router must have the same seen surfaces,
+a kept detector the same input and network settings; for other changes, remove it to retrain).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from defectkit.config import ConfigError, RunConfig, load_config
 from defectkit.inference.line import LineSpec, write_line_spec
@@ -39,13 +39,36 @@ class StageSpec(BaseModel):
 
 
 class DetectorStageSpec(StageSpec):
-    """The detectors' stage: one config for every surface, plus overrides for some of them."""
+    """The detectors' stage: one config for every surface, plus overrides for some of them.
+
+    ``per_surface`` maps a surface to overrides applied after ``set``: a list applies under every
+    profile, a mapping profile -> list under that profile only (a 192 px input that helps a cpu
+    detector would shrink the paper profile's 512). They may not touch ``data.*``: a surface's
+    detector trains on that surface's images, whatever its overrides say.
+    """
 
     # Surfaces differ: a weave with spots of a few pixels may need a larger input than a plain
     # sheet with long scratches, and training every detector at the larger size costs them all.
-    surfaces: dict[str, list[str]] = Field(
-        default_factory=dict, description="per-surface overrides a.b=c, applied after set"
+    per_surface: dict[str, list[str] | dict[str, list[str]]] = Field(
+        default_factory=dict,
+        description="per-surface overrides a.b=c after set: a list, or a mapping profile -> list",
     )
+
+    @model_validator(mode="after")
+    def _leave_data_alone(self) -> DetectorStageSpec:
+        for surface, own in self.per_surface.items():
+            lists = [own] if isinstance(own, list) else list(own.values())
+            touched = [o for overrides in lists for o in overrides if o.strip().startswith("data.")]
+            if touched:
+                raise ValueError(f"detector.per_surface.{surface}: {touched} would change its data")
+        return self
+
+    def overrides(self, surface: str, profile: str | None) -> list[str]:
+        """``surface``'s own overrides under ``profile``."""
+        own = self.per_surface.get(surface, [])
+        if isinstance(own, list):
+            return list(own)
+        return list(own.get(profile, [])) if profile is not None else []
 
 
 class LineTrainSpec(BaseModel):
@@ -86,19 +109,33 @@ def stage_config(stage: StageSpec, base: Path, data_root: str, profile: str | No
 def detector_config(spec: LineTrainSpec, base: Path, data_root: str, profile: str | None,
                     surface: str) -> RunConfig:  # fmt: skip
     """``surface``'s detector config: the stage's, on that surface, with its own overrides."""
-    own = [f"data.surface={surface}", *spec.detector.surfaces.get(surface, [])]
+    own = [f"data.surface={surface}", *spec.detector.overrides(surface, profile)]
     return stage_config(spec.detector, base, data_root, profile, own)
 
 
-def seen_surfaces(config: RunConfig) -> list[str]:
-    """The surfaces of the router's training data (after ``data.surfaces``)."""
+def line_surfaces(config: RunConfig) -> tuple[list[str], list[str]]:
+    """The surfaces of the router's training data (after ``data.surfaces``), and every surface the
+    data's train split has."""
     from defectkit.training.data import load_samples, of_surfaces
 
     samples, _ = load_samples(config)
     wanted = config.data.train_split
     if wanted is not None and any("split" in s.meta for s in samples):
         samples = [s for s in samples if s.meta.get("split") == wanted]
-    return sorted({str(s.surface) for s in of_surfaces(samples, config) if s.surface})
+    seen = sorted({str(s.surface) for s in of_surfaces(samples, config) if s.surface})
+    return seen, sorted({str(s.surface) for s in samples if s.surface})
+
+
+def check_detector(model_dir: Path, config: RunConfig) -> None:
+    """Refuse a kept detector whose input or network differs from what ``config`` now asks for."""
+    trained = read_card(model_dir).config
+    wanted = config.model_dump(mode="json")
+    changed = [k for k in ("input", "model") if trained.get(k) != wanted[k]]
+    if trained and changed:
+        raise ConfigError(
+            f"{model_dir}: a detector trained with other {' and '.join(changed)} settings than the line "
+            "file now gives; remove it to retrain"
+        )
 
 
 def train_line(
@@ -119,13 +156,18 @@ def train_line(
     router_config = stage_config(spec.router, base, spec.data_root, profile, chosen)
     if router_config.method != "sbad":
         raise ConfigError(f"{spec.router.config}: the router must be method sbad, not {router_config.method}")
-    surfaces = seen_surfaces(router_config)
+    surfaces, present = line_surfaces(router_config)
     say(f"seen surfaces ({len(surfaces)}): {', '.join(surfaces)}")
-    strangers = sorted(set(spec.detector.surfaces) - set(surfaces))
-    if strangers:
+    named = set(spec.detector.per_surface)
+    if named - set(present):
         raise ConfigError(
-            f"{spec_path}: detector.surfaces names {strangers}, not seen surfaces ({', '.join(surfaces)})"
+            f"{spec_path}: detector.per_surface names {', '.join(sorted(named - set(present)))}, which "
+            f"the data has no images of (it has {', '.join(present)})"
         )
+    if unseen := sorted(named - set(surfaces)):
+        say(f"detector.per_surface: no detector trains for {', '.join(unseen)} (unseen by this line)")
+    # Every detector's config before any training, so a bad override fails in seconds, not hours.
+    configs = {s: detector_config(spec, base, spec.data_root, profile, s) for s in surfaces}
     router_dir = out / ROUTER_DIR / "model"
     if (router_dir / CARD_NAME).is_file():
         card = read_card(router_dir)
@@ -149,11 +191,11 @@ def train_line(
         train_router_model(router_config, out / ROUTER_DIR, progress)
     detectors: dict[str, str] = {}
     for k, surface in enumerate(surfaces, start=1):
-        target = out / DETECTORS_DIR / surface
+        target, config = out / DETECTORS_DIR / surface, configs[surface]
         if (target / "model" / CARD_NAME).is_file():
+            check_detector(target / "model", config)
             say(f"detector {k}/{len(surfaces)} {surface}: kept {target / 'model'}")
         else:
-            config = detector_config(spec, base, spec.data_root, profile, surface)
             say(f"detector {k}/{len(surfaces)} {surface}: training {config.method}")
             train(config, target, progress=progress)
         detectors[surface] = str(Path(DETECTORS_DIR) / surface / "model")
