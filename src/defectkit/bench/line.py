@@ -211,8 +211,18 @@ def run_line(request: BenchRequest) -> Path:
     name = f"dagm-mix-line-{request.profile}"
     work = request.work_root / name
     root = work / "data"
-    samples = mix_on_disk(synth, root, request.progress)
     surfaces = surface_names(synth)  # the generator's order, so split k leaves out dagm-mix/sbad's pair
+    # Every detector's config first, so a bad per-surface override fails before any work.
+    if strangers := sorted(set(spec.detector.per_surface) - set(surfaces)):
+        raise ConfigError(
+            f"{spec_path}: detector.per_surface names {', '.join(strangers)}, which DAGM_MIX does not "
+            f"have (it has {', '.join(surfaces)})"
+        )
+    detector_configs = {
+        s: detector_config(spec, spec_path.parent, str(root), request.profile, s) for s in surfaces
+    }
+    detector_trainer = stage_config(spec.detector, spec_path.parent, str(root), request.profile, []).trainer
+    samples = mix_on_disk(synth, root, request.progress)
     keys = [_image_key(s, root) for s in samples]
     data_key = fingerprint([synth.settings(), keys])
     cache = request.cells(name)
@@ -253,15 +263,6 @@ def run_line(request: BenchRequest) -> Path:
         routes.append(cache.get_or_compute(key, compute))
 
     # Detectors, one per surface, scoring their own test split and what the routers sent them.
-    if strangers := sorted(set(spec.detector.per_surface) - set(surfaces)):
-        raise ConfigError(
-            f"{spec_path}: detector.per_surface names {', '.join(strangers)}, which DAGM_MIX does not "
-            f"have (it has {', '.join(surfaces)})"
-        )
-    detector_configs = {
-        s: detector_config(spec, spec_path.parent, str(root), request.profile, s) for s in surfaces
-    }
-    detector_trainer = stage_config(spec.detector, spec_path.parent, str(root), request.profile, []).trainer
     asked: dict[str, set[int]] = {}  # per surface: the test images some router sent it, no alert
     for route in routes:
         for image, call, unknown in route_calls(route):

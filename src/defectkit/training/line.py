@@ -159,10 +159,10 @@ def train_line(
     surfaces, present = line_surfaces(router_config)
     say(f"seen surfaces ({len(surfaces)}): {', '.join(surfaces)}")
     named = set(spec.detector.per_surface)
-    if named - set(present):
+    if missing := sorted(named - set(present)):
         raise ConfigError(
-            f"{spec_path}: detector.per_surface names {', '.join(sorted(named - set(present)))}, which "
-            f"the data has no images of (it has {', '.join(present)})"
+            f"{spec_path}: detector.per_surface names {', '.join(missing)}, which the data has no "
+            f"images of (it has {', '.join(present)})"
         )
     if unseen := sorted(named - set(surfaces)):
         say(f"detector.per_surface: no detector trains for {', '.join(unseen)} (unseen by this line)")
