@@ -65,7 +65,7 @@ from defectkit.bench.dagm_mix import (
 )
 from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
 from defectkit.bench.results import CellCache, write_results
-from defectkit.config import ConfigError, RunConfig, load_config
+from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import read_image
@@ -213,11 +213,7 @@ def run_line(request: BenchRequest) -> Path:
     root = work / "data"
     surfaces = surface_names(synth)  # the generator's order, so split k leaves out dagm-mix/sbad's pair
     # Every detector's config first, so a bad per-surface override fails before any work.
-    if strangers := sorted(set(spec.detector.per_surface) - set(surfaces)):
-        raise ConfigError(
-            f"{spec_path}: detector.per_surface names {', '.join(strangers)}, which DAGM_MIX does not "
-            f"have (it has {', '.join(surfaces)})"
-        )
+    spec.detector.refuse_unknown(surfaces, spec_path, "DAGM_MIX does not have")
     detector_configs = {
         s: detector_config(spec, spec_path.parent, str(root), request.profile, s) for s in surfaces
     }

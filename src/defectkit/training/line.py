@@ -63,6 +63,14 @@ class DetectorStageSpec(StageSpec):
                 raise ValueError(f"detector.per_surface.{surface}: {touched} would change its data")
         return self
 
+    def refuse_unknown(self, known: list[str], source: Path, lacking: str) -> None:
+        """Refuse overrides for surfaces not in ``known``; ``lacking`` says what lacks them."""
+        if missing := sorted(set(self.per_surface) - set(known)):
+            raise ConfigError(
+                f"{source}: detector.per_surface names {', '.join(missing)}, which {lacking} "
+                f"(it has {', '.join(known)})"
+            )
+
     def overrides(self, surface: str, profile: str | None) -> list[str]:
         """``surface``'s own overrides under ``profile``."""
         own = self.per_surface.get(surface, [])
@@ -158,13 +166,8 @@ def train_line(
         raise ConfigError(f"{spec.router.config}: the router must be method sbad, not {router_config.method}")
     surfaces, present = line_surfaces(router_config)
     say(f"seen surfaces ({len(surfaces)}): {', '.join(surfaces)}")
-    named = set(spec.detector.per_surface)
-    if missing := sorted(named - set(present)):
-        raise ConfigError(
-            f"{spec_path}: detector.per_surface names {', '.join(missing)}, which the data has no "
-            f"images of (it has {', '.join(present)})"
-        )
-    if unseen := sorted(named - set(surfaces)):
+    spec.detector.refuse_unknown(present, spec_path, "the data has no images of")
+    if unseen := sorted(set(spec.detector.per_surface) - set(surfaces)):
         say(f"detector.per_surface: no detector trains for {', '.join(unseen)} (unseen by this line)")
     # Every detector's config before any training, so a bad override fails in seconds, not hours.
     configs = {s: detector_config(spec, base, spec.data_root, profile, s) for s in surfaces}
