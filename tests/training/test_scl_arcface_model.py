@@ -39,17 +39,27 @@ def pattern(kind: str, seed: int, size: int = 48) -> np.ndarray:
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def tinted(image: np.ndarray) -> np.ndarray:
+    """A colour image whose three channels differ (a part photographed in colour)."""
+    return np.stack([image, image // 2 + 60, 255 - image], axis=2)
+
+
 def train_types(
-    root: Path, norm: tuple[list[float], list[float]] | None = None, **model_options: str
+    root: Path,
+    norm: tuple[list[float], list[float]] | None = None,
+    colour: bool = False,
+    **model_options: str,
 ) -> Path:
     """Train on three pattern classes (8 images each) under ``root``; the model directory. ``norm``:
-    the config's input mean and std (the EfficientNet-Lite weights' 0.5 and 0.5 otherwise)."""
+    the config's input mean and std (the EfficientNet-Lite weights' 0.5 and 0.5 otherwise);
+    ``colour``: the images saved as RGB with three different channels."""
     mean, std = norm or ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
     data = root / "data"
     rows = []
     for kind in ("dots", "frame", "blob"):
         for index in range(8):
-            save(data / kind / f"{kind}{index}.png", pattern(kind, index))
+            image = pattern(kind, index)
+            save(data / kind / f"{kind}{index}.png", tinted(image) if colour else image)
             rows.append({"path": f"{kind}/{kind}{index}.png", "label": 1, "class": [kind]})
     (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
@@ -104,10 +114,14 @@ def test_predict_names_the_class_and_flags_the_unknown(
     assert np.asarray(Image.open(heatmap)).shape == (48, 48)
 
 
-def test_references_are_embedded_as_the_card_says_queries_will_be(tmp_path: Path, one_thread: None) -> None:
+@pytest.mark.parametrize("colour", [False, True], ids=["grey", "colour"])
+def test_references_are_embedded_as_the_card_says_queries_will_be(
+    tmp_path: Path, one_thread: None, colour: bool
+) -> None:
     """A config's own ``input.mean`` / ``std`` (ImageNet's, for a user's ResNet-50 weights) must reach
     training and the reference database, not only the card that predict and enroll read: a training
-    image queried through the card's pre-processor then finds its own reference."""
+    image queried through the card's pre-processor then finds its own reference. Colour images
+    too: training once read every image as grey while queries kept their colour."""
     import torch
     from safetensors.torch import load_file
 
@@ -116,12 +130,13 @@ def test_references_are_embedded_as_the_card_says_queries_will_be(tmp_path: Path
     from defectkit.inference.saved_model import load_model
 
     imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    directory = train_types(tmp_path, norm=imagenet)
+    directory = train_types(tmp_path, norm=imagenet, colour=colour)
     model, card = load_model(directory)
     assert (list(card.input.mean), list(card.input.std)) == imagenet
     references = load_file(str(directory / REFERENCES_NAME))["embeddings"]
     images = sorted((tmp_path / "data").rglob("*.png"))
-    raw = torch.cat([torch.from_numpy(to_network_layout(read_image(p, channels=1), 3)) for p in images])
+    # As the Inspector and enroll read a query.
+    raw = torch.cat([torch.from_numpy(to_network_layout(read_image(p), card.input.channels)) for p in images])
     with torch.inference_mode():
         queries = torch.nn.functional.normalize(model.network.embed(Preprocess(card.input)(raw)), dim=1)
     nearest = (references @ queries.T).max(dim=1).values

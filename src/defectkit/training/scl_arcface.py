@@ -50,7 +50,7 @@ from torchvision.transforms import v2
 
 from defectkit.config import RunConfig
 from defectkit.data.splits import group_ids, stratified_split
-from defectkit.inference.preprocess import Preprocess
+from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 from defectkit.models.scl_arcface import EmbeddingNet
@@ -351,7 +351,9 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     class_names = list(dataset.info.class_names)
     labels = [int(s.classes[0]) - 1 for s in samples if s.classes]
     channels = int(config.input.channels)
-    images = [as_channels(read_image(s.path, channels=1)[None], channels)[0] for s in samples]
+    # Read as predict and enroll read a query (to_network_layout): grey files repeated for RGB
+    # weights, colour files kept in colour, so references and queries see the same pixels.
+    images = [torch.from_numpy(to_network_layout(read_image(s.path), channels)[0]) for s in samples]
     # Grouped: NEU-CLS and X-SDD hold byte-identical pairs, which must not sit on both sides.
     groups = group_ids(samples)
     train_idx, val_idx = stratified_split(labels, config.data.val_fraction, config.data.split_seed, groups)
