@@ -87,6 +87,64 @@ def test_predict_glob_and_exit_zero(model_dir: Path, images: Path, tmp_path: Pat
     assert len(_summary(out)) == 2
 
 
+def test_a_rerun_into_a_folder_inside_the_inputs_skips_the_last_outputs(
+    model_dir: Path, images: Path
+) -> None:
+    (images / "corrupt.png").unlink()
+    out = images / "results"
+    for _ in range(2):
+        result = runner.invoke(
+            app, ["predict", str(model_dir), str(images), "--out", str(out), "--save-heatmaps"]
+        )
+        assert result.exit_code == 0, result.output
+        # The three parts only: not the first run's overlays and heat maps under results/.
+        assert len(_summary(out)) == 3 and len(list(out.glob("*.json"))) == 3
+
+
+def test_an_output_that_cannot_be_written_fails_that_image_alone(
+    model_dir: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.inference import predict
+
+    real = predict.write_atomic
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path.name == "other.png":
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(predict, "write_atomic", full_disk)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    failed = [row for row in _summary(out) if row["error"]]
+    assert sorted(Path(row["image"]).name for row in failed) == ["corrupt.png", "other.jpg"]
+    assert any("No space left on device" in row["error"] for row in failed)
+    assert len(list(out.glob("part-*.json"))) == 2  # the images after it were still inspected
+
+
+def test_the_summary_lists_what_was_done_when_a_run_breaks_off(
+    model_dir: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.inference import predict
+
+    calls = []
+
+    def interrupted(*args: object, **kwargs: object) -> dict[str, object]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = predict._inspect_one
+    monkeypatch.setattr(predict, "_inspect_one", interrupted)
+    (images / "corrupt.png").unlink()
+    inspector = defectkit.load_inspector(model_dir)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_paths(inspector, [images], tmp_path / "out")
+    assert [row["error"] for row in _summary(tmp_path / "out")] == [""]  # the one inspected before
+
+
 def test_predict_nothing_readable(model_dir: Path, images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = [

@@ -59,20 +59,29 @@ class PredictReport:
         return not self.failures
 
 
-def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Failure]]:
+def collect_images(
+    paths: Iterable[str | Path], exclude: Path | None = None
+) -> tuple[list[Path], list[Failure]]:
     """Image files named by ``paths``: files, folders (searched recursively) and glob patterns.
 
     Patterns are expanded here because a shell passes them through unchanged when they are quoted
     or match nothing. Inside folders and patterns only image suffixes are taken (a README beside
     the images is not an error); a file named explicitly is always tried, so a mistake surfaces.
-    Duplicates (the same file reached twice) are inspected once; order is kept.
+    Duplicates (the same file reached twice) are inspected once; order is kept. Folders and
+    patterns skip what lies under ``exclude`` (predict's output folder: a rerun into a folder
+    inside the inputs must not inspect the last run's overlays as parts).
     """
     found: list[Path] = []
     failures: list[Failure] = []
+    skipped = None if exclude is None else exclude.resolve()
+
+    def kept(images: list[Path]) -> list[Path]:
+        return images if skipped is None else [m for m in images if not m.resolve().is_relative_to(skipped)]
+
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            images = image_files(path)
+            images = kept(image_files(path))
             if not images:
                 failures.append(Failure(str(entry), "no image files in this folder"))
             found.extend(images)
@@ -83,6 +92,7 @@ def collect_images(paths: Iterable[str | Path]) -> tuple[list[Path], list[Failur
             images = [m for m in matches if m.is_file() and is_image_file(m)]
             for folder in (m for m in matches if m.is_dir()):
                 images.extend(image_files(folder))
+            images = kept(images)
             if not images:
                 failures.append(Failure(str(entry), "no image files match this pattern"))
             found.extend(images)
@@ -168,7 +178,7 @@ def predict_paths(
     """Inspect every image under ``paths`` and write results to ``out`` (see the module doc)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    images, failures = collect_images(paths)
+    images, failures = collect_images(paths, exclude=out)
     report = PredictReport(out=out)
     rows: list[dict[str, object]] = []
 
@@ -183,58 +193,84 @@ def predict_paths(
     total = len(images)
     if progress is not None:
         progress(0, total)
-    for done, (image_path, name) in enumerate(zip(images, output_names(images), strict=True), start=1):
-        try:
-            pixels = read_image(image_path)
-            inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=str(image_path))
-        except (ImageReadError, ValueError) as error:
-            failed(Failure(str(image_path), error_reason(error, image_path)))
-        else:
-            if save_masks:
-                # From the model's own heat map: a Grad-CAM explanation is no segmentation.
-                mask = defect_mask(
-                    heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict, _called(inspection)
+    options = {"save_heatmaps": save_heatmaps, "save_masks": save_masks, "overlays": overlays}
+    try:
+        for done, (image_path, name) in enumerate(zip(images, output_names(images), strict=True), start=1):
+            try:
+                rows.append(
+                    _inspect_one(inspector, image_path, name, out, report, explainer=explainer, **options)
                 )
-                if mask is not None:
-                    mask_path = out / f"{name}.mask.png"
-                    write_atomic(mask_path, png_bytes(Image.fromarray(mask)))
-                    inspection.mask = str(mask_path)
-            if explainer is not None:
-                heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
-            if (save_heatmaps or explainer is not None) and heatmap is not None:
-                heatmap_path = out / f"{name}.heatmap.png"
-                write_atomic(heatmap_path, png_bytes(heatmap_image(heatmap)))
-                inspection.heatmap = str(heatmap_path)
-            if overlays:
-                pixel_threshold = inspector.pixel_threshold_of(inspection)
-                overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
-                write_atomic(out / f"{name}.png", png_bytes(overlay))
-            json_path = out / f"{name}.json"
-            write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
-            report.results.append((json_path, inspection))
-            unseen = inspection.unseen_score
-            unjudged = inspection.verdict == "unknown" and unseen is not None
-            rows.append(
-                {
-                    "image": str(image_path),
-                    "verdict": inspection.verdict,
-                    # A line's unknown was judged by no detector: no score to show.
-                    "score": "" if unjudged else f"{inspection.score:.6f}",
-                    "threshold": "" if unjudged else f"{inspection.threshold:.6f}",
-                    "n_regions": len(inspection.regions),
-                    "surface": inspection.surface or "",
-                    "unseen_score": "" if unseen is None else f"{unseen:.6f}",
-                    "latency_ms": f"{inspection.latency_ms:.2f}",
-                    "output": json_path.name,
-                }
-            )
-        if progress is not None:
-            progress(done, total)
+            except (ImageReadError, ValueError) as error:
+                failed(Failure(str(image_path), error_reason(error, image_path)))
+            except (OSError, RuntimeError, MemoryError) as error:
+                # Not the file's fault (a name too long for the output folder, a full disk, an
+                # image too large for memory): the run goes on and the summary says why.
+                failed(Failure(str(image_path), f"{type(error).__name__}: {error}".rstrip(": ")))
+            if progress is not None:
+                progress(done, total)
+    finally:
+        # Written whatever stopped the loop, so the images already inspected stay listed.
+        _write_summary(report, rows)
+    return report
 
+
+def _inspect_one(
+    inspector: ImageInspector,
+    image_path: Path,
+    name: str,
+    out: Path,
+    report: PredictReport,
+    *,
+    save_heatmaps: bool,
+    save_masks: bool,
+    overlays: bool,
+    explainer: Callable[[np.ndarray, Inspection], np.ndarray | None] | None,
+) -> dict[str, object]:
+    """Inspect one image, write its files under ``out``; its summary row."""
+    pixels = read_image(image_path)
+    inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=str(image_path))
+    if save_masks:
+        # From the model's own heat map: a Grad-CAM explanation is no segmentation.
+        mask = defect_mask(
+            heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict, _called(inspection)
+        )
+        if mask is not None:
+            mask_path = out / f"{name}.mask.png"
+            write_atomic(mask_path, png_bytes(Image.fromarray(mask)))
+            inspection.mask = str(mask_path)
+    if explainer is not None:
+        heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
+    if (save_heatmaps or explainer is not None) and heatmap is not None:
+        heatmap_path = out / f"{name}.heatmap.png"
+        write_atomic(heatmap_path, png_bytes(heatmap_image(heatmap)))
+        inspection.heatmap = str(heatmap_path)
+    if overlays:
+        pixel_threshold = inspector.pixel_threshold_of(inspection)
+        overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
+        write_atomic(out / f"{name}.png", png_bytes(overlay))
+    json_path = out / f"{name}.json"
+    write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
+    report.results.append((json_path, inspection))
+    unseen = inspection.unseen_score
+    unjudged = inspection.verdict == "unknown" and unseen is not None
+    return {
+        "image": str(image_path),
+        "verdict": inspection.verdict,
+        # A line's unknown was judged by no detector: no score to show.
+        "score": "" if unjudged else f"{inspection.score:.6f}",
+        "threshold": "" if unjudged else f"{inspection.threshold:.6f}",
+        "n_regions": len(inspection.regions),
+        "surface": inspection.surface or "",
+        "unseen_score": "" if unseen is None else f"{unseen:.6f}",
+        "latency_ms": f"{inspection.latency_ms:.2f}",
+        "output": json_path.name,
+    }
+
+
+def _write_summary(report: PredictReport, rows: list[dict[str, object]]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    report.summary = out / SUMMARY_NAME
+    report.summary = report.out / SUMMARY_NAME
     write_atomic(report.summary, buffer.getvalue().encode("utf-8"))
-    return report
