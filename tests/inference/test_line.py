@@ -208,6 +208,39 @@ def test_line_run_cli_writes_results_with_surfaces(line_dir: Path, tmp_path: Pat
         assert (row["score"] == "") == (row["verdict"] == "unknown")
 
 
+def test_the_service_serves_a_whole_line(line_dir: Path, tmp_path: Path) -> None:
+    """`defectkit serve LINE_DIR`: each upload routed and judged as load_line judges it, recorded
+    with its surface; an unseen surface's alert keeps its attributes."""
+    pytest.importorskip("fastapi", reason="the service needs the serve extra")
+    pytest.importorskip("sqlalchemy", reason="the service needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from defectkit.serve import ServeSettings, create_app
+
+    paths = sorted((line_dir / "data").glob("Class*/Test/*.PNG"))
+    assert {p.parts[-3] for p in paths} == {*SEEN, "Class3"}  # the unseen surface is uploaded too
+    expected = load_line(line_dir).inspect_batch([read_image(p) for p in paths], [p.name for p in paths])
+    settings = ServeSettings(model_dir=line_dir, data_dir=tmp_path / "serve", max_wait_ms=2.0, durable=False)
+    with TestClient(create_app(settings)) as client:
+        described = client.get("/v1/models").json()[0]
+        assert described["method"] == "line" and described["surfaces"] == SEEN
+        assert sorted(described["detectors"]) == SEEN
+        assert client.get("/v1/health").json()["backend"].startswith("line/")
+        for path, (want, _) in zip(paths, expected, strict=True):
+            files = {"file": (path.name, path.read_bytes(), "image/png")}
+            body = client.post("/v1/inspect", files=files, params={"overlay": 1}).json()
+            assert (body["image"], body["verdict"], body["surface"]) == (
+                want.image,
+                want.verdict,
+                want.surface,
+            )
+            assert body["score"] == pytest.approx(want.score, abs=1e-5)
+            assert body["attributes"] == want.attributes
+            assert client.get(body["overlay_url"]).status_code == 200
+        listed = client.get("/v1/inspections", params={"surface": "Class1", "limit": 100}).json()
+        assert listed["total"] == sum(want.surface == "Class1" for want, _ in expected)
+
+
 def test_line_train_cli_trains_router_and_detectors_and_resumes(line_dir: Path, tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     spec = tmp_path / "line.yaml"

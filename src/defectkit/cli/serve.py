@@ -1,4 +1,4 @@
-"""``defectkit serve MODEL_DIR`` and ``defectkit reviews export``: the service and its feedback loop."""
+"""``defectkit serve MODEL_OR_LINE_DIR`` and ``defectkit reviews export``: the service, its feedback loop."""
 
 from __future__ import annotations
 
@@ -27,10 +27,14 @@ def _need_serve_extra() -> None:
 
 @user_errors
 def serve(
-    model_dir: Path = typer.Argument(..., help="Saved model directory (exported to ONNX for speed)."),
+    model_dir: Path = typer.Argument(
+        ..., help="Saved model directory (exported to ONNX for speed), or a line directory (line.yaml)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the service."),
     port: int = typer.Option(8000, help="TCP port."),
-    backend: str = typer.Option("auto", help="auto (onnx when exported), onnx or torch."),
+    backend: str = typer.Option(
+        "auto", help="auto (onnx when exported), onnx or torch; a line's router runs on torch."
+    ),
     data_dir: Path = typer.Option(Path("runs/serve"), help="Default home of the database and images."),
     db: str | None = typer.Option(
         None, help="SQLAlchemy URL (default sqlite in DATA_DIR; postgresql://...)."
@@ -52,7 +56,11 @@ def serve(
         False, help="Skip fsync at each commit: survives a killed process, not a power cut."
     ),
 ) -> None:
-    """Serve MODEL_DIR over HTTP: POST /v1/inspect, the review page at /, OpenAPI at /docs."""
+    """Serve MODEL_DIR over HTTP: POST /v1/inspect, the review page at /, OpenAPI at /docs.
+
+    A line directory (`defectkit line train`) is served whole: router, unseen-surface alerts,
+    per-surface detectors.
+    """
     _need_serve_extra()
     import uvicorn
 

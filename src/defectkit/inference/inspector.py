@@ -24,7 +24,14 @@ from defectkit.data.masks import connected_regions
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
-from defectkit.inference.saved_model import ModelCard, SavedModelError, load_model, model_identity, read_card
+from defectkit.inference.saved_model import (
+    ONNX_NAME,
+    ModelCard,
+    SavedModelError,
+    load_model,
+    model_identity,
+    read_card,
+)
 from defectkit.metrics.thresholds import rescaled_to_half
 from defectkit.models.aux_net.detection import DecodeConfig, Detections, select_detections
 
@@ -395,8 +402,11 @@ def inference_device(accelerator: str = "auto") -> str:
 
 
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:
-    """An :class:`Inspector` for the saved model in ``directory`` (``backend``: torch or onnx)."""
+    """An :class:`Inspector` for the saved model in ``directory`` (``backend``: torch, onnx, or
+    auto: onnx when the model has been exported, else torch)."""
     directory = Path(directory)
+    if backend == "auto":
+        backend = "onnx" if (directory / ONNX_NAME).is_file() else "torch"
     if read_card(directory).model == "sbad_router":
         raise SavedModelError(
             f"{directory}: a surface router judges no defects; put it in a line "
@@ -408,6 +418,6 @@ def load_inspector(directory: str | Path, backend: str = "torch", device: str = 
         card = read_card(directory)
         return Inspector(card, OnnxBackend(directory), model_identity(directory))
     if backend != "torch":
-        raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
+        raise ValueError(f"unknown backend {backend!r}; use torch, onnx or auto")
     model, card = load_model(directory, device)
     return Inspector(card, TorchBackend(model, card, device), model_identity(directory))

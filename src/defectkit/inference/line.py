@@ -212,8 +212,9 @@ def read_line_spec(directory: str | Path) -> LineSpec:
         raise SavedModelError(f"{path}: invalid line file ({error})") from None
 
 
-def load_line(directory: str | Path) -> Line:
-    """The line described by ``directory/line.yaml`` (paths in it relative to ``directory``)."""
+def load_line(directory: str | Path, backend: str = "torch") -> Line:
+    """The line described by ``directory/line.yaml`` (paths in it relative to ``directory``);
+    ``backend`` (torch, onnx or auto) runs its detectors and classifier, the router runs on torch."""
     directory = Path(directory)
     spec = read_line_spec(directory)
 
@@ -235,11 +236,11 @@ def load_line(directory: str | Path) -> Line:
     detectors = {}
     for surface, path in spec.detectors.items():
         try:
-            detectors[surface] = load_inspector(resolve(path))
+            detectors[surface] = load_inspector(resolve(path), backend=backend)
         except SavedModelError as error:
             raise SavedModelError(f"{where}: detectors.{surface}: {error}") from None
     try:
-        classifier = load_inspector(resolve(spec.classifier)) if spec.classifier else None
+        classifier = load_inspector(resolve(spec.classifier), backend=backend) if spec.classifier else None
     except SavedModelError as error:
         raise SavedModelError(f"{where}: classifier: {error}") from None
     # Its models may live outside the line's folder: their names enter the line's.

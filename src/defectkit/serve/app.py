@@ -464,7 +464,7 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
 
     @app.get("/v1/health", summary="Liveness and what is served")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": core.model_name, "backend": core.inspector.backend.name}
+        return {"status": "ok", "model": core.model_name, "backend": core.served.backend}
 
     @app.get("/v1/models", summary="The served model: name, method, thresholds, version")
     async def models() -> list[dict[str, object]]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,8 +23,9 @@ from defectkit import __version__
 from defectkit.data.io import DecodedImage, decode_image
 from defectkit.inference.inspection import Inspection
 from defectkit.inference.inspector import Inspector, Scored, load_inspector
+from defectkit.inference.line import Line, load_line
 from defectkit.inference.overlay import png_bytes, render_overlay
-from defectkit.inference.saved_model import LINE_FILE, ONNX_NAME, SavedModelError
+from defectkit.inference.saved_model import LINE_FILE
 from defectkit.serve.batcher import MicroBatcher
 from defectkit.serve.metrics import ServiceMetrics
 from defectkit.serve.records import InspectionRecord, RecordStore, new_id, utcnow
@@ -43,18 +45,98 @@ class Received:
     suffix: str
 
 
-def open_inspector(settings: ServeSettings) -> Inspector:
-    """The model to serve, on ONNX when exported (``backend: auto``), with one-line errors."""
+class ServedModel:
+    """One saved model: its raw outputs computed in micro-batches on the inference thread, each
+    image then judged (heat map, regions) on its request's own thread."""
+
+    def __init__(self, inspector: Inspector) -> None:
+        self.inspector = inspector
+        self.name = inspector.name
+        self.backend = inspector.backend.name
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[Scored]:
+        return list(self.inspector.score_batch(list(images)))
+
+    def judge(self, scored: Scored, name: str) -> tuple[Inspection, np.ndarray | None]:
+        return self.inspector.judge(scored, name)
+
+    def display_heatmap(self, scored: Scored) -> np.ndarray | None:
+        return self.inspector.display_heatmap(scored)
+
+    def pixel_threshold(self, inspection: Inspection) -> float:
+        return self.inspector.pixel_threshold_of(inspection)
+
+    def describe(self) -> dict[str, object]:
+        card = self.inspector.card
+        return {
+            "name": self.name,
+            "method": card.method,
+            "model": card.model,
+            "backend": self.backend,
+            "thresholds": card.thresholds.model_dump(),
+            "class_names": list(card.class_names),
+            "input": card.input.model_dump(mode="json"),
+            "version": {
+                "defectkit": __version__,
+                "trained_with": card.defectkit_version,
+                "commit": card.commit,
+            },
+            "created": card.created,
+        }
+
+
+Judged = tuple[Inspection, np.ndarray | None]
+
+
+class ServedLine:
+    """Paper 002's two-stage line: the router and the detectors it picks run in the micro-batch
+    (which detector judges an image is known only after routing), so a batch's results are whole
+    inspections; the request's thread only names its image."""
+
+    def __init__(self, line: Line) -> None:
+        self.line = line
+        self.name = line.name
+        backends = {d.backend.name for d in line.detectors.values()}
+        self.backend = "line/" + "+".join(sorted(backends) or ["torch"])
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[Judged]:
+        return self.line.inspect_batch(images, ["upload"] * len(images))
+
+    def judge(self, scored: Judged, name: str) -> Judged:
+        inspection, heatmap = scored
+        return inspection.model_copy(update={"image": name}), heatmap
+
+    def display_heatmap(self, scored: Judged) -> np.ndarray | None:
+        return scored[1]
+
+    def pixel_threshold(self, inspection: Inspection) -> float:
+        return self.line.pixel_threshold_of(inspection)
+
+    def describe(self) -> dict[str, object]:
+        router = self.line.router
+        return {
+            "name": self.name,
+            "method": "line",
+            "model": "line",
+            "backend": self.backend,
+            "surfaces": list(router.seen),
+            "unseen_threshold": router.threshold,
+            "detectors": {surface: d.name for surface, d in sorted(self.line.detectors.items())},
+            "classifier": None if self.line.classifier is None else self.line.classifier.name,
+            "version": {"defectkit": __version__},
+        }
+
+
+Served = ServedModel | ServedLine
+
+
+def open_served(settings: ServeSettings) -> Served:
+    """The model or line to serve; models (and a line's detectors) on ONNX when exported
+    (``backend: auto``); one-line errors."""
     directory = Path(settings.model_dir)
     if (directory / LINE_FILE).is_file():
-        raise SavedModelError(
-            f"{directory}: a line directory; the service serves one model directory (inspect a "
-            "line with `defectkit line run`)"
-        )
-    backend = settings.backend
-    if backend == "auto":
-        backend = "onnx" if (directory / ONNX_NAME).is_file() else "torch"
-    return load_inspector(directory, backend=backend)
+        return ServedLine(load_line(directory, backend=settings.backend))
+    return ServedModel(load_inspector(directory, backend=settings.backend))
 
 
 def clean_name(name: str | None) -> str:
@@ -69,13 +151,13 @@ class OverlayUnavailableError(LookupError):
 
 
 class InspectionService:
-    def __init__(self, settings: ServeSettings, inspector: Inspector | None = None) -> None:
+    def __init__(self, settings: ServeSettings, served: Served | None = None) -> None:
         self.settings = settings
-        self.inspector = inspector or open_inspector(settings)
+        self.served = served or open_served(settings)
         self.metrics = ServiceMetrics()
         self.records = RecordStore(settings.resolved_db_url(), durable=settings.durable)
         self.store = ContentStore(settings.resolved_store_dir(), durable=settings.durable)
-        self.batcher: MicroBatcher[np.ndarray, Scored] = MicroBatcher(
+        self.batcher: MicroBatcher[np.ndarray, Any] = MicroBatcher(
             self._score_batch,
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
@@ -89,39 +171,24 @@ class InspectionService:
 
     @property
     def model_name(self) -> str:
-        return self.inspector.name
+        return self.served.name
 
     def describe_model(self) -> dict[str, object]:
-        card = self.inspector.card
-        return {
-            "name": self.inspector.name,
-            "method": card.method,
-            "model": card.model,
-            "backend": self.inspector.backend.name,
-            "thresholds": card.thresholds.model_dump(),
-            "class_names": list(card.class_names),
-            "input": card.input.model_dump(mode="json"),
-            "version": {
-                "defectkit": __version__,
-                "trained_with": card.defectkit_version,
-                "commit": card.commit,
-            },
-            "created": card.created,
-        }
+        return self.served.describe()
 
-    def _score_batch(self, images: Sequence[np.ndarray]) -> list[Scored | BaseException]:
+    def _score_batch(self, images: Sequence[np.ndarray]) -> list[Any]:
         # Only the model call runs on the inference thread; judging (heat map, regions) runs on
         # the request's own thread, overlapping with the next batch.
         try:
-            return list(self.inspector.score_batch(list(images)))
+            return list(self.served.score_batch(list(images)))
         except Exception:
             if len(images) == 1:
                 raise
         # One image spoilt the batch (an odd shape, say): score each alone so only it fails.
-        results: list[Scored | BaseException] = []
+        results: list[Any] = []
         for image in images:
             try:
-                results.append(self.inspector.score_batch([image])[0])
+                results.append(self.served.score_batch([image])[0])
             except Exception as error:
                 results.append(error)
         return results
@@ -149,10 +216,10 @@ class InspectionService:
         return record
 
     def _judge_and_commit(
-        self, received: Received, scored: Scored, overlay: bool, started: float
+        self, received: Received, scored: Any, overlay: bool, started: float
     ) -> InspectionRecord:
         """Judge, then store image, overlay and record: a record never points at a missing file."""
-        inspection, heatmap = self.inspector.judge(scored, received.name)
+        inspection, heatmap = self.served.judge(scored, received.name)
         inspection.latency_ms = (time.perf_counter() - started) * 1000.0  # decode + queue + model + judge
         sha256 = self.store.put(received.data, received.suffix)
         overlay_sha = self._store_overlay(received.decoded.pixels, inspection, heatmap) if overlay else None
@@ -179,7 +246,7 @@ class InspectionService:
         return self.records.add(record)
 
     def _store_overlay(self, pixels: np.ndarray, inspection: Inspection, heatmap: np.ndarray | None) -> str:
-        picture = render_overlay(pixels, inspection, heatmap, self.inspector.card.thresholds.pixel)
+        picture = render_overlay(pixels, inspection, heatmap, self.served.pixel_threshold(inspection))
         return self.store.put(png_bytes(picture), "png")
 
     async def overlay_for(self, record: InspectionRecord) -> str:
@@ -203,7 +270,7 @@ class InspectionService:
         decoded = await run_in_threadpool(decode_image, data, record.image_name, None)
         async with self._in_flight:
             scored = await self.batcher.submit(decoded.pixels)
-        heatmap = await run_in_threadpool(self.inspector.display_heatmap, scored)
+        heatmap = await run_in_threadpool(self.served.display_heatmap, scored)
         inspection = Inspection.model_validate(record.result)
         sha256 = await run_in_threadpool(self._store_overlay, decoded.pixels, inspection, heatmap)
         await run_in_threadpool(self.records.set_overlay, record.id, sha256)
