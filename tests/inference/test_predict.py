@@ -180,6 +180,13 @@ def test_python_api_inspects_a_path(model_dir: Path, images: Path) -> None:
     assert inspection.verdict == ("defect" if inspection.score >= 0.5 else "ok")
 
 
+def test_a_float_colour_array_is_refused_not_judged_as_a_black_image(model_dir: Path) -> None:
+    inspector = defectkit.load_inspector(model_dir)  # a grey model: colour is mixed down first
+    for image in (np.random.default_rng(0).random((64, 96, 3)), np.zeros((64, 96, 3), np.uint16)):
+        with pytest.raises(ValueError, match="uint8"):
+            inspector.inspect(image)
+
+
 def test_models_in_folders_of_one_name_are_named_apart(model_dir: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -19,9 +19,12 @@ from defectkit.inference.saved_model import InputSpec
 
 def to_network_layout(image: np.ndarray, channels: int) -> np.ndarray:
     """uint8 1xCxHxW array with ``channels`` channels from a decoded HxW or HxWxC image."""
-    array = convert_channels(np.asarray(image), channels)
+    array = np.asarray(image)
+    # Before any conversion: colour to grey casts to uint8, which would turn floats in [0, 1]
+    # into a black image instead of an error.
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {array.dtype}")
+    array = convert_channels(array, channels)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     # A fresh, writable copy: decoded images can be read-only views, which torch warns about.
     return np.array(array[None], order="C", copy=True)
