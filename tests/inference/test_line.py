@@ -226,9 +226,11 @@ def test_the_service_serves_a_whole_line(line_dir: Path, tmp_path: Path) -> None
         assert described["method"] == "line" and described["surfaces"] == SEEN
         assert sorted(described["detectors"]) == SEEN
         assert client.get("/v1/health").json()["backend"].startswith("line/")
-        for path, (want, _) in zip(paths, expected, strict=True):
-            files = {"file": (path.name, path.read_bytes(), "image/png")}
-            body = client.post("/v1/inspect", files=files, params={"overlay": 1}).json()
+        # One batch request: seen and unseen surfaces in the same micro-batches.
+        files = [("files", (path.name, path.read_bytes(), "image/png")) for path in paths]
+        items = client.post("/v1/inspect/batch", files=files).json()["items"]
+        for item, (want, _) in zip(items, expected, strict=True):
+            body = item["inspection"]
             assert (body["image"], body["verdict"], body["surface"]) == (
                 want.image,
                 want.verdict,
@@ -236,7 +238,8 @@ def test_the_service_serves_a_whole_line(line_dir: Path, tmp_path: Path) -> None
             )
             assert body["score"] == pytest.approx(want.score, abs=1e-5)
             assert body["attributes"] == want.attributes
-            assert client.get(body["overlay_url"]).status_code == 200
+        # Overlays not asked for at inspection are rendered on demand, routed again.
+        assert all(client.get(item["inspection"]["overlay_url"]).status_code == 200 for item in items)
         listed = client.get("/v1/inspections", params={"surface": "Class1", "limit": 100}).json()
         assert listed["total"] == sum(want.surface == "Class1" for want, _ in expected)
 

@@ -57,7 +57,9 @@ def predict(
     the image's file stem, with a short hash added where two images share a stem.
     summary.csv: one row per input.
 
-    Unreadable files are reported (one line each) and skipped; the rest go on.
+    Unreadable files, and files whose results cannot be written, are reported (one line
+    each) and skipped; the rest go on. OUT must not hold input images; inside an input
+    folder it is left out of the search.
     Exit status: 0 all inspected; 1 some file failed or none was inspected (after
     writing every other result); 2 bad usage.
     """

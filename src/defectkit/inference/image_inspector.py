@@ -6,14 +6,19 @@ reading Inspection JSON do not pay for it.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
 from defectkit.data.io import read_image
 from defectkit.inference.inspection import Inspection
+
+Judged = tuple[Inspection, np.ndarray | None]
+ScoredT = TypeVar("ScoredT")
 
 
 def decoded(image: np.ndarray | str | Path, name: str | None = None) -> tuple[np.ndarray, str]:
@@ -23,30 +28,53 @@ def decoded(image: np.ndarray | str | Path, name: str | None = None) -> tuple[np
     return np.asarray(image), name or "<array>"
 
 
-class ImageInspector(ABC):
+class ImageInspector(ABC, Generic[ScoredT]):
     """What ``predict``, the CLI and the service run: one saved model
     (:class:`~defectkit.inference.inspector.Inspector`) or a line of them
-    (:class:`~defectkit.inference.line.Line`). Both judge batches; one image is a batch of one."""
+    (:class:`~defectkit.inference.line.Line`). Both judge batches; one image is a batch of one.
+
+    Inspecting is two steps, so a service can run the first in micro-batches on one thread and
+    the second on each request's own: :meth:`score_batch` (the networks, several images per call)
+    and :meth:`judge` (verdict, regions, full-size heat map of one image from its scores).
+    """
 
     name: str
 
     @abstractmethod
-    def inspect_batch(
-        self, images: Sequence[np.ndarray], names: Sequence[str]
-    ) -> list[tuple[Inspection, np.ndarray | None]]:
-        """Inspections and full-size heat maps of several decoded images, scored together."""
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[ScoredT]:
+        """The raw outputs of several decoded images, in input order, with as few calls as may be."""
+
+    @abstractmethod
+    def judge(self, scored: ScoredT, label: str) -> Judged:
+        """The Inspection of one scored image and its full-size heat map (``latency_ms`` left 0)."""
+
+    @abstractmethod
+    def display_heatmap(self, scored: ScoredT) -> np.ndarray | None:
+        """What an overlay of this scored image draws (full size), or None."""
 
     @abstractmethod
     def pixel_threshold_of(self, inspection: Inspection) -> float:
         """The heat-map threshold ``inspection``'s regions were traced at (overlays draw it)."""
 
+    def inspect_batch(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[Judged]:
+        """Inspections and full-size heat maps of several decoded images, scored together.
+
+        ``latency_ms`` of each is the wall time of the whole batch: what the caller waited for it.
+        """
+        if len(images) != len(names):
+            raise ValueError(f"{len(images)} images but {len(names)} names")
+        started = time.perf_counter()
+        judged = [self.judge(one, label) for one, label in zip(self.score_batch(images), names, strict=True)]
+        latency = (time.perf_counter() - started) * 1000.0
+        for inspection, _ in judged:
+            inspection.latency_ms = latency
+        return judged
+
     def inspect(self, image: np.ndarray | str | Path, name: str | None = None) -> Inspection:
         """Verdict, score, threshold and defect regions for one image (array or path)."""
         return self.inspect_with_heatmap(image, name)[0]
 
-    def inspect_with_heatmap(
-        self, image: np.ndarray | str | Path, name: str | None = None
-    ) -> tuple[Inspection, np.ndarray | None]:
+    def inspect_with_heatmap(self, image: np.ndarray | str | Path, name: str | None = None) -> Judged:
         """:meth:`inspect`, also returning the full-size heat map (for overlays, saved masks)."""
         pixels, label = decoded(image, name)
         return self.inspect_batch([pixels], [label])[0]

@@ -8,7 +8,6 @@ onnxruntime back-end in :mod:`defectkit.inference.onnx_backend`. Both run the sa
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,7 +118,7 @@ class Scored:
     detections: Detections | None = None  # a detector's boxes, in original-image pixels
 
 
-class Inspector(ImageInspector):
+class Inspector(ImageInspector[Scored]):
     """Judge images with the thresholds stored in the model; never re-chooses a threshold."""
 
     def __init__(self, card: ModelCard, backend: Backend, name: str) -> None:
@@ -283,22 +282,6 @@ class Inspector(ImageInspector):
                 )
             )
         return sorted(found, key=lambda r: -r.score)
-
-    def inspect_batch(
-        self, images: Sequence[np.ndarray], names: Sequence[str]
-    ) -> list[tuple[Inspection, np.ndarray | None]]:
-        """Inspections and full-size heat maps of several decoded images, scored together.
-
-        ``latency_ms`` of each is the wall time of the whole batch: what the caller waited for it.
-        """
-        if len(images) != len(names):
-            raise ValueError(f"{len(images)} images but {len(names)} names")
-        started = time.perf_counter()
-        judged = [self.judge(one, label) for one, label in zip(self.score_batch(images), names, strict=True)]
-        latency = (time.perf_counter() - started) * 1000.0
-        for inspection, _ in judged:
-            inspection.latency_ms = latency
-        return judged
 
     def judge(self, scored: Scored, label: str) -> tuple[Inspection, np.ndarray | None]:
         """The Inspection of one scored image and its full-size heat map (``latency_ms`` left 0).

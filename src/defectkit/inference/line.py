@@ -24,7 +24,6 @@ A line directory holds ``line.yaml`` (:class:`LineSpec`) naming, relative to it 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit.data.attributes import describe
 from defectkit.files import write_atomic
-from defectkit.inference.image_inspector import ImageInspector
+from defectkit.inference.image_inspector import ImageInspector, Judged
 from defectkit.inference.inspection import Inspection, Verdict
-from defectkit.inference.inspector import Inspector, load_inspector
+from defectkit.inference.inspector import Inspector, Scored, load_inspector
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import LINE_FILE, ModelCard, SavedModelError, load_model, model_identity
 from defectkit.models.sbad import SurfaceRouterNet
@@ -64,6 +63,16 @@ class Route:
     unseen_score: float
     unknown: bool
     attributes: np.ndarray  # the router's reconstruction of the image's attribute vector
+
+
+@dataclass(frozen=True)
+class LineScored:
+    """One image's route and, when a detector may judge it, that detector's raw outputs; the
+    pixels stay for the defect-type classifier, asked only when the verdict is a defect."""
+
+    route: Route
+    detector_scored: Scored | None  # None: an unseen surface, or one without a detector
+    image: np.ndarray
 
 
 def cascade_verdict(unknown: bool, has_detector: bool, score: float, threshold: float) -> Verdict:
@@ -124,7 +133,7 @@ def load_router(directory: str | Path) -> SurfaceRouting:
     return SurfaceRouting(network, card)
 
 
-class Line(ImageInspector):
+class Line(ImageInspector[LineScored]):
     """Router + per-surface detectors (+ classifier): one Inspection per image."""
 
     def __init__(
@@ -145,43 +154,45 @@ class Line(ImageInspector):
         detector = self.detectors.get(inspection.surface or "")
         return detector.card.thresholds.pixel if detector is not None else 0.5
 
-    def inspect_batch(
-        self, images: Sequence[np.ndarray], names: Sequence[str]
-    ) -> list[tuple[Inspection, np.ndarray | None]]:
-        """Route all images together, then each detector judges its surface's images together."""
-        if len(images) != len(names):
-            raise ValueError(f"{len(images)} images but {len(names)} names")
-        started = time.perf_counter()
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[LineScored]:
+        """Route all images together, then each detector scores its surface's images together."""
         routes = self.router.route_batch(images)
-        results: list[tuple[Inspection, np.ndarray | None] | None] = [None] * len(images)
+        scored: list[Scored | None] = [None] * len(images)
         by_surface: dict[str, list[int]] = {}
         for index, route in enumerate(routes):
-            if route.unknown or route.surface not in self.detectors:
-                results[index] = (self._unknown(route, names[index]), None)
-            else:
+            if not route.unknown and route.surface in self.detectors:
                 by_surface.setdefault(route.surface, []).append(index)
         for surface, indices in by_surface.items():
-            detector = self.detectors[surface]
-            judged = detector.inspect_batch([images[i] for i in indices], [names[i] for i in indices])
-            for index, (inspection, heatmap) in zip(indices, judged, strict=True):
-                route = routes[index]
-                update = {
-                    "model": f"{self.name}/{surface}",
-                    "surface": surface,
-                    "surface_score": route.surface_score,
-                    "unseen_score": route.unseen_score,
-                    "unseen_threshold": self.router.threshold,
-                }
-                if inspection.verdict == "defect" and self.classifier is not None:
-                    typed = self.classifier.inspect(images[index], names[index])
-                    update["defect_class"] = typed.defect_class
-                    update["class_scores"] = typed.class_scores
-                results[index] = (inspection.model_copy(update=update), heatmap)
-        latency = (time.perf_counter() - started) * 1000.0
-        done = [result for result in results if result is not None]
-        for inspection, _ in done:
-            inspection.latency_ms = latency
-        return done
+            outputs = self.detectors[surface].score_batch([images[i] for i in indices])
+            for index, output in zip(indices, outputs, strict=True):
+                scored[index] = output
+        return [LineScored(*parts) for parts in zip(routes, scored, images, strict=True)]
+
+    def judge(self, scored: LineScored, label: str) -> Judged:
+        """The routed detector's judgement (asking the classifier the type of a defect), or an
+        unknown; ``latency_ms`` left 0."""
+        route = scored.route
+        if scored.detector_scored is None:
+            return self._unknown(route, label), None
+        surface = route.surface
+        inspection, heatmap = self.detectors[surface].judge(scored.detector_scored, label)
+        update = {
+            "model": f"{self.name}/{surface}",
+            "surface": surface,
+            "surface_score": route.surface_score,
+            "unseen_score": route.unseen_score,
+            "unseen_threshold": self.router.threshold,
+        }
+        if inspection.verdict == "defect" and self.classifier is not None:
+            typed = self.classifier.inspect(scored.image, label)
+            update["defect_class"] = typed.defect_class
+            update["class_scores"] = typed.class_scores
+        return inspection.model_copy(update=update), heatmap
+
+    def display_heatmap(self, scored: LineScored) -> np.ndarray | None:
+        if scored.detector_scored is None:
+            return None
+        return self.detectors[scored.route.surface].display_heatmap(scored.detector_scored)
 
     def _unknown(self, route: Route, label: str) -> Inspection:
         """An unseen surface: no surface name, its attributes in words. A seen surface that the

@@ -4,11 +4,14 @@
 :class:`~defectkit.inference.inspection.Inspection`), ``<name>.png`` (an overlay for a person to
 look at) and optionally ``<name>.heatmap.png`` and ``<name>.mask.png`` (:func:`defect_mask`), then
 ``summary.csv`` with one row per input file.
-A file that cannot be decoded is recorded as a failure and skipped; the others still get their
-results (DESIGN.md, "Errors and bad input"). Every file is written under a temporary name and
-renamed, so an interrupted run never leaves half a file.
+A file that cannot be decoded, or whose results cannot be written (a full disk, a name too long),
+is recorded as a failure and skipped; the others still get their results (DESIGN.md, "Errors
+and bad input"), and ``summary.csv`` is written even when the run breaks off. An output folder
+that holds input images is refused; one inside an input folder is left out of the search. Every
+file is written under a temporary name and renamed, so an interrupted run never leaves half a file.
 
-The CLI (``defectkit predict``) and the service call this; it holds the logic, they hold the words.
+The CLI (``defectkit predict`` and ``defectkit line run``) calls this; it holds the logic, the
+CLI holds the words.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import csv
 import glob
 import hashlib
 import io
+import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,21 +71,24 @@ def collect_images(
     Patterns are expanded here because a shell passes them through unchanged when they are quoted
     or match nothing. Inside folders and patterns only image suffixes are taken (a README beside
     the images is not an error); a file named explicitly is always tried, so a mistake surfaces.
-    Duplicates (the same file reached twice) are inspected once; order is kept. Folders and
-    patterns skip what lies under ``exclude`` (predict's output folder: a rerun into a folder
-    inside the inputs must not inspect the last run's overlays as parts).
+    Duplicates (the same file reached twice) are inspected once; order is kept. A folder or
+    pattern searched from above ``exclude`` (predict's output folder) skips what lies in it, so a
+    rerun into a results folder inside the inputs does not inspect the last run's overlays.
     """
     found: list[Path] = []
     failures: list[Failure] = []
     skipped = None if exclude is None else exclude.resolve()
 
-    def kept(images: list[Path]) -> list[Path]:
-        return images if skipped is None else [m for m in images if not m.resolve().is_relative_to(skipped)]
+    def kept(images: list[Path], root: Path) -> list[Path]:
+        top = root.resolve()
+        if skipped is None or skipped == top or not skipped.is_relative_to(top):
+            return images
+        return [m for m in images if not m.resolve().is_relative_to(skipped)]
 
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            images = kept(image_files(path))
+            images = kept(image_files(path), path)
             if not images:
                 failures.append(Failure(str(entry), "no image files in this folder"))
             found.extend(images)
@@ -92,7 +99,7 @@ def collect_images(
             images = [m for m in matches if m.is_file() and is_image_file(m)]
             for folder in (m for m in matches if m.is_dir()):
                 images.extend(image_files(folder))
-            images = kept(images)
+            images = kept(images, _pattern_root(str(entry)))
             if not images:
                 failures.append(Failure(str(entry), "no image files match this pattern"))
             found.extend(images)
@@ -106,6 +113,12 @@ def collect_images(
             seen.add(key)
             unique.append(path)
     return unique, failures
+
+
+def _pattern_root(pattern: str) -> Path:
+    """The folder a glob pattern searches from: its leading parts without wildcards."""
+    parts = list(itertools.takewhile(lambda part: not GLOB_CHARACTERS & set(part), Path(pattern).parts))
+    return Path(*parts) if parts else Path(".")
 
 
 def output_names(images: Sequence[Path]) -> list[str]:
@@ -179,6 +192,10 @@ def predict_paths(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, failures = collect_images(paths, exclude=out)
+    beside = next((image for image in images if image.resolve().parent == out.resolve()), None)
+    if beside is not None:
+        # Results would land beside the images (an overlay NAME.png can replace the image itself).
+        raise ValueError(f"{out}: holds input images ({beside.name}); write the results to another folder")
     report = PredictReport(out=out)
     rows: list[dict[str, object]] = []
 

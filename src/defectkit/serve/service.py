@@ -21,8 +21,9 @@ from starlette.concurrency import run_in_threadpool
 
 from defectkit import __version__
 from defectkit.data.io import DecodedImage, decode_image
+from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection
-from defectkit.inference.inspector import Inspector, Scored, load_inspector
+from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.line import Line, load_line
 from defectkit.inference.overlay import png_bytes, render_overlay
 from defectkit.inference.saved_model import LINE_FILE
@@ -45,98 +46,56 @@ class Received:
     suffix: str
 
 
-class ServedModel:
-    """One saved model: its raw outputs computed in micro-batches on the inference thread, each
-    image then judged (heat map, regions) on its request's own thread."""
+def backend_name(served: ImageInspector[Any]) -> str:
+    """What runs the networks: a model's back-end, or a line's detectors' (its router is torch)."""
+    if isinstance(served, Line):
+        models = [*served.detectors.values(), *([served.classifier] if served.classifier else [])]
+        return "line/" + "+".join(sorted({m.backend.name for m in models}) or ["torch"])
+    assert isinstance(served, Inspector)
+    return served.backend.name
 
-    def __init__(self, inspector: Inspector) -> None:
-        self.inspector = inspector
-        self.name = inspector.name
-        self.backend = inspector.backend.name
 
-    def score_batch(self, images: Sequence[np.ndarray]) -> list[Scored]:
-        return list(self.inspector.score_batch(list(images)))
-
-    def judge(self, scored: Scored, name: str) -> tuple[Inspection, np.ndarray | None]:
-        return self.inspector.judge(scored, name)
-
-    def display_heatmap(self, scored: Scored) -> np.ndarray | None:
-        return self.inspector.display_heatmap(scored)
-
-    def pixel_threshold(self, inspection: Inspection) -> float:
-        return self.inspector.pixel_threshold_of(inspection)
-
-    def describe(self) -> dict[str, object]:
-        card = self.inspector.card
+def describe(served: ImageInspector[Any]) -> dict[str, object]:
+    """``GET /v1/models``: name, method, thresholds, version; a line adds its surfaces and models."""
+    if isinstance(served, Line):
         return {
-            "name": self.name,
-            "method": card.method,
-            "model": card.model,
-            "backend": self.backend,
-            "thresholds": card.thresholds.model_dump(),
-            "class_names": list(card.class_names),
-            "input": card.input.model_dump(mode="json"),
-            "version": {
-                "defectkit": __version__,
-                "trained_with": card.defectkit_version,
-                "commit": card.commit,
-            },
-            "created": card.created,
-        }
-
-
-Judged = tuple[Inspection, np.ndarray | None]
-
-
-class ServedLine:
-    """Paper 002's two-stage line: the router and the detectors it picks run in the micro-batch
-    (which detector judges an image is known only after routing), so a batch's results are whole
-    inspections; the request's thread only names its image."""
-
-    def __init__(self, line: Line) -> None:
-        self.line = line
-        self.name = line.name
-        backends = {d.backend.name for d in line.detectors.values()}
-        self.backend = "line/" + "+".join(sorted(backends) or ["torch"])
-
-    def score_batch(self, images: Sequence[np.ndarray]) -> list[Judged]:
-        return self.line.inspect_batch(images, ["upload"] * len(images))
-
-    def judge(self, scored: Judged, name: str) -> Judged:
-        inspection, heatmap = scored
-        return inspection.model_copy(update={"image": name}), heatmap
-
-    def display_heatmap(self, scored: Judged) -> np.ndarray | None:
-        return scored[1]
-
-    def pixel_threshold(self, inspection: Inspection) -> float:
-        return self.line.pixel_threshold_of(inspection)
-
-    def describe(self) -> dict[str, object]:
-        router = self.line.router
-        return {
-            "name": self.name,
+            "name": served.name,
             "method": "line",
             "model": "line",
-            "backend": self.backend,
-            "surfaces": list(router.seen),
-            "unseen_threshold": router.threshold,
-            "detectors": {surface: d.name for surface, d in sorted(self.line.detectors.items())},
-            "classifier": None if self.line.classifier is None else self.line.classifier.name,
+            "backend": backend_name(served),
+            # The line's own threshold: the router's unseen alert; each detector keeps its own.
+            "thresholds": {"unknown": served.router.threshold},
+            "surfaces": list(served.router.seen),
+            "detectors": {surface: d.name for surface, d in sorted(served.detectors.items())},
+            "classifier": None if served.classifier is None else served.classifier.name,
             "version": {"defectkit": __version__},
         }
+    assert isinstance(served, Inspector)
+    card = served.card
+    return {
+        "name": served.name,
+        "method": card.method,
+        "model": card.model,
+        "backend": backend_name(served),
+        "thresholds": card.thresholds.model_dump(),
+        "class_names": list(card.class_names),
+        "input": card.input.model_dump(mode="json"),
+        "version": {
+            "defectkit": __version__,
+            "trained_with": card.defectkit_version,
+            "commit": card.commit,
+        },
+        "created": card.created,
+    }
 
 
-Served = ServedModel | ServedLine
-
-
-def open_served(settings: ServeSettings) -> Served:
-    """The model or line to serve; models (and a line's detectors) on ONNX when exported
-    (``backend: auto``); one-line errors."""
+def open_served(settings: ServeSettings) -> ImageInspector[Any]:
+    """The model or the line (a folder with line.yaml) to serve; a model, and a line's detectors,
+    on ONNX when exported (``backend: auto``); one-line errors."""
     directory = Path(settings.model_dir)
     if (directory / LINE_FILE).is_file():
-        return ServedLine(load_line(directory, backend=settings.backend))
-    return ServedModel(load_inspector(directory, backend=settings.backend))
+        return load_line(directory, backend=settings.backend)
+    return load_inspector(directory, backend=settings.backend)
 
 
 def clean_name(name: str | None) -> str:
@@ -151,7 +110,7 @@ class OverlayUnavailableError(LookupError):
 
 
 class InspectionService:
-    def __init__(self, settings: ServeSettings, served: Served | None = None) -> None:
+    def __init__(self, settings: ServeSettings, served: ImageInspector[Any] | None = None) -> None:
         self.settings = settings
         self.served = served or open_served(settings)
         self.metrics = ServiceMetrics()
@@ -174,7 +133,7 @@ class InspectionService:
         return self.served.name
 
     def describe_model(self) -> dict[str, object]:
-        return self.served.describe()
+        return describe(self.served)
 
     def _score_batch(self, images: Sequence[np.ndarray]) -> list[Any]:
         # Only the model call runs on the inference thread; judging (heat map, regions) runs on
@@ -246,7 +205,7 @@ class InspectionService:
         return self.records.add(record)
 
     def _store_overlay(self, pixels: np.ndarray, inspection: Inspection, heatmap: np.ndarray | None) -> str:
-        picture = render_overlay(pixels, inspection, heatmap, self.served.pixel_threshold(inspection))
+        picture = render_overlay(pixels, inspection, heatmap, self.served.pixel_threshold_of(inspection))
         return self.store.put(png_bytes(picture), "png")
 
     async def overlay_for(self, record: InspectionRecord) -> str:

@@ -194,7 +194,11 @@ async function exportReviews() {
 async function showModel() {
   try {
     const [model] = await (await api("/v1/models")).json();
-    $("model-info").textContent = `${model.name} (${model.method}, ${model.backend}), threshold ${model.thresholds.decision.toFixed(3)}`;
+    // A line has no decision threshold of its own: each detector keeps one; it shows its surfaces.
+    const judged = model.method === "line"
+      ? `${model.surfaces.length} surfaces, unseen alert at ${model.thresholds.unknown.toFixed(3)}`
+      : `threshold ${model.thresholds.decision.toFixed(3)}`;
+    $("model-info").textContent = `${model.name} (${model.method}, ${model.backend}), ${judged}`;
   } catch (error) {
     $("model-info").textContent = `model unavailable (${error.message})`;
   }
