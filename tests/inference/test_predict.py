@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,21 @@ def test_a_rerun_into_a_folder_inside_the_inputs_skips_the_last_outputs(
         assert result.exit_code == 0, result.output
         # The three parts only: not the first run's overlays and heat maps under results/.
         assert len(_summary(out)) == 3 and len(list(out.glob("*.json"))) == 3
+    pattern = runner.invoke(app, ["predict", str(model_dir), str(images / "**" / "*.png"), "--out", str(out)])
+    assert pattern.exit_code == 0 and len(_summary(out)) == 2  # the two part.png, not results/*.png
+    shutil.rmtree(out)
+    above = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(images.parent)])
+    assert above.exit_code == 0 and len(_summary(images.parent)) == 3  # inputs below OUT: all kept
+
+
+def test_an_output_folder_that_holds_input_images_is_refused(model_dir: Path, images: Path) -> None:
+    before = (images / "part.png").read_bytes()
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(images)])
+    # Its overlay part.png would replace the image part.png.
+    assert (
+        result.exit_code != 0 and "holds input images" in result.output and "Traceback" not in result.output
+    )
+    assert (images / "part.png").read_bytes() == before and not (images / "summary.csv").exists()
 
 
 def test_an_output_that_cannot_be_written_fails_that_image_alone(
