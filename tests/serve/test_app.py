@@ -66,6 +66,21 @@ def test_inspect_returns_the_inspectors_verdict_and_records_it(
     assert client.get("/v1/inspections").json()["total"] == 2
 
 
+def test_an_internal_error_is_a_one_line_json_500(
+    serve_settings: ServeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.serve.service import InspectionService
+
+    async def full_disk(self: InspectionService, data: bytes, name: str | None, overlay: bool) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(InspectionService, "inspect", full_disk)
+    with TestClient(create_app(serve_settings), raise_server_exceptions=False) as client:
+        response = upload(client, png_bytes(1))
+        assert response.status_code == 500 and response.json() == {"detail": "internal error (OSError)"}
+        assert 'defectkit_rejected_inputs_total{reason="internal_error"} 1.0' in client.get("/metrics").text
+
+
 def test_missing_files_are_410_not_500(client: TestClient, serve_settings: ServeSettings) -> None:
     body = upload(client, png_bytes(4)).json()
     assert body["overlay_stored"] is False

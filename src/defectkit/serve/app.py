@@ -256,6 +256,12 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
         except BatcherClosedError as error:
             raise HTTPException(503, str(error)) from None
 
+    @app.exception_handler(Exception)
+    async def one_line_internal_error(_request: Request, error: Exception) -> JSONResponse:
+        # Clients parse {"detail": ...} on every failure, a 500 too; the traceback goes to the log.
+        metrics.rejected.labels("internal_error").inc()
+        return JSONResponse({"detail": f"internal error ({type(error).__name__})"}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def one_line_validation(_request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
