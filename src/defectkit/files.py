@@ -8,6 +8,12 @@ import threading
 from pathlib import Path
 
 
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside ``path`` to write it under before renaming: unique per process and
+    thread, so two writers of one path never share a temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
 def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> Path:
     """Write ``data`` to a temporary name beside ``path`` and rename it over ``path``.
 
@@ -16,8 +22,7 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique per process and thread: two writers of one path must not share a temporary file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temporary_name(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with open(tmp, "wb") as handle:

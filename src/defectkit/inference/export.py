@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from defectkit.files import temporary_name
 from defectkit.inference.inspector import InspectionGraph
 from defectkit.inference.saved_model import ONNX_NAME, SavedModelError, load_model
 
@@ -68,7 +69,8 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
     # is dynamic too: the service scores micro-batches in one call.
     example = torch.randint(0, 256, (2, channels, height + 3, width + 5), dtype=torch.uint8)
     target = model_dir / ONNX_NAME
-    staging = model_dir / f".{ONNX_NAME}.tmp"
+    # Unique: an export and an enrolment (which re-exports) in one folder must not share it.
+    staging = temporary_name(target)
     names = list(OUTPUT_NAMES) + (list(DETECTION_OUTPUT_NAMES) if graph.detects else [])
     dynamic = {
         "raw": {
