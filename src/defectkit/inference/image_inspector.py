@@ -56,6 +56,15 @@ class ImageInspector(ABC, Generic[ScoredT]):
     def pixel_threshold_of(self, inspection: Inspection) -> float:
         """The heat-map threshold ``inspection``'s regions were traced at (overlays draw it)."""
 
+    @property
+    @abstractmethod
+    def backend_name(self) -> str:
+        """What runs the networks (torch, onnx; a line names its detectors')."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, object]:
+        """Name, method, backend, thresholds, version: what the service's ``/v1/models`` shows."""
+
     def inspect_batch(self, images: Sequence[np.ndarray], names: Sequence[str]) -> list[Judged]:
         """Inspections and full-size heat maps of several decoded images, scored together.
 

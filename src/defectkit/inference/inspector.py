@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from defectkit import __version__
 from defectkit.data.masks import connected_regions
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection, Region, Verdict
@@ -150,6 +151,28 @@ class Inspector(ImageInspector[Scored]):
     def pixel_threshold_of(self, inspection: Inspection) -> float:
         """The heat-map threshold ``inspection``'s regions were traced at (overlays draw it)."""
         return self.card.thresholds.pixel
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def describe(self) -> dict[str, object]:
+        card = self.card
+        return {
+            "name": self.name,
+            "method": card.method,
+            "model": card.model,
+            "backend": self.backend_name,
+            "thresholds": card.thresholds.model_dump(),
+            "class_names": list(card.class_names),
+            "input": card.input.model_dump(mode="json"),
+            "version": {
+                "defectkit": __version__,
+                "trained_with": card.defectkit_version,
+                "commit": card.commit,
+            },
+            "created": card.created,
+        }
 
     def _judge_class(self, scored: Scored, label: str) -> Inspection:
         """A defect-type classifier: the best class, or ``unknown`` when even it is too dissimilar.

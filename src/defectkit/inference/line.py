@@ -33,6 +33,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from defectkit import __version__
 from defectkit.data.attributes import describe
 from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector, Judged
@@ -153,6 +154,26 @@ class Line(ImageInspector[LineScored]):
     def pixel_threshold_of(self, inspection: Inspection) -> float:
         detector = self.detectors.get(inspection.surface or "")
         return detector.card.thresholds.pixel if detector is not None else 0.5
+
+    @property
+    def backend_name(self) -> str:
+        """``line/`` and its detectors' (and classifier's) back-ends: the router runs on torch."""
+        models = [*self.detectors.values(), *([self.classifier] if self.classifier else [])]
+        return "line/" + "+".join(sorted({m.backend_name for m in models}) or ["torch"])
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "method": "line",
+            "model": "line",
+            "backend": self.backend_name,
+            # The line's own threshold: the router's unseen alert; each detector keeps its own.
+            "thresholds": {"unknown": self.router.threshold},
+            "surfaces": list(self.router.seen),
+            "detectors": {surface: d.name for surface, d in sorted(self.detectors.items())},
+            "classifier": None if self.classifier is None else self.classifier.name,
+            "version": {"defectkit": __version__},
+        }
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[LineScored]:
         """Route all images together, then each detector scores its surface's images together."""

@@ -192,7 +192,8 @@ def predict_paths(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     images, failures = collect_images(paths, exclude=out)
-    beside = next((image for image in images if image.resolve().parent == out.resolve()), None)
+    home = out.resolve()
+    beside = next((image for image in images if image.resolve().parent == home), None)
     if beside is not None:
         # Results would land beside the images (an overlay NAME.png can replace the image itself).
         raise ValueError(f"{out}: holds input images ({beside.name}); write the results to another folder")
@@ -210,13 +211,21 @@ def predict_paths(
     total = len(images)
     if progress is not None:
         progress(0, total)
-    options = {"save_heatmaps": save_heatmaps, "save_masks": save_masks, "overlays": overlays}
     try:
         for done, (image_path, name) in enumerate(zip(images, output_names(images), strict=True), start=1):
             try:
-                rows.append(
-                    _inspect_one(inspector, image_path, name, out, report, explainer=explainer, **options)
+                row = _inspect_one(
+                    inspector,
+                    image_path,
+                    name,
+                    out,
+                    report,
+                    save_heatmaps=save_heatmaps,
+                    save_masks=save_masks,
+                    overlays=overlays,
+                    explainer=explainer,
                 )
+                rows.append(row)
             except (ImageReadError, ValueError) as error:
                 failed(Failure(str(image_path), error_reason(error, image_path)))
             except (OSError, RuntimeError, MemoryError) as error:

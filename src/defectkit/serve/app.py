@@ -41,7 +41,7 @@ from defectkit.serve.batcher import BatcherClosedError
 from defectkit.serve.metrics import ServiceMetrics
 from defectkit.serve.records import InspectionRecord, RecordFilter, ReviewVerdict, as_utc
 from defectkit.serve.reviews import ExportError, export_reviews, zip_folder
-from defectkit.serve.service import InspectionService, OverlayUnavailableError, backend_name
+from defectkit.serve.service import InspectionService, OverlayUnavailableError
 from defectkit.serve.settings import ServeSettings
 
 LOGGER = logging.getLogger(__name__)
@@ -470,7 +470,7 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
 
     @app.get("/v1/health", summary="Liveness and what is served")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": core.model_name, "backend": backend_name(core.served)}
+        return {"status": "ok", "model": core.model_name, "backend": core.served.backend_name}
 
     @app.get("/v1/models", summary="The served model: name, method, thresholds, version")
     async def models() -> list[dict[str, object]]:

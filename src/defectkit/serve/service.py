@@ -19,12 +19,11 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from defectkit import __version__
 from defectkit.data.io import DecodedImage, decode_image
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection
-from defectkit.inference.inspector import Inspector, load_inspector
-from defectkit.inference.line import Line, load_line
+from defectkit.inference.inspector import load_inspector
+from defectkit.inference.line import load_line
 from defectkit.inference.overlay import png_bytes, render_overlay
 from defectkit.inference.saved_model import LINE_FILE
 from defectkit.serve.batcher import MicroBatcher
@@ -44,49 +43,6 @@ class Received:
     decoded: DecodedImage
     data: bytes
     suffix: str
-
-
-def backend_name(served: ImageInspector[Any]) -> str:
-    """What runs the networks: a model's back-end, or a line's detectors' (its router is torch)."""
-    if isinstance(served, Line):
-        models = [*served.detectors.values(), *([served.classifier] if served.classifier else [])]
-        return "line/" + "+".join(sorted({m.backend.name for m in models}) or ["torch"])
-    assert isinstance(served, Inspector)
-    return served.backend.name
-
-
-def describe(served: ImageInspector[Any]) -> dict[str, object]:
-    """``GET /v1/models``: name, method, thresholds, version; a line adds its surfaces and models."""
-    if isinstance(served, Line):
-        return {
-            "name": served.name,
-            "method": "line",
-            "model": "line",
-            "backend": backend_name(served),
-            # The line's own threshold: the router's unseen alert; each detector keeps its own.
-            "thresholds": {"unknown": served.router.threshold},
-            "surfaces": list(served.router.seen),
-            "detectors": {surface: d.name for surface, d in sorted(served.detectors.items())},
-            "classifier": None if served.classifier is None else served.classifier.name,
-            "version": {"defectkit": __version__},
-        }
-    assert isinstance(served, Inspector)
-    card = served.card
-    return {
-        "name": served.name,
-        "method": card.method,
-        "model": card.model,
-        "backend": backend_name(served),
-        "thresholds": card.thresholds.model_dump(),
-        "class_names": list(card.class_names),
-        "input": card.input.model_dump(mode="json"),
-        "version": {
-            "defectkit": __version__,
-            "trained_with": card.defectkit_version,
-            "commit": card.commit,
-        },
-        "created": card.created,
-    }
 
 
 def open_served(settings: ServeSettings) -> ImageInspector[Any]:
@@ -133,7 +89,7 @@ class InspectionService:
         return self.served.name
 
     def describe_model(self) -> dict[str, object]:
-        return describe(self.served)
+        return self.served.describe()
 
     def _score_batch(self, images: Sequence[np.ndarray]) -> list[Any]:
         # Only the model call runs on the inference thread; judging (heat map, regions) runs on
