@@ -8,10 +8,11 @@ import threading
 from pathlib import Path
 
 
-def temporary_name(path: Path) -> Path:
-    """A hidden name beside ``path`` to write it under before renaming: unique per process and
-    thread, so two writers of one path never share a temporary file."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+def temporary_name(path: Path, suffix: str = "tmp") -> Path:
+    """A hidden name beside ``path`` to write it under before renaming (or to move an old copy
+    aside, ``suffix="old"``): unique per process and thread, so two writers of one path never
+    share a temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{suffix}")
 
 
 def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> Path:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from defectkit import __version__
+from defectkit.files import temporary_name
 from defectkit.models import create_model
 
 CARD_NAME = "model.yaml"
@@ -148,25 +149,42 @@ def save_model(
     """Write ``card`` and ``model``'s weights (and a reference database) to ``directory`` atomically."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = directory.with_name(f".{directory.name}.tmp")
+    # Per process and thread: two trainings saving into one folder never mix their files.
+    staging = temporary_name(directory)
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(staging / WEIGHTS_NAME))
-    if references is not None:
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in references.items()}, str(staging / REFERENCES_NAME)
-        )
-    payload = card.model_dump(mode="json")
-    (staging / CARD_NAME).write_text(yaml.safe_dump(payload, sort_keys=False))
-    if directory.exists():
-        # Keep files that belong with the model but are not rewritten here (evaluation reports).
-        for extra in directory.iterdir():
-            if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
-                shutil.move(str(extra), staging / extra.name)
-        shutil.rmtree(directory)
-    staging.rename(directory)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_NAME))
+        if references is not None:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in references.items()},
+                str(staging / REFERENCES_NAME),
+            )
+        payload = card.model_dump(mode="json")
+        (staging / CARD_NAME).write_text(yaml.safe_dump(payload, sort_keys=False))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not directory.exists():
+        staging.rename(directory)
+        return directory
+    # The old model is moved aside, not deleted, before the new one takes its name, and comes
+    # back if that fails: a crash or a full disk never leaves neither.
+    retired = temporary_name(directory, "old")
+    directory.rename(retired)
+    try:
+        staging.rename(directory)
+    except OSError:
+        retired.rename(directory)
+        raise
+    # Keep files that belong with the model but are not rewritten here (evaluation reports); an
+    # old export is dropped with the old weights it was made from.
+    for extra in retired.iterdir():
+        if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
+            shutil.move(str(extra), directory / extra.name)
+    shutil.rmtree(retired)
     return directory
 
 

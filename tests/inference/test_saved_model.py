@@ -1,0 +1,60 @@
+"""Saving a model over an older one: atomic, and what belongs with the model stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import tiny_model
+from defectkit.inference.saved_model import ONNX_NAME, WEIGHTS_NAME, read_card
+
+
+def test_saving_over_a_model_keeps_its_reports_and_drops_its_stale_export(tmp_path: Path) -> None:
+    directory = tiny_model(tmp_path / "model", "segdec", seed=0)
+    (directory / "eval").mkdir()
+    (directory / "eval" / "report.json").write_text("{}")
+    (directory / ONNX_NAME).write_bytes(b"graph of the old weights")
+    old_weights = load_file(str(directory / WEIGHTS_NAME))
+
+    tiny_model(tmp_path / "model", "segdec", seed=1, decision=0.25)
+
+    assert (directory / "eval" / "report.json").read_text() == "{}"
+    assert not (directory / ONNX_NAME).exists()  # exported from the old weights
+    assert read_card(directory).thresholds.decision == 0.25
+    new_weights = load_file(str(directory / WEIGHTS_NAME))
+    assert any(not new_weights[k].equal(old_weights[k]) for k in old_weights)
+    # Neither the staging folder nor the old model is left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_save_that_fails_leaves_the_old_model_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tiny_model(tmp_path / "model", "segdec", seed=0)
+    (directory / "eval.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:  # writing the new weights fails
+        patch.setattr("defectkit.inference.saved_model.save_file", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            tiny_model(tmp_path / "model", "segdec", seed=1)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+    rename = Path.rename
+
+    def staging_cannot_take_the_name(self: Path, target: str | Path) -> Path:
+        if self.name.endswith(".tmp"):
+            raise OSError(16, "Device or resource busy")
+        return rename(self, target)
+
+    with monkeypatch.context() as patch:  # the new model cannot take the old one's place
+        patch.setattr(Path, "rename", staging_cannot_take_the_name)
+        with pytest.raises(OSError, match="busy"):
+            tiny_model(tmp_path / "model", "segdec", seed=1)
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
