@@ -100,7 +100,9 @@ SEGDEC_TRIED_PAPER = {
 WEAK_LNET_TRIED_CPU = (
     "tried against the AP shortfall (cpu profile): Table 2's norm before the heat-map sigmoid "
     "(heat_norm) left the mean heat Q equal on every image, and per-image instance norm lit the "
-    "background of defective images (pixel AUROC 0.04); both stay options, off"
+    "background of defective images (pixel AUROC 0.04); both stay options, off; a pair's summed loss "
+    "(method_options.pair_loss=sum, the paper's per-image step length) left fold 1's DNet at chance "
+    "(validation AP 0.36), so the mean stays"
 )
 WEAK_LNET_DEFAULTS = {"positives": "all", "lnet_trained": True, "frozen": True, "rotation": False}
 
