@@ -29,7 +29,7 @@ def test_saving_over_a_model_keeps_its_reports_and_drops_its_stale_export(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_a_save_that_fails_leaves_the_old_model_whole(
+def test_a_write_that_fails_leaves_the_old_model_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     directory = tiny_model(tmp_path / "model", "segdec", seed=0)
@@ -39,13 +39,19 @@ def test_a_save_that_fails_leaves_the_old_model_whole(
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    with monkeypatch.context() as patch:  # writing the new weights fails
-        patch.setattr("defectkit.inference.saved_model.save_file", full_disk)
-        with pytest.raises(OSError, match="No space"):
-            tiny_model(tmp_path / "model", "segdec", seed=1)
+    monkeypatch.setattr("defectkit.inference.saved_model.save_file", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        tiny_model(tmp_path / "model", "segdec", seed=1)
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left
 
+
+def test_a_model_that_cannot_take_the_name_leaves_the_old_one_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tiny_model(tmp_path / "model", "segdec", seed=0)
+    (directory / "eval.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
     rename = Path.rename
 
     def staging_cannot_take_the_name(self: Path, target: str | Path) -> Path:
@@ -53,8 +59,7 @@ def test_a_save_that_fails_leaves_the_old_model_whole(
             raise OSError(16, "Device or resource busy")
         return rename(self, target)
 
-    with monkeypatch.context() as patch:  # the new model cannot take the old one's place
-        patch.setattr(Path, "rename", staging_cannot_take_the_name)
-        with pytest.raises(OSError, match="busy"):
-            tiny_model(tmp_path / "model", "segdec", seed=1)
+    monkeypatch.setattr(Path, "rename", staging_cannot_take_the_name)
+    with pytest.raises(OSError, match="busy"):
+        tiny_model(tmp_path / "model", "segdec", seed=1)
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
