@@ -29,12 +29,23 @@ def test_saving_over_a_model_keeps_its_reports_and_drops_its_stale_export(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
-def test_a_write_that_fails_leaves_the_old_model_whole(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def reported_model(tmp_path: Path) -> Path:
+    """A saved model with an evaluation report beside it, as ``defectkit eval`` leaves one."""
     directory = tiny_model(tmp_path / "model", "segdec", seed=0)
     (directory / "eval.json").write_text("{}")
-    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    return directory
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def test_a_write_that_fails_leaves_the_old_model_whole(
+    tmp_path: Path, reported_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = reported_model
+    before = contents(directory)
 
     def full_disk(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
@@ -42,16 +53,15 @@ def test_a_write_that_fails_leaves_the_old_model_whole(
     monkeypatch.setattr("defectkit.inference.saved_model.save_file", full_disk)
     with pytest.raises(OSError, match="No space"):
         tiny_model(tmp_path / "model", "segdec", seed=1)
-    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert contents(directory) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left
 
 
 def test_a_model_that_cannot_take_the_name_leaves_the_old_one_in_place(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, reported_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tiny_model(tmp_path / "model", "segdec", seed=0)
-    (directory / "eval.json").write_text("{}")
-    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    directory = reported_model
+    before = contents(directory)
     rename = Path.rename
 
     def staging_cannot_take_the_name(self: Path, target: str | Path) -> Path:
@@ -62,4 +72,4 @@ def test_a_model_that_cannot_take_the_name_leaves_the_old_one_in_place(
     monkeypatch.setattr(Path, "rename", staging_cannot_take_the_name)
     with pytest.raises(OSError, match="busy"):
         tiny_model(tmp_path / "model", "segdec", seed=1)
-    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert contents(directory) == before

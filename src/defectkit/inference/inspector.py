@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from defectkit import __version__
 from defectkit.data.masks import connected_regions
-from defectkit.inference.image_inspector import ImageInspector
+from defectkit.inference.image_inspector import ImageInspector, Judged
 from defectkit.inference.inspection import Inspection, Region, Verdict
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import (
@@ -306,7 +306,7 @@ class Inspector(ImageInspector[Scored]):
             )
         return sorted(found, key=lambda r: -r.score)
 
-    def judge(self, scored: Scored, label: str) -> tuple[Inspection, np.ndarray | None]:
+    def judge(self, scored: Scored, label: str) -> Judged:
         """The Inspection of one scored image and its full-size heat map (``latency_ms`` left 0).
 
         Apart from :meth:`score_batch` so a service can score on one thread and judge on others.
