@@ -43,6 +43,13 @@ def test_kolektorsdd(ksdd_root: Path) -> None:
     assert loaded.mask is not None and int(np.asarray(loaded.mask).sum()) == 100
 
 
+def test_dataset_root_expands_home(ksdd_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(ksdd_root.parent))
+    home_relative = f"~/{ksdd_root.name}"
+    assert detect_format(home_relative).name == "kolektorsdd"
+    assert len(read_dataset(home_relative)) == 6
+
+
 def test_kolektorsdd_reports_missing_label_and_orphan_mask(ksdd_root: Path) -> None:
     (ksdd_root / "kos02" / "Part1_label.bmp").unlink()
     (ksdd_root / "kos02" / "Part0.jpg").unlink()

@@ -127,6 +127,11 @@ def test_corrupt_image_is_reported_and_skipped(model_dir: Path, data_root: Path,
     assert saved["skipped"][0]["path"] == str(broken)
 
 
+def test_load_inspector_expands_home(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(model_dir.parent))
+    assert load_inspector(f"~/{model_dir.name}").threshold == load_inspector(model_dir).threshold
+
+
 def test_score_dataset_and_unlabelled_images(model_dir: Path, data_root: Path) -> None:
     inspector = load_inspector(model_dir)
     samples = read_dataset(data_root).samples[:4]

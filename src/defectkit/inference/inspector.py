@@ -410,7 +410,7 @@ def inference_device(accelerator: str = "auto") -> str:
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:
     """An :class:`Inspector` for the saved model in ``directory`` (``backend``: torch, onnx, or
     auto: onnx when the model has been exported, else torch)."""
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     if backend == "auto":
         backend = "onnx" if (directory / ONNX_NAME).is_file() else "torch"
     if read_card(directory).model == "sbad_router":

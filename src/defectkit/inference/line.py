@@ -247,7 +247,7 @@ def read_line_spec(directory: str | Path) -> LineSpec:
 def load_line(directory: str | Path, backend: str = "torch") -> Line:
     """The line described by ``directory/line.yaml`` (paths in it relative to ``directory``);
     ``backend`` (torch, onnx or auto) runs its detectors and classifier, the router runs on torch."""
-    directory = Path(directory)
+    directory = Path(directory).expanduser()
     spec = read_line_spec(directory)
 
     def resolve(path: str) -> Path:

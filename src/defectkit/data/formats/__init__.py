@@ -76,7 +76,7 @@ def get_format(name: str) -> FormatSpec:
 
 
 def detect_format(root: str | Path) -> FormatSpec:
-    root = Path(root)
+    root = Path(root).expanduser()
     if not root.exists():
         raise FormatError(f"{root}: no such file or directory")
     for spec in available_formats():
@@ -86,8 +86,8 @@ def detect_format(root: str | Path) -> FormatSpec:
 
 
 def read_dataset(root: str | Path, format: str | None = None) -> Dataset:
-    """Index the dataset at ``root`` with the named reader, or the detected one."""
-    root = Path(root)
+    """Index the dataset at ``root`` (``~`` expanded) with the named reader, or the detected one."""
+    root = Path(root).expanduser()
     if not root.exists():
         raise FormatError(f"{root}: no such file or directory")
     spec = get_format(format) if format else detect_format(root)
