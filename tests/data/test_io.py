@@ -50,6 +50,21 @@ def test_truncated_and_missing_images_raise_with_the_file_name(tmp_path: Path) -
         read_image(tmp_path / "text.png")
 
 
+@pytest.mark.parametrize("raised", [EOFError("no more data"), IndexError("tile out of range")])
+def test_any_decoder_failure_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raised: Exception
+) -> None:
+    import defectkit.data.io as image_io
+
+    def damaged(*_: object) -> np.ndarray:
+        raise raised  # what Pillow's decoders raise on some damaged files
+
+    path = save(tmp_path / "odd.gif", texture(0))
+    monkeypatch.setattr(image_io, "_decode", damaged)
+    with pytest.raises(ImageReadError, match=rf"odd\.gif: cannot decode image \({type(raised).__name__}"):
+        read_image(path)
+
+
 def test_read_mask_binarises_0_255_and_keeps_class_ids(tmp_path: Path) -> None:
     binary = np.zeros((8, 8), np.uint8)
     binary[2:4, 2:4] = 255

@@ -56,6 +56,10 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
         raise ImageReadError(path, "file not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(path, f"cannot decode image ({error})") from None
+    except MemoryError:
+        raise
+    except Exception as error:  # as in decode_image: damaged files make decoders raise EOFError, ...
+        raise ImageReadError(path, f"cannot decode image ({type(error).__name__}: {error})") from None
     return convert_channels(array, channels)
 
 
