@@ -127,6 +127,19 @@ def test_corrupt_image_is_reported_and_skipped(model_dir: Path, data_root: Path,
     assert saved["skipped"][0]["path"] == str(broken)
 
 
+def test_default_report_folders_keep_each_datasets_report(
+    model_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model-copy"
+    shutil.copytree(model_dir, copy)
+    other = tmp_path / "line 2"  # a second dataset, judged by the same model
+    shutil.copytree(data_root, other)
+    first = evaluate_model(copy, data_root)
+    second = evaluate_model(copy, other)
+    assert first.out == copy / f"eval-{data_root.name}-test" and second.out == copy / "eval-line_2-test"
+    assert (first.out / "metrics.json").is_file() and (second.out / "metrics.json").is_file()
+
+
 def test_load_inspector_expands_home(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(model_dir.parent))
     assert load_inspector(f"~/{model_dir.name}").threshold == load_inspector(model_dir).threshold

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import defectkit.evaluation.multilabel as multilabel_eval
 import defectkit.training.engine as engine
 from conftest import with_changes
 from defectkit import load_inspector
@@ -101,7 +102,7 @@ def test_targets_from_ids_stacks_and_labels() -> None:
     assert targets.tolist() == [[1.0], [0.0]] and known.all()
 
 
-def test_train_inspect_overlay_export(tmp_path: Path) -> None:
+def test_train_inspect_overlay_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The max-pooled head (not the default) must survive saving, loading and ONNX export.
     overrides = ["weights=efficientnet-lite0", "model.classifier_pooling=max"]
     model_dir = engine.train(
@@ -133,12 +134,28 @@ def test_train_inspect_overlay_export(tmp_path: Path) -> None:
     assert report.ok and (tmp_path / "predicted" / "part.png").is_file()
     assert Image.open(tmp_path / "predicted" / "part.heatmap.png").size == (90, 70)
 
-    # `defectkit eval` adds the per-class figures of a multi-label model and its box plot.
+    # `defectkit eval` adds the per-class figures of a multi-label model and its box plot; an
+    # image whose classes are unknown is left out of those figures, and the report says so.
     generate(tmp_path / "data", SynthConfig(**{**SYNTH, "per_surface": 6, "seed": 9}), layout="manifest")
+    known = multilabel_eval.class_truth
+    unknown: list[str] = []
+
+    def first_unknown(sample: Sample, k: int) -> list[int] | None:
+        if not unknown or unknown == [sample.path]:
+            unknown[:] = [sample.path]
+            return None
+        return known(sample, k)
+
+    monkeypatch.setattr(multilabel_eval, "class_truth", first_unknown)
     evaluation = evaluate_model(model_dir, tmp_path / "data", split="test", out=tmp_path / "eval")
+    reported = [(p.path, p.reason) for p in evaluation.problems]
+    assert reported == [(unknown[0], "its defect classes are not known")]
+    skipped = json.loads(evaluation.files["metrics.json"].read_text())["skipped"]
+    assert [s["path"] for s in skipped] == unknown
     multilabel = evaluation.metrics["multilabel"]
     assert len(multilabel["per_class"]) == 4 and 0.0 <= multilabel["mla"] <= 1.0
-    assert (tmp_path / "eval" / "dice_iou_box.png").is_file()
+    assert evaluation.files["dice_iou_box.png"] == tmp_path / "eval" / "dice_iou_box.png"
+    assert "dice_iou_box.png" in json.loads(evaluation.files["metrics.json"].read_text())["files"]
 
     result = export_onnx_checked(model_dir)
     assert result.max_score_diff < 1e-3 and result.max_heatmap_diff < 1e-3

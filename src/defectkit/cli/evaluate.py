@@ -49,7 +49,10 @@ def evaluate(
         "are evaluated whole. 'all' takes every image.",
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Report folder (default: MODEL_DIR/eval-SPLIT)."
+        None,
+        "--out",
+        "-o",
+        help="Report folder (default: MODEL_DIR/eval-DATA-SPLIT, DATA the dataset folder's name).",
     ),
     device: str = typer.Option("cpu", help="torch device (cpu, cuda, cuda:1, ...)."),
     surface: str | None = typer.Option(None, help="Only images of this surface (per-surface detectors)."),

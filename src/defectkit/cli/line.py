@@ -99,7 +99,10 @@ def evaluate(
     format: str | None = typer.Option(None, "--format", "-f", help="Reader to use; detected when omitted."),
     split: Split = typer.Option(Split.test, help="Images whose meta split matches ('all': every image)."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Report folder (default: LINE_DIR/eval-SPLIT)."
+        None,
+        "--out",
+        "-o",
+        help="Report folder (default: LINE_DIR/eval-DATA-SPLIT, DATA the dataset folder's name).",
     ),
 ) -> None:
     """Put every labelled image through the whole line and score it end to end.
@@ -110,7 +113,7 @@ def evaluate(
     matrix) and confusion.png. Unreadable images are listed and skipped.
     """
     from defectkit.data.formats import read_dataset
-    from defectkit.evaluation.evaluate import select_split
+    from defectkit.evaluation.evaluate import default_report_folder, select_split
     from defectkit.evaluation.line import evaluate_line, write_line_report
     from defectkit.inference.line import load_line
     from defectkit.inference.saved_model import SavedModelError
@@ -127,7 +130,7 @@ def evaluate(
         )
     for path, reason in report.failures:
         console.print(f"[red]failed[/]: {escape(path)}: {escape(reason)}", soft_wrap=True)
-    folder = out or line_dir / f"eval-{split.value}"
+    folder = out or default_report_folder(line_dir, data, split.value)
     written = write_line_report(
         report, folder, f"line {line.name}: {chosen}", images=chosen, seen_surfaces=list(line.router.seen)
     )

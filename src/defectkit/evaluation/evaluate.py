@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -335,11 +336,14 @@ def write_report(
     inspector: Inspector,
     out: str | Path,
     context: dict[str, Any] | None = None,
+    written: dict[str, Path] | None = None,
+    skipped: Sequence[Problem] | None = None,
 ) -> dict[str, Path]:
     """Write metrics.json, scores.csv, pr_curve.png, score_histogram.png and worst.png to ``out``.
 
-    ``context`` (model, data, split, ...) goes into metrics.json beside the metrics. Returns the
-    written files by name.
+    ``context`` (model, data, split, ...) goes into metrics.json beside the metrics, with the files
+    ``written`` to ``out`` before and the ``skipped`` images (default: ``scored.skipped``). Returns
+    the written files by name.
     """
     out = Path(out)
     threshold = float(metrics["threshold"])
@@ -347,6 +351,7 @@ def write_report(
     labels, scores = scored.labels[known], scored.scores[known]
     title = inspector.name
     files = {
+        **(written or {}),
         "scores.csv": write_atomic(out / "scores.csv", _scores_csv(scored, threshold)),
         "pr_curve.png": write_atomic(out / "pr_curve.png", pr_curve_png(labels, scores, threshold, title)),
         "score_histogram.png": write_atomic(
@@ -357,7 +362,16 @@ def write_report(
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
     files["worst.png"] = write_atomic(out / "worst.png", buffer.getvalue())
-    return write_metrics_json(out, metrics, inspector, files, scored.skipped, context)
+    return write_metrics_json(
+        out, metrics, inspector, files, scored.skipped if skipped is None else skipped, context
+    )
+
+
+def default_report_folder(base: Path, data: str | Path, split: str) -> Path:
+    """``BASE/eval-DATA-SPLIT``, DATA the dataset folder's name: a model judged on two datasets
+    keeps both reports."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).expanduser().resolve().name) or "data"
+    return base / f"eval-{name}-{split}"
 
 
 def write_metrics_json(
@@ -408,8 +422,9 @@ def evaluate_model(
     The model is loaded first so a wrong model path fails before the dataset is indexed. Reader
     problems and unreadable images are returned in ``problems`` (and listed in metrics.json);
     the run fails only when no image at all could be scored. ``out`` defaults to
-    ``MODEL_DIR/eval-<split>``. ``surface`` keeps only that surface's images (a per-surface
-    detector is judged on its own surface, as in paper 002's two-stage line).
+    ``MODEL_DIR/eval-<data folder name>-<split>`` (:func:`default_report_folder`). ``surface``
+    keeps only that surface's images (a per-surface detector is judged on its own surface, as in
+    paper 002's two-stage line).
     """
     model_dir = Path(model_dir)
     inspector = load_inspector(model_dir, device=device)
@@ -422,7 +437,7 @@ def evaluate_model(
         raise ValueError(f"{data}: no images to evaluate")
     if inspector.card.config.get("data", {}).get("masks_from_boxes"):
         samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
-    target = Path(out) if out is not None else model_dir / f"eval-{split}"
+    target = Path(out) if out is not None else default_report_folder(model_dir, data, split)
     context = {
         "model": str(model_dir),
         "data": str(data),
@@ -445,12 +460,19 @@ def evaluate_model(
     if not len(scored):
         raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {problems[0]})")
     metrics = evaluate_scores(scored, inspector.threshold)
+    written: dict[str, Path] = {}
     if inspector.card.multilabel:
         # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
         per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
         metrics["multilabel"] = multilabel_summary(per_class, inspector.class_thresholds)
         dice = {inspector.name: per_image_dice(per_class)}
         iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
-        write_atomic(target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name))
-    files = write_report(scored, metrics, inspector, target, context)
+        written["dice_iou_box.png"] = write_atomic(
+            target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name)
+        )
+        # Left out of the per-class figures alone (their defect classes are unknown): say so too.
+        unreadable = {p.path for p in scored.skipped}
+        problems += [p for p in per_class.skipped if p.path not in unreadable]
+    skipped = problems[len(dataset.problems) :]
+    files = write_report(scored, metrics, inspector, target, context, written, skipped)
     return EvaluationReport(metrics, files, problems, note, target)
