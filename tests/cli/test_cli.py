@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -75,3 +77,24 @@ def test_synth_manifest_layout_and_bad_options(tmp_path: Path) -> None:
     assert (out / "manifest.jsonl").is_file() and (out / "attributes.json").is_file()
     assert runner.invoke(app, ["data", "synth", str(out), "--mode", "nope"]).exit_code == 2
     assert runner.invoke(app, ["data", "synth", str(out), "--size", "8"]).exit_code == 2
+
+
+SIGTERMED = """
+import os, signal, sys, time
+from defectkit.cli.main import interrupt_on_sigterm
+interrupt_on_sigterm()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+finally:
+    open(sys.argv[1], "w").write("cleaned up")  # where predict writes its summary.csv
+"""
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    marker = tmp_path / "finally"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERMED, str(marker)], capture_output=True, text=True, timeout=120
+    )
+    assert "KeyboardInterrupt" in done.stderr and done.returncode != 0
+    assert marker.read_text() == "cleaned up"  # the process's own SIGTERM would have skipped it

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import typer
 
 from defectkit import __version__
@@ -42,7 +45,18 @@ def root(
     """Visual surface-defect inspection."""
 
 
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM (a batch scheduler's stop, ``kill``) end a command as Ctrl-C does, so that its
+    ``finally`` blocks still run: predict's summary.csv, a failed save's cleanup."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
+    interrupt_on_sigterm()
     app()
 
 
