@@ -40,6 +40,18 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
     return path
 
 
+def writable_folder(path: str | Path) -> Path:
+    """``path``, created if missing and proven writable by a probe file: a long run learns before
+    its work, not after it, that its results have nowhere to go (a file in the way, a read-only
+    model folder). Raises the ``OSError`` that names the path."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = temporary_name(folder / "probe")
+    probe.write_bytes(b"")
+    probe.unlink()
+    return folder
+
+
 def _sync_directory(folder: Path) -> None:
     try:
         descriptor = os.open(folder, os.O_RDONLY)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import defectkit.evaluation.evaluate as evaluate_module
 from conftest import tiny_segdec
 from defectkit.cli.main import app
 from defectkit.data.formats import read_dataset
@@ -138,6 +139,20 @@ def test_default_report_folders_keep_each_datasets_report(
     second = evaluate_model(copy, other)
     assert first.out == copy / f"eval-{data_root.name}-test" and second.out == copy / "eval-line_2-test"
     assert (first.out / "metrics.json").is_file() and (second.out / "metrics.json").is_file()
+
+
+def test_an_unwritable_report_folder_fails_before_scoring(
+    model_dir: Path, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("scored although the report could not be written")
+
+    monkeypatch.setattr(evaluate_module, "score_dataset", never)
+    in_the_way = tmp_path / "report.json"  # --out given a file's name
+    in_the_way.write_text("{}")
+    with pytest.raises(FileExistsError) as raised:
+        evaluate_model(model_dir, data_root, out=in_the_way)
+    assert raised.value.filename == str(in_the_way)
 
 
 def test_load_inspector_expands_home(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

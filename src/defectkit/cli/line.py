@@ -115,6 +115,7 @@ def evaluate(
     from defectkit.data.formats import read_dataset
     from defectkit.evaluation.evaluate import default_report_folder, select_split
     from defectkit.evaluation.line import evaluate_line, write_line_report
+    from defectkit.files import writable_folder
     from defectkit.inference.line import load_line
     from defectkit.inference.saved_model import SavedModelError
 
@@ -123,6 +124,7 @@ def evaluate(
         samples, chosen = select_split(read_dataset(data, format).samples, split.value)
     except SavedModelError as error:
         raise fail(str(error)) from None
+    folder = writable_folder(out or default_report_folder(line_dir, data, split.value))
     with progress_bar("judging") as bar:
         task = bar.add_task("line eval", total=None)
         report = evaluate_line(
@@ -130,7 +132,6 @@ def evaluate(
         )
     for path, reason in report.failures:
         console.print(f"[red]failed[/]: {escape(path)}: {escape(reason)}", soft_wrap=True)
-    folder = out or default_report_folder(line_dir, data, split.value)
     written = write_line_report(
         report, folder, f"line {line.name}: {chosen}", images=chosen, seen_surfaces=list(line.router.seen)
     )

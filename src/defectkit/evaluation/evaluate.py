@@ -49,7 +49,7 @@ from defectkit.evaluation.plots import (
     sectioned_sheet,
 )
 from defectkit.evaluation.scoring import TimedScorer
-from defectkit.files import write_atomic
+from defectkit.files import writable_folder, write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.saved_model import utc_timestamp
 from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
@@ -437,7 +437,7 @@ def evaluate_model(
         raise ValueError(f"{data}: no images to evaluate")
     if inspector.card.config.get("data", {}).get("masks_from_boxes"):
         samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
-    target = Path(out) if out is not None else default_report_folder(model_dir, data, split)
+    target = writable_folder(Path(out) if out is not None else default_report_folder(model_dir, data, split))
     context = {
         "model": str(model_dir),
         "data": str(data),
