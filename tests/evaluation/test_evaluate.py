@@ -186,6 +186,11 @@ def test_cli_eval(model_dir: Path, data_root: Path, tmp_path: Path) -> None:
     no_data = runner.invoke(app, ["eval", str(model_dir), "--data", str(tmp_path / "absent")])
     assert no_data.exit_code == 1 and "no such file or directory" in no_data.output
 
+    Path(select_split(read_dataset(data_root).samples, "test")[0][0].path).write_bytes(b"broken")
+    partial = runner.invoke(app, ["eval", str(model_dir), "--data", str(data_root), "--out", str(out)])
+    assert partial.exit_code == 1 and "1 file(s) could not be used" in partial.output
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["n_skipped"] == 1
+
 
 def test_classifier_metrics_count_unknown_calls_beside_the_confusion_matrix() -> None:
     from defectkit.evaluation.classifier import ClassifiedSet, classifier_metrics
