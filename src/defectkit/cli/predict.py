@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from defectkit.cli.data import progress_bar
-from defectkit.cli.errors import fail, user_errors
+from defectkit.cli.errors import UsageError, fail, user_errors
 
 if TYPE_CHECKING:
     from defectkit.inference.image_inspector import ImageInspector
@@ -97,7 +97,7 @@ def write_predictions(
 ) -> None:
     """Inspect ``paths`` with a progress bar, report failures line by line and the verdict counts;
     exit 1 when some file failed or none was inspected (``predict`` and ``line run`` share it)."""
-    from defectkit.inference.predict import Failure, predict_paths
+    from defectkit.inference.predict import Failure, OutputFolderError, predict_paths
 
     with progress_bar("inspecting") as bar:
         task = bar.add_task("predict", total=None)
@@ -107,17 +107,20 @@ def write_predictions(
                 f"[red]failed[/]: {escape(failure.path)}: {escape(failure.reason)}", soft_wrap=True
             )
 
-        report = predict_paths(
-            inspector,
-            paths,
-            out,
-            save_heatmaps=save_heatmaps,
-            save_masks=save_masks,
-            overlays=overlays,
-            explainer=explainer,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-            on_failure=report_failure,
-        )
+        try:
+            report = predict_paths(
+                inspector,
+                paths,
+                out,
+                save_heatmaps=save_heatmaps,
+                save_masks=save_masks,
+                overlays=overlays,
+                explainer=explainer,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                on_failure=report_failure,
+            )
+        except OutputFolderError as error:
+            raise UsageError(str(error)) from None
 
     verdicts = Counter(inspection.verdict for _, inspection in report.results)
     counts = ", ".join(f"{verdicts[v]} {v}" for v in ("ok", "defect", "unknown") if verdicts[v])

@@ -125,6 +125,10 @@ def _pattern_root(pattern: str) -> Path:
 DERIVED_SUFFIXES = (".mask", ".heatmap")
 
 
+class OutputFolderError(ValueError):
+    """An output folder that cannot take the results (it holds the input images): bad usage."""
+
+
 def output_names(images: Sequence[Path]) -> list[str]:
     """One file-name stem per image: the image's stem, plus a short path hash where the files of
     two images could share a name (equal stems, or one stem is another's plus ``.mask`` or
@@ -208,7 +212,9 @@ def predict_paths(
     beside = next((image for image in images if image.resolve().parent == home), None)
     if beside is not None:
         # Results would land beside the images (an overlay NAME.png can replace the image itself).
-        raise ValueError(f"{out}: holds input images ({beside.name}); write the results to another folder")
+        raise OutputFolderError(
+            f"{out}: holds input images ({beside.name}); write the results to another folder"
+        )
     report = PredictReport(out=out)
     rows: list[dict[str, object]] = []
 
