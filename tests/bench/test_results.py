@@ -340,11 +340,13 @@ def test_render_without_paper_figures_shows_ours_and_names_any_left_out(tmp_path
 def test_config_fingerprint_keeps_committed_cell_keys() -> None:
     """Fields added to the config later must not re-key cells committed before them: this is the
     key of the ksdd/segdec cpu folds committed before ``mask_bias`` (benchmarks/cells/ksdd-segdec-full-cpu),
-    which that field at its old value (false) keeps, and at the configs' value (true) changes."""
+    which that field at its old value (false) keeps, and at the configs' value (true) changes. The
+    cpu input was 704x256 then."""
     from defectkit.config import config_fingerprint, load_config
 
     path = REPO / "configs/segdec/kolektorsdd.yaml"
-    config = load_config(path, "cpu", ["data.supervision=full", "model.mask_bias=false"])
+    then = ["data.supervision=full", "model.mask_bias=false", "input.size=[704, 256]"]
+    config = load_config(path, "cpu", then)
     assert config_fingerprint(config) == "2c23f95d38"
     shipped = load_config(path, "cpu", ["data.supervision=full"])
     assert shipped.model["mask_bias"] is True and config_fingerprint(shipped) != "2c23f95d38"

@@ -86,7 +86,8 @@ SEGDEC_TRIED_CPU = {
     "full": "tried on the cpu profile: 30 epochs (AP 0.964), then the paper's 50 with the mid-gap "
     "threshold (0.966), both without the mask head's bias, which the reference trains and this row has "
     "(model.mask_bias, 2026-12-06); the paper's lr 1 diverged with the slimmer cpu network "
-    "(lr 0.1, best validation weights kept)",
+    "(lr 0.1, best validation weights kept); input 704x256 until 2026-12-07 (AP 0.992, 8 false calls, "
+    "33.8 min), 792x288 since (it fits the hour)",
 }
 # History of the paper profile's rows, noted only on runs without --set (those are other runs).
 SEGDEC_TRIED_PAPER = {

@@ -356,18 +356,19 @@ def service_load(request: BenchRequest) -> Path:
         "kill_lost_records": kill.lost,
         "kill_served_after_restart": kill.served_after_restart,
     }
+    from defectkit.inference.saved_model import read_card
+
+    height, width = read_card(model_dir).input.size
+    served = f"segdec at the KolektorSDD {request.profile} profile ({height}x{width} input, random weights)"
     notes = (
-        "segdec at the KolektorSDD cpu profile (704x256 input, random weights) exported to ONNX; "
+        f"{served} exported to ONNX; "
         f"generated {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} PNGs sent as raw bodies; durable commits (fsync); "
         f"micro-batching max_batch {options['max_batch']}, max_wait {options['max_wait_ms']} ms; "
         "client and server on the same machine. Bare = decode + ONNX Inspector.inspect in one "
         "process, sequential."
     )
     if options["model"]:
-        notes = notes.replace(
-            "segdec at the KolektorSDD cpu profile (704x256 input, random weights)", "the model given"
-        )
-    from defectkit.inference.saved_model import read_card
+        notes = notes.replace(served, "the model given")
 
     return write_results(
         protocol=PROTOCOL,
