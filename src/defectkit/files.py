@@ -43,12 +43,16 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
 def writable_folder(path: str | Path) -> Path:
     """``path``, created if missing and proven writable by a probe file: a long run learns before
     its work, not after it, that its results have nowhere to go (a file in the way, a read-only
-    model folder). Raises the ``OSError`` that names the path."""
+    model folder). Raises an ``OSError`` that names the folder."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     probe = temporary_name(folder / "probe")
-    probe.write_bytes(b"")
-    probe.unlink()
+    try:
+        probe.write_bytes(b"")
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write in this folder ({error.strerror})", str(folder)) from None
+    finally:
+        probe.unlink(missing_ok=True)
     return folder
 
 

@@ -81,13 +81,17 @@ def test_synth_manifest_layout_and_bad_options(tmp_path: Path) -> None:
 
 SIGTERMED = """
 import os, signal, sys, time
-from defectkit.cli.main import interrupt_on_sigterm
-interrupt_on_sigterm()
-try:
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(30)
-finally:
-    open(sys.argv[1], "w").write("cleaned up")  # where predict writes its summary.csv
+import defectkit.cli.main as cli
+
+def command():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    finally:
+        open(sys.argv[1], "w").write("cleaned up")  # where predict writes its summary.csv
+
+cli.app = command  # what the `defectkit` entry point runs, through main()
+cli.main()
 """
 
 

@@ -20,6 +20,7 @@ from defectkit.data.formats import read_dataset
 from defectkit.data.synthetic import SynthConfig, generate
 from defectkit.evaluation.evaluate import (
     ScoredSet,
+    default_report_folder,
     evaluate_model,
     evaluate_scores,
     score_dataset,
@@ -141,6 +142,17 @@ def test_default_report_folders_keep_each_datasets_report(
     assert (first.out / "metrics.json").is_file() and (second.out / "metrics.json").is_file()
 
 
+def test_default_report_folder_names_what_was_given(tmp_path: Path) -> None:
+    manifest = tmp_path / "synth" / "manifest.jsonl"
+    manifest.parent.mkdir()
+    manifest.write_text("")
+    link = tmp_path / "line-2"
+    link.symlink_to(manifest.parent)
+    assert default_report_folder(tmp_path, manifest, "test") == tmp_path / "eval-synth-manifest-test"
+    assert default_report_folder(tmp_path, link, "all") == tmp_path / "eval-line-2-all"  # not "synth"
+    assert default_report_folder(tmp_path, tmp_path / "Prüfung 3", "test").name == "eval-Prüfung_3-test"
+
+
 def test_an_unwritable_report_folder_fails_before_scoring(
     model_dir: Path, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,7 +200,7 @@ def test_cli_eval(model_dir: Path, data_root: Path, tmp_path: Path) -> None:
 
     Path(select_split(read_dataset(data_root).samples, "test")[0][0].path).write_bytes(b"broken")
     partial = runner.invoke(app, ["eval", str(model_dir), "--data", str(data_root), "--out", str(out)])
-    assert partial.exit_code == 1 and "1 file(s) could not be used" in partial.output
+    assert partial.exit_code == 1 and "1 image(s) could not be used" in partial.output
     assert json.loads((out / "metrics.json").read_text())["metrics"]["n_skipped"] == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -320,6 +321,17 @@ def test_line_eval_scores_every_test_image_end_to_end(line_dir: Path, tmp_path: 
     assert metrics["n_images"] == counts.sum() == len(tests) and metrics["seen_surfaces"] == SEEN
     assert counts[2].sum() == sum(p.parts[-3] == "Class3" for p in tests)  # the unseen row
     assert 0.0 <= metrics["alert_auroc"] <= 1.0 and metrics["failures"] == []
+
+
+def test_line_eval_exits_1_when_an_image_cannot_be_judged(line_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(line_dir / "data", data)
+    broken = sorted(data.glob("Class1/Test/*.PNG"))[0]
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["line", "eval", str(line_dir), "--data", str(data), "--out", str(out)])
+    assert result.exit_code == 1 and "1 image(s) could not be judged" in result.output
+    assert (out / "metrics.json").is_file()  # the report covers the rest
 
 
 def test_a_line_takes_any_detector_and_asks_its_classifier_the_type_of_a_defect(

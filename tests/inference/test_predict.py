@@ -190,12 +190,12 @@ def test_collect_images_and_names(images: Path, tmp_path: Path) -> None:
 
 
 def test_output_names_never_share_a_file(tmp_path: Path) -> None:
-    names_in = ("a/x.png", "x.mask.png", "y.heatmap.png", "z.png")
+    names_in = ("a/x.png", "x.mask.png", "y.heatmap.png", "Y.jpg", "z.png", "w.heatmap.png")
     images = [tmp_path / name for name in names_in]
     names = output_names(images)
     files = [f"{n}{end}".lower() for n in names for end in (".png", ".json", ".mask.png", ".heatmap.png")]
     assert len(set(files)) == len(files)
-    assert names[3] == "z" and names[2] == "y.heatmap"  # no y.png among the inputs: no clash
+    assert names[4] == "z" and names[5] == "w.heatmap"  # no w image among the inputs: no clash
 
 
 def test_python_api_inspects_a_path(model_dir: Path, images: Path) -> None:

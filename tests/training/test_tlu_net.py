@@ -149,7 +149,7 @@ def test_train_inspect_overlay_export(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(multilabel_eval, "class_truth", first_unknown)
     evaluation = evaluate_model(model_dir, tmp_path / "data", split="test", out=tmp_path / "eval")
     reported = [(p.path, p.reason) for p in evaluation.problems]
-    assert reported == [(unknown[0], "its defect classes are not known")]
+    assert reported == [(unknown[0], "left out of the per-class figures: its defect classes are not known")]
     skipped = json.loads(evaluation.files["metrics.json"].read_text())["skipped"]
     assert [s["path"] for s in skipped] == unknown
     multilabel = evaluation.metrics["multilabel"]

@@ -60,7 +60,8 @@ def evaluate(
     """Score every image, compute metrics at the model's STORED threshold and write a report.
 
     Writes metrics.json, scores.csv, pr_curve.png, score_histogram.png and worst.png.
-    Unreadable images are listed and skipped; the exit status is then 1, the report still written.
+    Unreadable images are listed and skipped; the exit status is then 1, the report still written
+    (problems of the dataset's other images, outside the split, do not count).
     """
     # Imported here so `defectkit --help` does not pay for torch.
     from defectkit.evaluation.evaluate import evaluate_model
@@ -98,7 +99,6 @@ def evaluate(
     console.print(table)
     for name, path in report.files.items():
         console.print(f"{name:<20} {escape(str(path))}", soft_wrap=True)
-    errors = sum(problem.severity == "error" for problem in report.problems)
-    if errors:
+    if report.unusable:
         # Bad data exits 1, as predict does: the report covers the rest, but a script must notice.
-        raise fail(f"{errors} file(s) could not be used (listed above and in metrics.json)")
+        raise fail(f"{report.unusable} image(s) could not be used (listed above and in metrics.json)")

@@ -110,7 +110,8 @@ def evaluate(
     Rows: what an image is (a seen surface's good or defective image, or an unseen surface's);
     columns: the line's verdict (ok, defect, unknown). Writes metrics.json (routing accuracy,
     detection and escape rates, false alarms, unseen alerts and their AUROC, the confusion
-    matrix) and confusion.png. Unreadable images are listed and skipped.
+    matrix) and confusion.png. Unreadable images are listed and skipped; the exit status is then
+    1, the report still written.
     """
     from defectkit.data.formats import read_dataset
     from defectkit.evaluation.evaluate import default_report_folder, select_split
@@ -143,3 +144,6 @@ def evaluate(
             table.add_row(name, format_metric(value))
     console.print(table)
     console.print(escape(f"wrote {' and '.join(str(path) for path in written)}"))
+    if report.failures:
+        # Bad data exits 1, as eval and predict do: the report covers the rest.
+        raise fail(f"{len(report.failures)} image(s) could not be judged (listed above)")

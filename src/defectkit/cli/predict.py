@@ -54,7 +54,8 @@ def predict(
     Writes to OUT, per image: NAME.json (the inspection), NAME.png (an overlay),
     NAME.heatmap.png (with --save-heatmaps, or --explain: the Grad-CAM map), NAME.mask.png
     (with --save-masks: class ids, 0 background, at the stored pixel threshold); NAME is
-    the image's file stem, with a short hash added where two images share a stem.
+    the image's file stem, with a short hash added where two images' files could share a name
+    (equal stems, or x and x.mask / x.heatmap).
     summary.csv: one row per input.
 
     Unreadable files, and files whose results cannot be written, are reported (one line

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -368,10 +369,13 @@ def write_report(
 
 
 def default_report_folder(base: Path, data: str | Path, split: str) -> Path:
-    """``BASE/eval-DATA-SPLIT``, DATA the dataset folder's name: a model judged on two datasets
-    keeps both reports."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).expanduser().resolve().name) or "data"
-    return base / f"eval-{name}-{split}"
+    """``BASE/eval-DATA-SPLIT``: a model judged on two datasets keeps both reports. DATA is the
+    dataset folder's name as given (links not followed), or for a manifest file its folder's
+    name and its stem (``synth-manifest``)."""
+    given = Path(os.path.abspath(Path(data).expanduser()))
+    name = f"{given.parent.name}-{given.stem}" if given.is_file() else given.name
+    safe = re.sub(r"[^\w.-]+", "_", name) or "data"
+    return base / f"eval-{safe}-{split}"
 
 
 def write_metrics_json(
@@ -388,7 +392,7 @@ def write_metrics_json(
         "model": (context or {}).get("model", inspector.name),
         "thresholds": inspector.card.thresholds.model_dump(mode="json"),
         "metrics": metrics,
-        "skipped": [{"path": p.path, "reason": p.reason} for p in skipped],
+        "skipped": [{"path": p.path, "reason": p.reason, "severity": p.severity} for p in skipped],
         "files": sorted([*files, "metrics.json"]),
         "defectkit_version": __version__,
         "created": utc_timestamp(),
@@ -398,13 +402,21 @@ def write_metrics_json(
 
 @dataclass
 class EvaluationReport:
-    """Result of :func:`evaluate_model`: the metrics, written files and every problem met."""
+    """Result of :func:`evaluate_model`: the metrics, written files and every problem met (the
+    reader's, for the whole dataset, then ``skipped``: the evaluated images left out, in part or
+    whole)."""
 
     metrics: dict[str, Any]
     files: dict[str, Path]
     problems: list[Problem]
     split_note: str
     out: Path
+    skipped: list[Problem] = field(default_factory=list)
+
+    @property
+    def unusable(self) -> int:
+        """Evaluated images that could not be used at all (unreadable): bad data."""
+        return sum(problem.severity == "error" for problem in self.skipped)
 
 
 def evaluate_model(
@@ -454,7 +466,8 @@ def evaluate_model(
         metrics = classifier_metrics(classified)
         files = write_classifier_report(classified, inspector, target)
         files = write_metrics_json(target, metrics, inspector, files, classified.skipped, context)
-        return EvaluationReport(metrics, files, [*dataset.problems, *classified.skipped], note, target)
+        problems = [*dataset.problems, *classified.skipped]
+        return EvaluationReport(metrics, files, problems, note, target, list(classified.skipped))
     scored = score_dataset(inspector, samples, progress)
     problems = [*dataset.problems, *scored.skipped]
     if not len(scored):
@@ -472,7 +485,11 @@ def evaluate_model(
         )
         # Left out of the per-class figures alone (their defect classes are unknown): say so too.
         unreadable = {p.path for p in scored.skipped}
-        problems += [p for p in per_class.skipped if p.path not in unreadable]
+        problems += [
+            Problem(p.path, f"left out of the per-class figures: {p.reason}", p.severity)
+            for p in per_class.skipped
+            if p.path not in unreadable
+        ]
     skipped = problems[len(dataset.problems) :]
     files = write_report(scored, metrics, inspector, target, context, written, skipped)
-    return EvaluationReport(metrics, files, problems, note, target)
+    return EvaluationReport(metrics, files, problems, note, target, skipped)

@@ -131,8 +131,8 @@ class OutputFolderError(ValueError):
 
 def output_names(images: Sequence[Path]) -> list[str]:
     """One file-name stem per image: the image's stem, plus a short path hash where the files of
-    two images could share a name (equal stems, or one stem is another's plus ``.mask`` or
-    ``.heatmap``).
+    two images could share a name (equal stems; or a stem that is another's plus ``.mask`` or
+    ``.heatmap``, whose files get the hash).
 
     Stems are compared case-insensitively (two names that differ only in case are one file on
     some file systems). The hash is of the resolved path, so a rerun gives the same names.
@@ -140,15 +140,13 @@ def output_names(images: Sequence[Path]) -> list[str]:
     groups: dict[str, int] = defaultdict(int)
     for image in images:
         groups[image.stem.lower()] += 1
+    # x.mask.png's files would meet x.png's (its mask is x.mask.png): renaming x.mask's is enough.
     derived = {image.stem.lower() + suffix for image in images for suffix in DERIVED_SUFFIXES}
-
-    def clashes(stem: str) -> bool:
-        base = next((stem[: -len(s)] for s in DERIVED_SUFFIXES if stem.endswith(s)), None)
-        return groups[stem] > 1 or stem in derived or (base is not None and base in groups)
 
     names = []
     for image in images:
-        if clashes(image.stem.lower()) or image.stem.lower() == Path(SUMMARY_NAME).stem:
+        stem = image.stem.lower()
+        if groups[stem] > 1 or stem in derived or stem == Path(SUMMARY_NAME).stem:
             digest = hashlib.sha1(str(image.resolve()).encode("utf-8")).hexdigest()[:8]
             names.append(f"{image.stem}-{digest}")
         else:
