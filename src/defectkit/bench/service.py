@@ -148,17 +148,20 @@ class ServerProcess:
         with open(log, "ab") as output:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited at start-up (see {log})")
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"the service did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the service exited at start-up (see {log})")
+                try:
+                    if httpx.get(self.url + "/v1/health", timeout=1.0).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+            raise RuntimeError(f"the service did not answer within {STARTUP_TIMEOUT_S:.0f} s")
+        except BaseException:
+            self.kill()  # given up or interrupted while waiting: no server left running
+            raise
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
