@@ -361,8 +361,13 @@ def service_load(request: BenchRequest) -> Path:
     }
     from defectkit.inference.saved_model import read_card
 
-    height, width = read_card(model_dir).input.size
-    served = f"segdec at the KolektorSDD {request.profile} profile ({height}x{width} input, random weights)"
+    card = read_card(model_dir)
+    height, width = card.input.size
+    served = (
+        "the model given"
+        if options["model"]
+        else f"segdec at the KolektorSDD {request.profile} profile ({height}x{width} input, random weights)"
+    )
     notes = (
         f"{served} exported to ONNX; "
         f"generated {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} PNGs sent as raw bodies; durable commits (fsync); "
@@ -370,12 +375,10 @@ def service_load(request: BenchRequest) -> Path:
         "client and server on the same machine. Bare = decode + ONNX Inspector.inspect in one "
         "process, sequential."
     )
-    if options["model"]:
-        notes = notes.replace(served, "the model given")
 
     return write_results(
         protocol=PROTOCOL,
-        method=read_card(model_dir).method,
+        method=card.method,
         dataset="generated",
         variant={"concurrency": concurrency},
         profile=request.profile,

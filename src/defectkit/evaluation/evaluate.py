@@ -402,16 +402,20 @@ def write_metrics_json(
 
 @dataclass
 class EvaluationReport:
-    """Result of :func:`evaluate_model`: the metrics, written files and every problem met (the
-    reader's, for the whole dataset, then ``skipped``: the evaluated images left out, in part or
-    whole)."""
+    """Result of :func:`evaluate_model`: the metrics, written files, the reader's problems (the
+    whole dataset's) and ``skipped``: the evaluated images left out, in part or whole."""
 
     metrics: dict[str, Any]
     files: dict[str, Path]
-    problems: list[Problem]
+    reader_problems: list[Problem]
     split_note: str
     out: Path
     skipped: list[Problem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Every problem met: the reader's, then the skipped images."""
+        return [*self.reader_problems, *self.skipped]
 
     @property
     def unusable(self) -> int:
@@ -466,12 +470,12 @@ def evaluate_model(
         metrics = classifier_metrics(classified)
         files = write_classifier_report(classified, inspector, target)
         files = write_metrics_json(target, metrics, inspector, files, classified.skipped, context)
-        problems = [*dataset.problems, *classified.skipped]
-        return EvaluationReport(metrics, files, problems, note, target, list(classified.skipped))
+        return EvaluationReport(metrics, files, dataset.problems, note, target, list(classified.skipped))
     scored = score_dataset(inspector, samples, progress)
-    problems = [*dataset.problems, *scored.skipped]
+    skipped = list(scored.skipped)
     if not len(scored):
-        raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {problems[0]})")
+        first = [*dataset.problems, *skipped][0]
+        raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {first})")
     metrics = evaluate_scores(scored, inspector.threshold)
     written: dict[str, Path] = {}
     if inspector.card.multilabel:
@@ -485,11 +489,10 @@ def evaluate_model(
         )
         # Left out of the per-class figures alone (their defect classes are unknown): say so too.
         unreadable = {p.path for p in scored.skipped}
-        problems += [
+        skipped += [
             Problem(p.path, f"left out of the per-class figures: {p.reason}", p.severity)
             for p in per_class.skipped
             if p.path not in unreadable
         ]
-    skipped = problems[len(dataset.problems) :]
     files = write_report(scored, metrics, inspector, target, context, written, skipped)
-    return EvaluationReport(metrics, files, problems, note, target, skipped)
+    return EvaluationReport(metrics, files, dataset.problems, note, target, skipped)
