@@ -88,6 +88,8 @@ SEGDEC_TRIED_CPU = {
     "(model.mask_bias, 2026-12-06); the paper's lr 1 diverged with the slimmer cpu network "
     "(lr 0.1, best validation weights kept); input 704x256 until 2026-12-07 (AP 0.992, 8 false calls, "
     "33.8 min), 792x288 since (it fits the hour)",
+    "weak": "input 704x256 until 2026-12-07 (AP 0.830, AUROC 0.931, 22 false calls; row at 3ff1d89), "
+    "792x288 since, the full-supervision profile's input",
 }
 # History of the paper profile's rows, noted only on runs without --set (those are other runs).
 SEGDEC_TRIED_PAPER = {
