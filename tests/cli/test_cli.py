@@ -38,6 +38,31 @@ def test_convert_to_manifest(ksdd_root: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2
 
 
+def test_convert_never_replaces_a_dataset_unasked(ksdd_root: Path, tmp_path: Path) -> None:
+    converted = tmp_path / "converted"
+    assert runner.invoke(app, ["data", "convert", str(ksdd_root), str(converted)]).exit_code == 0
+    manifest = converted / "manifest.jsonl"
+    rows = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([rows[0], '{"path": "x.png", "label": 7}', *rows[1:]]) + "\n")
+    before = manifest.read_bytes()
+    for force in ([], ["--force"]):
+        # Converting a manifest onto itself would drop the row it cannot parse from the user's file.
+        again = runner.invoke(app, ["data", "convert", str(converted), str(converted), *force])
+        assert again.exit_code == 2 and "being read" in again.output and manifest.read_bytes() == before
+    elsewhere = tmp_path / "clean"
+    result = runner.invoke(app, ["data", "convert", str(converted), str(elsewhere)])
+    assert result.exit_code == 1 and "could not be converted" in result.output  # written all the same
+    assert len((elsewhere / "manifest.jsonl").read_text().splitlines()) == 6
+
+    refused = runner.invoke(app, ["data", "convert", str(ksdd_root), str(elsewhere)])
+    assert refused.exit_code == 2 and "--force" in refused.output
+    assert runner.invoke(app, ["data", "convert", str(ksdd_root), str(elsewhere), "--force"]).exit_code == 0
+    # Every manifest in a folder reads its one dataset.json: a second one is refused, even forced.
+    second = runner.invoke(app, ["data", "convert", str(ksdd_root), str(elsewhere / "b.csv"), "--force"])
+    assert second.exit_code == 2 and "manifest.jsonl" in second.output
+    assert not (elsewhere / "b.csv").exists()
+
+
 def _digest(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -77,6 +102,9 @@ def test_synth_manifest_layout_and_bad_options(tmp_path: Path) -> None:
     assert (out / "manifest.jsonl").is_file() and (out / "attributes.json").is_file()
     assert runner.invoke(app, ["data", "synth", str(out), "--mode", "nope"]).exit_code == 2
     assert runner.invoke(app, ["data", "synth", str(out), "--size", "8"]).exit_code == 2
+    before = _digest(out)
+    again = runner.invoke(app, ["data", "synth", str(out), "--surfaces", "1", "--per-surface", "2"])
+    assert again.exit_code == 2 and "new or empty folder" in again.output and _digest(out) == before
 
 
 SIGTERMED = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
 import struct
 import zipfile
 import zlib
@@ -30,6 +31,7 @@ from defectkit.data.formats import read_dataset
 from defectkit.inference.inspector import load_inspector
 from defectkit.serve import ServeSettings, create_app
 from defectkit.serve.records import InspectionRecord, new_id, utcnow
+from defectkit.serve.store import ContentStore
 
 STRANGER = {"Origin": "http://elsewhere.example"}
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -227,6 +229,45 @@ def test_reviews_export_is_a_training_set(
         cli, ["reviews", "export", str(out), "--data-dir", str(tmp_path / "nowhere")]
     )
     assert missing.exit_code == 2 and "no such database" in missing.output
+
+
+def test_reviews_export_replaces_nothing_unasked_and_reads_only(
+    client: TestClient, serve_settings: ServeSettings, tmp_path: Path
+) -> None:
+    reviewed = [upload(client, png_bytes(20 + i), f"p{i}.png").json() for i in range(3)]
+    for record in reviewed:
+        client.post(f"/v1/inspections/{record['id']}/review", json={"verdict": "ok"})
+    export = ["reviews", "export", "--data-dir", str(serve_settings.data_dir)]
+    out = tmp_path / "exported"
+    assert CliRunner().invoke(cli, [*export[:2], str(out), *export[2:]]).exit_code == 0
+    before = (out / "manifest.jsonl").read_bytes()
+    again = CliRunner().invoke(cli, [*export[:2], str(out), *export[2:]])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert (out / "manifest.jsonl").read_bytes() == before
+
+    # A stored image gone bad is left out and reported; the others are still exported.
+    core_store = ContentStore(serve_settings.resolved_store_dir())
+    damaged = core_store.path(reviewed[1]["image_sha256"], "png")
+    damaged.write_bytes(b"not the image")
+    forced = CliRunner().invoke(cli, [*export[:2], str(out), *export[2:], "--force"])
+    assert forced.exit_code == 1 and "left out" in forced.output and reviewed[1]["id"] in forced.output
+    assert {s.meta["inspection_id"] for s in read_dataset(out).samples} == {
+        reviewed[0]["id"],
+        reviewed[2]["id"],
+    }
+
+    # Any other database is read, never changed: no table created in it, its journal mode kept.
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE parts (id INTEGER)")
+    unrelated = CliRunner().invoke(
+        cli, ["reviews", "export", str(tmp_path / "x"), "--db", f"sqlite:///{other}"]
+    )
+    assert unrelated.exit_code == 2 and "not a defectkit service database" in unrelated.output
+    with sqlite3.connect(other) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        assert tables == ["parts"]
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 
 
 def test_api_keys_guard_review_and_export(serve_settings: ServeSettings) -> None:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from defectkit.cli.errors import UsageError, user_errors
+from defectkit.cli.errors import UsageError, fail, user_errors
 from defectkit.data.check import CheckReport, check_dataset
 
 
@@ -134,22 +134,39 @@ def convert(
     out: Path = typer.Argument(..., help="Output: a folder, or a .csv / .jsonl manifest path."),
     to: str = typer.Option("manifest", "--to", help="Target layout (manifest)."),
     format: str | None = typer.Option(None, "--format", "-f", help="Source reader; detected when omitted."),
+    force: bool = typer.Option(False, "--force", help="Replace a dataset already at OUT."),
 ) -> None:
-    """Convert any supported dataset to the generic manifest (images stay where they are)."""
+    """Convert any supported dataset to the generic manifest (images stay where they are).
+
+    OUT must not hold a dataset already (--force replaces it), nor be the manifest being read.
+    Exit status: 0 every row converted; 1 some rows could not be (listed; the rest are written);
+    2 bad usage.
+    """
     from defectkit.data.convert import to_manifest
+    from defectkit.data.formats.manifest import ManifestTargetError
 
     if to != "manifest":
         raise UsageError(f"--to {to!r}: only 'manifest' is supported")
     with progress_bar("converting") as bar:
         task = bar.add_task("convert", total=None)
-        manifest, dataset = to_manifest(
-            path, out, format, progress=lambda done, total: bar.update(task, completed=done, total=total)
-        )
+        try:
+            manifest, dataset = to_manifest(
+                path,
+                out,
+                format,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                replace=force,
+            )
+        except ManifestTargetError as error:
+            raise UsageError(str(error)) from None
     for problem in dataset.problems:
         console.print(
             f"[yellow]{problem.severity}[/]: {escape(problem.path)}: {escape(problem.reason)}", soft_wrap=True
         )
     console.print(escape(f"wrote {len(dataset.samples)} rows to {manifest}"))
+    errors = sum(problem.severity == "error" for problem in dataset.problems)
+    if errors:
+        raise fail(f"{errors} row(s) or file(s) could not be converted (listed above)")
 
 
 @app.command()
@@ -175,7 +192,11 @@ def synth(
         12, "--families", help="Surface s gets texture family s mod this (1-12); later ones are variants."
     ),
 ) -> None:
-    """Generate a DAGM-style synthetic dataset with masks, boxes, classes and surface attributes."""
+    """Generate a DAGM-style synthetic dataset with masks, boxes, classes and surface attributes.
+
+    OUT must be a new or empty folder: files of another dataset (or of another synth run) beside
+    the new ones would be read as one dataset.
+    """
     from defectkit.data.synthetic import SynthConfig, generate
 
     try:
@@ -192,6 +213,10 @@ def synth(
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
+    out = out.expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "holds files" if out.is_dir() else "is a file"
+        raise UsageError(f"{out}: {what}; write the generated dataset to a new or empty folder")
     with progress_bar("generating") as bar:
         task = bar.add_task("synth", total=surfaces * per_surface)
         dataset = generate(

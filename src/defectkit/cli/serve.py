@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from defectkit.cli.errors import UsageError, user_errors
+from defectkit.cli.errors import UsageError, fail, user_errors
 
 console = Console(highlight=False, stderr=True)
 reviews_app = typer.Typer(help="Operators' reviews recorded by the service.", no_args_is_help=True)
@@ -97,10 +97,17 @@ def export(
     db: str | None = typer.Option(None, help="SQLAlchemy URL of the service's database."),
     data_dir: Path = typer.Option(Path("runs/serve"), help="The service's data dir (default db and images)."),
     store: Path | None = typer.Option(None, help="Image store folder (default DATA_DIR/images)."),
+    force: bool = typer.Option(False, "--force", help="Replace a dataset already in OUT."),
 ) -> None:
-    """Write every reviewed inspection as a training set (`defectkit train` reads it)."""
+    """Write every reviewed inspection as a training set (`defectkit train` reads it).
+
+    The database is only read. OUT must not hold a dataset already (--force replaces it). A
+    stored image that is missing or damaged is reported and left out; the others are written.
+    Exit status: 0 all exported; 1 some image left out; 2 bad usage or nothing to export.
+    """
     _need_serve_extra()
-    from defectkit.serve.records import RecordStore
+    from defectkit.data.formats.manifest import ManifestTargetError
+    from defectkit.serve.records import NotARecordStore, RecordStore
     from defectkit.serve.reviews import ExportError, export_reviews
     from defectkit.serve.settings import ServeSettings
     from defectkit.serve.store import ContentStore
@@ -109,11 +116,24 @@ def export(
     url = settings.resolved_db_url()
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UsageError(f"{url.removeprefix('sqlite:///')}: no such database (use --db or --data-dir)")
-    records = RecordStore(url)
     try:
-        manifest = export_reviews(records, ContentStore(settings.resolved_store_dir()), out)
-    except ExportError as error:
+        records = RecordStore(url, read_only=True)
+    except NotARecordStore as error:
+        raise UsageError(str(error)) from None
+    damaged: list[str] = []
+
+    def report(problem: str) -> None:
+        damaged.append(problem)
+        console.print(f"[red]left out[/]: {escape(problem)}", soft_wrap=True)
+
+    try:
+        manifest = export_reviews(
+            records, ContentStore(settings.resolved_store_dir()), out, replace=force, on_damaged=report
+        )
+    except (ExportError, ManifestTargetError) as error:
         raise UsageError(str(error)) from None
     finally:
         records.close()
     console.print(escape(f"wrote {manifest}"))
+    if damaged:
+        raise fail(f"{len(damaged)} reviewed image(s) left out (listed above)")

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from defectkit.data.formats import read_dataset
-from defectkit.data.formats.manifest import write_manifest
+from defectkit.data.formats.manifest import check_manifest_target, find_manifest, write_manifest
 from defectkit.data.io import ImageReadError, load_mask
 from defectkit.data.masks import stack_to_ids
 from defectkit.data.sample import Dataset, Problem, Sample
@@ -37,16 +37,20 @@ def to_manifest(
     out: str | Path,
     format: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replace: bool = False,
 ) -> tuple[Path, Dataset]:
     """Index ``root`` and write it as a manifest at ``out``; returns the manifest path and the dataset.
 
     Images are referenced where they are (relative paths), not copied. Masks that exist only as
     run-length strings are written under ``<out>/masks/``; where multi-label classes overlap in a
-    pixel, the higher class id is kept (a manifest mask is a single class-id image).
+    pixel, the higher class id is kept (a manifest mask is a single class-id image). An existing
+    dataset at ``out`` is replaced only with ``replace``, and never the manifest being read
+    (:func:`~defectkit.data.formats.manifest.check_manifest_target`).
     """
     dataset = read_dataset(root, format)
-    out = Path(out)
-    base = out.parent if out.suffix.lower() in (".csv", ".jsonl") else out
+    source = find_manifest(Path(root).expanduser()) if dataset.info.format == "manifest" else None
+    out = check_manifest_target(out, replace=replace, source=source)
+    base = out.parent
     samples: list[Sample] = []
     problems = list(dataset.problems)
     for index, sample in enumerate(dataset.samples):

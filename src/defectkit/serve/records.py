@@ -29,6 +29,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -94,26 +95,41 @@ def as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+class NotARecordStore(ValueError):
+    """A database opened read-only that holds no inspection records' table."""
+
+
 class RecordStore:
     """All database access of the service (and of ``defectkit reviews export``)."""
 
-    def __init__(self, url: str, durable: bool = True) -> None:
+    def __init__(self, url: str, durable: bool = True, read_only: bool = False) -> None:
+        """``read_only`` (``reviews export``) opens an existing service database and changes
+        nothing in it: no tables created, SQLite's journal mode left as it is; a database without
+        the records' table is refused (:class:`NotARecordStore`)."""
         self.url = url
-        self.engine: Engine = self._engine(url, durable)
-        Base.metadata.create_all(self.engine)
+        self.engine: Engine = self._engine(url, durable, read_only)
+        if not read_only:
+            Base.metadata.create_all(self.engine)
+        elif not inspect(self.engine).has_table(InspectionRecord.__tablename__):
+            self.engine.dispose()
+            raise NotARecordStore(
+                f"{url}: not a defectkit service database (no {InspectionRecord.__tablename__} table)"
+            )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @staticmethod
-    def _engine(url: str, durable: bool) -> Engine:
+    def _engine(url: str, durable: bool, read_only: bool) -> Engine:
         if not url.startswith("sqlite"):
             return create_engine(url, pool_pre_ping=True)
         arguments: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if url in ("sqlite://", "sqlite:///:memory:"):
             # One shared connection: otherwise each thread would get its own, empty, database.
             arguments["poolclass"] = StaticPool
-        else:
+        elif not read_only:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, **arguments)
+        if read_only:
+            return engine
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import shutil
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from defectkit.data.formats.manifest import write_manifest
+from defectkit.data.formats.manifest import check_manifest_target, write_manifest
 from defectkit.data.sample import Dataset, DatasetInfo, Sample
 from defectkit.serve.records import InspectionRecord, RecordStore, as_utc
 from defectkit.serve.store import ContentStore
@@ -36,12 +36,37 @@ def _latest_per_image(records: Sequence[InspectionRecord]) -> list[InspectionRec
     return sorted(latest.values(), key=lambda r: as_utc(r.created))
 
 
-def export_reviews(records: RecordStore, store: ContentStore, out: str | Path, name: str = "reviews") -> Path:
-    """Write the reviewed images under ``out`` as a manifest; returns the manifest's path."""
+def export_reviews(
+    records: RecordStore,
+    store: ContentStore,
+    out: str | Path,
+    name: str = "reviews",
+    *,
+    replace: bool = False,
+    on_damaged: Callable[[str], None] | None = None,
+) -> Path:
+    """Write the reviewed images under ``out`` as a manifest; returns the manifest's path.
+
+    A folder that already holds a dataset is refused unless ``replace`` (a
+    :class:`~defectkit.data.formats.manifest.ManifestTargetError`), before anything is written. A
+    stored image that is gone or damaged stops the export (:class:`ExportError`), or, given
+    ``on_damaged``, is reported to it and left out while the others are exported.
+    """
     chosen = _latest_per_image(records.reviewed())
     if not chosen:
         raise ExportError("no reviewed inspections to export; review some on the service's page first")
-    out = Path(out)
+    out = Path(out).expanduser()
+    manifest = check_manifest_target(out / "manifest.jsonl", replace=replace)
+    damaged = [r for r in chosen if not store.verify(r.image_sha256, r.image_format)]
+    for record in damaged:
+        source = store.path(record.image_sha256, record.image_format)
+        problem = f"{source}: stored image of inspection {record.id} is missing or damaged"
+        if on_damaged is None:
+            raise ExportError(problem)
+        on_damaged(problem)
+    chosen = [r for r in chosen if r not in damaged]
+    if not chosen:
+        raise ExportError("no reviewed inspection has its stored image intact; nothing exported")
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
     class_names = sorted({r.review_class for r in chosen if r.review_class})
@@ -49,8 +74,6 @@ def export_reviews(records: RecordStore, store: ContentStore, out: str | Path, n
     samples = []
     for record in chosen:
         source = store.path(record.image_sha256, record.image_format)
-        if not store.verify(record.image_sha256, record.image_format):
-            raise ExportError(f"{source}: stored image of inspection {record.id} is missing or damaged")
         target = images / source.name
         if not target.is_file():
             shutil.copyfile(source, target)
@@ -74,7 +97,7 @@ def export_reviews(records: RecordStore, store: ContentStore, out: str | Path, n
             )
         )
     info = DatasetInfo(name=name, format="manifest", root=str(out), class_names=class_names)
-    return write_manifest(Dataset(samples, info, []), out / "manifest.jsonl", meta_columns=EXTRA_COLUMNS)
+    return write_manifest(Dataset(samples, info, []), manifest, meta_columns=EXTRA_COLUMNS)
 
 
 def zip_folder(folder: Path, target: Path) -> Path:

@@ -21,6 +21,7 @@ Class ids follow ``class_names`` in an optional ``dataset.json`` beside the mani
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 
 from defectkit.data.formats import FormatError, register_format
 from defectkit.data.sample import MASK_KEYS, Dataset, DatasetInfo, Problem, Sample
+from defectkit.files import write_atomic
 
 COLUMNS = ("path", "label", "class", "mask", "boxes", "part", "surface")
 MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl")
@@ -38,7 +40,7 @@ INFO_NAME = "dataset.json"
 EMPTY_MASK = "empty"  # mask cell: known to be all background, no file needed
 
 
-def _find_manifest(root: Path) -> Path | None:
+def find_manifest(root: Path) -> Path | None:
     if root.is_file() and root.suffix.lower() in (".csv", ".jsonl"):
         return root
     if root.is_dir():
@@ -49,7 +51,7 @@ def _find_manifest(root: Path) -> Path | None:
 
 
 def _detect(root: Path) -> bool:
-    return _find_manifest(root) is not None
+    return find_manifest(root) is not None
 
 
 def _rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
@@ -119,7 +121,7 @@ def _box_rows(boxes: list[list[Any]]) -> tuple[np.ndarray, list[str | None]]:
 
 @register_format("manifest", detect=_detect, description="generic CSV / JSONL manifest", priority=10)
 def read(root: Path) -> Dataset:
-    manifest = _find_manifest(Path(root))
+    manifest = find_manifest(Path(root))
     if manifest is None:
         raise FormatError(f"{root}: no manifest.csv or manifest.jsonl found")
     base = manifest.parent
@@ -259,6 +261,49 @@ def portable_meta_keys(samples: Sequence[Sample]) -> tuple[str, ...]:
     return tuple(sorted(keys))
 
 
+class ManifestTargetError(ValueError):
+    """Writing a manifest there would replace or corrupt a dataset (a usage error)."""
+
+
+def manifest_path(out: str | Path) -> Path:
+    """The manifest file that writing to ``out`` makes: ``out`` itself (``.csv`` / ``.jsonl``), or
+    ``out/manifest.jsonl``."""
+    out = Path(out).expanduser()
+    return out if out.suffix.lower() in (".csv", ".jsonl") else out / "manifest.jsonl"
+
+
+def check_manifest_target(out: str | Path, *, replace: bool = False, source: Path | None = None) -> Path:
+    """The manifest path for ``out``, or :class:`ManifestTargetError` where writing it would lose data.
+
+    Refused: the manifest being read (``source``; rows it cannot parse would be dropped from the
+    user's own file); a folder that already holds a dataset, unless ``replace``; and, even then, a
+    folder whose ``dataset.json`` belongs to another manifest, since every manifest in a folder reads
+    that one file (its class ids among them).
+    """
+    manifest = manifest_path(out)
+    if source is not None and manifest.exists() and manifest.resolve() == Path(source).resolve():
+        raise ManifestTargetError(f"{manifest}: is the dataset being read; write to another path")
+    info = manifest.parent / INFO_NAME
+    if not (manifest.exists() or info.exists()):
+        return manifest
+    if not replace:
+        held = manifest if manifest.exists() else info
+        raise ManifestTargetError(
+            f"{held}: already exists (a dataset); replace it with --force, or write to another path"
+        )
+    if info.exists():
+        try:
+            owner = json.loads(info.read_text()).get("manifest")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if owner != manifest.name and not (owner is None and manifest.exists()):
+            raise ManifestTargetError(
+                f"{info}: describes {owner or 'another manifest'}, and every manifest in "
+                f"{manifest.parent} reads it; write {manifest.name} to another folder"
+            )
+    return manifest
+
+
 def write_manifest(
     dataset: Dataset,
     out: str | Path,
@@ -273,33 +318,32 @@ def write_manifest(
     Writes to a temporary name first, so an interrupted run leaves no half-written manifest.
     """
     meta_columns = portable_meta_keys(dataset.samples) if meta_columns is None else tuple(meta_columns)
-    out = Path(out)
-    manifest = out if out.suffix.lower() in (".csv", ".jsonl") else out / "manifest.jsonl"
+    manifest = manifest_path(out)
     manifest.parent.mkdir(parents=True, exist_ok=True)
     base = manifest.parent
     rows = [
         {**sample_row(s, dataset.info, base), **{k: s.meta.get(k) for k in meta_columns}}
         for s in dataset.samples
     ]
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        if manifest.suffix.lower() == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=[*COLUMNS, *meta_columns])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: _csv_cell(k, v) for k, v in row.items()})
-        else:
-            for row in rows:
-                handle.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
-    tmp.replace(manifest)
+    text = io.StringIO()
+    if manifest.suffix.lower() == ".csv":
+        writer = csv.DictWriter(text, fieldnames=[*COLUMNS, *meta_columns])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_cell(k, v) for k, v in row.items()})
+    else:
+        for row in rows:
+            text.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
+    write_atomic(manifest, text.getvalue())
     info = {
         "name": dataset.info.name,
         "class_names": dataset.info.class_names,
         "surface_names": dataset.info.surface_names,
         **dataset.info.extra,
         **(extra_info or {}),
+        "manifest": manifest.name,  # the manifest this description belongs to (check_manifest_target)
     }
-    (base / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(base / INFO_NAME, json.dumps(info, indent=2) + "\n")
     return manifest
 
 
