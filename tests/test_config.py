@@ -40,3 +40,38 @@ def test_errors_name_the_file_and_field(tmp_path: Path) -> None:
         load_config(KSDD, overrides=["unknown_section.x=1"])
     with pytest.raises(ConfigError, match="num_segmented"):
         load_config(KSDD, overrides=["data.supervision=mixed"])
+
+
+def test_profile_and_encoding_mistakes_are_config_errors(tmp_path: Path) -> None:
+    text = KSDD.read_text()
+    empty = tmp_path / "empty-profile.yaml"
+    empty.write_text(text.replace("profiles:\n  paper: {}", "profiles:\n  paper:"))
+    assert load_config(empty, profile="paper").profile == "paper"  # an empty profile changes nothing
+    listed = tmp_path / "listed.yaml"
+    listed.write_text(text.split("profiles:")[0] + "profiles: [cpu]\n")
+    with pytest.raises(ConfigError, match=r"listed.yaml: profiles must be a mapping"):
+        load_config(listed, profile="cpu")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text(text.split("profiles:")[0] + "profiles:\n  cpu: fast\n")
+    with pytest.raises(ConfigError, match=r"scalar.yaml: profiles.cpu must be a mapping"):
+        load_config(scalar, profile="cpu")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("# r\xe9sum\xe9\n".encode("latin-1") + text.encode())
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8"):
+        load_config(latin)
+    with pytest.raises(ConfigError, match=r"data.synthetic: unknown key\(s\) \['per_surfce'\]"):
+        load_config(KSDD, overrides=["data.root=null", "data.synthetic={per_surfce: 3}"])
+
+
+def test_check_config_refuses_unused_weights_and_unknown_model_keys() -> None:
+    from defectkit.models import ModelOptionError
+    from defectkit.registry import get_method
+
+    segdec = get_method("segdec")
+    segdec.check_config(load_config(KSDD, profile="cpu"))
+    with pytest.raises(ValueError, match="loads no pretrained weights"):
+        segdec.check_config(load_config(KSDD, overrides=["weights=/tmp/nope.safetensors"]))
+    with pytest.raises(ModelOptionError, match=r"unknown option\(s\) \['widthz'\].*'widths'"):
+        segdec.check_config(load_config(KSDD, overrides=["model.widthz=[8, 8, 8]"]))
+    with pytest.raises(ValueError, match=r"segdec: unknown method_options \['dilat'\]"):
+        segdec.train_sampler([1, 0], load_config(KSDD, overrides=["method_options.dilat=3"]))

@@ -71,6 +71,15 @@ class DataConfig(BaseModel):
             raise ValueError("give exactly one of data.root and data.synthetic")
         if self.supervision == "mixed" and self.num_segmented is None:
             raise ValueError("supervision 'mixed' needs data.num_segmented")
+        if self.synthetic is not None:
+            from dataclasses import fields
+
+            from defectkit.data.synthetic import SynthConfig
+
+            known = {f.name for f in fields(SynthConfig)}
+            unknown = sorted(set(self.synthetic) - known)
+            if unknown:
+                raise ValueError(f"data.synthetic: unknown key(s) {unknown}; known: {sorted(known)}")
         return self
 
     def resolved_root(self) -> Path | None:
@@ -188,16 +197,23 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: a config must be a mapping")
     profiles = tree.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{where}: profiles must be a mapping of profile name to settings")
     if profile is not None:
         if profile not in profiles:
             raise ConfigError(f"{where}: no profile {profile!r}; profiles: {', '.join(profiles) or 'none'}")
-        tree = _merge(tree, profiles[profile])
+        settings = profiles[profile] or {}  # a profile left empty changes nothing
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{where}: profiles.{profile} must be a mapping of settings")
+        tree = _merge(tree, settings)
         tree["profile"] = profile
     for text in overrides or []:
         key, value = parse_override(text)

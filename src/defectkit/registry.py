@@ -8,7 +8,7 @@ override that config. ``defectkit methods`` lists what is registered.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -45,10 +45,29 @@ class MethodSpec:
     uses_masks: ClassVar[bool] = True
     # True: ``train`` is the method's own (not the decision engine's), e.g. a reference database.
     own_training: ClassVar[bool] = False
+    # True: ``weights`` (ImageNet weights for an encoder or backbone) is loaded; False: the
+    # network always starts random, and a config naming weights is refused (check_config).
+    pretrained_encoder: ClassVar[bool] = False
     # True: the model scores K defect classes independently (multi-label probabilities, per-class
     # heat maps); the image is defective when any class reaches its threshold (the decision
     # threshold, or a per-class one chosen on validation).
     multilabel: ClassVar[bool] = False
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Mistakes a config can hold that would otherwise show only once the data is read or the
+        network built, or never: ``weights`` for a network that loads none (the model card would
+        name weights that were never used), and ``model`` keys the model family does not take.
+        Methods check their ``method_options`` where they read them."""
+        if config.weights and not cls.pretrained_encoder:
+            raise ValueError(
+                f"weights: {config.weights}: method {cls.name!r} loads no pretrained weights (its "
+                "network starts random); remove the weights setting"
+            )
+        if not cls.own_training:
+            from defectkit.models import check_model_options
+
+            check_model_options(cls.model_name or cls.name, cls.model_options(config.model_dump(mode="json")))
 
     @classmethod
     def train(cls, config: RunConfig, out: str | Path, progress: bool = True) -> Path:
@@ -103,6 +122,21 @@ _METHODS: dict[str, type[MethodSpec]] = {}
 SpecT = TypeVar("SpecT", bound=type[MethodSpec])
 
 SUPERVISION_LEVELS = ("zero-shot", "few-shot", "weak", "mixed", "full")
+
+
+def check_option_names(method: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """A config's ``method_options`` keys that ``method`` does not know are an error: a misspelt
+    option would otherwise train with its default unseen."""
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ValueError(f"{method}: unknown method_options {unknown}; known: {sorted(known)}")
+
+
+def method_options(method: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``given`` (a config's ``method_options``), whose keys must be
+    among the defaults' (:func:`check_option_names`)."""
+    check_option_names(method, given, defaults)
+    return {**defaults, **given}
 
 
 def register_method(

@@ -34,3 +34,25 @@ def test_undefined_validation_ap_is_summarised(monkeypatch: pytest.MonkeyPatch, 
     result = CliRunner().invoke(app, ["train", str(CONFIG), "--out", str(tmp_path), "-q"])
     assert result.exit_code == 0, result.output
     assert "validation AP 0.9877" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "weights=/tmp/nope.safetensors"], "segdec' loads no pretrained weights"),
+        (["--set", "model.widthz=[8, 8, 8]"], "unknown option(s) ['widthz']"),
+        (["--set", "method=segdek"], "unknown method 'segdek'"),
+        (["--devices", "abc"], "--devices 'abc'"),
+        (["--devices", "0"], "--devices '0'"),
+    ],
+)
+def test_config_mistakes_fail_before_anything_is_read_or_made(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    ksdd = CONFIG.parents[1] / "segdec" / "kolektorsdd.yaml"
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(ksdd), "--out", str(out), "-q", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert expected in " ".join(result.output.split()) and not out.exists()
+    if "--devices" not in args:
+        assert "kolektorsdd.yaml" in result.output  # the file that holds the mistake

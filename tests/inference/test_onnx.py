@@ -130,6 +130,40 @@ def test_export_errors_are_one_line(tmp_path: Path) -> None:
     assert len(refused.output.strip().splitlines()) == 1 and not (odd / ONNX_NAME).exists()
 
 
+def test_an_interrupted_export_leaves_no_hidden_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.inference import export
+
+    def interrupted(*args: object, **kwargs: object) -> tuple[float, float, float]:
+        raise KeyboardInterrupt  # Ctrl-C, or SIGTERM through the CLI, once the graph is written
+
+    monkeypatch.setattr(export, "_parity", interrupted)
+    directory = tiny_segdec(tmp_path / "model")
+    with pytest.raises(KeyboardInterrupt):
+        export.export_onnx(directory)
+    assert not (directory / ONNX_NAME).exists() and not list(directory.glob(".*"))
+
+
+def test_damaged_saved_models_are_one_line_errors(tmp_path: Path) -> None:
+    from defectkit.inference.saved_model import CARD_NAME, WEIGHTS_NAME, load_model
+
+    directory = tiny_segdec(tmp_path / "model")
+    weights = (directory / WEIGHTS_NAME).read_bytes()
+    (directory / WEIGHTS_NAME).write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(SavedModelError, match=r"weights.safetensors: not a readable weights file"):
+        load_model(directory)
+    result = runner.invoke(app, ["export", str(directory)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (directory / WEIGHTS_NAME).write_bytes(weights)
+    card = directory / CARD_NAME
+    card.write_text(card.read_text().replace("model_options:\n", "model_options:\n  widthz: 3\n", 1))
+    with pytest.raises(
+        SavedModelError, match=r"model.yaml: model 'segdec': unknown option\(s\) \['widthz'\]"
+    ):
+        load_model(directory)
+
+
 def test_parity_counts_a_nan_or_a_one_sided_infinity_as_a_disagreement() -> None:
     from defectkit.inference.export import _largest_difference
 

@@ -124,12 +124,24 @@ def test_threshold_comes_from_validation_never_from_test(
     assert not {s.path for s in seen} & {s.path for s in data.train}
 
 
-def test_validation_without_defects_is_a_clear_error(tmp_path: Path) -> None:
+def test_validation_without_defects_is_a_clear_error_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_config(tiny_config())
     data = prepare_data(config)
     data.val = [s for s in data.val if s.label == 0]
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although no threshold could be chosen afterwards")
+
+    monkeypatch.setattr(engine, "_trainer", no_training)
     with pytest.raises(engine.ThresholdError, match="no defective images"):
         engine.train(config, tmp_path / "run", progress=False, data=data)
+
+
+def test_a_train_split_the_data_lacks_is_named() -> None:
+    with pytest.raises(ValueError, match=r"train_split='trian': no image is in it.*'test', 'train'"):
+        prepare_data(load_config(tiny_config(data__train_split="trian")))
 
 
 def test_supervision_levels_hide_masks_of_positives() -> None:

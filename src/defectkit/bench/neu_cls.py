@@ -185,14 +185,15 @@ class Runner:
     """Trains and scores one method on one draw; all three methods share this data handling."""
 
     def __init__(self, config: RunConfig, data: NeuCls, progress: bool) -> None:
+        from defectkit.training.scl_arcface import check_options, input_norm
+
+        check_options(config)
         self.config = config
         self.data = data
         self.progress = progress
         self.options = dict(config.method_options)
         self.size = int(config.input.size[0])
         self.channels = int(config.input.channels)
-        from defectkit.training.scl_arcface import input_norm
-
         self.norm = input_norm(config)
 
     def tensor(self, indices: np.ndarray) -> torch.Tensor:

@@ -26,13 +26,19 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a method; the decision threshold is chosen on the validation split and saved with it."""
+    from defectkit.registry import get_method
     from defectkit.training.engine import train as run
 
     try:
         run_config = load_config(config, profile, overrides)
     except ConfigError as error:
         raise UsageError(str(error)) from None
-    chosen_devices: int | str | None = int(devices) if devices and devices.isdigit() else devices
+    try:
+        get_method(run_config.method).check_config(run_config)
+    except (KeyError, ValueError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        raise UsageError(f"{config}: {message}") from None
+    chosen_devices = _devices(devices)
     model_dir = run(run_config, out, devices=chosen_devices, strategy=strategy, progress=not quiet)
     if model_dir is None:
         return  # a non-zero DDP rank: rank 0 reports
@@ -56,3 +62,14 @@ def train(
             f"FP {metrics.get('fp')}, FN {metrics.get('fn')} on {metrics.get('n_images')} images"
         )
     )
+
+
+def _devices(devices: str | None) -> int | str | None:
+    """``--devices``: a positive count, ``auto``, or Lightning's list of device indices (``0,1``)."""
+    if devices is None or devices == "auto":
+        return devices
+    if devices.isdigit() and int(devices) >= 1:
+        return int(devices)
+    if "," in devices and all(part.strip().isdigit() for part in devices.split(",")):
+        return devices
+    raise UsageError(f"--devices {devices!r}: a number of devices (1 or more), a list such as 0,1, or auto")

@@ -80,36 +80,39 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
         }
     }
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for users
-            torch.onnx.export(
-                graph,
-                (example,),
-                str(staging),
-                input_names=[INPUT_NAME],
-                output_names=names,
-                opset_version=OPSET,
-                dynamo=True,
-                dynamic_shapes=dynamic,
-                external_data=False,  # one file, so the rename below is the whole write
-                verbose=False,
-            )
-        score_diff, heatmap_diff, box_diff = _parity(graph, staging, channels, (height, width), names)
-    except Exception as error:
-        staging.unlink(missing_ok=True)
-        if isinstance(error, ExportError):
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for users
+                torch.onnx.export(
+                    graph,
+                    (example,),
+                    str(staging),
+                    input_names=[INPUT_NAME],
+                    output_names=names,
+                    opset_version=OPSET,
+                    dynamo=True,
+                    dynamic_shapes=dynamic,
+                    external_data=False,  # one file, so the rename below is the whole write
+                    verbose=False,
+                )
+            score_diff, heatmap_diff, box_diff = _parity(graph, staging, channels, (height, width), names)
+        except ExportError:
             raise
-        raise ExportError(
-            f"{model_dir}: ONNX export of model {card.model!r} failed ({_root_cause(error)})"
-        ) from error
-    if score_diff > PARITY_TOLERANCE or heatmap_diff > PARITY_TOLERANCE or box_diff > BOX_TOLERANCE:
+        except Exception as error:
+            raise ExportError(
+                f"{model_dir}: ONNX export of model {card.model!r} failed ({_root_cause(error)})"
+            ) from error
+        if score_diff > PARITY_TOLERANCE or heatmap_diff > PARITY_TOLERANCE or box_diff > BOX_TOLERANCE:
+            raise ExportError(
+                f"{model_dir}: exported graph disagrees with PyTorch (max score diff {score_diff:.2e}, "
+                f"heat map {heatmap_diff:.2e} > {PARITY_TOLERANCE:g}, box {box_diff:.2e} px > "
+                f"{BOX_TOLERANCE:g}); nothing written"
+            )
+        os.replace(staging, target)
+    finally:
+        # Whatever stopped it (a failed check, Ctrl-C, SIGTERM): no hidden half-graph is left,
+        # which a later save_model would otherwise carry into a new model folder.
         staging.unlink(missing_ok=True)
-        raise ExportError(
-            f"{model_dir}: exported graph disagrees with PyTorch (max score diff {score_diff:.2e}, "
-            f"heat map {heatmap_diff:.2e} > {PARITY_TOLERANCE:g}, box {box_diff:.2e} px > "
-            f"{BOX_TOLERANCE:g}); nothing written"
-        )
-    os.replace(staging, target)
     return ExportResult(target, score_diff, heatmap_diff, box_diff)
 
 

@@ -20,6 +20,7 @@ from typing import Any, cast
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -225,17 +226,26 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise SavedModelError(f"{weights}: not found")
-    model = create_model(card.model, **card.model_options)
+    try:
+        model = create_model(card.model, **card.model_options)
+    except (KeyError, ValueError) as error:
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        raise SavedModelError(f"{Path(directory) / CARD_NAME}: {message}") from None
     try:
         model.load_state_dict(load_file(str(weights), device=str(device)))
     except (RuntimeError, OSError) as error:
         raise SavedModelError(f"{weights}: does not fit model {card.model!r} ({error})") from None
+    except SafetensorError as error:  # a truncated or overwritten file
+        raise SavedModelError(f"{weights}: not a readable weights file ({error})") from None
     references = Path(directory) / REFERENCES_NAME
     if hasattr(model, "set_references"):
         if not references.is_file():
             raise SavedModelError(
                 f"{references}: not found (model {card.model!r} needs its reference database)"
             )
-        stored = load_file(str(references))
-        cast(Any, model).set_references(stored["embeddings"], stored["labels"])
+        try:
+            stored = load_file(str(references))
+            cast(Any, model).set_references(stored["embeddings"], stored["labels"])
+        except (SafetensorError, KeyError, RuntimeError, ValueError) as error:
+            raise SavedModelError(f"{references}: not a readable reference database ({error})") from None
     return model.to(device).eval(), card

@@ -12,7 +12,8 @@ Every model that an :class:`~defectkit.inference.inspector.Inspector` runs imple
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from torch import Tensor, nn
@@ -50,11 +51,28 @@ def _load_all() -> None:
         importlib.import_module(module)
 
 
-def create_model(name: str, **options: Any) -> nn.Module:
-    """Build model family ``name`` with ``options`` (the config's ``model`` section)."""
+class ModelOptionError(ValueError):
+    """Options that model family's builder does not take (a misspelt ``model`` key)."""
+
+
+def check_model_options(name: str, options: Mapping[str, Any]) -> None:
+    """Refuse options that the builder of family ``name`` does not take, naming them and the ones
+    it does: before anything is built or trained, not as a TypeError from deep inside."""
     _load_all()
     if name not in _BUILDERS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(_BUILDERS)) or 'none'}")
+    parameters = inspect.signature(_BUILDERS[name]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        known = sorted(k for k in parameters if k != "in_channels")
+        raise ModelOptionError(f"model {name!r}: unknown option(s) {unknown}; known: {known}")
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build model family ``name`` with ``options`` (the config's ``model`` section)."""
+    check_model_options(name, options)
     return _BUILDERS[name](**options)
 
 

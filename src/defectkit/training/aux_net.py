@@ -83,7 +83,7 @@ from defectkit.models.aux_net import (
     match_anchors,
 )
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
-from defectkit.registry import MethodSpec, register_method
+from defectkit.registry import MethodSpec, method_options, register_method
 from defectkit.training.data import PreparedData
 from defectkit.training.targets import boxes_from_mask, class_targets, mask_targets
 
@@ -125,10 +125,7 @@ SEG_REDUCTIONS = ("image", "batch")
 
 def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     given = config.method_options if isinstance(config, RunConfig) else config.get("method_options", {})
-    unknown = sorted(set(given) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"aux_net: unknown method_options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
-    options = {**DEFAULT_OPTIONS, **given}
+    options = method_options("aux_net", given, DEFAULT_OPTIONS)
     if options["seg_loss"] not in SEG_LOSSES:
         raise ValueError(f"method_options.seg_loss={options['seg_loss']!r}: use one of {SEG_LOSSES}")
     if options["box_loss"] not in BOX_LOSSES:
@@ -419,6 +416,7 @@ class AuxNetMethod(MethodSpec):
 
     default_config = "configs/aux_net/neu-det.yaml"
     model_name = "aux_net"
+    pretrained_encoder = True
     multilabel = True
 
     @classmethod

@@ -52,6 +52,7 @@ class ImageNetClassifier(MethodSpec):
 
     default_config = "configs/imagenet_classifier/kolektorsdd.yaml"
     model_name = "classifier"
+    pretrained_encoder = True
     uses_masks = False
 
     @classmethod

@@ -109,7 +109,10 @@ def prepare_data(config: RunConfig, samples: Sequence[Sample] | None = None) -> 
             raise ValueError(f"no images of surface {config.data.surface!r} in the training data")
     wanted = config.data.train_split
     if wanted is not None and any("split" in s.meta for s in samples):
+        splits = sorted({str(s.meta["split"]) for s in samples if "split" in s.meta})
         samples = [s for s in samples if s.meta.get("split") == wanted]
+        if not samples:
+            raise ValueError(f"data.train_split={wanted!r}: no image is in it; the data's splits: {splits}")
     train_idx, val_idx = split_fractions(
         samples, (1.0 - config.data.val_fraction, config.data.val_fraction), seed=config.data.split_seed
     )

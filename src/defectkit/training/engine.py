@@ -45,6 +45,12 @@ class ThresholdError(ValueError):
     """The validation data cannot support a threshold choice."""
 
 
+NO_VALIDATION_DEFECT = (
+    "the validation split has no defective images, so no {what} can be chosen; "
+    "raise data.val_fraction or add defective images"
+)
+
+
 def data_fingerprint(samples: Sequence[Sample]) -> str:
     """A short hash of which images (by name and label) a model was trained and validated on."""
     digest = hashlib.sha1()
@@ -129,10 +135,7 @@ def choose_threshold(
     labels: Sequence[int], scores: Sequence[float], placement: Placement = "midpoint"
 ) -> float:
     if not any(label == 1 for label in labels):
-        raise ThresholdError(
-            "the validation split has no defective images, so no decision threshold can be chosen; "
-            "raise data.val_fraction or add defective images"
-        )
+        raise ThresholdError(NO_VALIDATION_DEFECT.format(what="decision threshold"))
     return best_f1_threshold(labels, scores, placement)
 
 
@@ -164,10 +167,7 @@ def class_thresholds(
         )
     scores, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(truth)
     if not labels.any():
-        raise ThresholdError(
-            "the validation split has no defective images, so no class threshold can be chosen; "
-            "raise data.val_fraction or add defective images"
-        )
+        raise ThresholdError(NO_VALIDATION_DEFECT.format(what="class threshold"))
     per_class, unset = {}, []
     for k, name in enumerate(names):
         if labels[:, k].any():
@@ -237,13 +237,18 @@ def train(
 ) -> Path | None:
     """Train ``config``; returns ``out/model`` (None on non-zero DDP ranks, which save nothing)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(config.seed, workers=True, verbose=False)
     spec = get_method(config.method)
+    spec.check_config(config)
+    L.seed_everything(config.seed, workers=True, verbose=False)
     if spec.own_training:
+        out.mkdir(parents=True, exist_ok=True)
         return spec.train(config, out, progress=progress)
     commit = git_commit()  # the code that trains: a commit made while it runs is not it
     data = data or prepare_data(config)
+    if spec.fixed_thresholds(config) is None and not any(s.label == 1 for s in data.val):
+        # Known before training: say so now, not after hours of fitting.
+        raise ThresholdError(NO_VALIDATION_DEFECT.format(what="decision threshold"))
+    out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are usable
     config = spec.adapt_config(config, data)
     resolved = config.model_dump(mode="json")
     model = spec.build_model(resolved)

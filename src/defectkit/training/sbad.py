@@ -697,6 +697,7 @@ class SBAD(MethodSpec):
 
     default_config = "configs/sbad/dagm-mix.yaml"
     model_name = "sbad_router"
+    pretrained_encoder = True
     uses_masks = False
     own_training = True
 

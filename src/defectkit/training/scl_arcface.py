@@ -54,7 +54,7 @@ from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 from defectkit.models.scl_arcface import EmbeddingNet
-from defectkit.registry import MethodSpec, register_method
+from defectkit.registry import MethodSpec, check_option_names, register_method
 
 
 class InputNorm(TypedDict):
@@ -310,6 +310,18 @@ def build_ce_classifier(
     return network, init
 
 
+# Every method_options key the recipes, the reference database and the neu-cls protocols read.
+OPTION_NAMES = (
+    "temperature", "arc_margin", "arc_scale", "contrastive_weight", "arc_weight", "arc_init_std",
+    "crop_scale", "drop_last", "unknown_quantile", "fewshot_epochs", "split_epochs",
+)  # fmt: skip
+
+
+def check_options(config: RunConfig) -> None:
+    """Refuse a ``method_options`` key outside :data:`OPTION_NAMES` (a typo would go unseen)."""
+    check_option_names(config.method, config.method_options, OPTION_NAMES)
+
+
 def scl_recipe(network: EmbeddingNet, n_classes: int, config: RunConfig) -> SclArcFaceRecipe:
     """The recipe with the loss options of ``config.method_options`` (the rest keep their defaults)."""
     options = config.method_options
@@ -341,6 +353,7 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     from defectkit.inference.saved_model import ModelCard, Thresholds, save_model
     from defectkit.models.scl_arcface import ReferenceClassifier, class_similarities
 
+    check_options(config)
     root = config.data.resolved_root()
     if root is None:
         raise ValueError("scl_arcface trains from data.root (a dataset with one class per image)")
@@ -425,6 +438,7 @@ class SclArcFace(MethodSpec):
 
     default_config = "configs/scl_arcface/neu-cls.yaml"
     model_name = "embedding_net"
+    pretrained_encoder = True
     uses_masks = False
 
     own_training = True

@@ -32,7 +32,7 @@ from defectkit.config import RunConfig
 from defectkit.data.sample import Batch
 from defectkit.data.samplers import FrequencyNegativeSampler
 from defectkit.models.segdec import STRIDE, SegDecNet
-from defectkit.registry import MethodSpec, register_method
+from defectkit.registry import MethodSpec, method_options, register_method
 from defectkit.training.recipe import DecisionRecipe
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -80,7 +80,7 @@ class SegDecRecipe(DecisionRecipe):
         super().__init__()
         self.model = model
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.options = {**DEFAULT_OPTIONS, **options}
+        self.options = method_options("segdec", options, DEFAULT_OPTIONS)
         self.model.decision_gradient.factor = 0.0 if self.options["gradient_adjustment"] else 1.0
 
     def loss_weights(self) -> tuple[float, float]:
@@ -142,7 +142,7 @@ class SegDec(MethodSpec):
 
     @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
-        options = {**DEFAULT_OPTIONS, **config.method_options}
+        options = method_options("segdec", config.method_options, DEFAULT_OPTIONS)
         # Off, the epoch is still balanced (as in the reference); only the negatives' choice changes.
         return FrequencyNegativeSampler(labels, seed=config.seed, by_frequency=options["frequency_sampling"])
 

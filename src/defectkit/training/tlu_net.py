@@ -66,7 +66,7 @@ from defectkit.metrics import SegmentationMeter
 from defectkit.metrics.classification import multilabel_metrics
 from defectkit.models.pretrained import PACKAGED, load_encoder_weights
 from defectkit.models.tlu_net import TluNet, smp_encoder_name
-from defectkit.registry import MethodSpec, register_method
+from defectkit.registry import MethodSpec, method_options, register_method
 from defectkit.training.data import PreparedData
 from defectkit.training.targets import class_targets, mask_targets
 
@@ -89,10 +89,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # to
 
 def options_of(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     given = config.method_options if isinstance(config, RunConfig) else config.get("method_options", {})
-    unknown = sorted(set(given) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"tlu_net: unknown method_options {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
-    options = {**DEFAULT_OPTIONS, **given}
+    options = method_options("tlu_net", given, DEFAULT_OPTIONS)
     if len(options["betas"]) != 2 or not all(0.0 <= float(b) < 1.0 for b in options["betas"]):
         raise ValueError(f"method_options.betas={options['betas']}: two numbers in [0, 1)")
     if options["normalisation"] not in NORMALISATIONS:
@@ -232,6 +229,7 @@ class TluNetMethod(MethodSpec):
 
     default_config = "configs/tlu_net/neu-det.yaml"
     model_name = "tlu_net"
+    pretrained_encoder = True
     multilabel = True
 
     @classmethod

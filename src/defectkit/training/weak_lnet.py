@@ -58,7 +58,7 @@ from defectkit.config import RunConfig
 from defectkit.data.sample import Batch
 from defectkit.data.samplers import AlternatingSampler
 from defectkit.models.weak_lnet import WeakLNet
-from defectkit.registry import MethodSpec, register_method
+from defectkit.registry import MethodSpec, method_options, register_method
 from defectkit.training.recipe import DecisionRecipe
 
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -85,12 +85,7 @@ EPS = 1e-6
 
 
 def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"weak_lnet: unknown method_options {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}"
-        )
-    resolved = {**DEFAULT_OPTIONS, **options}
+    resolved = method_options("weak_lnet", options, DEFAULT_OPTIONS)
     stages = resolved["rotation_stages"]
     # type() and not isinstance(): True is an int but not a stage.
     if not isinstance(stages, list | tuple) or not all(type(s) is int and 1 <= s <= 3 for s in stages):
