@@ -44,6 +44,7 @@ def test_undefined_validation_ap_is_summarised(monkeypatch: pytest.MonkeyPatch, 
         (["--set", "method=segdek"], "unknown method 'segdek'"),
         (["--devices", "abc"], "--devices 'abc'"),
         (["--devices", "0"], "--devices '0'"),
+        (["--out-is-a-file"], "is a file; --out takes a folder"),
     ],
 )
 def test_config_mistakes_fail_before_anything_is_read_or_made(
@@ -51,8 +52,11 @@ def test_config_mistakes_fail_before_anything_is_read_or_made(
 ) -> None:
     ksdd = CONFIG.parents[1] / "segdec" / "kolektorsdd.yaml"
     out = tmp_path / "run"
+    if args == ["--out-is-a-file"]:
+        args, out = [], tmp_path / "run.txt"
+        out.write_text("notes")
     result = CliRunner().invoke(app, ["train", str(ksdd), "--out", str(out), "-q", *args])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert expected in " ".join(result.output.split()) and not out.exists()
-    if "--devices" not in args:
+    assert expected in " ".join(result.output.split()) and (not out.exists() or out.read_text() == "notes")
+    if "--devices" not in args and out.suffix != ".txt":
         assert "kolektorsdd.yaml" in result.output  # the file that holds the mistake

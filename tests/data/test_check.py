@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,6 +93,36 @@ def test_cli_bad_input_is_one_line(args: list[str], code: int) -> None:
     assert result.exit_code == code
     # A crash would surface here as the stored exception; a handled error is a plain SystemExit.
     assert isinstance(result.exception, SystemExit)
+
+
+def test_empty_or_malformed_manifests_are_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.csv").write_text("path,label\n")
+    result = runner.invoke(app, ["data", "check", str(empty), "--max-problems", "0"])
+    assert result.exit_code == 1 and "1 error(s)" in result.output  # no images is no dataset
+    assert runner.invoke(app, ["data", "check", str(empty), "--max-problems", "-1"]).exit_code == 2
+    for description, reason in (
+        ('["crack"]', "must be a JSON object"),
+        ('{"class_names": "scratch"}', "class_names must be a list of names"),
+    ):
+        (empty / "dataset.json").write_text(description)
+        result = runner.invoke(app, ["data", "check", str(empty)])
+        assert result.exit_code == 1 and reason in result.output
+        assert isinstance(result.exception, SystemExit)
+
+
+def test_check_json_goes_where_it_can_be_written_or_nowhere(ksdd_root: Path, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "taken").write_text("a file, not a folder")
+    refused = runner.invoke(
+        app, ["data", "check", str(ksdd_root), "--json", str(reports / "taken" / "r.json")]
+    )
+    assert refused.exit_code == 1 and "taken" in refused.output and "images " not in refused.output  # no pass
+    written = runner.invoke(app, ["data", "check", str(ksdd_root), "--json", str(reports / "r.json")])
+    assert written.exit_code == 0 and json.loads((reports / "r.json").read_text())["images"] > 0
+    assert sorted(p.name for p in reports.iterdir()) == ["r.json", "taken"]  # no temporary file left
 
 
 def test_real_datasets_match_their_published_counts(real_data: Callable[[str], Path]) -> None:

@@ -167,6 +167,8 @@ def test_enroll_adds_a_class_without_training_and_refreshes_onnx(
 
     refused = runner.invoke(app, ["enroll", str(model), str(tmp_path / "nothing"), "--class", "x"])
     assert refused.exit_code == 2 and "no such file" in refused.output
+    unnamed = runner.invoke(app, ["enroll", str(model), str(tmp_path / "checks"), "--class", " "])
+    assert unnamed.exit_code == 2 and "class name is empty" in unnamed.output
 
 
 def test_a_failed_export_at_enrolment_leaves_no_stale_graph(

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from defectkit.cli.errors import UsageError, fail, user_errors
 from defectkit.data.check import CheckReport, check_dataset
+from defectkit.files import writable_folder, write_atomic
 
 
 class SynthMode(str, Enum):
@@ -91,13 +92,15 @@ def _print_report(report: CheckReport, max_problems: int) -> None:
 def check(
     path: Path = typer.Argument(..., help="Dataset folder (or manifest file)."),
     format: str | None = typer.Option(None, "--format", "-f", help="Reader to use; detected when omitted."),
-    max_problems: int = typer.Option(200, help="Print at most this many problems."),
+    max_problems: int = typer.Option(200, min=0, help="Print at most this many problems."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the report as JSON here."),
 ) -> None:
     """Count images, labels, classes and surfaces, decode every file and list every problem.
 
     Exits with status 1 when any error was found (warnings alone exit 0).
     """
+    if json_out is not None:
+        writable_folder(json_out.expanduser().parent)  # before the check, not after a long pass
     with progress_bar("checking") as bar:
         task = bar.add_task("check", total=None)
         report = check_dataset(
@@ -122,7 +125,7 @@ def check(
                 {"path": p.path, "reason": p.reason, "severity": p.severity} for p in report.problems
             ],
         }
-        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+        write_atomic(json_out.expanduser(), json.dumps(payload, indent=2) + "\n")
     if not report.ok:
         raise typer.Exit(1)
 

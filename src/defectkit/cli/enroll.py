@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from defectkit.cli.errors import UsageError, user_errors
+from defectkit.cli.errors import UsageError, fail, user_errors
 
 console = Console(highlight=False)
 
@@ -22,11 +22,17 @@ def enroll(
     """Add IMAGES as references of CLASS (new classes are created); `predict` uses them at once."""
     from defectkit.inference.enroll import enroll as run
     from defectkit.inference.predict import collect_images
+    from defectkit.inference.saved_model import SavedModelError
 
+    if not class_name.strip():
+        raise UsageError("--class: the class name is empty")
     found, failures = collect_images(images)
     if failures:
         raise UsageError("; ".join(f"{f.path}: {f.reason}" for f in failures))
-    report = run(model_dir, class_name, found)
+    try:
+        report = run(model_dir, class_name, found)
+    except SavedModelError as error:
+        raise fail(str(error)) from None
     what = "new class" if report.new_class else "class"
     onnx = " (model.onnx exported again)" if report.onnx_updated else ""
     console.print(

@@ -39,6 +39,8 @@ def train(
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise UsageError(f"{config}: {message}") from None
     chosen_devices = _devices(devices)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: is a file; --out takes a folder (the model lands in OUT/model)")
     model_dir = run(run_config, out, devices=chosen_devices, strategy=strategy, progress=not quiet)
     if model_dir is None:
         return  # a non-zero DDP rank: rank 0 reports

@@ -166,6 +166,8 @@ def check_dataset(
     for sample in samples:
         if sample.box_classes is not None:
             boxes.update(info.safe_class_name(int(c)) for c in np.asarray(sample.box_classes).reshape(-1))
+    if not samples:
+        problems.append(Problem(str(info.root), "no images: the dataset lists none"))
     label_names = {0: "good", 1: "defective", None: "unknown"}
     levels = {
         "label": sum(s.label is not None for s in samples),

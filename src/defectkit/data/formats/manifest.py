@@ -130,6 +130,12 @@ def read(root: Path) -> Dataset:
         stored: dict[str, Any] = json.loads(info_file.read_text()) if info_file.is_file() else {}
     except (OSError, ValueError) as error:
         raise FormatError(f"{info_file}: unreadable dataset description ({error})") from None
+    if not isinstance(stored, dict):
+        raise FormatError(f"{info_file}: a dataset description must be a JSON object")
+    for key in ("class_names", "surface_names"):
+        names = stored.get(key)
+        if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise FormatError(f"{info_file}: {key} must be a list of names, not {names!r}")
 
     problems: list[Problem] = []
     Row = tuple[str, dict[str, Any], int | None, list[str] | None, np.ndarray | None, list[str | None]]
