@@ -75,3 +75,10 @@ def test_check_config_refuses_unused_weights_and_unknown_model_keys() -> None:
         segdec.check_config(load_config(KSDD, overrides=["model.widthz=[8, 8, 8]"]))
     with pytest.raises(ValueError, match=r"segdec: unknown method_options \['dilat'\]"):
         segdec.train_sampler([1, 0], load_config(KSDD, overrides=["method_options.dilat=3"]))
+
+
+def test_check_config_names_an_augment_typo_on_one_line() -> None:
+    from defectkit.registry import get_method
+
+    with pytest.raises(ValueError, match=r"^augment.hflp: Extra inputs are not permitted$"):
+        get_method("segdec").check_config(load_config(KSDD, overrides=["augment.hflp=0.5"]))

@@ -221,10 +221,15 @@ def load_config(
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None
+        raise ConfigError(f"{where}: {validation_problems(error)}") from None
+
+
+def validation_problems(error: ValidationError, section: str = "") -> str:
+    """pydantic's error list on one line: ``field.path: message; ...`` (under ``section``)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in (section, *e['loc']) if p) or '(root)'}: {e['msg']}"
+        for e in error.errors()
+    )
 
 
 def config_profiles(source: str | Path) -> list[str]:

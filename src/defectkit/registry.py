@@ -57,13 +57,22 @@ class MethodSpec:
     def check_config(cls, config: RunConfig) -> None:
         """Mistakes a config can hold that would otherwise show only once the data is read or the
         network built, or never: ``weights`` for a network that loads none (the model card would
-        name weights that were never used), and ``model`` keys the model family does not take.
+        name weights that were never used), ``augment`` and ``model`` keys that are not taken.
         Methods check their ``method_options`` where they read them."""
         if config.weights and not cls.pretrained_encoder:
             raise ValueError(
                 f"weights: {config.weights}: method {cls.name!r} loads no pretrained weights (its "
                 "network starts random); remove the weights setting"
             )
+        from pydantic import ValidationError
+
+        from defectkit.config import validation_problems
+        from defectkit.training.data import augment_config
+
+        try:
+            augment_config(config, train=True)
+        except ValidationError as error:
+            raise ValueError(validation_problems(error, "augment")) from None
         if not cls.own_training:
             from defectkit.models import check_model_options
 
