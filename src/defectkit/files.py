@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -54,6 +55,22 @@ def writable_folder(path: str | Path) -> Path:
     finally:
         probe.unlink(missing_ok=True)
     return folder
+
+
+@contextlib.contextmanager
+def report_folder(path: str | Path) -> Iterator[Path]:
+    """:func:`writable_folder` for the block that fills it: when the block fails, a folder this
+    call created is removed again while still empty, so a refused run leaves nothing behind."""
+    folder = Path(path)
+    created = not folder.exists()
+    writable_folder(folder)
+    try:
+        yield folder
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: keep what was written
+                folder.rmdir()
+        raise
 
 
 def _sync_directory(folder: Path) -> None:

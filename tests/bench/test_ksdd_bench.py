@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import defectkit.bench.ksdd as protocol
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest
+from defectkit.bench.protocols import REPO_ROOT, BenchOptionError, BenchRequest
 from defectkit.config import config_fingerprint, load_config
 
 
@@ -27,7 +27,7 @@ def test_positives_are_a_number_in_results_and_one_spelling_in_keys(monkeypatch:
     assert run.paper == protocol.WEAK_LNET_PAPER[5] and "positives-5" in run.name
     run = captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu")
     assert run.variant["positives"] == "all" and run.paper == protocol.WEAK_LNET_PAPER["all"]
-    with pytest.raises(ValueError, match="positive number"):
+    with pytest.raises(BenchOptionError, match="positive number"):
         captured(monkeypatch, protocol.ksdd_weak_lnet, "cpu", variant={"positives": "0"})
 
 

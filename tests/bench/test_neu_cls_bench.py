@@ -355,7 +355,36 @@ def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
     assert again["command"] == first["command"] and "shots=2" in again["command"]
     assert "--cells-only" not in again["command"]
 
-    next(cells.rglob("*.json")).unlink()
+    # Options given before the protocol are part of what reruns the row too.
+    early = [
+        "bench",
+        "-q",
+        "-V",
+        "methods=linear_probe",
+        "neu-cls/small-data",
+        "-V",
+        "shots=2",
+        "-V",
+        "repeats=2",
+    ]
+    monkeypatch.setattr(sys, "argv", ["defectkit", *early, *folders[:-1], "--cells-only"])
+    assert runner.invoke(app, [*early, *folders[:-1], "--cells-only"]).exit_code == 0
+    recorded = json.loads(written.read_text())["command"]
+    assert recorded.startswith("defectkit bench -q -V methods=linear_probe neu-cls/small-data -V shots=2")
+
+    cell = next(cells.rglob("*.json"))
+    kept = cell.read_text()
+    cell.write_text(kept[: len(kept) // 2])  # a merge gone wrong: refused, never computed over
+    damaged = runner.invoke(app, [*args, *folders])
+    assert damaged.exit_code == 1 and "unreadable cell" in damaged.output and cell.name in damaged.output
+    assert cell.read_text() == kept[: len(kept) // 2]
+    for usage_error in (["-V", "shots=two"], ["--set", "trainer.epochz=3"], ["--supervision", "weak"]):
+        usage = runner.invoke(app, [*args, *usage_error, *folders])
+        assert usage.exit_code == 2 and "Traceback" not in usage.output, usage.output
+    (tmp_path / "afile").write_text("")
+    in_the_way = runner.invoke(app, [*args, *folders, "--results", str(tmp_path / "afile")])
+    assert in_the_way.exit_code == 1 and "afile" in in_the_way.output
+    cell.unlink()
     missing = runner.invoke(app, [*args, *folders, "--cells-only"])
     assert missing.exit_code == 1
     assert "--cells-only computes none" in missing.output and ".json" in missing.output
@@ -364,3 +393,7 @@ def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
     for refused in (["bench", "service", "--cells-only"], ["bench", "--render", "--cells-only"]):
         usage = runner.invoke(app, refused)
         assert usage.exit_code == 2 and "--cells-only" in usage.output
+    # --render reads the results alone: a protocol or options would be ignored, a typo'd folder empty.
+    assert runner.invoke(app, ["bench", "neu-cls/small-data", "--render"]).exit_code == 2
+    typo = runner.invoke(app, ["bench", "--render", "--results", str(tmp_path / "resluts")])
+    assert typo.exit_code == 2 and not (tmp_path / "resluts").exists()

@@ -13,6 +13,7 @@ from defectkit.bench.render import render_benchmarks, render_markdown
 from defectkit.bench.results import (
     CellCache,
     CellMissingError,
+    CellUnreadableError,
     cells_machine,
     machine_info,
     read_results,
@@ -157,8 +158,14 @@ def test_cell_cache_resumes(tmp_path: Path) -> None:
     assert stored is not None and stored.pop("machine") == machine_info()  # who computed it
     assert stored == {"ap": 0.5, "dice": None} and "fold=2" in cache
     assert cache.path("a/b") != cache.path("a-b")  # distinct keys never share a file
+    # A damaged file is no unfinished cell: computing over it could replace hours of work.
     cache.path("fold=9").write_text("{truncated")
-    assert cache.get("fold=9") is None
+    with pytest.raises(CellUnreadableError, match=r"fold-9-\w+\.json: unreadable cell \(not JSON"):
+        cache.get_or_compute("fold=9", lambda: {"ap": 0.9})
+    assert cache.path("fold=9").read_text() == "{truncated"
+    cache.path("fold=9").write_text(cache.path("fold=0").read_text())
+    with pytest.raises(CellUnreadableError, match="it holds cell 'fold=0'"):
+        cache.get("fold=9")
 
 
 def test_a_cells_only_cache_reads_finished_cells_and_computes_none(tmp_path: Path) -> None:

@@ -279,8 +279,12 @@ detector:
         "defect",
         "unknown",
     )
+    (out / "line.yaml").write_text(
+        (out / "line.yaml").read_text().replace("attributes_top: 3", "attributes_top: 5")
+    )
     again = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
-    assert again.exit_code == 0 and again.output.count("kept") == 3, again.output
+    assert again.exit_code == 0 and again.output.count("kept") == 4, again.output
+    assert load_line(out).attributes_top == 5  # a hand edit the training file does not contradict
     original = spec.read_text()
     spec.write_text(original.replace("input.size=[72,72]", "input.size=[80,80]"))
     resized = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
@@ -293,6 +297,90 @@ detector:
     spec.write_text(original.replace("surfaces: [Class1, Class2]", "surfaces: [Class1, Class3]"))
     changed = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
     assert changed.exit_code != 0 and "remove" in changed.output
+
+
+def test_line_train_refuses_mistakes_before_training(
+    line_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.training import line as line_training
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("trained although the line file was refused")
+
+    monkeypatch.setattr(line_training, "train_router_model", no_training, raising=False)
+    monkeypatch.setattr("defectkit.training.sbad.train_router_model", no_training)
+    repo = Path(__file__).resolve().parents[2]
+    good = f"""data_root: {line_dir / "data"}
+router:
+  config: {repo / "configs/sbad/dagm-mix.yaml"}
+  set: [model.backbone=test_efficientnet, weights=null]
+detector:
+  config: {repo / "configs/segdec/synthetic.yaml"}
+"""
+    cases = {
+        # '#' would start a YAML comment inside a --set value: the folder is taken as written.
+        "hash": (
+            good.replace(f"data_root: {line_dir / 'data'}", f'data_root: "{line_dir / "data #1"}"'),
+            "data #1",
+        ),
+        "empty surfaces": (good + "surfaces: []\n", "surfaces: List should have at least 1 item"),
+        "detector": (good.replace("segdec/synthetic.yaml", "scl_arcface/neu-cls.yaml"), "no OK/NG decision"),
+        "classifier": (good + "classifier: types/model\n", "types/model/model.yaml: not found"),
+        "typo": (good + "attribute_top: 5\n", "attribute_top: Extra inputs are not permitted"),
+    }
+    for name, (text, expected) in cases.items():
+        spec = tmp_path / f"{name.replace(' ', '-')}.yaml"
+        spec.write_text(text)
+        out = tmp_path / f"out-{spec.stem}"
+        result = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(out), "-q"])
+        assert result.exit_code in (1, 2) and "Traceback" not in result.output, (name, result.output)
+        assert expected in " ".join(result.output.split()), (name, result.output)
+        assert len(result.output.strip().splitlines()) <= 2 and not out.exists(), name
+    spec = tmp_path / "good.yaml"
+    spec.write_text(good)
+    (tmp_path / "afile").write_text("")
+    in_the_way = CliRunner().invoke(app, ["line", "train", str(spec), "--out", str(tmp_path / "afile"), "-q"])
+    assert in_the_way.exit_code == 1 and "afile" in in_the_way.output
+    # A stage config is found beside the line file, whatever the working folder holds.
+    (tmp_path / "lines").mkdir()
+    (tmp_path / "lines" / "router.yaml").write_text("")
+    (tmp_path / "router.yaml").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert line_training._config_path("router.yaml", tmp_path / "lines") == tmp_path / "lines" / "router.yaml"
+
+
+def test_line_files_name_their_mistakes_on_one_line(line_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(line_dir / "line.yaml", tmp_path / "line.yaml")
+    text = (tmp_path / "line.yaml").read_text()
+    (tmp_path / "line.yaml").write_text(text + "attribute_top: 5\n")
+    with pytest.raises(SavedModelError, match=r"line.yaml: attribute_top: Extra inputs are not permitted$"):
+        load_line(tmp_path)
+    (tmp_path / "line.yaml").write_bytes("# r\xe9sum\xe9\n".encode("latin-1") + text.encode())
+    with pytest.raises(SavedModelError, match=r"line\.yaml: not UTF-8"):
+        load_line(tmp_path)
+    # A defect-type classifier as a detector would call every image of its surface defect.
+    typed = tmp_path / "typed"
+    shutil.copytree(line_dir / "detectors" / "Class1", typed)
+    card = typed / "model.yaml"
+    card.write_text(card.read_text().replace("  unknown: null\n", "  unknown: 0.5\n", 1))
+    detectors = {"Class1": str(typed), "Class2": str(line_dir / "detectors" / "Class2")}
+    write_line_spec(tmp_path, LineSpec(router=str(line_dir / "router" / "model"), detectors=detectors))
+    with pytest.raises(SavedModelError, match=r"detectors\.Class1: .* gives no OK/NG decision"):
+        load_line(tmp_path)
+
+
+def test_a_refused_line_eval_leaves_no_report_folder(
+    line_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ValueError("no surface")
+
+    monkeypatch.setattr("defectkit.evaluation.line.evaluate_line", refused)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(
+        app, ["line", "eval", str(line_dir), "--data", str(line_dir / "data"), "--out", str(out)]
+    )
+    assert result.exit_code == 1 and "no surface" in result.output and not out.exists()
 
 
 def test_per_surface_overrides_follow_the_profile_and_leave_data_alone() -> None:

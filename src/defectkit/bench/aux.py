@@ -81,10 +81,13 @@ from defectkit.bench.grid import (
 from defectkit.bench.ksdd import ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
+    BenchOptionError,
     BenchRequest,
     check_options,
     dataset_root,
     option_list,
+    option_number,
+    option_numbers,
     register_protocol,
 )
 from defectkit.bench.results import cells_commit, cells_machine, recorded_machine, write_results
@@ -257,8 +260,8 @@ def parameters(model: torch.nn.Module) -> int:
 def efficiency(request: BenchRequest) -> Path:
     check_options(request.variant, ("num_classes", "repeats"), "aux/efficiency")
     config = load_config(REPO_ROOT / CONFIG, request.profile, request.overrides)
-    num_classes = int(request.variant.get("num_classes", "6"))
-    repeats = int(request.variant.get("repeats", "20"))
+    num_classes = option_number(request.variant, "num_classes", "6", int)
+    repeats = option_number(request.variant, "repeats", "20", int)
     size = (int(config.input.size[0]), int(config.input.size[1]))
     options: dict[str, Any] = {
         **config.model,
@@ -317,7 +320,7 @@ def load_aux_dataset(name: str, profile: str, overrides: Sequence[str]) -> GridD
         synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
         dataset = synthetic_dataset(SynthConfig(**synth))
         return GridDataset(name, config, list(dataset.samples), dataset.info)
-    raise KeyError(f"unknown aux dataset {name!r}; known: ksdd, neu-det, synthetic")
+    raise BenchOptionError(f"unknown aux dataset {name!r}; known: ksdd, neu-det, synthetic")
 
 
 def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:
@@ -331,7 +334,7 @@ def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:
         elif entry in TASKS:
             chosen.append((entry, (entry,)))
         else:
-            raise KeyError(f"--variant tasks: {entry!r} is not all, singles or one of {TASKS}")
+            raise BenchOptionError(f"--variant tasks: {entry!r} is not all, singles or one of {TASKS}")
     return chosen
 
 
@@ -352,7 +355,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         for loss in option_list(options, "seg_loss", DEFAULT_SEG_LOSS)
         for reduction in option_list(options, "seg_reduction", DEFAULT_REDUCTION)
     ]
-    fractions = [float(f) for f in option_list(options, "fractions", "1")]
+    fractions = option_numbers(options, "fractions", "1", float)
     # None: the value the config (or --set) gives, which still names the cell.
     image_scores: list[str | None] = [*option_list(options, "image_score", "")] or [None]
     guidances: list[str | None] = [*option_list(options, "mask_guidance", "")] or [None]
@@ -369,11 +372,11 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
     ):
         wrong = sorted(set(given) - set(known))
         if wrong:
-            raise KeyError(
+            raise BenchOptionError(
                 f"--variant {option}: {wrong}; use {', '.join(known)} (one -V per option: -V a=x -V b=y)"
             )
     if set(decoders) != {DEFAULT_DECODER} and ("segmentation", ("segmentation",)) not in task_sets:
-        raise KeyError(
+        raise BenchOptionError(
             "--variant decoders: Table II's decoders build segmenters alone; add -V tasks=segmentation"
         )
     dataset = load_aux_dataset(dataset_name, request.profile, request.overrides)
@@ -509,9 +512,9 @@ def _check_set_model_options(
     if decoder == DEFAULT_DECODER:
         return
     if asked:
-        raise KeyError("give the segmenter's decoder by -V decoders or by --set, not both")
+        raise BenchOptionError("give the segmenter's decoder by -V decoders or by --set, not both")
     if any(tasks != ("segmentation",) for _, tasks in task_sets):
-        raise KeyError(
+        raise BenchOptionError(
             f"--set model.segmentation_decoder={decoder} builds segmenters alone: use -V tasks=segmentation "
             "(or -V decoders, which leaves the other networks at the FPN)"
         )
@@ -532,20 +535,20 @@ def _check_scoring(
     guided = {guide or str(given.get("mask_guidance", DEFAULT_GUIDANCE)) for guide in guidances}
     guided.discard(DEFAULT_GUIDANCE)
     if "mask_peak" in scores and any("segmentation" not in tasks for _, tasks in task_sets):
-        raise KeyError("image_score=mask_peak needs the segmentation head in every tasks entry")
+        raise BenchOptionError("image_score=mask_peak needs the segmentation head in every tasks entry")
     if guided and any(not set(tasks) >= GUIDED_TASKS for _, tasks in task_sets):
-        raise KeyError(
+        raise BenchOptionError(
             f"mask_guidance={','.join(sorted(guided))} gates the mask by the classifier: every tasks entry "
             "needs both heads (-V tasks=all, not the single-task baselines)"
         )
     activation = str(given.get("class_activation", "sigmoid"))
     if guided and activation != "sigmoid":
-        raise KeyError(
+        raise BenchOptionError(
             f"mask_guidance={','.join(sorted(guided))} caps each mask at its class's sigmoid probability: "
             f"it needs sigmoid classes, not model.class_activation={activation}"
         )
     if guided and "mask_peak" in scores:
-        raise KeyError(
+        raise BenchOptionError(
             "image_score=mask_peak would judge images by the ungated mask: run it apart from mask_guidance"
         )
 

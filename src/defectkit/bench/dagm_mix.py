@@ -77,7 +77,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, option_list, register_protocol
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchOptionError,
+    BenchRequest,
+    check_options,
+    option_list,
+    option_number,
+    register_protocol,
+)
 from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
@@ -701,11 +709,11 @@ def run_sbad(request: BenchRequest) -> Path:
     generators = option_list(request.variant, "generator", "vaegan-mse,softmax")
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:
-        raise KeyError(f"--variant generator: {unknown} unknown; use {', '.join(GENERATORS)}")
-    n_splits = int(request.variant.get("splits", "5"))
+        raise BenchOptionError(f"--variant generator: {unknown} unknown; use {', '.join(GENERATORS)}")
+    n_splits = option_number(request.variant, "splits", "5", int)
     feature_kinds = option_list(request.variant, "features", "frozen")
     if set(feature_kinds) - set(FEATURES):
-        raise KeyError(f"--variant features: {feature_kinds}; use {', '.join(FEATURES)}")
+        raise BenchOptionError(f"--variant features: {feature_kinds}; use {', '.join(FEATURES)}")
     config = load_config(REPO_ROOT / CONFIG, request.profile, list(request.overrides))
     name = f"dagm-mix-sbad-{request.profile}"
     synth = SynthConfig(**(config.data.synthetic or {}))

@@ -27,6 +27,7 @@ import numpy as np
 
 from defectkit.bench.protocols import (
     REPO_ROOT,
+    BenchOptionError,
     BenchRequest,
     check_options,
     dataset_root,
@@ -268,7 +269,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
 def _flag(options: Mapping[str, str], key: str, default: bool) -> bool:
     value = str(options.get(key, default)).lower()
     if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise ValueError(f"--variant {key}={options[key]}: expected true or false")
+        raise BenchOptionError(f"--variant {key}={options[key]}: expected true or false")
     return value in ("true", "1", "yes")
 
 
@@ -307,7 +308,7 @@ def _positives(options: Mapping[str, str]) -> str | int:
     cache, one paper row."""
     value = str(options.get("positives", "all"))
     if value != "all" and not (value.isdigit() and int(value) > 0):
-        raise ValueError(f"--variant positives={value}: expected all or a positive number")
+        raise BenchOptionError(f"--variant positives={value}: expected all or a positive number")
     return value if value == "all" else int(value)
 
 

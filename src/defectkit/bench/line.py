@@ -63,7 +63,13 @@ from defectkit.bench.dagm_mix import (
     mix_variant,
     score_variant,
 )
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, check_options, register_protocol
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchRequest,
+    check_options,
+    option_number,
+    register_protocol,
+)
 from defectkit.bench.results import CellCache, write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.attributes import table1_attributes
@@ -204,7 +210,7 @@ def detector_cell(config: Any, work: Path, samples: list[Sample], surface: str, 
 def run_line(request: BenchRequest) -> Path:
     protocol = "dagm-mix/line"
     check_options(request.variant, OPTIONS, protocol)
-    n_splits = int(request.variant.get("splits", "5"))
+    n_splits = option_number(request.variant, "splits", "5", int)
     spec_path = REPO_ROOT / LINE_CONFIG
     spec = read_line_train_spec(spec_path)
     router_path = spec_path.parent / spec.router.config
@@ -485,7 +491,7 @@ def run_products(request: BenchRequest) -> Path:
 
     protocol = "products/line"
     check_options(request.variant, PRODUCT_OPTIONS, protocol)
-    per_surface = int(request.variant.get("per_surface", "300"))
+    per_surface = option_number(request.variant, "per_surface", "300", int)
     spec = read_line_train_spec(REPO_ROOT / LINE_CONFIG)
     router_config = load_config(
         REPO_ROOT / "configs" / "line" / spec.router.config,

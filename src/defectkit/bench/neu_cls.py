@@ -54,10 +54,13 @@ from sklearn.metrics import roc_auc_score
 
 from defectkit.bench.protocols import (
     REPO_ROOT,
+    BenchOptionError,
     BenchRequest,
     check_options,
     dataset_root,
     option_list,
+    option_number,
+    option_numbers,
     register_protocol,
 )
 from defectkit.bench.results import write_results
@@ -178,7 +181,7 @@ def dense_labels(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
 
 def _require_network(method: str) -> None:
     if method not in NETWORK_METHODS:
-        raise KeyError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
+        raise BenchOptionError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
 
 
 class Runner:
@@ -369,7 +372,7 @@ def train_and_test(runner: Runner, method: str, draw: Draw, epochs: int, seed: i
         probe = LogisticRegression(max_iter=5000).fit(train_features, labels[train_idx])
         predicted = probe.predict(test_features)
     else:
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise BenchOptionError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     infer_ms = 1000.0 * (time.perf_counter() - tic) / len(test_idx)
     return {
         "method": method,
@@ -395,7 +398,7 @@ def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) ->
     elif method == "linear_probe":
         features = runner.frozen_features(novel_idx)
     else:
-        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise BenchOptionError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     train_s = time.perf_counter() - started
     novel_labels = labels[novel_idx]
     per_k: dict[str, dict[str, list[float]]] = {}
@@ -668,7 +671,9 @@ def _variant_options(
     for override in request.overrides:
         option = SET_BY_OPTION.get(override.partition("=")[0].strip())
         if option:
-            raise KeyError(f"neu-cls: --set {override}: give it as -V {option}=, which names its rows")
+            raise BenchOptionError(
+                f"neu-cls: --set {override}: give it as -V {option}=, which names its rows"
+            )
     overrides, embedding, note = _scl_inference_options(request, methods, grid)
     variant: dict[str, Any] = dict(embedding)
     if request.variant.get("epochs") == "auto" and grid == "few-shot":
@@ -677,7 +682,7 @@ def _variant_options(
         given = request.variant["epochs"]
         if not given.isdigit() or int(given) < 1:
             choices = "a whole number of at least 1" + (", or auto" if grid == "few-shot" else "")
-            raise KeyError(f"neu-cls: -V epochs={given}: {choices}")
+            raise BenchOptionError(f"neu-cls: -V epochs={given}: {choices}")
         epochs = int(given)
         overrides.append(f"{EPOCHS_KEY[grid]}={epochs}")
         variant["epochs"] = epochs
@@ -708,11 +713,11 @@ def _scl_inference_options(
     variant: dict[str, str] = {}
     for option, value in chosen.items():
         if value not in allowed[option]:
-            raise KeyError(f"neu-cls: -V {option}={value}: use one of {', '.join(allowed[option])}")
+            raise BenchOptionError(f"neu-cls: -V {option}={value}: use one of {', '.join(allowed[option])}")
         if value == allowed[option][0]:
             continue
         if list(methods) != ["scl_arcface"]:
-            raise KeyError(f"neu-cls: -V {option}={value} applies to -V methods=scl_arcface only")
+            raise BenchOptionError(f"neu-cls: -V {option}={value} applies to -V methods=scl_arcface only")
         if value != "auto":
             overrides.append(f"model.{model_key[option]}={value}")
         variant[option] = value
@@ -732,8 +737,8 @@ def _scl_inference_options(
 )
 def small_data(request: BenchRequest) -> Path:
     check_options(request.variant, ("shots", "repeats", "methods", *VARIANT_OPTIONS), "neu-cls/small-data")
-    shots = [int(s) for s in option_list(request.variant, "shots", "10,20,50")]
-    repeats = int(request.variant.get("repeats", "5"))
+    shots = option_numbers(request.variant, "shots", "10,20,50", int)
+    repeats = option_number(request.variant, "repeats", "5", int)
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     return _repeated_grid(
         request, "small-data", "shots", shots, repeats, methods, small_data_cell, small_data_draw, PAPER_SMALL
@@ -748,8 +753,8 @@ def small_data(request: BenchRequest) -> Path:
 )
 def few_shot(request: BenchRequest) -> Path:
     check_options(request.variant, ("ks", "draws", "methods", *VARIANT_OPTIONS), "neu-cls/few-shot")
-    ks = [int(k) for k in option_list(request.variant, "ks", "1,3,5")]
-    draws = int(request.variant.get("draws", "20"))
+    ks = option_numbers(request.variant, "ks", "1,3,5", int)
+    draws = option_number(request.variant, "draws", "20", int)
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     overrides, named_variant, named_note = _variant_options(request, methods, "few-shot")
     if named_variant.get("features") == "backbone":
@@ -857,8 +862,8 @@ def few_shot(request: BenchRequest) -> Path:
 )
 def split(request: BenchRequest) -> Path:
     check_options(request.variant, ("fractions", "repeats", "methods", *VARIANT_OPTIONS), "neu-cls/split")
-    fractions = [float(f) for f in option_list(request.variant, "fractions", "0.6,0.7,0.8")]
-    repeats = int(request.variant.get("repeats", "1"))
+    fractions = option_numbers(request.variant, "fractions", "0.6,0.7,0.8", float)
+    repeats = option_number(request.variant, "repeats", "1", int)
     methods = option_list(request.variant, "methods", ",".join(METHODS))
     return _repeated_grid(
         request, "split", "train_fraction", fractions, repeats, methods, split_cell, split_draw, PAPER_SPLIT

@@ -15,10 +15,12 @@ import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from defectkit.bench.results import CellCache
 from defectkit.inference.saved_model import git_commit
+
+N = TypeVar("N", int, float)
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -95,17 +97,25 @@ def list_protocols() -> dict[str, str]:
     return {name: description for name, (_, description, _, _) in sorted(_PROTOCOLS.items())}
 
 
+class BenchOptionError(KeyError):
+    """A bench option that makes no sense (an unknown protocol or ``--variant`` key, a value out of
+    range, options that contradict each other): bad usage, unlike a KeyError from bad data."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def run_protocol(name: str, request: BenchRequest) -> Path:
     _load_all()
     if name not in _PROTOCOLS:
-        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
+        raise BenchOptionError(f"unknown protocol {name!r}; known: {', '.join(sorted(_PROTOCOLS))}")
     runner, _, keeps_cells, reads_supervision = _PROTOCOLS[name]
     if request.cells_only and not keeps_cells:
-        raise KeyError(
+        raise BenchOptionError(
             f"{name} keeps no cells (it measures afresh each run): --cells-only has nothing to summarise"
         )
     if request.supervision != "full" and not reads_supervision:
-        raise KeyError(
+        raise BenchOptionError(
             f"{name} takes no --supervision (its labels are the protocol's own); "
             f"--supervision {request.supervision} would be ignored"
         )
@@ -129,12 +139,30 @@ def check_options(options: Mapping[str, str], known: Collection[str], protocol: 
     """Reject ``--variant`` keys the protocol does not know (a typo must not run a default grid)."""
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise KeyError(f"{protocol}: unknown --variant key(s) {unknown}; known: {sorted(known)}")
+        raise BenchOptionError(f"{protocol}: unknown --variant key(s) {unknown}; known: {sorted(known)}")
 
 
 def option_list(options: Mapping[str, str], key: str, default: str) -> list[str]:
     """A comma-separated ``--variant`` value as a list (``default`` when the key is absent)."""
     return [v.strip() for v in options.get(key, default).split(",") if v.strip()]
+
+
+def option_numbers(options: Mapping[str, str], key: str, default: str, kind: type[N]) -> list[N]:
+    """:func:`option_list` as ``kind`` (int or float); a value that is none is bad usage."""
+    try:
+        return [kind(v) for v in option_list(options, key, default)]
+    except ValueError:
+        raise BenchOptionError(
+            f"--variant {key}={options.get(key)}: expected {kind.__name__} value(s), comma-separated"
+        ) from None
+
+
+def option_number(options: Mapping[str, str], key: str, default: str, kind: type[N]) -> N:
+    """One ``--variant`` number (``default`` when the key is absent)."""
+    values = option_numbers(options, key, default, kind)
+    if len(values) != 1:
+        raise BenchOptionError(f"--variant {key}={options.get(key)}: expected one {kind.__name__}")
+    return values[0]
 
 
 def supervision_overrides(supervision: str) -> tuple[dict[str, Any], list[str]]:
@@ -146,6 +174,8 @@ def supervision_overrides(supervision: str) -> tuple[dict[str, Any], list[str]]:
     if supervision.startswith("mixed:"):
         count = supervision.split(":", 1)[1]
         if not count.isdigit():
-            raise ValueError(f"--supervision {supervision!r}: expected mixed:N with N a number of masks")
+            raise BenchOptionError(
+                f"--supervision {supervision!r}: expected mixed:N with N a number of masks"
+            )
         return {"supervision": supervision}, ["data.supervision=mixed", f"data.num_segmented={count}"]
-    raise ValueError(f"--supervision {supervision!r}: use full, weak or mixed:N")
+    raise BenchOptionError(f"--supervision {supervision!r}: use full, weak or mixed:N")

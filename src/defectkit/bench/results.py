@@ -272,6 +272,11 @@ class CellMissingError(LookupError):
     """A cell that a cells-only cache was asked for has no finished file."""
 
 
+class CellUnreadableError(ValueError):
+    """A cell file that exists but holds no finished cell of its key (truncated, a merge gone
+    wrong, edited by hand): never recomputed over, since it may be the only copy of hours of work."""
+
+
 class CellCache:
     """One JSON file per finished cell of a grid (``get`` / ``put`` by a string key, or
     :meth:`get_or_compute`).
@@ -296,20 +301,32 @@ class CellCache:
         return self.directory / f"{_slug(key)[:80]}-{digest}.json"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored result of cell ``key``, or None when it has not finished."""
+        """The stored result of cell ``key``, or None when it has not finished (no file); a file
+        that holds no finished cell of ``key`` raises :class:`CellUnreadableError`."""
         path = self.path(key)
         try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return None
-        if (
-            not isinstance(stored, dict)
-            or stored.get("key") != key
-            or not isinstance(stored.get("value"), dict)
-        ):
-            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise self._unreadable(path, str(error)) from None
+        try:
+            stored = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise self._unreadable(path, f"not JSON: {error}") from None
+        if not isinstance(stored, dict) or not isinstance(stored.get("value"), dict):
+            raise self._unreadable(path, "no {key, value} object")
+        if stored.get("key") != key:
+            raise self._unreadable(path, f"it holds cell {stored.get('key')!r}")
         value: dict[str, Any] = stored["value"]
         return value
+
+    @staticmethod
+    def _unreadable(path: Path, reason: str) -> CellUnreadableError:
+        return CellUnreadableError(
+            f"{path}: unreadable cell ({reason}); restore it (git checkout -- {path}) or delete it "
+            "to compute that cell again"
+        )
 
     def put(self, key: str, value: Mapping[str, Any]) -> dict[str, Any]:
         """Store the result of finished cell ``key`` (NaN stored as null) with the machine that

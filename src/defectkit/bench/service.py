@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from defectkit.bench.protocols import REPO_ROOT, BenchRequest, register_protocol
+from defectkit.bench.protocols import REPO_ROOT, BenchOptionError, BenchRequest, register_protocol
 from defectkit.bench.results import write_results
 
 PROTOCOL = "service/load"
@@ -309,7 +309,7 @@ def kill_and_verify(
 def _options(request: BenchRequest) -> dict[str, str]:
     unknown = set(request.variant) - set(DEFAULTS)
     if unknown:
-        raise KeyError(f"{PROTOCOL}: unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        raise BenchOptionError(f"{PROTOCOL}: unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     return {**DEFAULTS, **request.variant}
 
 

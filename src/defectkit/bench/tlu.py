@@ -59,10 +59,12 @@ from defectkit.bench.grid import (
 from defectkit.bench.ksdd import ksdd_samples
 from defectkit.bench.protocols import (
     REPO_ROOT,
+    BenchOptionError,
     BenchRequest,
     check_options,
     dataset_root,
     option_list,
+    option_numbers,
     register_protocol,
 )
 from defectkit.bench.results import variant_slug, write_results
@@ -128,7 +130,7 @@ def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] =
         synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
         dataset = synthetic_dataset(SynthConfig(**synth))
         return GridDataset(name, config, list(dataset.samples), dataset.info)
-    raise KeyError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
+    raise BenchOptionError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
 
 
 def user_weights(option: str | None, encoders: Sequence[str]) -> dict[str, str]:
@@ -141,7 +143,7 @@ def user_weights(option: str | None, encoders: Sequence[str]) -> dict[str, str]:
     pairs = dict(item.split(":", 1) for item in option.split(",") if item)
     unknown = sorted(set(pairs) - set(encoders))
     if unknown:
-        raise KeyError(
+        raise BenchOptionError(
             f"--variant weights names encoders {unknown} that are not in this grid {list(encoders)}"
         )
     return pairs
@@ -152,11 +154,11 @@ def encoder_weights(encoder: str, init: str, given: Mapping[str, str]) -> str | 
     if init == "random":
         return None
     if init != "imagenet":
-        raise KeyError(f"--variant inits: {init!r} is not imagenet or random")
+        raise BenchOptionError(f"--variant inits: {init!r} is not imagenet or random")
     if encoder in given:
         return given[encoder]
     if encoder not in PACKAGED_ENCODER_WEIGHTS:
-        raise KeyError(
+        raise BenchOptionError(
             f"encoder {encoder!r} has no ImageNet weights offline; give a state-dict file with "
             f"--variant weights={encoder}:PATH, or use one of {sorted(PACKAGED_ENCODER_WEIGHTS)}"
         )
@@ -179,7 +181,7 @@ def settings_of(request: BenchRequest) -> dict[str, str]:
     for option, (default, overrides) in SETTINGS.items():
         value = str(request.variant.get(option, default))
         if value != default and value not in overrides:
-            raise KeyError(f"--variant {option}={value}: use {default} or {' or '.join(overrides)}")
+            raise BenchOptionError(f"--variant {option}={value}: use {default} or {' or '.join(overrides)}")
         if value != default:
             chosen[option] = value
     return chosen
@@ -197,10 +199,10 @@ def _check_grid(request: BenchRequest, encoders: Sequence[str], inits: Sequence[
 
     unknown = [e for e in encoders if not exists(smp_encoder_name(e))]
     if unknown:
-        raise KeyError(f"--variant encoders: {unknown} are not segmentation_models_pytorch encoders")
+        raise BenchOptionError(f"--variant encoders: {unknown} are not segmentation_models_pytorch encoders")
     clashes = [o for o in request.overrides if o.split("=", 1)[0].strip() in CELL_KEYS]
     if clashes:
-        raise KeyError(
+        raise BenchOptionError(
             f"--set {clashes}: each cell sets {list(CELL_KEYS)}; use --variant encoders/weights/fractions"
         )
     given = user_weights(request.variant.get("weights"), encoders)
@@ -217,7 +219,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
         options, "encoders", DEFAULT_ENCODERS.get(request.profile, "tf_efficientnet_lite0")
     )
     inits = option_list(options, "inits", "imagenet,random")
-    fractions = [float(f) for f in option_list(options, "fractions", "1,0.5,0.25,0.1")]
+    fractions = option_numbers(options, "fractions", "1,0.5,0.25,0.1", float)
     settings = settings_of(request)
     given = _check_grid(request, encoders, inits)
     dataset = load_tlu_dataset(dataset_name, request.profile, request.overrides)

@@ -66,14 +66,27 @@ def bench(
         return
     if render_only and cells_only:
         raise UsageError("--render rewrites BENCHMARKS.md alone; --cells-only needs a protocol to summarise")
+    if render_only and (protocol is not None or variant or overrides):
+        raise UsageError(
+            "--render rewrites BENCHMARKS.md from the results alone: it takes no protocol, -V or --set"
+        )
+    if render_only and not results.is_dir():
+        raise UsageError(f"{results}: no results folder to render")
     if not render_only:
-        from defectkit.bench.protocols import BenchRequest, run_protocol
-        from defectkit.bench.results import CellMissingError
+        from defectkit.bench.protocols import BenchOptionError, BenchRequest, run_protocol
+        from defectkit.bench.results import CellMissingError, CellUnreadableError
+        from defectkit.config import ConfigError
+        from defectkit.files import writable_folder
 
         if protocol is None:
             raise UsageError("name a protocol (defectkit bench --list shows them)")
-        tail = sys.argv[sys.argv.index(protocol) :] if protocol in sys.argv else [protocol]
-        # What reruns the row: this command, less --cells-only, which only re-summarises its cells.
+        for folder in (results, cells, work):
+            writable_folder(folder)  # a file in the way fails now, not after the grid
+        # What reruns the row: this command (from its first option, which may come before the
+        # protocol), less --cells-only, which only re-summarises its cells.
+        argv = sys.argv
+        before = argv[: argv.index(protocol)] if protocol in argv else []
+        tail = argv[before.index("bench") + 1 :] if "bench" in before else [protocol]
         command = "defectkit bench " + shlex.join(a for a in tail if a != "--cells-only")
         options = {}
         for item in variant:
@@ -87,10 +100,10 @@ def bench(
         )  # fmt: skip
         try:
             path = run_protocol(protocol, request)
-        except CellMissingError as error:
+        except (CellMissingError, CellUnreadableError) as error:
             raise fail(str(error)) from None
-        except KeyError as error:
-            raise UsageError(str(error.args[0])) from None
+        except (BenchOptionError, ConfigError) as error:
+            raise UsageError(str(error)) from None
         console.print(escape(f"wrote {path}"))
     # Only the project's own results feed BENCHMARKS.md; other folders get their own page.
     default = results.resolve() == Path("benchmarks/results").resolve()

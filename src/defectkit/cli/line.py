@@ -116,7 +116,7 @@ def evaluate(
     from defectkit.data.formats import read_dataset
     from defectkit.evaluation.evaluate import default_report_folder, select_split
     from defectkit.evaluation.line import evaluate_line, write_line_report
-    from defectkit.files import writable_folder
+    from defectkit.files import report_folder
     from defectkit.inference.line import load_line
     from defectkit.inference.saved_model import SavedModelError
 
@@ -125,8 +125,10 @@ def evaluate(
         samples, chosen = select_split(read_dataset(data, format).samples, split.value)
     except SavedModelError as error:
         raise fail(str(error)) from None
-    folder = writable_folder(out or default_report_folder(line_dir, data, split.value))
-    with progress_bar("judging") as bar:
+    with (
+        report_folder(out or default_report_folder(line_dir, data, split.value)) as folder,
+        progress_bar("judging") as bar,
+    ):
         task = bar.add_task("line eval", total=None)
         report = evaluate_line(
             line, samples, progress=lambda done, total: bar.update(task, completed=done, total=total)

@@ -50,7 +50,7 @@ from defectkit.evaluation.plots import (
     sectioned_sheet,
 )
 from defectkit.evaluation.scoring import TimedScorer
-from defectkit.files import writable_folder, write_atomic
+from defectkit.files import report_folder, write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.saved_model import utc_timestamp
 from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
@@ -453,46 +453,47 @@ def evaluate_model(
         raise ValueError(f"{data}: no images to evaluate")
     if inspector.card.config.get("data", {}).get("masks_from_boxes"):
         samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
-    target = writable_folder(Path(out) if out is not None else default_report_folder(model_dir, data, split))
-    context = {
-        "model": str(model_dir),
-        "data": str(data),
-        "dataset": dataset.info.name,
-        "format": dataset.info.format,
-        "split": split,
-        "split_note": note,
-        "surface": surface,
-        "reader_problems": [str(p) for p in dataset.problems],
-    }
-    if has_references(model_dir):
-        # A defect-type classifier: accuracy, confusion, unknown calls, Grad-CAM of the worst.
-        classified = classify_dataset(inspector, samples, dataset.info, progress)
-        metrics = classifier_metrics(classified)
-        files = write_classifier_report(classified, inspector, target)
-        files = write_metrics_json(target, metrics, inspector, files, classified.skipped, context)
-        return EvaluationReport(metrics, files, dataset.problems, note, target, list(classified.skipped))
-    scored = score_dataset(inspector, samples, progress)
-    skipped = list(scored.skipped)
-    if not len(scored):
-        first = [*dataset.problems, *skipped][0]
-        raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {first})")
-    metrics = evaluate_scores(scored, inspector.threshold)
-    written: dict[str, Path] = {}
-    if inspector.card.multilabel:
-        # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
-        per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
-        metrics["multilabel"] = multilabel_summary(per_class, inspector.class_thresholds)
-        dice = {inspector.name: per_image_dice(per_class)}
-        iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
-        written["dice_iou_box.png"] = write_atomic(
-            target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name)
-        )
-        # Left out of the per-class figures alone (their defect classes are unknown): say so too.
-        unreadable = {p.path for p in scored.skipped}
-        skipped += [
-            Problem(p.path, f"left out of the per-class figures: {p.reason}", p.severity)
-            for p in per_class.skipped
-            if p.path not in unreadable
-        ]
-    files = write_report(scored, metrics, inspector, target, context, written, skipped)
-    return EvaluationReport(metrics, files, dataset.problems, note, target, skipped)
+    folder = Path(out) if out is not None else default_report_folder(model_dir, data, split)
+    with report_folder(folder) as target:
+        context = {
+            "model": str(model_dir),
+            "data": str(data),
+            "dataset": dataset.info.name,
+            "format": dataset.info.format,
+            "split": split,
+            "split_note": note,
+            "surface": surface,
+            "reader_problems": [str(p) for p in dataset.problems],
+        }
+        if has_references(model_dir):
+            # A defect-type classifier: accuracy, confusion, unknown calls, Grad-CAM of the worst.
+            classified = classify_dataset(inspector, samples, dataset.info, progress)
+            metrics = classifier_metrics(classified)
+            files = write_classifier_report(classified, inspector, target)
+            files = write_metrics_json(target, metrics, inspector, files, classified.skipped, context)
+            return EvaluationReport(metrics, files, dataset.problems, note, target, list(classified.skipped))
+        scored = score_dataset(inspector, samples, progress)
+        skipped = list(scored.skipped)
+        if not len(scored):
+            first = [*dataset.problems, *skipped][0]
+            raise ValueError(f"{data}: none of the {len(samples)} images could be read (first: {first})")
+        metrics = evaluate_scores(scored, inspector.threshold)
+        written: dict[str, Path] = {}
+        if inspector.card.multilabel:
+            # Per-class figures of a multi-label model (paper 001): MLA, per-class AUROC, Dice, IoU.
+            per_class = score_multilabel(inspector, samples, inspector.card.input.channels)
+            metrics["multilabel"] = multilabel_summary(per_class, inspector.class_thresholds)
+            dice = {inspector.name: per_image_dice(per_class)}
+            iou = {inspector.name: per_image_dice(replace(per_class, dice=per_class.iou))}
+            written["dice_iou_box.png"] = write_atomic(
+                target / "dice_iou_box.png", dice_iou_boxplot_png(dice, iou, inspector.name)
+            )
+            # Left out of the per-class figures alone (their defect classes are unknown): say so too.
+            unreadable = {p.path for p in scored.skipped}
+            skipped += [
+                Problem(p.path, f"left out of the per-class figures: {p.reason}", p.severity)
+                for p in per_class.skipped
+                if p.path not in unreadable
+            ]
+        files = write_report(scored, metrics, inspector, target, context, written, skipped)
+        return EvaluationReport(metrics, files, dataset.problems, note, target, skipped)

@@ -156,6 +156,12 @@ class Inspector(ImageInspector[Scored]):
     def backend_name(self) -> str:
         return self.backend.name
 
+    @property
+    def names_defect_types(self) -> bool:
+        """A defect-type classifier (class similarities and an ``unknown`` threshold, no OK/NG
+        decision): a line's classifier, never its detector."""
+        return self.card.thresholds.unknown is not None
+
     def describe(self) -> dict[str, object]:
         card = self.card
         return {

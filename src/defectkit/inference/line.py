@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit import __version__
+from defectkit.config import validation_problems
 from defectkit.data.attributes import describe
 from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector, Judged
@@ -239,9 +240,13 @@ def read_line_spec(directory: str | Path) -> LineSpec:
     if not path.is_file():
         raise SavedModelError(f"{path}: not found ({directory} is not a defectkit line)")
     try:
-        return LineSpec.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as error:
-        raise SavedModelError(f"{path}: invalid line file ({error})") from None
+        return LineSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as error:
+        raise SavedModelError(f"{path}: not valid YAML ({error})") from None
+    except UnicodeDecodeError as error:
+        raise SavedModelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except ValidationError as error:
+        raise SavedModelError(f"{path}: {validation_problems(error)}") from None
 
 
 def load_line(directory: str | Path, backend: str = "torch") -> Line:
@@ -271,6 +276,11 @@ def load_line(directory: str | Path, backend: str = "torch") -> Line:
             detectors[surface] = load_inspector(resolve(path), backend=backend)
         except SavedModelError as error:
             raise SavedModelError(f"{where}: detectors.{surface}: {error}") from None
+        if detectors[surface].names_defect_types:
+            raise SavedModelError(
+                f"{where}: detectors.{surface}: {path} names defect types and gives no OK/NG "
+                "decision; a detector needs one (list it as the classifier)"
+            )
     try:
         classifier = load_inspector(resolve(spec.classifier), backend=backend) if spec.classifier else None
     except SavedModelError as error:

@@ -17,15 +17,18 @@ a kept detector the same input and network settings; for other changes, remove i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from defectkit.config import ConfigError, RunConfig, load_config
-from defectkit.inference.line import LineSpec, write_line_spec
-from defectkit.inference.saved_model import CARD_NAME, read_card
+from defectkit.config import ConfigError, RunConfig, load_config, validation_problems
+from defectkit.files import writable_folder
+from defectkit.inference.line import LineSpec, read_line_spec, write_line_spec
+from defectkit.inference.saved_model import CARD_NAME, LINE_FILE, SavedModelError, read_card
+from defectkit.registry import get_method
 
 ROUTER_DIR = "router"
 DETECTORS_DIR = "detectors"
@@ -34,7 +37,7 @@ DETECTORS_DIR = "detectors"
 class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    config: str = Field(description="training config file (relative to the line file or the cwd)")
+    config: str = Field(description="training config file (relative to the line file)")
     set: list[str] = Field(default_factory=list, description="overrides a.b=c, as --set")
 
 
@@ -85,7 +88,9 @@ class LineTrainSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_root: str = Field(description="dataset folder with surface names ($VARS expanded)")
-    surfaces: list[str] | None = Field(None, description="seen surfaces; None: all in the train split")
+    surfaces: list[str] | None = Field(
+        None, min_length=1, description="seen surfaces; None: all in the train split"
+    )
     router: StageSpec
     detector: DetectorStageSpec
     classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
@@ -97,27 +102,38 @@ def read_line_train_spec(path: str | Path) -> LineTrainSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: line training file not found")
     try:
-        return LineTrainSpec.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValidationError) as error:
-        raise ConfigError(f"{path}: invalid line training file ({error})") from None
+        return LineTrainSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {validation_problems(error)}") from None
 
 
 def _config_path(config: str, base: Path) -> Path:
-    candidate = Path(config)
-    return candidate if candidate.is_absolute() or candidate.is_file() else base / candidate
+    """A stage's config file: relative paths from the line file's folder, whatever the cwd."""
+    candidate = Path(config).expanduser()
+    return candidate if candidate.is_absolute() else base / candidate
+
+
+def setting(key: str, value: object) -> str:
+    """``key=value`` for ``--set`` with ``value`` quoted (JSON is YAML), so a path or a surface
+    name is read back as itself: ``#`` starts no comment, ``~`` is no null, ``1`` no number."""
+    return f"{key}={json.dumps(value)}"
 
 
 def stage_config(stage: StageSpec, base: Path, data_root: str, profile: str | None,
                  extra: list[str]) -> RunConfig:  # fmt: skip
     """A stage's run config on the line's data (generated-data settings in it are dropped)."""
-    overrides = [*stage.set, f"data.root={data_root}", "data.synthetic=null", *extra]
+    overrides = [*stage.set, setting("data.root", data_root), "data.synthetic=null", *extra]
     return load_config(_config_path(stage.config, base), profile, overrides)
 
 
 def detector_config(spec: LineTrainSpec, base: Path, data_root: str, profile: str | None,
                     surface: str) -> RunConfig:  # fmt: skip
     """``surface``'s detector config: the stage's, on that surface, with its own overrides."""
-    own = [f"data.surface={surface}", *spec.detector.overrides(surface, profile)]
+    own = [setting("data.surface", surface), *spec.detector.overrides(surface, profile)]
     return stage_config(spec.detector, base, data_root, profile, own)
 
 
@@ -160,7 +176,7 @@ def train_line(
     spec_path, out = Path(spec_path), Path(out)
     spec = read_line_train_spec(spec_path)
     base = spec_path.parent
-    chosen = [f"data.surfaces={list(spec.surfaces)}"] if spec.surfaces else []
+    chosen = [setting("data.surfaces", list(spec.surfaces))] if spec.surfaces else []
     router_config = stage_config(spec.router, base, spec.data_root, profile, chosen)
     if router_config.method != "sbad":
         raise ConfigError(f"{spec.router.config}: the router must be method sbad, not {router_config.method}")
@@ -171,6 +187,16 @@ def train_line(
         say(f"detector.per_surface: no detector trains for {', '.join(unseen)} (unseen by this line)")
     # Every detector's config before any training, so a bad override fails in seconds, not hours.
     configs = {s: detector_config(spec, base, spec.data_root, profile, s) for s in surfaces}
+    for config in configs.values():
+        # Methods the decision engine trains choose an OK/NG threshold; the others (a defect-type
+        # classifier, a router) give none, and a line would call every image of the surface defect.
+        if get_method(config.method).own_training:
+            raise ConfigError(
+                f"{spec_path}: detector: method {config.method} gives no OK/NG decision; a detector "
+                "needs one (segdec, weak_lnet, ...)"
+            )
+    classifier = _classifier_path(spec, spec_path, out)
+    writable_folder(out)  # before hours of training, not after them
     router_dir = out / ROUTER_DIR / "model"
     if (router_dir / CARD_NAME).is_file():
         card = read_card(router_dir)
@@ -205,8 +231,38 @@ def train_line(
     line = LineSpec(
         router=str(Path(ROUTER_DIR) / "model"),
         detectors=detectors,
-        classifier=spec.classifier,
-        attributes_top=spec.attributes_top,
+        classifier=classifier,
+        attributes_top=_attributes_top(spec, out, say),
     )
     write_line_spec(out, line)
     return out
+
+
+def _classifier_path(spec: LineTrainSpec, spec_path: Path, out: Path) -> str | None:
+    """The defect-type classifier for ``line.yaml``: the training file's (relative to its folder,
+    checked before any training), else the one a hand-edited ``OUT/line.yaml`` already names."""
+    if spec.classifier is None:
+        existing = _existing_line(out)
+        return existing.classifier if existing is not None else None
+    path = Path(spec.classifier).expanduser()
+    path = path if path.is_absolute() else spec_path.parent / path
+    if not (path / CARD_NAME).is_file():
+        raise ConfigError(f"{spec_path}: classifier: {path / CARD_NAME}: not found")
+    return str(path.resolve())
+
+
+def _attributes_top(spec: LineTrainSpec, out: Path, say: Callable[[str], None]) -> int:
+    """The training file's ``attributes_top`` when it gives one, else what ``OUT/line.yaml`` holds."""
+    existing = _existing_line(out)
+    if "attributes_top" in spec.model_fields_set or existing is None:
+        return spec.attributes_top
+    if existing.attributes_top != spec.attributes_top:
+        say(f"attributes_top: kept {existing.attributes_top} from {out / LINE_FILE}")
+    return existing.attributes_top
+
+
+def _existing_line(out: Path) -> LineSpec | None:
+    try:
+        return read_line_spec(out) if (out / LINE_FILE).is_file() else None
+    except SavedModelError:
+        return None
