@@ -196,12 +196,7 @@ def load_config(
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        tree = read_yaml(path, ConfigError) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: a config must be a mapping")
     profiles = tree.pop("profiles", {}) or {}
@@ -222,6 +217,16 @@ def load_config(
         return RunConfig.model_validate(tree)
     except ValidationError as error:
         raise ConfigError(f"{where}: {validation_problems(error)}") from None
+
+
+def read_yaml(path: Path, error: type[Exception]) -> Any:
+    """``path``'s YAML, or ``error`` naming the file when it is not UTF-8 text or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML ({problem})") from None
+    except UnicodeDecodeError as problem:
+        raise error(f"{path}: not UTF-8 text ({problem.reason} at byte {problem.start})") from None
 
 
 def validation_problems(error: ValidationError, section: str = "") -> str:

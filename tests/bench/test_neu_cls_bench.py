@@ -393,6 +393,8 @@ def test_cells_only_rewrites_results_from_cells_and_trains_nothing(
     for refused in (["bench", "service", "--cells-only"], ["bench", "--render", "--cells-only"]):
         usage = runner.invoke(app, refused)
         assert usage.exit_code == 2 and "--cells-only" in usage.output
+    typo = runner.invoke(app, ["bench", "neu-cls/smalldata", *folders[:-1]])
+    assert typo.exit_code == 2 and not (tmp_path / "work").exists()  # refused: no folder made for it
     # --render reads the results alone: a protocol or options would be ignored, a typo'd folder empty.
     assert runner.invoke(app, ["bench", "neu-cls/small-data", "--render"]).exit_code == 2
     typo = runner.invoke(app, ["bench", "--render", "--results", str(tmp_path / "resluts")])

@@ -61,6 +61,12 @@ def test_convert_never_replaces_a_dataset_unasked(ksdd_root: Path, tmp_path: Pat
     second = runner.invoke(app, ["data", "convert", str(ksdd_root), str(elsewhere / "b.csv"), "--force"])
     assert second.exit_code == 2 and "manifest.jsonl" in second.output
     assert not (elsewhere / "b.csv").exists()
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "manifest.csv").write_text("path,label\nx.png,1\n")  # a hand-made manifest, no dataset.json
+    beside = runner.invoke(app, ["data", "convert", str(ksdd_root), str(alone), "--force"])
+    assert beside.exit_code == 2 and "already holds a manifest" in beside.output
+    assert sorted(p.name for p in alone.iterdir()) == ["manifest.csv"]
 
 
 def _digest(root: Path) -> dict[str, bytes]:

@@ -60,3 +60,9 @@ def test_config_mistakes_fail_before_anything_is_read_or_made(
     assert expected in " ".join(result.output.split()) and (not out.exists() or out.read_text() == "notes")
     if "--devices" not in args and out.suffix != ".txt":
         assert "kolektorsdd.yaml" in result.output  # the file that holds the mistake
+
+
+def test_devices_take_what_lightning_takes() -> None:
+    from defectkit.cli.train import _devices
+
+    assert [_devices(d) for d in (None, "auto", "2", "-1", "0,1", "1,")] == [None, "auto", 2, -1, "0,1", "1,"]

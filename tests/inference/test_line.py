@@ -307,7 +307,6 @@ def test_line_train_refuses_mistakes_before_training(
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("trained although the line file was refused")
 
-    monkeypatch.setattr(line_training, "train_router_model", no_training, raising=False)
     monkeypatch.setattr("defectkit.training.sbad.train_router_model", no_training)
     repo = Path(__file__).resolve().parents[2]
     good = f"""data_root: {line_dir / "data"}

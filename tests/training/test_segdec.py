@@ -137,6 +137,7 @@ def test_validation_without_defects_is_a_clear_error_before_training(
     monkeypatch.setattr(engine, "_trainer", no_training)
     with pytest.raises(engine.ThresholdError, match="no defective images"):
         engine.train(config, tmp_path / "run", progress=False, data=data)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_train_split_the_data_lacks_is_named() -> None:

@@ -320,7 +320,7 @@ def load_aux_dataset(name: str, profile: str, overrides: Sequence[str]) -> GridD
         synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
         dataset = synthetic_dataset(SynthConfig(**synth))
         return GridDataset(name, config, list(dataset.samples), dataset.info)
-    raise BenchOptionError(f"unknown aux dataset {name!r}; known: ksdd, neu-det, synthetic")
+    raise KeyError(f"unknown aux dataset {name!r}; known: ksdd, neu-det, synthetic")
 
 
 def _task_sets(option: str) -> list[tuple[str, tuple[str, ...]]]:

@@ -188,9 +188,9 @@ class Runner:
     """Trains and scores one method on one draw; all three methods share this data handling."""
 
     def __init__(self, config: RunConfig, data: NeuCls, progress: bool) -> None:
-        from defectkit.training.scl_arcface import check_options, input_norm
+        from defectkit.training.scl_arcface import check_method_options, input_norm
 
-        check_options(config)
+        check_method_options(config)
         self.config = config
         self.data = data
         self.progress = progress

@@ -284,7 +284,8 @@ class CellCache:
     Keys are free text (``"fold=2"``, ``"seed=1/shots=5"``); the file name is a readable slug
     plus a short hash of the exact key, so distinct keys never share a file. A cell file is
     written atomically, so it either holds a whole result or does not exist. A file that cannot
-    be read back (edited by hand, disk trouble) counts as missing: the cell is simply recomputed.
+    be read back (edited by hand, a merge gone wrong, disk trouble) stops the run that asks for it
+    (:class:`CellUnreadableError`), never recomputed over; :meth:`keys` lists finished cells only.
 
     ``cells_only``: never compute a cell (``defectkit bench --cells-only``): results files are
     rebuilt from the committed cells alone, after a change to how they are summarised, and a

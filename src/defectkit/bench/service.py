@@ -37,7 +37,13 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from defectkit.bench.protocols import REPO_ROOT, BenchOptionError, BenchRequest, register_protocol
+from defectkit.bench.protocols import (
+    REPO_ROOT,
+    BenchOptionError,
+    BenchRequest,
+    option_number,
+    register_protocol,
+)
 from defectkit.bench.results import write_results
 
 PROTOCOL = "service/load"
@@ -321,11 +327,13 @@ def _options(request: BenchRequest) -> dict[str, str]:
 )
 def service_load(request: BenchRequest) -> Path:
     options = _options(request)
-    count, concurrency = int(options["requests"]), int(options["concurrency"])
+    count = option_number(options, "requests", options["requests"], int)
+    concurrency = option_number(options, "concurrency", options["concurrency"], int)
+    distinct = option_number(options, "distinct", options["distinct"], int)
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="defectkit-service-", dir=_scratch(request.work_root)))
     model_dir = Path(options["model"]) if options["model"] else build_model(work / "model", request.profile)
-    images = generated_images(int(options["distinct"]))
+    images = generated_images(distinct)
     _say(request, f"bare ONNX Inspector on {count} images...")
     bare_rps, bare_ms = bare_throughput(model_dir, images, count)
 

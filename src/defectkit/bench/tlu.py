@@ -130,7 +130,7 @@ def load_tlu_dataset(name: str, profile: str = "cpu", overrides: Sequence[str] =
         synth = load_config(REPO_ROOT / config, profile, list(overrides)).data.synthetic or {}
         dataset = synthetic_dataset(SynthConfig(**synth))
         return GridDataset(name, config, list(dataset.samples), dataset.info)
-    raise BenchOptionError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
+    raise KeyError(f"unknown tlu dataset {name!r}; known: ksdd, neu-det, severstal, synthetic-steel")
 
 
 def user_weights(option: str | None, encoders: Sequence[str]) -> dict[str, str]:

@@ -76,12 +76,12 @@ def bench(
         from defectkit.bench.protocols import BenchOptionError, BenchRequest, run_protocol
         from defectkit.bench.results import CellMissingError, CellUnreadableError
         from defectkit.config import ConfigError
-        from defectkit.files import writable_folder
 
         if protocol is None:
             raise UsageError("name a protocol (defectkit bench --list shows them)")
         for folder in (results, cells, work):
-            writable_folder(folder)  # a file in the way fails now, not after the grid
+            if folder.exists() and not folder.is_dir():  # fails now, not after the grid
+                raise fail(f"{folder}: is a file, not a folder")
         # What reruns the row: this command (from its first option, which may come before the
         # protocol), less --cells-only, which only re-summarises its cells.
         argv = sys.argv

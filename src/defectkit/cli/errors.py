@@ -32,6 +32,11 @@ def fail(message: str, code: int = EXIT_BAD_DATA) -> typer.Exit:
     return typer.Exit(code)
 
 
+def message_of(error: BaseException) -> str:
+    """An error's message; a KeyError's without the quotes ``str`` would put around it."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
 def user_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn the errors a user can cause into one line on stderr and the documented exit status."""
 
@@ -50,7 +55,6 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise fail(f"{where}{error.strerror or error}") from None
         except (ValueError, KeyError) as error:
             # Bad content deep inside a file; DEFECTKIT_DEBUG=1 shows where it was raised.
-            message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-            raise fail(f"{message} (set DEFECTKIT_DEBUG=1 for a traceback)") from None
+            raise fail(f"{message_of(error)} (set DEFECTKIT_DEBUG=1 for a traceback)") from None
 
     return wrapper

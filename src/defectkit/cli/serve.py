@@ -131,6 +131,8 @@ def export(
             records, ContentStore(settings.resolved_store_dir()), out, replace=force, on_damaged=report
         )
     except (ExportError, ManifestTargetError) as error:
+        if damaged:  # every reviewed image was damaged: bad data, not bad usage
+            raise fail(str(error)) from None
         raise UsageError(str(error)) from None
     finally:
         records.close()

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from defectkit.cli.errors import UsageError, user_errors
+from defectkit.cli.errors import UsageError, message_of, user_errors
 from defectkit.cli.evaluate import format_metric
 from defectkit.config import ConfigError, load_config
 
@@ -21,7 +21,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; the model lands in OUT/model."),
     profile: str | None = typer.Option(None, "--profile", "-p", help="Config profile, e.g. cpu or paper."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config value: a.b=c (repeatable)."),
-    devices: str | None = typer.Option(None, help="Devices per node: a number, or auto."),
+    devices: str | None = typer.Option(
+        None, help="Devices per node: a number (-1: all), a list of indices such as 0,1, or auto."
+    ),
     strategy: str | None = typer.Option(None, help="Lightning strategy, e.g. ddp (gloo on CPU)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -36,8 +38,7 @@ def train(
     try:
         get_method(run_config.method).check_config(run_config)
     except (KeyError, ValueError) as error:
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        raise UsageError(f"{config}: {message}") from None
+        raise UsageError(f"{config}: {message_of(error)}") from None
     chosen_devices = _devices(devices)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: is a file; --out takes a folder (the model lands in OUT/model)")
@@ -67,11 +68,15 @@ def train(
 
 
 def _devices(devices: str | None) -> int | str | None:
-    """``--devices``: a positive count, ``auto``, or Lightning's list of device indices (``0,1``)."""
+    """``--devices`` as Lightning takes it: a positive count, ``-1`` or ``auto`` (all), or a list of
+    device indices (``0,1``; ``1,`` is the one device with index 1)."""
     if devices is None or devices == "auto":
         return devices
-    if devices.isdigit() and int(devices) >= 1:
+    if devices == "-1" or (devices.isdigit() and int(devices) >= 1):
         return int(devices)
-    if "," in devices and all(part.strip().isdigit() for part in devices.split(",")):
+    indices = [part.strip() for part in devices.split(",")]
+    if "," in devices and any(indices) and all(part.isdigit() for part in indices if part):
         return devices
-    raise UsageError(f"--devices {devices!r}: a number of devices (1 or more), a list such as 0,1, or auto")
+    raise UsageError(
+        f"--devices {devices!r}: a number of devices (1 or more, -1 for all), a list such as 0,1, or auto"
+    )

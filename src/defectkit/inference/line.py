@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from defectkit import __version__
-from defectkit.config import validation_problems
+from defectkit.config import read_yaml, validation_problems
 from defectkit.data.attributes import describe
 from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector, Judged
@@ -240,11 +240,7 @@ def read_line_spec(directory: str | Path) -> LineSpec:
     if not path.is_file():
         raise SavedModelError(f"{path}: not found ({directory} is not a defectkit line)")
     try:
-        return LineSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as error:
-        raise SavedModelError(f"{path}: not valid YAML ({error})") from None
-    except UnicodeDecodeError as error:
-        raise SavedModelError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return LineSpec.model_validate(read_yaml(path, SavedModelError))
     except ValidationError as error:
         raise SavedModelError(f"{path}: {validation_problems(error)}") from None
 

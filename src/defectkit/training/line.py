@@ -18,13 +18,13 @@ a kept detector the same input and network settings; for other changes, remove i
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from defectkit.config import ConfigError, RunConfig, load_config, validation_problems
+from defectkit.config import ConfigError, RunConfig, load_config, read_yaml, validation_problems
 from defectkit.files import writable_folder
 from defectkit.inference.line import LineSpec, read_line_spec, write_line_spec
 from defectkit.inference.saved_model import CARD_NAME, LINE_FILE, SavedModelError, read_card
@@ -93,7 +93,9 @@ class LineTrainSpec(BaseModel):
     )
     router: StageSpec
     detector: DetectorStageSpec
-    classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
+    classifier: str | None = Field(
+        None, description="saved defect-type classifier (optional; relative to this file's folder)"
+    )
     attributes_top: int = 3
 
 
@@ -102,11 +104,7 @@ def read_line_train_spec(path: str | Path) -> LineTrainSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: line training file not found")
     try:
-        return LineTrainSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        return LineTrainSpec.model_validate(read_yaml(path, ConfigError))
     except ValidationError as error:
         raise ConfigError(f"{path}: {validation_problems(error)}") from None
 
@@ -240,7 +238,8 @@ def train_line(
 
 def _classifier_path(spec: LineTrainSpec, spec_path: Path, out: Path) -> str | None:
     """The defect-type classifier for ``line.yaml``: the training file's (relative to its folder,
-    checked before any training), else the one a hand-edited ``OUT/line.yaml`` already names."""
+    checked before any training; written relative to ``OUT``, so line and classifier move
+    together), else the one a hand-edited ``OUT/line.yaml`` already names."""
     if spec.classifier is None:
         existing = _existing_line(out)
         return existing.classifier if existing is not None else None
@@ -248,7 +247,7 @@ def _classifier_path(spec: LineTrainSpec, spec_path: Path, out: Path) -> str | N
     path = path if path.is_absolute() else spec_path.parent / path
     if not (path / CARD_NAME).is_file():
         raise ConfigError(f"{spec_path}: classifier: {path / CARD_NAME}: not found")
-    return str(path.resolve())
+    return os.path.relpath(path.resolve(), out.resolve())
 
 
 def _attributes_top(spec: LineTrainSpec, out: Path, say: Callable[[str], None]) -> int:

@@ -317,7 +317,7 @@ OPTION_NAMES = (
 )  # fmt: skip
 
 
-def check_options(config: RunConfig) -> None:
+def check_method_options(config: RunConfig) -> None:
     """Refuse a ``method_options`` key outside :data:`OPTION_NAMES` (a typo would go unseen)."""
     check_option_names(config.method, config.method_options, OPTION_NAMES)
 
@@ -353,7 +353,7 @@ def train_reference_model(config: RunConfig, out: str | Path, progress: bool = T
     from defectkit.inference.saved_model import ModelCard, Thresholds, save_model
     from defectkit.models.scl_arcface import ReferenceClassifier, class_similarities
 
-    check_options(config)
+    check_method_options(config)
     root = config.data.resolved_root()
     if root is None:
         raise ValueError("scl_arcface trains from data.root (a dataset with one class per image)")

@@ -283,13 +283,19 @@ def check_manifest_target(out: str | Path, *, replace: bool = False, source: Pat
 
     Refused: the manifest being read (``source``; rows it cannot parse would be dropped from the
     user's own file); a folder that already holds a dataset, unless ``replace``; and, even then, a
-    folder whose ``dataset.json`` belongs to another manifest, since every manifest in a folder reads
-    that one file (its class ids among them).
+    folder that holds another manifest or whose ``dataset.json`` belongs to one, since every
+    manifest in a folder reads that one file (its class ids among them).
     """
     manifest = manifest_path(out)
     if source is not None and manifest.exists() and manifest.resolve() == Path(source).resolve():
         raise ManifestTargetError(f"{manifest}: is the dataset being read; write to another path")
     info = manifest.parent / INFO_NAME
+    other = find_manifest(manifest.parent) if manifest.parent.is_dir() else None
+    if other is not None and other.name != manifest.name:
+        # The folder's reader finds that one first, and the new dataset.json would set its class ids.
+        raise ManifestTargetError(
+            f"{other}: {manifest.parent} already holds a manifest; write {manifest.name} to another folder"
+        )
     if not (manifest.exists() or info.exists()):
         return manifest
     if not replace:
