@@ -401,4 +401,5 @@ def test_openapi_spec_is_committed(client: TestClient) -> None:
 def test_serving_a_broken_line_directory_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "line.yaml").write_text("surfaces: {}\n")  # a line is served; this one is invalid
     result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
-    assert result.exit_code == 1 and "invalid line file" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "line.yaml: router: Field required" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
