@@ -107,6 +107,20 @@ def test_a_rerun_into_a_folder_inside_the_inputs_skips_the_last_outputs(
     assert above.exit_code == 0 and len(_summary(images.parent)) == 3  # inputs below OUT: all kept
 
 
+def test_a_rerun_into_the_same_folder_says_which_earlier_results_stay(
+    model_dir: Path, images: Path, tmp_path: Path
+) -> None:
+    (images / "corrupt.png").unlink()
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(out)])
+    assert first.exit_code == 0 and "earlier run" not in first.output
+    again = runner.invoke(app, ["predict", str(model_dir), str(images / "other.jpg"), "--out", str(out)])
+    assert again.exit_code == 0 and "note: 2 result(s) of an earlier run stay in" in " ".join(
+        again.output.split()
+    )
+    assert len(_summary(out)) == 1 and len(list(out.glob("*.json"))) == 3  # nothing deleted
+
+
 def test_an_output_folder_that_holds_input_images_is_refused(model_dir: Path, images: Path) -> None:
     before = (images / "part.png").read_bytes()
     result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(images)])

@@ -56,7 +56,8 @@ def predict(
     (with --save-masks: class ids, 0 background, at the stored pixel threshold); NAME is
     the image's file stem, with a short hash added where two images' files could share a name
     (equal stems, or x and x.mask / x.heatmap).
-    summary.csv: one row per input.
+    summary.csv: one row per input. Run again into OUT, it lists the new run alone; results of
+    images not inspected again stay, and a note says how many.
 
     Unreadable files, and files whose results cannot be written, are reported (one line
     each) and skipped; the rest go on. OUT must not hold input images; inside an input
@@ -132,6 +133,14 @@ def write_predictions(
         ),
         soft_wrap=True,
     )
+    if report.earlier:
+        console.print(
+            escape(
+                f"note: {len(report.earlier)} result(s) of an earlier run stay in {report.out} and are not "
+                f"in this run's summary.csv (e.g. {report.earlier[0]})"
+            ),
+            soft_wrap=True,
+        )
     if not report.results:
         raise fail("no image was inspected (see the errors above)")
     if report.failures:

@@ -57,6 +57,9 @@ class PredictReport:
     results: list[tuple[Path, Inspection]] = field(default_factory=list)  # (JSON written, result)
     failures: list[Failure] = field(default_factory=list)
     summary: Path | None = None
+    # Results an earlier run into the same folder listed that this run did not write again: they
+    # stay beside the new ones, but this run's summary.csv no longer lists them.
+    earlier: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -215,6 +218,7 @@ def predict_paths(
         )
     report = PredictReport(out=out)
     rows: list[dict[str, object]] = []
+    listed_before = _listed_outputs(out / SUMMARY_NAME)
 
     def failed(failure: Failure) -> None:
         report.failures.append(failure)
@@ -253,7 +257,18 @@ def predict_paths(
     finally:
         # Written whatever stopped the loop, so the images already inspected stay listed.
         _write_summary(report, rows)
+        written = {str(row.get("output")) for row in rows}
+        report.earlier = [n for n in listed_before if n not in written and (out / n).is_file()]
     return report
+
+
+def _listed_outputs(summary: Path) -> list[str]:
+    """The result files an existing ``summary.csv`` lists (none when it is missing or unreadable)."""
+    try:
+        with open(summary, newline="", encoding="utf-8") as handle:
+            return [row["output"] for row in csv.DictReader(handle) if row.get("output")]
+    except (OSError, ValueError, KeyError, csv.Error):
+        return []
 
 
 def _inspect_one(
