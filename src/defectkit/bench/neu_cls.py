@@ -179,6 +179,15 @@ def dense_labels(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     return np.asarray([position[int(c)] for c in labels])
 
 
+def _methods(request: BenchRequest) -> list[str]:
+    """``-V methods``, every name checked before any cell trains."""
+    methods = option_list(request.variant, "methods", ",".join(METHODS))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise BenchOptionError(f"neu-cls: -V methods: {unknown} unknown; use {', '.join(METHODS)}")
+    return methods
+
+
 def _require_network(method: str) -> None:
     if method not in NETWORK_METHODS:
         raise BenchOptionError(f"{method!r} trains no network; those that do: {', '.join(NETWORK_METHODS)}")
@@ -372,7 +381,7 @@ def train_and_test(runner: Runner, method: str, draw: Draw, epochs: int, seed: i
         probe = LogisticRegression(max_iter=5000).fit(train_features, labels[train_idx])
         predicted = probe.predict(test_features)
     else:
-        raise BenchOptionError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     infer_ms = 1000.0 * (time.perf_counter() - tic) / len(test_idx)
     return {
         "method": method,
@@ -398,7 +407,7 @@ def few_shot_cell(runner: Runner, method: str, ks: Sequence[int], draws: int) ->
     elif method == "linear_probe":
         features = runner.frozen_features(novel_idx)
     else:
-        raise BenchOptionError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise KeyError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     train_s = time.perf_counter() - started
     novel_labels = labels[novel_idx]
     per_k: dict[str, dict[str, list[float]]] = {}
@@ -739,7 +748,7 @@ def small_data(request: BenchRequest) -> Path:
     check_options(request.variant, ("shots", "repeats", "methods", *VARIANT_OPTIONS), "neu-cls/small-data")
     shots = option_numbers(request.variant, "shots", "10,20,50", int)
     repeats = option_number(request.variant, "repeats", "5", int)
-    methods = option_list(request.variant, "methods", ",".join(METHODS))
+    methods = _methods(request)
     return _repeated_grid(
         request, "small-data", "shots", shots, repeats, methods, small_data_cell, small_data_draw, PAPER_SMALL
     )
@@ -755,7 +764,7 @@ def few_shot(request: BenchRequest) -> Path:
     check_options(request.variant, ("ks", "draws", "methods", *VARIANT_OPTIONS), "neu-cls/few-shot")
     ks = option_numbers(request.variant, "ks", "1,3,5", int)
     draws = option_number(request.variant, "draws", "20", int)
-    methods = option_list(request.variant, "methods", ",".join(METHODS))
+    methods = _methods(request)
     overrides, named_variant, named_note = _variant_options(request, methods, "few-shot")
     if named_variant.get("features") == "backbone":
         named_note += (
@@ -864,7 +873,7 @@ def split(request: BenchRequest) -> Path:
     check_options(request.variant, ("fractions", "repeats", "methods", *VARIANT_OPTIONS), "neu-cls/split")
     fractions = option_numbers(request.variant, "fractions", "0.6,0.7,0.8", float)
     repeats = option_number(request.variant, "repeats", "1", int)
-    methods = option_list(request.variant, "methods", ",".join(METHODS))
+    methods = _methods(request)
     return _repeated_grid(
         request, "split", "train_fraction", fractions, repeats, methods, split_cell, split_draw, PAPER_SPLIT
     )

@@ -327,9 +327,9 @@ def _options(request: BenchRequest) -> dict[str, str]:
 )
 def service_load(request: BenchRequest) -> Path:
     options = _options(request)
-    count = option_number(options, "requests", options["requests"], int)
-    concurrency = option_number(options, "concurrency", options["concurrency"], int)
-    distinct = option_number(options, "distinct", options["distinct"], int)
+    count, concurrency, distinct = (
+        option_number(options, key, DEFAULTS[key], int) for key in ("requests", "concurrency", "distinct")
+    )
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="defectkit-service-", dir=_scratch(request.work_root)))
     model_dir = Path(options["model"]) if options["model"] else build_model(work / "model", request.profile)

@@ -100,7 +100,8 @@ def check(
     Exits with status 1 when any error was found (warnings alone exit 0).
     """
     if json_out is not None:
-        writable_folder(json_out.expanduser().parent)  # before the check, not after a long pass
+        json_out = json_out.expanduser()
+        writable_folder(json_out.parent)  # before the check, not after a long pass
     with progress_bar("checking") as bar:
         task = bar.add_task("check", total=None)
         report = check_dataset(
@@ -125,7 +126,7 @@ def check(
                 {"path": p.path, "reason": p.reason, "severity": p.severity} for p in report.problems
             ],
         }
-        write_atomic(json_out.expanduser(), json.dumps(payload, indent=2) + "\n")
+        write_atomic(json_out, json.dumps(payload, indent=2) + "\n")
     if not report.ok:
         raise typer.Exit(1)
 

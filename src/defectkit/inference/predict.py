@@ -257,7 +257,7 @@ def predict_paths(
     finally:
         # Written whatever stopped the loop, so the images already inspected stay listed.
         _write_summary(report, rows)
-        written = {str(row.get("output")) for row in rows}
+        written = {row["output"] for row in rows if "output" in row}
         report.earlier = [n for n in listed_before if n not in written and (out / n).is_file()]
     return report
 

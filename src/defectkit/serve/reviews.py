@@ -57,14 +57,17 @@ def export_reviews(
         raise ExportError("no reviewed inspections to export; review some on the service's page first")
     out = Path(out).expanduser()
     manifest = check_manifest_target(out / "manifest.jsonl", replace=replace)
-    damaged = [r for r in chosen if not store.verify(r.image_sha256, r.image_format)]
-    for record in damaged:
+    intact = []
+    for record in chosen:
+        if store.verify(record.image_sha256, record.image_format):
+            intact.append(record)
+            continue
         source = store.path(record.image_sha256, record.image_format)
         problem = f"{source}: stored image of inspection {record.id} is missing or damaged"
         if on_damaged is None:
             raise ExportError(problem)
         on_damaged(problem)
-    chosen = [r for r in chosen if r not in damaged]
+    chosen = intact
     if not chosen:
         raise ExportError("no reviewed inspection has its stored image intact; nothing exported")
     images = out / "images"

@@ -193,7 +193,8 @@ def train_line(
                 f"{spec_path}: detector: method {config.method} gives no OK/NG decision; a detector "
                 "needs one (segdec, weak_lnet, ...)"
             )
-    classifier = _classifier_path(spec, spec_path, out)
+    existing = _existing_line(out)  # hand edits the training file does not contradict are kept
+    classifier = _classifier_path(spec, spec_path, out, existing)
     writable_folder(out)  # before hours of training, not after them
     router_dir = out / ROUTER_DIR / "model"
     if (router_dir / CARD_NAME).is_file():
@@ -230,18 +231,19 @@ def train_line(
         router=str(Path(ROUTER_DIR) / "model"),
         detectors=detectors,
         classifier=classifier,
-        attributes_top=_attributes_top(spec, out, say),
+        attributes_top=_attributes_top(spec, out, existing, say),
     )
     write_line_spec(out, line)
     return out
 
 
-def _classifier_path(spec: LineTrainSpec, spec_path: Path, out: Path) -> str | None:
+def _classifier_path(
+    spec: LineTrainSpec, spec_path: Path, out: Path, existing: LineSpec | None
+) -> str | None:
     """The defect-type classifier for ``line.yaml``: the training file's (relative to its folder,
     checked before any training; written relative to ``OUT``, so line and classifier move
     together), else the one a hand-edited ``OUT/line.yaml`` already names."""
     if spec.classifier is None:
-        existing = _existing_line(out)
         return existing.classifier if existing is not None else None
     path = Path(spec.classifier).expanduser()
     path = path if path.is_absolute() else spec_path.parent / path
@@ -250,9 +252,10 @@ def _classifier_path(spec: LineTrainSpec, spec_path: Path, out: Path) -> str | N
     return os.path.relpath(path.resolve(), out.resolve())
 
 
-def _attributes_top(spec: LineTrainSpec, out: Path, say: Callable[[str], None]) -> int:
+def _attributes_top(
+    spec: LineTrainSpec, out: Path, existing: LineSpec | None, say: Callable[[str], None]
+) -> int:
     """The training file's ``attributes_top`` when it gives one, else what ``OUT/line.yaml`` holds."""
-    existing = _existing_line(out)
     if "attributes_top" in spec.model_fields_set or existing is None:
         return spec.attributes_top
     if existing.attributes_top != spec.attributes_top:
@@ -261,6 +264,7 @@ def _attributes_top(spec: LineTrainSpec, out: Path, say: Callable[[str], None]) 
 
 
 def _existing_line(out: Path) -> LineSpec | None:
+    """``OUT/line.yaml`` as a previous run (or a person) left it; None when absent or unreadable."""
     try:
         return read_line_spec(out) if (out / LINE_FILE).is_file() else None
     except SavedModelError:
