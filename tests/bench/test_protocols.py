@@ -32,3 +32,17 @@ def test_ksdd_segdec_takes_every_supervision_level(tmp_path: Path, monkeypatch: 
 def test_a_protocol_that_keeps_no_cells_refuses_cells_only(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="aux/efficiency keeps no cells"):
         run_protocol("aux/efficiency", request(tmp_path, cells_only=True))
+
+
+def test_a_set_experiment_trains_in_a_work_folder_of_its_own(tmp_path: Path) -> None:
+    # Else a --set run (a seed, an input size) would replace the profile row's trained models.
+    profile = request(tmp_path)
+    assert profile.work_folder("ksdd-segdec-full-cpu") == tmp_path / "ksdd-segdec-full-cpu"
+    experiment = BenchRequest(
+        "cpu", "full", "test", tmp_path, tmp_path / "work", overrides=["seed=1", "input.size=[880,320]"]
+    )
+    assert experiment.work_folder("ksdd-segdec-full-cpu") == (
+        tmp_path / "work" / "ksdd-segdec-full-cpu-input.size-880-320-seed-1"
+    )
+    # Keys a variant field names (as -V would) share the profile's folder.
+    assert experiment.work_folder("x", exclude=["seed", "input.size"]) == tmp_path / "work" / "x"

@@ -221,10 +221,9 @@ def test_bench_severstal_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert record["variant"]["set"].startswith("sha1-") and "set-sha1-" in results[0].name
     transfer = [json.loads(p.read_text()) for p in results if "transfer" in p.name]
     assert len(transfer) == 1 and "mla_gain" in transfer[0]["metrics"]
-    # The --set run's figures are its own: the profile's folder is left alone.
-    work = tmp_path / "work" / "tlu-severstal-cpu"
-    figures = work / f"figures-{record['variant']['set']}"
-    assert not (work / "figures").exists()
+    # The --set run's models and figures are its own: the profile's work folder is left alone.
+    assert not (tmp_path / "work" / "tlu-severstal-cpu").exists()
+    figures = tmp_path / "work" / f"tlu-severstal-cpu-{record['variant']['set']}" / "figures"
     assert {p.name for p in figures.glob("*.png")} >= {
         "fig4_dice_iou_box.png",
         "fig5_mla_bars.png",

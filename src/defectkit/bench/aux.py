@@ -140,6 +140,9 @@ SCORING_OPTIONS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "image_score": (DEFAULT_IMAGE_SCORE, IMAGE_SCORES, "{}"),
     "mask_guidance": (DEFAULT_GUIDANCE, MASK_GUIDANCES, "guided-by-{}"),
 }
+# --set keys that a variant field of their own names (or, at the default, none does), so -V and
+# --set share one row and one work folder; scoring options share it with their siblings too.
+NAMED_BY_FIELDS = ("model.segmentation_decoder", *(f"model.{option}" for option in SCORING_OPTIONS))
 DEFAULT_DECODER = "fpn"  # the multitask network's, which its detection head shares
 # The paper's tables are on its own one-class data (TekErreka), not on these sets; they stand beside
 # the one-class KolektorSDD cells only. Its mAP 0.762 is left out: the paper does not say at which
@@ -461,7 +464,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
         folder = f"{task_name}-{attention}-{seg_name}-f{fraction:g}" + (
             f"-{decoder}" if named_decoder else ""
         )
-        stem = request.work_root / name / f"v{CELL_VERSION}" / folder
+        stem = request.work_folder(name, exclude=NAMED_BY_FIELDS) / f"v{CELL_VERSION}" / folder
         run = partial(rescored_or_trained, config, request, scoring)
         cells = fold_cells(cache, dataset, config, splits, prefix, stem, run)
         variant: dict[str, Any] = {
@@ -475,9 +478,7 @@ def run_aux(dataset_name: str, request: BenchRequest) -> Path:
             **({"class_activation": activation} if named else {}),
             # A decoder or scoring option given by --set is named by its own field (or, at its default,
             # by none), so -V and --set share one row.
-            **request.set_variant(
-                exclude=["model.segmentation_decoder", *(f"model.{option}" for option in SCORING_OPTIONS)]
-            ),
+            **request.set_variant(exclude=NAMED_BY_FIELDS),
         }
         record = summarise(cells)
         last = _write_cell_results(protocol, dataset, request, config, record, variant)

@@ -55,6 +55,7 @@ import torch
 from tqdm import tqdm
 
 from defectkit.bench.dagm_mix import (
+    NAMED_KEYS,
     MixFeatures,
     fingerprint,
     mean_and_std,
@@ -217,7 +218,7 @@ def run_line(request: BenchRequest) -> Path:
     router_config = load_config(router_path, request.profile, [*spec.router.set, *request.overrides])
     synth = SynthConfig(**(router_config.data.synthetic or {}))
     name = f"dagm-mix-line-{request.profile}"
-    work = request.work_root / name
+    work = request.work_folder(name, exclude=NAMED_KEYS)
     root = work / "data"
     surfaces = surface_names(synth)  # the generator's order, so split k leaves out dagm-mix/sbad's pair
     # Every detector's config first, so a bad per-surface override fails before any work.
@@ -320,6 +321,8 @@ def run_line(request: BenchRequest) -> Path:
             **mix_variant(synth),
             **pooling_setting(backbone.pooling),
             **score_variant(options),
+            # Other --set options name their own row (as dagm-mix/sbad's do), never the profile's.
+            **request.set_variant(exclude=NAMED_KEYS),
         },
         profile=request.profile,
         metrics=metrics,
@@ -504,7 +507,7 @@ def run_products(request: BenchRequest) -> Path:
     samples = [s for n in names for s in products[n]]
     surface = np.asarray([names.index(n) for n in names for _ in products[n]])
     name = f"products-line-{request.profile}"
-    work = request.work_root / name
+    work = request.work_folder(name, exclude=NAMED_KEYS)
     backbone_name = str(router_config.model.get("backbone", "tf_efficientnet_lite0"))
     spec_input = router_input(router_config)
     backbone = feature_backbone(router_config)
@@ -550,6 +553,7 @@ def run_products(request: BenchRequest) -> Path:
             "per_surface": per_surface,
             **pooling_setting(backbone.pooling),
             **score_variant(options),
+            **request.set_variant(exclude=NAMED_KEYS),
         },
         profile=request.profile,
         metrics=metrics,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from defectkit.bench.results import CellCache
+from defectkit.bench.results import CellCache, variant_slug
 from defectkit.inference.saved_model import git_commit
 
 N = TypeVar("N", int, float)
@@ -63,6 +63,14 @@ class BenchRequest:
         if len(named) > 60:
             named = "sha1-" + hashlib.sha1(named.encode()).hexdigest()[:10]
         return {"set": named}
+
+    def work_folder(self, name: str, exclude: Collection[str] = ()) -> Path:
+        """Where ``name``'s models train: a ``--set`` experiment gets a folder of its own, named as
+        its results file is (:meth:`set_variant`, with the same ``exclude``), so it never replaces
+        the trained models of the profile's own row; without ``--set``, ``work_root / name``."""
+        return self.work_root / "-".join(
+            part for part in (name, variant_slug(self.set_variant(exclude))) if part
+        )
 
 
 ProtocolRunner = Callable[[BenchRequest], Path]

@@ -22,7 +22,7 @@ time and inference ms per image. Per (encoder, fraction) with both inits done, a
 path; its Dice is the paper's per-image Dice (Fig. 4's box plots: an image's mean over the classes
 it has, over all classes for a good image): ``dice_gain_rel`` is the relative gain of its mean,
 ``share_improved`` the share of images whose Dice rose (Fig. 9). Figures as the paper draws them go
-to ``<work>/<name>/figures`` (``figures-<set>`` under ``--set``; not committed), drawn from the
+to ``<work>/<name>/figures`` (``<work>/<name>-<set>/figures`` under ``--set``; not committed), drawn from the
 cells the invocation ran; Fig. 8 draws every fold's training curve.
 
 Cell keys hold the encoder, init, fraction, fold, fingerprints of the resolved config and
@@ -67,7 +67,7 @@ from defectkit.bench.protocols import (
     option_numbers,
     register_protocol,
 )
-from defectkit.bench.results import variant_slug, write_results
+from defectkit.bench.results import write_results
 from defectkit.config import RunConfig, load_config
 from defectkit.data.formats import read_dataset
 from defectkit.data.io import with_box_masks
@@ -227,7 +227,7 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
     protocol = f"tlu/{dataset_name}"
     name = "-".join([protocol.replace("/", "-"), *(f"{k}-{v}" for k, v in settings.items())])
     cache = request.cells(f"{name}-{request.profile}")
-    work_root = request.work_root / f"{name}-{request.profile}"
+    work_root = request.work_folder(f"{name}-{request.profile}")
     finished: dict[tuple[str, str, float], dict[str, Any]] = {}
     last: Path | None = None
     for encoder in encoders:
@@ -278,9 +278,8 @@ def run_tlu(dataset_name: str, request: BenchRequest) -> Path:
             verdict = transfer_verdict(gains, fraction)
             last = _write_transfer(protocol, dataset, request, encoder, fraction, (imagenet, random),
                                    gains[fraction], settings, verdict)  # fmt: skip
-    # A --set experiment draws its own figures beside the profile's, never over them.
-    figures = "-".join(part for part in ("figures", variant_slug(request.set_variant())) if part)
-    _figures(finished, work_root / figures, dataset_name)
+    # A --set experiment's work folder, figures included, is its own (BenchRequest.work_folder).
+    _figures(finished, work_root / "figures", dataset_name)
     assert last is not None, "no cell ran"
     return last
 

@@ -39,7 +39,10 @@ def bench(
         [], "--set", help="Config override KEY=VALUE for every cell, repeatable (recorded in the command)."
     ),
     results: Path = typer.Option(Path("benchmarks/results"), help="Where results files go."),
-    work: Path = typer.Option(Path("runs/bench"), help="Trained models and scratch files (not committed)."),
+    work: Path = typer.Option(
+        Path("runs/bench"),
+        help="Trained models and scratch files (not committed); a --set experiment gets a folder of its own.",
+    ),
     cells: Path = typer.Option(
         Path("benchmarks/cells"), help="Finished cells (folds, repeats): committed, so grids span sessions."
     ),
