@@ -13,7 +13,7 @@ def test_profiles_and_overrides_resolve_in_order() -> None:
     paper = load_config(KSDD, profile="paper")
     assert paper.input.size == (1408, 512) and paper.model["volume_channels"] == 1024
     cpu = load_config(KSDD, profile="cpu", overrides=["trainer.epochs=3", "model.widths=[8, 8, 8]"])
-    assert cpu.input.size == (792, 288) and cpu.profile == "cpu"
+    assert cpu.input.size == (880, 320) and cpu.profile == "cpu"
     assert cpu.trainer.epochs == 3 and cpu.model["widths"] == [8, 8, 8]
     assert cpu.model["volume_channels"] == 128  # the profile's, not the file's
     assert cpu.trainer.lr == 0.1 and paper.trainer.lr == 1.0

@@ -88,9 +88,11 @@ SEGDEC_TRIED_CPU = {
     "threshold (0.966), both without the mask head's bias, which the reference trains and this row has "
     "(model.mask_bias, 2026-12-06); the paper's lr 1 diverged with the slimmer cpu network "
     "(lr 0.1, best validation weights kept); input 704x256 until 2026-12-07 (AP 0.992, 8 false calls, "
-    "33.8 min), 792x288 since (it fits the hour)",
+    "33.8 min), then 792x288 (AP 0.993, 4 false calls, 4 FP at full recall, 44.7 min), 880x320 since "
+    "(the largest tried that fits the hour)",
     "weak": "input 704x256 until 2026-12-07 (AP 0.830, AUROC 0.931, 22 false calls; row at 3ff1d89), "
-    "792x288 since, the full-supervision profile's input",
+    "then 792x288 (AP 0.887, AUROC 0.962, 22 false calls; row at d39baa7), 880x320 since, the "
+    "full-supervision profile's input",
 }
 # History of the paper profile's rows, noted only on runs without --set (those are other runs).
 SEGDEC_TRIED_PAPER = {
@@ -208,9 +210,9 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
     name = f"{run.name}-{request.profile}"
     cache = request.cells(name)
     cells = []
+    work = request.work_folder(name)
     for fold, (train_idx, test_idx) in enumerate(folds):
         key = fold_key(config, fold)
-        work = request.work_root / name
         compute = partial(_fold_cell, config, request, fold, train_idx, test_idx, samples, work)
         cell = cache.get_or_compute(key, compute)
         check_fold_cell(cell, [samples[i].path for i in test_idx], f"{name}/{key}")
