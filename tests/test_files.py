@@ -22,3 +22,12 @@ def test_an_unwritable_folder_is_named_not_its_probe(tmp_path: Path, monkeypatch
         writable_folder(tmp_path)
     assert raised.value.filename == str(tmp_path) and "cannot write in this folder" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_long_legal_name_gets_a_temporary_name_within_the_limit(tmp_path: Path) -> None:
+    from defectkit.files import temporary_name, write_atomic
+
+    long_name = "x" * 235 + ".json"  # 240 bytes: legal, but not with the temporary name's tags
+    assert len(temporary_name(tmp_path / long_name).name.encode()) <= 255
+    write_atomic(tmp_path / long_name, "{}")
+    assert [p.name for p in tmp_path.iterdir()] == [long_name]

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+# Room for the temporary name's dot, process and thread ids and suffix within 255 bytes.
+_LONGEST_KEPT_NAME = 200
 
 
 def temporary_name(path: Path, suffix: str = "tmp") -> Path:
     """A hidden name beside ``path`` to write it under before renaming (or to move an old copy
     aside, ``suffix="old"``): unique per process and thread, so two writers of one path never
     share a temporary file."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{suffix}")
+    name = path.name
+    if len(os.fsencode(name)) > _LONGEST_KEPT_NAME:
+        # File systems cap a name at 255 bytes: a legal long name plus the tags would pass that.
+        name = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
+    return path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.{suffix}")
 
 
 def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> Path:

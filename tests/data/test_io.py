@@ -107,3 +107,12 @@ def test_read_mask_keeps_a_lone_class_id(tmp_path: Path) -> None:
     ids = np.zeros((8, 8), np.uint8)
     ids[2:4, 2:4] = 3
     assert set(np.unique(read_mask(save(tmp_path / "three.png", ids)))) == {0, 3}
+
+
+def test_a_float_image_is_refused_not_read_as_black(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "float.tif"
+    Image.fromarray(np.random.default_rng(0).random((16, 16), dtype=np.float32)).save(path)
+    with pytest.raises(ImageReadError, match=r"float\.tif: .*32-bit float pixels"):
+        read_image(path)

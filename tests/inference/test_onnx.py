@@ -172,3 +172,39 @@ def test_parity_counts_a_nan_or_a_one_sided_infinity_as_a_disagreement() -> None
     assert _largest_difference(np.array([-inf, 0.5]), np.array([-inf, 0.50001])) == pytest.approx(1e-5)
     for expected, got in (([0.5, 0.2], [0.5, nan]), ([nan], [nan]), ([-inf], [0.0]), ([inf], [-inf])):
         assert _largest_difference(np.array(expected), np.array(got)) == inf
+
+
+def test_a_graph_older_than_the_weights_beside_it_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from defectkit.inference.export import export_onnx
+    from defectkit.inference.saved_model import WEIGHTS_NAME
+
+    directory = tiny_segdec(tmp_path / "model", seed=1)
+    export_onnx(directory)
+    assert load_inspector(directory, backend="onnx").backend_name == "onnx"
+    # New weights copied in by hand (a backup restored, a retrained model synced) after the export:
+    # the old graph would judge under the new name and card.
+    other = tiny_segdec(tmp_path / "other", seed=2)
+    shutil.copy(other / WEIGHTS_NAME, directory / WEIGHTS_NAME)
+    for backend in ("onnx", "auto"):
+        with pytest.raises(
+            SavedModelError, match=r"model\.onnx: exported from other weights.*defectkit export"
+        ):
+            load_inspector(directory, backend=backend)
+    export_onnx(directory)
+    assert load_inspector(directory, backend="auto").backend_name == "onnx"
+
+    # onnxruntime raises types of its own (RuntimeException, Fail), no RuntimeError: predict and a
+    # service batch fail that one image on a RuntimeError and go on with the rest.
+    class Fail(Exception):
+        pass
+
+    class FailingSession:
+        def run(self, *_: object) -> list[np.ndarray]:
+            raise Fail("bad allocation")
+
+    inspector = load_inspector(directory, backend="onnx")
+    inspector.backend.session = FailingSession()  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match=r"model\.onnx: onnxruntime failed \(bad allocation\)"):
+        inspector.inspect(texture(0, 96, 64))

@@ -273,6 +273,26 @@ def test_overlay_marks_verdict_contour_and_boxes() -> None:
     assert tuple(np.asarray(render_overlay(image, ok, None, 0.5))[1, 1]) == VERDICT_COLOURS["ok"]
 
 
+def test_an_overlay_of_a_large_image_is_reduced_for_the_eye() -> None:
+    from defectkit.inference.overlay import MAX_SIDE
+
+    # 5000 px wide: at full size the overlay would take ~60 bytes a pixel (a 36 Mpx image: 2 GB).
+    image = np.full((1500, 5000), 90, dtype=np.uint8)
+    heatmap = np.zeros((1500, 5000), dtype=np.float32)
+    heatmap[600:602, 2000:2600] = 0.9  # a scratch two pixels wide
+    region = Region(box=(2000, 600, 2600, 602), score=0.9, area_px=1200)
+    inspection = Inspection(
+        image="x", model="m", verdict="defect", score=0.9, threshold=0.5, regions=[region], latency_ms=1.0
+    )
+    picture = np.asarray(render_overlay(image, inspection, heatmap, pixel_threshold=0.5))
+    factor = -(-5000 // MAX_SIDE)  # an integer reduction, within MAX_SIDE
+    assert picture.shape[1] == -(-5000 // factor) <= MAX_SIDE
+    body = picture[picture.shape[0] - -(-1500 // factor) :]
+    # Blocks keep their strongest heat, so the thin scratch is still shaded (and outlined, boxed).
+    row = body[600 // factor, 2300 // factor - 3 : 2300 // factor + 3]
+    assert all(tuple(pixel) != tuple(body[10, 10]) for pixel in row)
+
+
 def test_defect_mask_names_the_strongest_class_and_only_for_defects() -> None:
     heat = np.zeros((2, 3, 4), np.float32)
     heat[0, 0, :2] = 0.9  # class 1 alone
@@ -295,3 +315,115 @@ def test_the_inspection_schema_imports_without_torch() -> None:
     code = "import sys, defectkit.inference.inspection; print(sorted({'torch', 'scipy'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_files_no_predict_run_wrote_are_never_replaced_or_hidden(
+    model_dir: Path, images: Path, tmp_path: Path
+) -> None:
+    (images / "corrupt.png").unlink()
+    # A folder of the user's annotations: other.json would be replaced by other.jpg's result.
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "other.json").write_text('{"label": "scratch"}\n')
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(annotations)])
+    assert result.exit_code == 2 and "would replace 1 file(s) that no predict run wrote" in result.output
+    assert (annotations / "other.json").read_text() == '{"label": "scratch"}\n'
+    assert not (annotations / "summary.csv").exists()
+    # An output folder inside the inputs that holds the user's own images: the search leaves them
+    # out, so they would go uninspected without a word.
+    save(images / "batch2" / "new.png", texture(5, 64, 64))
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(images / "batch2")])
+    assert result.exit_code == 2 and "holds 1 image(s) no predict run wrote" in " ".join(
+        result.output.split()
+    )
+    assert sorted(p.name for p in (images / "batch2").iterdir()) == ["new.png"]
+    # An output path that is a file fails before any image is inspected.
+    (tmp_path / "taken").write_text("x")
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(tmp_path / "taken")])
+    assert result.exit_code == 1 and "taken" in result.output and "Traceback" not in result.output
+
+
+def test_a_file_name_that_is_not_utf8_keeps_every_result(
+    model_dir: Path, images: Path, tmp_path: Path
+) -> None:
+    import os
+
+    (images / "corrupt.png").unlink()
+    latin1 = images / os.fsdecode(b"caf\xe9.png")  # from a Latin-1 share
+    try:
+        shutil.copy(images / "part.png", latin1)
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this file system takes UTF-8 names only")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = _summary(out)
+    assert len(rows) == 4 and not any(row["error"] for row in rows)
+    assert any(row["image"].endswith("caf\\xe9.png") for row in rows)
+    assert all((out / row["output"]).is_file() for row in rows)  # the summary names real files
+    shown = [json.loads(p.read_text())["image"] for p in out.glob("*.json")]
+    assert any(name.endswith("caf\\xe9.png") for name in shown)
+
+
+def test_a_nan_score_is_a_failure_never_an_ok(model_dir: Path, images: Path, tmp_path: Path) -> None:
+    from defectkit.inference import predict
+
+    (images / "corrupt.png").unlink()
+    inspector = defectkit.load_inspector(model_dir)
+    real = inspector.backend.run
+
+    def diverged(raw: np.ndarray) -> tuple[np.ndarray, ...]:
+        scores, *rest = real(raw)
+        return (np.full_like(scores, np.nan), *rest)
+
+    inspector.backend.run = diverged  # type: ignore[method-assign]
+    report = predict.predict_paths(inspector, [images / "other.jpg"], tmp_path / "out")
+    assert report.results == [] and len(report.failures) == 1
+    assert "non-finite score is never judged" in report.failures[0].reason
+
+    def infinite(raw: np.ndarray) -> tuple[np.ndarray, ...]:
+        scores, *rest = real(raw)
+        return (np.full_like(scores, np.inf), *rest)
+
+    inspector.backend.run = infinite  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="non-finite score"):
+        inspector.inspect(images / "other.jpg")
+
+
+def test_reruns_into_a_folder_accept_every_file_a_run_wrote(
+    model_dir: Path, images: Path, tmp_path: Path
+) -> None:
+    (images / "corrupt.png").unlink()
+    # An image named like a mask, with no image of its bare name: its overlay is scratch.mask.png.
+    shutil.copy(images / "part.png", images / "scratch.mask.png")
+    out = tmp_path / "out"
+    args = ["predict", str(model_dir), str(images), "--out", str(out), "--save-masks", "--save-heatmaps"]
+    for _ in range(2):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert len(_summary(out)) == 4
+    # A summary.csv of the user's own is not predict's to replace.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "summary.csv").write_text("part,price\nbolt,3\n")
+    result = runner.invoke(app, ["predict", str(model_dir), str(images), "--out", str(tmp_path / "mine")])
+    assert result.exit_code == 2 and "summary.csv" in result.output
+    assert (tmp_path / "mine" / "summary.csv").read_text() == "part,price\nbolt,3\n"
+
+
+def test_an_image_whose_results_fail_midway_leaves_none_of_them(
+    model_dir: Path, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from defectkit.inference import predict
+
+    def out_of_memory(*_: object, **__: object) -> None:
+        raise MemoryError  # drawing the overlay of a huge image, after its mask and heat map
+
+    (images / "corrupt.png").unlink()
+    monkeypatch.setattr(predict, "render_overlay", out_of_memory)
+    out = tmp_path / "out"
+    args = ["predict", str(model_dir), str(images), "--out", str(out), "--save-masks", "--save-heatmaps"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # no mask without its JSON
+    monkeypatch.undo()
+    assert runner.invoke(app, args).exit_code == 0  # so a rerun finds nothing in its way

@@ -403,3 +403,35 @@ def test_serving_a_broken_line_directory_is_a_clear_error(tmp_path: Path) -> Non
     result = CliRunner().invoke(cli, ["serve", str(tmp_path)])
     assert result.exit_code == 1 and "line.yaml: router: Field required" in result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "said"),
+    [
+        (["--db", "nonsense"], 1, "nonsense: cannot open the database (Could not parse"),
+        (
+            ["--db", "postgresql+nodriver://station:secret@db.example/line"],
+            1,
+            "station:***@db.example/line: cannot open",
+        ),
+        (
+            ["--db", "sqlite:///{tmp}/text.db"],
+            1,
+            "text.db: cannot open the database (file is not a database)",
+        ),
+        (["--max-batch", "0"], 2, "serve options: max_batch: Input should be greater than or equal to 1"),
+        (["--backend", "tensorrt"], 2, "serve options: backend: Input should be"),
+    ],
+    ids=["unparsable", "no-driver", "not-a-database", "max-batch", "backend"],
+)
+def test_serve_options_that_cannot_work_fail_on_one_line(
+    served_model: Path, tmp_path: Path, options: list[str], code: int, said: str
+) -> None:
+    pytest.importorskip("uvicorn", reason="the service needs the serve extra")
+    (tmp_path / "text.db").write_text("not a database\n")
+    args = [option.format(tmp=tmp_path) for option in options]
+    result = CliRunner().invoke(cli, ["serve", str(served_model), "--data-dir", str(tmp_path / "d"), *args])
+    assert result.exit_code == code, result.output
+    assert said in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert "secret" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert (tmp_path / "text.db").read_text() == "not a database\n"  # opened, never changed

@@ -63,29 +63,38 @@ def serve(
     """
     _need_serve_extra()
     import uvicorn
+    from pydantic import ValidationError
 
+    from defectkit.config import validation_problems
+    from defectkit.inference.saved_model import SavedModelError
     from defectkit.serve import ServeSettings, create_app
+    from defectkit.serve.records import DatabaseUnavailable, check_database_url, shown_url
 
-    settings = ServeSettings(
-        model_dir=model_dir,
-        backend=backend,
-        data_dir=data_dir,
-        db_url=db,
-        store_dir=store,
-        station=station,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
-        max_pixels=max_pixels,
-        max_in_flight=max_in_flight,
-        api_keys=[k for key in api_key for k in key.split(",") if k],
-        cors_origins=cors_origin,
-        durable=not fast_commit,
-    )
-    app = create_app(settings)
-    from sqlalchemy.engine import make_url
-
-    records = make_url(settings.resolved_db_url()).render_as_string(hide_password=True)
+    try:
+        settings = ServeSettings(
+            model_dir=model_dir,
+            backend=backend,
+            data_dir=data_dir,
+            db_url=db,
+            store_dir=store,
+            station=station,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            max_pixels=max_pixels,
+            max_in_flight=max_in_flight,
+            api_keys=[k for key in api_key for k in key.split(",") if k],
+            cors_origins=cors_origin,
+            durable=not fast_commit,
+        )
+    except ValidationError as error:
+        raise UsageError(f"serve options: {validation_problems(error)}") from None
+    try:
+        check_database_url(settings.resolved_db_url())  # before the model's load, not after it
+        app = create_app(settings)
+    except (DatabaseUnavailable, SavedModelError) as error:
+        raise fail(str(error)) from None
+    records = shown_url(settings.resolved_db_url())
     console.print(escape(f"serving {model_dir} on http://{host}:{port} (records: {records})"))
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
@@ -107,7 +116,7 @@ def export(
     """
     _need_serve_extra()
     from defectkit.data.formats.manifest import ManifestTargetError
-    from defectkit.serve.records import NotARecordStore, RecordStore
+    from defectkit.serve.records import DatabaseUnavailable, NotARecordStore, RecordStore
     from defectkit.serve.reviews import ExportError, export_reviews
     from defectkit.serve.settings import ServeSettings
     from defectkit.serve.store import ContentStore
@@ -120,6 +129,8 @@ def export(
         records = RecordStore(url, read_only=True)
     except NotARecordStore as error:
         raise UsageError(str(error)) from None
+    except DatabaseUnavailable as error:
+        raise fail(str(error)) from None
     damaged: list[str] = []
 
     def report(problem: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ def error_reason(error: Exception, path: str | Path) -> str:
     if isinstance(error, ImageReadError) and error.path == str(path):
         return error.reason
     return str(error)
+
+
+def printable_path(path: str | Path) -> str:
+    """``path`` as text that can be written as UTF-8: a file name whose bytes are not UTF-8 (from
+    a Latin-1 share, say) keeps them as ``\\xe9`` escapes instead of failing every JSON and CSV
+    writer that meets it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -113,6 +121,9 @@ def _decode(handle: Image.Image, channels: int | None) -> np.ndarray:
         # A palette may hold colours: RGB unless grey is asked for (an all-grey palette comes out
         # grey again from convert_channels(None)).
         image = image.convert("L" if channels == 1 else "RGB")
+    if image.mode == "F":
+        # Pillow would truncate floats to integers: values in [0, 1] come out a black image.
+        raise ValueError("32-bit float pixels have no fixed scale to 8 bits; save the image as 8- or 16-bit")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # A fixed 16-bit to 8-bit scale, so brightness means the same in every image.
         return (np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257.0 + 0.5).astype(np.uint8)

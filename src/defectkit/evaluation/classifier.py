@@ -69,10 +69,10 @@ def classify_dataset(
             continue
         try:
             _, scored = scorer(sample)
+            inspection, _ = inspector.judge(scored, sample.path)  # a NaN score is refused here
         except (ImageReadError, ValueError, OSError) as error:
             result.skipped.append(Problem(sample.path, error_reason(error, sample.path)))
             continue
-        inspection, _ = inspector.judge(scored, sample.path)
         assert scored.class_scores is not None
         result.samples.append(sample)
         result.truth.append(names.index(truth))

@@ -22,7 +22,13 @@ import torch
 
 from defectkit.files import temporary_name
 from defectkit.inference.inspector import InspectionGraph
-from defectkit.inference.saved_model import ONNX_NAME, SavedModelError, load_model
+from defectkit.inference.saved_model import (
+    GRAPH_SOURCE_KEY,
+    ONNX_NAME,
+    SavedModelError,
+    graph_source,
+    load_model,
+)
 
 FORMATS = ("onnx",)
 OPSET = 18
@@ -60,6 +66,9 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
     """:func:`export_onnx`, also returning the measured torch/onnxruntime differences."""
     model_dir = Path(model_dir)
     _check_directory(model_dir)
+    # Before the load: should an enrolment change the folder meanwhile, the stamp is the older
+    # files' and the graph is refused at load (the safe side), never the other way round.
+    source = graph_source(model_dir)
     model, card = load_model(model_dir)
     graph = InspectionGraph(model, card).eval()
     height, width = card.input.size
@@ -95,6 +104,7 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
                     external_data=False,  # one file, so the rename below is the whole write
                     verbose=False,
                 )
+            _stamp_source(staging, source)
             score_diff, heatmap_diff, box_diff = _parity(graph, staging, channels, (height, width), names)
         except ExportError:
             raise
@@ -114,6 +124,17 @@ def export_onnx_checked(model_dir: str | Path) -> ExportResult:
         # which a later save_model would otherwise carry into a new model folder.
         staging.unlink(missing_ok=True)
     return ExportResult(target, score_diff, heatmap_diff, box_diff)
+
+
+def _stamp_source(graph_path: Path, source: str) -> None:
+    """Stamp the graph with what it was exported from (:func:`graph_source`), so the onnx back-end
+    can refuse it once the folder's weights or references change without a new export."""
+    import onnx
+
+    proto = onnx.load(str(graph_path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = GRAPH_SOURCE_KEY, source
+    onnx.save(proto, str(graph_path))
 
 
 def _parity(

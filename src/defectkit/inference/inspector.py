@@ -8,6 +8,7 @@ onnxruntime back-end in :mod:`defectkit.inference.onnx_backend`. Both run the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ from defectkit.inference.saved_model import (
 )
 from defectkit.metrics.thresholds import rescaled_to_half
 from defectkit.models.aux_net.detection import DecodeConfig, Detections, select_detections
+
+
+class NonFiniteScoreError(ValueError):
+    """The model gave a NaN (or infinite) score: never a verdict. A ValueError, as bad content is,
+    so that batch callers (predict, eval) fail that image and go on, and the CLI says it in a line."""
 
 
 class Backend(Protocol):
@@ -372,6 +378,14 @@ class Inspector(ImageInspector[Scored]):
         return [r for r in self.regions(heatmap) if r.class_ in called]
 
     def _judge(self, scored: Scored, label: str, heatmap: np.ndarray | None) -> Inspection:
+        classes = [] if scored.class_scores is None else [float(v) for v in scored.class_scores]
+        # NaN fails every comparison, so it would be judged ok (or, for a reference database, a
+        # class). A class without references scores -inf by design; any other score must be finite.
+        if any(math.isnan(v) for v in [scored.score, *classes]) or (not classes and math.isinf(scored.score)):
+            raise NonFiniteScoreError(
+                f"{self.name}: the model scored {label} {scored.score} (class scores {classes or 'none'}); "
+                "a non-finite score is never judged (a diverged or damaged model?)"
+            )
         if scored.class_scores is not None and self.card.multilabel:
             return self._judge_multilabel(scored, label, heatmap)
         if scored.class_scores is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from defectkit.inference.saved_model import ONNX_NAME, SavedModelError
+from defectkit.inference.saved_model import GRAPH_SOURCE_KEY, ONNX_NAME, SavedModelError, graph_source
 
 
 def create_session(path: str | Path) -> Any:
@@ -42,6 +42,13 @@ class OnnxBackend:
             raise SavedModelError(f"{path}: not found; run `defectkit export {model_dir}` first")
         self.path = path
         self.session = create_session(path)
+        # Graphs exported before the stamp existed carry none and cannot be checked.
+        stamp = self.session.get_modelmeta().custom_metadata_map.get(GRAPH_SOURCE_KEY)
+        if stamp is not None and stamp != graph_source(model_dir):
+            raise SavedModelError(
+                f"{path}: exported from other weights, references or model settings than {model_dir} "
+                f"holds now; run `defectkit export {model_dir}` again (or delete {ONNX_NAME} to use torch)"
+            )
         self.input_name: str = self.session.get_inputs()[0].name
         self.output_names: list[str] = [output.name for output in self.session.get_outputs()]
         # Graphs exported before the batch axis became dynamic take one image per call.
@@ -49,12 +56,18 @@ class OnnxBackend:
 
     def run(self, raw: np.ndarray) -> tuple[np.ndarray, ...]:
         chunks = [raw] if self.batched else [raw[i : i + 1] for i in range(raw.shape[0])]
-        outputs = [
-            self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(chunk)})
-            for chunk in chunks
-        ]
+        outputs = [self._run_graph(np.ascontiguousarray(chunk)) for chunk in chunks]
         # Each output concatenated over the chunks: scores, heat maps (and a detector's anchors).
         return tuple(
             np.concatenate([np.asarray(out[i], dtype=np.float32) for out in outputs])
             for i in range(len(self.output_names))
         )
+
+    def _run_graph(self, chunk: np.ndarray) -> list[Any]:
+        try:
+            outputs: list[Any] = self.session.run(self.output_names, {self.input_name: chunk})
+        except Exception as error:
+            # onnxruntime's own types (RuntimeException, Fail, InvalidArgument) are no RuntimeError,
+            # so callers that fail one image and go on (predict, a service batch) would not catch them.
+            raise RuntimeError(f"{self.path}: onnxruntime failed ({str(error).strip()[:200]})") from error
+        return outputs

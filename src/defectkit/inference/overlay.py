@@ -81,14 +81,31 @@ def heatmap_image(heatmap: np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(heatmap, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="L")
 
 
-def _display_scale(height: int, width: int) -> int:
-    """Integer enlargement for small images (banner legible), never past :data:`MAX_SIDE`."""
+def _display_scale(height: int, width: int) -> float:
+    """Integer enlargement for small images (banner legible), never past :data:`MAX_SIDE`; for
+    larger ones an integer reduction ``1 / n`` to within :data:`MAX_SIDE`: an overlay is for a
+    person to look at, and at full size it would take some 60 bytes a pixel (gigabytes for a large
+    line-scan image)."""
+    longest = max(height, width)
+    if longest > MAX_SIDE:
+        return 1.0 / -(-longest // MAX_SIDE)
     wanted = -(-MIN_WIDTH // width)
-    return max(1, min(wanted, MAX_SIDE // max(height, width)))
+    return max(1, min(wanted, MAX_SIDE // longest))
 
 
-def _enlarge(array: np.ndarray, scale: int) -> np.ndarray:
-    return array if scale == 1 else np.repeat(np.repeat(array, scale, axis=0), scale, axis=1)
+def _rescale(array: np.ndarray, scale: float, reduce: str = "mean") -> np.ndarray:
+    """``array`` (H x W) at ``scale`` (:func:`_display_scale`): an enlargement repeats pixels (they
+    stay pixels); a reduction takes each n x n block's ``reduce`` ("mean" for the image, "max" for
+    heat and outlines, so a defect one pixel wide still shows; a partial edge block counts)."""
+    if scale >= 1:
+        factor = int(scale)
+        return array if factor == 1 else np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+    factor = round(1.0 / scale)
+    height, width = array.shape
+    rows, cols = -(-height // factor), -(-width // factor)
+    padded = np.pad(array, ((0, rows * factor - height), (0, cols * factor - width)), mode="edge")
+    blocks = padded.reshape(rows, factor, cols, factor)
+    return blocks.max(axis=(1, 3)) if reduce == "max" else blocks.mean(axis=(1, 3), dtype=np.float32)
 
 
 def render_overlay(
@@ -113,12 +130,12 @@ def render_overlay(
     grey = convert_channels(np.asarray(image), 1)
     height, width = grey.shape
     scale = _display_scale(height, width)
-    shown = _enlarge(grey, scale).astype(np.float32)
+    shown = _rescale(grey, scale).astype(np.float32)
     rgb = np.repeat(shown[..., None], 3, axis=2)
     if heatmap is not None:
         if heatmap.shape != (height, width):
             raise ValueError(f"heat map is {heatmap.shape} but the image is {(height, width)}")
-        heat = _enlarge(np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0), scale)
+        heat = _rescale(np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0), scale, "max")
         colours = _colour_table(colourmap)[(heat * 255.0 + 0.5).astype(np.uint8)]
         opacity = (alpha * heat)[..., None]
         rgb = (1.0 - opacity) * rgb + opacity * colours
@@ -126,7 +143,7 @@ def render_overlay(
             _outline(rgb, heat >= pixel_threshold, CONTOUR_COLOUR)
         else:
             for k in range(per_class.shape[0]):
-                _outline(rgb, _enlarge(per_class[k] >= pixel_threshold, scale), class_colour(k))
+                _outline(rgb, _rescale(per_class[k] >= pixel_threshold, scale, "max"), class_colour(k))
     picture = Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     line = max(1, picture.width // 300)

@@ -7,8 +7,10 @@ look at) and optionally ``<name>.heatmap.png`` and ``<name>.mask.png`` (:func:`d
 A file that cannot be decoded, or whose results cannot be written (a full disk, a name too long),
 is recorded as a failure and skipped; the others still get their results (DESIGN.md, "Errors
 and bad input"), and ``summary.csv`` is written even when the run breaks off. An output folder
-that holds input images is refused; one inside an input folder is left out of the search. Every
-file is written under a temporary name and renamed, so an interrupted run never leaves half a file.
+that holds input images is refused; one inside an input folder is left out of the search. No
+file that a predict run did not write is replaced or left uninspected (:func:`check_output_folder`).
+Every file is written under a temporary name and renamed, so an interrupted run never leaves half a
+file.
 
 The CLI (``defectkit predict`` and ``defectkit line run``) calls this; it holds the logic, the
 CLI holds the words.
@@ -17,10 +19,12 @@ CLI holds the words.
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import io
 import itertools
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +33,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from defectkit.data.io import ImageReadError, error_reason, image_files, is_image_file, read_image
-from defectkit.files import write_atomic
+from defectkit.data.io import (
+    ImageReadError,
+    error_reason,
+    image_files,
+    is_image_file,
+    printable_path,
+    read_image,
+)
+from defectkit.files import writable_folder, write_atomic
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection
 from defectkit.inference.overlay import heatmap_image, png_bytes, render_overlay
@@ -67,7 +78,7 @@ class PredictReport:
 
 
 def collect_images(
-    paths: Iterable[str | Path], exclude: Path | None = None
+    paths: Iterable[str | Path], exclude: Path | None = None, excluded: list[Path] | None = None
 ) -> tuple[list[Path], list[Failure]]:
     """Image files named by ``paths``: files, folders (searched recursively) and glob patterns.
 
@@ -76,7 +87,8 @@ def collect_images(
     the images is not an error); a file named explicitly is always tried, so a mistake surfaces.
     Duplicates (the same file reached twice) are inspected once; order is kept. A folder or
     pattern searched from above ``exclude`` (predict's output folder) skips what lies in it, so a
-    rerun into a results folder inside the inputs does not inspect the last run's overlays.
+    rerun into a results folder inside the inputs does not inspect the last run's overlays; the
+    images so left out are added to ``excluded`` when it is given.
     """
     found: list[Path] = []
     failures: list[Failure] = []
@@ -86,14 +98,17 @@ def collect_images(
         top = root.resolve()
         if skipped is None or skipped == top or not skipped.is_relative_to(top):
             return images
-        return [m for m in images if not m.resolve().is_relative_to(skipped)]
+        inside = {m for m in images if m.resolve().is_relative_to(skipped)}
+        if excluded is not None:
+            excluded.extend(m for m in images if m in inside)
+        return [m for m in images if m not in inside]
 
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
             images = kept(image_files(path), path)
             if not images:
-                failures.append(Failure(str(entry), "no image files in this folder"))
+                failures.append(Failure(printable_path(entry), "no image files in this folder"))
             found.extend(images)
         elif path.is_file():
             found.append(path)
@@ -104,10 +119,10 @@ def collect_images(
                 images.extend(image_files(folder))
             images = kept(images, _pattern_root(str(entry)))
             if not images:
-                failures.append(Failure(str(entry), "no image files match this pattern"))
+                failures.append(Failure(printable_path(entry), "no image files match this pattern"))
             found.extend(images)
         else:
-            failures.append(Failure(str(entry), "no such file or folder"))
+            failures.append(Failure(printable_path(entry), "no such file or folder"))
     seen: set[Path] = set()
     unique: list[Path] = []
     for path in found:
@@ -129,7 +144,85 @@ DERIVED_SUFFIXES = (".mask", ".heatmap")
 
 
 class OutputFolderError(ValueError):
-    """An output folder that cannot take the results (it holds the input images): bad usage."""
+    """An output folder that cannot take the results (it holds the input images, or files that no
+    predict run wrote where results would go): bad usage."""
+
+
+# What one image's result files add to its output name (:func:`result_files`).
+RESULT_SUFFIXES = (".heatmap.png", ".mask.png", ".json", ".png")
+
+
+def is_inspection_json(path: Path) -> bool:
+    """Whether ``path`` holds an :class:`Inspection` (a result a predict run wrote)."""
+    try:
+        Inspection.model_validate_json(path.read_bytes())
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return False
+    return True
+
+
+def is_result_file(path: Path, is_inspection: Callable[[Path], bool] = is_inspection_json) -> bool:
+    """Whether ``path`` is a file a predict run writes: ``summary.csv``, an Inspection JSON, or the
+    overlay, heat map or mask beside one. Judged by content, not by an earlier summary.csv, which a
+    later run into the same folder rewrites. ``is_inspection``: :func:`is_inspection_json`, or a
+    cached copy of it when many files share one JSON."""
+    if not path.is_file():
+        return False
+    if path.name == SUMMARY_NAME:
+        # Columns were added over versions; every summary predict wrote starts so.
+        header = _summary_header(path)
+        return header is not None and header[:2] == list(SUMMARY_COLUMNS[:2])
+    # x.mask.png is x's mask or the overlay of an image x.mask: either JSON vouches for it.
+    return any(
+        is_inspection(path.with_name(path.name[: -len(suffix)] + ".json"))
+        for suffix in RESULT_SUFFIXES
+        if path.name.endswith(suffix)
+    )
+
+
+def _summary_header(path: Path) -> list[str] | None:
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return next(csv.reader(handle), None)
+    except (OSError, ValueError, csv.Error):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def result_files(name: str, *, overlays: bool, heatmaps: bool, masks: bool) -> list[str]:
+    """The file names one image's results take (stem ``name``, from :func:`output_names`)."""
+    wanted = {".json": True, ".png": overlays, ".heatmap.png": heatmaps, ".mask.png": masks}
+    return [name + suffix for suffix, kept in wanted.items() if kept]
+
+
+def check_output_folder(
+    out: Path, images: Sequence[Path], skipped: Sequence[Path], planned: Iterable[str]
+) -> None:
+    """Refuse ``out`` (:class:`OutputFolderError`) when the results would replace or hide a user's
+    files: it holds input images (an overlay ``NAME.png`` can replace the image itself); it lies
+    inside an input folder and holds images ``skipped`` by the search that no predict run wrote
+    (they would be left uninspected without a word); or a result file would replace a file that no
+    predict run wrote (an annotation ``NAME.json``, a picture ``NAME.png``)."""
+    home = out.resolve()
+    beside = next((image for image in images if image.resolve().parent == home), None)
+    if beside is not None:
+        raise OutputFolderError(
+            f"{out}: holds input images ({beside.name}); write the results to another folder"
+        )
+    is_inspection = functools.cache(is_inspection_json)  # a rerun meets each JSON up to 4 times
+    hidden = [image for image in skipped if not is_result_file(image, is_inspection)]
+    if hidden:
+        raise OutputFolderError(
+            f"{out}: lies inside the input folders and holds {len(hidden)} image(s) no predict run wrote "
+            f"(e.g. {hidden[0]}), which the search leaves out; write the results to another folder"
+        )
+    clashes = [
+        name for name in planned if (out / name).exists() and not is_result_file(out / name, is_inspection)
+    ]
+    if clashes:
+        raise OutputFolderError(
+            f"{out}: the results would replace {len(clashes)} file(s) that no predict run wrote "
+            f"(e.g. {clashes[0]}); write the results to another folder, or move those files"
+        )
 
 
 def output_names(images: Sequence[Path]) -> list[str]:
@@ -138,7 +231,9 @@ def output_names(images: Sequence[Path]) -> list[str]:
     ``.heatmap``, whose files get the hash).
 
     Stems are compared case-insensitively (two names that differ only in case are one file on
-    some file systems). The hash is of the resolved path, so a rerun gives the same names.
+    some file systems). The hash is of the resolved path, so a rerun gives the same names. A stem
+    whose bytes are not UTF-8 is written as its :func:`printable_path` (escapes as ``_``) plus the
+    hash, so the files, the JSON and summary.csv name one another alike.
     """
     groups: dict[str, int] = defaultdict(int)
     for image in images:
@@ -149,9 +244,11 @@ def output_names(images: Sequence[Path]) -> list[str]:
     names = []
     for image in images:
         stem = image.stem.lower()
-        if groups[stem] > 1 or stem in derived or stem == Path(SUMMARY_NAME).stem:
-            digest = hashlib.sha1(str(image.resolve()).encode("utf-8")).hexdigest()[:8]
-            names.append(f"{image.stem}-{digest}")
+        undecodable = printable_path(image.stem) != image.stem
+        if groups[stem] > 1 or stem in derived or stem == Path(SUMMARY_NAME).stem or undecodable:
+            digest = hashlib.sha1(os.fsencode(image.resolve())).hexdigest()[:8]
+            base = printable_path(image.stem).replace("\\", "_") if undecodable else image.stem
+            names.append(f"{base}-{digest}")
         else:
             names.append(image.stem)
     return names
@@ -207,15 +304,17 @@ def predict_paths(
 ) -> PredictReport:
     """Inspect every image under ``paths`` and write results to ``out`` (see the module doc)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    images, failures = collect_images(paths, exclude=out)
-    home = out.resolve()
-    beside = next((image for image in images if image.resolve().parent == home), None)
-    if beside is not None:
-        # Results would land beside the images (an overlay NAME.png can replace the image itself).
-        raise OutputFolderError(
-            f"{out}: holds input images ({beside.name}); write the results to another folder"
-        )
+    skipped: list[Path] = []
+    images, failures = collect_images(paths, exclude=out, excluded=skipped)
+    names = output_names(images)
+    heatmaps = save_heatmaps or explainer is not None
+    planned = [SUMMARY_NAME] + [
+        file
+        for name in names
+        for file in result_files(name, overlays=overlays, heatmaps=heatmaps, masks=save_masks)
+    ]
+    check_output_folder(out, images, skipped, planned)
+    writable_folder(out)  # before the first image, not after every one has failed
     report = PredictReport(out=out)
     rows: list[dict[str, object]] = []
     listed_before = _listed_outputs(out / SUMMARY_NAME)
@@ -232,7 +331,7 @@ def predict_paths(
     if progress is not None:
         progress(0, total)
     try:
-        for done, (image_path, name) in enumerate(zip(images, output_names(images), strict=True), start=1):
+        for done, (image_path, name) in enumerate(zip(images, names, strict=True), start=1):
             try:
                 row = _inspect_one(
                     inspector,
@@ -247,11 +346,16 @@ def predict_paths(
                 )
                 rows.append(row)
             except (ImageReadError, ValueError) as error:
-                failed(Failure(str(image_path), error_reason(error, image_path)))
+                failed(Failure(printable_path(image_path), printable_path(error_reason(error, image_path))))
             except (OSError, RuntimeError, MemoryError) as error:
                 # Not the file's fault (a name too long for the output folder, a full disk, an
                 # image too large for memory): the run goes on and the summary says why.
-                failed(Failure(str(image_path), f"{type(error).__name__}: {error}".rstrip(": ")))
+                failed(
+                    Failure(
+                        printable_path(image_path),
+                        printable_path(f"{type(error).__name__}: {error}".rstrip(": ")),
+                    )
+                )
             if progress is not None:
                 progress(done, total)
     finally:
@@ -283,9 +387,42 @@ def _inspect_one(
     overlays: bool,
     explainer: Callable[[np.ndarray, Inspection], np.ndarray | None] | None,
 ) -> dict[str, object]:
-    """Inspect one image, write its files under ``out``; its summary row."""
+    """Inspect one image, write its files under ``out``; its summary row. Whatever stops it once a
+    file is written (a full disk, an overlay out of memory, Ctrl-C) removes the files it wrote:
+    a mask without its JSON is no result, and the next run into ``out`` would take it for a
+    user's file."""
+    written: list[Path] = []
+
+    def write(path: Path, data: bytes) -> None:
+        write_atomic(path, data)
+        written.append(path)
+
+    try:
+        return _inspect_and_write(
+            inspector, image_path, name, out, report, write,
+            save_heatmaps=save_heatmaps, save_masks=save_masks, overlays=overlays, explainer=explainer,
+        )  # fmt: skip
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _inspect_and_write(
+    inspector: ImageInspector,
+    image_path: Path,
+    name: str,
+    out: Path,
+    report: PredictReport,
+    write: Callable[[Path, bytes], None],
+    *,
+    save_heatmaps: bool,
+    save_masks: bool,
+    overlays: bool,
+    explainer: Callable[[np.ndarray, Inspection], np.ndarray | None] | None,
+) -> dict[str, object]:
     pixels = read_image(image_path)
-    inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=str(image_path))
+    inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=printable_path(image_path))
     if save_masks:
         # From the model's own heat map: a Grad-CAM explanation is no segmentation.
         mask = defect_mask(
@@ -293,25 +430,25 @@ def _inspect_one(
         )
         if mask is not None:
             mask_path = out / f"{name}.mask.png"
-            write_atomic(mask_path, png_bytes(Image.fromarray(mask)))
-            inspection.mask = str(mask_path)
+            write(mask_path, png_bytes(Image.fromarray(mask)))
+            inspection.mask = printable_path(mask_path)
     if explainer is not None:
         heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
     if (save_heatmaps or explainer is not None) and heatmap is not None:
         heatmap_path = out / f"{name}.heatmap.png"
-        write_atomic(heatmap_path, png_bytes(heatmap_image(heatmap)))
-        inspection.heatmap = str(heatmap_path)
+        write(heatmap_path, png_bytes(heatmap_image(heatmap)))
+        inspection.heatmap = printable_path(heatmap_path)
     if overlays:
         pixel_threshold = inspector.pixel_threshold_of(inspection)
         overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
-        write_atomic(out / f"{name}.png", png_bytes(overlay))
+        write(out / f"{name}.png", png_bytes(overlay))
     json_path = out / f"{name}.json"
-    write_atomic(json_path, (inspection.to_json() + "\n").encode("utf-8"))
+    write(json_path, (inspection.to_json() + "\n").encode("utf-8"))
     report.results.append((json_path, inspection))
     unseen = inspection.unseen_score
     unjudged = inspection.verdict == "unknown" and unseen is not None
     return {
-        "image": str(image_path),
+        "image": printable_path(image_path),
         "verdict": inspection.verdict,
         # A line's unknown was judged by no detector: no score to show.
         "score": "" if unjudged else f"{inspection.score:.6f}",
@@ -320,7 +457,7 @@ def _inspect_one(
         "surface": inspection.surface or "",
         "unseen_score": "" if unseen is None else f"{unseen:.6f}",
         "latency_ms": f"{inspection.latency_ms:.2f}",
-        "output": json_path.name,
+        "output": printable_path(json_path.name),
     }
 
 
@@ -330,4 +467,5 @@ def _write_summary(report: PredictReport, rows: list[dict[str, object]]) -> None
     writer.writeheader()
     writer.writerows(rows)
     report.summary = report.out / SUMMARY_NAME
-    write_atomic(report.summary, buffer.getvalue().encode("utf-8"))
+    # Whatever text slipped past printable_path must not cost the whole summary.
+    write_atomic(report.summary, buffer.getvalue().encode("utf-8", "backslashreplace"))

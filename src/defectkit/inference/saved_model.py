@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -197,6 +198,31 @@ def read_card(directory: str | Path) -> ModelCard:
         return ModelCard.model_validate(yaml.safe_load(path.read_text()))
     except (yaml.YAMLError, ValueError) as error:
         raise SavedModelError(f"{path}: invalid model card ({error})") from None
+
+
+GRAPH_SOURCE_KEY = "defectkit.graph_source"  # model.onnx metadata: what the graph was exported from
+
+
+def graph_source(directory: str | Path) -> str:
+    """SHA-256 of what ``model.onnx`` is made from: the weights, the reference database, and the
+    card's model family, options and input spec (thresholds are judged outside the graph).
+
+    ``export`` stores it in the graph's metadata (:data:`GRAPH_SOURCE_KEY`); the onnx back-end
+    refuses a graph whose source differs, such as weights copied in by hand after the export, which
+    would otherwise be judged by the old network under the new card.
+    """
+    directory = Path(directory)
+    card = read_card(directory)
+    spec = {
+        "model": card.model,
+        "model_options": card.model_options,
+        "input": card.input.model_dump(mode="json"),
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode("utf-8"))
+    for name in (WEIGHTS_NAME, REFERENCES_NAME):
+        if (directory / name).is_file():
+            digest.update(b"\0" + name.encode("utf-8") + b"\0" + (directory / name).read_bytes())
+    return digest.hexdigest()
 
 
 def model_identity(directory: str | Path, components: Sequence[str] = ()) -> str:

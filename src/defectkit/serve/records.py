@@ -9,6 +9,7 @@ survives the process being killed but not the machine losing power.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,7 +33,8 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -99,21 +101,62 @@ class NotARecordStore(ValueError):
     """A database opened read-only that holds no inspection records' table."""
 
 
+class DatabaseUnavailable(ValueError):
+    """A database URL that cannot be opened: malformed, its driver missing, not a database, or
+    out of reach. The message names the URL (password hidden) and the reason."""
+
+
+# user:password@ in a URL SQLAlchemy cannot parse (postgresql//u:p@h/db, a typo'd scheme).
+_CREDENTIALS = re.compile(r"(?<=[:/])([^:/@\s]*):[^@/\s]*@")
+
+
+def shown_url(url: str) -> str:
+    """``url`` for a message or a log line: its password hidden (also in a URL that does not parse)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # a port that is not a number is a ValueError
+        return _CREDENTIALS.sub(r"\1:***@", url)
+
+
+def _unavailable(url: str, error: Exception) -> DatabaseUnavailable:
+    lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return DatabaseUnavailable(f"{shown_url(url)}: cannot open the database ({reason})")
+
+
+def check_database_url(url: str) -> None:
+    """Parse ``url`` and load its driver without connecting (nothing is created): a malformed URL
+    or a missing driver fails in a second, before a model loads (:class:`DatabaseUnavailable`)."""
+    try:
+        create_engine(url).dispose()
+    # A missing driver is an ImportError from create_engine; a port that is no number a ValueError.
+    except (SQLAlchemyError, ImportError, ValueError) as error:
+        raise _unavailable(url, error) from None
+
+
 class RecordStore:
     """All database access of the service (and of ``defectkit reviews export``)."""
 
     def __init__(self, url: str, durable: bool = True, read_only: bool = False) -> None:
         """``read_only`` (``reviews export``) opens an existing service database and changes
         nothing in it: no tables created, SQLite's journal mode left as it is; a database without
-        the records' table is refused (:class:`NotARecordStore`)."""
+        the records' table is refused (:class:`NotARecordStore`). One that cannot be opened at all
+        is a :class:`DatabaseUnavailable`."""
         self.url = url
-        self.engine: Engine = self._engine(url, durable, read_only)
-        if not read_only:
-            Base.metadata.create_all(self.engine)
-        elif not inspect(self.engine).has_table(InspectionRecord.__tablename__):
+        has_table = True
+        try:
+            self.engine: Engine = self._engine(url, durable, read_only)
+            if read_only:
+                has_table = inspect(self.engine).has_table(InspectionRecord.__tablename__)
+            else:
+                Base.metadata.create_all(self.engine)
+        except (SQLAlchemyError, ImportError, ValueError) as error:
+            raise _unavailable(url, error) from None
+        if read_only and not has_table:
             self.engine.dispose()
             raise NotARecordStore(
-                f"{url}: not a defectkit service database (no {InspectionRecord.__tablename__} table)"
+                f"{shown_url(url)}: not a defectkit service database "
+                f"(no {InspectionRecord.__tablename__} table)"
             )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
