@@ -42,7 +42,7 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
         if durable:
-            _sync_directory(path.parent)  # the rename itself survives a power cut only once synced
+            sync_directory(path.parent)  # the rename itself survives a power cut only once synced
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -81,7 +81,8 @@ def report_folder(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def _sync_directory(folder: Path) -> None:
+def sync_directory(folder: Path) -> None:
+    """fsync ``folder``'s own entry list: a rename into it survives a power cut once synced."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:  # platforms that cannot open folders (Windows): nothing to sync
@@ -91,3 +92,13 @@ def _sync_directory(folder: Path) -> None:
             os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync every file directly in ``folder``, then the folder: a folder written whole and then
+    renamed into place (a saved model) holds its files, not empty ones, after a power cut."""
+    for path in folder.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    sync_directory(folder)

@@ -73,3 +73,26 @@ def test_a_model_that_cannot_take_the_name_leaves_the_old_one_in_place(
     with pytest.raises(OSError, match="busy"):
         tiny_model(tmp_path / "model", "segdec", seed=1)
     assert contents(directory) == before
+
+
+def test_a_saved_model_is_on_disk_before_it_takes_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from defectkit.inference.saved_model import CARD_NAME
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name a synced descriptor")
+    synced: list[str] = []
+    real = os.fsync
+
+    def recording(descriptor: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    directory = tiny_model(tmp_path / "model", "segdec", seed=0)
+    # The files in the staging folder, then the folders: a power cut leaves the whole model or none.
+    assert {WEIGHTS_NAME, CARD_NAME} <= {Path(p).name for p in synced}
+    assert str(directory.parent) in synced

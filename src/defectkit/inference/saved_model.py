@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from defectkit import __version__
-from defectkit.files import temporary_name
+from defectkit.files import sync_directory, sync_folder, temporary_name
 from defectkit.models import create_model
 
 CARD_NAME = "model.yaml"
@@ -166,11 +166,13 @@ def save_model(
             )
         payload = card.model_dump(mode="json")
         (staging / CARD_NAME).write_text(yaml.safe_dump(payload, sort_keys=False))
+        sync_folder(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if not directory.exists():
         staging.rename(directory)
+        sync_directory(directory.parent)
         return directory
     # The old model is moved aside, not deleted, before the new one takes its name, and comes
     # back if that fails: a crash or a full disk never leaves neither.
@@ -187,6 +189,7 @@ def save_model(
         if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
             shutil.move(str(extra), directory / extra.name)
     shutil.rmtree(retired)
+    sync_directory(directory.parent)
     return directory
 
 
