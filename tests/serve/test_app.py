@@ -347,6 +347,9 @@ def test_bad_input_gets_a_one_line_4xx_and_records_nothing(serve_settings: Serve
             assert response.status_code == status, (what, response.status_code, response.text)
             detail = response.json()["detail"]
             assert isinstance(detail, str) and detail and "\n" not in detail, (what, detail)
+        # A part sent without a filename is text to Starlette: the answer says so, not "one image".
+        textual = client.post("/v1/inspect", files={"file": (None, "part.png")})
+        assert textual.status_code == 400 and "holds text, not a file" in textual.json()["detail"]
         for path in ("/v1/inspections/../../etc/passwd", "/v1/inspections/%2e%2e%2fetc%2fpasswd/image"):
             assert client.get(path).status_code in (404, 422)
         assert client.get("/v1/inspections/" + "a" * 32).status_code == 404

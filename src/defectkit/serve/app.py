@@ -300,6 +300,14 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
         if content_type.startswith("multipart/form-data"):
             async with request.form(max_files=2, max_fields=8) as form:  # closes the spooled files
                 files = _files(form, "file")
+                if not files and form.getlist("file"):
+                    # A part without a filename reaches Starlette as a text field, not as a file.
+                    raise refuse(
+                        "bad_form",
+                        400,
+                        "the multipart field 'file' holds text, not a file: send the part with a filename "
+                        "(curl -F file=@part.png)",
+                    )
                 if len(files) != 1:
                     raise refuse("bad_form", 400, "send exactly one image in the multipart field 'file'")
                 data, filename = await files[0].read(), files[0].filename
