@@ -438,3 +438,18 @@ def test_serve_options_that_cannot_work_fail_on_one_line(
     assert said in " ".join(result.output.split()) and "Traceback" not in result.output
     assert "secret" not in result.output and len(result.output.strip().splitlines()) == 1
     assert (tmp_path / "text.db").read_text() == "not a database\n"  # opened, never changed
+
+
+def test_a_tiff_is_shown_to_a_browser_as_a_png_copy(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(texture(7, 64, 96)).save(buffer, format="TIFF")
+    tiff = upload(client, buffer.getvalue(), name="part.tif")
+    assert tiff.status_code == 200, tiff.text
+    url = tiff.json()["image_url"]
+    stored = client.get(url)
+    assert stored.content == buffer.getvalue() and stored.headers["content-type"] == "image/tiff"
+    shown = client.get(url, params={"as_png": True})
+    assert shown.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown.content))), texture(7, 64, 96))
+    png = upload(client, png_bytes(1)).json()["image_url"]  # a format browsers show: as stored
+    assert client.get(png, params={"as_png": True}).content == client.get(png).content

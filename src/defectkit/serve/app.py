@@ -28,6 +28,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -35,8 +36,9 @@ from starlette.datastructures import FormData, MutableHeaders, UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from defectkit import __version__
-from defectkit.data.io import ImageReadError, ImageTooLargeError
+from defectkit.data.io import ImageReadError, ImageTooLargeError, read_image
 from defectkit.inference.inspection import Inspection
+from defectkit.inference.overlay import png_bytes
 from defectkit.serve.batcher import BatcherClosedError
 from defectkit.serve.metrics import ServiceMetrics
 from defectkit.serve.records import InspectionRecord, RecordFilter, ReviewVerdict, as_utc
@@ -402,11 +404,18 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
         response_class=FileResponse,
         summary="The inspected image, as received",
     )
-    async def get_image(record_id: RecordId) -> FileResponse:
+    async def get_image(
+        record_id: RecordId,
+        as_png: Annotated[
+            bool, Query(description="a PNG copy when browsers cannot show the stored format (TIFF)")
+        ] = False,
+    ) -> Response:
         record = await find(record_id)
         path = core.store.path(record.image_sha256, record.image_format)
         if not path.is_file():
             raise HTTPException(410, f"the image of inspection {record_id} is no longer stored")
+        if as_png and record.image_format not in BROWSER_FORMATS:
+            return Response(await run_in_threadpool(_png_copy, path), media_type="image/png")
         return FileResponse(path, media_type=f"image/{record.image_format}")
 
     @app.get(
@@ -506,6 +515,14 @@ def create_app(settings: ServeSettings, service: InspectionService | None = None
             allow_headers=[API_KEY_HEADER, "Content-Type"],
         )
     return app
+
+
+# Formats every common browser shows in an <img>; the review page asks for a PNG copy of others.
+BROWSER_FORMATS = frozenset({"png", "jpeg", "jpg", "gif", "webp", "bmp"})
+
+
+def _png_copy(path: Path) -> bytes:
+    return png_bytes(Image.fromarray(read_image(path)))
 
 
 def _files(form: FormData, field: str) -> list[UploadFile]:

@@ -33,7 +33,8 @@ function card(item, index) {
   const img = document.createElement("img");
   img.loading = "lazy";
   // A kept overlay, else the image itself: listing must not make the server render 100 overlays.
-  img.src = item.overlay_stored ? item.overlay_url : item.image_url;
+  // as_png: a TIFF, which browsers do not show, comes as a PNG copy (other formats as stored).
+  img.src = item.overlay_stored ? item.overlay_url : `${item.image_url}?as_png=1`;
   img.alt = item.image;
   const caption = document.createElement("div");
   caption.className = "caption";
