@@ -202,8 +202,7 @@ def check_output_folder(
     inside an input folder and holds images ``skipped`` by the search that no predict run wrote
     (they would be left uninspected without a word); or a result file would replace a file that no
     predict run wrote (an annotation ``NAME.json``, a picture ``NAME.png``)."""
-    home = out.resolve()
-    beside = next((image for image in images if image.resolve().parent == home), None)
+    beside = next((image for image in images if _same_folder(image.parent, out)), None)
     if beside is not None:
         raise OutputFolderError(
             f"{out}: holds input images ({beside.name}); write the results to another folder"
@@ -223,6 +222,14 @@ def check_output_folder(
             f"{out}: the results would replace {len(clashes)} file(s) that no predict run wrote "
             f"(e.g. {clashes[0]}); write the results to another folder, or move those files"
         )
+
+
+def _same_folder(folder: Path, other: Path) -> bool:
+    """One folder, also where names differ only in case (macOS, Windows) or by a link."""
+    try:
+        return os.path.samefile(folder, other)
+    except OSError:  # one of them does not exist
+        return False
 
 
 def output_names(images: Sequence[Path]) -> list[str]:
