@@ -44,3 +44,17 @@ def test_ksdd_folds_test_every_image_once_and_never_split_a_commutator(
         commutators = [{dataset.samples[i].part for i in indices} for indices in (train, test)]
         assert not commutators[0] & commutators[1]
         assert any(dataset.samples[i].label == 1 for i in test)
+
+
+def test_a_scoring_or_decoder_set_shares_the_profile_work_folder(tmp_path: Path) -> None:
+    # Scoring options re-score models trained under other ones (siblings in one work folder), and
+    # -V and --set of one option make one row; any other --set trains in a folder of its own.
+    from defectkit.bench.aux import NAMED_BY_FIELDS
+    from defectkit.bench.protocols import BenchRequest
+
+    def folder(*overrides: str) -> Path:
+        request = BenchRequest("cpu", "full", "t", tmp_path, tmp_path, overrides=list(overrides))
+        return request.work_folder("aux-ksdd-cpu", exclude=NAMED_BY_FIELDS)
+
+    assert folder("model.image_score=mask_peak", "model.segmentation_decoder=unet") == folder()
+    assert folder("model.aspect_ratios=auto") != folder()
