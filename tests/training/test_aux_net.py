@@ -616,7 +616,10 @@ def test_one_training_serves_every_scoring_option(tmp_path, monkeypatch) -> None
     assert peak["train_s"] == 0.0 and isinstance(trained["train_s"], float) and trained["train_s"] > 0.0
     assert peak["dice"] == trained["dice"] and peak["probabilities"] != trained["probabilities"]
     assert peak["commit"] == trained["commit"] and "scored_commit" in peak  # the weights' code
-    versioned = tmp_path / "work" / "aux-synthetic-cpu" / f"v{aux_bench.CELL_VERSION}"
+    # The smoke --set options give the run a work folder of its own (scoring options do not).
+    work = request.work_folder("aux-synthetic-cpu", exclude=aux_bench.NAMED_BY_FIELDS)
+    assert work.parent == tmp_path / "work" and work.name.startswith("aux-synthetic-cpu-sha1-")
+    versioned = work / f"v{aux_bench.CELL_VERSION}"
     rescored = versioned / f"{peak['scored_from']}-mask_peak" / "model"
     assert read_card(rescored).model_options["image_score"] == "mask_peak"
     # --set names the cell by the score in force, as -V does: the same cell, already done.
