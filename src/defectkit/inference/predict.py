@@ -327,6 +327,8 @@ def predict_paths(
     listed_before = _listed_outputs(out / SUMMARY_NAME)
 
     def failed(failure: Failure) -> None:
+        # A file name that is not UTF-8 must not cost the summary.csv it is written into.
+        failure = Failure(printable_path(failure.path), printable_path(failure.reason))
         report.failures.append(failure)
         rows.append({"image": failure.path, "error": failure.reason})
         if on_failure is not None:
@@ -353,16 +355,11 @@ def predict_paths(
                 )
                 rows.append(row)
             except (ImageReadError, ValueError) as error:
-                failed(Failure(printable_path(image_path), printable_path(error_reason(error, image_path))))
+                failed(Failure(str(image_path), error_reason(error, image_path)))
             except (OSError, RuntimeError, MemoryError) as error:
                 # Not the file's fault (a name too long for the output folder, a full disk, an
                 # image too large for memory): the run goes on and the summary says why.
-                failed(
-                    Failure(
-                        printable_path(image_path),
-                        printable_path(f"{type(error).__name__}: {error}".rstrip(": ")),
-                    )
-                )
+                failed(Failure(str(image_path), f"{type(error).__name__}: {error}".rstrip(": ")))
             if progress is not None:
                 progress(done, total)
     finally:
@@ -405,67 +402,48 @@ def _inspect_one(
         written.append(path)
 
     try:
-        return _inspect_and_write(
-            inspector, image_path, name, out, report, write,
-            save_heatmaps=save_heatmaps, save_masks=save_masks, overlays=overlays, explainer=explainer,
-        )  # fmt: skip
+        pixels = read_image(image_path)
+        inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=printable_path(image_path))
+        if save_masks:
+            # From the model's own heat map: a Grad-CAM explanation is no segmentation.
+            mask = defect_mask(
+                heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict, _called(inspection)
+            )
+            if mask is not None:
+                mask_path = out / f"{name}.mask.png"
+                write(mask_path, png_bytes(Image.fromarray(mask)))
+                inspection.mask = printable_path(mask_path)
+        if explainer is not None:
+            heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
+        if (save_heatmaps or explainer is not None) and heatmap is not None:
+            heatmap_path = out / f"{name}.heatmap.png"
+            write(heatmap_path, png_bytes(heatmap_image(heatmap)))
+            inspection.heatmap = printable_path(heatmap_path)
+        if overlays:
+            pixel_threshold = inspector.pixel_threshold_of(inspection)
+            overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
+            write(out / f"{name}.png", png_bytes(overlay))
+        json_path = out / f"{name}.json"
+        write(json_path, (inspection.to_json() + "\n").encode("utf-8"))
+        report.results.append((json_path, inspection))
+        unseen = inspection.unseen_score
+        unjudged = inspection.verdict == "unknown" and unseen is not None
+        return {
+            "image": printable_path(image_path),
+            "verdict": inspection.verdict,
+            # A line's unknown was judged by no detector: no score to show.
+            "score": "" if unjudged else f"{inspection.score:.6f}",
+            "threshold": "" if unjudged else f"{inspection.threshold:.6f}",
+            "n_regions": len(inspection.regions),
+            "surface": inspection.surface or "",
+            "unseen_score": "" if unseen is None else f"{unseen:.6f}",
+            "latency_ms": f"{inspection.latency_ms:.2f}",
+            "output": json_path.name,  # printable: output_names escapes a name that is not UTF-8
+        }
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
         raise
-
-
-def _inspect_and_write(
-    inspector: ImageInspector,
-    image_path: Path,
-    name: str,
-    out: Path,
-    report: PredictReport,
-    write: Callable[[Path, bytes], None],
-    *,
-    save_heatmaps: bool,
-    save_masks: bool,
-    overlays: bool,
-    explainer: Callable[[np.ndarray, Inspection], np.ndarray | None] | None,
-) -> dict[str, object]:
-    pixels = read_image(image_path)
-    inspection, heatmap = inspector.inspect_with_heatmap(pixels, name=printable_path(image_path))
-    if save_masks:
-        # From the model's own heat map: a Grad-CAM explanation is no segmentation.
-        mask = defect_mask(
-            heatmap, inspector.pixel_threshold_of(inspection), inspection.verdict, _called(inspection)
-        )
-        if mask is not None:
-            mask_path = out / f"{name}.mask.png"
-            write(mask_path, png_bytes(Image.fromarray(mask)))
-            inspection.mask = printable_path(mask_path)
-    if explainer is not None:
-        heatmap = explainer(pixels, inspection)  # Grad-CAM stands in for the missing heat map
-    if (save_heatmaps or explainer is not None) and heatmap is not None:
-        heatmap_path = out / f"{name}.heatmap.png"
-        write(heatmap_path, png_bytes(heatmap_image(heatmap)))
-        inspection.heatmap = printable_path(heatmap_path)
-    if overlays:
-        pixel_threshold = inspector.pixel_threshold_of(inspection)
-        overlay = render_overlay(pixels, inspection, heatmap, pixel_threshold)
-        write(out / f"{name}.png", png_bytes(overlay))
-    json_path = out / f"{name}.json"
-    write(json_path, (inspection.to_json() + "\n").encode("utf-8"))
-    report.results.append((json_path, inspection))
-    unseen = inspection.unseen_score
-    unjudged = inspection.verdict == "unknown" and unseen is not None
-    return {
-        "image": printable_path(image_path),
-        "verdict": inspection.verdict,
-        # A line's unknown was judged by no detector: no score to show.
-        "score": "" if unjudged else f"{inspection.score:.6f}",
-        "threshold": "" if unjudged else f"{inspection.threshold:.6f}",
-        "n_regions": len(inspection.regions),
-        "surface": inspection.surface or "",
-        "unseen_score": "" if unseen is None else f"{unseen:.6f}",
-        "latency_ms": f"{inspection.latency_ms:.2f}",
-        "output": printable_path(json_path.name),
-    }
 
 
 def _write_summary(report: PredictReport, rows: list[dict[str, object]]) -> None:
@@ -474,5 +452,4 @@ def _write_summary(report: PredictReport, rows: list[dict[str, object]]) -> None
     writer.writeheader()
     writer.writerows(rows)
     report.summary = report.out / SUMMARY_NAME
-    # Whatever text slipped past printable_path must not cost the whole summary.
-    write_atomic(report.summary, buffer.getvalue().encode("utf-8", "backslashreplace"))
+    write_atomic(report.summary, buffer.getvalue().encode("utf-8"))
