@@ -15,7 +15,6 @@ A multi-label model of several classes gets one best-F1 threshold per class inst
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +36,7 @@ from defectkit.metrics import best_f1_threshold, image_metrics
 from defectkit.metrics.thresholds import Placement
 from defectkit.registry import get_method
 from defectkit.training.data import InspectionDataModule, PreparedData, prepare_data
+from defectkit.training.lightning_notes import lightning_notes_hidden
 
 MODEL_DIR = "model"
 
@@ -253,11 +253,8 @@ def train(
     resolved = config.model_dump(mode="json")
     model = spec.build_model(resolved)
     recipe = spec.build_recipe(model, resolved)
-    trainer, checkpoint = _trainer(config, out, progress, devices, strategy)
-    with warnings.catch_warnings():
-        # Lightning's hints about worker counts and tiny logging intervals are noise on 2-core machines.
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
+    with lightning_notes_hidden():
+        trainer, checkpoint = _trainer(config, out, progress, devices, strategy)
         trainer.fit(recipe, datamodule=InspectionDataModule(config, data))
     if not trainer.is_global_zero:
         return None

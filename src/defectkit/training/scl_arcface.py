@@ -55,6 +55,7 @@ from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 from defectkit.models.scl_arcface import EmbeddingNet
 from defectkit.registry import MethodSpec, check_option_names, register_method
+from defectkit.training.lightning_notes import lightning_notes_hidden
 
 
 class InputNorm(TypedDict):
@@ -232,19 +233,20 @@ def fit(
     L.seed_everything(seed, workers=True, verbose=False)
     drop = drop_last and len(dataset) > batch_size
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        deterministic=False,
-        accelerator="auto",
-        devices=1,
-        callbacks=list(callbacks),
-        precision=precision,  # type: ignore[arg-type]
-    )
-    trainer.fit(recipe, loader)
+    with lightning_notes_hidden():
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            deterministic=False,
+            accelerator="auto",
+            devices=1,
+            callbacks=list(callbacks),
+            precision=precision,  # type: ignore[arg-type]
+        )
+        trainer.fit(recipe, loader)
 
 
 @torch.inference_mode()
