@@ -31,3 +31,14 @@ def test_a_long_legal_name_gets_a_temporary_name_within_the_limit(tmp_path: Path
     assert len(temporary_name(tmp_path / long_name).name.encode()) <= 255
     write_atomic(tmp_path / long_name, "{}")
     assert [p.name for p in tmp_path.iterdir()] == [long_name]
+
+
+def test_a_failed_write_names_the_file_asked_for_not_its_temporary_name(tmp_path: Path) -> None:
+    from defectkit.files import write_atomic
+
+    target = tmp_path / "report.json"
+    target.mkdir()  # a folder in the way fails the final rename
+    with pytest.raises(IsADirectoryError) as raised:
+        write_atomic(target, "{}")
+    assert raised.value.filename == str(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left

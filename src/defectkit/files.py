@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,42 @@ def temporary_name(path: Path, suffix: str = "tmp") -> Path:
         # File systems cap a name at 255 bytes: a legal long name plus the tags would pass that.
         name = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
     return path.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.{suffix}")
+
+
+# The file that folder_lock holds; it stays in the folder and holds nothing.
+LOCK_NAME = ".defectkit.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while the block reads and rewrites files in it.
+
+    Another process (or thread) asking for the same folder's lock waits until the block ends, so
+    two writers never interleave: without it, two enrolments into one model could each read the
+    old reference database and the last write would drop the other's class, or leave a card that
+    names one writer's class over the other's references. The lock is advisory (an OS file lock on
+    ``LOCK_NAME``): it holds back only code that asks for it, and the OS releases it when a
+    process dies, so a crash leaves no stale lock.
+    """
+    with open(Path(folder) / LOCK_NAME, "a+b") as handle:
+        if sys.platform == "win32":
+            import msvcrt
+
+            handle.seek(0)
+            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # retries for ~10 s, then OSError
+            try:
+                yield
+            finally:
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> Path:
@@ -43,6 +80,12 @@ def write_atomic(path: str | Path, data: bytes | str, durable: bool = True) -> P
         os.replace(tmp, path)
         if durable:
             sync_directory(path.parent)  # the rename itself survives a power cut only once synced
+    except OSError as error:
+        # Name the file the caller asked for, not the hidden temporary one (a folder in the way
+        # fails the rename, and the error would name only the temporary file).
+        if error.errno is None:
+            raise
+        raise type(error)(error.errno, error.strerror, str(path)) from error
     finally:
         if tmp.exists():
             tmp.unlink()

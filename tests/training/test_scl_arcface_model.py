@@ -171,6 +171,99 @@ def test_enroll_adds_a_class_without_training_and_refreshes_onnx(
     assert unnamed.exit_code == 2 and "class name is empty" in unnamed.output
 
 
+def test_enroll_keeps_one_reference_per_image_and_refuses_a_clash(
+    trained: Path, tmp_path: Path, one_thread: None
+) -> None:
+    """An enrolment run twice adds nothing the second time; a copy under another name is one image;
+    an image of another class and a name that differs from a class only in case are refused."""
+    import shutil
+
+    model = shutil.copytree(trained, tmp_path / "model")
+    for index in range(3):
+        save(tmp_path / "checks" / f"c{index}.png", pattern("checks", 200 + index))
+    first = runner.invoke(app, ["enroll", str(model), str(tmp_path / "checks"), "--class", "checks"])
+    assert first.exit_code == 0 and "enrolled 3 image(s)" in first.output, first.output
+    database = (model / REFERENCES_NAME).read_bytes()
+
+    again = runner.invoke(app, ["enroll", str(model), str(tmp_path / "checks"), "--class", " checks "])
+    assert again.exit_code == 0, again.output
+    assert (
+        "skipped 3 image(s) already enrolled as 'checks'" in again.output and "nothing added" in again.output
+    )
+    assert (model / REFERENCES_NAME).read_bytes() == database
+
+    save(tmp_path / "more" / "c3.png", pattern("checks", 203))
+    shutil.copy(tmp_path / "checks" / "c0.png", tmp_path / "more" / "copy.png")
+    save(tmp_path / "more" / "c3 again.png", pattern("checks", 203))
+    more = runner.invoke(app, ["enroll", str(model), str(tmp_path / "more"), "--class", "checks"])
+    assert more.exit_code == 0, more.output
+    assert (
+        "enrolled 1 image(s)" in more.output
+        and "skipped 1" in more.output
+        and "1 image(s) repeat" in more.output
+    )
+    assert read_card(model).class_names == ["blob", "dots", "frame", "checks"]
+
+    references = runner.invoke(
+        app, ["enroll", str(model), str(trained.parent.parent / "data" / "dots"), "-c", "x"]
+    )
+    assert references.exit_code == 1 and "already a reference of class 'dots'" in references.output
+    assert read_card(model).class_names[-1] == "checks"  # nothing written
+
+    clash = runner.invoke(app, ["enroll", str(model), str(tmp_path / "more"), "--class", "Checks"])
+    assert clash.exit_code == 2 and "only in letter case" in clash.output
+
+
+def test_two_enrolments_at_once_keep_both_classes(
+    trained: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each enrolment reads the database, then writes it: without the model folder's lock the
+    second to write would drop the first one's class."""
+    import shutil
+    import threading
+    import time
+
+    import defectkit.inference.enroll as enrolment
+    from defectkit.inference.saved_model import load_model
+
+    model = shutil.copytree(trained, tmp_path / "model")
+    slow_reader = threading.Event()
+
+    def load_slowly(directory: Path) -> Any:
+        loaded = load_model(directory)
+        if not slow_reader.is_set():
+            slow_reader.set()
+            time.sleep(0.5)  # the other enrolment starts while this one holds the old database
+        return loaded
+
+    monkeypatch.setattr(enrolment, "load_model", load_slowly)
+    errors: list[BaseException] = []
+
+    images = {
+        "checks": [save(tmp_path / f"checks{i}.png", pattern("checks", i)) for i in (1, 2)],
+        "dim": [save(tmp_path / f"dim{i}.png", pattern("blob", 300 + i) // 2) for i in (1, 2)],
+    }
+
+    def enroll(kind: str) -> None:
+        try:
+            enrolment.enroll(model, kind, images[kind])
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    first = threading.Thread(target=enroll, args=("checks",))
+    first.start()
+    assert slow_reader.wait(30)
+    second = threading.Thread(target=enroll, args=("dim",))
+    second.start()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert read_card(model).class_names == ["blob", "dots", "frame", "checks", "dim"]
+    loaded, card = load_model(model)
+    labels = cast(Any, loaded).reference_labels
+    assert [int((labels == card.class_names.index(k)).sum()) for k in ("checks", "dim")] == [2, 2]
+
+
 def test_a_failed_export_at_enrolment_leaves_no_stale_graph(
     trained: Path, tmp_path: Path, one_thread: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
