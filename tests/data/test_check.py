@@ -138,3 +138,20 @@ def test_real_neu(real_data: Callable[[str], Path]) -> None:
     assert cls.n_images == 1800 and sorted(cls.classes.values()) == [300] * 6
     pair = next(d for d in cls.duplicates if any("Pa_101" in p for p in d))
     assert sorted(Path(p).stem for p in pair) == ["Pa_101", "Pa_105"]
+
+
+def test_a_mask_run_outside_its_image_is_a_problem_not_the_end_of_the_check(tmp_path: Path) -> None:
+    """A Severstal-style run-length mask that overruns a smaller image: one problem, and the
+    check goes on to the next file."""
+    from defectkit.data.check import check_sample
+    from defectkit.data.sample import Sample
+
+    image = save(tmp_path / "small.png", texture(0, 64, 400))
+    report = check_sample(Sample(path=str(image), label=1, meta={"mask_rle": {1: "30000 50"}}))
+    assert len(report.problems) == 1 and "outside" in report.problems[0].reason
+    assert report.problems[0].path == str(image)
+
+
+def test_check_json_that_names_a_folder_is_refused_before_the_pass(ksdd_root: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "check", str(ksdd_root), "--json", str(tmp_path)])
+    assert result.exit_code == 2 and "is a folder" in result.output and "images " not in result.output

@@ -303,3 +303,40 @@ def test_convert_keeps_known_empty_masks_and_splits(tmp_path: Path) -> None:
     assert all(s.has_mask for s in copy.samples)
     assert [s.meta["split"] for s in copy.samples] == [s.meta["split"] for s in original.samples]
     assert copy.info.class_names == original.info.class_names
+
+
+def test_a_manifest_that_is_not_utf8_is_refused_with_its_line(tmp_path: Path) -> None:
+    save(tmp_path / "a.png", texture(0))
+    # Excel's plain "CSV" on Windows is cp1252: "ß" is one byte there.
+    text = "path,label,class\na.png,1,Rißbildung\n"
+    (tmp_path / "manifest.csv").write_bytes(text.encode("cp1252"))
+    with pytest.raises(FormatError, match=r"manifest.csv: line 2 is not UTF-8 text \(byte 0xdf\)"):
+        read_dataset(tmp_path)
+
+
+def test_csv_manifest_refuses_what_would_read_back_otherwise(tmp_path: Path) -> None:
+    """Class names holding the CSV's separator or its "none", and file names that are not UTF-8:
+    the CSV is refused, naming the image; JSONL writes them and reads them back unchanged."""
+    import os
+
+    from defectkit.data.sample import Dataset, DatasetInfo, Sample
+
+    save(tmp_path / "a.png", texture(0))
+    info = DatasetInfo(name="x", format="folder", root=str(tmp_path), class_names=["rust;pit"])
+    dataset = Dataset([Sample(path=str(tmp_path / "a.png"), label=1, classes=[1])], info)
+    with pytest.raises(FormatError, match=r"a.png as CSV: class name 'rust;pit' would read back as"):
+        write_manifest(dataset, tmp_path / "out" / "manifest.csv")
+    assert not (tmp_path / "out" / "manifest.csv").exists()
+    named_none = Dataset(dataset.samples, DatasetInfo("x", "folder", str(tmp_path), class_names=["None"]))
+    with pytest.raises(FormatError, match="class name 'None' would read back as"):
+        write_manifest(named_none, tmp_path / "out" / "manifest.csv")
+    copy = read_dataset(write_manifest(dataset, tmp_path / "jsonl" / "manifest.jsonl").parent)
+    assert copy.info.class_names == ["rust;pit"] and copy.samples[0].classes == [1]
+
+    latin = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name on a UTF-8 system
+    save(tmp_path / latin, texture(1))
+    odd = Dataset([Sample(path=str(tmp_path / latin), label=0)], DatasetInfo("x", "folder", str(tmp_path)))
+    with pytest.raises(FormatError, match=r"caf\\xe9.png as CSV: .* is not UTF-8; write a JSONL"):
+        write_manifest(odd, tmp_path / "odd" / "manifest.csv")
+    back = read_dataset(write_manifest(odd, tmp_path / "odd" / "manifest.jsonl").parent)
+    assert Path(back.samples[0].path).resolve() == (tmp_path / latin).resolve()

@@ -101,6 +101,8 @@ def check(
     """
     if json_out is not None:
         json_out = json_out.expanduser()
+        if json_out.is_dir():
+            raise UsageError(f"--json {json_out}: is a folder; give the report's file name")
         writable_folder(json_out.parent)  # before the check, not after a long pass
     with progress_bar("checking") as bar:
         task = bar.add_task("check", total=None)

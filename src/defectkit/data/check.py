@@ -66,6 +66,9 @@ def check_sample(sample: Sample, num_classes: int = 0) -> SampleReport:
     except ImageReadError as error:
         report.problems.append(Problem(error.path, error.reason))
         return report
+    except ValueError as error:  # an annotation that does not fit its image (an RLE run past its end)
+        report.problems.append(Problem(sample.path, str(error)))
+        return report
     assert loaded.image is not None
     height, width = np.asarray(loaded.image).shape[:2]
     report.size = (width, height)

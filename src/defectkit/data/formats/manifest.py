@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from defectkit.data.formats import FormatError, register_format
+from defectkit.data.io import printable_path
 from defectkit.data.sample import MASK_KEYS, Dataset, DatasetInfo, Problem, Sample
 from defectkit.files import write_atomic
 
@@ -54,30 +55,44 @@ def _detect(root: Path) -> bool:
     return find_manifest(root) is not None
 
 
+def _text(manifest: Path) -> str:
+    """The manifest's text, strictly UTF-8: a file saved in a legacy code page (Excel's "CSV" is
+    cp1252 on Windows) is refused with its line, not read with its names silently garbled."""
+    raw = manifest.read_bytes()
+    try:
+        # utf-8-sig: spreadsheet programs start a "CSV UTF-8" file with a byte-order mark.
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise FormatError(
+            f"{manifest}: line {line} is not UTF-8 text (byte 0x{raw[error.start]:02x}); save the "
+            'file as UTF-8 ("CSV UTF-8" in spreadsheet programs)'
+        ) from None
+
+
 def _rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    # utf-8-sig: spreadsheet programs start a "CSV UTF-8" file with a byte-order mark.
+    text = _text(manifest)
     if manifest.suffix.lower() == ".csv":
-        with open(manifest, newline="", encoding="utf-8-sig", errors="replace") as handle:
-            # Hand-written files put spaces after the commas ("path, label"): without
-            # skipinitialspace, " label" would be an unknown column and every label lost.
-            reader = csv.DictReader(handle, skipinitialspace=True)
-            if reader.fieldnames is not None:
-                reader.fieldnames = [name.strip() for name in reader.fieldnames]
-            if reader.fieldnames is None or "path" not in reader.fieldnames:
-                raise FormatError(f"{manifest}: CSV manifest needs a header with a 'path' column")
-            for line, row in enumerate(reader, start=2):
-                yield line, dict(row)
+        # Hand-written files put spaces after the commas ("path, label"): without
+        # skipinitialspace, " label" would be an unknown column and every label lost.
+        reader = csv.DictReader(io.StringIO(text, newline=""), skipinitialspace=True)
+        if reader.fieldnames is not None:
+            reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise FormatError(f"{manifest}: CSV manifest needs a header with a 'path' column")
+        for line, row in enumerate(reader, start=2):
+            yield line, dict(row)
     else:
-        with open(manifest, encoding="utf-8-sig", errors="replace") as handle:
-            for line, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as error:
-                    yield line, {"_error": f"invalid JSON ({error.msg})"}
-                    continue
-                yield line, row if isinstance(row, dict) else {"_error": "line is not a JSON object"}
+        # split("\n"), not splitlines(): a raw U+2028 inside a JSON string is no line end.
+        for line, entry in enumerate(text.split("\n"), start=1):
+            if not entry.strip():
+                continue
+            try:
+                row = json.loads(entry)
+            except json.JSONDecodeError as error:
+                yield line, {"_error": f"invalid JSON ({error.msg})"}
+                continue
+            yield line, row if isinstance(row, dict) else {"_error": "line is not a JSON object"}
 
 
 def _empty(value: Any) -> bool:
@@ -342,7 +357,13 @@ def write_manifest(
         writer = csv.DictWriter(text, fieldnames=[*COLUMNS, *meta_columns])
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_cell(k, v) for k, v in row.items()})
+            try:
+                writer.writerow({k: _csv_cell(k, v) for k, v in row.items()})
+            except ValueError as error:
+                raise FormatError(
+                    f"{manifest}: cannot write {printable_path(str(row['path']))} as CSV: {error}; "
+                    "write a JSONL manifest (.jsonl) instead"
+                ) from None
     else:
         for row in rows:
             text.write(json.dumps({k: v for k, v in row.items() if v is not None}) + "\n")
@@ -360,10 +381,26 @@ def write_manifest(
 
 
 def _csv_cell(key: str, value: Any) -> str:
+    """A CSV cell that reads back as ``value``; ``ValueError`` says why one cannot be written."""
     if value is None:
         return ""
     if key == "boxes":
         return json.dumps(value)
-    if key == "class":
-        return value if isinstance(value, str) else ";".join(value) if value else ""
-    return str(value)
+    if key == "class" and isinstance(value, str):
+        cell = value  # sample_row's "none": a defective image of no listed class
+    elif key == "class":
+        names = list(value)
+        for name in names:
+            # The reader splits the cell on ";" and reads "none" as no class at all.
+            if ";" in name or name.strip().lower() == "none":
+                raise ValueError(f"class name {name!r} would read back as {_names(name)!r}")
+        cell = ";".join(names)
+    else:
+        cell = str(value)
+    try:
+        cell.encode("utf-8")
+    except UnicodeEncodeError:
+        # A file name that is not UTF-8 (from a Latin-1 share): CSV is written as UTF-8 text;
+        # JSON escapes such names and reads them back byte for byte.
+        raise ValueError(f"{key} {printable_path(cell)} is not UTF-8") from None
+    return cell
