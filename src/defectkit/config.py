@@ -219,12 +219,22 @@ def load_config(
         raise ConfigError(f"{where}: {validation_problems(error)}") from None
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (line and column, 1-based), without
+    PyYAML's multi-line excerpt and caret."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{error.problem or error.context or 'not valid YAML'}"
+    return " ".join(str(error).split())
+
+
 def read_yaml(path: Path, error: type[Exception]) -> Any:
     """``path``'s YAML, or ``error`` naming the file when it is not UTF-8 text or not YAML."""
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as problem:
-        raise error(f"{path}: not valid YAML ({problem})") from None
+        raise error(f"{path}: not valid YAML ({yaml_problem(problem)})") from None
     except UnicodeDecodeError as problem:
         raise error(f"{path}: not UTF-8 text ({problem.reason} at byte {problem.start})") from None
 

@@ -14,6 +14,11 @@ from pathlib import Path
 _LONGEST_KEPT_NAME = 200
 
 
+class OutputFolderError(ValueError):
+    """An output folder that cannot take the results without replacing or hiding a user's files
+    (it holds the input images, or files no defectkit run wrote where results would go): bad usage."""
+
+
 def temporary_name(path: Path, suffix: str = "tmp") -> Path:
     """A hidden name beside ``path`` to write it under before renaming (or to move an old copy
     aside, ``suffix="old"``): unique per process and thread, so two writers of one path never

@@ -326,6 +326,7 @@ detector:
         "detector": (good.replace("segdec/synthetic.yaml", "scl_arcface/neu-cls.yaml"), "no OK/NG decision"),
         "classifier": (good + "classifier: types/model\n", "types/model/model.yaml: not found"),
         "typo": (good + "attribute_top: 5\n", "attribute_top: Extra inputs are not permitted"),
+        "no attributes": (good + "attributes_top: 0\n", "attributes_top: Input should be greater than"),
     }
     for name, (text, expected) in cases.items():
         spec = tmp_path / f"{name.replace(' ', '-')}.yaml"
@@ -453,3 +454,127 @@ def test_load_line_is_part_of_the_package_api() -> None:
     import defectkit
 
     assert defectkit.load_line is load_line and "load_line" in defectkit.__all__
+
+
+def _edit_card(model: Path, edit: object) -> None:
+    import yaml
+
+    card = yaml.safe_load((model / "model.yaml").read_text())
+    edit(card)  # type: ignore[operator]
+    (model / "model.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
+
+
+def test_a_line_refuses_models_that_would_judge_wrongly(line_dir: Path, tmp_path: Path) -> None:
+    """Each of these loaded before and judged without a word: a detector of another surface, a
+    NaN threshold (every score passes as ok), a router card naming fewer surfaces than it
+    routes to, an OK/NG model listed as the defect-type classifier, and no detectors at all."""
+    router = str(line_dir / "router" / "model")
+    class2 = shutil.copytree(line_dir / "detectors" / "Class2", tmp_path / "class2")
+    _edit_card(class2, lambda card: card["config"].setdefault("data", {}).update(surface="Class2"))
+    swapped = {"Class1": str(class2), "Class2": str(line_dir / "detectors" / "Class1")}
+    write_line_spec(tmp_path, LineSpec(router=router, detectors=swapped))
+    with pytest.raises(
+        SavedModelError, match=r"detectors\.Class1: .* trained on surface 'Class2', not 'Class1'"
+    ):
+        load_line(tmp_path)
+
+    nan = shutil.copytree(line_dir / "detectors" / "Class1", tmp_path / "nan")
+    (nan / "model.yaml").write_text(
+        (nan / "model.yaml").read_text().replace("decision: 0.5", "decision: .nan")
+    )
+    write_line_spec(tmp_path, LineSpec(router=router, detectors={"Class1": str(nan)}))
+    with pytest.raises(SavedModelError, match=r"thresholds\.decision: .*finite number, not nan\)$"):
+        load_line(tmp_path)
+
+    short = shutil.copytree(line_dir / "router" / "model", tmp_path / "router")
+    _edit_card(short, lambda card: card.update(surface_names=card["surface_names"][:1]))
+    detectors = {s: str(line_dir / "detectors" / s) for s in SEEN}
+    write_line_spec(tmp_path, LineSpec(router=str(short), detectors=detectors))
+    with pytest.raises(SavedModelError, match="routes to 2 seen surfaces but its model card names 1"):
+        load_line(tmp_path)
+
+    as_classifier = LineSpec(router=router, detectors=detectors, classifier=detectors["Class1"])
+    write_line_spec(tmp_path, as_classifier)
+    with pytest.raises(
+        SavedModelError, match=r"classifier: .* gives an OK/NG decision and names no defect types"
+    ):
+        load_line(tmp_path)
+
+    (tmp_path / "line.yaml").write_text(f"router: {router}\ndetectors: {{}}\n")
+    with pytest.raises(SavedModelError, match="detectors: Dictionary should have at least 1 item"):
+        load_line(tmp_path)
+
+
+def test_a_router_that_gives_nan_judges_nothing(line_dir: Path, tmp_path: Path) -> None:
+    """NaN compares false with the alert threshold and argmax takes the first surface: the image
+    went to Class1's detector, whatever its surface."""
+    from defectkit.inference.inspector import NonFiniteScoreError
+
+    line = load_line(line_dir)
+    with torch.no_grad():
+        for parameter in line.router.network.parameters():
+            parameter.fill_(float("nan"))
+    image = sorted((line_dir / "data" / "Class2" / "Test").glob("*.PNG"))[0]
+    with pytest.raises(NonFiniteScoreError, match="surface router gave a non-finite score"):
+        line.inspect(image)
+
+
+def test_an_array_in_channels_first_layout_is_refused_not_misread(line_dir: Path) -> None:
+    line = load_line(line_dir)
+    image = read_image(sorted((line_dir / "data" / "Class1" / "Test").glob("*.PNG"))[0])
+    colour = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+    assert line.inspect(colour).verdict in ("ok", "defect", "unknown")
+    for bad in (colour.transpose(2, 0, 1), colour[:0], colour[None]):
+        with pytest.raises(ValueError, match=r"HxW \(grey\) or HxWxC .* got shape"):
+            line.inspect(bad)
+
+
+def test_line_eval_keeps_a_users_files_and_names_mismatched_surfaces(line_dir: Path, tmp_path: Path) -> None:
+    from defectkit.data.formats import read_dataset
+    from defectkit.evaluation.line import evaluate_line
+
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"my": "notes"}')
+    args = ["line", "eval", str(line_dir), "--data", str(line_dir / "data"), "--out", str(out)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "no defectkit report wrote" in refused.output
+    assert (out / "metrics.json").read_text() == '{"my": "notes"}'
+    report = tmp_path / "report"
+    for _ in range(2):  # a rerun writes over its own earlier report
+        again = CliRunner().invoke(app, [*args[:-1], str(report)])
+        assert again.exit_code == 0, again.output
+
+    samples = read_dataset(line_dir / "data").samples
+    lower = [s.replace(surface=str(s.surface).lower()) for s in samples]
+    with pytest.raises(ValueError, match=r"none of the images' surfaces \(class1, class2, class3\)"):
+        evaluate_line(load_line(line_dir), lower)
+
+
+def test_a_card_with_a_mistake_is_named_on_one_line(line_dir: Path, tmp_path: Path) -> None:
+    from defectkit.inference.saved_model import read_card
+
+    model = shutil.copytree(line_dir / "detectors" / "Class1", tmp_path / "model")
+    text = (model / "model.yaml").read_text()
+    (model / "model.yaml").write_text(text + "treshold: 0.3\n")
+    with pytest.raises(SavedModelError) as typo:
+        read_card(model)
+    assert "treshold: Extra inputs are not permitted" in str(typo.value) and "\n" not in str(typo.value)
+    (model / "model.yaml").write_text(text + "thresholds: [0.3\n")
+    with pytest.raises(SavedModelError, match=r"not YAML: line \d+, column \d+: ") as broken:
+        read_card(model)
+    assert "\n" not in str(broken.value)
+
+
+def test_a_kept_detector_of_another_surface_is_refused(line_dir: Path, tmp_path: Path) -> None:
+    """On macOS and Windows detectors/class2 and detectors/Class2 are one folder: a detector kept
+    for one surface may be another's."""
+    from defectkit.config import ConfigError
+    from defectkit.training.line import check_detector
+
+    model = shutil.copytree(line_dir / "detectors" / "Class2", tmp_path / "model")
+    _edit_card(model, lambda card: card["config"].setdefault("data", {}).update(surface="class2"))
+    data = {"root": str(line_dir / "data"), "surface": "Class2"}
+    config = load_config({"method": "segdec", "data": data, "input": {"size": [64, 64]}})
+    with pytest.raises(ConfigError, match="trained on surface 'class2', not 'Class2'; remove it to retrain"):
+        check_detector(model, config)

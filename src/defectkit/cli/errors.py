@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from defectkit.data.formats import FormatError, UnknownFormatError
 from defectkit.data.io import ImageReadError
+from defectkit.files import OutputFolderError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,7 +47,7 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             return command(*args, **kwargs)  # full tracebacks for developers
         try:
             return command(*args, **kwargs)
-        except (UsageError, UnknownFormatError) as error:
+        except (UsageError, UnknownFormatError, OutputFolderError) as error:
             raise fail(str(error), EXIT_BAD_USAGE) from None
         except (FormatError, ImageReadError) as error:
             raise fail(str(error)) from None

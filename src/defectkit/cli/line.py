@@ -114,7 +114,7 @@ def evaluate(
     1, the report still written.
     """
     from defectkit.data.formats import read_dataset
-    from defectkit.evaluation.evaluate import default_report_folder, select_split
+    from defectkit.evaluation.evaluate import check_report_folder, default_report_folder, select_split
     from defectkit.evaluation.line import evaluate_line, write_line_report
     from defectkit.files import report_folder
     from defectkit.inference.line import load_line
@@ -125,8 +125,10 @@ def evaluate(
         samples, chosen = select_split(read_dataset(data, format).samples, split.value)
     except SavedModelError as error:
         raise fail(str(error)) from None
+    target = out or default_report_folder(line_dir, data, split.value)
+    check_report_folder(target)
     with (
-        report_folder(out or default_report_folder(line_dir, data, split.value)) as folder,
+        report_folder(target) as folder,
         progress_bar("judging") as bar,
     ):
         task = bar.add_task("line eval", total=None)

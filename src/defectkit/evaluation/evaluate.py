@@ -50,7 +50,7 @@ from defectkit.evaluation.plots import (
     sectioned_sheet,
 )
 from defectkit.evaluation.scoring import TimedScorer
-from defectkit.files import report_folder, write_atomic
+from defectkit.files import OutputFolderError, report_folder, write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
 from defectkit.inference.saved_model import utc_timestamp
 from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
@@ -368,6 +368,44 @@ def write_report(
     )
 
 
+# Every file an ``eval`` or ``line eval`` report may write.
+REPORT_FILES = (
+    "metrics.json",
+    "scores.csv",
+    "pr_curve.png",
+    "score_histogram.png",
+    "worst.png",
+    "dice_iou_box.png",
+    "confusion.png",
+)
+
+
+def is_report_metrics(path: Path) -> bool:
+    """Whether ``path`` is a ``metrics.json`` that an eval or line eval report wrote."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # Line reports written before they carried the version hold their confusion and image count.
+    return isinstance(payload, dict) and (
+        "defectkit_version" in payload or {"confusion", "n_images"} <= set(payload)
+    )
+
+
+def check_report_folder(folder: Path) -> None:
+    """Refuse (:class:`OutputFolderError`) a folder where the report would replace files that no
+    report wrote: a user's own ``metrics.json`` or ``confusion.png``. A folder with an earlier
+    report (its ``metrics.json`` says so) is written over, as a rerun expects."""
+    if not folder.is_dir() or is_report_metrics(folder / "metrics.json"):
+        return
+    clashes = [name for name in REPORT_FILES if (folder / name).exists()]
+    if clashes:
+        raise OutputFolderError(
+            f"{folder}: the report would replace {', '.join(clashes)}, which no defectkit report wrote; "
+            "write the report to another folder (--out), or move those files"
+        )
+
+
 def default_report_folder(base: Path, data: str | Path, split: str) -> Path:
     """``BASE/eval-DATA-SPLIT``: a model judged on two datasets keeps both reports. DATA is the
     dataset folder's name as given (links not followed), or for a manifest file its folder's
@@ -454,6 +492,7 @@ def evaluate_model(
     if inspector.card.config.get("data", {}).get("masks_from_boxes"):
         samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
     folder = Path(out) if out is not None else default_report_folder(model_dir, data, split)
+    check_report_folder(folder)
     with report_folder(folder) as target:
         context = {
             "model": str(model_dir),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from defectkit import __version__
 from defectkit.data.io import ImageReadError, error_reason, read_image
 from defectkit.data.sample import Sample
 from defectkit.files import write_atomic
@@ -92,6 +93,14 @@ def evaluate_line(
             raise ValueError(f"{sample.path}: no surface; line eval needs each image's surface")
         if sample.surface in seen and sample.label is None:
             raise ValueError(f"{sample.path}: no OK/NG label on seen surface {sample.surface}")
+    given = sorted({str(s.surface) for s in samples})
+    if given and not seen.intersection(given):
+        # Every image would count as unseen, and the report would read as alerts missed.
+        shown = ", ".join(given[:10]) + (", ..." if len(given) > 10 else "")
+        raise ValueError(
+            f"none of the images' surfaces ({shown}) is one the router was trained on "
+            f"({', '.join(sorted(seen))}); names are compared exactly, letter case included"
+        )
     rows: list[int] = []
     verdicts: list[str] = []
     routed_right: list[bool] = []
@@ -136,6 +145,7 @@ def write_line_report(report: LineEvaluation, folder: Path, title: str, **contex
         "n_images": report.n_images,
         **context,
         "failures": [{"image": path, "reason": reason} for path, reason in report.failures],
+        "defectkit_version": __version__,
     }
     return [
         write_atomic(folder / "metrics.json", dump_json(payload)),

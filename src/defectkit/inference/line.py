@@ -24,6 +24,7 @@ A line directory holds ``line.yaml`` (:class:`LineSpec`) naming, relative to it 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from defectkit.data.attributes import describe
 from defectkit.files import write_atomic
 from defectkit.inference.image_inspector import ImageInspector, Judged
 from defectkit.inference.inspection import Inspection, Verdict
-from defectkit.inference.inspector import Inspector, Scored, load_inspector
+from defectkit.inference.inspector import Inspector, NonFiniteScoreError, Scored, load_inspector
 from defectkit.inference.preprocess import Preprocess, to_network_layout
 from defectkit.inference.saved_model import LINE_FILE, ModelCard, SavedModelError, load_model, model_identity
 from defectkit.models.sbad import SurfaceRouterNet
@@ -51,7 +52,9 @@ class LineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     router: str = Field(description="saved sbad router directory")
-    detectors: dict[str, str] = Field(description="surface name -> saved detector directory")
+    detectors: dict[str, str] = Field(
+        min_length=1, description="surface name -> saved detector directory (without one, all is unknown)"
+    )
     classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
     attributes_top: int = Field(3, ge=1, description="attributes in words on an unknown")
 
@@ -94,7 +97,13 @@ class SurfaceRouting:
         self.card = card
         self.preprocess = Preprocess(card.input)
         self.threshold = float(card.thresholds.unknown)
-        self.seen = list(card.surface_names[: network.router.n_seen])
+        n_seen = network.router.n_seen
+        if len(card.surface_names) < n_seen:
+            raise SavedModelError(
+                f"router {card.model!r} routes to {n_seen} seen surfaces but its model card names "
+                f"{len(card.surface_names)}: {card.surface_names}"
+            )
+        self.seen = list(card.surface_names[:n_seen])
 
     @torch.inference_mode()
     def route_batch(self, images: Sequence[np.ndarray]) -> list[Route]:
@@ -194,6 +203,13 @@ class Line(ImageInspector[LineScored]):
         """The routed detector's judgement (asking the classifier the type of a defect), or an
         unknown; ``latency_ms`` left 0."""
         route = scored.route
+        if not (math.isfinite(route.unseen_score) and math.isfinite(route.surface_score)):
+            # NaN compares false with the alert threshold and argmax takes the first surface:
+            # judged on, the image would go to a detector picked by nothing.
+            raise NonFiniteScoreError(
+                f"the surface router gave a non-finite score (unseen {route.unseen_score}, "
+                f"surface {route.surface_score})"
+            )
         if scored.detector_scored is None:
             return self._unknown(route, label), None
         surface = route.surface
@@ -272,6 +288,11 @@ def load_line(directory: str | Path, backend: str = "torch") -> Line:
             detectors[surface] = load_inspector(resolve(path), backend=backend)
         except SavedModelError as error:
             raise SavedModelError(f"{where}: detectors.{surface}: {error}") from None
+        trained_on = (detectors[surface].card.config.get("data") or {}).get("surface")
+        if trained_on and trained_on != surface:
+            raise SavedModelError(
+                f"{where}: detectors.{surface}: {path} was trained on surface {trained_on!r}, not {surface!r}"
+            )
         if detectors[surface].names_defect_types:
             raise SavedModelError(
                 f"{where}: detectors.{surface}: {path} names defect types and gives no OK/NG "
@@ -281,6 +302,11 @@ def load_line(directory: str | Path, backend: str = "torch") -> Line:
         classifier = load_inspector(resolve(spec.classifier), backend=backend) if spec.classifier else None
     except SavedModelError as error:
         raise SavedModelError(f"{where}: classifier: {error}") from None
+    if classifier is not None and not classifier.names_defect_types:
+        raise SavedModelError(
+            f"{where}: classifier: {spec.classifier} gives an OK/NG decision and names no defect types; "
+            "the classifier names them (list an OK/NG model under detectors)"
+        )
     # Its models may live outside the line's folder: their names enter the line's.
     components = [model_identity(resolve(spec.router)), *(detectors[s].name for s in sorted(detectors))]
     name = model_identity(directory, [*components, classifier.name if classifier else ""])

@@ -41,7 +41,7 @@ from defectkit.data.io import (
     printable_path,
     read_image,
 )
-from defectkit.files import writable_folder, write_atomic
+from defectkit.files import OutputFolderError, writable_folder, write_atomic
 from defectkit.inference.image_inspector import ImageInspector
 from defectkit.inference.inspection import Inspection
 from defectkit.inference.overlay import heatmap_image, png_bytes, render_overlay
@@ -141,11 +141,6 @@ def _pattern_root(pattern: str) -> Path:
 
 # What an image's results add to its stem: NAME.mask.png for x.png is NAME.png for x.mask.png.
 DERIVED_SUFFIXES = (".mask", ".heatmap")
-
-
-class OutputFolderError(ValueError):
-    """An output folder that cannot take the results (it holds the input images, or files that no
-    predict run wrote where results would go): bad usage."""
 
 
 # What one image's result files add to its output name (:func:`result_files`).

@@ -24,6 +24,14 @@ def to_network_layout(image: np.ndarray, channels: int) -> np.ndarray:
     # into a black image instead of an error.
     if array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {array.dtype}")
+    # A channels-first (CxHxW) array would otherwise pass as a C-pixel-high image of W channels
+    # and be judged as garbage; say which layout is expected instead.
+    layout_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
+    if not layout_ok or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"expected an image array of shape HxW (grey) or HxWxC with C 1, 3 or 4 (channels last), "
+            f"got shape {array.shape}"
+        )
     array = convert_channels(array, channels)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     # A fresh, writable copy: decoded images can be read-only views, which torch warns about.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,12 +21,13 @@ from typing import Any, cast
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from defectkit import __version__
+from defectkit.config import validation_problems, yaml_problem
 from defectkit.files import sync_directory, sync_folder, temporary_name
 from defectkit.models import create_model
 
@@ -72,6 +74,14 @@ class Thresholds(BaseModel):
         "decision (0.5), see metrics.rescaled_to_half; classes not named use decision",
     )
     rule: str = "best_f1"
+
+    @field_validator("decision", "pixel", "unknown", "box")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        # "score >= NaN" is false for every score: a NaN threshold would pass every part as ok.
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"a threshold must be a finite number, not {value}")
+        return value
 
     @model_validator(mode="after")
     def _per_class_judged_at_half(self) -> Thresholds:
@@ -198,8 +208,12 @@ def read_card(directory: str | Path) -> ModelCard:
     if not path.is_file():
         raise SavedModelError(f"{path}: not found ({directory} is not a saved defectkit model)")
     try:
-        return ModelCard.model_validate(yaml.safe_load(path.read_text()))
-    except (yaml.YAMLError, ValueError) as error:
+        return ModelCard.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as error:
+        raise SavedModelError(f"{path}: invalid model card (not YAML: {yaml_problem(error)})") from None
+    except ValidationError as error:
+        raise SavedModelError(f"{path}: invalid model card ({validation_problems(error)})") from None
+    except ValueError as error:  # UnicodeDecodeError among them
         raise SavedModelError(f"{path}: invalid model card ({error})") from None
 
 

@@ -96,7 +96,7 @@ class LineTrainSpec(BaseModel):
     classifier: str | None = Field(
         None, description="saved defect-type classifier (optional; relative to this file's folder)"
     )
-    attributes_top: int = 3
+    attributes_top: int = Field(3, ge=1, description="attributes in words on an unknown")
 
 
 def read_line_train_spec(path: str | Path) -> LineTrainSpec:
@@ -152,6 +152,13 @@ def check_detector(model_dir: Path, config: RunConfig) -> None:
     """Refuse a kept detector whose input or network differs from what ``config`` now asks for."""
     trained = read_card(model_dir).config
     wanted = config.model_dump(mode="json")
+    trained_on = (trained.get("data") or {}).get("surface")
+    if trained_on and trained_on != config.data.surface:
+        # A folder name that differs only in case is one folder on macOS and Windows.
+        raise ConfigError(
+            f"{model_dir}: a detector trained on surface {trained_on!r}, not {config.data.surface!r}; "
+            "remove it to retrain"
+        )
     changed = [k for k in ("input", "model") if trained.get(k) != wanted[k]]
     if trained and changed:
         raise ConfigError(
