@@ -172,6 +172,13 @@ def test_the_summary_lists_what_was_done_when_a_run_breaks_off(
     with pytest.raises(KeyboardInterrupt):
         predict.predict_paths(inspector, [images], tmp_path / "out")
     assert [row["error"] for row in _summary(tmp_path / "out")] == [""]  # the one inspected before
+    calls.clear()
+    # The command says where the results of the images judged so far are, and exits as shells do.
+    stopped = runner.invoke(app, ["predict", str(model_dir), str(images), "-o", str(tmp_path / "cli")])
+    assert stopped.exit_code == 130, stopped.output
+    assert f"interrupted after 1 image(s); their results and summary.csv are in {tmp_path / 'cli'}" in (
+        " ".join(stopped.output.split())
+    )
 
 
 def test_predict_nothing_readable(model_dir: Path, images: Path, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ stderr = Console(stderr=True, highlight=False)
 
 EXIT_BAD_DATA = 1
 EXIT_BAD_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 class UsageError(ValueError):

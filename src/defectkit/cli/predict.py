@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from defectkit.cli.data import progress_bar
-from defectkit.cli.errors import UsageError, fail, user_errors
+from defectkit.cli.errors import EXIT_INTERRUPTED, UsageError, fail, user_errors
 
 if TYPE_CHECKING:
     from defectkit.inference.image_inspector import ImageInspector
@@ -99,10 +99,17 @@ def write_predictions(
 ) -> None:
     """Inspect ``paths`` with a progress bar, report failures line by line and the verdict counts;
     exit 1 when some file failed or none was inspected (``predict`` and ``line run`` share it)."""
-    from defectkit.inference.predict import Failure, OutputFolderError, predict_paths
+    from defectkit.inference.predict import SUMMARY_NAME, Failure, OutputFolderError, predict_paths
 
     with progress_bar("inspecting") as bar:
         task = bar.add_task("predict", total=None)
+
+        done = 0  # images judged so far, for the message when a run is interrupted
+
+        def advance(completed: int, total: int) -> None:
+            nonlocal done
+            done = completed
+            bar.update(task, completed=completed, total=total)
 
         def report_failure(failure: Failure) -> None:
             bar.console.print(
@@ -118,11 +125,18 @@ def write_predictions(
                 save_masks=save_masks,
                 overlays=overlays,
                 explainer=explainer,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                progress=advance,
                 on_failure=report_failure,
             )
         except OutputFolderError as error:
             raise UsageError(str(error)) from None
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM (cli.main): predict_paths has written the summary of what was done.
+            stderr.print(
+                escape(f"interrupted after {done} image(s); their results and {SUMMARY_NAME} are in {out}"),
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     verdicts = Counter(inspection.verdict for _, inspection in report.results)
     counts = ", ".join(f"{verdicts[v]} {v}" for v in ("ok", "defect", "unknown") if verdicts[v])
