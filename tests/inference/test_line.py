@@ -124,6 +124,8 @@ def test_line_without_a_detector_for_a_surface_calls_it_unknown(line_dir: Path, 
     for inspection in (line.inspect(p) for p in paths):
         if inspection.surface == "Class2" or inspection.surface is None:
             assert inspection.verdict == "unknown"
+    ran = CliRunner().invoke(app, ["line", "run", str(tmp_path), str(paths[0]), "-o", str(tmp_path / "out")])
+    assert ran.exit_code == 0 and "no detector for seen surface(s) Class2" in ran.output, ran.output
     bad = LineSpec(router=spec.router, detectors={"Steel": spec.detectors["Class1"]})
     write_line_spec(tmp_path, bad)
     with pytest.raises(SavedModelError, match="Steel"):

@@ -80,6 +80,13 @@ def run(
         line = load_line(line_dir)
     except SavedModelError as error:
         raise fail(str(error)) from None
+    uncovered = [surface for surface in line.router.seen if surface not in line.detectors]
+    if uncovered:
+        # By design their images come out unknown: say so before, not in the counts after.
+        console.print(
+            escape(f"note: no detector for seen surface(s) {', '.join(uncovered)}; their images are unknown"),
+            soft_wrap=True,
+        )
     write_predictions(
         line,
         paths,
