@@ -232,6 +232,73 @@ def test_a_float_colour_array_is_refused_not_judged_as_a_black_image(model_dir: 
             inspector.inspect(image)
 
 
+def test_pil_images_are_decoded_as_files_are_and_odd_inputs_named(model_dir: Path, tmp_path: Path) -> None:
+    """A palette or CMYK PIL image was read as its raw channel values (palette indices; CMYK as
+    RGBA) and judged as another image; bytes, or a path inside inspect_batch, failed on a dtype."""
+    inspector = defectkit.load_inspector(model_dir)
+    colour = texture(5, 64, 96, channels=3)
+    palette = Image.fromarray(colour).quantize(16)
+    palette.save(tmp_path / "palette.png")
+    from_file = inspector.inspect(tmp_path / "palette.png").score
+    assert inspector.inspect(palette).score == pytest.approx(from_file, abs=1e-6)
+    cmyk = Image.fromarray(colour).convert("CMYK")
+    assert inspector.inspect(cmyk).score == pytest.approx(
+        inspector.inspect(np.asarray(cmyk.convert("RGB"))).score
+    )
+    for odd in (b"\x89PNG", str(tmp_path / "palette.png")):
+        with pytest.raises(TypeError, match=r"expected a numpy uint8 image array, got (bytes|str)"):
+            inspector.inspect_batch([odd], ["x"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="uint8"):
+        render_overlay(colour / 255.0, inspector.inspect(colour), None, 0.5)
+
+
+def test_an_image_named_in_latin1_gives_a_writable_inspection(model_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    path = save(tmp_path / os.fsdecode(b"pi\xe8ce.png"), texture(6))
+    inspection = defectkit.load_inspector(model_dir).inspect(path)
+    assert (
+        "pi\\xe8ce.png" in inspection.image and json.loads(inspection.to_json())["image"] == inspection.image
+    )
+
+
+def test_a_device_torch_cannot_use_is_named_not_blamed_on_the_weights(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="unknown device 'gpu'; use cpu, cuda or cuda:N"):
+        defectkit.load_inspector(model_dir, device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda': no CUDA GPU is available here"):
+            defectkit.load_inspector(model_dir, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="the onnx back-end runs on the CPU, not 'cuda'"):
+        defectkit.load_inspector(model_dir, backend="onnx", device="cuda")
+
+
+def test_tf32_stays_off_while_any_thread_inspects_and_comes_back_after_the_last() -> None:
+    """Each call restoring its own save turned TF32 on under another thread's forward pass."""
+    import torch
+
+    from defectkit.inference.inspector import full_float32
+
+    cuda = torch.device("cuda")
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        first, second = full_float32(cuda), full_float32(cuda)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        second.__exit__(None, None, None)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def test_models_in_folders_of_one_name_are_named_apart(model_dir: Path, tmp_path: Path) -> None:
     import shutil
 

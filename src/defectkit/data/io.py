@@ -132,6 +132,36 @@ def _decode(handle: Image.Image, channels: int | None) -> np.ndarray:
     return np.asarray(image)
 
 
+def image_array(image: object) -> np.ndarray:
+    """``image`` as the pixel array every model and overlay takes: uint8, HxW (grey) or HxWxC with
+    C 1, 3 or 4 in RGB(A) order, channels last. Anything else is refused with what was expected:
+    floats in [0, 1] would otherwise become a black image, a channels-first array a C-pixel-high
+    image of W channels, a path or bytes an array of one string."""
+    if isinstance(image, str | bytes | os.PathLike | Image.Image) or not hasattr(image, "__array__"):
+        raise TypeError(
+            f"expected a numpy uint8 image array, got {type(image).__name__} (Inspector.inspect also "
+            "takes a path or a PIL image; decode bytes with defectkit.data.io.decode_image)"
+        )
+    array = np.asarray(image)
+    # Before any conversion: colour to grey casts to uint8, which would turn floats in [0, 1]
+    # into a black image instead of an error.
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got {array.dtype}")
+    layout_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
+    if not layout_ok or array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"expected an image array of shape HxW (grey) or HxWxC with C 1, 3 or 4 (channels last), "
+            f"got shape {array.shape}"
+        )
+    return array
+
+
+def pil_pixels(image: Image.Image) -> np.ndarray:
+    """A PIL image's pixels as :func:`read_image` decodes a file: palette, CMYK, YCbCr and 16-bit
+    images converted, not read as raw channel values."""
+    return convert_channels(_decode(image, None), None)
+
+
 def convert_channels(array: np.ndarray, channels: int | None) -> np.ndarray:
     """uint8 HxW or HxWx3 with the requested channel count (None: grayscale when channels are equal)."""
     if array.ndim == 3 and array.shape[2] == 1:

@@ -6,26 +6,36 @@ reading Inspection JSON do not pay for it.
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
+from PIL import Image
 
-from defectkit.data.io import read_image
+from defectkit.data.io import image_array, pil_pixels, printable_path, read_image
 from defectkit.inference.inspection import Inspection
 
 Judged = tuple[Inspection, np.ndarray | None]
+# What inspect takes: pixels (uint8 HxW or HxWxC, RGB), a PIL image, or an image file's path.
+ImageInput = np.ndarray | Image.Image | str | os.PathLike[str]
 ScoredT = TypeVar("ScoredT")
 
 
-def decoded(image: np.ndarray | str | Path, name: str | None = None) -> tuple[np.ndarray, str]:
-    """The pixels of an array or an image file, and the name its Inspection carries."""
-    if isinstance(image, str | Path):
-        return read_image(image), name or str(image)
-    return np.asarray(image), name or "<array>"
+def decoded(image: ImageInput, name: str | None = None) -> tuple[np.ndarray, str]:
+    """The pixels of an array, a PIL image or an image file, and the name its Inspection carries.
+
+    Arrays are taken as they are (uint8, HxW or HxWxC, RGB order: an OpenCV BGR array must be
+    converted first); PIL images and files are decoded alike (:func:`~defectkit.data.io.pil_pixels`),
+    so a palette or CMYK image is not read as raw channel values."""
+    if isinstance(image, str | os.PathLike):
+        # A name that is not UTF-8 (a Latin-1 share) is kept printable, or the JSON could not be written.
+        return read_image(os.fspath(image)), name or printable_path(os.fspath(image))
+    if isinstance(image, Image.Image):
+        return pil_pixels(image), name or "<PIL image>"
+    return image_array(image), name or "<array>"
 
 
 class ImageInspector(ABC, Generic[ScoredT]):
@@ -79,11 +89,12 @@ class ImageInspector(ABC, Generic[ScoredT]):
             inspection.latency_ms = latency
         return judged
 
-    def inspect(self, image: np.ndarray | str | Path, name: str | None = None) -> Inspection:
-        """Verdict, score, threshold and defect regions for one image (array or path)."""
+    def inspect(self, image: ImageInput, name: str | None = None) -> Inspection:
+        """Verdict, score, threshold and defect regions for one image: a uint8 array (HxW, or
+        HxWxC in RGB order), a PIL image or a path (:func:`decoded`)."""
         return self.inspect_with_heatmap(image, name)[0]
 
-    def inspect_with_heatmap(self, image: np.ndarray | str | Path, name: str | None = None) -> Judged:
+    def inspect_with_heatmap(self, image: ImageInput, name: str | None = None) -> Judged:
         """:meth:`inspect`, also returning the full-size heat map (for overlays, saved masks)."""
         pixels, label = decoded(image, name)
         return self.inspect_batch([pixels], [label])[0]

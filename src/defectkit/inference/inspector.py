@@ -9,6 +9,7 @@ onnxruntime back-end in :mod:`defectkit.inference.onnx_backend`. Both run the sa
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,20 +91,36 @@ class TorchBackend:
             return tuple(output.float().cpu().numpy() for output in outputs)
 
 
+# TF32 switches are process-wide: threads inspecting at once (one per camera) share one save.
+_TF32_LOCK = threading.Lock()
+_tf32_users = 0
+_tf32_saved: tuple[bool, bool] = (False, False)
+
+
 @contextmanager
 def full_float32(device: torch.device) -> Iterator[None]:
     """Full float32 arithmetic on a CUDA device for the duration (TF32 off), so that thresholds
-    calibrated on a GPU hold where the model is deployed, usually the CPU; a no-op elsewhere. The
-    switches are process-wide: the previous values come back on exit."""
+    calibrated on a GPU hold where the model is deployed, usually the CPU; a no-op elsewhere.
+
+    The switches are process-wide, so overlapping calls from several threads count themselves:
+    the first saves the caller's values and the last puts them back. Each restoring its own
+    save would turn TF32 on under another thread's forward pass, and leave the wrong value."""
+    global _tf32_users, _tf32_saved
     if device.type != "cuda":
         yield
         return
-    matmul, convolution = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with _TF32_LOCK:
+        if _tf32_users == 0:
+            _tf32_saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        _tf32_users += 1
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, convolution
+        with _TF32_LOCK:
+            _tf32_users -= 1
+            if _tf32_users == 0:
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = _tf32_saved
 
 
 @dataclass
@@ -427,12 +444,30 @@ def inference_device(accelerator: str = "auto") -> str:
     return "cpu"
 
 
+def checked_device(device: str) -> str:
+    """``device`` when torch can run here, else a ``ValueError`` naming it: a bad device found only
+    while the weights load would be blamed on the weights file."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA GPU is available here")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:
     """An :class:`Inspector` for the saved model in ``directory`` (``backend``: torch, onnx, or
-    auto: onnx when the model has been exported, else torch)."""
+    auto: onnx when the model has been exported and ``device`` is the CPU, else torch)."""
     directory = Path(directory).expanduser()
+    device = checked_device(device)
     if backend == "auto":
-        backend = "onnx" if (directory / ONNX_NAME).is_file() else "torch"
+        # The onnx back-end runs on the CPU: a GPU asked for is torch's.
+        backend = "onnx" if (directory / ONNX_NAME).is_file() and device == "cpu" else "torch"
+    if backend == "onnx" and device != "cpu":
+        raise ValueError(f"the onnx back-end runs on the CPU, not {device!r}; use backend torch for a GPU")
     if read_card(directory).model == "sbad_router":
         raise SavedModelError(
             f"{directory}: a surface router judges no defects; put it in a line "

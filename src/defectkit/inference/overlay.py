@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from defectkit.data.io import convert_channels
+from defectkit.data.io import convert_channels, image_array
 from defectkit.inference.inspection import Inspection
 
 VERDICT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -127,7 +127,7 @@ def render_overlay(
     per_class: np.ndarray | None = None
     if heatmap is not None and heatmap.ndim == 3:
         per_class, heatmap = heatmap, heatmap.max(axis=0)
-    grey = convert_channels(np.asarray(image), 1)
+    grey = convert_channels(image_array(image), 1)
     height, width = grey.shape
     scale = _display_scale(height, width)
     shown = _rescale(grey, scale).astype(np.float32)

@@ -13,25 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from defectkit.data.io import convert_channels
+from defectkit.data.io import convert_channels, image_array
 from defectkit.inference.saved_model import InputSpec
 
 
 def to_network_layout(image: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 1xCxHxW array with ``channels`` channels from a decoded HxW or HxWxC image."""
-    array = np.asarray(image)
-    # Before any conversion: colour to grey casts to uint8, which would turn floats in [0, 1]
-    # into a black image instead of an error.
-    if array.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {array.dtype}")
-    # A channels-first (CxHxW) array would otherwise pass as a C-pixel-high image of W channels
-    # and be judged as garbage; say which layout is expected instead.
-    layout_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
-    if not layout_ok or array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(
-            f"expected an image array of shape HxW (grey) or HxWxC with C 1, 3 or 4 (channels last), "
-            f"got shape {array.shape}"
-        )
+    """uint8 1xCxHxW array with ``channels`` channels from a decoded HxW or HxWxC image (RGB order,
+    as files decode; :func:`~defectkit.data.io.image_array` says what is refused)."""
+    array = image_array(image)
     array = convert_channels(array, channels)
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     # A fresh, writable copy: decoded images can be read-only views, which torch warns about.
