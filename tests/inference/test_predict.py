@@ -278,6 +278,18 @@ def test_a_device_torch_cannot_use_is_named_not_blamed_on_the_weights(
         defectkit.load_inspector(model_dir, backend="onnx", device="cuda")
 
 
+def test_one_inspector_shared_by_threads_scores_as_one_thread_does(model_dir: Path) -> None:
+    """A line's usual set-up, promised in the README: one model, a thread per camera."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inspector = defectkit.load_inspector(model_dir)
+    frames = [texture(seed, 40 + 8 * seed, 64) for seed in range(8)]
+    alone = [inspector.inspect(frame).score for frame in frames]
+    with ThreadPoolExecutor(4) as pool:
+        shared = list(pool.map(lambda frame: inspector.inspect(frame).score, frames * 3))
+    assert shared == alone * 3
+
+
 def test_tf32_stays_off_while_any_thread_inspects_and_comes_back_after_the_last() -> None:
     """Each call restoring its own save turned TF32 on under another thread's forward pass."""
     import torch
