@@ -114,9 +114,10 @@ def tiny_model(
     size: tuple[int, int] = (96, 64),
     seed: int = 0,
     options: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
     """A random-weight model of ``method`` saved like a trained one: fast to build, export and run.
-    ``options`` are model options on top of the tiny ones.
+    ``options`` are model options on top of the tiny ones; ``class_names`` default to one, "defect".
 
     Sides must be multiples of 64: segdec and weak_lnet halve them three times in each subnetwork
     (tlu_net needs multiples of 32).
@@ -135,7 +136,8 @@ def tiny_model(
         model_options=model_options,
         input=InputSpec(size=size, channels=channels, mean=norm[0], std=norm[1]),
         thresholds=Thresholds(decision=decision),
-        class_names=["defect"],
+        class_names=class_names or ["defect"],
+        multilabel=method in ("tlu_net", "aux_net"),  # as training writes it
     )
     model = create_model(method, **model_options).eval()
     if method in ("weak_lnet", "tlu_net", "aux_net"):

@@ -429,7 +429,14 @@ def test_a_line_takes_any_detector_and_asks_its_classifier_the_type_of_a_defect(
 ) -> None:
     # Decision 0: every part these two call defective, so each routed part reaches the classifier.
     weak = tiny_model(tmp_path / "weak", "weak_lnet", size=(128, 64), decision=0.0)
-    types = tiny_model(tmp_path / "types", "tlu_net", size=(64, 64), decision=0.0)
+    types = tiny_model(
+        tmp_path / "types",
+        "tlu_net",
+        size=(64, 64),
+        decision=0.0,
+        options={"num_classes": 2},
+        class_names=["scratch", "pit"],
+    )
     spec = LineSpec(
         router=str(line_dir / "router" / "model"),
         detectors={"Class1": str(weak), "Class2": str(line_dir / "detectors" / "Class2")},

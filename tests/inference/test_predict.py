@@ -513,3 +513,19 @@ def test_an_image_whose_results_fail_midway_leaves_none_of_them(
     assert sorted(p.name for p in out.iterdir()) == ["summary.csv"]  # no mask without its JSON
     monkeypatch.undo()
     assert runner.invoke(app, args).exit_code == 0  # so a rerun finds nothing in its way
+
+
+def test_a_card_with_class_scores_but_no_rule_to_judge_them_is_refused(tmp_path: Path) -> None:
+    """A hand-written multi-label card without `multilabel: true` was judged as a reference
+    classifier with no unknown threshold: every part a defect, whatever its scores."""
+    import yaml
+
+    from conftest import tiny_model
+    from defectkit.inference.saved_model import SavedModelError
+
+    model = tiny_model(tmp_path / "types", "tlu_net", size=(64, 64))
+    card = yaml.safe_load((model / "model.yaml").read_text())
+    card["multilabel"] = False
+    (model / "model.yaml").write_text(yaml.safe_dump(card))
+    with pytest.raises(SavedModelError, match="says neither `multilabel: true`"):
+        defectkit.load_inspector(model).inspect(texture(0, 64, 64))

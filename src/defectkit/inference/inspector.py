@@ -185,6 +185,12 @@ class Inspector(ImageInspector[Scored]):
         decision): a line's classifier, never its detector."""
         return self.card.thresholds.unknown is not None
 
+    @property
+    def scores_defect_types(self) -> bool:
+        """Whether the model says which defect types an image shows: a reference classifier, or a
+        multi-label model of several classes (which also gives an OK/NG decision)."""
+        return self.names_defect_types or (self.card.multilabel and len(self.card.class_names) > 1)
+
     def describe(self) -> dict[str, object]:
         card = self.card
         return {
@@ -406,6 +412,14 @@ class Inspector(ImageInspector[Scored]):
         if scored.class_scores is not None and self.card.multilabel:
             return self._judge_multilabel(scored, label, heatmap)
         if scored.class_scores is not None:
+            if not self.names_defect_types:
+                # Judged as a reference classifier with no unknown threshold, every part would be
+                # some defect class: a hand-written card that left out `multilabel: true`.
+                raise SavedModelError(
+                    f"{self.name}: the model gives class scores, but its model card says neither "
+                    "`multilabel: true` (a multi-label model) nor `thresholds.unknown` (a reference "
+                    "classifier); it cannot be judged"
+                )
             return self._judge_class(scored, label)
         verdict: Verdict = "defect" if scored.score >= self.threshold else "ok"
         regions = self.regions(heatmap) if verdict == "defect" else []

@@ -302,7 +302,7 @@ def load_line(directory: str | Path, backend: str = "torch") -> Line:
         classifier = load_inspector(resolve(spec.classifier), backend=backend) if spec.classifier else None
     except SavedModelError as error:
         raise SavedModelError(f"{where}: classifier: {error}") from None
-    if classifier is not None and not classifier.names_defect_types:
+    if classifier is not None and not classifier.scores_defect_types:
         raise SavedModelError(
             f"{where}: classifier: {spec.classifier} gives an OK/NG decision and names no defect types; "
             "the classifier names them (list an OK/NG model under detectors)"
