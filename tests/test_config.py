@@ -27,6 +27,8 @@ def test_parse_override_keeps_types() -> None:
     assert parse_override("a=text") == ("a", "text")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("novalue")
+    with pytest.raises(ConfigError, match=r"an empty name between dots in 'trainer\.\.epochs'"):
+        parse_override("trainer..epochs=2")
 
 
 def test_errors_name_the_file_and_field(tmp_path: Path) -> None:
@@ -82,3 +84,37 @@ def test_check_config_names_an_augment_typo_on_one_line() -> None:
 
     with pytest.raises(ValueError, match=r"^augment.hflp: Extra inputs are not permitted$"):
         get_method("segdec").check_config(load_config(KSDD, overrides=["augment.hflp=0.5"]))
+
+
+def test_settings_that_would_train_nothing_or_fail_late_are_refused(tmp_path: Path) -> None:
+    """Each was accepted here and failed (or trained nothing) only after the data was prepared."""
+    with pytest.raises(ConfigError, match=r"trainer.max_steps: .*must be -1 .*or at least 1"):
+        load_config(KSDD, overrides=["trainer.max_steps=0"])  # saved the untrained network
+    with pytest.raises(ConfigError, match=r"trainer.precision: Input should be '32-true'"):
+        load_config(KSDD, overrides=["trainer.precision=fp16"])
+    with pytest.raises(ConfigError, match=r"trainer.num_workers: Input should be greater than or equal to 0"):
+        load_config(KSDD, overrides=["trainer.num_workers=-1"])
+
+
+def test_a_key_given_twice_and_a_hand_set_profile_are_refused(tmp_path: Path) -> None:
+    text = KSDD.read_text()
+    twice = tmp_path / "twice.yaml"
+    # PyYAML keeps the last: the second section silently replaced every setting of the first.
+    twice.write_text(text + "trainer:\n  epochs: 2\n")
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml: not valid YAML \(line \d+, column 1: key 'trainer' appears twice"
+    ):
+        load_config(twice)
+    merged = tmp_path / "merged.yaml"  # a key beside `<<: *anchor` overrides the merged one by design
+    merged.write_text(
+        text.replace("trainer:\n  epochs: 50\n", "trainer:\n  <<: &t {epochs: 3}\n  epochs: 50\n", 1)
+    )
+    assert load_config(merged).trainer.epochs == 50
+    named = tmp_path / "named.yaml"
+    named.write_text("profile: paper\n" + text)
+    with pytest.raises(
+        ConfigError, match=r"named.yaml: 'profile' is not a setting; choose a profile with --profile"
+    ):
+        load_config(named)
+    with pytest.raises(ConfigError, match=r"--set profile=paper: 'profile' is not a setting"):
+        load_config(KSDD, profile="cpu", overrides=["profile=paper"])

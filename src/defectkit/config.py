@@ -12,11 +12,12 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Supervision = Literal["weak", "mixed", "full"]
 
@@ -95,11 +96,26 @@ class InputConfig(BaseModel):
     std: tuple[float, ...] = (1.0,)
 
 
+# Lightning's precision settings, checked when the config is read rather than after data preparation.
+Precision = Literal[
+    "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
+    "transformer-engine", "transformer-engine-float16",
+]  # fmt: skip
+
+
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _some_steps(cls, value: int) -> int:
+        # 0 would save the untrained network as the model.
+        if value == 0:
+            raise ValueError("must be -1 (no limit) or at least 1")
+        return value
+
     epochs: int = Field(50, ge=1)
-    max_steps: int = Field(-1, description="stop after this many optimiser steps (-1: no limit)")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimiser steps (-1: no limit)")
     batch_size: int = Field(1, ge=1)
     lr: float = Field(0.01, gt=0)
     momentum: float = 0.0
@@ -128,8 +144,8 @@ class TrainerConfig(BaseModel):
         description="without validation masks: pixel threshold = this quantile of the good "
         "validation images' heat values",
     )
-    num_workers: int = 0
-    precision: str = "32-true"
+    num_workers: int = Field(0, ge=0)
+    precision: Precision = "32-true"
     accelerator: str = "auto"
     devices: int | str = "auto"
     strategy: str = "auto"
@@ -168,6 +184,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. trainer.epochs=10")
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: an empty name between dots in {key.strip()!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -199,6 +217,10 @@ def load_config(
         tree = read_yaml(path, ConfigError) or {}
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: a config must be a mapping")
+    if "profile" in tree:
+        # The profile a run used is recorded by load_config itself: set by hand, it would name
+        # settings the run never had.
+        raise ConfigError(f"{where}: 'profile' is not a setting; choose a profile with --profile")
     profiles = tree.pop("profiles", {}) or {}
     if not isinstance(profiles, dict):
         raise ConfigError(f"{where}: profiles must be a mapping of profile name to settings")
@@ -212,6 +234,8 @@ def load_config(
         tree["profile"] = profile
     for text in overrides or []:
         key, value = parse_override(text)
+        if key == "profile":
+            raise ConfigError(f"--set {text}: 'profile' is not a setting; choose a profile with --profile")
         _set_path(tree, key, value)
     try:
         return RunConfig.model_validate(tree)
@@ -229,10 +253,31 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     return " ".join(str(error).split())
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in one mapping: PyYAML keeps the last, so a
+    second ``trainer:`` section would silently replace every setting of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: keys written beside it override the merged ones by design
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader's own check names an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one section", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path, error: type[Exception]) -> Any:
-    """``path``'s YAML, or ``error`` naming the file when it is not UTF-8 text or not YAML."""
+    """``path``'s YAML, or ``error`` naming the file when it is not UTF-8 text or not YAML (a key
+    repeated in one section counts as not YAML)."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as problem:
         raise error(f"{path}: not valid YAML ({yaml_problem(problem)})") from None
     except UnicodeDecodeError as problem:

@@ -208,3 +208,10 @@ def test_a_graph_older_than_the_weights_beside_it_is_refused(tmp_path: Path) -> 
     inspector.backend.session = FailingSession()  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError, match=r"model\.onnx: onnxruntime failed \(bad allocation\)"):
         inspector.inspect(texture(0, 96, 64))
+
+
+def test_export_of_a_file_says_it_wants_the_folder(tmp_path: Path) -> None:
+    card = tmp_path / "model.yaml"
+    card.write_text("method: segdec\n")
+    result = runner.invoke(app, ["export", str(card)])
+    assert result.exit_code == 1 and "is a file; give the model's folder" in result.output

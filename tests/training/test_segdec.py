@@ -289,3 +289,78 @@ def test_restore_best_keeps_the_best_validation_weights(tmp_path: Path) -> None:
     # beside them (a stale best.ckpt next to best-v1.ckpt).
     engine.train(config, tmp_path / "run", progress=False)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_an_interrupted_training_keeps_the_earlier_model_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning ends a Ctrl-C (or SIGTERM, which the CLI turns into one) with sys.exit(1)."""
+    import yaml
+    from lightning.pytorch.callbacks import Callback
+    from typer.testing import CliRunner
+
+    from defectkit.cli.main import app
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(trainer__epochs=1)))
+    out = tmp_path / "run"
+    first = CliRunner().invoke(app, ["train", str(config), "--out", str(out), "-q"])
+    assert first.exit_code == 0, first.output
+    weights = (out / "model" / "weights.safetensors").read_bytes()
+
+    class CtrlC(Callback):
+        def on_train_batch_start(self, *args: Any) -> None:
+            raise KeyboardInterrupt
+
+    real = engine._trainer
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        trainer, checkpoint = real(*args, **kwargs)
+        trainer.callbacks.append(CtrlC())
+        return trainer, checkpoint
+
+    monkeypatch.setattr(engine, "_trainer", interrupted)
+    again = CliRunner().invoke(app, ["train", str(config), "--out", str(out), "-q"])
+    assert again.exit_code == 130, again.output
+    assert f"interrupted: {out / 'model'} still holds the earlier run's model" in " ".join(
+        again.output.split()
+    )
+    assert (out / "model" / "weights.safetensors").read_bytes() == weights
+
+
+def test_a_model_option_of_the_wrong_type_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from defectkit.cli.main import app
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config()))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(config), "--out", str(out), "--set", "model.widths=8"])
+    assert result.exit_code == 2 and "model: the options do not fit model 'segdec'" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_weights_are_readable_as_the_card_is_and_old_reports_say_they_are_old(tmp_path: Path) -> None:
+    """safetensors wrote weights owner-only (0600); a retraining carried the old model's eval
+    reports into the new model's folder as if they were its own."""
+    import json
+
+    config = load_config(tiny_config(trainer__epochs=1))
+    model_dir = engine.train(config, tmp_path / "run", progress=False)
+    assert model_dir is not None
+    mode = (model_dir / "model.yaml").stat().st_mode & 0o777
+    assert (model_dir / "weights.safetensors").stat().st_mode & 0o777 == mode
+    (model_dir / "eval-data-test").mkdir()
+    (model_dir / "eval-data-test" / "metrics.json").write_text(json.dumps({"defectkit_version": "x"}))
+    (model_dir / "notes.txt").write_text("mine")
+    engine.train(config, tmp_path / "run", progress=False)
+    assert sorted(
+        p.name for p in model_dir.iterdir() if p.name not in ("model.yaml", "weights.safetensors")
+    ) == [
+        "eval-data-test.previous-model",
+        "notes.txt",
+    ]
+    engine.train(config, tmp_path / "run", progress=False)  # one generation only
+    assert not any(p.name.endswith(".previous-model") for p in model_dir.iterdir())

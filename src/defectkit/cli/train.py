@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from defectkit.cli.errors import UsageError, message_of, user_errors
+from defectkit.cli.errors import EXIT_INTERRUPTED, UsageError, message_of, stderr, user_errors
 from defectkit.cli.evaluate import format_metric
 from defectkit.config import ConfigError, load_config
 
@@ -42,7 +42,16 @@ def train(
     chosen_devices = _devices(devices)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out}: is a file; --out takes a folder (the model lands in OUT/model)")
-    model_dir = run(run_config, out, devices=chosen_devices, strategy=strategy, progress=not quiet)
+    kept = (out / "model").is_dir()
+    try:
+        model_dir = run(run_config, out, devices=chosen_devices, strategy=strategy, progress=not quiet)
+    except ConfigError as error:  # found once the data is known (a model option of the wrong type)
+        raise UsageError(f"{config}: {error}") from None
+    except KeyboardInterrupt:
+        # The model is saved only at the end, in one step: an interrupted run leaves the old one.
+        before = f"{out / 'model'} still holds the earlier run's model" if kept else "nothing was saved"
+        stderr.print(escape(f"interrupted: {before}"), soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if model_dir is None:
         return  # a non-zero DDP rank: rank 0 reports
     from defectkit.inference.saved_model import read_card

@@ -53,6 +53,8 @@ class ExportResult:
 
 
 def _check_directory(model_dir: Path) -> None:
+    if model_dir.exists() and not model_dir.is_dir():
+        raise SavedModelError(f"{model_dir}: is a file; give the model's folder (with model.yaml)")
     if not model_dir.is_dir():
         raise SavedModelError(f"{model_dir}: no such model directory")
 

@@ -52,9 +52,7 @@ class LineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     router: str = Field(description="saved sbad router directory")
-    detectors: dict[str, str] = Field(
-        min_length=1, description="surface name -> saved detector directory (without one, all is unknown)"
-    )
+    detectors: dict[str, str] = Field(description="surface name -> saved detector directory")
     classifier: str | None = Field(None, description="saved defect-type classifier (optional)")
     attributes_top: int = Field(3, ge=1, description="attributes in words on an unknown")
 

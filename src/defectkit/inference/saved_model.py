@@ -152,6 +152,10 @@ def git_commit(root: str | Path | None = None) -> str | None:
     return f"{commit}+dirty" if dirty else commit
 
 
+# An evaluation report of the weights a retraining replaced, as save_model keeps it.
+PREVIOUS_REPORT_SUFFIX = ".previous-model"
+
+
 def save_model(
     directory: str | Path,
     model: nn.Module,
@@ -176,6 +180,11 @@ def save_model(
             )
         payload = card.model_dump(mode="json")
         (staging / CARD_NAME).write_text(yaml.safe_dump(payload, sort_keys=False))
+        for tensors in (WEIGHTS_NAME, REFERENCES_NAME):
+            if (staging / tensors).exists():
+                # safetensors creates its files owner-only (0600) whatever the umask: a service
+                # account or a colleague who can read the card could not load the weights.
+                shutil.copymode(staging / CARD_NAME, staging / tensors)
         sync_folder(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -193,11 +202,16 @@ def save_model(
     except OSError:
         retired.rename(directory)
         raise
-    # Keep files that belong with the model but are not rewritten here (evaluation reports); an
-    # old export is dropped with the old weights it was made from.
+    # Keep files that belong with the model but are not rewritten here; an old export is dropped
+    # with the old weights it was made from. An evaluation report describes the old weights, so it
+    # is kept under a name that says so (one generation: the one before it is dropped).
     for extra in retired.iterdir():
-        if extra.name not in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
-            shutil.move(str(extra), directory / extra.name)
+        if extra.name in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
+            continue
+        if extra.name.endswith(PREVIOUS_REPORT_SUFFIX):
+            continue
+        report = extra.is_dir() and (extra / "metrics.json").is_file()
+        shutil.move(str(extra), directory / (extra.name + (PREVIOUS_REPORT_SUFFIX if report else "")))
     shutil.rmtree(retired)
     sync_directory(directory.parent)
     return directory
@@ -271,7 +285,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
         raise SavedModelError(f"{weights}: not found")
     try:
         model = create_model(card.model, **card.model_options)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, TypeError) as error:  # TypeError: an option of the wrong type
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise SavedModelError(f"{Path(directory) / CARD_NAME}: {message}") from None
     try:

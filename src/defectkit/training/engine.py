@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from defectkit.config import RunConfig
+from defectkit.config import ConfigError, RunConfig
 from defectkit.data.io import load_sample
 from defectkit.data.sample import Sample
 from defectkit.evaluation.multilabel import class_truth
@@ -36,7 +36,7 @@ from defectkit.metrics import best_f1_threshold, image_metrics
 from defectkit.metrics.thresholds import Placement
 from defectkit.registry import get_method
 from defectkit.training.data import InspectionDataModule, PreparedData, prepare_data
-from defectkit.training.lightning_notes import lightning_notes_hidden
+from defectkit.training.lightning_notes import fit_interruptibly, lightning_notes_hidden
 
 MODEL_DIR = "model"
 
@@ -213,7 +213,7 @@ def _trainer(
         accelerator=config.trainer.accelerator,
         devices=devices if devices is not None else config.trainer.devices,
         strategy=strategy or config.trainer.strategy,
-        precision=config.trainer.precision,  # type: ignore[arg-type]
+        precision=config.trainer.precision,
         gradient_clip_val=config.trainer.gradient_clip_val,
         check_val_every_n_epoch=config.trainer.val_every,
         num_sanity_val_steps=0,
@@ -248,14 +248,19 @@ def train(
     if spec.fixed_thresholds(config) is None and not any(s.label == 1 for s in data.val):
         # Known before training: say so now, not after hours of fitting.
         raise ThresholdError(NO_VALIDATION_DEFECT.format(what="decision threshold"))
-    out.mkdir(parents=True, exist_ok=True)  # only once the config and the data are usable
     config = spec.adapt_config(config, data)
     resolved = config.model_dump(mode="json")
-    model = spec.build_model(resolved)
+    try:
+        model = spec.build_model(resolved)
+    except TypeError as error:  # a model option of the wrong type: `--set model.widths=8`
+        raise ConfigError(
+            f"model: the options do not fit model {spec.model_name or spec.name!r} ({error})"
+        ) from None
     recipe = spec.build_recipe(model, resolved)
+    out.mkdir(parents=True, exist_ok=True)  # only once the config, the data and the model are usable
     with lightning_notes_hidden():
         trainer, checkpoint = _trainer(config, out, progress, devices, strategy)
-        trainer.fit(recipe, datamodule=InspectionDataModule(config, data))
+        fit_interruptibly(trainer, recipe, datamodule=InspectionDataModule(config, data))
     if not trainer.is_global_zero:
         return None
     best = checkpoint.best_model_path if config.trainer.restore_best else ""

@@ -1,4 +1,9 @@
-"""Lightning's notes that nobody training a defect model can act on, hidden while it trains.
+"""Lightning's ways that do not suit defectkit's commands, undone while it trains.
+
+Its Ctrl-C handling ends the process with ``sys.exit(1)``: :func:`fit_interruptibly` turns that back
+into the ``KeyboardInterrupt`` it was, so a command can say what was kept and exit as shells do.
+
+Its notes that nobody training a defect model can act on are hidden:
 
 Lightning prints them on every run, ``-q`` or not: hints about DataLoader workers and short
 logging intervals (noise on the 2-core machines this project targets), a deprecation raised inside
@@ -12,6 +17,9 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
 
 # Lightning's rank-zero notes, the advert among them, are logged here.
 _NOTES_LOGGER = "lightning.pytorch.utilities.rank_zero"
@@ -40,3 +48,14 @@ def lightning_notes_hidden() -> Iterator[None]:
             yield
     finally:
         notes.removeFilter(advert)
+
+
+def fit_interruptibly(trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+    """``trainer.fit``, raising ``KeyboardInterrupt`` where Lightning would exit on a Ctrl-C (or a
+    SIGTERM, which ``defectkit`` turns into one)."""
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training interrupted") from None
+        raise

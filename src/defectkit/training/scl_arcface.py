@@ -55,7 +55,7 @@ from defectkit.inference.saved_model import InputSpec
 from defectkit.models.pretrained import load_by_position, read_state_dict, weights_file
 from defectkit.models.scl_arcface import EmbeddingNet
 from defectkit.registry import MethodSpec, check_option_names, register_method
-from defectkit.training.lightning_notes import lightning_notes_hidden
+from defectkit.training.lightning_notes import fit_interruptibly, lightning_notes_hidden
 
 
 class InputNorm(TypedDict):
@@ -246,7 +246,7 @@ def fit(
             callbacks=list(callbacks),
             precision=precision,  # type: ignore[arg-type]
         )
-        trainer.fit(recipe, loader)
+        fit_interruptibly(trainer, recipe, loader)
 
 
 @torch.inference_mode()
