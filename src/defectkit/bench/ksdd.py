@@ -109,7 +109,11 @@ WEAK_LNET_TRIED_CPU = (
     "background of defective images (pixel AUROC 0.04); both stay options, off; a pair's summed loss "
     "(method_options.pair_loss=sum, the paper's per-image step length) left fold 1's DNet at chance "
     "(validation AP 0.36), so the mean stays; a larger input (1056x384) took 62 min for the three "
-    "folds, over the hour, with pooled AP 0.960 (its row), so 704x256 stays"
+    "folds, over the hour, with pooled AP 0.960 (its row); 968x352 fits (3 x 17.1 min, the mean of "
+    "its two folds that ran without other work beside them) and is the cpu input since 2026-12-07, "
+    "adopted by a rule fixed before its run whatever its figures: pooled AP 0.870 against 0.974 at "
+    "704x256 (fold 1's DNet separated the classes poorly, AP 0.643); rows measured before say "
+    "704x256"
 )
 WEAK_LNET_DEFAULTS = {"positives": "all", "lnet_trained": True, "frozen": True, "rotation": False}
 
