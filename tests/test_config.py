@@ -106,9 +106,9 @@ def test_a_key_given_twice_and_a_hand_set_profile_are_refused(tmp_path: Path) ->
     ):
         load_config(twice)
     merged = tmp_path / "merged.yaml"  # a key beside `<<: *anchor` overrides the merged one by design
-    merged.write_text(
-        text.replace("trainer:\n  epochs: 50\n", "trainer:\n  <<: &t {epochs: 3}\n  epochs: 50\n", 1)
-    )
+    anchored = text.replace("trainer:\n  epochs: 50\n", "trainer:\n  <<: &t {epochs: 3}\n  epochs: 50\n", 1)
+    assert anchored != text
+    merged.write_text(anchored)
     assert load_config(merged).trainer.epochs == 50
     named = tmp_path / "named.yaml"
     named.write_text("profile: paper\n" + text)

@@ -273,11 +273,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses a key repeated in one mapping (:class:`_UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def read_yaml(path: Path, error: type[Exception]) -> Any:
     """``path``'s YAML, or ``error`` naming the file when it is not UTF-8 text or not YAML (a key
     repeated in one section counts as not YAML)."""
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        return load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as problem:
         raise error(f"{path}: not valid YAML ({yaml_problem(problem)})") from None
     except UnicodeDecodeError as problem:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def folder_lock(folder: str | Path) -> Iterator[None]:
             import msvcrt
 
             handle.seek(0)
-            msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK, 1)  # retries for ~10 s, then OSError
+            while True:  # LK_LOCK gives up after about 10 s; an enrolment with an export takes longer
+                try:
+                    msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
             try:
                 yield
             finally:

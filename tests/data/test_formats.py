@@ -327,9 +327,10 @@ def test_csv_manifest_refuses_what_would_read_back_otherwise(tmp_path: Path) -> 
     with pytest.raises(FormatError, match=r"a.png as CSV: class name 'rust;pit' would read back as"):
         write_manifest(dataset, tmp_path / "out" / "manifest.csv")
     assert not (tmp_path / "out" / "manifest.csv").exists()
-    named_none = Dataset(dataset.samples, DatasetInfo("x", "folder", str(tmp_path), class_names=["None"]))
-    with pytest.raises(FormatError, match="class name 'None' would read back as"):
-        write_manifest(named_none, tmp_path / "out" / "manifest.csv")
+    for name in ("None", " scratch"):
+        named = Dataset(dataset.samples, DatasetInfo("x", "folder", str(tmp_path), class_names=[name]))
+        with pytest.raises(FormatError, match=f"class name '{name}' would read back as"):
+            write_manifest(named, tmp_path / "out" / "manifest.csv")
     copy = read_dataset(write_manifest(dataset, tmp_path / "jsonl" / "manifest.jsonl").parent)
     assert copy.info.class_names == ["rust;pit"] and copy.samples[0].classes == [1]
 

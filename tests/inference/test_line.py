@@ -554,6 +554,8 @@ def test_line_eval_keeps_a_users_files_and_names_mismatched_surfaces(line_dir: P
     lower = [s.replace(surface=str(s.surface).lower()) for s in samples]
     with pytest.raises(ValueError, match=r"none of the images' surfaces \(class1, class2, class3\)"):
         evaluate_line(load_line(line_dir), lower)
+    unseen_only = [s for s in samples if s.surface == "Class3"][:4]  # a fair test of the alert alone
+    assert evaluate_line(load_line(line_dir), unseen_only).n_images == 4
 
 
 def test_a_card_with_a_mistake_is_named_on_one_line(line_dir: Path, tmp_path: Path) -> None:
@@ -565,6 +567,9 @@ def test_a_card_with_a_mistake_is_named_on_one_line(line_dir: Path, tmp_path: Pa
     with pytest.raises(SavedModelError) as typo:
         read_card(model)
     assert "treshold: Extra inputs are not permitted" in str(typo.value) and "\n" not in str(typo.value)
+    (model / "model.yaml").write_text(text + "method: segdec\n")
+    with pytest.raises(SavedModelError, match=r"not YAML: line \d+, column 1: key 'method' appears twice"):
+        read_card(model)
     (model / "model.yaml").write_text(text + "thresholds: [0.3\n")
     with pytest.raises(SavedModelError, match=r"not YAML: line \d+, column \d+: ") as broken:
         read_card(model)

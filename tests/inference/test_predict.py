@@ -241,6 +241,7 @@ def test_pil_images_are_decoded_as_files_are_and_odd_inputs_named(model_dir: Pat
     palette.save(tmp_path / "palette.png")
     from_file = inspector.inspect(tmp_path / "palette.png").score
     assert inspector.inspect(palette).score == pytest.approx(from_file, abs=1e-6)
+    assert inspector.inspect_batch([palette], ["p"])[0][0].score == pytest.approx(from_file, abs=1e-6)
     cmyk = Image.fromarray(colour).convert("CMYK")
     assert inspector.inspect(cmyk).score == pytest.approx(
         inspector.inspect(np.asarray(cmyk.convert("RGB"))).score
@@ -269,6 +270,9 @@ def test_a_device_torch_cannot_use_is_named_not_blamed_on_the_weights(
 
     with pytest.raises(ValueError, match="unknown device 'gpu'; use cpu, cuda or cuda:N"):
         defectkit.load_inspector(model_dir, device="gpu")
+    with pytest.raises(ValueError, match="device 'meta': inspection runs on cpu, cuda or mps"):
+        defectkit.load_inspector(model_dir, device="meta")
+    assert defectkit.load_inspector(model_dir, device="cpu:0").backend_name == "torch"
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device 'cuda': no CUDA GPU is available here"):
             defectkit.load_inspector(model_dir, device="cuda")

@@ -212,6 +212,12 @@ def test_enroll_keeps_one_reference_per_image_and_refuses_a_clash(
 
     clash = runner.invoke(app, ["enroll", str(model), str(tmp_path / "more"), "--class", "Checks"])
     assert clash.exit_code == 2 and "only in letter case" in clash.output
+    # A class saved with outer spaces (by an older version, or by hand) is still the class named so.
+    card = model / "model.yaml"
+    card.write_text(card.read_text().replace("- checks\n", "- 'checks '\n", 1))
+    save(tmp_path / "spaced" / "c5.png", pattern("checks", 205))
+    spaced = runner.invoke(app, ["enroll", str(model), str(tmp_path / "spaced"), "--class", "checks "])
+    assert spaced.exit_code == 0 and "as class 'checks '" in spaced.output, spaced.output
 
 
 def test_two_enrolments_at_once_keep_both_classes(

@@ -355,12 +355,12 @@ def test_weights_are_readable_as_the_card_is_and_old_reports_say_they_are_old(tm
     (model_dir / "eval-data-test").mkdir()
     (model_dir / "eval-data-test" / "metrics.json").write_text(json.dumps({"defectkit_version": "x"}))
     (model_dir / "notes.txt").write_text("mine")
+    (model_dir / "mine.previous-model").mkdir()  # a user's folder, not a report: never dropped
+    (model_dir / "mine.previous-model" / "metrics.json").write_text('{"my": "figures"}')
     engine.train(config, tmp_path / "run", progress=False)
-    assert sorted(
-        p.name for p in model_dir.iterdir() if p.name not in ("model.yaml", "weights.safetensors")
-    ) == [
-        "eval-data-test.previous-model",
-        "notes.txt",
-    ]
+    kept = sorted(p.name for p in model_dir.iterdir() if p.name not in ("model.yaml", "weights.safetensors"))
+    assert kept == ["eval-data-test.previous-model", "mine.previous-model", "notes.txt"]
     engine.train(config, tmp_path / "run", progress=False)  # one generation only
-    assert not any(p.name.endswith(".previous-model") for p in model_dir.iterdir())
+    assert [p.name for p in model_dir.iterdir() if p.name.endswith(".previous-model")] == [
+        "mine.previous-model"
+    ]

@@ -132,10 +132,12 @@ def write_predictions(
             raise UsageError(str(error)) from None
         except KeyboardInterrupt:
             # Ctrl-C or SIGTERM (cli.main): predict_paths has written the summary of what was done.
-            stderr.print(
-                escape(f"interrupted after {done} image(s); their results and {SUMMARY_NAME} are in {out}"),
-                soft_wrap=True,
+            judged = (
+                f"interrupted after {done} image(s); their results and {SUMMARY_NAME} are in {out}"
+                if done
+                else "interrupted before any image was judged"
             )
+            stderr.print(escape(judged), soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     verdicts = Counter(inspection.verdict for _, inspection in report.results)

@@ -49,7 +49,7 @@ def train(
         raise UsageError(f"{config}: {error}") from None
     except KeyboardInterrupt:
         # The model is saved only at the end, in one step: an interrupted run leaves the old one.
-        before = f"{out / 'model'} still holds the earlier run's model" if kept else "nothing was saved"
+        before = f"{out / 'model'} still holds the earlier run's model" if kept else "no model was saved"
         stderr.print(escape(f"interrupted: {before}"), soft_wrap=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if model_dir is None:

@@ -134,13 +134,16 @@ def _decode(handle: Image.Image, channels: int | None) -> np.ndarray:
 
 def image_array(image: object) -> np.ndarray:
     """``image`` as the pixel array every model and overlay takes: uint8, HxW (grey) or HxWxC with
-    C 1, 3 or 4 in RGB(A) order, channels last. Anything else is refused with what was expected:
+    C 1, 3 or 4 in RGB(A) order, channels last (a PIL image is decoded as a file is). Anything else
+    is refused with what was expected:
     floats in [0, 1] would otherwise become a black image, a channels-first array a C-pixel-high
     image of W channels, a path or bytes an array of one string."""
-    if isinstance(image, str | bytes | os.PathLike | Image.Image) or not hasattr(image, "__array__"):
+    if isinstance(image, Image.Image):
+        return image_array(pil_pixels(image))
+    if isinstance(image, str | bytes | os.PathLike) or not hasattr(image, "__array__"):
         raise TypeError(
             f"expected a numpy uint8 image array, got {type(image).__name__} (Inspector.inspect also "
-            "takes a path or a PIL image; decode bytes with defectkit.data.io.decode_image)"
+            "takes a path; decode bytes with defectkit.data.io.decode_image(data).pixels)"
         )
     array = np.asarray(image)
     # Before any conversion: colour to grey casts to uint8, which would turn floats in [0, 1]

@@ -52,7 +52,7 @@ from defectkit.evaluation.plots import (
 from defectkit.evaluation.scoring import TimedScorer
 from defectkit.files import OutputFolderError, report_folder, write_atomic
 from defectkit.inference.inspector import Inspector, load_inspector
-from defectkit.inference.saved_model import utc_timestamp
+from defectkit.inference.saved_model import is_report_metrics, utc_timestamp
 from defectkit.metrics import SegmentationMeter, dice_score, image_metrics
 
 __all__ = [
@@ -378,18 +378,6 @@ REPORT_FILES = (
     "dice_iou_box.png",
     "confusion.png",
 )
-
-
-def is_report_metrics(path: Path) -> bool:
-    """Whether ``path`` is a ``metrics.json`` that an eval or line eval report wrote."""
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    # Line reports written before they carried the version hold their confusion and image count.
-    return isinstance(payload, dict) and (
-        "defectkit_version" in payload or {"confusion", "n_images"} <= set(payload)
-    )
 
 
 def check_report_folder(folder: Path) -> None:

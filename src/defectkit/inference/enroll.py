@@ -11,8 +11,9 @@ written and exported again at the end, so no graph that disagrees with the card 
 behind (a failed export leaves the model without one: the torch backend serves it).
 
 Enrolments into one model take the folder's lock (:func:`defectkit.files.folder_lock`), so two at
-once run one after the other instead of losing one's class. A class name is stripped of outer
-spaces, and a new name that differs from a known class only in letter case or spacing is refused:
+once run one after the other instead of losing one's class (the lock covers enrolments only, not
+an ``export`` or a retraining run at the same time). A new class name is stripped of outer
+spaces, and one that differs from a known class only in letter case or spacing is refused:
 a typo would otherwise become a class of its own that no command removes. An image whose
 embedding equals a reference's (the same pixels, to float rounding) is skipped when it is already
 a reference of the class, and refused when it is one of another class, since one image cannot
@@ -81,8 +82,7 @@ def class_name_clash(name: str, known: Sequence[str]) -> str | None:
 def enroll(model_dir: str | Path, class_name: str, images: Sequence[str | Path]) -> EnrollReport:
     """Append the embeddings of ``images`` as references of ``class_name`` (created if new)."""
     model_dir = Path(model_dir)
-    class_name = class_name.strip()
-    if not class_name:
+    if not class_name.strip():
         raise ValueError("the class name is empty")
     if not images:
         raise ValueError("no images to enroll")
@@ -99,7 +99,10 @@ def _enroll(model_dir: Path, class_name: str, images: Sequence[str | Path]) -> E
             "models that classify by references (scl_arcface)"
         )
     names = list(card.class_names)
-    clash = class_name_clash(class_name, names)
+    if class_name not in names:
+        # A known name as given first (a class saved with spaces keeps them), else stripped.
+        class_name = class_name.strip()
+    clash = None if class_name in names else class_name_clash(class_name, names)
     if clash is not None:
         raise ClassNameClash(
             f"class {class_name!r} differs from the model's class {clash!r} only in letter case or "

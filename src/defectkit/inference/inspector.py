@@ -459,17 +459,21 @@ def inference_device(accelerator: str = "auto") -> str:
 
 
 def checked_device(device: str) -> str:
-    """``device`` when torch can run here, else a ``ValueError`` naming it: a bad device found only
-    while the weights load would be blamed on the weights file."""
+    """``device`` (normalised) when torch can run here, else a ``ValueError`` naming it: a bad device
+    found only while the weights load would be blamed on the weights file."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: inspection runs on cpu, cuda or mps")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: no Apple GPU (MPS) is available here")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: no CUDA GPU is available here")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
+    return "cpu" if parsed.type == "cpu" else str(parsed)  # safetensors reads "cpu", not "cpu:0"
 
 
 def load_inspector(directory: str | Path, backend: str = "torch", device: str = "cpu") -> Inspector:
@@ -477,10 +481,11 @@ def load_inspector(directory: str | Path, backend: str = "torch", device: str = 
     auto: onnx when the model has been exported and ``device`` is the CPU, else torch)."""
     directory = Path(directory).expanduser()
     device = checked_device(device)
+    on_cpu = device == "cpu"
     if backend == "auto":
         # The onnx back-end runs on the CPU: a GPU asked for is torch's.
-        backend = "onnx" if (directory / ONNX_NAME).is_file() and device == "cpu" else "torch"
-    if backend == "onnx" and device != "cpu":
+        backend = "onnx" if (directory / ONNX_NAME).is_file() and on_cpu else "torch"
+    if backend == "onnx" and not on_cpu:
         raise ValueError(f"the onnx back-end runs on the CPU, not {device!r}; use backend torch for a GPU")
     if read_card(directory).model == "sbad_router":
         raise SavedModelError(

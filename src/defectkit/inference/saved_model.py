@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from defectkit import __version__
-from defectkit.config import validation_problems, yaml_problem
+from defectkit.config import load_yaml, validation_problems, yaml_problem
 from defectkit.files import sync_directory, sync_folder, temporary_name
 from defectkit.models import create_model
 
@@ -156,6 +156,22 @@ def git_commit(root: str | Path | None = None) -> str | None:
 PREVIOUS_REPORT_SUFFIX = ".previous-model"
 
 
+def is_report_metrics(path: Path) -> bool:
+    """Whether ``path`` is a ``metrics.json`` that an ``eval`` or ``line eval`` report wrote."""
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # Line reports written before they carried the version hold their confusion and image count.
+    return isinstance(payload, dict) and (
+        "defectkit_version" in payload or {"confusion", "n_images"} <= set(payload)
+    )
+
+
+def _is_report(folder: Path) -> bool:
+    return folder.is_dir() and is_report_metrics(folder / "metrics.json")
+
+
 def save_model(
     directory: str | Path,
     model: nn.Module,
@@ -208,10 +224,11 @@ def save_model(
     for extra in retired.iterdir():
         if extra.name in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
             continue
-        if extra.name.endswith(PREVIOUS_REPORT_SUFFIX):
+        if extra.name.endswith(PREVIOUS_REPORT_SUFFIX) and _is_report(extra):
             continue
-        report = extra.is_dir() and (extra / "metrics.json").is_file()
-        shutil.move(str(extra), directory / (extra.name + (PREVIOUS_REPORT_SUFFIX if report else "")))
+        shutil.move(
+            str(extra), directory / (extra.name + (PREVIOUS_REPORT_SUFFIX if _is_report(extra) else ""))
+        )
     shutil.rmtree(retired)
     sync_directory(directory.parent)
     return directory
@@ -222,7 +239,7 @@ def read_card(directory: str | Path) -> ModelCard:
     if not path.is_file():
         raise SavedModelError(f"{path}: not found ({directory} is not a saved defectkit model)")
     try:
-        return ModelCard.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        return ModelCard.model_validate(load_yaml(path.read_text(encoding="utf-8")))
     except yaml.YAMLError as error:
         raise SavedModelError(f"{path}: invalid model card (not YAML: {yaml_problem(error)})") from None
     except ValidationError as error:

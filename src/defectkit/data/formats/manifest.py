@@ -391,8 +391,9 @@ def _csv_cell(key: str, value: Any) -> str:
     elif key == "class":
         names = list(value)
         for name in names:
-            # The reader splits the cell on ";" and reads "none" as no class at all.
-            if ";" in name or name.strip().lower() == "none":
+            # The reader splits the cell on ";", strips names, drops empty ones and reads "none" as
+            # no class at all.
+            if ";" in name or name.strip().lower() == "none" or name != name.strip() or not name:
                 raise ValueError(f"class name {name!r} would read back as {_names(name)!r}")
         cell = ";".join(names)
     else:
