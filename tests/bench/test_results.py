@@ -364,11 +364,15 @@ def test_config_fingerprint_keeps_committed_cell_keys() -> None:
 def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
     """weak_lnet's ``rotation_stages`` came after the committed cells: without rotation it must not
     re-key them (benchmarks/cells/ksdd-weak_lnet-..._positives-5_rotation-false-cpu); with rotation
-    it must, since it changes what is trained."""
+    it must, since it changes what is trained. The cpu input was 704x256 then."""
     from defectkit.config import config_fingerprint, load_config
 
     path = REPO / "configs/weak_lnet/kolektorsdd.yaml"
-    switches = ["method_options.lnet_trained=true", "method_options.freeze_stage2=true"]
+    switches = [
+        "method_options.lnet_trained=true",
+        "method_options.freeze_stage2=true",
+        "input.size=[704, 256]",
+    ]
     upright = load_config(path, "cpu", [*switches, "method_options.rotation=false", "data.train_positives=5"])
     assert config_fingerprint(upright) == "f52f37b6d7"
     turned = [*switches, "method_options.rotation=true"]
