@@ -121,9 +121,8 @@ def evaluate(
     1, the report still written.
     """
     from defectkit.data.formats import read_dataset
-    from defectkit.evaluation.evaluate import check_report_folder, default_report_folder, select_split
+    from defectkit.evaluation.evaluate import default_report_folder, report_output, select_split
     from defectkit.evaluation.line import evaluate_line, write_line_report
-    from defectkit.files import report_folder
     from defectkit.inference.line import load_line
     from defectkit.inference.saved_model import SavedModelError
 
@@ -132,10 +131,8 @@ def evaluate(
         samples, chosen = select_split(read_dataset(data, format).samples, split.value)
     except SavedModelError as error:
         raise fail(str(error)) from None
-    target = out or default_report_folder(line_dir, data, split.value)
-    check_report_folder(target)
     with (
-        report_folder(target) as folder,
+        report_output(out or default_report_folder(line_dir, data, split.value)) as folder,
         progress_bar("judging") as bar,
     ):
         task = bar.add_task("line eval", total=None)

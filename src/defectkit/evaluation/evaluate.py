@@ -17,13 +17,14 @@ and write ``metrics.json``, ``scores.csv``, ``pr_curve.png``, ``score_histogram.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -380,18 +381,21 @@ REPORT_FILES = (
 )
 
 
-def check_report_folder(folder: Path) -> None:
-    """Refuse (:class:`OutputFolderError`) a folder where the report would replace files that no
-    report wrote: a user's own ``metrics.json`` or ``confusion.png``. A folder with an earlier
-    report (its ``metrics.json`` says so) is written over, as a rerun expects."""
-    if not folder.is_dir() or is_report_metrics(folder / "metrics.json"):
-        return
-    clashes = [name for name in REPORT_FILES if (folder / name).exists()]
-    if clashes:
-        raise OutputFolderError(
-            f"{folder}: the report would replace {', '.join(clashes)}, which no defectkit report wrote; "
-            "write the report to another folder (--out), or move those files"
-        )
+@contextlib.contextmanager
+def report_output(folder: Path) -> Iterator[Path]:
+    """:func:`~defectkit.files.report_folder` for an ``eval`` or ``line eval`` report, refusing
+    (:class:`OutputFolderError`) a folder where the report would replace files that no report
+    wrote: a user's own ``metrics.json`` or ``confusion.png``. A folder with an earlier report (its
+    ``metrics.json`` says so) is written over, as a rerun expects."""
+    if folder.is_dir() and not is_report_metrics(folder / "metrics.json"):
+        clashes = [name for name in REPORT_FILES if (folder / name).exists()]
+        if clashes:
+            raise OutputFolderError(
+                f"{folder}: the report would replace {', '.join(clashes)}, which no defectkit report "
+                "wrote; write the report to another folder (--out), or move those files"
+            )
+    with report_folder(folder) as target:
+        yield target
 
 
 def default_report_folder(base: Path, data: str | Path, split: str) -> Path:
@@ -480,8 +484,7 @@ def evaluate_model(
     if inspector.card.config.get("data", {}).get("masks_from_boxes"):
         samples = with_box_masks(samples)  # judged on the coarse masks it was trained on
     folder = Path(out) if out is not None else default_report_folder(model_dir, data, split)
-    check_report_folder(folder)
-    with report_folder(folder) as target:
+    with report_output(folder) as target:
         context = {
             "model": str(model_dir),
             "data": str(data),

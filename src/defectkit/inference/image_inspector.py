@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from PIL import Image
 
-from defectkit.data.io import image_array, pil_pixels, printable_path, read_image
+from defectkit.data.io import pil_pixels, printable_path, read_image
 from defectkit.inference.inspection import Inspection
 
 Judged = tuple[Inspection, np.ndarray | None]
@@ -35,7 +35,7 @@ def decoded(image: ImageInput, name: str | None = None) -> tuple[np.ndarray, str
         return read_image(os.fspath(image)), name or printable_path(os.fspath(image))
     if isinstance(image, Image.Image):
         return pil_pixels(image), name or "<PIL image>"
-    return image_array(image), name or "<array>"
+    return image, name or "<array>"  # checked once, where every image is: to_network_layout
 
 
 class ImageInspector(ABC, Generic[ScoredT]):

@@ -224,11 +224,10 @@ def save_model(
     for extra in retired.iterdir():
         if extra.name in (CARD_NAME, WEIGHTS_NAME, ONNX_NAME, REFERENCES_NAME):
             continue
-        if extra.name.endswith(PREVIOUS_REPORT_SUFFIX) and _is_report(extra):
+        report = _is_report(extra)
+        if report and extra.name.endswith(PREVIOUS_REPORT_SUFFIX):
             continue
-        shutil.move(
-            str(extra), directory / (extra.name + (PREVIOUS_REPORT_SUFFIX if _is_report(extra) else ""))
-        )
+        shutil.move(str(extra), directory / (extra.name + (PREVIOUS_REPORT_SUFFIX if report else "")))
     shutil.rmtree(retired)
     sync_directory(directory.parent)
     return directory
