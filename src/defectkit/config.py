@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import os
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -319,11 +319,18 @@ LATER_DEFAULTS: dict[tuple[str, str], Any] = {
     ("method_options", "drop_last"): True,  # scl_arcface and its baselines
     ("method_options", "arc_init_std"): None,  # scl_arcface: the library's N(0, 1) centres
     ("method_options", "pair_loss"): "mean",  # weak_lnet: one update on the pair's mean loss
+    ("method_options", "stage1_attempts"): 1,  # weak_lnet: the paper's single stage 1
 }
 
+
+def _method_option(dump: dict[str, Any], key: str, default: Any) -> Any:
+    return dump.get("method_options", {}).get(key, default)
+
+
 # Later fields that only act while a switch is on: left out of the fingerprint while it is off.
-LATER_WHEN_ON: dict[tuple[str, str], tuple[str, str]] = {
-    ("method_options", "rotation_stages"): ("method_options", "rotation"),
+LATER_WHEN_ON: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
+    ("method_options", "rotation_stages"): lambda dump: bool(_method_option(dump, "rotation", False)),
+    ("method_options", "stage1_min_val_ap"): lambda dump: _method_option(dump, "stage1_attempts", 1) > 1,
 }
 
 
@@ -335,8 +342,8 @@ def fingerprint_dump(config: RunConfig) -> dict[str, Any]:
         fields = dump.get(section, {})
         if key in fields and fields[key] == default:
             del fields[key]
-    for (section, key), (switch_section, switch) in LATER_WHEN_ON.items():
-        if key in dump.get(section, {}) and not dump.get(switch_section, {}).get(switch):
+    for (section, key), switched_on in LATER_WHEN_ON.items():
+        if key in dump.get(section, {}) and not switched_on(dump):
             del dump[section][key]
     return dump
 

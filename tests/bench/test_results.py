@@ -364,7 +364,8 @@ def test_config_fingerprint_keeps_committed_cell_keys() -> None:
 def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
     """weak_lnet's ``rotation_stages`` came after the committed cells: without rotation it must not
     re-key them (benchmarks/cells/ksdd-weak_lnet-..._positives-5_rotation-false-cpu); with rotation
-    it must, since it changes what is trained. The cpu input was 704x256 then."""
+    it must, since it changes what is trained. The cpu input was 704x256 then. Likewise
+    ``stage1_min_val_ap`` acts only with more than one stage-1 attempt."""
     from defectkit.config import config_fingerprint, load_config
 
     path = REPO / "configs/weak_lnet/kolektorsdd.yaml"
@@ -372,9 +373,16 @@ def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
         "method_options.lnet_trained=true",
         "method_options.freeze_stage2=true",
         "input.size=[704, 256]",
+        "method_options.stage1_attempts=1",  # the cpu profile's second attempt came later too
     ]
     upright = load_config(path, "cpu", [*switches, "method_options.rotation=false", "data.train_positives=5"])
     assert config_fingerprint(upright) == "f52f37b6d7"
+    assert config_fingerprint(
+        load_config(path, "cpu", [*switches, "method_options.stage1_min_val_ap=0.5"])
+    ) == (config_fingerprint(load_config(path, "cpu", switches)))
+    assert config_fingerprint(
+        load_config(path, "cpu", [*switches[:-1], "method_options.stage1_min_val_ap=0.5"])
+    ) != (config_fingerprint(load_config(path, "cpu", switches[:-1])))
     turned = [*switches, "method_options.rotation=true"]
     assert config_fingerprint(load_config(path, "cpu", turned)) != config_fingerprint(
         load_config(path, "cpu", [*turned, "method_options.rotation_stages=[1,2,3]"])

@@ -331,3 +331,78 @@ def test_summed_pair_loss_steps_twice_as_far(tmp_path: Path, stage: int) -> None
     torch.testing.assert_close(moves["sum"], 2 * moves["mean"], rtol=1e-3, atol=1e-7)
     with pytest.raises(ValueError, match="pair_loss"):
         resolved_options({"pair_loss": "max"})
+
+
+def _scripted_stage1(monkeypatch: pytest.MonkeyPatch, aps: list[float]) -> list[dict[str, torch.Tensor]]:
+    """Stage 1 judged by ``aps`` in turn; returns the shared layers' and LNet's state at each judgement."""
+    judged: list[dict[str, torch.Tensor]] = []
+    scripted = iter(aps)
+
+    def validation_ap(recipe: WeakLNetRecipe) -> float:
+        judged.append(recipe._localisation_state())
+        return next(scripted)
+
+    monkeypatch.setattr(WeakLNetRecipe, "stage1_validation_ap", validation_ap)
+    return judged
+
+
+def test_a_failed_stage_one_starts_afresh_and_the_best_attempt_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judged = _scripted_stage1(monkeypatch, [0.3, 0.8, 0.5])
+    _, trained = _train_schedule(tmp_path, stage1_attempts=3, stage1_min_val_ap=0.9, stage3_iterations=0)
+    assert len(judged) == 3
+    assert not _same(judged[0], judged[1]) and not _same(judged[1], judged[2])
+    # Frozen in stage 2 with no stage 3: what was kept after stage 1 is what was saved.
+    kept = {**_state(trained, "shared."), **_state(trained, "lnet.")}
+    assert _same(kept, judged[1])  # the second attempt's AP was the best of the three
+    logged = engine.logged_rows(tmp_path / "run", "val/stage1_ap", ("val/stage1_attempt", "val/stage1_ap"))
+    assert [tuple(row.values()) for row in logged] == [(1.0, 0.3), (2.0, 0.8), (3.0, 0.5)]
+
+
+def test_a_stage_one_that_passes_is_not_repeated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    judged = _scripted_stage1(monkeypatch, [0.95])
+    steps: list[int] = []
+    training_step = WeakLNetRecipe.training_step
+
+    def counted(recipe: WeakLNetRecipe, batch: Any, batch_index: int) -> Any:
+        steps.append(batch_index)
+        return training_step(recipe, batch, batch_index)
+
+    monkeypatch.setattr(WeakLNetRecipe, "training_step", counted)
+    _train_schedule(tmp_path, stage1_attempts=3, stage1_min_val_ap=0.9)
+    assert len(judged) == 1
+    # The stream holds two spare stage-1 attempts; the epoch stops when the schedule is done.
+    assert len(steps) == sum(stage_lengths(resolved_options(SCHEDULE)))
+
+
+def test_stage_one_is_judged_on_validation_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real judgement (AP of the mean heat value on the held-out images) runs and logs each
+    attempt; a bar no attempt reaches keeps training going to the end."""
+    aps: list[float] = []
+    validation_ap = WeakLNetRecipe.stage1_validation_ap
+
+    def recorded(recipe: WeakLNetRecipe) -> float:
+        aps.append(validation_ap(recipe))
+        return 0.0
+
+    monkeypatch.setattr(WeakLNetRecipe, "stage1_validation_ap", recorded)
+    assert _train_schedule(tmp_path, stage1_attempts=2)[1] is not None
+    assert len(aps) == 2 and all(0.0 <= ap <= 1.0 for ap in aps)
+    config = load_config(tiny_config(method_options={**SCHEDULE, "stage1_attempts": 2}))
+    sampler = get_method("weak_lnet").train_sampler([0, 1] * 10, config)
+    assert sampler is not None and len(sampler) == 2 * (2 * 6 + 6 + 4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"stage1_attempts": 0},
+        {"stage1_attempts": 1.5},
+        {"stage1_min_val_ap": 1.2},
+        {"stage1_min_val_ap": "x"},
+    ],
+)
+def test_stage_one_attempt_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="stage1_"):
+        resolved_options(options)

@@ -5,7 +5,6 @@ one summary, each image judged at its own fold's thresholds.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import time
@@ -24,7 +23,7 @@ from defectkit.data.sample import DatasetInfo, Sample
 from defectkit.evaluation.multilabel import MultilabelScores, multilabel_summary, score_multilabel
 from defectkit.inference.inspector import inference_device, load_inspector
 from defectkit.training.data import PreparedData, limit_fraction, prepare_data
-from defectkit.training.engine import train
+from defectkit.training.engine import logged_rows, train
 
 Split = tuple[list[int], list[int] | None, list[int]]  # train, validation (None: a hold-out), test
 # Trains (or re-scores) one fold's cell: (its prepared data, its test samples, its work folder).
@@ -41,21 +40,8 @@ class GridDataset:
 
 def validation_curve(train_dir: Path) -> list[dict[str, float]]:
     """Per-epoch validation Dice, MLA and loss from the training run's CSV log (Fig. 8)."""
-    path = train_dir / "logs" / "metrics.csv"
-    if not path.is_file():
-        return []
-    curve = []
-    with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get("val/dice"):
-                curve.append(
-                    {
-                        key.removeprefix("val/"): float(row[key])
-                        for key in ("epoch", "val/dice", "val/mla", "val/loss")
-                        if row.get(key)
-                    }
-                )
-    return curve
+    rows = logged_rows(train_dir, "val/dice", ("epoch", "val/dice", "val/mla", "val/loss"))
+    return [{key.removeprefix("val/"): value for key, value in row.items()} for row in rows]
 
 
 def train_and_score(config: RunConfig, request: BenchRequest, data: PreparedData, test: Sequence[Sample],

@@ -44,7 +44,7 @@ from defectkit.inference.inspector import inference_device, load_inspector
 from defectkit.metrics import image_metrics
 from defectkit.registry import get_method
 from defectkit.training.data import prepare_data
-from defectkit.training.engine import train
+from defectkit.training.engine import logged_rows, train
 
 FOLDS = 3
 FOLD_SEED = 0
@@ -172,6 +172,11 @@ def _fold_cell(config: RunConfig, request: BenchRequest, fold: int, train_idx: l
         "skipped": [str(p) for p in scored.skipped],
         "metrics": metrics,
         "validation_metrics": inspector.card.validation_metrics,
+        # weak_lnet with stage1_attempts > 1: each stage-1 attempt's validation AP of Q, in turn.
+        "stage1_val_ap": [
+            row["val/stage1_ap"]
+            for row in logged_rows(work / f"fold{fold}", "val/stage1_ap", ["val/stage1_ap"])
+        ],
     }
 
 
@@ -248,6 +253,7 @@ def run_ksdd(run: KsddRun, request: BenchRequest) -> Path:
             "train_positives": c.get("train_positives"),
             "pixel_auroc": c.get("pixel_auroc"),
             "metrics": c["metrics"],
+            **({"stage1_val_ap": c["stage1_val_ap"]} if c.get("stage1_val_ap") else {}),
         }
         for c in cells
     ]

@@ -14,6 +14,7 @@ A multi-label model of several classes gets one best-F1 threshold per class inst
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,6 +225,20 @@ def _trainer(
         log_every_n_steps=10,
         default_root_dir=out,
     ), checkpoint
+
+
+def logged_rows(out: str | Path, when: str, keys: Sequence[str]) -> list[dict[str, float]]:
+    """The rows of a training run's CSV log (``out/logs/metrics.csv``) that logged ``when``, each
+    with those of ``keys`` it holds, in the order logged; none when there is no log."""
+    path = Path(out) / "logs" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [
+            {key: float(row[key]) for key in keys if row.get(key)}
+            for row in csv.DictReader(handle)
+            if row.get(when)
+        ]
 
 
 def train(

@@ -31,6 +31,17 @@ DNet's training loss swung between 0.03 and 1.9 as turned images met an LNet tra
 ``lnet_trained`` false skips stage 1 (paper IV.F's "LNet not trained" ablation: stages 2 and 3
 unchanged).
 
+**Stage-1 attempts** (not in the paper; ``stage1_attempts``, default 1: the paper's single run).
+Stage 1 can fail outright: on KolektorSDD (cpu profile, 968x352) one fold's LNet never lit up on
+its defects (``Q`` about 0.01 on defective images, as on good ones, where healthy folds reach
+0.1), and nothing after it recovered (test AP 0.64). The failure shows on the held-out images of
+the training fold: the AP of ``Q`` (image labels only) was 0.50 there against 0.97-1.00 on healthy
+folds. With ``stage1_attempts`` > 1, each attempt ends with that validation AP; below
+``stage1_min_val_ap`` the shared layers and the LNet get fresh random weights (the model's own
+initialisation, drawn from the seeded random stream) and stage 1 runs again on the next images of
+the stream; when no attempt reaches the bar, the best one is kept. Stages 2 and 3 run once. Each
+attempt's AP is logged (``val/stage1_ap``, ``val/stage1_attempt``) and announced on the console.
+
 The paper updates after every image (``trainer.batch_size: 1``); the configs use batches of 2,
 one positive and one negative, so an iteration is one update on the pair and its BatchNorm
 statistics are shared by both images (why: ``norm`` in ``defectkit.models.weak_lnet.model``).
@@ -51,12 +62,14 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import Sampler
 
 from defectkit.config import RunConfig
 from defectkit.data.sample import Batch
 from defectkit.data.samplers import AlternatingSampler
+from defectkit.metrics import average_precision
 from defectkit.models.weak_lnet import WeakLNet
 from defectkit.registry import MethodSpec, method_options, register_method
 from defectkit.training.recipe import DecisionRecipe
@@ -78,6 +91,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "rotation": False,
     "rotation_stages": (2, 3),
     "pair_loss": "mean",
+    "stage1_attempts": 1,
+    "stage1_min_val_ap": 0.9,
 }
 PAIR_LOSSES = ("mean", "sum")
 
@@ -95,6 +110,12 @@ def resolved_options(options: dict[str, Any]) -> dict[str, Any]:
     resolved["rotation_stages"] = tuple(stages)
     if resolved["pair_loss"] not in PAIR_LOSSES:
         raise ValueError(f"weak_lnet: pair_loss must be one of {PAIR_LOSSES}, got {resolved['pair_loss']!r}")
+    attempts = resolved["stage1_attempts"]
+    if type(attempts) is not int or attempts < 1:
+        raise ValueError(f"weak_lnet: stage1_attempts must be a whole number from 1, got {attempts!r}")
+    bar = resolved["stage1_min_val_ap"]
+    if type(bar) not in (int, float) or not 0.0 <= bar <= 1.0:
+        raise ValueError(f"weak_lnet: stage1_min_val_ap must be an AP between 0 and 1, got {bar!r}")
     return resolved
 
 
@@ -102,6 +123,12 @@ def stage_lengths(options: dict[str, Any]) -> tuple[int, int, int]:
     """Iterations of stages 1-3 (stage 1 is empty when the LNet is not trained)."""
     first = int(options["stage1_iterations"]) if options["lnet_trained"] else 0
     return first, int(options["stage2_iterations"]), int(options["stage3_iterations"])
+
+
+def stream_iterations(options: dict[str, Any]) -> int:
+    """Iterations the sampler must provide: the schedule plus every stage-1 attempt it may repeat."""
+    first, second, third = stage_lengths(options)
+    return first * int(options["stage1_attempts"]) + second + third
 
 
 def collaborative_alpha(iteration: int, total: int, alpha_init: float, every: int) -> float:
@@ -139,6 +166,8 @@ class WeakLNetRecipe(DecisionRecipe):
         self.stages = stage_lengths(self.options)
         self.images_seen = 0
         self.current_stage = 0
+        self.stage1_attempt = 1
+        self._best_stage1: tuple[float, dict[str, Tensor]] | None = None
 
     @property
     def total_iterations(self) -> int:
@@ -183,10 +212,72 @@ class WeakLNetRecipe(DecisionRecipe):
         self.model.dnet.train(stage != 1)
         self.model.dnet.requires_grad_(stage != 1)
 
+    def stage1_validation_ap(self) -> float:
+        """AP of the mean heat value ``Q`` on the validation images (image labels only), with the
+        BatchNorm statistics stage 2 will use."""
+        datamodule = getattr(self.trainer, "datamodule", None)  # set by fit(datamodule=...)
+        if datamodule is None:
+            raise ValueError("weak_lnet: stage1_attempts > 1 judges stage 1 on validation images; none given")
+        modes = [part.training for part in (self.model.shared, self.model.lnet)]
+        self.model.shared.eval()
+        self.model.lnet.eval()
+        q, labels = [], []
+        with torch.no_grad():
+            for batch in datamodule.val_dataloader():
+                batch = batch.to(self.device)
+                q.append(torch.sigmoid(self.model.localise(batch.images)).mean(dim=(1, 2, 3)).float())
+                labels.append(batch.label)
+        self.model.shared.train(modes[0])
+        self.model.lnet.train(modes[1])
+        scores, known = torch.cat(q).cpu().numpy(), torch.cat(labels).cpu().numpy()
+        scores, known_labels = scores[known >= 0], known[known >= 0]
+        if not (known_labels == 1).any() or not (known_labels == 0).any():
+            raise ValueError(
+                "weak_lnet: stage1_attempts > 1 needs validation images of both labels to judge stage 1"
+            )
+        return float(average_precision(known_labels, scores))
+
+    def _localisation_state(self) -> dict[str, Tensor]:
+        parts = {"shared": self.model.shared, "lnet": self.model.lnet}
+        return {
+            f"{n}.{k}": v.detach().clone() for n, part in parts.items() for k, v in part.state_dict().items()
+        }
+
+    def _end_stage1(self) -> bool:
+        """Judge the attempt that just ended; True when stage 1 starts again with fresh weights."""
+        attempts = int(self.options["stage1_attempts"])
+        if attempts == 1:
+            return False
+        ap, bar = self.stage1_validation_ap(), float(self.options["stage1_min_val_ap"])
+        if self.logger is not None:
+            metrics = {"val/stage1_ap": ap, "val/stage1_attempt": float(self.stage1_attempt)}
+            self.logger.log_metrics(metrics, step=self.global_step)
+        if self._best_stage1 is None or ap > self._best_stage1[0]:
+            self._best_stage1 = (ap, self._localisation_state())
+        verdict = f"stage 1, attempt {self.stage1_attempt} of {attempts}: validation AP of Q {ap:.3f}"
+        if ap >= bar:
+            rank_zero_info(f"{verdict}, kept")
+        elif self.stage1_attempt < attempts:
+            rank_zero_info(f"{verdict} < {bar:g}: fresh shared layers and LNet, stage 1 again")
+            self.stage1_attempt += 1
+            self.model.reset_localisation()
+            return True
+        else:
+            best_ap, best_state = self._best_stage1
+            rank_zero_info(f"{verdict} < {bar:g}: no attempt left, the best ({best_ap:.3f}) is kept")
+            self.model.shared.load_state_dict(
+                {k[7:]: v for k, v in best_state.items() if k.startswith("shared.")}
+            )
+            self.model.lnet.load_state_dict(
+                {k[5:]: v for k, v in best_state.items() if k.startswith("lnet.")}
+            )
+        self._best_stage1 = None
+        return False
+
     def training_step(self, batch: Batch, batch_index: int) -> Tensor | None:
         iteration = self.images_seen // 2
-        self.images_seen += len(batch)
         stage, within = self.stage_at(iteration)
+        self.images_seen += len(batch)
         if stage == 0:
             return None  # past the schedule (a resumed run whose stream was already consumed)
         optimizer = cast(LightningOptimizer, self.optimizers())
@@ -230,6 +321,12 @@ class WeakLNetRecipe(DecisionRecipe):
             self.log("train/q_defective", q[labels == 1].mean(), batch_size=size)
         if bool((labels == 0).any()):
             self.log("train/q_good", q[labels == 0].mean(), batch_size=size)
+        if stage == 1 and within == self.stages[0] - 1 and self._end_stage1():
+            self.images_seen, self.current_stage = 0, 0  # the schedule, alpha included, starts again
+        elif iteration + 1 == self.total_iterations and self.stage1_attempt < int(
+            self.options["stage1_attempts"]
+        ):
+            self.trainer.should_stop = True  # the stream holds images for attempts that were not needed
         return loss.detach()
 
     def decision_logits(self, images: Tensor) -> Tensor:
@@ -237,10 +334,12 @@ class WeakLNetRecipe(DecisionRecipe):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["weak_lnet_images_seen"] = self.images_seen
+        checkpoint["weak_lnet_stage1_attempt"] = self.stage1_attempt
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Resuming continues the schedule where it stopped instead of restarting stage 1.
         self.images_seen = int(checkpoint.get("weak_lnet_images_seen", 0))
+        self.stage1_attempt = int(checkpoint.get("weak_lnet_stage1_attempt", 1))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # One optimiser; the stage sets its learning rate and which parameters get gradients.
@@ -262,13 +361,14 @@ class WeakLNetMethod(MethodSpec):
 
     @classmethod
     def train_sampler(cls, labels: list[int | None], config: RunConfig) -> Sampler[int] | None:
-        # Exactly the schedule's images: two per iteration over all three stages, in one epoch.
+        # The schedule's images, two per iteration over all three stages (and every stage-1 attempt
+        # allowed), in one epoch; the recipe stops the epoch early when fewer attempts are needed.
         if config.trainer.epochs != 1:
             raise ValueError(
                 f"weak_lnet runs its whole three-stage schedule in one epoch; set trainer.epochs: 1 "
                 f"(got {config.trainer.epochs}) and change the method_options iteration counts instead"
             )
-        iterations = sum(stage_lengths(resolved_options(config.method_options)))
+        iterations = stream_iterations(resolved_options(config.method_options))
         return AlternatingSampler(labels, seed=config.seed, epoch_size=2 * iterations)
 
     @classmethod

@@ -239,6 +239,15 @@ class WeakLNet(nn.Module):
         decision = self.dnet(shared, torch.sigmoid(heat_logits))
         return WeakLNetOutput(decision, heat_logits)
 
+    def reset_localisation(self) -> None:
+        """Fresh random weights (and BatchNorm statistics) for the shared layers and the LNet, drawn
+        as at construction: a new stage-1 attempt (``defectkit.training.weak_lnet``)."""
+        for part in (self.shared, self.lnet):
+            for module in part.modules():
+                reset = getattr(module, "reset_parameters", None) if module is not part else None
+                if callable(reset):
+                    reset()
+
     def localise(self, images: Tensor) -> Tensor:
         """Heat-map logits only (shared layers + LNet): all that LNet training needs."""
         return self.lnet(self.shared(images))
