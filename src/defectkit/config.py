@@ -330,6 +330,8 @@ def _method_option(dump: dict[str, Any], key: str, default: Any) -> Any:
 # Later fields that only act while a switch is on: left out of the fingerprint while it is off.
 LATER_WHEN_ON: dict[tuple[str, str], Callable[[dict[str, Any]], bool]] = {
     ("method_options", "rotation_stages"): lambda dump: bool(_method_option(dump, "rotation", False)),
+    # weak_lnet: attempts repeat stage 1, which runs only with lnet_trained; the bar judges them.
+    ("method_options", "stage1_attempts"): lambda dump: bool(_method_option(dump, "lnet_trained", True)),
     ("method_options", "stage1_min_val_ap"): lambda dump: _method_option(dump, "stage1_attempts", 1) > 1,
 }
 

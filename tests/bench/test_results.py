@@ -365,7 +365,8 @@ def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
     """weak_lnet's ``rotation_stages`` came after the committed cells: without rotation it must not
     re-key them (benchmarks/cells/ksdd-weak_lnet-..._positives-5_rotation-false-cpu); with rotation
     it must, since it changes what is trained. The cpu input was 704x256 then. Likewise
-    ``stage1_min_val_ap`` acts only with more than one stage-1 attempt."""
+    ``stage1_attempts`` acts only when stage 1 runs, and ``stage1_min_val_ap`` only with more than
+    one attempt."""
     from defectkit.config import config_fingerprint, load_config
 
     path = REPO / "configs/weak_lnet/kolektorsdd.yaml"
@@ -383,6 +384,13 @@ def test_switched_off_fields_stay_out_of_the_fingerprint() -> None:
     assert config_fingerprint(
         load_config(path, "cpu", [*switches[:-1], "method_options.stage1_min_val_ap=0.5"])
     ) != (config_fingerprint(load_config(path, "cpu", switches[:-1])))
+    # The cpu profile at 968x352 before its second attempt (benchmarks/cells/..._positives-10_...).
+    single = [*switches[:2], switches[3], "method_options.rotation=false", "data.train_positives=10"]
+    assert config_fingerprint(load_config(path, "cpu", single)) == "6069d9f097"
+    untrained = ["method_options.lnet_trained=false"]  # no stage 1 to repeat: attempts change nothing
+    assert config_fingerprint(load_config(path, "cpu", untrained)) == config_fingerprint(
+        load_config(path, "cpu", [*untrained, "method_options.stage1_attempts=1"])
+    )
     turned = [*switches, "method_options.rotation=true"]
     assert config_fingerprint(load_config(path, "cpu", turned)) != config_fingerprint(
         load_config(path, "cpu", [*turned, "method_options.rotation_stages=[1,2,3]"])

@@ -102,6 +102,21 @@ def test_lse_pooling_lies_between_mean_and_max() -> None:
     assert bool((pooled >= x.mean(dim=(2, 3)) - 1e-6).all()) and bool((pooled <= x.amax(dim=(2, 3))).all())
 
 
+def test_reset_localisation_redraws_the_shared_layers_and_lnet_only() -> None:
+    model = create_model("weak_lnet", **TINY_WEAK_LNET)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.fill_(3.0)
+    model.reset_localisation()
+    after = model.state_dict()
+    for name, value in before.items():
+        if name.endswith("weight") and value.dim() > 1:  # convolution kernels: drawn again, or kept
+            assert torch.equal(value, after[name]) == name.startswith("dnet."), name
+        if name.endswith("running_mean"):  # statistics: cleared, or left as they were
+            assert bool((after[name] == 0).all()) == (not name.startswith("dnet.")), name
+
+
 def test_input_sides_are_checked() -> None:
     model = create_model("weak_lnet", **TINY_WEAK_LNET)
     with pytest.raises(ValueError, match="divisible by 8"):
@@ -207,9 +222,12 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _train_schedule(tmp_path: Path, **options: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _train_schedule(
+    tmp_path: Path, batch_size: int = 2, **options: Any
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the model train() starts from, the trained model) for a schedule of ``options``."""
-    config = load_config(tiny_config(method_options={**SCHEDULE, **options}))
+    trainer = {"epochs": 1, "val_every": 1, "batch_size": batch_size}
+    config = load_config(tiny_config(method_options={**SCHEDULE, **options}, trainer=trainer))
     L.seed_everything(config.seed, verbose=False)
     initial = get_method("weak_lnet").build_model(config.model_dump(mode="json"))  # what train() builds
     model_dir = engine.train(config, tmp_path / "run", progress=False)
@@ -353,6 +371,9 @@ def test_a_failed_stage_one_starts_afresh_and_the_best_attempt_is_kept(
     _, trained = _train_schedule(tmp_path, stage1_attempts=3, stage1_min_val_ap=0.9, stage3_iterations=0)
     assert len(judged) == 3
     assert not _same(judged[0], judged[1]) and not _same(judged[1], judged[2])
+    # Each attempt starts from fresh statistics too: its BatchNorm layers count its own batches only.
+    tracked = [int(v) for k, v in judged[1].items() if k.endswith("num_batches_tracked")]
+    assert tracked and set(tracked) == {SCHEDULE["stage1_iterations"]}
     # Frozen in stage 2 with no stage 3: what was kept after stage 1 is what was saved.
     kept = {**_state(trained, "shared."), **_state(trained, "lnet.")}
     assert _same(kept, judged[1])  # the second attempt's AP was the best of the three
@@ -360,8 +381,11 @@ def test_a_failed_stage_one_starts_afresh_and_the_best_attempt_is_kept(
     assert [tuple(row.values()) for row in logged] == [(1.0, 0.3), (2.0, 0.8), (3.0, 0.5)]
 
 
-def test_a_stage_one_that_passes_is_not_repeated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    judged = _scripted_stage1(monkeypatch, [0.95])
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_a_stage_one_that_passes_is_not_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_size: int
+) -> None:
+    judged = _scripted_stage1(monkeypatch, [0.95, 0.0])
     steps: list[int] = []
     training_step = WeakLNetRecipe.training_step
 
@@ -370,10 +394,10 @@ def test_a_stage_one_that_passes_is_not_repeated(tmp_path: Path, monkeypatch: py
         return training_step(recipe, batch, batch_index)
 
     monkeypatch.setattr(WeakLNetRecipe, "training_step", counted)
-    _train_schedule(tmp_path, stage1_attempts=3, stage1_min_val_ap=0.9)
-    assert len(judged) == 1
+    _train_schedule(tmp_path, batch_size, stage1_attempts=3, stage1_min_val_ap=0.9)
+    assert len(judged) == 1  # judged once, at its last image, whatever the batch size
     # The stream holds two spare stage-1 attempts; the epoch stops when the schedule is done.
-    assert len(steps) == sum(stage_lengths(resolved_options(SCHEDULE)))
+    assert len(steps) == 2 * sum(stage_lengths(resolved_options(SCHEDULE))) // batch_size
 
 
 def test_stage_one_is_judged_on_validation_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,6 +408,7 @@ def test_stage_one_is_judged_on_validation_images(tmp_path: Path, monkeypatch: p
 
     def recorded(recipe: WeakLNetRecipe) -> float:
         aps.append(validation_ap(recipe))
+        assert recipe.model.shared.training and recipe.model.lnet.training  # back to stage 1's modes
         return 0.0
 
     monkeypatch.setattr(WeakLNetRecipe, "stage1_validation_ap", recorded)

@@ -213,8 +213,8 @@ class WeakLNetRecipe(DecisionRecipe):
         self.model.dnet.requires_grad_(stage != 1)
 
     def stage1_validation_ap(self) -> float:
-        """AP of the mean heat value ``Q`` on the validation images (image labels only), with the
-        BatchNorm statistics stage 2 will use."""
+        """AP of the mean heat value ``Q`` on the validation images (image labels only), the shared
+        layers and LNet in eval mode (their BatchNorm statistics from stage 1, as inference uses)."""
         datamodule = getattr(self.trainer, "datamodule", None)  # set by fit(datamodule=...)
         if datamodule is None:
             raise ValueError("weak_lnet: stage1_attempts > 1 judges stage 1 on validation images; none given")
@@ -321,9 +321,11 @@ class WeakLNetRecipe(DecisionRecipe):
             self.log("train/q_defective", q[labels == 1].mean(), batch_size=size)
         if bool((labels == 0).any()):
             self.log("train/q_good", q[labels == 0].mean(), batch_size=size)
-        if stage == 1 and within == self.stages[0] - 1 and self._end_stage1():
+        # Counted in images, not iterations, so that any batch size ends a stage exactly once.
+        stage1_done = stage == 1 and self.images_seen >= 2 * self.stages[0]
+        if stage1_done and self._end_stage1():
             self.images_seen, self.current_stage = 0, 0  # the schedule, alpha included, starts again
-        elif iteration + 1 == self.total_iterations and self.stage1_attempt < int(
+        elif self.images_seen >= 2 * self.total_iterations and self.stage1_attempt < int(
             self.options["stage1_attempts"]
         ):
             self.trainer.should_stop = True  # the stream holds images for attempts that were not needed
@@ -334,6 +336,7 @@ class WeakLNetRecipe(DecisionRecipe):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["weak_lnet_images_seen"] = self.images_seen
+        # Not the best earlier attempt's weights: a run resumed in a later attempt cannot go back to it.
         checkpoint["weak_lnet_stage1_attempt"] = self.stage1_attempt
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
