@@ -112,8 +112,10 @@ WEAK_LNET_TRIED_CPU = (
     "folds, over the hour, with pooled AP 0.960 (its row); 968x352 fits (3 x 17.1 min, the mean of "
     "its two folds that ran without other work beside them) and is the cpu input since 2026-12-07, "
     "adopted by a rule fixed before its run whatever its figures: pooled AP 0.870 against 0.974 at "
-    "704x256 (fold 1's DNet separated the classes poorly, AP 0.643); rows measured before say "
-    "704x256"
+    "704x256 (fold 1's LNet never lit up in stage 1, AP 0.643); since 2026-12-08 a second stage-1 "
+    "attempt when the first ends below validation AP of Q 0.9 (method_options.stage1_attempts), kept "
+    "by a rule fixed before its run (within the hour: 58.8 min): fold 1 retried (0.535, then 0.970), "
+    "pooled AP 0.965; rows measured before say 704x256 or one attempt"
 )
 WEAK_LNET_DEFAULTS = {"positives": "all", "lnet_trained": True, "frozen": True, "rotation": False}
 
