@@ -238,9 +238,9 @@ class WeakLNetRecipe(DecisionRecipe):
         return float(average_precision(known_labels, scores))
 
     def _localisation_state(self) -> dict[str, Tensor]:
-        parts = {"shared": self.model.shared, "lnet": self.model.lnet}
+        """A copy of the shared layers' and LNet's weights and statistics, keyed as the model's own."""
         return {
-            f"{n}.{k}": v.detach().clone() for n, part in parts.items() for k, v in part.state_dict().items()
+            k: v.detach().clone() for k, v in self.model.state_dict().items() if not k.startswith("dnet.")
         }
 
     def _end_stage1(self) -> bool:
@@ -252,25 +252,22 @@ class WeakLNetRecipe(DecisionRecipe):
         if self.logger is not None:
             metrics = {"val/stage1_ap": ap, "val/stage1_attempt": float(self.stage1_attempt)}
             self.logger.log_metrics(metrics, step=self.global_step)
-        if self._best_stage1 is None or ap > self._best_stage1[0]:
-            self._best_stage1 = (ap, self._localisation_state())
         verdict = f"stage 1, attempt {self.stage1_attempt} of {attempts}: validation AP of Q {ap:.3f}"
         if ap >= bar:
             rank_zero_info(f"{verdict}, kept")
-        elif self.stage1_attempt < attempts:
+            self._best_stage1 = None
+            return False
+        if self._best_stage1 is None or ap > self._best_stage1[0]:
+            self._best_stage1 = (ap, self._localisation_state())
+        if self.stage1_attempt < attempts:
             rank_zero_info(f"{verdict} < {bar:g}: fresh shared layers and LNet, stage 1 again")
             self.stage1_attempt += 1
             self.model.reset_localisation()
             return True
-        else:
-            best_ap, best_state = self._best_stage1
-            rank_zero_info(f"{verdict} < {bar:g}: no attempt left, the best ({best_ap:.3f}) is kept")
-            self.model.shared.load_state_dict(
-                {k[7:]: v for k, v in best_state.items() if k.startswith("shared.")}
-            )
-            self.model.lnet.load_state_dict(
-                {k[5:]: v for k, v in best_state.items() if k.startswith("lnet.")}
-            )
+        best_ap, best_state = self._best_stage1
+        rank_zero_info(f"{verdict} < {bar:g}: no attempt left, the best ({best_ap:.3f}) is kept")
+        # Only the DNet's keys are missing from the copy, and the DNet has not trained yet.
+        self.model.load_state_dict(best_state, strict=False)
         self._best_stage1 = None
         return False
 
